@@ -1,0 +1,114 @@
+//! Command-line definitions only; `main` turns them into library calls.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  imgbuild --base ubuntu-rk1.img dist/node02.rk1.img   bake node02 from a local stock image
+  imgbuild --all --base rk1=rk1.img --base cm4=cm4.img bake every node into dist/
+  imgbuild check                                       validate profiles and manifests
+  imgbuild inspect dist/node02.rk1.img                 show what an image holds
+
+Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifests.";
+
+/// Build pre-baked Ubuntu images for the nodes of a k3s cluster on Turing Pi
+/// boards (RK1, CM4) and x86 NUCs.
+///
+/// A target is an output file named <node>.<board>.img; its node's profile,
+/// the board's firmware manifest and the overlays decide what goes into it.
+#[derive(Debug, Parser)]
+#[command(name = "imgbuild", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Profile directory (cluster.yaml and nodes/*.yaml).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "IMGBUILD_PROFILES",
+        default_value = "profiles"
+    )]
+    pub profiles: PathBuf,
+
+    /// Firmware manifest directory [default: firmware-manifests beside the
+    /// profile directory, else ./firmware-manifests].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
+    /// Overlay template directory [default: overlays beside the profile
+    /// directory, else ./overlays].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_OVERLAYS")]
+    pub overlays: Option<PathBuf>,
+
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct BuildArgs {
+    /// Output images to build, each named <node>.<board>.img (e.g. dist/node02.rk1.img).
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<PathBuf>,
+
+    /// Build every node of the profiles into --out-dir.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Directory for --all outputs.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+
+    /// Local raw stock image to start from: FILE for every target, or
+    /// BOARD=FILE for one board (repeat for several boards). It is only read.
+    #[arg(long, value_name = "[BOARD=]FILE")]
+    pub base: Vec<String>,
+
+    /// Print a JSON report of what was built.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build images (the same as giving targets without a command).
+    Build(BuildArgs),
+    /// Validate all profiles and manifests; lists every problem.
+    Check,
+    /// Show an image's partitions, file systems, cloud-init seed and provenance.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the files a node's image would get, without an image.
+    Render {
+        /// Node name (the profile's file stem).
+        node: String,
+        /// Also print each file's contents (secrets are shown: keep it off shared logs).
+        #[arg(long)]
+        contents: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,665 @@
+//! Writes into an ext4 file system inside a partition of an image file.
+//!
+//! Writes go through e2fsprogs' own `debugfs` (libext2fs), which keeps htree
+//! directories indexed, checksums current and every feature Ubuntu uses
+//! supported; it is present on every Linux host. The image file is opened by
+//! libext2fs with an `offset=` I/O option, so nothing is mounted and no loop
+//! device or root is needed. Before the first write this module checks the
+//! superblock itself: known features only, a clean journal, a file system that
+//! fits its partition, and room for everything planned.
+//!
+//! Reads (existence checks, os-release, `inspect`) use ext4-view, which is
+//! read-only and verifies metadata checksums.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::image::{ImageError, Partition, Region};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error(transparent)]
+    Io(#[from] ImageError),
+    #[error("not an ext4 file system (no superblock magic)")]
+    NotExt4,
+    #[error(
+        "the journal needs recovery (the file system was not cleanly unmounted); refusing to edit it. Run `e2fsck -fy` on the partition first"
+    )]
+    NeedsRecovery,
+    #[error("the file system has errors recorded; run e2fsck on it first")]
+    HasErrors,
+    #[error("unsupported ext4 feature(s): {0}; refusing to edit")]
+    UnknownFeature(String),
+    #[error("the file system claims {fs_bytes} bytes but its partition has {part_bytes}")]
+    TooBig { fs_bytes: u64, part_bytes: u64 },
+    #[error(
+        "not enough room: the planned writes need about {need_blocks} blocks of {block_size} bytes and {need_inodes} inodes; the file system has {free_blocks} blocks and {free_inodes} inodes free"
+    )]
+    NoSpace {
+        need_blocks: u64,
+        need_inodes: u64,
+        free_blocks: u64,
+        free_inodes: u64,
+        block_size: u64,
+    },
+    #[error("{path}: {reason}")]
+    Path { path: String, reason: String },
+    #[error("reading the file system: {0}")]
+    Read(String),
+    #[error(
+        "cannot run debugfs (from e2fsprogs; install it with `apt-get install e2fsprogs`): {0}"
+    )]
+    NoDebugfs(std::io::Error),
+    #[error("debugfs failed at `{command}`: {message}")]
+    Debugfs { command: String, message: String },
+    #[error("{0}")]
+    Temp(std::io::Error),
+}
+
+type Result<T> = std::result::Result<T, Ext4Error>;
+
+// Feature bits (from the ext4 on-disk format).
+const COMPAT_KNOWN: u32 =
+    0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0200 | 0x0400 | 0x1000;
+// compat: dir_prealloc imagic_inodes has_journal ext_attr resize_inode dir_index sparse_super2 fast_commit stable_inodes(0x800 not listed) orphan_file
+const INCOMPAT_RECOVER: u32 = 0x0004;
+const INCOMPAT_KNOWN: u32 =
+    0x0002 | 0x0004 | 0x0040 | 0x0080 | 0x0200 | 0x1000 | 0x2000 | 0x8000 | 0x10000 | 0x20000;
+// incompat: filetype recover extents 64bit flex_bg ea_inode dirdata(0x1000 no) csum_seed largedir(0x4000) inline_data encrypt casefold
+const RO_COMPAT_KNOWN: u32 = 0x0001
+    | 0x0002
+    | 0x0004
+    | 0x0008
+    | 0x0010
+    | 0x0020
+    | 0x0040
+    | 0x0100
+    | 0x0200
+    | 0x0400
+    | 0x1000
+    | 0x2000
+    | 0x8000
+    | 0x10000;
+// ro_compat: sparse_super large_file btree_dir huge_file gdt_csum dir_nlink extra_isize quota bigalloc metadata_csum project verity orphan_present
+
+/// What the superblock says, as far as editing needs to know.
+#[derive(Debug, Clone)]
+pub struct Superblock {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub free_blocks: u64,
+    pub free_inodes: u64,
+    pub inode_size: u64,
+    pub label: String,
+    pub features: Features,
+    pub needs_recovery: bool,
+    pub has_errors: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Features {
+    pub compat: u32,
+    pub incompat: u32,
+    pub ro_compat: u32,
+}
+
+impl Superblock {
+    pub fn read(region: &Region) -> Result<Self> {
+        let mut sb = [0u8; 1024];
+        region.read_at(1024, &mut sb)?;
+        if sb[56..58] != [0x53, 0xEF] {
+            return Err(Ext4Error::NotExt4);
+        }
+        let le32 = |o: usize| u32::from_le_bytes(sb[o..o + 4].try_into().unwrap()) as u64;
+        let le16 = |o: usize| u16::from_le_bytes(sb[o..o + 2].try_into().unwrap()) as u64;
+        let features = Features {
+            compat: le32(0x5C) as u32,
+            incompat: le32(0x60) as u32,
+            ro_compat: le32(0x64) as u32,
+        };
+        let is64 = features.incompat & 0x80 != 0;
+        let hi = |o: usize| if is64 { le32(o) << 32 } else { 0 };
+        let log = le32(0x18);
+        if log > 6 {
+            return Err(Ext4Error::NotExt4);
+        }
+        let end = sb[0x78..0x88].iter().position(|&b| b == 0).unwrap_or(16);
+        Ok(Superblock {
+            block_size: 1024 << log,
+            blocks: le32(0x04) | hi(0x150),
+            free_blocks: le32(0x0C) | hi(0x158),
+            free_inodes: le32(0x10),
+            inode_size: if le32(0x4C) >= 1 { le16(0x58) } else { 128 },
+            label: String::from_utf8_lossy(&sb[0x78..0x78 + end]).into_owned(),
+            needs_recovery: features.incompat & INCOMPAT_RECOVER != 0,
+            has_errors: le16(0x3A) & 0x2 != 0,
+            features,
+        })
+    }
+
+    fn check_editable(&self, part_len: u64) -> Result<()> {
+        if self.needs_recovery {
+            return Err(Ext4Error::NeedsRecovery);
+        }
+        if self.has_errors {
+            return Err(Ext4Error::HasErrors);
+        }
+        let f = self.features;
+        let mut unknown = Vec::new();
+        if f.compat & !COMPAT_KNOWN != 0 {
+            unknown.push(format!("compat {:#x}", f.compat & !COMPAT_KNOWN));
+        }
+        if f.incompat & !INCOMPAT_KNOWN != 0 {
+            unknown.push(format!("incompat {:#x}", f.incompat & !INCOMPAT_KNOWN));
+        }
+        if f.ro_compat & !RO_COMPAT_KNOWN != 0 {
+            unknown.push(format!("ro_compat {:#x}", f.ro_compat & !RO_COMPAT_KNOWN));
+        }
+        if !unknown.is_empty() {
+            return Err(Ext4Error::UnknownFeature(unknown.join(", ")));
+        }
+        let fs_bytes = self.blocks * self.block_size;
+        if fs_bytes > part_len {
+            return Err(Ext4Error::TooBig {
+                fs_bytes,
+                part_bytes: part_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Contents {
+    Bytes(Vec<u8>),
+    /// A host file, streamed by debugfs (for large files such as the k3s binary).
+    File(PathBuf),
+}
+
+impl Contents {
+    fn len(&self) -> Result<u64> {
+        match self {
+            Contents::Bytes(b) => Ok(b.len() as u64),
+            Contents::File(p) => {
+                std::fs::metadata(p)
+                    .map(|m| m.len())
+                    .map_err(|e| Ext4Error::Path {
+                        path: p.display().to_string(),
+                        reason: e.to_string(),
+                    })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One edit to the file system; parents of every path are created as needed
+/// (mode 0755, root) unless they exist.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Mkdir {
+        path: String,
+        owner: Owner,
+    },
+    Write {
+        path: String,
+        contents: Contents,
+        owner: Owner,
+    },
+    Symlink {
+        path: String,
+        target: String,
+        uid: u32,
+        gid: u32,
+    },
+    Remove {
+        path: String,
+    },
+    SetOwner {
+        path: String,
+        owner: Owner,
+    },
+}
+
+impl Op {
+    fn path(&self) -> &str {
+        match self {
+            Op::Mkdir { path, .. }
+            | Op::Write { path, .. }
+            | Op::Symlink { path, .. }
+            | Op::Remove { path }
+            | Op::SetOwner { path, .. } => path,
+        }
+    }
+}
+
+/// A path debugfs can take safely inside double quotes.
+pub fn check_path(path: &str) -> Result<()> {
+    let bad = |reason: &str| {
+        Err(Ext4Error::Path {
+            path: path.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if !path.starts_with('/') || path.len() < 2 {
+        return bad("must be an absolute path below /");
+    }
+    if path
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return bad("must not contain quotes, backslashes or control characters");
+    }
+    if path
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == ".." || c.len() > 255)
+    {
+        return bad(
+            "must be a normalised path (no empty, '.' or '..' components, each at most 255 bytes)",
+        );
+    }
+    Ok(())
+}
+
+fn parents(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .skip(1)
+        .map(move |(i, _)| &path[..i])
+}
+
+/// Reads an ext4 partition with ext4-view.
+pub fn open_reader(region: Region<'_>) -> Result<ext4_view::Ext4> {
+    let owned = OwnedRegion::from(region)?;
+    ext4_view::Ext4::load(Box::new(owned)).map_err(|e| Ext4Error::Read(e.to_string()))
+}
+
+/// ext4-view wants a `'static` reader; this one owns a handle to the same file.
+struct OwnedRegion {
+    file: std::fs::File,
+    offset: u64,
+    len: u64,
+}
+
+impl OwnedRegion {
+    fn from(region: Region<'_>) -> Result<Self> {
+        let file = region
+            .try_clone_file()
+            .map_err(|source| Ext4Error::Io(ImageError::RegionIo { offset: 0, source }))?;
+        Ok(OwnedRegion {
+            file,
+            offset: region.offset(),
+            len: region.len(),
+        })
+    }
+}
+
+impl ext4_view::Ext4Read for OwnedRegion {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        use std::os::unix::fs::FileExt;
+        let end = start_byte.checked_add(dst.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(Box::new(ImageError::OutOfRegion {
+                offset: start_byte,
+                len: dst.len() as u64,
+                region_len: self.len,
+            }));
+        }
+        self.file.read_exact_at(dst, self.offset + start_byte)?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+    Other,
+}
+
+fn kind_of(fs: &ext4_view::Ext4, path: &str) -> Result<Option<Kind>> {
+    match fs.symlink_metadata(ext4_view::Path::new(path)) {
+        Ok(m) => Ok(Some(if m.is_dir() {
+            Kind::Dir
+        } else if m.file_type().is_regular_file() {
+            Kind::File
+        } else {
+            Kind::Other
+        })),
+        Err(ext4_view::Ext4Error::NotFound) => Ok(None),
+        Err(e) => Err(Ext4Error::Read(format!("{path}: {e}"))),
+    }
+}
+
+/// Applies `ops` to the ext4 file system in `part` of `image`.
+///
+/// `timestamp` (Unix seconds) becomes every touched inode's time, so identical
+/// inputs give identical bytes.
+pub fn apply(
+    image: &Path,
+    image_file: &std::fs::File,
+    part: &Partition,
+    ops: &[Op],
+    timestamp: u64,
+) -> Result<()> {
+    let region = Region::new(image_file, part);
+    let sb = Superblock::read(&region)?;
+    sb.check_editable(part.len)?;
+    for op in ops {
+        check_path(op.path())?;
+    }
+    let fs = open_reader(region)?;
+
+    // Decide every command up front from what exists now, so planning errors
+    // come before the first write.
+    let mut script = String::new();
+    let temp = tempfile::Builder::new()
+        .prefix("imgbuild-ext4-")
+        .tempdir()
+        .map_err(Ext4Error::Temp)?;
+    let mut created_dirs: BTreeSet<String> = BTreeSet::new();
+    let mut state: std::collections::HashMap<String, Option<Kind>> = Default::default();
+    let lookup = |path: &str,
+                  state: &mut std::collections::HashMap<String, Option<Kind>>|
+     -> Result<Option<Kind>> {
+        if let Some(k) = state.get(path) {
+            return Ok(*k);
+        }
+        let k = kind_of(&fs, path)?;
+        state.insert(path.to_string(), k);
+        Ok(k)
+    };
+    let mut need_blocks: u64 = 0;
+    let mut need_inodes: u64 = 0;
+    let bs = sb.block_size;
+    let stamp = format!("@{timestamp}");
+    let times = |script: &mut String, p: &str| {
+        for f in ["atime", "mtime", "ctime", "crtime"] {
+            script.push_str(&format!("sif \"{p}\" {f} {stamp}\n"));
+        }
+    };
+    let own = |script: &mut String, p: &str, kind_bits: u32, o: &Owner| {
+        script.push_str(&format!(
+            "sif \"{p}\" mode 0{:o}\n",
+            kind_bits | (o.mode & 0o7777)
+        ));
+        script.push_str(&format!(
+            "sif \"{p}\" uid {}\nsif \"{p}\" gid {}\n",
+            o.uid, o.gid
+        ));
+    };
+    let mut touched_parents: BTreeSet<String> = BTreeSet::new();
+    let mut file_no = 0usize;
+    for op in ops {
+        let path = op.path();
+        let make_parents = !matches!(op, Op::Remove { .. } | Op::SetOwner { .. });
+        if make_parents {
+            for parent in parents(path) {
+                match lookup(parent, &mut state)? {
+                    Some(Kind::Dir) => {}
+                    Some(_) => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: format!("{parent} exists and is not a directory"),
+                        });
+                    }
+                    None => {
+                        script.push_str(&format!("mkdir \"{parent}\"\n"));
+                        own(
+                            &mut script,
+                            parent,
+                            0o040000,
+                            &Owner {
+                                mode: 0o755,
+                                uid: 0,
+                                gid: 0,
+                            },
+                        );
+                        times(&mut script, parent);
+                        state.insert(parent.to_string(), Some(Kind::Dir));
+                        created_dirs.insert(parent.to_string());
+                        need_blocks += 1;
+                        need_inodes += 1;
+                    }
+                }
+            }
+            if let Some(dir) = path
+                .rsplit_once('/')
+                .map(|(d, _)| if d.is_empty() { "/" } else { d })
+            {
+                touched_parents.insert(dir.to_string());
+            }
+        }
+        let existing = lookup(path, &mut state)?;
+        match op {
+            Op::Mkdir { owner, .. } => {
+                match existing {
+                    Some(Kind::Dir) => {}
+                    Some(_) => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: "exists and is not a directory".into(),
+                        });
+                    }
+                    None => {
+                        script.push_str(&format!("mkdir \"{path}\"\n"));
+                        need_blocks += 1;
+                        need_inodes += 1;
+                        state.insert(path.to_string(), Some(Kind::Dir));
+                    }
+                }
+                own(&mut script, path, 0o040000, owner);
+                times(&mut script, path);
+            }
+            Op::Write {
+                contents, owner, ..
+            } => {
+                match existing {
+                    Some(Kind::Dir) => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: "a directory is in the way of this file".into(),
+                        });
+                    }
+                    Some(_) => script.push_str(&format!("rm \"{path}\"\n")),
+                    None => {}
+                }
+                let len = contents.len()?;
+                let data_blocks = len.div_ceil(bs);
+                // Extent tree: one index block per ~340 extents; assume 128 MiB extents at worst.
+                need_blocks += data_blocks + data_blocks / (bs * 8) + 1;
+                need_inodes += 1;
+                let host = match contents {
+                    Contents::File(p) => p.clone(),
+                    Contents::Bytes(b) => {
+                        file_no += 1;
+                        let p = temp.path().join(format!("f{file_no}"));
+                        write_private(&p, b).map_err(Ext4Error::Temp)?;
+                        p
+                    }
+                };
+                check_host_path(&host)?;
+                script.push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
+                own(&mut script, path, 0o100000, owner);
+                times(&mut script, path);
+                state.insert(path.to_string(), Some(Kind::File));
+            }
+            Op::Symlink {
+                target, uid, gid, ..
+            } => {
+                if target
+                    .chars()
+                    .any(|c| c == '"' || c == '\\' || c.is_control())
+                    || target.is_empty()
+                    || target.len() > 4095
+                {
+                    return Err(Ext4Error::Path {
+                        path: path.into(),
+                        reason: format!(
+                            "symlink target {target:?} must be 1-4095 bytes without quotes, backslashes or control characters"
+                        ),
+                    });
+                }
+                match existing {
+                    Some(Kind::Dir) => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: "a directory is in the way of this symlink".into(),
+                        });
+                    }
+                    Some(_) => script.push_str(&format!("rm \"{path}\"\n")),
+                    None => {}
+                }
+                need_blocks += 1;
+                need_inodes += 1;
+                script.push_str(&format!("symlink \"{path}\" \"{target}\"\n"));
+                script.push_str(&format!(
+                    "sif \"{path}\" uid {uid}\nsif \"{path}\" gid {gid}\n"
+                ));
+                times(&mut script, path);
+                state.insert(path.to_string(), Some(Kind::Other));
+            }
+            Op::Remove { .. } => match existing {
+                Some(Kind::Dir) => {
+                    script.push_str(&format!("rmdir \"{path}\"\n"));
+                    state.insert(path.to_string(), None);
+                }
+                Some(_) => {
+                    script.push_str(&format!("rm \"{path}\"\n"));
+                    state.insert(path.to_string(), None);
+                }
+                None => {}
+            },
+            Op::SetOwner { owner, .. } => {
+                let bits = match existing {
+                    Some(Kind::Dir) => 0o040000,
+                    Some(Kind::File) => 0o100000,
+                    Some(Kind::Other) => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: "can only change mode and owner of files and directories"
+                                .into(),
+                        });
+                    }
+                    None => {
+                        return Err(Ext4Error::Path {
+                            path: path.into(),
+                            reason: "does not exist".into(),
+                        });
+                    }
+                };
+                own(&mut script, path, bits, owner);
+                times(&mut script, path);
+            }
+        }
+    }
+    // Directories whose entries changed get the build time too, for determinism.
+    for dir in touched_parents.difference(&created_dirs) {
+        if state.get(dir.as_str()).copied().flatten() == Some(Kind::Dir) || dir == "/" {
+            script.push_str(&format!(
+                "sif \"{dir}\" mtime {stamp}\nsif \"{dir}\" ctime {stamp}\n"
+            ));
+        }
+    }
+    // Room for directory growth and htree splits.
+    need_blocks += need_inodes / 16 + 16;
+    if need_blocks > sb.free_blocks || need_inodes > sb.free_inodes {
+        return Err(Ext4Error::NoSpace {
+            need_blocks,
+            need_inodes,
+            free_blocks: sb.free_blocks,
+            free_inodes: sb.free_inodes,
+            block_size: bs,
+        });
+    }
+    drop(fs);
+    run_debugfs(image, part.start, &script, timestamp, temp.path())?;
+    Ok(())
+}
+
+fn check_host_path(p: &Path) -> Result<()> {
+    let s = p.to_string_lossy();
+    if s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(Ext4Error::Path {
+            path: s.into_owned(),
+            reason:
+                "host file paths given to debugfs must not contain quotes or control characters"
+                    .into(),
+        });
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
+}
+
+fn run_debugfs(
+    image: &Path,
+    offset: u64,
+    script: &str,
+    timestamp: u64,
+    workdir: &Path,
+) -> Result<()> {
+    let script_path = workdir.join("commands");
+    write_private(&script_path, script.as_bytes()).map_err(Ext4Error::Temp)?;
+    let spec = format!("{}?offset={offset}", image.display());
+    let (reader, writer) = std::io::pipe().map_err(Ext4Error::Temp)?;
+    let writer2 = writer.try_clone().map_err(Ext4Error::Temp)?;
+    let mut child = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(&spec)
+        .env("E2FSPROGS_FAKE_TIME", timestamp.to_string())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .spawn()
+        .map_err(Ext4Error::NoDebugfs)?;
+    let mut current = String::from("(opening the file system)");
+    let mut failure: Option<(String, String)> = None;
+    for line in BufReader::new(reader).lines() {
+        let line = line.map_err(Ext4Error::Temp)?;
+        if let Some(cmd) = line.strip_prefix("debugfs: ") {
+            current = cmd.to_string();
+        } else if line.starts_with("debugfs ")
+            || line.starts_with("Allocated inode:")
+            || line.trim().is_empty()
+        {
+            // The version banner and the inode number `write` reports.
+        } else if failure.is_none() {
+            failure = Some((current.clone(), line));
+        }
+    }
+    let status = child.wait().map_err(Ext4Error::Temp)?;
+    if let Some((command, message)) = failure {
+        return Err(Ext4Error::Debugfs { command, message });
+    }
+    if !status.success() {
+        return Err(Ext4Error::Debugfs {
+            command: current,
+            message: format!("exited with {status}"),
+        });
+    }
+    Ok(())
+}

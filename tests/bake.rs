@@ -1,0 +1,315 @@
+//! End-to-end bakes of RK1, CM4 and NUC fixtures through the CLI, checked
+//! with fsck.fat, e2fsck, pyfatfs, mtools, cloud-init schema and ext4-view.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use imgbuild::app::{self, Paths};
+
+fn paths() -> Paths {
+    Paths::resolve(repo().join("profiles"), None, None)
+}
+
+fn rendered(node: &str) -> Vec<imgbuild::render::RenderedFile> {
+    app::render(&paths(), node).unwrap()
+}
+
+fn rendered_file(node: &str, path: &str) -> Vec<u8> {
+    rendered(node)
+        .into_iter()
+        .find(|f| f.target == "seed" && f.path == path)
+        .unwrap_or_else(|| panic!("{node} renders no seed file {path}"))
+        .contents
+}
+
+fn bake(out_dir: &Path, target: &str, base: &Path) -> (PathBuf, serde_json::Value) {
+    let out = out_dir.join(target);
+    let profiles = repo().join("profiles");
+    let r = imgbuild(
+        out_dir,
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--base",
+            base.to_str().unwrap(),
+            "--json",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "bake failed: {}", text(&r));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    (out, report[0].clone())
+}
+
+fn touched(report: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["partition"].as_str().unwrap().to_string())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn cloud_init_schema(user_data: &[u8], work: &Path) {
+    let f = work.join("user-data.check");
+    std::fs::write(&f, user_data).unwrap();
+    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
+    assert_eq!(
+        code,
+        0,
+        "cloud-init schema rejects user-data:\n{out}\n{}",
+        String::from_utf8_lossy(user_data)
+    );
+    assert!(
+        out.contains("Valid cloud-config") || out.contains("Valid schema"),
+        "{out}"
+    );
+}
+
+fn assert_no_partials(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.ends_with(".partial"), "left a partial file {name}");
+    }
+}
+
+#[test]
+fn rk1_bake_writes_the_seed_and_nothing_else() {
+    let fx = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let base_hash = hash_range(
+        &fx.rk1.path,
+        0,
+        std::fs::metadata(&fx.rk1.path).unwrap().len(),
+    );
+    let (out, report) = bake(work.path(), "node02.rk1.img", &fx.rk1.path);
+
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        hash_range(
+            &fx.rk1.path,
+            0,
+            std::fs::metadata(&fx.rk1.path).unwrap().len()
+        ),
+        base_hash,
+        "base modified"
+    );
+    assert_no_partials(work.path());
+
+    let fsck = fsck_fat(&fx.rk1, &out, 1, work.path());
+    assert!(fsck.contains("files"), "{fsck}");
+    let part = work.path().join("p1.fat");
+    for name in ["/user-data", "/meta-data", "/network-config"] {
+        assert_eq!(
+            fat_cat(&part, name),
+            rendered_file("node02", name),
+            "{name} read back differs"
+        );
+    }
+    let user = fat_cat(&part, "/user-data");
+    cloud_init_schema(&user, work.path());
+    let ud: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&user).unwrap();
+    assert_eq!(ud["hostname"].as_str(), Some("node02"));
+    assert_eq!(ud["users"][0]["name"].as_str(), Some("admin"));
+    let net: serde_yaml_ng::Value =
+        serde_yaml_ng::from_slice(&fat_cat(&part, "/network-config")).unwrap();
+    let lan = &net["ethernets"]["lan0"];
+    assert_eq!(lan["addresses"][0].as_str(), Some("192.168.1.102/24"));
+    assert_eq!(lan["routes"][0]["to"].as_str(), Some("default"));
+    assert_eq!(lan["routes"][0]["via"].as_str(), Some("192.168.1.1"));
+    assert!(lan.get("gateway4").is_none());
+    let meta: serde_yaml_ng::Value =
+        serde_yaml_ng::from_slice(&fat_cat(&part, "/meta-data")).unwrap();
+    assert_eq!(meta["instance-id"].as_str(), report["instance_id"].as_str());
+    assert_eq!(meta["local-hostname"].as_str(), Some("node02"));
+
+    // Everything outside the partitions that received files is byte-identical,
+    // U-Boot in the raw area included.
+    let mut ranges = Vec::new();
+    for role in touched(&report) {
+        let idx = match role.as_str() {
+            "cidata" => 1,
+            "root" => 2,
+            other => panic!("unexpected partition {other}"),
+        };
+        ranges.push(fx.rk1.part(idx));
+    }
+    assert!(ranges.contains(&fx.rk1.part(1)));
+    assert_equal_outside(&fx.rk1.path, &out, &ranges);
+    if touched(&report).contains(&"root".to_string()) {
+        fsck_ext4(&fx.rk1, &out, 2, work.path());
+    }
+
+    let insp = imgbuild(work.path(), &["inspect", out.to_str().unwrap()]);
+    let t = text(&insp);
+    assert!(insp.status.success(), "{t}");
+    assert!(t.contains("node node02 (rk1 board)"), "{t}");
+    assert!(t.contains("profile digest"), "{t}");
+    assert!(t.contains("GPT"), "{t}");
+    let stock = imgbuild(
+        work.path(),
+        &["inspect", "--json", fx.rk1.path.to_str().unwrap()],
+    );
+    let j: serde_json::Value = serde_json::from_slice(&stock.stdout).unwrap();
+    assert!(j["provenance"].is_null());
+    assert_eq!(j["seed"]["instance_id"].as_str(), Some("cloud-image"));
+    let human = text(&imgbuild(
+        work.path(),
+        &["inspect", fx.rk1.path.to_str().unwrap()],
+    ));
+    assert!(human.contains("stock image"), "{human}");
+}
+
+#[test]
+fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
+    let fx = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let (out, report) = bake(work.path(), "node01.cm4.img", &fx.cm4.path);
+    fsck_fat(&fx.cm4, &out, 1, work.path());
+    let part = work.path().join("p1.fat");
+    let mtype = |name: &str| sh(&format!("mtype -i {} ::{name}", q(&part))).stdout;
+    let cmdline = String::from_utf8(mtype("cmdline.txt")).unwrap();
+    assert_eq!(
+        cmdline,
+        format!(
+            "{} cgroup_memory=1 cgroup_enable=memory\n",
+            CM4_CMDLINE.trim_end()
+        )
+    );
+    assert_eq!(String::from_utf8(mtype("config.txt")).unwrap(), CM4_CONFIG);
+    for name in ["user-data", "meta-data", "network-config"] {
+        assert_eq!(
+            mtype(name),
+            rendered_file("node01", &format!("/{name}")),
+            "{name}"
+        );
+    }
+    cloud_init_schema(&mtype("user-data"), work.path());
+    // Other files on system-boot are intact.
+    let listing = String::from_utf8(sh(&format!("mdir -i {} -b ::/", q(&part))).stdout).unwrap();
+    assert!(
+        listing.contains("vmlinuz") && listing.contains("overlays"),
+        "{listing}"
+    );
+    let roles = touched(&report);
+    let mut ranges = vec![fx.cm4.part(1)];
+    if roles.contains(&"root".to_string()) {
+        ranges.push(fx.cm4.part(2));
+        fsck_ext4(&fx.cm4, &out, 2, work.path());
+    }
+    assert_equal_outside(&fx.cm4.path, &out, &ranges);
+
+    // Baking again from the baked image does not append the arguments twice.
+    let again_dir = work.path().join("again");
+    std::fs::create_dir(&again_dir).unwrap();
+    let (again, _) = bake(&again_dir, "node01.cm4.img", &out);
+    fsck_fat(&fx.cm4, &again, 1, &again_dir);
+    let cmdline2 = sh(&format!(
+        "mtype -i {} ::cmdline.txt",
+        q(&again_dir.join("p1.fat"))
+    ))
+    .stdout;
+    assert_eq!(String::from_utf8(cmdline2).unwrap(), cmdline);
+}
+
+#[test]
+fn identical_inputs_give_identical_images() {
+    let fx = fixtures();
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let (x, rx) = bake(a.path(), "node03.rk1.img", &fx.rk1.path);
+    let (y, ry) = bake(b.path(), "node03.rk1.img", &fx.rk1.path);
+    let len = std::fs::metadata(&x).unwrap().len();
+    assert_eq!(hash_range(&x, 0, len), hash_range(&y, 0, len));
+    assert_eq!(rx["instance_id"], ry["instance_id"]);
+    // A different node gets a different instance-id.
+    let (_, r4) = bake(a.path(), "node04.rk1.img", &fx.rk1.path);
+    assert_ne!(rx["instance_id"], r4["instance_id"]);
+}
+
+#[test]
+fn all_builds_every_node_with_per_board_bases() {
+    let fx = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let profiles = repo().join("profiles");
+    let r = imgbuild(
+        work.path(),
+        &[
+            "build",
+            "--all",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--base",
+            &format!("rk1={}", fx.rk1.path.display()),
+            "--base",
+            &format!("cm4={}", fx.cm4.path.display()),
+            "--base",
+            &format!("nuc={}", fx.nuc.path.display()),
+            "--out-dir",
+            "out",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    let mut names: Vec<String> = std::fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "node01.cm4.img",
+            "node02.rk1.img",
+            "node03.rk1.img",
+            "node04.rk1.img",
+            "nuc2.nuc.img",
+            "ws03.nuc.img"
+        ]
+    );
+}
+
+#[test]
+fn nuc_seed_goes_into_the_root_file_system() {
+    let fx = fixtures();
+    let work = tempfile::tempdir().unwrap();
+    let (out, report) = bake(work.path(), "ws03.nuc.img", &fx.nuc.path);
+    let roles = touched(&report);
+    assert!(roles.iter().all(|r| r == "root"), "{roles:?}");
+    let part = fsck_ext4(&fx.nuc, &out, 1, work.path());
+    let dir = "/var/lib/cloud/seed/nocloud";
+    let fs = ext4_view::Ext4::load_from_path(&part).unwrap();
+    for name in ["user-data", "meta-data", "network-config"] {
+        let via_view = fs.read(format!("{dir}/{name}").as_str()).unwrap();
+        assert_eq!(
+            via_view,
+            rendered_file("ws03", &format!("/{name}")),
+            "{name}"
+        );
+        let via_debugfs = sh(&format!(
+            "debugfs -R 'cat {dir}/{name}' {} 2>/dev/null",
+            q(&part)
+        ))
+        .stdout;
+        assert_eq!(via_debugfs, via_view, "{name} via debugfs");
+    }
+    cloud_init_schema(
+        &fs.read(format!("{dir}/user-data").as_str()).unwrap(),
+        work.path(),
+    );
+    // The ESP, BOOT and BIOS boot partitions are untouched.
+    assert_equal_outside(&fx.nuc.path, &out, &[fx.nuc.part(1)]);
+    let t = text(&imgbuild(work.path(), &["inspect", out.to_str().unwrap()]));
+    assert!(
+        t.contains("node ws03 (nuc board)") && t.contains(dir),
+        "{t}"
+    );
+}
