@@ -749,24 +749,19 @@ fn short_name(name: &str, taken: &HashSet<[u8; 11]>) -> ([u8; 11], u8, Option<Ve
         _ => (name, ""),
     };
     let fits = |s: &str, max: usize| {
-        s.len() <= max
-            && s.chars().all(|c| is_short_char(c.to_ascii_uppercase()))
-            && (s.chars().all(|c| !c.is_ascii_uppercase())
-                || s.chars().all(|c| !c.is_ascii_lowercase()))
+        s.len() <= max && s.chars().all(|c| is_short_char(c.to_ascii_uppercase()))
     };
+    // Like Linux's default `shortname=mixed`: an 8.3 name is stored upper case,
+    // with a long-name entry whenever the name is not all upper case, so readers
+    // that ignore the NT case flags still see the right spelling.
+    let has_lower = name.chars().any(|c| c.is_ascii_lowercase());
     if !base.is_empty() && fits(base, 8) && fits(ext, 3) && !base.starts_with('.') {
         let mut short = [b' '; 11];
         short[..base.len()].copy_from_slice(base.to_ascii_uppercase().as_bytes());
         short[8..8 + ext.len()].copy_from_slice(ext.to_ascii_uppercase().as_bytes());
-        let mut flags = 0;
-        if base.chars().any(|c| c.is_ascii_lowercase()) {
-            flags |= 0x08;
-        }
-        if ext.chars().any(|c| c.is_ascii_lowercase()) {
-            flags |= 0x10;
-        }
         if !taken.contains(&short) {
-            return (short, flags, None);
+            let lfn = has_lower.then(|| name.encode_utf16().collect());
+            return (short, 0, lfn);
         }
     }
     let clean = |s: &str| -> String {
@@ -893,7 +888,10 @@ mod tests {
         let none = HashSet::new();
         let (s, f, l) = short_name("cmdline.txt", &none);
         assert_eq!(&s, b"CMDLINE TXT");
-        assert_eq!(f, 0x18);
+        assert_eq!(f, 0);
+        assert!(l.is_some());
+        let (s, _, l) = short_name("CONFIG.TXT", &none);
+        assert_eq!(&s, b"CONFIG  TXT");
         assert!(l.is_none());
         let (s, _, l) = short_name("network-config", &none);
         assert_eq!(&s, b"NETWOR~1   ");
@@ -903,7 +901,7 @@ mod tests {
         let (s, _, _) = short_name("network-config", &taken);
         assert_eq!(&s, b"NETWOR~2   ");
         let (s, _, l) = short_name("Mixed.txt", &none);
-        assert_eq!(&s, b"MIXED~1 TXT");
+        assert_eq!(&s, b"MIXED   TXT");
         assert!(l.is_some());
     }
 

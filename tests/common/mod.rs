@@ -169,8 +169,19 @@ impl Layout {
 /// FAT32 CIDATA with the stock seed (basic data type), p2 ext4 cloudimg-rootfs
 /// typed as EFI System, to the end.
 pub fn build_rk1(dir: &Path, size_mib: u64) -> Layout {
-    let img = dir.join("rk1-base.img");
-    let work = dir.join("rk1-work");
+    build_rk1_with(dir, "rk1-base.img", size_mib, 183, "24.04")
+}
+
+/// An RK1 layout whose root claims another architecture (ELF machine) or release.
+pub fn build_rk1_with(
+    dir: &Path,
+    name: &str,
+    size_mib: u64,
+    machine: u16,
+    version: &str,
+) -> Layout {
+    let img = dir.join(name);
+    let work = dir.join(format!("{name}-work"));
     std::fs::create_dir_all(&work).unwrap();
     sh(&format!(
         "rm -f {i}; truncate -s {size_mib}M {i}; sgdisk -a 1 -n 1:32768:40959 -t 1:EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 -n 2:40960:0 -t 2:C12A7328-F81F-11D2-BA4B-00A0C93EC93B {i} >/dev/null",
@@ -211,7 +222,14 @@ pub fn build_rk1(dir: &Path, size_mib: u64) -> Layout {
     let root_len = (size_mib * MIB - 34 * 512) - 20 * MIB;
     let root_len = root_len / 4096 * 4096;
     let tree = work.join("tree");
-    root_tree(&tree, 183, 1500);
+    root_tree(&tree, machine, 1500);
+    if version != "24.04" {
+        let osr = tree.join("etc/os-release");
+        let t = std::fs::read_to_string(&osr)
+            .unwrap()
+            .replace("24.04", version);
+        std::fs::write(osr, t).unwrap();
+    }
     let ext = work.join("root.ext4");
     mkfs_ext4(&ext, "cloudimg-rootfs", root_len, &tree);
     place(&img, &ext, 20 * MIB);
