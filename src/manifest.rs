@@ -172,14 +172,14 @@ fn load_one(path: &Path) -> Result<Manifest, Vec<Problem>> {
             format!("{:?} must equal the file name {stem:?}", m.board),
         ));
     }
-    if let Some(d) = &m.source.sha256 {
-        if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-            problems.push(Problem::field(
-                path,
-                "source.sha256",
-                "expected 64 hex digits".into(),
-            ));
-        }
+    if let Some(d) = &m.source.sha256
+        && (d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        problems.push(Problem::field(
+            path,
+            "source.sha256",
+            "expected 64 hex digits".into(),
+        ));
     }
     if m.source.sha256.is_none() && m.source.checksums_url.is_none() {
         problems.push(Problem::field(

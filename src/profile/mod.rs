@@ -156,15 +156,39 @@ pub(crate) struct Origin<'a> {
 
 impl Origin<'_> {
     pub fn file_for(&self, field: &str) -> PathBuf {
-        let mut v = self.own;
-        for key in field.split('.') {
-            match v.get(key) {
-                Some(next) => v = next,
-                None => return self.cluster_file.to_owned(),
-            }
+        let segments: Vec<&str> = field.split('.').collect();
+        if has_path(self.own, &segments) {
+            self.node_file.to_owned()
+        } else {
+            self.cluster_file.to_owned()
         }
-        self.node_file.to_owned()
     }
+}
+
+/// Whether `v` has the dotted field path; keys may contain dots themselves
+/// (label keys do) and a segment may end in `[index]`.
+fn has_path(v: &Value, segments: &[&str]) -> bool {
+    if segments.is_empty() {
+        return true;
+    }
+    (1..=segments.len()).any(|n| {
+        let joined = segments[..n].join(".");
+        let (key, index) = match joined.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+            Some((k, i)) => (k.to_string(), i.parse::<usize>().ok()),
+            None => (joined.clone(), None),
+        };
+        let Some(child) = v.get(key.as_str()) else {
+            return false;
+        };
+        let child = match index {
+            Some(i) => match child.get(i) {
+                Some(c) => c,
+                None => return false,
+            },
+            None => child,
+        };
+        has_path(child, &segments[n..])
+    })
 }
 
 fn read_yaml(path: &Path) -> Result<Value, Problem> {

@@ -347,32 +347,32 @@ pub(super) fn resolve_node(
             None
         }
     });
-    if let Some(i) = &k.flannel_iface {
-        if !iface_ok(i) || i.contains(['*', '?']) {
-            cx.bad(
-                "k3s.flannel_iface",
-                format!("{i:?} is not an interface name"),
-            );
-        }
+    if let Some(i) = &k.flannel_iface
+        && (!iface_ok(i) || i.contains(['*', '?']))
+    {
+        cx.bad(
+            "k3s.flannel_iface",
+            format!("{i:?} is not an interface name"),
+        );
     }
 
     let net = spec.network.unwrap_or_default();
     let m = net.match_.unwrap_or_default();
-    if let Some(name) = &m.name {
-        if !iface_ok(name) {
-            cx.bad(
-                "network.match.name",
-                format!("{name:?} is not an interface name or glob"),
-            );
-        }
+    if let Some(name) = &m.name
+        && !iface_ok(name)
+    {
+        cx.bad(
+            "network.match.name",
+            format!("{name:?} is not an interface name or glob"),
+        );
     }
-    if let Some(mac) = &m.mac {
-        if !mac_ok(mac) {
-            cx.bad(
-                "network.match.mac",
-                format!("{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"),
-            );
-        }
+    if let Some(mac) = &m.mac
+        && !mac_ok(mac)
+    {
+        cx.bad(
+            "network.match.mac",
+            format!("{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"),
+        );
     }
     if m.name.is_some() && m.mac.is_some() {
         cx.bad("network.match", "give either `name` or `mac`, not both");
@@ -407,13 +407,13 @@ pub(super) fn resolve_node(
                 None
             }
         });
-    if let (Some(a), Some(g)) = (&address, &gateway) {
-        if !a.contains(g) {
-            cx.bad(
-                "network.gateway",
-                format!("{g} is outside the subnet of the node's address {a}"),
-            );
-        }
+    if let (Some(a), Some(g)) = (&address, &gateway)
+        && !a.contains(g)
+    {
+        cx.bad(
+            "network.gateway",
+            format!("{g} is outside the subnet of the node's address {a}"),
+        );
     }
     let mut dns = Vec::new();
     for (i, d) in net.dns.unwrap_or_default().iter().enumerate() {
@@ -447,10 +447,10 @@ pub(super) fn resolve_node(
         }
         Zram { percent, algorithm }
     });
-    if let Some(s) = sw.swappiness {
-        if s > 200 {
-            cx.bad("swap.swappiness", format!("{s} must be from 0 to 200"));
-        }
+    if let Some(s) = sw.swappiness
+        && s > 200
+    {
+        cx.bad("swap.swappiness", format!("{s} must be from 0 to 200"));
     }
     let packages = spec.packages.unwrap_or_default();
     for (i, p) in packages.iter().enumerate() {
@@ -510,10 +510,10 @@ pub(super) fn cross_checks(
     if let Some(e) = host_error(&cluster.server) {
         problems.push(Problem::field(cf, "cluster.server", e));
     }
-    if let Some(d) = &cluster.domain {
-        if let Some(e) = dns_name_error(d) {
-            problems.push(Problem::field(cf, "cluster.domain", e));
-        }
+    if let Some(d) = &cluster.domain
+        && let Some(e) = dns_name_error(d)
+    {
+        problems.push(Problem::field(cf, "cluster.domain", e));
     }
     let tz_ok = !cluster.timezone.is_empty()
         && cluster
@@ -628,19 +628,19 @@ pub(super) fn cross_checks(
                 ),
             ));
         }
-        if let Some(s) = &n.turing_pi {
-            if let Some(other) = slots.insert((s.board.clone(), s.slot), n) {
-                problems.push(Problem::field(
-                    &n.file,
-                    "turing_pi.slot",
-                    format!(
-                        "slot {} of board {:?} is also taken by {}",
-                        s.slot,
-                        s.board,
-                        other.file.display()
-                    ),
-                ));
-            }
+        if let Some(s) = &n.turing_pi
+            && let Some(other) = slots.insert((s.board.clone(), s.slot), n)
+        {
+            problems.push(Problem::field(
+                &n.file,
+                "turing_pi.slot",
+                format!(
+                    "slot {} of board {:?} is also taken by {}",
+                    s.slot,
+                    s.board,
+                    other.file.display()
+                ),
+            ));
         }
         let ips = n
             .network

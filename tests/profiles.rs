@@ -1,0 +1,266 @@
+//! Profile and manifest validation through `imgbuild check`: every problem is
+//! listed with its file, field and what is expected.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+/// Copies the shipped profiles into a temp dir, applies `edits` (file, contents), runs check.
+fn check_with(edits: &[(&str, &str)]) -> (i32, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(dir.path())
+    ));
+    for (file, body) in edits {
+        let p = dir.path().join("profiles").join(file);
+        if body.is_empty() {
+            std::fs::remove_file(&p).unwrap();
+        } else {
+            std::fs::write(&p, body).unwrap();
+        }
+    }
+    let manifests = repo().join("firmware-manifests");
+    let overlays = repo().join("overlays");
+    let out = imgbuild(
+        dir.path(),
+        &[
+            "check",
+            "--profiles",
+            "profiles",
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--overlays",
+            overlays.to_str().unwrap(),
+        ],
+    );
+    (out.status.code().unwrap(), text(&out), dir)
+}
+
+#[test]
+fn the_shipped_profiles_are_valid() {
+    let (code, out, _d) = check_with(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("6 node(s)"), "{out}");
+}
+
+#[test]
+fn every_problem_is_listed_with_file_and_field() {
+    let (code, out, _d) = check_with(&[
+        (
+            "nodes/node02.yaml",
+            "board: rk1\nturing_pi: {board: tp1, slot: 2}\ncolour: blue\n",
+        ),
+        (
+            "nodes/node03.yaml",
+            "board: rk1\nhostname: Node_03\nturing_pi: {board: tp1, slot: 2}\n",
+        ),
+        (
+            "nodes/node04.yaml",
+            "board: rk1\nturing_pi: {board: tp1, slot: 4}\nnetwork:\n  dhcp: false\n  address: 10.0.0.5/24\n  gateway: 192.168.1.1\n",
+        ),
+        ("nodes/ws03.yaml", "board: pi5\n"),
+        (
+            "nodes/nuc2.yaml",
+            "board: nuc\nhostname: node01\nk3s: {role: server, cluster_init: true, labels: {node-role.kubernetes.io/worker: \"true\"}, taints: [\"x=y:Sometimes\"]}\nnetwork: {dhcp: false, address: 192.168.1.101/33}\n",
+        ),
+        ("nodes/bad.yaml", "board: [rk1\n"),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    let expect = [
+        ("node02.yaml", "colour", "unknown field `colour`"),
+        (
+            "node03.yaml",
+            "hostname",
+            "may contain only lower-case letters",
+        ),
+        (
+            "node04.yaml",
+            "network.gateway",
+            "192.168.1.1 is outside the subnet of the node's address 10.0.0.5/24",
+        ),
+        (
+            "ws03.yaml",
+            "board",
+            "\"pi5\" has no firmware manifest; expected one of: cm4, nuc, rk1",
+        ),
+        (
+            "nuc2.yaml",
+            "network.address",
+            "prefix \"33\" must be a number from 0 to 32",
+        ),
+        (
+            "nuc2.yaml",
+            "k3s.labels.node-role.kubernetes.io/worker",
+            "may not set labels under node-role.kubernetes.io",
+        ),
+        (
+            "nuc2.yaml",
+            "k3s.taints[0]",
+            "must be NoSchedule, PreferNoSchedule or NoExecute",
+        ),
+        ("bad.yaml", "", "not valid YAML"),
+    ];
+    for (file, field, reason) in expect {
+        let line = out
+            .lines()
+            .find(|l| l.contains(file) && l.contains(reason))
+            .unwrap_or_else(|| panic!("no problem for {file} {field}: {reason}\n{out}"));
+        if !field.is_empty() {
+            assert!(
+                line.contains(&format!(": {field}: ")),
+                "field {field} not named in {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn duplicates_across_nodes_are_found() {
+    let (code, out, _d) = check_with(&[
+        (
+            "nodes/node03.yaml",
+            "board: rk1\nhostname: node02\nturing_pi: {board: tp1, slot: 3}\n",
+        ),
+        (
+            "nodes/node04.yaml",
+            "board: rk1\nturing_pi: {board: tp1, slot: 4}\nnetwork: {dhcp: false, address: 192.168.1.102/24, gateway: 192.168.1.1}\n",
+        ),
+        (
+            "nodes/nuc2.yaml",
+            "board: nuc\nk3s: {role: server, cluster_init: true}\n",
+        ),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("hostname: \"node02\" is also the hostname of"),
+        "{out}"
+    );
+    assert!(
+        out.contains("network.address: 192.168.1.102 is also used by"),
+        "{out}"
+    );
+    assert!(
+        out.contains("k3s.cluster_init: only one server may initialise the cluster"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_field_from_the_defaults_names_the_cluster_file() {
+    let cluster = std::fs::read_to_string(repo().join("profiles/cluster.yaml"))
+        .unwrap()
+        .replace(
+            "  packages: [nfs-common, open-iscsi]",
+            "  packages: [\"Bad Package\"]",
+        );
+    let (code, out, _d) = check_with(&[("cluster.yaml", &cluster)]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("cluster.yaml: packages[0]: \"Bad Package\" is not a Debian package name"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_or_broken_files_are_named() {
+    let (code, out, _d) = check_with(&[("cluster.yaml", "")]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("cluster.yaml: cannot read"), "{out}");
+    let (code, out, _d) = check_with(&[("cluster.yaml", "cluster:\n  name: x\n")]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("cluster.yaml: cluster: missing field `server`"),
+        "{out}"
+    );
+    let w = tempfile::tempdir().unwrap();
+    let out = imgbuild(
+        w.path(),
+        &[
+            "check",
+            "--profiles",
+            "nowhere",
+            "--manifests",
+            repo().join("firmware-manifests").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out).contains("nowhere/cluster.yaml: cannot read"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_hostile_key_comment_stays_one_yaml_value() {
+    // A double-quoted YAML string in the profile, so the hostile text reaches the template whole.
+    let cluster = std::fs::read_to_string(repo().join("profiles/cluster.yaml")).unwrap().replace(
+        "- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA admin@laptop",
+        "- \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA x\\\" }]\\t #: {runcmd: [reboot]} '\"",
+    );
+    assert!(cluster.contains("runcmd"));
+    let dir = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(dir.path())
+    ));
+    std::fs::write(dir.path().join("profiles/cluster.yaml"), &cluster).unwrap();
+    let paths = imgbuild::app::Paths::resolve(
+        dir.path().join("profiles"),
+        Some(repo().join("firmware-manifests")),
+        Some(repo().join("overlays")),
+    );
+    let files = imgbuild::app::render(&paths, "node02").unwrap();
+    let ud = files.iter().find(|f| f.path == "/user-data").unwrap();
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&ud.contents).unwrap();
+    let key = v["users"][0]["ssh_authorized_keys"][0].as_str().unwrap();
+    assert!(key.ends_with("x\" }]\t #: {runcmd: [reboot]} '"), "{key}");
+    assert!(v.get("runcmd").is_none());
+    let work = tempfile::tempdir().unwrap();
+    let f = work.path().join("ud");
+    std::fs::write(&f, &ud.contents).unwrap();
+    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn bad_manifests_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("firmware-manifests")),
+        q(dir.path())
+    ));
+    let m = dir.path().join("firmware-manifests");
+    let rk1 = std::fs::read_to_string(m.join("rk1.yaml")).unwrap();
+    std::fs::write(
+        m.join("rk1.yaml"),
+        rk1.replace("sha256: 8858", "sha256: zz58")
+            .replace("partition: cidata", "partition: nope"),
+    )
+    .unwrap();
+    std::fs::write(m.join("cm4.yaml"), "board: cm4\nwhat: 1\n").unwrap();
+    let out = imgbuild(
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        &["check", "--manifests", m.to_str().unwrap()],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("rk1.yaml: source.sha256: expected 64 hex digits"),
+        "{t}"
+    );
+    assert!(
+        t.contains("rk1.yaml: seed.partition: \"nope\" is not a role"),
+        "{t}"
+    );
+    assert!(
+        t.contains("cm4.yaml") && t.contains("unknown field `what`"),
+        "{t}"
+    );
+}
