@@ -60,29 +60,21 @@ pub enum Ext4Error {
 
 type Result<T> = std::result::Result<T, Ext4Error>;
 
-// Feature bits (from the ext4 on-disk format).
-const COMPAT_KNOWN: u32 =
-    0x0001 | 0x0002 | 0x0004 | 0x0008 | 0x0010 | 0x0020 | 0x0200 | 0x0400 | 0x1000;
-// compat: dir_prealloc imagic_inodes has_journal ext_attr resize_inode dir_index sparse_super2 fast_commit stable_inodes(0x800 not listed) orphan_file
+// Feature bits (ext4 on-disk format) that libext2fs writes correctly and this
+// module accepts. Anything else is refused rather than risked.
+// compat: dir_prealloc imagic_inodes has_journal ext_attr resize_inode dir_index
+// sparse_super2 fast_commit stable_inodes orphan_file
+const COMPAT_KNOWN: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x200 | 0x400 | 0x800 | 0x1000;
 const INCOMPAT_RECOVER: u32 = 0x0004;
+// incompat: filetype recover meta_bg extents 64bit flex_bg ea_inode csum_seed
+// largedir inline_data (refused: journal_dev mmp dirdata encrypt casefold)
 const INCOMPAT_KNOWN: u32 =
-    0x0002 | 0x0004 | 0x0040 | 0x0080 | 0x0200 | 0x1000 | 0x2000 | 0x8000 | 0x10000 | 0x20000;
-// incompat: filetype recover extents 64bit flex_bg ea_inode dirdata(0x1000 no) csum_seed largedir(0x4000) inline_data encrypt casefold
-const RO_COMPAT_KNOWN: u32 = 0x0001
-    | 0x0002
-    | 0x0004
-    | 0x0008
-    | 0x0010
-    | 0x0020
-    | 0x0040
-    | 0x0100
-    | 0x0200
-    | 0x0400
-    | 0x1000
-    | 0x2000
-    | 0x8000
-    | 0x10000;
-// ro_compat: sparse_super large_file btree_dir huge_file gdt_csum dir_nlink extra_isize quota bigalloc metadata_csum project verity orphan_present
+    0x2 | 0x4 | 0x10 | 0x40 | 0x80 | 0x200 | 0x400 | 0x2000 | 0x4000 | 0x8000;
+// ro_compat: sparse_super large_file btree_dir huge_file gdt_csum dir_nlink
+// extra_isize metadata_csum project verity (refused: snapshot quota bigalloc
+// replica readonly shared_blocks; orphan_present means an unclean unmount)
+const RO_COMPAT_KNOWN: u32 = 0x1 | 0x2 | 0x4 | 0x8 | 0x10 | 0x20 | 0x40 | 0x400 | 0x2000 | 0x8000;
+const RO_COMPAT_ORPHAN_PRESENT: u32 = 0x10000;
 
 /// What the superblock says, as far as editing needs to know.
 #[derive(Debug, Clone)]
@@ -133,7 +125,8 @@ impl Superblock {
             free_inodes: le32(0x10),
             inode_size: if le32(0x4C) >= 1 { le16(0x58) } else { 128 },
             label: String::from_utf8_lossy(&sb[0x78..0x78 + end]).into_owned(),
-            needs_recovery: features.incompat & INCOMPAT_RECOVER != 0,
+            needs_recovery: features.incompat & INCOMPAT_RECOVER != 0
+                || features.ro_compat & RO_COMPAT_ORPHAN_PRESENT != 0,
             has_errors: le16(0x3A) & 0x2 != 0,
             features,
         })
