@@ -379,20 +379,30 @@ pub fn apply(
     let mut need_inodes: u64 = 0;
     let bs = sb.block_size;
     let stamp = format!("@{timestamp}");
+    // New inodes get the build time from E2FSPROGS_FAKE_TIME; existing inodes
+    // whose metadata changes get it explicitly.
     let times = |script: &mut String, p: &str| {
         for f in ["atime", "mtime", "ctime", "crtime"] {
             script.push_str(&format!("sif \"{p}\" {f} {stamp}\n"));
         }
     };
-    let own = |script: &mut String, p: &str, kind_bits: u32, o: &Owner| {
-        script.push_str(&format!(
-            "sif \"{p}\" mode 0{:o}\n",
-            kind_bits | (o.mode & 0o7777)
-        ));
-        script.push_str(&format!(
-            "sif \"{p}\" uid {}\nsif \"{p}\" gid {}\n",
-            o.uid, o.gid
-        ));
+    // debugfs gives a new inode the host file's permission bits (`write`) or
+    // 0755/0777 (`mkdir`/`symlink`) and uid/gid 0; set only what differs. When
+    // not running as root, uid/gid are always set explicitly.
+    let running_as_root = unsafe { libc::geteuid() } == 0;
+    let own = |script: &mut String, p: &str, kind_bits: u32, have_mode: Option<u32>, o: &Owner| {
+        if have_mode != Some(o.mode & 0o7777) {
+            script.push_str(&format!(
+                "sif \"{p}\" mode 0{:o}\n",
+                kind_bits | (o.mode & 0o7777)
+            ));
+        }
+        if o.uid != 0 || have_mode.is_none() || !running_as_root {
+            script.push_str(&format!("sif \"{p}\" uid {}\n", o.uid));
+        }
+        if o.gid != 0 || have_mode.is_none() || !running_as_root {
+            script.push_str(&format!("sif \"{p}\" gid {}\n", o.gid));
+        }
     };
     let mut touched_parents: BTreeSet<String> = BTreeSet::new();
     let mut file_no = 0usize;
@@ -411,17 +421,12 @@ pub fn apply(
                     }
                     None => {
                         script.push_str(&format!("mkdir \"{parent}\"\n"));
-                        own(
-                            &mut script,
-                            parent,
-                            0o040000,
-                            &Owner {
-                                mode: 0o755,
-                                uid: 0,
-                                gid: 0,
-                            },
-                        );
-                        times(&mut script, parent);
+                        let root = Owner {
+                            mode: 0o755,
+                            uid: 0,
+                            gid: 0,
+                        };
+                        own(&mut script, parent, 0o040000, Some(0o755), &root);
                         state.insert(parent.to_string(), Some(Kind::Dir));
                         created_dirs.insert(parent.to_string());
                         need_blocks += 1;
@@ -454,8 +459,12 @@ pub fn apply(
                         state.insert(path.to_string(), Some(Kind::Dir));
                     }
                 }
-                own(&mut script, path, 0o040000, owner);
-                times(&mut script, path);
+                if existing.is_some() {
+                    own(&mut script, path, 0o040000, None, owner);
+                    times(&mut script, path);
+                } else {
+                    own(&mut script, path, 0o040000, Some(0o755), owner);
+                }
             }
             Op::Write {
                 contents, owner, ..
@@ -475,19 +484,27 @@ pub fn apply(
                 // Extent tree: one index block per ~340 extents; assume 128 MiB extents at worst.
                 need_blocks += data_blocks + data_blocks / (bs * 8) + 1;
                 need_inodes += 1;
-                let host = match contents {
-                    Contents::File(p) => p.clone(),
+                let (host, host_mode) = match contents {
+                    Contents::File(p) => {
+                        use std::os::unix::fs::PermissionsExt;
+                        let mode = std::fs::metadata(p).map_err(|e| Ext4Error::Path {
+                            path: p.display().to_string(),
+                            reason: e.to_string(),
+                        })?;
+                        (p.clone(), mode.permissions().mode() & 0o7777)
+                    }
                     Contents::Bytes(b) => {
                         file_no += 1;
                         let p = temp.path().join(format!("f{file_no}"));
-                        write_private(&p, b).map_err(Ext4Error::Temp)?;
-                        p
+                        // Owner-readable at least, so debugfs can read it back.
+                        let mode = (owner.mode & 0o777) | 0o400;
+                        write_private(&p, b, mode).map_err(Ext4Error::Temp)?;
+                        (p, mode)
                     }
                 };
                 check_host_path(&host)?;
                 script.push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
-                own(&mut script, path, 0o100000, owner);
-                times(&mut script, path);
+                own(&mut script, path, 0o100000, Some(host_mode), owner);
                 state.insert(path.to_string(), Some(Kind::File));
             }
             Op::Symlink {
@@ -519,10 +536,12 @@ pub fn apply(
                 need_blocks += 1;
                 need_inodes += 1;
                 script.push_str(&format!("symlink \"{path}\" \"{target}\"\n"));
-                script.push_str(&format!(
-                    "sif \"{path}\" uid {uid}\nsif \"{path}\" gid {gid}\n"
-                ));
-                times(&mut script, path);
+                if *uid != 0 || !running_as_root {
+                    script.push_str(&format!("sif \"{path}\" uid {uid}\n"));
+                }
+                if *gid != 0 || !running_as_root {
+                    script.push_str(&format!("sif \"{path}\" gid {gid}\n"));
+                }
                 state.insert(path.to_string(), Some(Kind::Other));
             }
             Op::Remove { .. } => match existing {
@@ -554,7 +573,7 @@ pub fn apply(
                         });
                     }
                 };
-                own(&mut script, path, bits, owner);
+                own(&mut script, path, bits, None, owner);
                 times(&mut script, path);
             }
         }
@@ -596,14 +615,17 @@ fn check_host_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Writes a file only its owner can read (mode 0600), then sets `mode`; it
+/// sits in a 0700 directory either way.
+fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(data)
+    f.write_all(data)?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
 }
 
 fn run_debugfs(
@@ -614,7 +636,7 @@ fn run_debugfs(
     workdir: &Path,
 ) -> Result<()> {
     let script_path = workdir.join("commands");
-    write_private(&script_path, script.as_bytes()).map_err(Ext4Error::Temp)?;
+    write_private(&script_path, script.as_bytes(), 0o600).map_err(Ext4Error::Temp)?;
     let spec = format!("{}?offset={offset}", image.display());
     let (reader, writer) = std::io::pipe().map_err(Ext4Error::Temp)?;
     let writer2 = writer.try_clone().map_err(Ext4Error::Temp)?;
