@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 
 use crate::bake::{self, BakeInputs, BakeReport, Target};
 use crate::manifest::{self, Manifest};
@@ -133,13 +133,33 @@ pub fn check(paths: &Paths) -> Result<CheckReport, AppError> {
     })
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct BuildSettings {
     pub targets: Vec<PathBuf>,
     pub all: bool,
     pub out_dir: PathBuf,
+    /// Output format for `--all`.
+    pub all_compression: crate::output::Compression,
     /// `(board, file)`; a `None` board applies to every target.
     pub bases: Vec<(Option<String>, PathBuf)>,
+    pub fetch: FetchSettings,
+}
+
+/// Where the cache is and how to reach the network.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    pub cache_dir: Option<PathBuf>,
+    pub offline: bool,
+    pub retry: crate::fetch::RetryPolicy,
+}
+
+impl FetchSettings {
+    fn options(&self) -> crate::fetch::FetchOptions {
+        crate::fetch::FetchOptions {
+            offline: self.offline,
+            retry: self.retry,
+        }
+    }
 }
 
 /// Parses `--base` values: `FILE` or `BOARD=FILE`.
@@ -163,26 +183,16 @@ pub fn parse_bases(values: &[String]) -> Result<Vec<(Option<String>, PathBuf)>, 
     Ok(out)
 }
 
-fn base_for(
-    bases: &[(Option<String>, PathBuf)],
-    board: &str,
-    manifest: &Manifest,
-) -> Result<PathBuf> {
+/// A `--base` given for the board, if any.
+fn given_base(bases: &[(Option<String>, PathBuf)], board: &str) -> Result<Option<PathBuf>> {
     let found = bases
         .iter()
         .find(|(b, _)| b.as_deref() == Some(board))
         .or_else(|| bases.iter().find(|(b, _)| b.is_none()));
     match found {
-        Some((_, f)) => {
-            if !f.is_file() {
-                bail!("--base {}: no such file", f.display());
-            }
-            Ok(f.clone())
-        }
-        None => bail!(
-            "no base image for board {board}: give --base {board}=FILE with the unpacked stock image ({})",
-            manifest.source.url
-        ),
+        Some((_, f)) if !f.is_file() => bail!("--base {}: no such file", f.display()),
+        Some((_, f)) => Ok(Some(f.clone())),
+        None => Ok(None),
     }
 }
 
@@ -203,17 +213,48 @@ pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>,
             targets.push(Target {
                 node: n.name.clone(),
                 board: n.board.clone(),
-                path: settings.out_dir.join(format!("{}.{}.img", n.name, n.board)),
+                path: settings.out_dir.join(format!(
+                    "{}.{}.{}",
+                    n.name,
+                    n.board,
+                    settings.all_compression.extension()
+                )),
+                compression: settings.all_compression,
             });
         }
     }
-    // Check every target and base before building any.
+    // Check every target and given base before building or downloading anything.
     let mut jobs = Vec::new();
     for t in &targets {
         let node = bake::resolve_target(&profiles, t).map_err(AppError::Usage)?;
-        let base = base_for(&settings.bases, &node.board, &manifests[&node.board])?;
-        jobs.push((t, base));
+        jobs.push((
+            t,
+            node.board.clone(),
+            given_base(&settings.bases, &node.board)?,
+        ));
     }
+    let cache = crate::fetch::Cache::locate(settings.fetch.cache_dir.clone())?;
+    let mut fetched: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut resolved = Vec::new();
+    for (t, board, given) in jobs {
+        let base = match given {
+            Some(b) => b,
+            None => match fetched.get(&board) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = crate::fetch::ensure_base(
+                        &manifests[&board],
+                        &cache,
+                        &settings.fetch.options(),
+                    )?;
+                    fetched.insert(board.clone(), b.clone());
+                    b
+                }
+            },
+        };
+        resolved.push((t, base));
+    }
+    let jobs = resolved;
     let inputs = BakeInputs {
         profiles: &profiles,
         manifests: &manifests,
@@ -256,4 +297,130 @@ pub fn render(paths: &Paths, node: &str) -> Result<Vec<crate::render::RenderedFi
         build_time: bake::build_time()?,
     };
     Ok(bake::render_node(&inputs, n)?.0)
+}
+
+/// Downloads and unpacks the stock images of `boards` (every board with `all`).
+pub fn fetch(
+    paths: &Paths,
+    boards: &[String],
+    all: bool,
+    settings: &FetchSettings,
+) -> Result<Vec<(String, PathBuf)>, AppError> {
+    let manifests =
+        manifest::load_all(&paths.manifests).map_err(|e| AppError::Invalid(e.into()))?;
+    let wanted: Vec<String> = if all {
+        manifests.keys().cloned().collect()
+    } else {
+        boards.to_vec()
+    };
+    if wanted.is_empty() {
+        return Err(AppError::Usage(anyhow!(
+            "name the boards to fetch ({}), or use --all",
+            manifests.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    for b in &wanted {
+        if !manifests.contains_key(b) {
+            return Err(AppError::Usage(anyhow!(
+                "no firmware manifest for board {b:?} in {} (boards: {})",
+                paths.manifests.display(),
+                manifests.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let cache = crate::fetch::Cache::locate(settings.cache_dir.clone())?;
+    let mut out = Vec::new();
+    for b in wanted {
+        let p = crate::fetch::ensure_base(&manifests[&b], &cache, &settings.options())?;
+        out.push((b, p));
+    }
+    Ok(out)
+}
+
+/// A cache entry with the board whose manifest refers to it, when known.
+#[derive(Debug, serde::Serialize)]
+pub struct CacheListing {
+    pub root: PathBuf,
+    pub entries: Vec<(crate::fetch::cache::Entry, Option<String>)>,
+}
+
+fn board_keys(paths: &Paths, cache: &crate::fetch::Cache) -> BTreeMap<String, String> {
+    let mut keys = BTreeMap::new();
+    if let Ok(manifests) = manifest::load_all(&paths.manifests) {
+        for m in manifests.values() {
+            let key = m.source.sha256.clone().or_else(|| {
+                cache
+                    .remembered_digest(&m.source.url)
+                    .map(|d| d.to_string())
+            });
+            if let Some(k) = key {
+                keys.insert(k, m.board.clone());
+            }
+        }
+    }
+    keys
+}
+
+pub fn cache_list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListing, AppError> {
+    let cache = crate::fetch::Cache::locate(settings.cache_dir.clone())?;
+    let keys = board_keys(paths, &cache);
+    let entries = cache
+        .entries()?
+        .into_iter()
+        .map(|e| {
+            let board = keys.get(&e.key.to_string()).cloned();
+            (e, board)
+        })
+        .collect();
+    Ok(CacheListing {
+        root: cache.root,
+        entries,
+    })
+}
+
+/// Removes cache entries no current manifest refers to (every entry with `all`);
+/// returns what was removed.
+pub fn cache_clean(
+    paths: &Paths,
+    settings: &FetchSettings,
+    all: bool,
+) -> Result<Vec<PathBuf>, AppError> {
+    let listing = cache_list(paths, settings)?;
+    let cache = crate::fetch::Cache::locate(settings.cache_dir.clone())?;
+    let mut removed = Vec::new();
+    for (e, board) in listing.entries {
+        if all || board.is_none() {
+            let _lock = cache.lock(&e.key.to_string())?;
+            std::fs::remove_file(&e.path)
+                .with_context(|| format!("removing {}", e.path.display()))?;
+            removed.push(e.path);
+        }
+    }
+    Ok(removed)
+}
+
+/// Unpacks `input` by content into a new sparse raw file `output`.
+pub fn unpack(
+    input: &Path,
+    output: &Path,
+) -> Result<(crate::fetch::unpack::Format, u64), AppError> {
+    if output.exists() {
+        return Err(AppError::Usage(anyhow!(
+            "{} exists; not overwriting it",
+            output.display()
+        )));
+    }
+    let src = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let dir = match output.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let temp = tempfile::Builder::new()
+        .prefix(".imgbuild-unpack-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let r = crate::fetch::unpack::unpack(&src, temp.as_file(), "unpack")
+        .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+    crate::fetch::cache::commit(temp, output)?;
+    Ok(r)
 }

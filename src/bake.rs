@@ -11,7 +11,7 @@ use crate::fs::ext4::{self, Contents, Op, Owner};
 use crate::fs::fat::FatVolume;
 use crate::image::{FsProbe, PartitionTable, Region};
 use crate::manifest::{FsKind, Manifest};
-use crate::output::PendingOutput;
+use crate::output::{Compression, PendingOutput};
 use crate::profile::{Cluster, Node, ProfileSet, Role};
 use crate::render::{self, RenderedFile};
 
@@ -31,12 +31,13 @@ pub fn build_time() -> Result<u64> {
     }
 }
 
-/// A target parsed from an output file name `<node>.<board>.img`.
+/// A target parsed from an output file name `<node>.<board>.img[.xz|.zst]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub node: String,
     pub board: String,
     pub path: PathBuf,
+    pub compression: Compression,
 }
 
 impl Target {
@@ -45,22 +46,21 @@ impl Target {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let stem = name.strip_suffix(".img").ok_or_else(|| {
+        let usage = || {
             anyhow!(
-                "{}: the target must be named <node>.<board>.img, like node02.rk1.img",
+                "{}: the target must be named <node>.<board>.img (or .img.xz, .img.zst), like node02.rk1.img",
                 path.display()
             )
-        })?;
+        };
+        let (stem, compression) = Compression::from_name(&name).ok_or_else(usage)?;
         match stem.rsplit_once('.') {
             Some((node, board)) if !node.is_empty() && !board.is_empty() => Ok(Target {
                 node: node.to_string(),
                 board: board.to_string(),
                 path: path.to_owned(),
+                compression,
             }),
-            _ => bail!(
-                "{}: the target must be named <node>.<board>.img, like node02.rk1.img",
-                path.display()
-            ),
+            _ => Err(usage()),
         }
     }
 }
@@ -76,6 +76,8 @@ pub struct BakeInputs<'a> {
 #[derive(Debug, Serialize)]
 pub struct BakeReport {
     pub output: PathBuf,
+    pub sha256: String,
+    pub compression: Compression,
     pub node: String,
     pub board: String,
     pub instance_id: String,
@@ -439,9 +441,11 @@ pub fn bake(inputs: &BakeInputs, target: &Target, base: &Path) -> Result<BakeRep
     }
     drop(image);
     let method = pending.method;
-    let output = pending.commit()?;
+    let (output, digest) = pending.finish(target.compression)?;
     Ok(BakeReport {
         output,
+        sha256: digest.to_string(),
+        compression: target.compression,
         node: node.name.clone(),
         board: node.board.clone(),
         instance_id,
@@ -487,6 +491,16 @@ mod tests {
         assert_eq!((t.node.as_str(), t.board.as_str()), ("node02", "rk1"));
         assert!(Target::parse(Path::new("node02.img")).is_err());
         assert!(Target::parse(Path::new("node02.rk1")).is_err());
+        let t = Target::parse(Path::new("node02.rk1.img.xz")).unwrap();
+        assert_eq!(
+            (t.node.as_str(), t.compression),
+            ("node02", Compression::Xz)
+        );
+        let t = Target::parse(Path::new("a.b.cm4.img.zst")).unwrap();
+        assert_eq!(
+            (t.node.as_str(), t.board.as_str(), t.compression),
+            ("a.b", "cm4", Compression::Zstd)
+        );
         assert!(Target::parse(Path::new(".rk1.img")).is_err());
     }
 

@@ -9,6 +9,8 @@ Examples:
   imgbuild --base ubuntu-rk1.img dist/node02.rk1.img   bake node02 from a local stock image
   imgbuild --all --base rk1=rk1.img --base cm4=cm4.img bake every node into dist/
   imgbuild check                                       validate profiles and manifests
+  imgbuild dist/node02.rk1.img.xz                      download the stock image if needed, bake, compress
+  imgbuild fetch rk1 cm4                               download and unpack ahead of time
   imgbuild inspect dist/node02.rk1.img                 show what an image holds
 
 Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifests.";
@@ -19,7 +21,7 @@ Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifest
 /// A target is an output file named <node>.<board>.img; its node's profile,
 /// the board's firmware manifest and the overlays decide what goes into it.
 #[derive(Debug, Parser)]
-#[command(name = "imgbuild", version, after_help = AFTER_HELP, args_conflicts_with_subcommands = true)]
+#[command(name = "imgbuild", version, after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -60,6 +62,19 @@ pub struct GlobalArgs {
     /// Only errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Image cache [default: $IMGBUILD_CACHE_DIR, else $XDG_CACHE_HOME/imgbuild,
+    /// else ~/.cache/imgbuild].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache_dir: Option<std::path::PathBuf>,
+
+    /// Use only the cache; fail if a stock image is not there.
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    /// Download attempts before giving up (network errors and HTTP 5xx are retried).
+    #[arg(long, global = true, value_name = "N", default_value_t = 6)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Args, Default)]
@@ -76,8 +91,14 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", default_value = "dist")]
     pub out_dir: PathBuf,
 
+    /// Output format for --all: img (sparse raw), img.xz or img.zst.
+    #[arg(long, value_name = "EXT", default_value = "img", value_parser = ["img", "img.xz", "img.zst"])]
+    pub format: String,
+
     /// Local raw stock image to start from: FILE for every target, or
     /// BOARD=FILE for one board (repeat for several boards). It is only read.
+    /// Without it, the board's image is downloaded, verified and unpacked into
+    /// the cache (once).
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
 
@@ -100,6 +121,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download, verify and unpack boards' stock images into the cache ahead of time.
+    Fetch {
+        /// Boards to fetch (rk1, cm4, nuc, ...).
+        boards: Vec<String>,
+        /// Every board with a manifest.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Unpack an image file by its content (xz, gzip, zstd, qcow2 or raw) into a sparse raw image.
+    Unpack {
+        /// The compressed or qcow2 image.
+        input: PathBuf,
+        /// The raw image to write (not overwritten if it exists).
+        output: PathBuf,
+    },
+    /// Show or clean the image cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Show the files a node's image would get, without an image.
     Render {
         /// Node name (the profile's file stem).
@@ -110,5 +149,20 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached images and downloads, with the board each belongs to.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries that no current manifest refers to (all with --all).
+    Clean {
+        #[arg(long)]
+        all: bool,
     },
 }

@@ -6,10 +6,14 @@
 
 pub mod app;
 pub mod bake;
+pub mod fetch;
 pub mod fs;
 pub mod image;
 pub mod inspect;
+pub mod io;
 pub mod manifest;
 pub mod output;
 pub mod profile;
+pub mod progress;
 pub mod render;
+pub mod tls;

@@ -3,7 +3,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser;
-use imgbuild::app::{self, AppError, BuildSettings, Exit, Paths};
+use imgbuild::app::{self, AppError, BuildSettings, Exit, FetchSettings, Paths};
 
 fn main() -> ExitCode {
     let cli = match cli::Cli::try_parse() {
@@ -51,10 +51,62 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), AppError> {
 
 fn run(cli: cli::Cli) -> Result<(), AppError> {
     let g = cli.global;
+    let fetch = FetchSettings {
+        cache_dir: g.cache_dir,
+        offline: g.offline,
+        retry: imgbuild::fetch::RetryPolicy {
+            attempts: g.retries.max(1),
+            ..Default::default()
+        },
+    };
     let paths = Paths::resolve(g.profiles, g.manifests, g.overlays);
     match cli.command {
-        None => build(&paths, cli.build),
-        Some(cli::Command::Build(b)) => build(&paths, b),
+        None => build(&paths, cli.build, fetch),
+        Some(cli::Command::Build(b)) => build(&paths, b, fetch),
+        Some(cli::Command::Fetch { boards, all }) => {
+            for (board, path) in app::fetch(&paths, &boards, all, &fetch)? {
+                println!("{board}: {}", path.display());
+            }
+            Ok(())
+        }
+        Some(cli::Command::Unpack { input, output }) => {
+            let (format, size) = app::unpack(&input, &output)?;
+            println!("{}: {format:?}, {size} bytes", output.display());
+            Ok(())
+        }
+        Some(cli::Command::Cache(cli::CacheCommand::List { json })) => {
+            let l = app::cache_list(&paths, &fetch)?;
+            if json {
+                return print_json(&l);
+            }
+            println!("cache: {}", l.root.display());
+            for (e, board) in &l.entries {
+                println!(
+                    "  {:<8} {:<5} {:>10} MB ({:>6} MB on disk)  {}",
+                    format!("{:?}", e.kind).to_lowercase(),
+                    board.as_deref().unwrap_or("-"),
+                    e.apparent / 1_000_000,
+                    e.allocated / 1_000_000,
+                    e.key
+                );
+            }
+            if l.entries.is_empty() {
+                println!("  (empty)");
+            }
+            Ok(())
+        }
+        Some(cli::Command::Cache(cli::CacheCommand::Clean { all })) => {
+            let removed = app::cache_clean(&paths, &fetch, all)?;
+            for p in &removed {
+                println!("removed {}", p.display());
+            }
+            println!(
+                "{} entr{} removed",
+                removed.len(),
+                if removed.len() == 1 { "y" } else { "ies" }
+            );
+            Ok(())
+        }
         Some(cli::Command::Check) => {
             let r = app::check(&paths)?;
             println!(
@@ -103,12 +155,17 @@ fn run(cli: cli::Cli) -> Result<(), AppError> {
     }
 }
 
-fn build(paths: &Paths, b: cli::BuildArgs) -> Result<(), AppError> {
+fn build(paths: &Paths, b: cli::BuildArgs, fetch: FetchSettings) -> Result<(), AppError> {
+    let all_compression = imgbuild::output::Compression::from_name(&format!("x.{}", b.format))
+        .map(|(_, c)| c)
+        .unwrap_or(imgbuild::output::Compression::None);
     let settings = BuildSettings {
         targets: b.targets,
         all: b.all,
         out_dir: b.out_dir,
+        all_compression,
         bases: app::parse_bases(&b.base)?,
+        fetch,
     };
     let reports = app::build(paths, &settings)?;
     if b.json {

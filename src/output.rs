@@ -6,7 +6,113 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::io::Sha256Digest;
+
+/// How an output is stored, from its file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// `.img`: sparse raw.
+    None,
+    /// `.img.xz`: multithreaded xz.
+    Xz,
+    /// `.img.zst`: multithreaded zstd.
+    Zstd,
+}
+
+impl Compression {
+    /// Splits `name` into its stem (without `.img`) and compression.
+    pub fn from_name(name: &str) -> Option<(&str, Compression)> {
+        if let Some(s) = name.strip_suffix(".img.xz") {
+            Some((s, Compression::Xz))
+        } else if let Some(s) = name.strip_suffix(".img.zst") {
+            Some((s, Compression::Zstd))
+        } else {
+            name.strip_suffix(".img").map(|s| (s, Compression::None))
+        }
+    }
+
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "img",
+            Compression::Xz => "img.xz",
+            Compression::Zstd => "img.zst",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Compression::None => "copy",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+pub const SUMS_FILE: &str = "SHA256SUMS";
+
+/// Sets the line for `path` in the `SHA256SUMS` file beside it (sha256sum format).
+pub fn record_sum(path: &Path, digest: &Sha256Digest) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let sums = dir.join(SUMS_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".SHA256SUMS.lock"))
+        .with_context(|| format!("locking {}", sums.display()))?;
+    // SAFETY: flock on an open descriptor; released when `lock` is dropped.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let old = std::fs::read_to_string(&sums).unwrap_or_default();
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| {
+            let file = l
+                .split_once(char::is_whitespace)
+                .map(|(_, f)| f.trim_start().trim_start_matches('*'));
+            file != Some(name.as_str())
+        })
+        .map(str::to_string)
+        .collect();
+    lines.push(format!("{digest}  {name}"));
+    lines.sort_by(|a, b| {
+        a.split_once("  ")
+            .map(|x| x.1)
+            .cmp(&b.split_once("  ").map(|x| x.1))
+    });
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("writing {}", sums.display()))?;
+    tmp.write_all((lines.join("\n") + "\n").as_bytes())?;
+    tmp.persist(&sums)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", sums.display()))?;
+    Ok(())
+}
 
 /// How the base was copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +173,92 @@ impl PendingOutput {
             .custom_flags(libc::O_CLOEXEC)
             .open(self.temp.path())
             .with_context(|| format!("opening {}", self.temp.path().display()))
+    }
+
+    /// Finishes the output in `compression`, renames it into place and records
+    /// its sha256 in `SHA256SUMS` beside it. Returns the final path and digest.
+    pub fn finish(self, compression: Compression) -> Result<(PathBuf, Sha256Digest)> {
+        let (path, digest) = match compression {
+            Compression::None => {
+                let digest = crate::io::sha256_sparse(self.temp.as_file())
+                    .with_context(|| format!("hashing {}", self.temp.path().display()))?;
+                (self.commit()?, digest)
+            }
+            c => self.compress(c)?,
+        };
+        record_sum(&path, &digest)?;
+        Ok((path, digest))
+    }
+
+    /// Streams the raw image through the compressor into a second temporary
+    /// file; the raw one is deleted when this returns.
+    fn compress(self, c: Compression) -> Result<(PathBuf, Sha256Digest)> {
+        let dir = self.temp.path().parent().unwrap().to_owned();
+        let name = self
+            .final_path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let out = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".partial")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(&dir)
+            .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
+        let raw = self.temp.as_file();
+        let total = raw.metadata()?.len();
+        let mut progress = crate::progress::Progress::new(c.label(), Some(total));
+        let sink = out
+            .as_file()
+            .try_clone()
+            .with_context(|| format!("opening {}", out.path().display()))?;
+        let hashing = HashingWriter {
+            inner: std::io::BufWriter::with_capacity(1 << 20, sink),
+            hasher: Sha256::new(),
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let out_path = out.path().to_owned();
+        let write_err = |e: std::io::Error| anyhow::anyhow!("writing {}: {e}", out_path.display());
+        let hashing = match c {
+            Compression::Xz => {
+                let stream = liblzma::stream::MtStreamBuilder::new()
+                    .threads(threads)
+                    .preset(6)
+                    .check(liblzma::stream::Check::Crc64)
+                    .encoder()
+                    .context("setting up the xz encoder")?;
+                let mut enc = liblzma::write::XzEncoder::new_stream(hashing, stream);
+                crate::io::stream_sparse(raw, |b| {
+                    progress.inc(b.len() as u64);
+                    enc.write_all(b)
+                })
+                .map_err(write_err)?;
+                enc.finish().map_err(write_err)?
+            }
+            Compression::Zstd => {
+                let mut enc = zstd::stream::write::Encoder::new(hashing, 3).map_err(write_err)?;
+                enc.multithread(threads).map_err(write_err)?;
+                enc.include_checksum(true).map_err(write_err)?;
+                crate::io::stream_sparse(raw, |b| {
+                    progress.inc(b.len() as u64);
+                    enc.write_all(b)
+                })
+                .map_err(write_err)?;
+                enc.finish().map_err(write_err)?
+            }
+            Compression::None => unreachable!(),
+        };
+        progress.finish();
+        let HashingWriter { inner, hasher } = hashing;
+        let file = inner.into_inner().map_err(|e| write_err(e.into_error()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", out_path.display()))?;
+        let final_path = self.final_path.clone();
+        out.persist(&final_path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("renaming the finished image to {}", final_path.display()))?;
+        Ok((final_path, Sha256Digest::of(hasher)))
     }
 
     /// Flushes the image to disk and renames it to its final name.

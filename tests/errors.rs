@@ -72,9 +72,18 @@ fn target_names_and_nodes_are_checked_before_any_work() {
         "{}",
         r.text
     );
-    let r = run(w.path(), &["node02.rk1.img"]);
+    let cache = w.path().join("empty-cache");
+    let r = run(
+        w.path(),
+        &["--offline", "--cache-dir", s(&cache), "node02.rk1.img"],
+    );
     assert_eq!(r.code, 1, "{}", r.text);
-    assert!(r.text.contains("give --base rk1=FILE"), "{}", r.text);
+    assert!(
+        r.text.contains("--offline: the rk1 stock image") && r.text.contains("imgbuild fetch rk1"),
+        "{}",
+        r.text
+    );
+    std::fs::remove_dir_all(&cache).ok();
     assert_clean(w.path());
 }
 

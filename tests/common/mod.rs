@@ -2,6 +2,8 @@
 //! mkfs.ext4, mtools, pyfatfs), in the layouts of shared/REFERENCE.md §1.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
