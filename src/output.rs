@@ -80,12 +80,9 @@ pub fn record_sum(path: &Path, digest: &Sha256Digest) -> Result<()> {
     };
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
     let sums = dir.join(SUMS_FILE);
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".SHA256SUMS.lock"))
-        .with_context(|| format!("locking {}", sums.display()))?;
+    // Lock the directory itself (no lock file left beside the outputs) so
+    // concurrent runs do not lose each other's lines.
+    let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     // SAFETY: flock on an open descriptor; released when `lock` is dropped.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
     let old = std::fs::read_to_string(&sums).unwrap_or_default();

@@ -272,6 +272,7 @@ fn all_builds_every_node_with_per_board_bases() {
     assert_eq!(
         names,
         [
+            "SHA256SUMS",
             "node01.cm4.img",
             "node02.rk1.img",
             "node03.rk1.img",
@@ -279,6 +280,17 @@ fn all_builds_every_node_with_per_board_bases() {
             "nuc2.nuc.img",
             "ws03.nuc.img"
         ]
+    );
+    let sums = sh(&format!(
+        "cd {} && sha256sum -c SHA256SUMS",
+        q(&work.path().join("out"))
+    ));
+    assert_eq!(
+        String::from_utf8(sums.stdout)
+            .unwrap()
+            .matches(": OK")
+            .count(),
+        6
     );
 }
 
