@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Image acquisition figures, each against the obvious alternative in the same run:
+#   1. unpack of a multi-block .img.xz: imgbuild unpack vs xz -dc and xz -T0 -dc
+#   2. .img.xz output of a bake vs xz -T0 of the same raw image
+#   3. download of the raw image from a loopback HTTP server: imgbuild fetch
+#      (download + sha256 + sparse unpack) vs curl -o followed by sha256sum
+#   4. peak RSS of imgbuild unpack at two image sizes (must stay flat)
+#
+#   benches/acquire.sh [SIZE_MIB] [ROUNDS]     (defaults 1024 and 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1024}; rounds=${2:-3}
+cargo build --release --quiet
+bin=$PWD/target/release/imgbuild
+m=benches/measure.py
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-acq.XXXXXX")
+server=""
+trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
+
+# An RK1-layout image of $size MiB whose root holds compressible text (like
+# an OS image) and incompressible data, with free space left as holes.
+base=$work/rk1.img
+truncate -s "${size}M" "$base"
+sgdisk -a 1 -n 1:32768:40959 -t 1:EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 \
+  -n 2:40960:0 -t 2:C12A7328-F81F-11D2-BA4B-00A0C93EC93B "$base" >/dev/null
+truncate -s 4M "$work/cidata"; mkfs.vfat -F32 -n CIDATA "$work/cidata" >/dev/null 2>&1
+mkdir -p "$work/tree/etc" "$work/tree/usr/bin" "$work/tree/var/lib"
+printf 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n' > "$work/tree/etc/os-release"
+printf '\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xb7\x00' > "$work/tree/usr/bin/dash"
+(base64 -w 100 /dev/urandom || true) | head -c $((size * 1024 * 1024 * 4 / 10)) > "$work/tree/var/lib/text"
+head -c $((size * 1024 * 1024 / 10)) /dev/urandom > "$work/tree/var/lib/random"
+root_bytes=$(( ($(stat -c %s "$base") - 34*512 - 20*1024*1024) / 4096 * 4096 ))
+truncate -s "$root_bytes" "$work/root"
+mkfs.ext4 -q -L cloudimg-rootfs -d "$work/tree" "$work/root"
+dd if="$work/cidata" of="$base" bs=1M seek=16 conv=notrunc,sparse status=none
+dd if="$work/root" of="$base" bs=1M seek=20 conv=notrunc,sparse status=none
+rm -rf "$work/tree" "$work/root" "$work/cidata"
+xz -T0 -k -c "$base" > "$work/rk1.img.xz"
+echo "image: ${size} MiB raw ($(du -m "$base" | cut -f1) MiB allocated), $(du -m "$work/rk1.img.xz" | cut -f1) MiB as multi-block xz ($(xz -l "$work/rk1.img.xz" | awk 'NR==2{print $2}') blocks), $(nproc) cores"
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+report() { printf '  %-34s median %7.3f s  peak RSS %6s MiB  (%s)\n' "$1" "$2" "$3" "$4"; }
+run() { python3 $m "$rounds" "$1" "$2"; }
+
+echo "1. unpack .img.xz to raw"
+read -r t_ours r_ours rest < <(run "rm -f $work/u.img; sync" "$bin unpack $work/rk1.img.xz $work/u.img >/dev/null")
+report "imgbuild unpack (sparse output)" "$t_ours" "$r_ours" "$rest"
+read -r t_xz1 r_xz1 rest < <(run "rm -f $work/u.img; sync" "xz -dc $work/rk1.img.xz > $work/u.img")
+report "xz -dc" "$t_xz1" "$r_xz1" "$rest"
+read -r t_xz0 r_xz0 rest < <(run "rm -f $work/u.img; sync" "xz -T0 -dc $work/rk1.img.xz > $work/u.img")
+report "xz -T0 -dc" "$t_xz0" "$r_xz0" "$rest"
+echo "  speed vs xz -dc: $(ratio "$t_xz1" "$t_ours")x   vs xz -T0 -dc: $(ratio "$t_xz0" "$t_ours")x"
+
+echo "2. .img.xz output"
+read -r t_bake r_bake rest < <(run "rm -rf $work/out; sync" "$bin --profiles profiles --base $base $work/out/node02.rk1.img.xz >/dev/null 2>&1")
+report "imgbuild bake to .img.xz" "$t_bake" "$r_bake" "$rest"
+read -r t_xzc r_xzc rest < <(run "rm -f $work/c.xz; sync" "xz -T0 -c $base > $work/c.xz")
+report "xz -T0 of the raw image" "$t_xzc" "$r_xzc" "$rest"
+echo "  speed vs xz -T0: $(ratio "$t_xzc" "$t_bake")x (imgbuild also copies and edits the image)"
+
+echo "3. download ${size} MiB from loopback HTTP"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(cd "$work" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) & server=$!
+sleep 1
+digest=$(sha256sum "$base" | cut -d' ' -f1)
+mkdir -p "$work/manifests"
+sed -e "s|https://github.com/.*turing-rk1.img.xz|http://127.0.0.1:$port/rk1.img|" -e "s|sha256: .*|sha256: $digest|" \
+  firmware-manifests/rk1.yaml > "$work/manifests/rk1.yaml"
+read -r t_fetch r_fetch rest < <(run "rm -rf $work/cache; sync" "$bin --manifests $work/manifests --cache-dir $work/cache fetch rk1 >/dev/null 2>&1")
+report "imgbuild fetch (+sha256, sparse)" "$t_fetch" "$r_fetch" "$rest"
+read -r t_curl r_curl rest < <(run "rm -f $work/dl.img; sync" "curl -s -o $work/dl.img http://127.0.0.1:$port/rk1.img && sha256sum $work/dl.img >/dev/null")
+report "curl -o + sha256sum" "$t_curl" "$r_curl" "$rest"
+echo "  speed vs curl + sha256sum: $(ratio "$t_curl" "$t_fetch")x"
+
+echo "4. peak RSS of imgbuild unpack as the image grows"
+half=$work/half.img.xz
+head -c $((size * 1024 * 1024 / 2)) "$base" | xz -T0 > "$half"
+read -r _ r_half _ < <(python3 $m 1 "rm -f $work/h.img" "$bin unpack $half $work/h.img >/dev/null")
+echo "  $((size / 2)) MiB: ${r_half} MiB   ${size} MiB: ${r_ours} MiB"
