@@ -52,21 +52,34 @@ pub struct Paths {
     pub profiles: PathBuf,
     pub manifests: PathBuf,
     pub overlays: PathBuf,
+    /// Cluster secrets (default: `secrets` beside the profile directory).
+    pub secrets: PathBuf,
 }
 
 impl Paths {
     /// Manifests and overlays default to the folders beside the profile
-    /// directory when they exist there, else to the current directory's.
+    /// directory when they exist there, else to the current directory's;
+    /// secrets default to `secrets` beside the profile directory.
     pub fn resolve(
         profiles: PathBuf,
         manifests: Option<PathBuf>,
         overlays: Option<PathBuf>,
     ) -> Self {
+        Self::resolve_with_secrets(profiles, manifests, overlays, None)
+    }
+
+    pub fn resolve_with_secrets(
+        profiles: PathBuf,
+        manifests: Option<PathBuf>,
+        overlays: Option<PathBuf>,
+        secrets: Option<PathBuf>,
+    ) -> Self {
+        let parent = profiles
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
         let beside = |name: &str| -> PathBuf {
-            let parent = profiles
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
             let candidate = parent.join(name);
             if candidate.is_dir() {
                 candidate
@@ -77,6 +90,7 @@ impl Paths {
         Paths {
             manifests: manifests.unwrap_or_else(|| beside("firmware-manifests")),
             overlays: overlays.unwrap_or_else(|| beside("overlays")),
+            secrets: secrets.unwrap_or_else(|| parent.join("secrets")),
             profiles,
         }
     }
@@ -103,11 +117,16 @@ pub struct CheckReport {
 pub fn check(paths: &Paths) -> Result<CheckReport, AppError> {
     let (profiles, manifests) = load(paths)?;
     // Render every node too: template errors are profile-set errors.
+    // Template checks use throwaway secrets: checking creates no state.
+    let secrets = crate::secrets::Secrets::ephemeral();
+    let no_assets = BTreeMap::new();
     let inputs = BakeInputs {
         profiles: &profiles,
         manifests: &manifests,
         overlays: &paths.overlays,
         build_time: bake::build_time()?,
+        secrets: &secrets,
+        k3s_assets: &no_assets,
     };
     let mut problems = Vec::new();
     for node in &profiles.nodes {
@@ -255,14 +274,45 @@ pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>,
         resolved.push((t, base));
     }
     let jobs = resolved;
+    let secrets = crate::secrets::Secrets::open(&paths.secrets)?;
+    let mut k3s_assets = BTreeMap::new();
+    if profiles.cluster.k3s.install == crate::profile::Install::Airgap {
+        let mirror = crate::k3s::mirror(profiles.cluster.k3s.mirror.as_deref());
+        for (t, _) in &jobs {
+            let arch = manifests[&t.board].arch.clone();
+            if let std::collections::btree_map::Entry::Vacant(slot) = k3s_assets.entry(arch) {
+                let a = crate::k3s::ensure_assets(
+                    &profiles.cluster.k3s.version,
+                    slot.key(),
+                    &mirror,
+                    &cache,
+                    &settings.fetch.options(),
+                )?;
+                slot.insert(a);
+            }
+        }
+    }
     let inputs = BakeInputs {
         profiles: &profiles,
         manifests: &manifests,
         overlays: &paths.overlays,
         build_time: bake::build_time()?,
+        secrets: &secrets,
+        k3s_assets: &k3s_assets,
     };
     let mut reports = Vec::new();
     for (t, base) in jobs {
+        let node = bake::resolve_target(&profiles, t).map_err(AppError::Usage)?;
+        if node.k3s.cluster_init
+            && let Some(first) = secrets.mark_initialized(&node.name)?
+        {
+            tracing::warn!(
+                "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before: \
+                 flashing it onto the first server of a running cluster starts a new, empty cluster. To re-flash that node, \
+                 set k3s.cluster_init: false on it so it joins the other servers",
+                node.name
+            );
+        }
         let r = bake::bake(&inputs, t, &base)?;
         tracing::info!(
             "built {} ({}, instance {})",
@@ -290,11 +340,15 @@ pub fn render(paths: &Paths, node: &str) -> Result<Vec<crate::render::RenderedFi
                 .join(", ")
         ))
     })?;
+    let secrets = crate::secrets::Secrets::open(&paths.secrets)?;
+    let no_assets = BTreeMap::new();
     let inputs = BakeInputs {
         profiles: &profiles,
         manifests: &manifests,
         overlays: &paths.overlays,
         build_time: bake::build_time()?,
+        secrets: &secrets,
+        k3s_assets: &no_assets,
     };
     Ok(bake::render_node(&inputs, n)?.0)
 }
@@ -423,4 +477,41 @@ pub fn unpack(
         .map_err(|e| anyhow!("{}: {e}", input.display()))?;
     crate::fetch::cache::commit(temp, output)?;
     Ok(r)
+}
+
+/// What the secrets directory holds, never the values.
+pub fn secrets_inventory(paths: &Paths) -> Result<Vec<(String, &'static str)>, AppError> {
+    if !paths.secrets.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(crate::secrets::Secrets::open(&paths.secrets)?.inventory()?)
+}
+
+/// The secure join token for `server` or `agent` nodes (printed only on request).
+pub fn join_token(paths: &Paths, role: &str) -> Result<String, AppError> {
+    let secrets = crate::secrets::Secrets::open(&paths.secrets)?;
+    let c = secrets.cluster(bake::build_time()?)?;
+    Ok(if role == "server" {
+        c.server_token()
+    } else {
+        c.agent_token()
+    })
+}
+
+/// A known_hosts file for every node: hostname, FQDN and static address.
+pub fn known_hosts(paths: &Paths) -> Result<String, AppError> {
+    let (profiles, _) = load(paths)?;
+    let secrets = crate::secrets::Secrets::open(&paths.secrets)?;
+    let mut out = String::new();
+    for n in &profiles.nodes {
+        let s = secrets.node(&n.name, &n.hostname)?;
+        let mut names = vec![n.hostname.clone()];
+        names.extend(n.fqdn.clone());
+        names.extend(n.network.address.map(|a| a.addr.to_string()));
+        names.extend(n.k3s.node_ip.map(|a| a.to_string()));
+        names.dedup();
+        out.push_str(&crate::secrets::known_hosts_line(&names, &s.ssh_public));
+        out.push('\n');
+    }
+    Ok(out)
 }

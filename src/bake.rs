@@ -12,8 +12,9 @@ use crate::fs::fat::FatVolume;
 use crate::image::{FsProbe, PartitionTable, Region};
 use crate::manifest::{FsKind, Manifest};
 use crate::output::{Compression, PendingOutput};
-use crate::profile::{Cluster, Node, ProfileSet, Role};
+use crate::profile::{Cluster, Install, Node, ProfileSet, Role};
 use crate::render::{self, RenderedFile};
+use crate::secrets::{ClusterSecrets, NodeSecrets, Secrets};
 
 /// Default build time (2024-04-25T00:00:00Z, the Ubuntu 24.04 release): a fixed
 /// value so that identical inputs give identical images.
@@ -71,6 +72,9 @@ pub struct BakeInputs<'a> {
     pub manifests: &'a BTreeMap<String, Manifest>,
     pub overlays: &'a Path,
     pub build_time: u64,
+    pub secrets: &'a Secrets,
+    /// k3s air-gap assets by architecture (empty unless `k3s.install: airgap`).
+    pub k3s_assets: &'a BTreeMap<String, crate::k3s::Assets>,
 }
 
 #[derive(Debug, Serialize)]
@@ -122,12 +126,47 @@ pub fn resolve_target<'p>(profiles: &'p ProfileSet, target: &Target) -> Result<&
 
 /// The template context for a node.
 pub fn context(
-    cluster: &Cluster,
+    profiles: &ProfileSet,
     node: &Node,
     manifest: &Manifest,
     build_time: u64,
-) -> serde_json::Value {
-    serde_json::json!({
+    cluster_secrets: &ClusterSecrets,
+    node_secrets: &NodeSecrets,
+) -> Result<serde_json::Value> {
+    let cluster: &Cluster = &profiles.cluster;
+    let (major, minor, patch) =
+        crate::k3s::parse_version(&cluster.k3s.version).ok_or_else(|| {
+            anyhow!(
+                "cluster.k3s.version {:?} is not like v1.32.5+k3s1",
+                cluster.k3s.version
+            )
+        })?;
+    let has_agents = profiles.nodes.iter().any(|n| n.k3s.role == Role::Agent);
+    let mut tls_san = vec![cluster.server.clone()];
+    for name in [
+        Some(node.hostname.clone()),
+        node.fqdn.clone(),
+        node.network.address.map(|a| a.addr.to_string()),
+        node.k3s.node_ip.map(|i| i.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !tls_san.contains(&name) {
+            tls_san.push(name);
+        }
+    }
+    let tls: serde_json::Map<String, serde_json::Value> = cluster_secrets
+        .tls
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let install = match cluster.k3s.install {
+        Install::Airgap => "airgap",
+        Install::Online => "online",
+        Install::None => "none",
+    };
+    Ok(serde_json::json!({
         "cluster": cluster,
         "node": node,
         "board": {
@@ -138,7 +177,36 @@ pub fn context(
         "imgbuild": { "version": env!("CARGO_PKG_VERSION") },
         "build": { "time": build_time },
         "is_server": node.k3s.role == Role::Server,
-    })
+        "k3s": {
+            "version": cluster.k3s.version,
+            "major": major,
+            "minor": minor,
+            "patch": patch,
+            "install": install,
+            "server_url": format!("https://{}:6443", bracket_ipv6(&cluster.server)),
+            "tls_san": tls_san,
+            "has_agents": has_agents,
+            "unit": if node.k3s.role == Role::Server { "k3s" } else { "k3s-agent" },
+            "exec": if node.k3s.role == Role::Server { "server" } else { "agent" },
+        },
+        "secrets": {
+            "server_token": cluster_secrets.server_token(),
+            "agent_token": cluster_secrets.agent_token(),
+            "ca_hash": cluster_secrets.ca_hash,
+            "tls": tls,
+            "node_password": node_secrets.node_password,
+            "ssh_private": node_secrets.ssh_private,
+            "ssh_public": node_secrets.ssh_public,
+        },
+    }))
+}
+
+fn bracket_ipv6(host: &str) -> String {
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
 }
 
 /// Renders a node's files (no image needed).
@@ -147,12 +215,29 @@ pub fn render_node(inputs: &BakeInputs, node: &Node) -> Result<(Vec<RenderedFile
         .manifests
         .get(&node.board)
         .ok_or_else(|| anyhow!("no firmware manifest for board {:?}", node.board))?;
-    let ctx = context(&inputs.profiles.cluster, node, manifest, inputs.build_time);
+    let cluster_secrets = inputs.secrets.cluster(inputs.build_time)?;
+    let node_secrets = inputs.secrets.node(&node.name, &node.hostname)?;
+    let ctx = context(
+        inputs.profiles,
+        node,
+        manifest,
+        inputs.build_time,
+        &cluster_secrets,
+        &node_secrets,
+    )?;
     let role = match node.k3s.role {
         Role::Server => "server",
         Role::Agent => "agent",
     };
-    let features = render::features_for(&node.board, role, node.nvidia, node.swap.enabled());
+    let install = ctx["k3s"]["install"].as_str().unwrap_or("none").to_string();
+    let features = render::features_for(
+        &node.board,
+        role,
+        node.k3s.cluster_init,
+        &install,
+        node.nvidia,
+        node.swap.enabled(),
+    );
     let identity = format!(
         "{}:{}:{}",
         manifest.board,
@@ -183,6 +268,17 @@ fn place<'r>(manifest: &Manifest, files: &'r [RenderedFile]) -> Result<Vec<Place
         } else {
             (f.target.clone(), f.path.clone())
         };
+        if f.symlink.is_some()
+            && manifest
+                .partitions
+                .get(&role)
+                .is_some_and(|p| p.fs == FsKind::Vfat)
+        {
+            bail!(
+                "{}: FAT partitions cannot hold symlinks",
+                f.source.display()
+            );
+        }
         if !manifest.partitions.contains_key(&role) {
             bail!(
                 "{}: targets partition {:?}, which board {} does not have (it has: seed, {})",
@@ -353,39 +449,86 @@ pub fn bake(inputs: &BakeInputs, target: &Target, base: &Path) -> Result<BakeRep
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
     let pending = PendingOutput::from_base(base, &target.path)?;
     let image = pending.open()?;
+    let assets =
+        match inputs.profiles.cluster.k3s.install {
+            Install::Airgap => Some(inputs.k3s_assets.get(&manifest.arch).ok_or_else(|| {
+                anyhow!("no k3s air-gap assets were fetched for {}", manifest.arch)
+            })?),
+            _ => None,
+        };
     for (role, spec) in &manifest.partitions {
         let part = table.get(base, spec.index)?;
-        let mut mine: Vec<(&str, Contents, Owner)> = placed
+        let mut ops: Vec<Op> = placed
             .iter()
             .filter(|p| &p.role == role)
-            .map(|p| {
-                (
-                    p.path.as_str(),
-                    Contents::Bytes(p.file.contents.clone()),
-                    Owner {
+            .map(|p| match &p.file.symlink {
+                Some(target) => Op::Symlink {
+                    path: p.path.clone(),
+                    target: target.clone(),
+                    uid: p.file.uid,
+                    gid: p.file.gid,
+                },
+                None => Op::Write {
+                    path: p.path.clone(),
+                    contents: Contents::Bytes(p.file.contents.clone()),
+                    owner: Owner {
                         mode: p.file.mode,
                         uid: p.file.uid,
                         gid: p.file.gid,
                     },
-                )
+                },
             })
             .collect();
         if *role == manifest.seed.partition {
-            mine.push((
-                &prov_path,
-                Contents::Bytes(provenance.clone()),
-                Owner {
+            ops.push(Op::Write {
+                path: prov_path.clone(),
+                contents: Contents::Bytes(provenance.clone()),
+                owner: Owner {
                     mode: 0o644,
                     uid: 0,
                     gid: 0,
                 },
-            ));
+            });
+        }
+        if role == "root"
+            && let Some(a) = assets
+        {
+            // Where install.sh would put them, for an air-gapped first start.
+            let root = Owner {
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+            };
+            let images = format!("/var/lib/rancher/k3s/agent/images/{}", a.images_name);
+            for (path, file, owner) in [
+                ("/usr/local/bin/k3s".to_string(), &a.binary, root),
+                (
+                    images,
+                    &a.images,
+                    Owner {
+                        mode: 0o644,
+                        ..root
+                    },
+                ),
+            ] {
+                planned.push(PlannedFile {
+                    partition: role.clone(),
+                    path: path.clone(),
+                    mode: owner.mode,
+                    size: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+                });
+                ops.push(Op::Write {
+                    path,
+                    contents: Contents::File(file.clone()),
+                    owner,
+                });
+            }
         }
         let cmdline = manifest
             .kernel_cmdline
             .as_ref()
             .filter(|k| &k.partition == role);
-        if mine.is_empty() && cmdline.is_none() {
+        if ops.is_empty() && cmdline.is_none() {
             continue;
         }
         let what = format!(
@@ -398,9 +541,14 @@ pub fn bake(inputs: &BakeInputs, target: &Target, base: &Path) -> Result<BakeRep
                 let mut vol = FatVolume::open(Region::new(&image, part))
                     .with_context(|| format!("opening {what}"))?;
                 vol.set_timestamp(inputs.build_time);
-                for (path, contents, _) in &mine {
-                    let Contents::Bytes(bytes) = contents else {
-                        unreachable!()
+                for op in &ops {
+                    let Op::Write {
+                        path,
+                        contents: Contents::Bytes(bytes),
+                        ..
+                    } = op
+                    else {
+                        bail!("{what} is FAT: it can hold only regular files");
                     };
                     vol.write_file(path, bytes)
                         .with_context(|| format!("writing {path} to {what}"))?;
@@ -426,14 +574,6 @@ pub fn bake(inputs: &BakeInputs, target: &Target, base: &Path) -> Result<BakeRep
                     .with_context(|| format!("writing the FAT of {what}"))?;
             }
             FsKind::Ext4 => {
-                let ops: Vec<Op> = mine
-                    .into_iter()
-                    .map(|(path, contents, owner)| Op::Write {
-                        path: path.to_string(),
-                        contents,
-                        owner,
-                    })
-                    .collect();
                 ext4::apply(pending.path(), &image, part, &ops, inputs.build_time)
                     .with_context(|| format!("writing into {what}"))?;
             }

@@ -55,6 +55,11 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_OVERLAYS")]
     pub overlays: Option<PathBuf>,
 
+    /// Cluster secrets directory (tokens, CA, host keys) [default: secrets
+    /// beside the profile directory]. Created with mode 0700 on first use.
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_SECRETS")]
+    pub secrets: Option<PathBuf>,
+
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -135,6 +140,16 @@ pub enum Command {
         input: PathBuf,
         /// The raw image to write (not overwritten if it exists).
         output: PathBuf,
+    },
+    /// Show which cluster secrets exist (never their values), or print the
+    /// join token or a known_hosts file on request.
+    Secrets {
+        /// Print the secure join token for `server` or `agent` nodes.
+        #[arg(long, value_name = "ROLE", value_parser = ["server", "agent"])]
+        print_token: Option<String>,
+        /// Print a known_hosts file with every node's SSH host key.
+        #[arg(long)]
+        known_hosts: bool,
     },
     /// Show or clean the image cache.
     #[command(subcommand)]

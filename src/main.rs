@@ -59,13 +59,36 @@ fn run(cli: cli::Cli) -> Result<(), AppError> {
             ..Default::default()
         },
     };
-    let paths = Paths::resolve(g.profiles, g.manifests, g.overlays);
+    let paths = Paths::resolve_with_secrets(g.profiles, g.manifests, g.overlays, g.secrets);
     match cli.command {
         None => build(&paths, cli.build, fetch),
         Some(cli::Command::Build(b)) => build(&paths, b, fetch),
         Some(cli::Command::Fetch { boards, all }) => {
             for (board, path) in app::fetch(&paths, &boards, all, &fetch)? {
                 println!("{board}: {}", path.display());
+            }
+            Ok(())
+        }
+        Some(cli::Command::Secrets {
+            print_token,
+            known_hosts,
+        }) => {
+            match (print_token, known_hosts) {
+                (Some(role), _) => println!("{}", app::join_token(&paths, &role)?),
+                (None, true) => print!("{}", app::known_hosts(&paths)?),
+                (None, false) => {
+                    let inv = app::secrets_inventory(&paths)?;
+                    println!(
+                        "secrets: {} (values are never shown)",
+                        paths.secrets.display()
+                    );
+                    for (rel, what) in &inv {
+                        println!("  {rel:<48} {what}");
+                    }
+                    if inv.is_empty() {
+                        println!("  (none yet: they are created by the first build)");
+                    }
+                }
             }
             Ok(())
         }

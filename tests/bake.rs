@@ -10,7 +10,7 @@ use common::*;
 use imgbuild::app::{self, Paths};
 
 fn paths() -> Paths {
-    Paths::resolve(repo().join("profiles"), None, None)
+    Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()))
 }
 
 fn rendered(node: &str) -> Vec<imgbuild::render::RenderedFile> {

@@ -5,6 +5,7 @@
 //! ```text
 //! <cache>/images/<sha256>.img   unpacked raw image (sparse)
 //! <cache>/downloads/<sha256>    verified download, until unpacked
+//! <cache>/assets/<sha256>       verified file used as is (k3s binary, air-gap images)
 //! <cache>/partial/<sha256>.part download in progress (resumable)
 //! <cache>/sums/<sha256 of URL>  digest learnt from a checksum file (for --offline)
 //! <cache>/locks/<key>.lock
@@ -53,6 +54,11 @@ impl Cache {
 
     pub fn image_path(&self, key: &Sha256Digest) -> PathBuf {
         self.root.join("images").join(format!("{key}.img"))
+    }
+
+    /// A verified file kept as downloaded (k3s binaries and image tarballs).
+    pub fn asset_path(&self, key: &Sha256Digest) -> PathBuf {
+        self.root.join("assets").join(key.to_string())
     }
 
     pub fn download_path(&self, key: &Sha256Digest) -> PathBuf {
@@ -143,6 +149,7 @@ impl Cache {
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     Image,
+    Asset,
     Download,
     Partial,
 }

@@ -125,3 +125,44 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
     std::fs::remove_file(&download).ok();
     Ok(image)
 }
+
+/// Makes sure the file at `url` with sha256 `digest` is in the cache (as is,
+/// not unpacked) and returns its path.
+pub fn ensure_asset(
+    url: &str,
+    digest: &Sha256Digest,
+    cache: &Cache,
+    opts: &FetchOptions,
+    label: &str,
+) -> Result<PathBuf> {
+    let path = cache.asset_path(digest);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let _lock = cache.lock(&digest.to_string())?;
+    if path.is_file() {
+        return Ok(path);
+    }
+    if opts.offline {
+        bail!(
+            "--offline: {url} is not in the cache {}",
+            cache.root.display()
+        );
+    }
+    let partial = cache.partial_path(digest)?;
+    tracing::info!("downloading {url}");
+    let actual = download::download(url, &partial, opts.retry, label)?;
+    if actual != *digest {
+        let _ = std::fs::remove_file(&partial);
+        return Err(download::DownloadError::Mismatch {
+            url: url.to_string(),
+            expected: *digest,
+            actual,
+        }
+        .into());
+    }
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("moving the download to {}", path.display()))?;
+    Ok(path)
+}

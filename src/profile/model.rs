@@ -69,6 +69,23 @@ pub struct K3sCluster {
     /// Packaged components to disable on servers.
     #[serde(default = "default_disable")]
     pub disable: Vec<String>,
+    /// How k3s gets onto a node: `airgap` (baked in, the default), `online`
+    /// (install.sh at first boot, needs the internet) or `none`.
+    #[serde(default)]
+    pub install: Install,
+    /// Base URL under which `<version>/<asset>` of the k3s releases is found
+    /// (`IMGBUILD_K3S_MIRROR` overrides it).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Install {
+    #[default]
+    Airgap,
+    Online,
+    None,
 }
 
 impl Default for K3sCluster {
@@ -76,12 +93,14 @@ impl Default for K3sCluster {
         K3sCluster {
             version: default_k3s_version(),
             disable: default_disable(),
+            install: Install::default(),
+            mirror: None,
         }
     }
 }
 
 fn default_k3s_version() -> String {
-    "v1.31.4+k3s1".into()
+    "v1.32.5+k3s1".into()
 }
 
 fn default_disable() -> Vec<String> {

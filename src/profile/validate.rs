@@ -603,8 +603,7 @@ pub(super) fn cross_checks(
         }
     }
     let v = &cluster.k3s.version;
-    let version_ok =
-        v.starts_with('v') && v.contains("+k3s") && v[1..].split(['.', '+']).count() >= 4;
+    let version_ok = crate::k3s::parse_version(v).is_some() && v.contains("+k3s");
     if !version_ok {
         problems.push(Problem::field(
             cf,
@@ -676,12 +675,69 @@ pub(super) fn cross_checks(
             ));
         }
     }
-    let servers = nodes.iter().filter(|n| n.k3s.role == Role::Server).count();
-    if !nodes.is_empty() && servers == 0 {
+    let servers: Vec<&Node> = nodes
+        .iter()
+        .filter(|n| n.k3s.role == Role::Server)
+        .collect();
+    if !nodes.is_empty() && servers.is_empty() {
         problems.push(Problem::file(
             cf,
             "no node has `k3s.role: server`; the cluster needs one".into(),
         ));
+    }
+    if !servers.is_empty() && inits.is_empty() {
+        problems.push(Problem::file(
+            cf,
+            "no server has `k3s.cluster_init: true`; exactly one server must create the cluster"
+                .into(),
+        ));
+    }
+    // The cluster address must reach a server, not an agent.
+    if let Ok(ip) = cluster.server.parse::<IpAddr>() {
+        for n in nodes.iter().filter(|n| n.k3s.role == Role::Agent) {
+            if n.network.address.map(|a| a.addr) == Some(ip) || n.k3s.node_ip == Some(ip) {
+                problems.push(Problem::field(
+                    cf,
+                    "cluster.server",
+                    format!(
+                        "{ip} is the address of agent {}, but it must reach a server",
+                        n.name
+                    ),
+                ));
+            }
+        }
+    }
+    // An agent with a static address and no gateway must share a subnet with a server.
+    let server_ips: Vec<IpAddr> = servers
+        .iter()
+        .filter_map(|s| s.network.address.map(|a| a.addr))
+        .chain(cluster.server.parse::<IpAddr>().ok())
+        .collect();
+    for n in nodes.iter().filter(|n| n.k3s.role == Role::Agent) {
+        if let (Some(a), None) = (n.network.address, n.network.gateway)
+            && !server_ips.iter().any(|ip| a.contains(ip))
+        {
+            problems.push(Problem::field(
+                &n.file,
+                "network.gateway",
+                format!("missing: {a} shares no subnet with a server, so this agent needs a gateway to reach the cluster"),
+            ));
+        }
+    }
+    // default-runtime (used for NVIDIA nodes) exists since k3s v1.29.0.
+    if let Some(v) = crate::k3s::parse_version(&cluster.k3s.version)
+        && (v.0, v.1) < (1, 29)
+    {
+        for n in nodes.iter().filter(|n| n.nvidia) {
+            problems.push(Problem::field(
+                &n.file,
+                "nvidia",
+                format!(
+                    "needs k3s v1.29 or later (cluster.k3s.version is {})",
+                    cluster.k3s.version
+                ),
+            ));
+        }
     }
 }
 

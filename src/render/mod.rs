@@ -5,7 +5,9 @@
 //! board's manifest (`root`, `boot`, ...), and `<path>` mirrors the path inside
 //! it. Files ending in `.j2` are minijinja templates (the suffix is dropped);
 //! others are copied as they are. A template's first line may be
-//! `{# imgbuild: mode=0600 uid=0 gid=0 #}` to set the file's metadata.
+//! `{# imgbuild: mode=0600 uid=0 gid=0 skip_if_empty #}` to set the file's
+//! metadata (and leave the file out when it renders to nothing). A file named
+//! `<name>.symlink` (or `.symlink.j2`) makes `<name>` a symlink to its content.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,17 +45,32 @@ pub struct RenderedFile {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// For `<name>.symlink` overlay files: the link target (the file's content).
+    pub symlink: Option<String>,
+    #[serde(skip)]
+    skip: bool,
     /// The overlay file it came from.
     pub source: PathBuf,
 }
 
 /// Which overlay features apply to a node, lowest precedence first.
-pub fn features_for(board: &str, role: &str, nvidia: bool, swap: bool) -> Vec<String> {
+pub fn features_for(
+    board: &str,
+    role: &str,
+    cluster_init: bool,
+    k3s_install: &str,
+    nvidia: bool,
+    swap: bool,
+) -> Vec<String> {
     let mut f = vec![
         "common".to_string(),
         format!("board-{board}"),
         format!("role-{role}"),
     ];
+    if cluster_init {
+        f.push("cluster-init".into());
+    }
+    f.push(format!("k3s-{k3s_install}"));
     if nvidia {
         f.push("nvidia".into());
     }
@@ -68,6 +85,13 @@ struct Source {
     path: String,
     file: PathBuf,
     template: bool,
+}
+
+impl Source {
+    fn is_symlink(&self) -> bool {
+        let name = self.file.to_string_lossy();
+        name.ends_with(".symlink") || name.ends_with(".symlink.j2")
+    }
 }
 
 /// Collects overlay files of `features` (later features override earlier ones).
@@ -109,6 +133,9 @@ fn collect(
                 let template = path.ends_with(".j2");
                 if template {
                     path.truncate(path.len() - 3);
+                }
+                if path.ends_with(".symlink") {
+                    path.truncate(path.len() - ".symlink".len());
                 }
                 out.insert(
                     (target.clone(), path.clone()),
@@ -164,6 +191,7 @@ struct Header {
     mode: u32,
     uid: u32,
     gid: u32,
+    skip_if_empty: bool,
 }
 
 fn parse_header(
@@ -175,6 +203,7 @@ fn parse_header(
         mode: default_mode,
         uid: 0,
         gid: 0,
+        skip_if_empty: false,
     };
     let first = text.lines().next().unwrap_or("");
     let trimmed = first.trim();
@@ -189,6 +218,10 @@ fn parse_header(
         reason,
     };
     for kv in body.split_whitespace() {
+        if kv == "skip_if_empty" {
+            h.skip_if_empty = true;
+            continue;
+        }
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| bad(format!("header entry {kv:?} must be key=value")))?;
@@ -272,19 +305,44 @@ pub fn render(
             deferred.push(src);
             continue;
         }
-        files.push(render_one(&env, &src, context)?);
+        files.extend(render_one(&env, &src, context)?);
     }
     let instance_id = instance_id(node_name, identity, &files);
     let mut ctx = context.clone();
     ctx["instance_id"] = serde_json::Value::String(instance_id.clone());
     for src in deferred {
-        files.push(render_one(&env, &src, &ctx)?);
+        files.extend(render_one(&env, &src, &ctx)?);
     }
     files.sort_by(|a, b| (&a.target, &a.path).cmp(&(&b.target, &b.path)));
     Ok((files, instance_id))
 }
 
+/// Renders one overlay file; `None` when a `skip_if_empty` template renders to nothing.
 fn render_one(
+    env: &Environment,
+    src: &Source,
+    context: &serde_json::Value,
+) -> Result<Option<RenderedFile>, RenderError> {
+    let mut f = render_contents(env, src, context)?;
+    if f.skip {
+        return Ok(None);
+    }
+    if src.is_symlink() {
+        let target = String::from_utf8(std::mem::take(&mut f.contents))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty() && !t.contains('\n'))
+            .ok_or_else(|| RenderError::Overlay {
+                path: src.file.clone(),
+                reason: "a .symlink file must hold the link target on one line".into(),
+            })?;
+        f.symlink = Some(target);
+        f.mode = 0o777;
+    }
+    Ok(Some(f))
+}
+
+fn render_contents(
     env: &Environment,
     src: &Source,
     context: &serde_json::Value,
@@ -306,6 +364,8 @@ fn render_one(
             mode: default_mode,
             uid: 0,
             gid: 0,
+            symlink: None,
+            skip: false,
             source: src.file.clone(),
         });
     }
@@ -324,10 +384,12 @@ fn render_one(
     Ok(RenderedFile {
         target: src.target.clone(),
         path: src.path.clone(),
+        skip: header.skip_if_empty && out.trim().is_empty(),
         contents: out.into_bytes(),
         mode: header.mode,
         uid: header.uid,
         gid: header.gid,
+        symlink: None,
         source: src.file.clone(),
     })
 }

@@ -1,0 +1,375 @@
+//! Cluster secrets: created on first use, then kept and never regenerated.
+//!
+//! ```text
+//! <secrets>/cluster/token             server join password
+//! <secrets>/cluster/agent-token       agent join password
+//! <secrets>/cluster/tls/...           the k3s custom CA set (server/tls layout)
+//! <secrets>/cluster/initialized       marker: a cluster-init image was built
+//! <secrets>/nodes/<node>/ssh_host_ed25519_key(.pub)
+//! <secrets>/nodes/<node>/node-password
+//! ```
+//! The directory is 0700 and every file 0600; a group- or world-readable
+//! directory is refused. Values never reach logs or errors.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use sha2::{Digest, Sha256};
+
+/// The CA files k3s keeps when they exist before its first start, relative to server/tls.
+pub const CA_FILES: &[(&str, &str)] = &[
+    ("server-ca", "k3s-server-ca"),
+    ("client-ca", "k3s-client-ca"),
+    ("request-header-ca", "k3s-request-header-ca"),
+    ("etcd/peer-ca", "etcd-peer-ca"),
+    ("etcd/server-ca", "etcd-server-ca"),
+];
+pub const SERVICE_KEY: &str = "service.key";
+
+/// Where secrets live; `None` for ephemeral secrets that are never written (check).
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    dir: Option<PathBuf>,
+}
+
+#[derive(Clone, serde::Serialize)]
+pub struct ClusterSecrets {
+    #[serde(skip)]
+    pub server_password: String,
+    #[serde(skip)]
+    pub agent_password: String,
+    /// (path relative to server/tls, contents)
+    #[serde(skip)]
+    pub tls: Vec<(String, String)>,
+    /// sha256 of server-ca.crt's bytes, as in the secure token.
+    pub ca_hash: String,
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClusterSecrets {{ ca_hash: {}, .. }}", self.ca_hash)
+    }
+}
+
+impl ClusterSecrets {
+    /// `K10<ca hash>::server:<password>`: lets joiners verify the server CA.
+    pub fn server_token(&self) -> String {
+        format!("K10{}::server:{}", self.ca_hash, self.server_password)
+    }
+    /// The agent-only token in the same secure form.
+    pub fn agent_token(&self) -> String {
+        format!("K10{}::node:{}", self.ca_hash, self.agent_password)
+    }
+}
+
+#[derive(Clone)]
+pub struct NodeSecrets {
+    pub ssh_private: String,
+    pub ssh_public: String,
+    pub ssh_fingerprint: String,
+    pub node_password: String,
+}
+
+impl std::fmt::Debug for NodeSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "NodeSecrets {{ ssh_fingerprint: {}, .. }}",
+            self.ssh_fingerprint
+        )
+    }
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    use ring::rand::SecureRandom;
+    let mut b = vec![0u8; bytes];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    Ok(hex::encode(b))
+}
+
+impl Secrets {
+    /// Opens (creating with mode 0700 when missing) the secrets directory.
+    pub fn open(dir: &Path) -> Result<Secrets> {
+        match std::fs::metadata(dir) {
+            Ok(m) => {
+                if !m.is_dir() {
+                    bail!("{}: the secrets path is not a directory", dir.display());
+                }
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "{}: the secrets directory is readable by others (mode {mode:04o}); run `chmod 700 {}`",
+                        dir.display(),
+                        dir.display()
+                    );
+                }
+            }
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("creating the secrets directory {}", dir.display()))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+                tracing::info!(
+                    "created the secrets directory {} (keep it out of version control)",
+                    dir.display()
+                );
+            }
+        }
+        Ok(Secrets {
+            dir: Some(dir.to_owned()),
+        })
+    }
+
+    /// Secrets that exist only in memory (for validating templates).
+    pub fn ephemeral() -> Secrets {
+        Secrets { dir: None }
+    }
+
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Serialises creation between concurrent imgbuild runs (flock on the directory).
+    fn lock(&self) -> Result<Option<std::fs::File>> {
+        use std::os::fd::AsRawFd;
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock on an open descriptor; released when the file is dropped.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", dir.display()));
+        }
+        Ok(Some(f))
+    }
+
+    /// Reads `rel`, or creates it with `make()` (mode 0600, never overwriting).
+    fn get_or_create(&self, rel: &str, make: impl FnOnce() -> Result<String>) -> Result<String> {
+        let Some(dir) = &self.dir else {
+            return make();
+        };
+        let path = dir.join(rel);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => {
+                let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "{}: a secret file readable by others (mode {mode:04o}); run `chmod 600 {}`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+        let value = make()?;
+        if let Some(parent) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(value.as_bytes())?;
+        f.sync_all()?;
+        Ok(value)
+    }
+
+    pub fn cluster(&self, build_time: u64) -> Result<ClusterSecrets> {
+        let _lock = self.lock()?;
+        let server_password = self
+            .get_or_create("cluster/token", || random_hex(16))?
+            .trim()
+            .to_string();
+        let agent_password = self
+            .get_or_create("cluster/agent-token", || random_hex(16))?
+            .trim()
+            .to_string();
+        let mut tls = Vec::new();
+        for (name, cn) in CA_FILES {
+            let crt_rel = format!("cluster/tls/{name}.crt");
+            let key_rel = format!("cluster/tls/{name}.key");
+            // A certificate and its key are created together or not at all.
+            let exists = |rel: &str| self.dir.as_ref().is_some_and(|d| d.join(rel).exists());
+            let (crt, key) = match (exists(&crt_rel), exists(&key_rel)) {
+                (true, true) | (false, false) => {
+                    let fresh = std::cell::OnceCell::new();
+                    let pair = || -> Result<(String, String)> {
+                        if let Some(p) = fresh.get() {
+                            return Ok(Clone::clone(p));
+                        }
+                        let p = make_ca(cn, build_time)?;
+                        let _ = fresh.set(p.clone());
+                        Ok(p)
+                    };
+                    let key = self.get_or_create(&key_rel, || Ok(pair()?.1))?;
+                    let crt = self.get_or_create(&crt_rel, || Ok(pair()?.0))?;
+                    (crt, key)
+                }
+                _ => bail!(
+                    "{}: only one of {name}.crt and {name}.key exists; restore the other from a backup (or delete the secrets directory's cluster/ to start a new cluster)",
+                    self.dir.as_ref().unwrap().join("cluster/tls").display()
+                ),
+            };
+            tls.push((format!("{name}.crt"), crt));
+            tls.push((format!("{name}.key"), key));
+        }
+        let service = self.get_or_create(&format!("cluster/tls/{SERVICE_KEY}"), || {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+            Ok(key.serialize_pem())
+        })?;
+        tls.push((SERVICE_KEY.to_string(), service));
+        let server_ca = &tls.iter().find(|(n, _)| n == "server-ca.crt").unwrap().1;
+        let ca_hash = hex::encode(Sha256::digest(server_ca.as_bytes()));
+        Ok(ClusterSecrets {
+            server_password,
+            agent_password,
+            tls,
+            ca_hash,
+        })
+    }
+
+    pub fn node(&self, node: &str, hostname: &str) -> Result<NodeSecrets> {
+        let _lock = self.lock()?;
+        let key_rel = format!("nodes/{node}/ssh_host_ed25519_key");
+        let private = self.get_or_create(&key_rel, || {
+            let mut key =
+                ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+                    .map_err(|e| anyhow::anyhow!("generating an SSH host key: {e}"))?;
+            key.set_comment(format!("root@{hostname}"));
+            Ok(key
+                .to_openssh(ssh_key::LineEnding::LF)
+                .map_err(|e| anyhow::anyhow!("encoding an SSH host key: {e}"))?
+                .to_string())
+        })?;
+        let parsed = ssh_key::PrivateKey::from_openssh(&private)
+            .with_context(|| format!("{key_rel}: not an OpenSSH private key"))?;
+        let public = parsed
+            .public_key()
+            .to_openssh()
+            .map_err(|e| anyhow::anyhow!("{key_rel}: {e}"))?;
+        let public = format!("{public} root@{hostname}");
+        let fingerprint = parsed
+            .public_key()
+            .fingerprint(ssh_key::HashAlg::Sha256)
+            .to_string();
+        let pub_rel = format!("{key_rel}.pub");
+        self.get_or_create(&pub_rel, || Ok(format!("{public}\n")))?;
+        let node_password = self
+            .get_or_create(&format!("nodes/{node}/node-password"), || random_hex(16))?
+            .trim()
+            .to_string();
+        Ok(NodeSecrets {
+            ssh_private: private,
+            ssh_public: public,
+            ssh_fingerprint: fingerprint,
+            node_password,
+        })
+    }
+
+    /// Records that the cluster-init server's image was built; returns whether
+    /// one had been built before (re-flashing it would start a new cluster).
+    pub fn mark_initialized(&self, node: &str) -> Result<Option<String>> {
+        let Some(dir) = &self.dir else {
+            return Ok(None);
+        };
+        let path = dir.join("cluster/initialized");
+        let before = std::fs::read_to_string(&path).ok();
+        if before.is_none() {
+            self.get_or_create("cluster/initialized", || Ok(format!("{node}\n")))?;
+        }
+        Ok(before.map(|s| s.trim().to_string()))
+    }
+
+    /// What exists, as (relative path, description); never the values.
+    pub fn inventory(&self) -> Result<Vec<(String, &'static str)>> {
+        let Some(dir) = &self.dir else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        walk(dir, dir, &mut out)?;
+        out.sort();
+        Ok(out
+            .into_iter()
+            .map(|rel| {
+                let what = describe(&rel);
+                (rel, what)
+            })
+            .collect())
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        let p = e.path();
+        if p.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+fn describe(rel: &str) -> &'static str {
+    match rel {
+        "cluster/token" => "server join token (password part)",
+        "cluster/agent-token" => "agent join token (password part)",
+        "cluster/initialized" => "marker: the cluster-init server's image was built",
+        r if r.starts_with("cluster/tls/") && r.ends_with(".crt") => "k3s CA certificate",
+        r if r.starts_with("cluster/tls/") && r.ends_with(".key") => {
+            "k3s CA / service-account private key"
+        }
+        r if r.ends_with("ssh_host_ed25519_key") => "node SSH host private key",
+        r if r.ends_with("ssh_host_ed25519_key.pub") => "node SSH host public key",
+        r if r.ends_with("node-password") => "k3s node password",
+        _ => "other",
+    }
+}
+
+/// A self-signed ECDSA P-256 CA valid for ten years from the build day, named as k3s names its own.
+fn make_ca(cn_prefix: &str, build_time: u64) -> Result<(String, String)> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(build_time);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{cn_prefix}@{now}"));
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::CrlSign,
+    ];
+    let (y, m, d) = crate::fs::fat::civil_from_days((now / 86_400) as i64);
+    params.not_before = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+    params.not_after = rcgen::date_time_ymd(y as i32 + 10, m as u8, d.min(28) as u8);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A `known_hosts` line for a node.
+pub fn known_hosts_line(names: &[String], public: &str) -> String {
+    let key: Vec<&str> = public.split_whitespace().take(2).collect();
+    format!("{} {}", names.join(","), key.join(" "))
+}
