@@ -422,8 +422,11 @@ pub fn cache_list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListin
         .entries()?
         .into_iter()
         .map(|e| {
-            let board = keys.get(&e.key.to_string()).cloned();
-            (e, board)
+            let owner = match e.kind {
+                crate::fetch::cache::EntryKind::Asset => Some("k3s".to_string()),
+                _ => keys.get(&e.key.to_string()).cloned(),
+            };
+            (e, owner)
         })
         .collect();
     Ok(CacheListing {
@@ -432,8 +435,8 @@ pub fn cache_list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListin
     })
 }
 
-/// Removes cache entries no current manifest refers to (every entry with `all`);
-/// returns what was removed.
+/// Removes cache entries no current manifest refers to, and unfinished
+/// downloads (every entry, k3s assets included, with `all`); returns what was removed.
 pub fn cache_clean(
     paths: &Paths,
     settings: &FetchSettings,
@@ -443,7 +446,8 @@ pub fn cache_clean(
     let cache = crate::fetch::Cache::locate(settings.cache_dir.clone())?;
     let mut removed = Vec::new();
     for (e, board) in listing.entries {
-        if all || board.is_none() {
+        let unfinished = e.kind == crate::fetch::cache::EntryKind::Partial;
+        if all || board.is_none() || unfinished {
             let _lock = cache.lock(&e.key.to_string())?;
             std::fs::remove_file(&e.path)
                 .with_context(|| format!("removing {}", e.path.display()))?;

@@ -13,7 +13,8 @@ Examples:
   imgbuild fetch rk1 cm4                               download and unpack ahead of time
   imgbuild inspect dist/node02.rk1.img                 show what an image holds
 
-Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifests.";
+Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifests,
+130 interrupted.";
 
 /// Build pre-baked Ubuntu images for the nodes of a k3s cluster on Turing Pi
 /// boards (RK1, CM4) and x86 NUCs.

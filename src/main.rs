@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.global.verbose, cli.global.quiet);
+    watch_signals();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -21,6 +22,21 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit() as u8)
         }
     }
+}
+
+/// On Ctrl-C or SIGTERM: delete the half-written files, then exit 130.
+fn watch_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            let n = imgbuild::cleanup::remove_all();
+            eprintln!("interrupted (signal {sig}); removed {n} unfinished file(s)");
+            std::process::exit(130);
+        }
+    });
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -123,6 +123,7 @@ pub struct PendingOutput {
     pub final_path: PathBuf,
     temp: tempfile::NamedTempFile,
     pub method: CopyMethod,
+    _cleanup: crate::cleanup::Registered,
 }
 
 impl PendingOutput {
@@ -147,6 +148,7 @@ impl PendingOutput {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&dir)
             .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
+        let cleanup = crate::cleanup::register(temp.path());
         let src = File::open(base)
             .with_context(|| format!("opening the base image {}", base.display()))?;
         let method = copy_file(&src, temp.as_file())
@@ -155,6 +157,7 @@ impl PendingOutput {
             final_path: final_path.to_owned(),
             temp,
             method,
+            _cleanup: cleanup,
         })
     }
 
@@ -203,6 +206,7 @@ impl PendingOutput {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .tempfile_in(&dir)
             .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
+        let _cleanup = crate::cleanup::register(out.path());
         let raw = self.temp.as_file();
         let total = raw.metadata()?.len();
         let mut progress = crate::progress::Progress::new(c.label(), Some(total));

@@ -276,3 +276,66 @@ fn help_and_version_are_complete() {
     let bad = imgbuild(w.path(), &["--no-such-flag"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn an_interrupted_build_leaves_no_partial_and_no_output() {
+    let fx = fixtures();
+    let profiles = repo().join("profiles");
+    let e = env();
+    for attempt in 0..5 {
+        let w = tempfile::tempdir().unwrap();
+        let target = w.path().join("node01.cm4.img.xz");
+        let mut child = std::process::Command::new(bin())
+            .args([
+                "--profiles",
+                profiles.to_str().unwrap(),
+                "--base",
+                fx.cm4.path.to_str().unwrap(),
+            ])
+            .arg(&target)
+            .env("IMGBUILD_SECRETS", e.secrets())
+            .env("IMGBUILD_CACHE_DIR", e.cache())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Interrupt as soon as a half-written file exists.
+        let mut signalled = false;
+        for _ in 0..4000 {
+            let partial = std::fs::read_dir(w.path()).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".partial")
+            });
+            if partial {
+                sh(&format!("kill -INT {}", child.id()));
+                signalled = true;
+                break;
+            }
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let out = child.wait_with_output().unwrap();
+        if !signalled || out.status.code() == Some(0) {
+            println!("attempt {attempt}: the build finished before it could be interrupted");
+            continue;
+        }
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+        let left: Vec<String> = std::fs::read_dir(w.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        return;
+    }
+    panic!("could not interrupt a build in five attempts");
+}

@@ -119,6 +119,7 @@ impl Cache {
         let mut out = Vec::new();
         for (dir, kind) in [
             ("images", EntryKind::Image),
+            ("assets", EntryKind::Asset),
             ("downloads", EntryKind::Download),
             ("partial", EntryKind::Partial),
         ] {

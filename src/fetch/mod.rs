@@ -110,6 +110,7 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
     let src = std::fs::File::open(&download)
         .with_context(|| format!("opening {}", download.display()))?;
     let temp = cache.temp_in("images")?;
+    let _cleanup = crate::cleanup::register(temp.path());
     let (format, size) =
         unpack::unpack(&src, temp.as_file(), &format!("{} unpack", manifest.board))
             .map_err(|e| anyhow!("{}: {e}", download.display()))
