@@ -10,31 +10,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size=${1:-1024}; rounds=${2:-3}
+source benches/lib.sh
 cargo build --release --quiet
 bin=$PWD/target/release/imgbuild
 m=benches/measure.py
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-acq.XXXXXX")
 server=""
-trap '[ -n "$server" ] && kill $server 2>/dev/null; rm -rf "$work"' EXIT
+MIRROR_PID=""
+trap '[ -n "$server" ] && kill $server 2>/dev/null; [ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
+bench_env "$work"
 
 # An RK1-layout image of $size MiB whose root holds compressible text (like
 # an OS image) and incompressible data, with free space left as holes.
 base=$work/rk1.img
-truncate -s "${size}M" "$base"
-sgdisk -a 1 -n 1:32768:40959 -t 1:EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 \
-  -n 2:40960:0 -t 2:C12A7328-F81F-11D2-BA4B-00A0C93EC93B "$base" >/dev/null
-truncate -s 4M "$work/cidata"; mkfs.vfat -F32 -n CIDATA "$work/cidata" >/dev/null 2>&1
-mkdir -p "$work/tree/etc" "$work/tree/usr/bin" "$work/tree/var/lib"
-printf 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n' > "$work/tree/etc/os-release"
-printf '\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xb7\x00' > "$work/tree/usr/bin/dash"
-(base64 -w 100 /dev/urandom || true) | head -c $((size * 1024 * 1024 * 4 / 10)) > "$work/tree/var/lib/text"
-head -c $((size * 1024 * 1024 / 10)) /dev/urandom > "$work/tree/var/lib/random"
-root_bytes=$(( ($(stat -c %s "$base") - 34*512 - 20*1024*1024) / 4096 * 4096 ))
-truncate -s "$root_bytes" "$work/root"
-mkfs.ext4 -q -L cloudimg-rootfs -d "$work/tree" "$work/root"
-dd if="$work/cidata" of="$base" bs=1M seek=16 conv=notrunc,sparse status=none
-dd if="$work/root" of="$base" bs=1M seek=20 conv=notrunc,sparse status=none
-rm -rf "$work/tree" "$work/root" "$work/cidata"
+payload() {
+  (base64 -w 100 /dev/urandom || true) | head -c $((size * 1024 * 1024 * 4 / 10)) > "$1/var/lib/text"
+  head -c $((size * 1024 * 1024 / 10)) /dev/urandom > "$1/var/lib/random"
+}
+make_rk1_base "$base" "${size}M" "$work" payload
 xz -T0 -k -c "$base" > "$work/rk1.img.xz"
 echo "image: ${size} MiB raw ($(du -m "$base" | cut -f1) MiB allocated), $(du -m "$work/rk1.img.xz" | cut -f1) MiB as multi-block xz ($(xz -l "$work/rk1.img.xz" | awk 'NR==2{print $2}') blocks), $(nproc) cores"
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }

@@ -91,13 +91,7 @@ fn main() {
             .write(true)
             .open(&img)
             .unwrap();
-        let part = Partition {
-            index: 1,
-            start: 0,
-            len: file.metadata().unwrap().len(),
-            type_id: String::new(),
-            name: String::new(),
-        };
+        let part = Partition::whole(file.metadata().unwrap().len());
         ext4::apply(&img, &file, &part, &ops, 1_714_003_200).unwrap();
         file.sync_all().unwrap();
         ours.push(t.elapsed().as_secs_f64());

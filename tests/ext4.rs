@@ -65,13 +65,7 @@ fn mkfs(dir: &Path, opts: &str, size_mib: u64, filler_mib: u64) -> PathBuf {
 }
 
 fn whole(file: &File) -> Partition {
-    Partition {
-        index: 1,
-        start: 0,
-        len: file.metadata().unwrap().len(),
-        type_id: String::new(),
-        name: String::new(),
-    }
+    Partition::whole(file.metadata().unwrap().len())
 }
 
 fn apply(img: &Path, ops: &[Op]) -> Result<(), Ext4Error> {

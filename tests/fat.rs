@@ -29,13 +29,7 @@ fn large_volume(path: &Path) {
 }
 
 fn whole(file: &File) -> Partition {
-    Partition {
-        index: 1,
-        start: 0,
-        len: file.metadata().unwrap().len(),
-        type_id: String::new(),
-        name: String::new(),
-    }
+    Partition::whole(file.metadata().unwrap().len())
 }
 
 fn edit<T>(path: &Path, f: impl FnOnce(&mut FatVolume) -> T) -> T {

@@ -1,7 +1,9 @@
 //! Unpacks a downloaded image by its content (not its name) into a sparse raw file.
 
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::rc::Rc;
 
 use crate::fetch::qcow2;
 use crate::io::SparseWriter;
@@ -50,18 +52,70 @@ fn corrupt(format: Format, detail: impl std::fmt::Display) -> UnpackError {
     }
 }
 
-/// Counts bytes taken from the compressed input, for progress.
+/// Counts bytes taken from the compressed input, for progress and for the
+/// trailing-data check; the count is shared so it stays readable while a
+/// decoder owns the reader.
 struct Counting<R> {
     inner: R,
-    count: u64,
+    count: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.count += n as u64;
+        self.count.set(self.count.get() + n as u64);
         Ok(n)
     }
+}
+
+fn counting(src: &File) -> (BufReader<Counting<&File>>, Rc<Cell<u64>>) {
+    let count = Rc::new(Cell::new(0));
+    let reader = BufReader::with_capacity(
+        1 << 20,
+        Counting {
+            inner: src,
+            count: count.clone(),
+        },
+    );
+    (reader, count)
+}
+
+/// Copies a decoder's output into `out`; a read error means corrupt input.
+fn drain(
+    format: Format,
+    mut decoder: impl Read,
+    out: &mut SparseWriter,
+    progress: &mut Progress,
+    read: &Cell<u64>,
+) -> Result<(), UnpackError> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let k = match decoder.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(k) => k,
+            Err(e) => return Err(corrupt(format, e)),
+        };
+        out.write_all(&buf[..k])?;
+        progress.set_position(read.get());
+    }
+}
+
+/// Fails unless the decoder consumed the whole input (`buffered` bytes read ahead).
+fn no_trailing(
+    format: Format,
+    len: u64,
+    read: u64,
+    buffered: usize,
+    what: &str,
+) -> Result<(), UnpackError> {
+    let consumed = read - buffered as u64;
+    if consumed != len {
+        return Err(corrupt(
+            format,
+            format!("{} bytes of trailing data after the {what}", len - consumed),
+        ));
+    }
+    Ok(())
 }
 
 fn threads() -> u32 {
@@ -85,83 +139,31 @@ pub fn unpack(src: &File, dst: &File, label: &str) -> Result<(Format, u64), Unpa
     );
     match format {
         Format::Raw => {
-            let counting = Counting {
-                inner: src,
-                count: 0,
-            };
-            let mut r = BufReader::with_capacity(1 << 20, counting);
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let k = r.read(&mut buf)?;
-                if k == 0 {
-                    break;
-                }
-                out.write_all(&buf[..k])?;
-                progress.set_position(r.get_ref().count);
-            }
+            let (reader, read) = counting(src);
+            drain(format, reader, &mut out, &mut progress, &read)?;
         }
         Format::Qcow2 => {
             qcow2::convert(src, &mut out, |p| progress.set_position(p))?;
         }
         Format::Gzip => {
-            let counting = Counting {
-                inner: src,
-                count: 0,
-            };
             // Multi-member gzip is valid; anything after the last member must be another member.
-            let mut d =
-                flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, counting));
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let k = match d.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) => return Err(corrupt(format, e)),
-                };
-                out.write_all(&buf[..k])?;
-                progress.set_position(d.get_ref().get_ref().count);
-            }
-            let consumed = d.get_ref().get_ref().count - d.get_ref().buffer().len() as u64;
-            if consumed != len {
-                return Err(corrupt(
-                    format,
-                    format!(
-                        "{} bytes of trailing data after the gzip stream",
-                        len - consumed
-                    ),
-                ));
-            }
+            let (reader, read) = counting(src);
+            let mut d = flate2::read::MultiGzDecoder::new(reader);
+            drain(format, &mut d, &mut out, &mut progress, &read)?;
+            no_trailing(
+                format,
+                len,
+                read.get(),
+                d.get_ref().buffer().len(),
+                "gzip stream",
+            )?;
         }
         Format::Zstd => {
-            let counting = Counting {
-                inner: src,
-                count: 0,
-            };
-            let mut d = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(
-                1 << 20,
-                counting,
-            ))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let k = match d.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(k) => k,
-                    Err(e) => return Err(corrupt(format, e)),
-                };
-                out.write_all(&buf[..k])?;
-                progress.set_position(d.get_ref().get_ref().count);
-            }
+            let (reader, read) = counting(src);
+            let mut d = zstd::stream::read::Decoder::with_buffer(reader)?;
+            drain(format, &mut d, &mut out, &mut progress, &read)?;
             let r = d.finish();
-            let consumed = r.get_ref().count - r.buffer().len() as u64;
-            if consumed != len {
-                return Err(corrupt(
-                    format,
-                    format!(
-                        "{} bytes of trailing data after the zstd frames",
-                        len - consumed
-                    ),
-                ));
-            }
+            no_trailing(format, len, read.get(), r.buffer().len(), "zstd frames")?;
         }
         Format::Xz => unpack_xz(src, len, &mut out, &mut progress)?,
     }
@@ -178,13 +180,7 @@ fn unpack_xz(
     out: &mut SparseWriter,
     progress: &mut Progress,
 ) -> Result<(), UnpackError> {
-    let mut reader = BufReader::with_capacity(
-        1 << 20,
-        Counting {
-            inner: src,
-            count: 0,
-        },
-    );
+    let (mut reader, read) = counting(src);
     let physmem = physical_memory();
     loop {
         let stream = liblzma::stream::MtStreamBuilder::new()
@@ -194,16 +190,7 @@ fn unpack_xz(
             .decoder()
             .map_err(|e| corrupt(Format::Xz, e))?;
         let mut d = liblzma::bufread::XzDecoder::new_stream(&mut reader, stream);
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = match d.read(&mut buf) {
-                Ok(0) => break,
-                Ok(k) => k,
-                Err(e) => return Err(corrupt(Format::Xz, e)),
-            };
-            out.write_all(&buf[..k])?;
-            progress.set_position(d.get_ref().get_ref().count);
-        }
+        drain(Format::Xz, &mut d, out, progress, &read)?;
         if d.total_in() == 0 {
             return Err(corrupt(Format::Xz, "truncated: the stream ended early"));
         }
@@ -237,7 +224,7 @@ fn unpack_xz(
             return Ok(());
         }
         if !rest_is_xz || !padding.is_multiple_of(4) {
-            let consumed = reader.get_ref().count - rest_len as u64;
+            let consumed = read.get() - rest_len as u64;
             return Err(corrupt(
                 Format::Xz,
                 format!(

@@ -87,6 +87,17 @@ impl Partition {
     pub fn end(&self) -> u64 {
         self.start + self.len
     }
+
+    /// A whole file of `len` bytes taken as one partition (a bare file-system image).
+    pub fn whole(len: u64) -> Partition {
+        Partition {
+            index: 1,
+            start: 0,
+            len,
+            type_id: String::new(),
+            name: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
