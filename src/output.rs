@@ -137,18 +137,7 @@ impl PendingOutput {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("creating the output directory {}", dir.display()))?;
         }
-        let name = final_path
-            .file_name()
-            .context("the output path has no file name")?
-            .to_string_lossy()
-            .into_owned();
-        let temp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".partial")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
-        let cleanup = crate::cleanup::register(temp.path());
+        let (temp, cleanup) = partial_beside(final_path, &dir)?;
         let src = File::open(base)
             .with_context(|| format!("opening the base image {}", base.display()))?;
         let method = copy_file(&src, temp.as_file())
@@ -194,19 +183,7 @@ impl PendingOutput {
     /// file; the raw one is deleted when this returns.
     fn compress(self, c: Compression) -> Result<(PathBuf, Sha256Digest)> {
         let dir = self.temp.path().parent().unwrap().to_owned();
-        let name = self
-            .final_path
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let out = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".partial")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
-        let _cleanup = crate::cleanup::register(out.path());
+        let (out, _cleanup) = partial_beside(&self.final_path, &dir)?;
         let raw = self.temp.as_file();
         let total = raw.metadata()?.len();
         let mut progress = crate::progress::Progress::new(c.label(), Some(total));
@@ -275,6 +252,27 @@ impl PendingOutput {
             .with_context(|| format!("renaming the finished image to {}", final_path.display()))?;
         Ok(final_path)
     }
+}
+
+/// A `.<name>.XXXX.partial` file (mode 0600) in `dir` for the output
+/// `final_path`, deleted on drop or on interrupt.
+fn partial_beside(
+    final_path: &Path,
+    dir: &Path,
+) -> Result<(tempfile::NamedTempFile, crate::cleanup::Registered)> {
+    let name = final_path
+        .file_name()
+        .context("the output path has no file name")?
+        .to_string_lossy()
+        .into_owned();
+    let temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
+    let cleanup = crate::cleanup::register(temp.path());
+    Ok((temp, cleanup))
 }
 
 /// Copies `src` into the empty `dst`: a reflink where the file system can,
