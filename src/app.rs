@@ -519,3 +519,65 @@ pub fn known_hosts(paths: &Paths) -> Result<String, AppError> {
     }
     Ok(out)
 }
+
+/// How to reach the BMCs.
+#[derive(Debug, Clone)]
+pub struct BmcSettings {
+    pub board: Option<String>,
+    pub user: String,
+    pub password_file: Option<PathBuf>,
+    pub insecure: bool,
+}
+
+/// Status of each selected Turing Pi board's BMC, pinning certificates on first use.
+pub fn bmc_status(
+    paths: &Paths,
+    settings: &BmcSettings,
+) -> Result<Vec<crate::bmc::Status>, AppError> {
+    let (profiles, _) = load(paths)?;
+    let boards: Vec<_> = profiles
+        .cluster
+        .turing_pi_boards
+        .iter()
+        .filter(|b| settings.board.as_ref().is_none_or(|n| *n == b.name))
+        .collect();
+    if boards.is_empty() {
+        return Err(AppError::Usage(anyhow!(
+            "no Turing Pi board {}in cluster.turing_pi_boards",
+            settings
+                .board
+                .as_ref()
+                .map(|b| format!("named {b:?} "))
+                .unwrap_or_default()
+        )));
+    }
+    let mut out = Vec::new();
+    for b in boards {
+        let trust = if settings.insecure {
+            crate::bmc::Trust::Insecure
+        } else {
+            // The pin lives with the other cluster secrets.
+            crate::secrets::Secrets::open(&paths.secrets)?;
+            crate::bmc::Trust::PinFile(paths.secrets.join("bmc").join(format!("{}.sha256", b.name)))
+        };
+        let password = crate::bmc::password(settings.password_file.as_deref(), &b.bmc)?;
+        let creds = crate::bmc::Credentials {
+            user: settings.user.clone(),
+            password,
+        };
+        let mut bmc = crate::bmc::Bmc::connect(&b.bmc, creds, &trust)
+            .with_context(|| format!("Turing Pi board {}", b.name))?;
+        if bmc.newly_pinned {
+            tracing::warn!(
+                "{}: first connection; pinned its certificate sha256 {} (compare it with the BMC's if you can)",
+                b.bmc,
+                bmc.fingerprint.as_deref().unwrap_or("?")
+            );
+        }
+        out.push(
+            bmc.status()
+                .with_context(|| format!("Turing Pi board {}", b.name))?,
+        );
+    }
+    Ok(out)
+}

@@ -152,6 +152,9 @@ pub enum Command {
         #[arg(long)]
         known_hosts: bool,
     },
+    /// Talk to the Turing Pi BMCs named in the profiles.
+    #[command(subcommand)]
+    Bmc(BmcCommand),
     /// Show or clean the image cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -180,5 +183,33 @@ pub enum CacheCommand {
     Clean {
         #[arg(long)]
         all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BmcArgs {
+    /// Only this Turing Pi board (a name from cluster.turing_pi_boards).
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+    /// BMC user.
+    #[arg(long, value_name = "USER", default_value = "root")]
+    pub bmc_user: String,
+    /// File holding the BMC password (else IMGBUILD_BMC_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub bmc_password_file: Option<PathBuf>,
+    /// Do not verify the BMC's certificate at all (it is otherwise pinned on first use).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BmcCommand {
+    /// Model, firmware and daemon versions, power of every slot, SD card space.
+    Status {
+        #[command(flatten)]
+        bmc: BmcArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
 }

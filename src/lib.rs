@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod bake;
+pub mod bmc;
 pub mod cleanup;
 pub mod fetch;
 pub mod fs;

@@ -108,6 +108,46 @@ fn run(cli: cli::Cli) -> Result<(), AppError> {
             }
             Ok(())
         }
+        Some(cli::Command::Bmc(cli::BmcCommand::Status { bmc, json })) => {
+            let settings = app::BmcSettings {
+                board: bmc.board,
+                user: bmc.bmc_user,
+                password_file: bmc.bmc_password_file,
+                insecure: bmc.insecure,
+            };
+            let all = app::bmc_status(&paths, &settings)?;
+            if json {
+                return print_json(&all);
+            }
+            for st in &all {
+                println!(
+                    "BMC {} (certificate sha256 {})",
+                    st.host,
+                    st.fingerprint.as_deref().unwrap_or("not verified")
+                );
+                for (k, v) in &st.about {
+                    println!(
+                        "  {k:<14} {}",
+                        v.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string())
+                    );
+                }
+                let power: Vec<String> = st
+                    .power
+                    .iter()
+                    .map(|(s, on)| format!("slot {s}: {}", if *on { "on" } else { "off" }))
+                    .collect();
+                println!("  power          {}", power.join(", "));
+                // Shown as the BMC reports it (addresses and storage, the SD card's free space among it).
+                if let Some(info) = st.info.as_object() {
+                    for (k, v) in info {
+                        println!("  {k:<14} {v}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Some(cli::Command::Unpack { input, output }) => {
             let (format, size) = app::unpack(&input, &output)?;
             println!("{}: {format:?}, {size} bytes", output.display());

@@ -587,7 +587,12 @@ pub(super) fn cross_checks(
                 e,
             ));
         }
-        if let Some(e) = host_error(&b.bmc) {
+        // A BMC may be given as host:port (HTTPS is on 443 by default).
+        let bmc_host = match b.bmc.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') && p.parse::<u16>().is_ok() => h,
+            _ => b.bmc.as_str(),
+        };
+        if let Some(e) = host_error(bmc_host) {
             problems.push(Problem::field(
                 cf,
                 &format!("cluster.turing_pi_boards[{i}].bmc"),

@@ -12,7 +12,7 @@
 //! directory is refused. Values never reach logs or errors.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -179,14 +179,26 @@ impl Secrets {
                 .create(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(value.as_bytes())?;
-        f.sync_all()?;
+        // Write a complete private file, then publish it under its name with a
+        // hard link, which fails if the name exists: readers never see a
+        // partial secret, and a secret is never replaced.
+        let parent = path.parent().unwrap();
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".new-")
+            .permissions(std::fs::Permissions::from_mode(0o600))
+            .tempfile_in(parent)
+            .with_context(|| format!("creating a file in {}", parent.display()))?;
+        tmp.write_all(value.as_bytes())?;
+        tmp.as_file().sync_all()?;
+        match std::fs::hard_link(tmp.path(), &path) {
+            Ok(()) => {}
+            // Another imgbuild created it since we looked: theirs is the secret.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()));
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
         Ok(value)
     }
 
@@ -288,6 +300,7 @@ impl Secrets {
         let Some(dir) = &self.dir else {
             return Ok(None);
         };
+        let _lock = self.lock()?;
         let path = dir.join("cluster/initialized");
         let before = std::fs::read_to_string(&path).ok();
         if before.is_none() {
@@ -372,4 +385,42 @@ fn make_ca(cn_prefix: &str, build_time: u64) -> Result<(String, String)> {
 pub fn known_hosts_line(names: &[String], public: &str) -> String {
     let key: Vec<&str> = public.split_whitespace().take(2).collect();
     format!("{} {}", names.join(","), key.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_first_use_agrees_on_one_set_of_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("s");
+        let hashes: Vec<(String, String, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        // Separate handles, as separate processes would have.
+                        let secrets = Secrets::open(&root).unwrap();
+                        let c = secrets.cluster(0).unwrap();
+                        let n = secrets.node("node01", "node01").unwrap();
+                        secrets.mark_initialized("node01").unwrap();
+                        (c.ca_hash, c.server_password, n.ssh_fingerprint)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
+        let again = Secrets::open(&root).unwrap();
+        assert_eq!(again.cluster(0).unwrap().ca_hash, hashes[0].0);
+        for (rel, _) in again.inventory().unwrap() {
+            let mode = std::fs::metadata(root.join(&rel))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{rel}");
+            assert!(!rel.contains(".new-"), "left a temporary file {rel}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! mkfs.ext4, mtools, pyfatfs), in the layouts of shared/REFERENCE.md §1.
 #![allow(dead_code)]
 
+pub mod bmc;
 pub mod http;
 
 use std::fs::File;

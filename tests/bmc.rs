@@ -1,0 +1,156 @@
+//! The BMC client against a fake BMC on loopback: status, certificate pinning
+//! on first use, a changed certificate, --insecure, a wrong password (never
+//! retried) and an expired token (one re-login).
+
+mod common;
+
+use std::path::Path;
+
+use common::bmc::FakeBmc;
+use common::*;
+
+/// A profile copy whose Turing Pi board's BMC is `host`.
+fn profiles_for(dir: &Path, host: &str) -> std::path::PathBuf {
+    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(dir)));
+    let p = dir.join("profiles/cluster.yaml");
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("bmc: turingpi.home.arpa", &format!("bmc: {host}"));
+    std::fs::write(&p, text).unwrap();
+    dir.join("profiles")
+}
+
+fn status(dir: &Path, profiles: &Path, password: &str, extra: &[&str]) -> std::process::Output {
+    let manifests = repo().join("firmware-manifests");
+    let mut args = vec![
+        "bmc",
+        "status",
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--manifests",
+        manifests.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    std::process::Command::new(bin())
+        .args(&args)
+        .current_dir(dir)
+        .env("IMGBUILD_SECRETS", dir.join("secrets"))
+        .env("IMGBUILD_BMC_PASSWORD", password)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn status_pins_the_certificate_on_first_use_and_refuses_a_changed_one() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let out = status(w.path(), &profiles, "turing", &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("Turing Pi 2.5") && t.contains("2.3.4"), "{t}");
+    assert!(
+        t.contains("slot 1: off") && t.contains("slot 4: off"),
+        "{t}"
+    );
+    assert!(t.contains("12345000000"), "SD card free space missing: {t}");
+    assert!(
+        t.contains("first connection; pinned") && t.contains(&bmc.cert_sha256),
+        "{t}"
+    );
+    let pin = std::fs::read_to_string(w.path().join("secrets/bmc/tp1.sha256")).unwrap();
+    assert_eq!(pin.trim(), bmc.cert_sha256);
+    // Second time: the pin matches, no first-use warning.
+    let t = text(&status(w.path(), &profiles, "turing", &["--json"]));
+    assert!(!t.contains("first connection"), "{t}");
+    let j: serde_json::Value = serde_json::from_str(t.trim()).unwrap();
+    assert_eq!(j[0]["fingerprint"].as_str(), Some(bmc.cert_sha256.as_str()));
+    assert_eq!(j[0]["power"]["2"].as_bool(), Some(false));
+
+    // A BMC with another certificate at the same name is refused...
+    let other = FakeBmc::start("turing");
+    let text_cluster = std::fs::read_to_string(profiles.join("cluster.yaml"))
+        .unwrap()
+        .replace(&bmc.host(), &other.host());
+    std::fs::write(profiles.join("cluster.yaml"), text_cluster).unwrap();
+    let out = status(w.path(), &profiles, "turing", &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("certificate changed since it was pinned") && t.contains("--insecure"),
+        "{t}"
+    );
+    assert_eq!(
+        other.state.lock().unwrap().logins,
+        0,
+        "sent credentials to an unverified BMC"
+    );
+    // ...unless --insecure is given explicitly; the pin stays as it was.
+    let out = status(w.path(), &profiles, "turing", &["--insecure"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(w.path().join("secrets/bmc/tp1.sha256"))
+            .unwrap()
+            .trim(),
+        bmc.cert_sha256
+    );
+}
+
+#[test]
+fn a_wrong_password_is_reported_once_and_not_retried() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let out = status(w.path(), &profiles, "wrong", &[]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("rejected user \"root\"") && t.contains("does not retry"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("wrong"),
+        "the password appeared in the output: {t}"
+    );
+    assert_eq!(bmc.state.lock().unwrap().failed_logins, 1);
+}
+
+#[test]
+fn an_expired_token_is_renewed_once() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    bmc.state.lock().unwrap().expire_after = Some(1);
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let out = status(w.path(), &profiles, "turing", &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        bmc.state.lock().unwrap().logins >= 2,
+        "no re-login after the 401"
+    );
+}
+
+#[test]
+fn the_password_comes_from_a_file() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("s3cret");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let pw = w.path().join("bmc-password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args([
+            "bmc",
+            "status",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--bmc-password-file",
+            pw.to_str().unwrap(),
+        ])
+        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+        .env_remove("IMGBUILD_BMC_PASSWORD")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("s3cret"));
+}
