@@ -581,3 +581,248 @@ pub fn bmc_status(
     }
     Ok(out)
 }
+
+#[derive(Debug, Clone)]
+pub struct FlashSettings {
+    pub bmc: BmcSettings,
+    pub yes: bool,
+    pub skip_crc: bool,
+    pub out_dir: PathBuf,
+    pub build: BuildSettings,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlashReport {
+    pub node: String,
+    pub board: String,
+    pub slot: u8,
+    pub image: PathBuf,
+    pub sha256: String,
+    /// `flashed`, `skipped` (already flashed with this image) or `failed`.
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// sha256 of an image: from SHA256SUMS beside it when present, else computed.
+fn image_sha256(image: &Path) -> Result<String> {
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let sums = image
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(crate::output::SUMS_FILE);
+    if let Some(d) = std::fs::read_to_string(&sums)
+        .ok()
+        .and_then(|t| crate::fetch::download::find_digest(&t, &name))
+    {
+        return Ok(d.to_string());
+    }
+    let f = std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    Ok(crate::io::sha256_sparse(&f)?.to_string())
+}
+
+fn confirm(question: &str, yes: bool) -> Result<(), AppError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(AppError::Usage(anyhow!(
+            "{question}: refusing to flash without confirmation; run on a terminal or pass --yes"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).ok();
+    if matches!(line.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(AppError::Failed(anyhow!(
+            "not confirmed; nothing was flashed"
+        )))
+    }
+}
+
+fn connect_board(
+    paths: &Paths,
+    s: &BmcSettings,
+    board: &str,
+    host: &str,
+) -> Result<crate::bmc::Bmc, AppError> {
+    let trust = if s.insecure {
+        crate::bmc::Trust::Insecure
+    } else {
+        crate::secrets::Secrets::open(&paths.secrets)?;
+        crate::bmc::Trust::PinFile(paths.secrets.join("bmc").join(format!("{board}.sha256")))
+    };
+    let password = crate::bmc::password(s.password_file.as_deref(), host)?;
+    let creds = crate::bmc::Credentials {
+        user: s.user.clone(),
+        password,
+    };
+    let bmc = crate::bmc::Bmc::connect(host, creds, &trust)
+        .with_context(|| format!("Turing Pi board {board}"))?;
+    if bmc.newly_pinned {
+        tracing::warn!(
+            "{host}: first connection; pinned its certificate sha256 {}",
+            bmc.fingerprint.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(bmc)
+}
+
+/// Flashes each named node (Turing Pi modules only) in slot order, one at a
+/// time; builds a node's image when it is missing. With `state`, nodes already
+/// flashed with the same image are skipped and progress is recorded there.
+pub fn flash_nodes(
+    paths: &Paths,
+    nodes: &[String],
+    images: &BTreeMap<String, PathBuf>,
+    settings: &FlashSettings,
+    state: Option<&Path>,
+) -> Result<Vec<FlashReport>, AppError> {
+    let (profiles, _) = load(paths)?;
+    let mut chosen = Vec::new();
+    for name in nodes {
+        let n = profiles.node(name).ok_or_else(|| {
+            AppError::Usage(anyhow!("no node {name:?} in {}", profiles.dir.display()))
+        })?;
+        let slot = n.turing_pi.clone().ok_or_else(|| {
+            AppError::Usage(anyhow!(
+                "node {name} is a {} board, not in a Turing Pi slot",
+                n.board
+            ))
+        })?;
+        chosen.push((n.clone(), slot));
+    }
+    chosen.sort_by(|a, b| (&a.1.board, a.1.slot).cmp(&(&b.1.board, b.1.slot)));
+    let mut done: BTreeMap<String, String> = state
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let mut reports = Vec::new();
+    for (node, slot) in chosen {
+        let image = match images.get(&node.name) {
+            Some(p) => p.clone(),
+            None => {
+                let p = settings
+                    .out_dir
+                    .join(format!("{}.{}.img", node.name, node.board));
+                if !p.is_file() {
+                    tracing::info!("{} does not exist; building it", p.display());
+                    let mut b = settings.build.clone();
+                    b.targets = vec![p.clone()];
+                    b.all = false;
+                    build(paths, &b)?;
+                }
+                p
+            }
+        };
+        let sha = image_sha256(&image)?;
+        let mut report = FlashReport {
+            node: node.name.clone(),
+            board: slot.board.clone(),
+            slot: slot.slot,
+            image: image.clone(),
+            sha256: sha.clone(),
+            result: "flashed".into(),
+            error: None,
+        };
+        if done.get(&node.name) == Some(&sha) {
+            report.result = "skipped".into();
+            tracing::info!("{}: already flashed with this image; skipping", node.name);
+            reports.push(report);
+            continue;
+        }
+        confirm(
+            &format!(
+                "Flash {} ({}) onto slot {} of Turing Pi {} ({}), erasing the module?",
+                node.name,
+                image.display(),
+                slot.slot,
+                slot.board,
+                slot.bmc
+            ),
+            settings.yes,
+        )?;
+        let result = (|| -> Result<(), AppError> {
+            let mut bmc = connect_board(paths, &settings.bmc, &slot.board, &slot.bmc)?;
+            let opts = crate::bmc::FlashOptions {
+                skip_crc: settings.skip_crc,
+                sha256: Some(sha.clone()),
+            };
+            let mut progress: Option<(String, crate::progress::Progress)> = None;
+            bmc.flash(slot.slot, &image, &opts, |phase, done, total| {
+                if progress.as_ref().is_none_or(|(p, _)| p != phase) {
+                    if let Some((_, p)) = progress.take() {
+                        p.finish();
+                    }
+                    progress = Some((
+                        phase.to_string(),
+                        crate::progress::Progress::new(
+                            &format!("{} {phase}", node.name),
+                            Some(total),
+                        ),
+                    ));
+                }
+                if let Some((_, p)) = progress.as_mut() {
+                    p.set_position(done);
+                }
+            })?;
+            if let Some((_, p)) = progress.take() {
+                p.finish();
+            }
+            tracing::info!(
+                "{}: flashed slot {} and powered it on",
+                node.name,
+                slot.slot
+            );
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                done.insert(node.name.clone(), sha);
+                if let Some(p) = state {
+                    std::fs::write(
+                        p,
+                        serde_json::to_string_pretty(&done).map_err(anyhow::Error::from)?,
+                    )
+                    .with_context(|| format!("writing {}", p.display()))?;
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                report.result = "failed".into();
+                report.error = Some(format!("{:#}", e.inner()));
+                reports.push(report);
+                let summary = reports
+                    .iter()
+                    .map(|r| format!("{} {}", r.node, r.result))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(AppError::Failed(anyhow!(
+                    "{:#}\n{summary}; run the same command again to continue from {}",
+                    e.inner(),
+                    node.name
+                )));
+            }
+        }
+    }
+    Ok(reports)
+}
+
+/// Every Turing Pi node of the profiles (or `only`), for deploy.
+pub fn deploy_nodes(paths: &Paths, only: &[String]) -> Result<Vec<String>, AppError> {
+    let (profiles, _) = load(paths)?;
+    Ok(profiles
+        .nodes
+        .iter()
+        .filter(|n| n.turing_pi.is_some())
+        .filter(|n| only.is_empty() || only.contains(&n.name))
+        .map(|n| n.name.clone())
+        .collect())
+}

@@ -36,3 +36,22 @@ pub fn remove_all() -> usize {
     }
     paths.len()
 }
+
+type Hook = Box<dyn Fn() + Send>;
+static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+/// Something to do on interrupt before exiting (e.g. cancel a BMC upload).
+pub fn on_interrupt(hook: Hook) {
+    *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+}
+
+pub fn clear_interrupt_hook() {
+    *HOOK.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Runs the interrupt hook, if any.
+pub fn run_interrupt_hook() {
+    if let Some(h) = HOOK.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        h();
+    }
+}

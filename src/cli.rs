@@ -152,6 +152,29 @@ pub enum Command {
         #[arg(long)]
         known_hosts: bool,
     },
+    /// Flash a node's image onto its Turing Pi slot through the BMC and power it on
+    /// (the image is built first when missing).
+    Flash {
+        /// Node name.
+        node: String,
+        /// Image to flash [default: <out-dir>/<node>.<board>.img, built if missing].
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        flash: FlashArgs,
+    },
+    /// Flash every Turing Pi node in slot order, one at a time; a failed run
+    /// continues where it stopped when run again.
+    Deploy {
+        /// Only these nodes (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "NODES")]
+        nodes: Vec<String>,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flash: FlashArgs,
+    },
     /// Talk to the Turing Pi BMCs named in the profiles.
     #[command(subcommand)]
     Bmc(BmcCommand),
@@ -212,4 +235,22 @@ pub enum BmcCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    #[command(flatten)]
+    pub bmc: BmcArgs,
+    /// Do not ask for confirmation before erasing a module.
+    #[arg(long)]
+    pub yes: bool,
+    /// Skip the BMC's CRC read-back of the written image.
+    #[arg(long)]
+    pub skip_crc: bool,
+    /// Where images are found and built.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    /// Base images for builds, as for the build command.
+    #[arg(long, value_name = "[BOARD=]FILE")]
+    pub base: Vec<String>,
 }

@@ -32,6 +32,7 @@ fn watch_signals() {
     };
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
+            imgbuild::cleanup::run_interrupt_hook();
             let n = imgbuild::cleanup::remove_all();
             eprintln!("interrupted (signal {sig}); removed {n} unfinished file(s)");
             std::process::exit(130);
@@ -105,6 +106,34 @@ fn run(cli: cli::Cli) -> Result<(), AppError> {
                         println!("  (none yet: they are created by the first build)");
                     }
                 }
+            }
+            Ok(())
+        }
+        Some(cli::Command::Flash { node, image, flash }) => {
+            let settings = flash_settings(flash, fetch)?;
+            let images = image.map(|i| (node.clone(), i)).into_iter().collect();
+            app::flash_nodes(&paths, &[node], &images, &settings, None)?;
+            Ok(())
+        }
+        Some(cli::Command::Deploy { nodes, json, flash }) => {
+            let settings = flash_settings(flash, fetch)?;
+            let names = app::deploy_nodes(&paths, &nodes)?;
+            std::fs::create_dir_all(&settings.out_dir).map_err(anyhow::Error::from)?;
+            let state = settings.out_dir.join(".deploy-state.json");
+            let reports =
+                app::flash_nodes(&paths, &names, &Default::default(), &settings, Some(&state))?;
+            if json {
+                return print_json(&reports);
+            }
+            for r in &reports {
+                println!(
+                    "{:<8} {}/slot {}  {}  {}",
+                    r.result,
+                    r.board,
+                    r.slot,
+                    r.node,
+                    r.image.display()
+                );
             }
             Ok(())
         }
@@ -255,4 +284,26 @@ fn build(paths: &Paths, b: cli::BuildArgs, fetch: FetchSettings) -> Result<(), A
         }
     }
     Ok(())
+}
+
+fn flash_settings(f: cli::FlashArgs, fetch: FetchSettings) -> Result<app::FlashSettings, AppError> {
+    Ok(app::FlashSettings {
+        bmc: app::BmcSettings {
+            board: f.bmc.board,
+            user: f.bmc.bmc_user,
+            password_file: f.bmc.bmc_password_file,
+            insecure: f.bmc.insecure,
+        },
+        yes: f.yes,
+        skip_crc: f.skip_crc,
+        out_dir: f.out_dir.clone(),
+        build: BuildSettings {
+            targets: Vec::new(),
+            all: false,
+            out_dir: f.out_dir,
+            all_compression: imgbuild::output::Compression::None,
+            bases: app::parse_bases(&f.base)?,
+            fetch,
+        },
+    })
 }

@@ -154,3 +154,169 @@ fn the_password_comes_from_a_file() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("s3cret"));
 }
+
+fn run(dir: &Path, profiles: &Path, args: &[&str]) -> std::process::Output {
+    let manifests = repo().join("firmware-manifests");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend_from_slice(&[
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--manifests",
+        manifests.to_str().unwrap(),
+    ]);
+    std::process::Command::new(bin())
+        .args(&all)
+        .current_dir(dir)
+        .env("IMGBUILD_SECRETS", dir.join("secrets"))
+        .env("IMGBUILD_BMC_PASSWORD", "turing")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Stand-in images for the Turing Pi nodes in `dir/dist`, distinct per node.
+fn images(dir: &Path) {
+    let dist = dir.join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    for (i, name) in [
+        "node01.cm4.img",
+        "node02.rk1.img",
+        "node03.rk1.img",
+        "node04.rk1.img",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut body = vec![0u8; 3 << 20];
+        body[..64].copy_from_slice(&[i as u8 + 1; 64]);
+        body[(2 << 20)..(2 << 20) + 5].copy_from_slice(b"tail!");
+        std::fs::write(dist.join(name), body).unwrap();
+    }
+}
+
+#[test]
+fn flash_writes_the_image_verifies_and_powers_on() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    images(w.path());
+    // Not on a terminal and no --yes: nothing is flashed.
+    let out = run(w.path(), &profiles, &["flash", "node02"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("refusing to flash without confirmation"),
+        "{}",
+        text(&out)
+    );
+    assert!(bmc.state.lock().unwrap().flashed.is_empty());
+
+    let out = run(w.path(), &profiles, &["flash", "node02", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let st = bmc.state.lock().unwrap();
+    let landed = std::fs::read(st.slots_dir.join("slot2.img")).unwrap();
+    assert!(
+        landed == std::fs::read(w.path().join("dist/node02.rk1.img")).unwrap(),
+        "slot 2 holds other bytes"
+    );
+    assert_eq!(st.flashed, [2]);
+    assert_eq!(st.power.get(&2), Some(&true), "slot 2 not powered on");
+    assert!(
+        st.log
+            .iter()
+            .any(|l| l.contains("type=flash") && l.contains("node=1") && l.contains("sha256=")),
+        "{:?}",
+        st.log
+    );
+    assert!(!st.log.iter().any(|l| l.contains("skip_crc")));
+}
+
+#[test]
+fn flash_faults_are_reported_with_what_to_do() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    images(w.path());
+    bmc.state.lock().unwrap().busy = true;
+    let out = run(w.path(), &profiles, &["flash", "node03", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("already flashing a module"),
+        "{}",
+        text(&out)
+    );
+    {
+        let mut st = bmc.state.lock().unwrap();
+        st.busy = false;
+        st.crc_error_slots = vec![3];
+    }
+    let out = run(w.path(), &profiles, &["flash", "node03", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("flashing slot 3 failed: crc error"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        bmc.state.lock().unwrap().power.get(&3),
+        Some(&false),
+        "a failed slot was powered on"
+    );
+    bmc.state.lock().unwrap().missing_slots = vec![4];
+    let out = run(w.path(), &profiles, &["flash", "node04", "--yes"]);
+    assert!(
+        text(&out).contains("could not find a module in node 4"),
+        "{}",
+        text(&out)
+    );
+    // A node outside the Turing Pi is refused before anything is sent.
+    let out = run(w.path(), &profiles, &["flash", "ws03", "--yes"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("not in a Turing Pi slot"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn deploy_flashes_in_slot_order_and_resumes_after_a_failure() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    images(w.path());
+    bmc.state.lock().unwrap().missing_slots = vec![3];
+    let out = run(w.path(), &profiles, &["deploy", "--yes"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("continue from node03"), "{t}");
+    assert_eq!(bmc.state.lock().unwrap().flashed, [1, 2]);
+    bmc.state.lock().unwrap().missing_slots.clear();
+    let out = run(w.path(), &profiles, &["deploy", "--yes", "--json"]);
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_str(&t).unwrap();
+    let results: Vec<(&str, &str)> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["node"].as_str().unwrap(), r["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("node01", "skipped"),
+            ("node02", "skipped"),
+            ("node03", "flashed"),
+            ("node04", "flashed")
+        ]
+    );
+    let st = bmc.state.lock().unwrap();
+    assert_eq!(
+        st.flashed,
+        [1, 2, 3, 4],
+        "a finished node was flashed again"
+    );
+    for slot in 1..=4u8 {
+        assert_eq!(st.power.get(&slot), Some(&true), "slot {slot}");
+    }
+}

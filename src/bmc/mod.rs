@@ -288,3 +288,225 @@ fn prompt_password(prompt: &str) -> Result<String> {
     r.context("reading the password")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
+
+/// The BMC's flash state (`opt=get&type=flash`, bare JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlashState {
+    Ready,
+    Transferring { written: u64, size: u64 },
+    Done,
+    Error(String),
+}
+
+impl FlashState {
+    fn parse(text: &str) -> Result<FlashState> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| anyhow!("unexpected flash state {text:?}: {e}"))?;
+        if v.as_str() == Some("Ready") {
+            return Ok(FlashState::Ready);
+        }
+        if let Some(t) = v.get("Transferring") {
+            return Ok(FlashState::Transferring {
+                written: t.get("bytes_written").and_then(|b| b.as_u64()).unwrap_or(0),
+                size: t.get("size").and_then(|b| b.as_u64()).unwrap_or(0),
+            });
+        }
+        if v.get("Done").is_some() {
+            return Ok(FlashState::Done);
+        }
+        if let Some(e) = v.get("Error") {
+            return Ok(FlashState::Error(
+                e.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| e.to_string()),
+            ));
+        }
+        bail!("unexpected flash state {text:?}")
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FlashOptions {
+    /// Skip the BMC's CRC read-back (only when the user asks).
+    pub skip_crc: bool,
+    /// sha256 of the image, sent when the daemon checks it (>= 2.3.0).
+    pub sha256: Option<String>,
+}
+
+fn daemon_at_least(version: &str, want: (u64, u64, u64)) -> bool {
+    let nums: Vec<u64> = version
+        .trim_start_matches('v')
+        .split(['.', '-', '+'])
+        .take(3)
+        .map(|n| n.parse().unwrap_or(0))
+        .collect();
+    let v = (
+        nums.first().copied().unwrap_or(0),
+        nums.get(1).copied().unwrap_or(0),
+        nums.get(2).copied().unwrap_or(0),
+    );
+    v >= want
+}
+
+impl Bmc {
+    pub fn flash_state(&mut self) -> Result<FlashState> {
+        FlashState::parse(&self.get("opt=get&type=flash")?)
+    }
+
+    /// Writes `image` to the module in `slot` (1-4), waits through the CRC
+    /// read-back, and powers the slot on. `report` gets progress lines.
+    pub fn flash(
+        &mut self,
+        slot: u8,
+        image: &Path,
+        opts: &FlashOptions,
+        mut report: impl FnMut(&str, u64, u64),
+    ) -> Result<()> {
+        check_slot(slot)?;
+        if let FlashState::Transferring { .. } = self.flash_state()? {
+            bail!(
+                "{}: the BMC is already flashing a module; wait for it to finish (starting another would cancel it)",
+                self.host
+            );
+        }
+        let len = std::fs::metadata(image)
+            .with_context(|| format!("reading {}", image.display()))?
+            .len();
+        let name = image
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "image.img".into());
+        let version = self
+            .about()?
+            .get("version")
+            .and_then(|v| v.as_str())
+            .unwrap_or("0")
+            .to_string();
+        let mut query = format!(
+            "opt=set&type=flash&file={}&length={len}&node={}",
+            url_escape(&name),
+            slot - 1
+        );
+        if let Some(sha) = &opts.sha256
+            && daemon_at_least(&version, (2, 3, 0))
+        {
+            query.push_str(&format!("&sha256={sha}"));
+        }
+        if opts.skip_crc {
+            query.push_str("&skip_crc");
+        }
+        let started = self.get(&query)?;
+        #[derive(Deserialize)]
+        struct Handle {
+            handle: u32,
+        }
+        let handle = serde_json::from_str::<Handle>(&started)
+            .map_err(|_| {
+                anyhow!(
+                    "{}: the BMC did not start the flash: {}",
+                    self.host,
+                    started.trim()
+                )
+            })?
+            .handle;
+        // Upload at once (the BMC waits 10 s for it), streaming from the file.
+        let file =
+            std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+        let part = reqwest::blocking::multipart::Part::reader_with_length(file, len)
+            .file_name(name.clone())
+            .mime_str("application/octet-stream")?;
+        let form = reqwest::blocking::multipart::Form::new().part("file", part);
+        let req = self
+            .http
+            .post(self.url(&format!("/api/bmc/upload/{handle}")))
+            .bearer_auth(self.token.as_deref().unwrap_or(""))
+            .multipart(form);
+        let cancel_url = self.url(&format!("/api/bmc/upload/{handle}/cancel"));
+        let _cancel = CancelOnInterrupt::new(self.http.clone(), cancel_url, self.token.clone());
+        let upload = std::thread::scope(|s| -> Result<()> {
+            let worker = s.spawn(move || req.send());
+            // Poll while the upload runs; the BMC writes as it receives.
+            while !worker.is_finished() {
+                std::thread::sleep(Duration::from_millis(300));
+                if let Ok(FlashState::Transferring { written, size }) = self.flash_state() {
+                    report("writing", written, size.max(len));
+                }
+            }
+            let resp = worker
+                .join()
+                .map_err(|_| anyhow!("the upload thread panicked"))?
+                .map_err(|e| self.describe(e))?;
+            let status = resp.status().as_u16();
+            let text = resp.text().unwrap_or_default();
+            if status != 200 {
+                bail!(
+                    "{}: the upload failed (HTTP {status}): {}; the module is not usable until flashed again",
+                    self.host,
+                    text.trim()
+                );
+            }
+            Ok(())
+        });
+        upload?;
+        // CRC read-back: bytes_written restarts from 0 until Done.
+        let mut last = u64::MAX;
+        let mut verifying = false;
+        loop {
+            match self.flash_state()? {
+                FlashState::Done => break,
+                FlashState::Error(e) => bail!(
+                    "{}: flashing slot {slot} failed: {e}; if it says USB, power-cycle the board and try again",
+                    self.host
+                ),
+                FlashState::Transferring { written, size } => {
+                    if written < last && last != u64::MAX {
+                        verifying = true;
+                    }
+                    last = written;
+                    report(
+                        if verifying { "verifying" } else { "writing" },
+                        written,
+                        size.max(len),
+                    );
+                }
+                FlashState::Ready => break,
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        // After any flash the node is left off.
+        self.set_power(slot, true)
+    }
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// While alive, an interrupt (Ctrl-C) cancels the upload on the BMC first.
+struct CancelOnInterrupt;
+
+impl CancelOnInterrupt {
+    fn new(http: reqwest::blocking::Client, url: String, token: Option<String>) -> Self {
+        crate::cleanup::on_interrupt(Box::new(move || {
+            let _ = http
+                .get(&url)
+                .bearer_auth(token.as_deref().unwrap_or(""))
+                .timeout(Duration::from_secs(5))
+                .send();
+        }));
+        CancelOnInterrupt
+    }
+}
+
+impl Drop for CancelOnInterrupt {
+    fn drop(&mut self) {
+        crate::cleanup::clear_interrupt_hook();
+    }
+}

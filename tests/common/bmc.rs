@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
@@ -19,6 +20,21 @@ pub struct State {
     pub authorised_requests: u32,
     pub power: BTreeMap<u8, bool>,
     pub log: Vec<String>,
+    /// Where each slot's module contents land (`slot<N>.img`).
+    pub slots_dir: PathBuf,
+    pub next_handle: u32,
+    /// (handle, slot, length, sha256, started)
+    pub pending: Option<(u32, u8, u64, Option<String>, std::time::Instant)>,
+    /// The bare-JSON flash state.
+    pub flash: String,
+    /// Slots whose CRC read-back fails.
+    pub crc_error_slots: Vec<u8>,
+    /// Slots whose flash start fails (HTTP 500, as when no module answers).
+    pub missing_slots: Vec<u8>,
+    /// Report a flash in progress.
+    pub busy: bool,
+    /// Slots flashed, in order.
+    pub flashed: Vec<u8>,
 }
 
 pub struct FakeBmc {
@@ -47,9 +63,12 @@ impl FakeBmc {
         );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
+        let slots_dir = tempfile::tempdir().unwrap().keep();
         let state = Arc::new(Mutex::new(State {
             password: password.to_string(),
             power: (1..=4).map(|s| (s, false)).collect(),
+            slots_dir,
+            flash: "\"Ready\"".into(),
             ..Default::default()
         }));
         let st = state.clone();
@@ -81,7 +100,7 @@ fn rustls_provider() {
 fn serve(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
-    state: &Mutex<State>,
+    state: &Arc<Mutex<State>>,
 ) -> std::io::Result<()> {
     let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
@@ -111,10 +130,14 @@ fn serve(
             .get("content-length")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body)?;
+        let (status, ctype, resp) = if method == "POST" && target.starts_with("/api/bmc/upload/") {
+            upload(&mut reader, &target, &headers, len as u64, state)?
+        } else {
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
+            route(&method, &target, &headers, &body, state)
+        };
         drop(reader);
-        let (status, ctype, resp) = route(&method, &target, &headers, &body, state);
         let head = format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
             resp.len()
@@ -142,6 +165,9 @@ fn route(
 ) -> (String, &'static str, String) {
     let mut st = state.lock().unwrap();
     st.log.push(format!("{method} {target}"));
+    if st.busy && target.contains("type=flash") && target.contains("opt=get") {
+        return ("200 OK".into(), "application/json", r#"{"Transferring":{"id":7,"process_name":"flashing","size":100,"cancelled":false,"bytes_written":10}}"#.into());
+    }
     if method == "POST" && target == "/api/bmc/authenticate" {
         let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
         if v["username"] == "root" && v["password"] == st.password.as_str() {
@@ -216,6 +242,41 @@ fn route(
             }
             ok(serde_json::json!("ok"))
         }
+        (Some("get"), Some("flash")) => ("200 OK".into(), "application/json", st.flash.clone()),
+        (Some("set"), Some("flash")) => {
+            let node: u8 = q.get("node").and_then(|n| n.parse().ok()).unwrap_or(9);
+            if node > 3 {
+                return (
+                    "500 Internal Server Error".into(),
+                    "text/plain",
+                    "invalid node".into(),
+                );
+            }
+            let slot = node + 1;
+            if st.missing_slots.contains(&slot) {
+                return (
+                    "500 Internal Server Error".into(),
+                    "text/plain",
+                    format!("could not find a module in node {slot}"),
+                );
+            }
+            let length: u64 = q.get("length").and_then(|n| n.parse().ok()).unwrap_or(0);
+            st.next_handle += 1;
+            let h = st.next_handle;
+            st.pending = Some((
+                h,
+                slot,
+                length,
+                q.get("sha256").map(|s| s.to_string()),
+                std::time::Instant::now(),
+            ));
+            st.power.insert(slot, false);
+            (
+                "200 OK".into(),
+                "application/json",
+                serde_json::json!({"handle": h}).to_string(),
+            )
+        }
         (Some("get"), Some("info")) => ok(serde_json::json!({
             "ip": [{"device": "eth0", "ip": "127.0.0.1", "mac": "02:00:00:00:00:01"}],
             "storage": [{"name": "microSD", "total_bytes": 31_000_000_000u64, "bytes_free": 12_345_000_000u64}],
@@ -226,4 +287,117 @@ fn route(
             format!("unsupported request {query}"),
         ),
     }
+}
+
+/// POST /api/bmc/upload/<handle>: one multipart part, streamed into the slot's
+/// file; lasts as long as the write. Then the CRC read-back runs.
+fn upload(
+    reader: &mut impl BufRead,
+    target: &str,
+    headers: &BTreeMap<String, String>,
+    len: u64,
+    state: &Arc<Mutex<State>>,
+) -> std::io::Result<(String, &'static str, String)> {
+    use sha2::{Digest, Sha256};
+    let fail = |code: &str, msg: String| Ok((code.to_string(), "text/plain", msg));
+    let handle: u32 = target
+        .trim_start_matches("/api/bmc/upload/")
+        .parse()
+        .unwrap_or(0);
+    let token_ok = {
+        let st = state.lock().unwrap();
+        let token = headers
+            .get("authorization")
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .unwrap_or("");
+        st.tokens.iter().any(|t| t == token)
+    };
+    let pending = state.lock().unwrap().pending.take();
+    let boundary = headers
+        .get("content-type")
+        .and_then(|c| c.split("boundary=").nth(1))
+        .map(|b| b.trim_matches('"').to_string())
+        .unwrap_or_default();
+    // Read the part's headers.
+    let mut consumed = 0u64;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        consumed += reader.read_line(&mut line)? as u64;
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let suffix = format!("\r\n--{boundary}--\r\n").len() as u64;
+    let data_len = len.saturating_sub(consumed + suffix);
+    let sink = |n: u64, r: &mut dyn Read| -> std::io::Result<()> {
+        std::io::copy(&mut r.take(n), &mut std::io::sink()).map(|_| ())
+    };
+    let Some((h, slot, expected, sha, started)) = pending.filter(|p| p.0 == handle) else {
+        sink(len - consumed, reader)?;
+        return fail("400 Bad Request", "no such transfer".into());
+    };
+    if !token_ok {
+        sink(len - consumed, reader)?;
+        return fail("401 Unauthorized", "Unauthorized".into());
+    }
+    if started.elapsed() > std::time::Duration::from_secs(10) {
+        sink(len - consumed, reader)?;
+        return fail("500 Internal Server Error", "Send timeout".into());
+    }
+    let path = state
+        .lock()
+        .unwrap()
+        .slots_dir
+        .join(format!("slot{slot}.img"));
+    let mut out = std::fs::File::create(&path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut written = 0u64;
+    while written < data_len {
+        let n = reader.read(&mut buf[..((data_len - written) as usize).min(1 << 20)])?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        hasher.update(&buf[..n]);
+        written += n as u64;
+        state.lock().unwrap().flash = serde_json::json!({"Transferring": {"id": h, "process_name": "flashing", "size": expected, "cancelled": false, "bytes_written": written}}).to_string();
+    }
+    sink(len.saturating_sub(consumed + written), reader)?;
+    if written < expected {
+        state.lock().unwrap().flash =
+            serde_json::json!({"Error": format!("missing {} bytes", expected - written)})
+                .to_string();
+        return fail(
+            "500 Internal Server Error",
+            format!("missing {} bytes", expected - written),
+        );
+    }
+    let actual = hex::encode(hasher.finalize());
+    if let Some(want) = sha
+        && want != actual
+    {
+        state.lock().unwrap().flash = serde_json::json!({"Error": "sha256 mismatch"}).to_string();
+        return fail(
+            "500 Internal Server Error",
+            format!("sha256 mismatch: expected {want}, got {actual}"),
+        );
+    }
+    // CRC read-back in the background: bytes_written restarts from 0.
+    let st = state.clone();
+    std::thread::spawn(move || {
+        for step in 0..=4u64 {
+            st.lock().unwrap().flash = serde_json::json!({"Transferring": {"id": h, "process_name": "verifying", "size": expected, "cancelled": false, "bytes_written": expected * step / 4}}).to_string();
+            std::thread::sleep(std::time::Duration::from_millis(150));
+        }
+        let mut s = st.lock().unwrap();
+        if s.crc_error_slots.contains(&slot) {
+            s.flash = serde_json::json!({"Error": "crc error"}).to_string();
+        } else {
+            s.flash = serde_json::json!({"Done": [{"secs": 1, "nanos": 0}, expected]}).to_string();
+            s.flashed.push(slot);
+        }
+    });
+    Ok(("200 OK".into(), "text/plain", String::new()))
 }
