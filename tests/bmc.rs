@@ -320,3 +320,142 @@ fn deploy_flashes_in_slot_order_and_resumes_after_a_failure() {
         assert_eq!(st.power.get(&slot), Some(&true), "slot {slot}");
     }
 }
+
+#[test]
+fn upload_faults_and_unreachable_bmcs_are_reported() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    images(w.path());
+    // A stale SHA256SUMS line: the BMC (>= 2.3.0) checks the digest.
+    std::fs::write(
+        w.path().join("dist/SHA256SUMS"),
+        format!("{}  node02.rk1.img\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    let out = run(w.path(), &profiles, &["flash", "node02", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("sha256 mismatch")
+            && text(&out).contains("not usable until flashed again"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(w.path().join("dist/SHA256SUMS")).unwrap();
+    // The connection drops mid-upload.
+    bmc.state.lock().unwrap().drop_upload_after = Some(1 << 20);
+    let out = run(w.path(), &profiles, &["flash", "node02", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("127.0.0.1"), "{}", text(&out));
+    assert!(bmc.state.lock().unwrap().flashed.is_empty());
+    // Nothing listens on the BMC's address.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let cluster = std::fs::read_to_string(profiles.join("cluster.yaml"))
+        .unwrap()
+        .replace(&bmc.host(), &format!("127.0.0.1:{port}"));
+    std::fs::write(profiles.join("cluster.yaml"), cluster).unwrap();
+    let out = run(w.path(), &profiles, &["bmc", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains(&format!("127.0.0.1:{port}"))
+            && text(&out).to_lowercase().contains("connect"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn flash_builds_a_missing_image_first() {
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let e = env();
+    let manifests = repo().join("firmware-manifests");
+    let out = std::process::Command::new(bin())
+        .args([
+            "flash",
+            "node02",
+            "--yes",
+            "--base",
+            fx.rk1.path.to_str().unwrap(),
+        ])
+        .args([
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ])
+        .args(["--overlays", repo().join("overlays").to_str().unwrap()])
+        .current_dir(w.path())
+        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .env("IMGBUILD_BMC_PASSWORD", "turing")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let built = w.path().join("dist/node02.rk1.img");
+    let st = bmc.state.lock().unwrap();
+    let slot = st.slots_dir.join("slot2.img");
+    assert_eq!(
+        hash_range(&slot, 0, std::fs::metadata(&slot).unwrap().len()),
+        hash_range(&built, 0, std::fs::metadata(&built).unwrap().len())
+    );
+}
+
+#[test]
+// The child is reaped with wait4 (to read its peak RSS), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
+fn a_2_gib_sparse_upload_keeps_memory_flat() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let dist = w.path().join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    let image = dist.join("node02.rk1.img");
+    sh(&format!(
+        "truncate -s 2G {i}; printf head | dd of={i} conv=notrunc status=none; printf tail | dd of={i} bs=1 seek=$((2*1024*1024*1024 - 4)) conv=notrunc status=none",
+        i = q(&image)
+    ));
+    let manifests = repo().join("firmware-manifests");
+    let child = std::process::Command::new(bin())
+        .args([
+            "flash",
+            "node02",
+            "--yes",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ])
+        .current_dir(w.path())
+        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+        .env("IMGBUILD_BMC_PASSWORD", "turing")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut status = 0;
+    // SAFETY: plain wait4 on our own child; rusage is written by the kernel.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "flash failed"
+    );
+    let peak_mib = usage.ru_maxrss / 1024;
+    println!("peak RSS of imgbuild flash for a 2 GiB image: {peak_mib} MiB");
+    assert!(peak_mib < 200, "peak RSS {peak_mib} MiB for a 2 GiB upload");
+    let slot = bmc.state.lock().unwrap().slots_dir.join("slot2.img");
+    assert_eq!(std::fs::metadata(&slot).unwrap().len(), 2 << 30);
+    assert_eq!(
+        hash_range(&slot, 0, 2 << 30),
+        hash_range(&image, 0, 2 << 30)
+    );
+}

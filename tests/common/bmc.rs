@@ -35,6 +35,8 @@ pub struct State {
     pub busy: bool,
     /// Slots flashed, in order.
     pub flashed: Vec<u8>,
+    /// Drop the connection after this many uploaded bytes.
+    pub drop_upload_after: Option<u64>,
 }
 
 pub struct FakeBmc {
@@ -350,7 +352,7 @@ fn upload(
         .unwrap()
         .slots_dir
         .join(format!("slot{slot}.img"));
-    let mut out = std::fs::File::create(&path)?;
+    let out = std::fs::File::create(&path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut written = 0u64;
@@ -359,11 +361,26 @@ fn upload(
         if n == 0 {
             break;
         }
-        out.write_all(&buf[..n])?;
+        // The slot file stays sparse: zero chunks become holes.
+        if buf[..n].iter().any(|&b| b != 0) {
+            use std::os::unix::fs::FileExt;
+            out.write_all_at(&buf[..n], written)?;
+        }
         hasher.update(&buf[..n]);
         written += n as u64;
+        let drop_after = state.lock().unwrap().drop_upload_after;
+        if let Some(limit) = drop_after
+            && written >= limit
+        {
+            state.lock().unwrap().flash =
+                serde_json::json!({"Error": "upload interrupted"}).to_string();
+            return Err(std::io::Error::other(
+                "dropping the connection (test fault)",
+            ));
+        }
         state.lock().unwrap().flash = serde_json::json!({"Transferring": {"id": h, "process_name": "flashing", "size": expected, "cancelled": false, "bytes_written": written}}).to_string();
     }
+    out.set_len(written)?;
     sink(len.saturating_sub(consumed + written), reader)?;
     if written < expected {
         state.lock().unwrap().flash =
