@@ -13,7 +13,11 @@ use std::time::Instant;
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("bash").arg("-ec").arg(cmd).output().unwrap();
-    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -23,21 +27,39 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let size_mib = args.first().copied().unwrap_or(1024);
     let rounds = args.get(1).copied().unwrap_or(3) as usize;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let w = tempfile::Builder::new().prefix("imgbuild-upload").tempdir_in("/var/tmp").unwrap();
+    let w = tempfile::Builder::new()
+        .prefix("imgbuild-upload")
+        .tempdir_in("/var/tmp")
+        .unwrap();
     let d = w.path();
     let fake = bmc::FakeBmc::start("turing");
-    sh(&format!("cp -r {}/profiles {}/", repo.display(), d.display()));
-    let cluster = std::fs::read_to_string(d.join("profiles/cluster.yaml")).unwrap().replace("bmc: turingpi.home.arpa", &format!("bmc: {}", fake.host()));
+    sh(&format!(
+        "cp -r {}/profiles {}/",
+        repo.display(),
+        d.display()
+    ));
+    let cluster = std::fs::read_to_string(d.join("profiles/cluster.yaml"))
+        .unwrap()
+        .replace("bmc: turingpi.home.arpa", &format!("bmc: {}", fake.host()));
     std::fs::write(d.join("profiles/cluster.yaml"), cluster).unwrap();
     std::fs::create_dir_all(d.join("dist")).unwrap();
     let image = d.join("dist/node02.rk1.img");
-    sh(&format!("head -c {size_mib}M /dev/urandom > {}", image.display()));
+    sh(&format!(
+        "head -c {size_mib}M /dev/urandom > {}",
+        image.display()
+    ));
     // A SHA256SUMS line, as a bake leaves, so flash does not re-hash the image.
-    sh(&format!("cd {}/dist && sha256sum node02.rk1.img > SHA256SUMS", d.display()));
+    sh(&format!(
+        "cd {}/dist && sha256sum node02.rk1.img > SHA256SUMS",
+        d.display()
+    ));
     let bin = env!("CARGO_BIN_EXE_imgbuild");
     let (mut ours, mut theirs, mut rss) = (Vec::new(), Vec::new(), 0i64);
     for _ in 0..rounds {
@@ -82,7 +104,16 @@ fn main() {
     }
     let (o, c) = (median(ours.clone()), median(theirs.clone()));
     println!("upload of {size_mib} MiB to a fake BMC on loopback (TLS), {rounds} rounds, medians:");
-    println!("  imgbuild flash (login, start, upload, CRC wait ~0.75 s, power on): {o:.2} s = {:.0} MB/s  {ours:.2?}", size_mib as f64 * 1.048576 / o);
-    println!("  curl -F file=@image (upload only): {c:.2} s = {:.0} MB/s  {theirs:.2?}", size_mib as f64 * 1.048576 / c);
-    println!("  ratio imgbuild/curl: {:.2}   peak RSS of imgbuild flash: {rss} MiB", o / c);
+    println!(
+        "  imgbuild flash (login, start, upload, CRC wait ~0.75 s, power on): {o:.2} s = {:.0} MB/s  {ours:.2?}",
+        size_mib as f64 * 1.048576 / o
+    );
+    println!(
+        "  curl -F file=@image (upload only): {c:.2} s = {:.0} MB/s  {theirs:.2?}",
+        size_mib as f64 * 1.048576 / c
+    );
+    println!(
+        "  ratio imgbuild/curl: {:.2}   peak RSS of imgbuild flash: {rss} MiB",
+        o / c
+    );
 }
