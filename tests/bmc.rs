@@ -459,3 +459,62 @@ fn a_2_gib_sparse_upload_keeps_memory_flat() {
         hash_range(&image, 0, 2 << 30)
     );
 }
+
+#[test]
+fn an_interrupted_flash_cancels_the_upload_on_the_bmc() {
+    let w = tempfile::tempdir().unwrap();
+    let bmc = FakeBmc::start("turing");
+    let profiles = profiles_for(w.path(), &bmc.host());
+    let dist = w.path().join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    sh(&format!(
+        "head -c 1500M /dev/urandom > {}",
+        q(&dist.join("node02.rk1.img"))
+    ));
+    let manifests = repo().join("firmware-manifests");
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "flash",
+            "node02",
+            "--yes",
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ])
+        .current_dir(w.path())
+        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+        .env("IMGBUILD_BMC_PASSWORD", "turing")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until bytes are flowing, then Ctrl-C.
+    for _ in 0..600 {
+        if bmc.state.lock().unwrap().flash.contains("Transferring") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        bmc.state.lock().unwrap().flash.contains("Transferring"),
+        "the upload never started"
+    );
+    sh(&format!("kill -INT {}", child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st = bmc.state.lock().unwrap();
+    assert!(
+        st.log
+            .iter()
+            .any(|l| l.starts_with("GET /api/bmc/upload/") && l.ends_with("/cancel")),
+        "{:?}",
+        st.log
+    );
+    assert!(st.flashed.is_empty());
+}

@@ -190,6 +190,10 @@ fn route(
             "Incorrect credentials".into(),
         );
     }
+    if method == "GET" && target.starts_with("/api/bmc/upload/") && target.ends_with("/cancel") {
+        st.flash = serde_json::json!({"Error": "cancelled"}).to_string();
+        return ("200 OK".into(), "text/plain", String::new());
+    }
     let Some(query) = target.strip_prefix("/api/bmc?") else {
         return ("404 Not Found".into(), "text/plain", "not found".into());
     };
