@@ -472,7 +472,7 @@ fn an_interrupted_flash_cancels_the_upload_on_the_bmc() {
         q(&dist.join("node02.rk1.img"))
     ));
     let manifests = repo().join("firmware-manifests");
-    let mut child = std::process::Command::new(bin())
+    let child = std::process::Command::new(bin())
         .args([
             "flash",
             "node02",
