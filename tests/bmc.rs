@@ -21,24 +21,28 @@ fn profiles_for(dir: &Path, host: &str) -> std::path::PathBuf {
 }
 
 fn status(dir: &Path, profiles: &Path, password: &str, extra: &[&str]) -> std::process::Output {
-    let manifests = repo().join("firmware-manifests");
-    let mut args = vec![
-        "bmc",
-        "status",
-        "--profiles",
-        profiles.to_str().unwrap(),
-        "--manifests",
-        manifests.to_str().unwrap(),
-    ];
+    let mut args = vec!["bmc", "status"];
     args.extend_from_slice(extra);
-    std::process::Command::new(bin())
-        .args(&args)
+    command(dir, profiles, password, &args).output().unwrap()
+}
+
+/// imgbuild with `args` against the profile copy in `dir`, its own secrets, and
+/// `password` for the BMC; no terminal.
+fn command(dir: &Path, profiles: &Path, password: &str, args: &[&str]) -> std::process::Command {
+    let manifests = repo().join("firmware-manifests");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args)
+        .args([
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--manifests",
+            manifests.to_str().unwrap(),
+        ])
         .current_dir(dir)
         .env("IMGBUILD_SECRETS", dir.join("secrets"))
         .env("IMGBUILD_BMC_PASSWORD", password)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(std::process::Stdio::null());
+    cmd
 }
 
 #[test]
@@ -137,41 +141,21 @@ fn the_password_comes_from_a_file() {
     let profiles = profiles_for(w.path(), &bmc.host());
     let pw = w.path().join("bmc-password");
     std::fs::write(&pw, "s3cret\n").unwrap();
-    let out = std::process::Command::new(bin())
-        .args([
-            "bmc",
-            "status",
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--bmc-password-file",
-            pw.to_str().unwrap(),
-        ])
-        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
-        .env_remove("IMGBUILD_BMC_PASSWORD")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = command(
+        w.path(),
+        &profiles,
+        "",
+        &["bmc", "status", "--bmc-password-file", pw.to_str().unwrap()],
+    )
+    .env_remove("IMGBUILD_BMC_PASSWORD")
+    .output()
+    .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!text(&out).contains("s3cret"));
 }
 
 fn run(dir: &Path, profiles: &Path, args: &[&str]) -> std::process::Output {
-    let manifests = repo().join("firmware-manifests");
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend_from_slice(&[
-        "--profiles",
-        profiles.to_str().unwrap(),
-        "--manifests",
-        manifests.to_str().unwrap(),
-    ]);
-    std::process::Command::new(bin())
-        .args(&all)
-        .current_dir(dir)
-        .env("IMGBUILD_SECRETS", dir.join("secrets"))
-        .env("IMGBUILD_BMC_PASSWORD", "turing")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
+    command(dir, profiles, "turing", args).output().unwrap()
 }
 
 /// Stand-in images for the Turing Pi nodes in `dir/dist`, distinct per node.
@@ -373,28 +357,19 @@ fn flash_builds_a_missing_image_first() {
     let bmc = FakeBmc::start("turing");
     let profiles = profiles_for(w.path(), &bmc.host());
     let e = env();
-    let manifests = repo().join("firmware-manifests");
-    let out = std::process::Command::new(bin())
-        .args([
-            "flash",
-            "node02",
-            "--yes",
-            "--base",
-            fx.rk1.path.to_str().unwrap(),
-        ])
-        .args([
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--manifests",
-            manifests.to_str().unwrap(),
-        ])
-        .args(["--overlays", repo().join("overlays").to_str().unwrap()])
-        .current_dir(w.path())
-        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+    let overlays = repo().join("overlays");
+    let args = [
+        "flash",
+        "node02",
+        "--yes",
+        "--base",
+        fx.rk1.path.to_str().unwrap(),
+        "--overlays",
+        overlays.to_str().unwrap(),
+    ];
+    let out = command(w.path(), &profiles, "turing", &args)
         .env("IMGBUILD_CACHE_DIR", e.cache())
         .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-        .env("IMGBUILD_BMC_PASSWORD", "turing")
-        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -421,21 +396,7 @@ fn a_2_gib_sparse_upload_keeps_memory_flat() {
         "truncate -s 2G {i}; printf head | dd of={i} conv=notrunc status=none; printf tail | dd of={i} bs=1 seek=$((2*1024*1024*1024 - 4)) conv=notrunc status=none",
         i = q(&image)
     ));
-    let manifests = repo().join("firmware-manifests");
-    let child = std::process::Command::new(bin())
-        .args([
-            "flash",
-            "node02",
-            "--yes",
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--manifests",
-            manifests.to_str().unwrap(),
-        ])
-        .current_dir(w.path())
-        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
-        .env("IMGBUILD_BMC_PASSWORD", "turing")
-        .stdin(std::process::Stdio::null())
+    let child = command(w.path(), &profiles, "turing", &["flash", "node02", "--yes"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -471,21 +432,7 @@ fn an_interrupted_flash_cancels_the_upload_on_the_bmc() {
         "head -c 1500M /dev/urandom > {}",
         q(&dist.join("node02.rk1.img"))
     ));
-    let manifests = repo().join("firmware-manifests");
-    let child = std::process::Command::new(bin())
-        .args([
-            "flash",
-            "node02",
-            "--yes",
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--manifests",
-            manifests.to_str().unwrap(),
-        ])
-        .current_dir(w.path())
-        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
-        .env("IMGBUILD_BMC_PASSWORD", "turing")
-        .stdin(std::process::Stdio::null())
+    let child = command(w.path(), &profiles, "turing", &["flash", "node02", "--yes"])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
