@@ -1,23 +1,26 @@
 //! imgbuild: pre-baked OS images for the nodes of a k3s cluster.
 //!
-//! The modules follow the pipeline: [`profile`] -> [`render`] -> [`manifest`]
-//! and [`image`] (the base image's layout) -> [`fs`] (FAT and ext4 edits) ->
-//! [`output`]; [`bake`] walks it for one node and [`inspect`] reads results.
+//! The modules are the stages of a pipeline, and a stage may use the ones
+//! before it (and the shared utilities), never the ones after it:
+//!
+//! [`config`] -> [`secrets`] -> [`plan`] -> [`source`] -> [`image`] / [`fs`] ->
+//! [`bake`] -> [`artifact`] -> [`deliver`]; [`commands`] sequences them and
+//! the binary's `cli` only parses, resolves settings and reports.
+//! Shared utilities: [`io`] (digests, hashing, sparse files, progress) and
+//! [`util`] (clean-up on interrupt, TLS provider, dates, error chains).
+//! ARCHITECTURE.md says what each module owns.
 
-pub mod app;
+pub mod io;
+pub mod util;
+
+pub mod artifact;
 pub mod bake;
-pub mod bmc;
-pub mod cleanup;
-pub mod fetch;
+pub mod config;
+pub mod deliver;
 pub mod fs;
 pub mod image;
-pub mod inspect;
-pub mod io;
-pub mod k3s;
-pub mod manifest;
-pub mod output;
-pub mod profile;
-pub mod progress;
-pub mod render;
+pub mod plan;
 pub mod secrets;
-pub mod tls;
+pub mod source;
+
+pub mod commands;

@@ -7,14 +7,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use imgbuild::app::{self, Paths};
+use imgbuild::commands::{self, Paths};
 
 fn paths() -> Paths {
     Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()))
 }
 
-fn rendered(node: &str) -> Vec<imgbuild::render::RenderedFile> {
-    app::render(&paths(), node).unwrap()
+fn rendered(node: &str) -> Vec<imgbuild::plan::RenderedFile> {
+    commands::render::render(&paths(), node, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap()
 }
 
 fn rendered_file(node: &str, path: &str) -> Vec<u8> {

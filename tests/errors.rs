@@ -187,7 +187,8 @@ fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
     let big = w.path().join("big");
     sh(&format!("head -c 4111000 /dev/urandom > {}", q(&big)));
     sh(&format!(
-        "python3 {py} put {f} /filler {b}; fsck.fat -a {f} >/dev/null 2>&1 || true",
+        "{python} {py} put {f} /filler {b}; fsck.fat -a {f} >/dev/null 2>&1 || true",
+        python = python(),
         py = q(&repo().join("tests/fixtures/fat.py")),
         f = q(&fat),
         b = q(&big)

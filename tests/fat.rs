@@ -56,7 +56,8 @@ fn fsck_clean(path: &Path) {
 
 fn dump(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let out = sh(&format!(
-        "python3 {} dump {}",
+        "{} {} dump {}",
+        python(),
         q(&repo().join("tests/fixtures/fat.py")),
         q(path)
     ))

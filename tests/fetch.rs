@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::http::{Faults, Server};
 use common::*;
-use imgbuild::fetch::{self, Cache, FetchOptions, RetryPolicy};
-use imgbuild::manifest::Manifest;
+use imgbuild::config::manifest::Manifest;
+use imgbuild::source::{self as fetch, Cache, FetchOptions, RetryPolicy};
 
 struct Raw {
     dir: tempfile::TempDir,

@@ -210,12 +210,14 @@ fn a_hostile_key_comment_stays_one_yaml_value() {
         q(dir.path())
     ));
     std::fs::write(dir.path().join("profiles/cluster.yaml"), &cluster).unwrap();
-    let paths = imgbuild::app::Paths::resolve(
+    let paths = imgbuild::commands::Paths::resolve(
         dir.path().join("profiles"),
         Some(repo().join("firmware-manifests")),
         Some(repo().join("overlays")),
     );
-    let files = imgbuild::app::render(&paths, "node02").unwrap();
+    let files =
+        imgbuild::commands::render::render(&paths, "node02", imgbuild::plan::DEFAULT_BUILD_TIME)
+            .unwrap();
     let ud = files.iter().find(|f| f.path == "/user-data").unwrap();
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&ud.contents).unwrap();
     let key = v["users"][0]["ssh_authorized_keys"][0].as_str().unwrap();

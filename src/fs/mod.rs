@@ -1,4 +1,8 @@
-//! File systems: put files into a partition region. Knows nothing of nodes.
+//! File systems: read and put files into a partition region. Knows nothing
+//! of nodes or profiles.
 
 pub mod ext4;
 pub mod fat;
+mod probe;
+
+pub use probe::{FsProbe, probe};

@@ -374,7 +374,7 @@ fn make_ca(cn_prefix: &str, build_time: u64) -> Result<(String, String)> {
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::CrlSign,
     ];
-    let (y, m, d) = crate::fs::fat::civil_from_days((now / 86_400) as i64);
+    let (y, m, d) = crate::util::civil_from_days((now / 86_400) as i64);
     params.not_before = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
     params.not_after = rcgen::date_time_ymd(y as i32 + 10, m as u8, d.min(28) as u8);
     let cert = params.self_signed(&key)?;

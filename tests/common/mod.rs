@@ -18,6 +18,21 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The Python the tests' helper scripts run with: the virtual environment
+/// `tests/setup-python.sh` makes (test packages never go into the system Python).
+pub fn python() -> String {
+    let venv = std::env::var_os("IMGBUILD_TEST_VENV")
+        .map(|v| repo().join(v))
+        .unwrap_or_else(|| repo().join("target/test-venv"));
+    let py = venv.join("bin/python3");
+    assert!(
+        py.is_file(),
+        "{} is missing: run `bash tests/setup-python.sh` first",
+        py.display()
+    );
+    q(&py)
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"))
 }
@@ -270,7 +285,8 @@ pub fn build_rk1_with(
         let src = work.join(name);
         std::fs::write(&src, body).unwrap();
         sh(&format!(
-            "python3 {py} put {f} /{name} {s}",
+            "{python} {py} put {f} /{name} {s}",
+            python = python(),
             py = q(&repo().join("tests/fixtures/fat.py")),
             f = q(&fat),
             s = q(&src)
@@ -504,7 +520,8 @@ pub fn fsck_ext4(img: &Layout, out: &Path, index: u32, work: &Path) -> PathBuf {
 /// Reads a file from an extracted FAT partition with pyfatfs.
 pub fn fat_cat(part: &Path, name: &str) -> Vec<u8> {
     sh(&format!(
-        "python3 {py} cat {p} {name}",
+        "{python} {py} cat {p} {name}",
+        python = python(),
         py = q(&repo().join("tests/fixtures/fat.py")),
         p = q(part)
     ))

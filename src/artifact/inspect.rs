@@ -1,0 +1,153 @@
+//! `imgbuild inspect`: what an image holds and who made it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::fs::{FsProbe, ext4, fat::FatVolume, probe};
+use crate::image::{PartitionTable, Region};
+use crate::plan::{PROVENANCE_FILE, Provenance};
+
+const SEED_FILES: &[&str] = &["meta-data", "user-data", "network-config", "vendor-data"];
+
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub image: String,
+    pub size: u64,
+    pub table: String,
+    pub partitions: Vec<PartitionInfo>,
+    pub seed: Option<SeedInfo>,
+    /// What imgbuild recorded when it made the image; `None` for a stock image.
+    pub provenance: Option<Provenance>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionInfo {
+    pub index: u32,
+    pub start: u64,
+    pub size: u64,
+    pub type_id: String,
+    pub fs: FsProbe,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeedInfo {
+    pub partition: u32,
+    pub dir: String,
+    pub files: Vec<SeedFile>,
+    pub instance_id: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SeedFile {
+    pub name: String,
+    pub size: u64,
+}
+
+/// Reads `image`; a NoCloud seed inside an ext4 file system is looked for in
+/// `ext4_seed_dirs` (FAT seeds are at the volume's root).
+pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
+    let table = PartitionTable::read(image, None)?;
+    let file =
+        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let mut partitions = Vec::new();
+    let mut seed = None;
+    let mut provenance = None;
+    for p in &table.partitions {
+        let region = Region::new(&file, p);
+        let fs = probe(&region)?;
+        let found = match &fs {
+            FsProbe::Vfat { .. } => read_fat_seed(region)?,
+            FsProbe::Ext4 { .. } => ext4_seed_dirs
+                .iter()
+                .find_map(|dir| read_ext4_seed(region, dir)),
+            FsProbe::Unknown => None,
+        };
+        if let Some((dir, files, iid, prov)) = found {
+            if seed.is_none() || prov.is_some() {
+                seed = Some(SeedInfo {
+                    partition: p.index,
+                    dir,
+                    files,
+                    instance_id: iid,
+                });
+            }
+            if prov.is_some() {
+                provenance = prov;
+            }
+        }
+        partitions.push(PartitionInfo {
+            index: p.index,
+            start: p.start,
+            size: p.len,
+            type_id: p.type_id.clone(),
+            fs,
+        });
+    }
+    Ok(Inspection {
+        image: image.display().to_string(),
+        size: table.image_size,
+        table: table.kind.to_string(),
+        partitions,
+        seed,
+        provenance,
+    })
+}
+
+type Found = (String, Vec<SeedFile>, Option<String>, Option<Provenance>);
+
+fn instance_id(meta: &[u8]) -> Option<String> {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(meta).ok()?;
+    v.get("instance-id")?.as_str().map(str::to_string)
+}
+
+fn read_fat_seed(region: Region) -> Result<Option<Found>> {
+    let Ok(vol) = FatVolume::open(region) else {
+        return Ok(None);
+    };
+    let entries = vol.list("/")?;
+    let files: Vec<SeedFile> = entries
+        .iter()
+        .filter(|e| !e.is_dir && SEED_FILES.contains(&e.name.as_str()))
+        .map(|e| SeedFile {
+            name: e.name.clone(),
+            size: e.size,
+        })
+        .collect();
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let iid = vol.read_file("/meta-data")?.and_then(|m| instance_id(&m));
+    let prov = vol
+        .read_file(&format!("/{PROVENANCE_FILE}"))?
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(Some(("/".into(), files, iid, prov)))
+}
+
+fn read_ext4_seed(region: Region, dir: &str) -> Option<Found> {
+    let fs = ext4::open_reader(region).ok()?;
+    let dir = dir.trim_end_matches('/');
+    let mut files = Vec::new();
+    for name in SEED_FILES {
+        let path = format!("{dir}/{name}");
+        if let Ok(m) = fs.metadata(path.as_str()) {
+            files.push(SeedFile {
+                name: name.to_string(),
+                size: m.len(),
+            });
+        }
+    }
+    if files.is_empty() {
+        return None;
+    }
+    let iid = fs
+        .read(format!("{dir}/meta-data").as_str())
+        .ok()
+        .and_then(|m| instance_id(&m));
+    let prov = fs
+        .read(format!("{dir}/{PROVENANCE_FILE}").as_str())
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Some((dir.into(), files, iid, prov))
+}

@@ -1,0 +1,274 @@
+//! Command-line definitions (clap types) only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const AFTER_HELP: &str = "\
+Examples:
+  imgbuild --base ubuntu-rk1.img dist/node02.rk1.img   bake node02 from a local stock image
+  imgbuild --all --base rk1=rk1.img --base cm4=cm4.img bake every node into dist/
+  imgbuild check                                       validate profiles and manifests
+  imgbuild dist/node02.rk1.img.xz                      download the stock image if needed, bake, compress
+  imgbuild fetch rk1 cm4                               download and unpack ahead of time
+  imgbuild inspect dist/node02.rk1.img                 show what an image holds
+
+Exit status: 0 success, 1 failure, 2 usage error, 3 invalid profiles or manifests,
+130 interrupted.";
+
+/// Build pre-baked Ubuntu images for the nodes of a k3s cluster on Turing Pi
+/// boards (RK1, CM4) and x86 NUCs.
+///
+/// A target is an output file named <node>.<board>.img; its node's profile,
+/// the board's firmware manifest and the overlays decide what goes into it.
+#[derive(Debug, Parser)]
+#[command(name = "imgbuild", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Profile directory (cluster.yaml and nodes/*.yaml).
+    #[arg(
+        long,
+        global = true,
+        value_name = "DIR",
+        env = "IMGBUILD_PROFILES",
+        default_value = "profiles"
+    )]
+    pub profiles: PathBuf,
+
+    /// Firmware manifest directory [default: firmware-manifests beside the
+    /// profile directory, else ./firmware-manifests].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_MANIFESTS")]
+    pub manifests: Option<PathBuf>,
+
+    /// Overlay template directory [default: overlays beside the profile
+    /// directory, else ./overlays].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_OVERLAYS")]
+    pub overlays: Option<PathBuf>,
+
+    /// Cluster secrets directory (tokens, CA, host keys) [default: secrets
+    /// beside the profile directory]. Created with mode 0700 on first use.
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_SECRETS")]
+    pub secrets: Option<PathBuf>,
+
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Image cache [default: $XDG_CACHE_HOME/imgbuild, else ~/.cache/imgbuild].
+    #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Use only the cache; fail if a stock image is not there.
+    #[arg(long, global = true)]
+    pub offline: bool,
+
+    /// Download attempts before giving up (network errors and HTTP 5xx are retried).
+    #[arg(long, global = true, value_name = "N", default_value_t = 6)]
+    pub retries: u32,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    #[value(name = "img")]
+    Img,
+    #[value(name = "img.xz")]
+    ImgXz,
+    #[value(name = "img.zst")]
+    ImgZst,
+}
+
+/// `--print-token` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TokenRole {
+    Server,
+    Agent,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct BuildArgs {
+    /// Output images to build, each named <node>.<board>.img (e.g. dist/node02.rk1.img).
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<PathBuf>,
+
+    /// Build every node of the profiles into --out-dir.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Directory for --all outputs.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+
+    /// Output format for --all: img (sparse raw), img.xz or img.zst.
+    #[arg(long, value_name = "EXT", default_value = "img")]
+    pub format: OutputFormat,
+
+    /// Local raw stock image to start from: FILE for every target, or
+    /// BOARD=FILE for one board (repeat for several boards). It is only read.
+    /// Without it, the board's image is downloaded, verified and unpacked into
+    /// the cache (once).
+    #[arg(long, value_name = "[BOARD=]FILE")]
+    pub base: Vec<String>,
+
+    /// Print a JSON report of what was built.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build images (the same as giving targets without a command).
+    Build(BuildArgs),
+    /// Validate all profiles and manifests; lists every problem.
+    Check,
+    /// Show an image's partitions, file systems, cloud-init seed and provenance.
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download, verify and unpack boards' stock images into the cache ahead of time.
+    Fetch {
+        /// Boards to fetch (rk1, cm4, nuc, ...).
+        boards: Vec<String>,
+        /// Every board with a manifest.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Unpack an image file by its content (xz, gzip, zstd, qcow2 or raw) into a sparse raw image.
+    Unpack {
+        /// The compressed or qcow2 image.
+        input: PathBuf,
+        /// The raw image to write (not overwritten if it exists).
+        output: PathBuf,
+    },
+    /// Show which cluster secrets exist (never their values), or print the
+    /// join token or a known_hosts file on request.
+    Secrets {
+        /// Print the secure join token for `server` or `agent` nodes.
+        #[arg(long, value_name = "ROLE")]
+        print_token: Option<TokenRole>,
+        /// Print a known_hosts file with every node's SSH host key.
+        #[arg(long)]
+        known_hosts: bool,
+    },
+    /// Flash a node's image onto its Turing Pi slot through the BMC and power it on
+    /// (the image is built first when missing).
+    Flash {
+        /// Node name.
+        node: String,
+        /// Image to flash [default: <out-dir>/<node>.<board>.img, built if missing].
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        #[command(flatten)]
+        flash: FlashArgs,
+    },
+    /// Flash every Turing Pi node in slot order, one at a time; a failed run
+    /// continues where it stopped when run again.
+    Deploy {
+        /// Only these nodes (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "NODES")]
+        nodes: Vec<String>,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flash: FlashArgs,
+    },
+    /// Talk to the Turing Pi BMCs named in the profiles.
+    #[command(subcommand)]
+    Bmc(BmcCommand),
+    /// Show or clean the image cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Show the files a node's image would get, without an image.
+    Render {
+        /// Node name (the profile's file stem).
+        node: String,
+        /// Also print each file's contents (secrets are shown: keep it off shared logs).
+        #[arg(long)]
+        contents: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List cached images and downloads, with the board each belongs to.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove entries that no current manifest refers to (all with --all).
+    Clean {
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BmcArgs {
+    /// Only this Turing Pi board (a name from cluster.turing_pi_boards).
+    #[arg(long, value_name = "NAME")]
+    pub board: Option<String>,
+    /// BMC user.
+    #[arg(long, value_name = "USER", default_value = "root")]
+    pub bmc_user: String,
+    /// File holding the BMC password (else IMGBUILD_BMC_PASSWORD, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub bmc_password_file: Option<PathBuf>,
+    /// Do not verify the BMC's certificate at all (it is otherwise pinned on first use).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BmcCommand {
+    /// Model, firmware and daemon versions, power of every slot, SD card space.
+    Status {
+        #[command(flatten)]
+        bmc: BmcArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    #[command(flatten)]
+    pub bmc: BmcArgs,
+    /// Do not ask for confirmation before erasing a module.
+    #[arg(long)]
+    pub yes: bool,
+    /// Skip the BMC's CRC read-back of the written image.
+    #[arg(long)]
+    pub skip_crc: bool,
+    /// Where images are found and built.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    /// Base images for builds, as for the build command.
+    #[arg(long, value_name = "[BOARD=]FILE")]
+    pub base: Vec<String>,
+}

@@ -1,0 +1,102 @@
+//! The command line: clap types (`args`), their resolution with the
+//! environment into settings (`settings`), dispatch to one command each, and
+//! what gets printed (`report`). Touches no image and no network itself.
+
+pub mod args;
+pub mod report;
+pub mod settings;
+
+use std::collections::BTreeMap;
+
+use imgbuild::commands::{self, Result, Workspace};
+use imgbuild::config::profile::Role;
+
+use args::{BmcCommand, CacheCommand, Cli, Command, TokenRole};
+use settings::{Common, Environment};
+
+/// Runs the command `cli` names.
+pub fn run(cli: Cli, env: &Environment) -> Result<()> {
+    let common = Common::resolve(cli.global, env)?;
+    let paths = &common.paths;
+    match cli.command {
+        None => build(&common, &cli.build),
+        Some(Command::Build(b)) => build(&common, &b),
+        Some(Command::Fetch { boards, all }) => {
+            report::fetched(&commands::fetch::fetch(paths, &boards, all, &common.fetch)?);
+            Ok(())
+        }
+        Some(Command::Secrets {
+            print_token,
+            known_hosts,
+        }) => {
+            match (print_token, known_hosts) {
+                (Some(role), _) => {
+                    let role = match role {
+                        TokenRole::Server => Role::Server,
+                        TokenRole::Agent => Role::Agent,
+                    };
+                    println!(
+                        "{}",
+                        commands::secrets::join_token(paths, role, common.build_time)?
+                    );
+                }
+                (None, true) => print!("{}", commands::secrets::known_hosts(paths)?),
+                (None, false) => {
+                    report::secrets_inventory(&paths.secrets, &commands::secrets::inventory(paths)?)
+                }
+            }
+            Ok(())
+        }
+        Some(Command::Flash { node, image, flash }) => {
+            let settings = common.flash(&flash, env)?;
+            let ws = Workspace::load(paths)?;
+            let images: BTreeMap<_, _> = image.map(|i| (node.clone(), i)).into_iter().collect();
+            commands::flash::flash(&ws, &[node], &images, &settings, false)?;
+            Ok(())
+        }
+        Some(Command::Deploy { nodes, json, flash }) => {
+            let settings = common.flash(&flash, env)?;
+            let ws = Workspace::load(paths)?;
+            let names = commands::flash::deploy_nodes(&ws, &nodes);
+            let reports = commands::flash::flash(&ws, &names, &BTreeMap::new(), &settings, true)?;
+            report::delivered(json, &reports)
+        }
+        Some(Command::Bmc(BmcCommand::Status { bmc, json })) => {
+            let options = settings::bmc_options(&bmc, env);
+            report::bmc_status(json, &commands::bmc::status(paths, &options)?)
+        }
+        Some(Command::Unpack { input, output }) => {
+            let (format, size) = commands::unpack::unpack(&input, &output)?;
+            report::unpacked(&output, format, size);
+            Ok(())
+        }
+        Some(Command::Cache(CacheCommand::List { json })) => {
+            report::cache_listing(json, &commands::cache::list(paths, &common.fetch)?)
+        }
+        Some(Command::Cache(CacheCommand::Clean { all })) => {
+            report::cache_cleaned(&commands::cache::clean(paths, &common.fetch, all)?);
+            Ok(())
+        }
+        Some(Command::Check) => {
+            report::checked(&commands::check::check(paths, common.build_time)?);
+            Ok(())
+        }
+        Some(Command::Inspect { image, json }) => {
+            report::inspection(json, &commands::inspect::inspect(paths, &image)?)
+        }
+        Some(Command::Render {
+            node,
+            contents,
+            json,
+        }) => report::rendered(
+            json,
+            contents,
+            &commands::render::render(paths, &node, common.build_time)?,
+        ),
+    }
+}
+
+fn build(common: &Common, b: &args::BuildArgs) -> Result<()> {
+    let settings = common.build(b)?;
+    report::built(b.json, &commands::build::build(&common.paths, &settings)?)
+}

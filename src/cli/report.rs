@@ -1,0 +1,223 @@
+//! What each command prints: text for people, JSON (`--json`) for scripts.
+//! Values only ever go to stdout here; logs and progress go to stderr.
+
+use std::path::{Path, PathBuf};
+
+use imgbuild::artifact::inspect::Inspection;
+use imgbuild::commands::build::BakeReport;
+use imgbuild::commands::cache::CacheListing;
+use imgbuild::commands::check::CheckReport;
+use imgbuild::commands::{CommandError, Result};
+use imgbuild::deliver::Report;
+use imgbuild::deliver::turing_pi::Status;
+use imgbuild::plan::RenderedFile;
+use imgbuild::source::unpack::Format as PackFormat;
+
+pub fn json<T: serde::Serialize>(v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints `v` as JSON when asked, else as `text` renders it.
+fn either<T: serde::Serialize>(as_json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
+    if as_json {
+        json(v)
+    } else {
+        text(v);
+        Ok(())
+    }
+}
+
+pub fn built(as_json: bool, reports: &[BakeReport]) -> Result<()> {
+    either(as_json, &reports, |rs| {
+        for r in rs.iter() {
+            println!("{}", r.output.display());
+        }
+    })
+}
+
+pub fn fetched(fetched: &[(String, PathBuf)]) {
+    for (board, path) in fetched {
+        println!("{board}: {}", path.display());
+    }
+}
+
+pub fn secrets_inventory(dir: &Path, inventory: &[(String, &'static str)]) {
+    println!("secrets: {} (values are never shown)", dir.display());
+    for (rel, what) in inventory {
+        println!("  {rel:<48} {what}");
+    }
+    if inventory.is_empty() {
+        println!("  (none yet: they are created by the first build)");
+    }
+}
+
+pub fn delivered(as_json: bool, reports: &[Report]) -> Result<()> {
+    either(as_json, &reports, |rs| {
+        for r in rs.iter() {
+            println!(
+                "{:<8} {}  {}  {}",
+                r.result,
+                r.destination,
+                r.node,
+                r.image.display()
+            );
+        }
+    })
+}
+
+pub fn bmc_status(as_json: bool, all: &[Status]) -> Result<()> {
+    either(as_json, &all, |all| {
+        for st in all.iter() {
+            println!(
+                "BMC {} (certificate sha256 {})",
+                st.host,
+                st.fingerprint.as_deref().unwrap_or("not verified")
+            );
+            for (k, v) in &st.about {
+                println!(
+                    "  {k:<14} {}",
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                );
+            }
+            let power: Vec<String> = st
+                .power
+                .iter()
+                .map(|(s, on)| format!("slot {s}: {}", if *on { "on" } else { "off" }))
+                .collect();
+            println!("  power          {}", power.join(", "));
+            // Shown as the BMC reports it (addresses and storage, the SD card's free space among it).
+            if let Some(info) = st.info.as_object() {
+                for (k, v) in info {
+                    println!("  {k:<14} {v}");
+                }
+            }
+        }
+    })
+}
+
+pub fn unpacked(output: &Path, format: PackFormat, size: u64) {
+    println!("{}: {format:?}, {size} bytes", output.display());
+}
+
+pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
+    either(as_json, l, |l| {
+        println!("cache: {}", l.root.display());
+        for (e, board) in &l.entries {
+            println!(
+                "  {:<8} {:<5} {:>10} MB ({:>6} MB on disk)  {}",
+                format!("{:?}", e.kind).to_lowercase(),
+                board.as_deref().unwrap_or("-"),
+                e.apparent / 1_000_000,
+                e.allocated / 1_000_000,
+                e.key
+            );
+        }
+        if l.entries.is_empty() {
+            println!("  (empty)");
+        }
+    })
+}
+
+pub fn cache_cleaned(removed: &[PathBuf]) {
+    for p in removed {
+        println!("removed {}", p.display());
+    }
+    println!(
+        "{} entr{} removed",
+        removed.len(),
+        if removed.len() == 1 { "y" } else { "ies" }
+    );
+}
+
+pub fn checked(r: &CheckReport) {
+    println!(
+        "profiles OK: cluster {}, {} node(s): {}",
+        r.cluster,
+        r.nodes.len(),
+        r.nodes.join(", ")
+    );
+}
+
+pub fn rendered(as_json: bool, contents: bool, files: &[RenderedFile]) -> Result<()> {
+    either(as_json, &files, |files| {
+        for f in files.iter() {
+            println!(
+                "{:<5} {:<48} {:04o} {}:{} {:>7} bytes  from {}",
+                f.target,
+                f.path,
+                f.mode,
+                f.uid,
+                f.gid,
+                f.contents.len(),
+                f.source.display()
+            );
+            if contents {
+                println!("{}", String::from_utf8_lossy(&f.contents));
+            }
+        }
+    })
+}
+
+pub fn inspection(as_json: bool, i: &Inspection) -> Result<()> {
+    either(as_json, i, |i| print!("{}", inspection_text(i)))
+}
+
+fn inspection_text(i: &Inspection) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "{}: {} bytes, {} partition table\n",
+        i.image, i.size, i.table
+    ));
+    for p in &i.partitions {
+        s.push_str(&format!(
+            "  p{:<2} start {:>12}  size {:>12}  type {:<38} {}{}\n",
+            p.index,
+            p.start,
+            p.size,
+            p.type_id,
+            p.fs.kind_name(),
+            p.fs.label().map(|l| format!(" {l:?}")).unwrap_or_default()
+        ));
+    }
+    match &i.seed {
+        Some(seed) => {
+            s.push_str(&format!(
+                "cloud-init seed on p{} in {}:\n",
+                seed.partition, seed.dir
+            ));
+            for f in &seed.files {
+                s.push_str(&format!("  {:<16} {:>8} bytes\n", f.name, f.size));
+            }
+            if let Some(iid) = &seed.instance_id {
+                s.push_str(&format!("  instance-id: {iid}\n"));
+            }
+        }
+        None => s.push_str("no cloud-init seed found\n"),
+    }
+    match &i.provenance {
+        Some(p) => {
+            s.push_str(&format!(
+                "built by imgbuild {} for node {} ({} board) of cluster {}\n  profile digest {}\n",
+                p.imgbuild, p.node, p.board, p.cluster, p.profile_digest
+            ));
+            s.push_str(&format!("  {} file(s) baked:\n", p.files.len()));
+            for f in &p.files {
+                s.push_str(&format!(
+                    "    {:<6} {} ({} bytes)\n",
+                    f.partition, f.path, f.size
+                ));
+            }
+        }
+        None => s.push_str("stock image (not produced by imgbuild)\n"),
+    }
+    s
+}
+
+/// The error line a failed command ends with.
+pub fn error(e: &CommandError) {
+    eprintln!("error: {:#}", e.inner());
+}

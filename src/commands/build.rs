@@ -1,0 +1,289 @@
+//! `imgbuild [build] TARGET...`: plan, fetch, bake and write each target.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use serde::Serialize;
+
+use super::{CommandError, FetchSettings, Paths, Result, Workspace};
+use crate::artifact::{Format, PendingOutput, Target};
+use crate::config::k3s::DEFAULT_MIRROR;
+use crate::config::manifest::Arch;
+use crate::config::profile::{Install, Node};
+use crate::io::CopyMethod;
+use crate::plan::{self, FileRecord, K3sPayload, PlanInputs, SecretValues};
+use crate::secrets::Secrets;
+
+#[derive(Debug, Clone)]
+pub struct BuildSettings {
+    pub targets: Vec<PathBuf>,
+    pub all: bool,
+    pub out_dir: PathBuf,
+    /// Output format for `--all`.
+    pub all_format: Format,
+    pub bases: Bases,
+    pub fetch: FetchSettings,
+    /// Unix seconds stamped on every file written.
+    pub build_time: u64,
+}
+
+/// Local base images from `--base`: one for every board, or per board.
+#[derive(Debug, Clone, Default)]
+pub struct Bases(Vec<(Option<String>, PathBuf)>);
+
+impl Bases {
+    /// Parses `--base` values: `FILE` or `BOARD=FILE`.
+    pub fn parse(values: &[String]) -> Result<Bases> {
+        let mut out: Vec<(Option<String>, PathBuf)> = Vec::new();
+        for v in values {
+            let (board, file) = match v.split_once('=') {
+                Some((b, f)) if !b.is_empty() && !b.contains('/') => {
+                    (Some(b.to_string()), PathBuf::from(f))
+                }
+                _ => (None, PathBuf::from(v)),
+            };
+            if out.iter().any(|(b, _)| *b == board) {
+                return Err(CommandError::usage(format!(
+                    "--base given twice for {}",
+                    board.map_or("all boards".into(), |b| format!("board {b}"))
+                )));
+            }
+            out.push((board, file));
+        }
+        Ok(Bases(out))
+    }
+
+    /// The base given for `board`, if any; it must exist.
+    fn for_board(&self, board: &str) -> anyhow::Result<Option<PathBuf>> {
+        let found = self
+            .0
+            .iter()
+            .find(|(b, _)| b.as_deref() == Some(board))
+            .or_else(|| self.0.iter().find(|(b, _)| b.is_none()));
+        match found {
+            Some((_, f)) if !f.is_file() => Err(anyhow!("--base {}: no such file", f.display())),
+            Some((_, f)) => Ok(Some(f.clone())),
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct BakeReport {
+    pub output: PathBuf,
+    pub sha256: String,
+    pub compression: Format,
+    pub node: String,
+    pub board: String,
+    pub instance_id: String,
+    pub copy: CopyMethod,
+    pub files: Vec<FileRecord>,
+}
+
+/// Builds every requested target; stops at the first failure.
+pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>> {
+    let mut targets = Vec::new();
+    for t in &settings.targets {
+        targets.push(Target::parse(t).map_err(CommandError::usage)?);
+    }
+    if targets.is_empty() && !settings.all {
+        return Err(CommandError::usage(
+            "nothing to build: name targets like dist/node02.rk1.img, or use --all".into(),
+        ));
+    }
+    let ws = &Workspace::load(paths)?;
+    if settings.all {
+        for n in &ws.profiles.nodes {
+            targets.push(Target::in_dir(
+                &settings.out_dir,
+                &n.name,
+                &n.board,
+                settings.all_format,
+            ));
+        }
+    }
+    build_targets(ws, &targets, settings)
+}
+
+/// Checks a target against the profiles and finds its node.
+fn resolve<'w>(ws: &'w Workspace, target: &Target) -> Result<&'w Node> {
+    let node = ws.profiles.node(&target.node).ok_or_else(|| {
+        CommandError::usage(format!(
+            "{}: no profile for node {:?} in {} (nodes: {})",
+            target.path.display(),
+            target.node,
+            ws.profiles.dir.display(),
+            ws.node_names().join(", ")
+        ))
+    })?;
+    if node.board != target.board {
+        return Err(CommandError::usage(format!(
+            "{}: node {} is a {} board in {}, not {}; name the target {}.{}.img",
+            target.path.display(),
+            node.name,
+            node.board,
+            node.file.display(),
+            target.board,
+            node.name,
+            node.board
+        )));
+    }
+    Ok(node)
+}
+
+/// Builds `targets` (already parsed); every target and given base is checked
+/// before anything is downloaded or written.
+pub fn build_targets(
+    ws: &Workspace,
+    targets: &[Target],
+    settings: &BuildSettings,
+) -> Result<Vec<BakeReport>> {
+    let mut jobs = Vec::new();
+    for t in targets {
+        let node = resolve(ws, t)?;
+        jobs.push((t, node, settings.bases.for_board(&node.board)?));
+    }
+    let cache = settings.fetch.cache()?;
+    let options = settings.fetch.options();
+    let mut fetched: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut resolved = Vec::new();
+    for (t, node, given) in jobs {
+        let base = match given {
+            Some(b) => b,
+            None => match fetched.get(&node.board) {
+                Some(b) => b.clone(),
+                None => {
+                    let b =
+                        crate::source::ensure_base(&ws.manifests[&node.board], &cache, &options)?;
+                    fetched.insert(node.board.clone(), b.clone());
+                    b
+                }
+            },
+        };
+        resolved.push((t, node, base));
+    }
+    let secrets = ws.secrets()?;
+    let mut k3s: BTreeMap<Arch, K3sPayload> = BTreeMap::new();
+    let cluster_k3s = &ws.profiles.cluster.k3s;
+    if cluster_k3s.install == Install::Airgap {
+        let mirror = settings
+            .fetch
+            .k3s_mirror
+            .clone()
+            .or_else(|| cluster_k3s.mirror.clone())
+            .unwrap_or_else(|| DEFAULT_MIRROR.to_string());
+        for (_, node, _) in &resolved {
+            let arch = ws.manifests[&node.board].arch;
+            if let std::collections::btree_map::Entry::Vacant(slot) = k3s.entry(arch) {
+                slot.insert(crate::source::k3s::ensure_assets(
+                    &cluster_k3s.version,
+                    arch,
+                    &mirror,
+                    &cache,
+                    &options,
+                )?);
+            }
+        }
+    }
+    let inputs = PlanInputs {
+        profiles: &ws.profiles,
+        manifests: &ws.manifests,
+        overlays: &ws.paths.overlays,
+        build_time: settings.build_time,
+    };
+    let mut reports = Vec::new();
+    for (target, node, base) in resolved {
+        warn_cluster_init(&secrets, node)?;
+        let payload = k3s.get(&ws.manifests[&node.board].arch);
+        let r = bake_one(&inputs, &secrets, node, target, &base, payload)?;
+        tracing::info!(
+            "built {} ({}, instance {})",
+            r.output.display(),
+            r.copy,
+            r.instance_id
+        );
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
+fn warn_cluster_init(secrets: &Secrets, node: &Node) -> Result<()> {
+    if node.k3s.cluster_init
+        && let Some(first) = secrets.mark_initialized(&node.name)?
+    {
+        tracing::warn!(
+            "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before: \
+             flashing it onto the first server of a running cluster starts a new, empty cluster. To re-flash that node, \
+             set k3s.cluster_init: false on it so it joins the other servers",
+            node.name
+        );
+    }
+    Ok(())
+}
+
+/// The secret values a node's files are rendered with.
+pub(super) fn secret_values(
+    secrets: &Secrets,
+    node: &Node,
+    build_time: u64,
+) -> anyhow::Result<SecretValues> {
+    Ok(SecretValues::new(
+        &secrets.cluster(build_time)?,
+        &secrets.node(&node.name, &node.hostname)?,
+    ))
+}
+
+fn bake_one(
+    inputs: &PlanInputs,
+    secrets: &Secrets,
+    node: &Node,
+    target: &Target,
+    base: &std::path::Path,
+    k3s: Option<&K3sPayload>,
+) -> anyhow::Result<BakeReport> {
+    let manifest = inputs.manifest(node)?;
+    if same_file(base, &target.path) {
+        anyhow::bail!(
+            "{}: the output would overwrite the base image",
+            target.path.display()
+        );
+    }
+    let values = secret_values(secrets, node, inputs.build_time)?;
+    let plan = plan::plan_node(inputs, node, values, k3s)?;
+    let table = crate::bake::check_base(base, manifest)?;
+    tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
+    let pending = PendingOutput::from_base(base, &target.path)?;
+    let image = pending.open()?;
+    let edited = crate::bake::apply(
+        &plan,
+        manifest,
+        &table,
+        pending.path(),
+        &image,
+        inputs.build_time,
+    )?;
+    drop(image);
+    let copy = pending.method;
+    let (output, digest) = pending.finish(target.format)?;
+    let mut files: Vec<FileRecord> = plan.files.iter().map(|f| f.record()).collect();
+    files.extend(edited);
+    Ok(BakeReport {
+        output,
+        sha256: digest.to_string(),
+        compression: target.format,
+        node: node.name.clone(),
+        board: node.board.clone(),
+        instance_id: plan.instance_id,
+        copy,
+        files,
+    })
+}
+
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}

@@ -1,0 +1,61 @@
+//! `imgbuild check`: validate profiles and manifests and render every node.
+
+use anyhow::anyhow;
+use serde::Serialize;
+
+use super::{CommandError, Paths, Result, Workspace};
+use crate::plan::{PlanInputs, SecretValues};
+use crate::secrets::Secrets;
+
+/// What `check` found valid.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub cluster: String,
+    pub nodes: Vec<String>,
+    pub boards: Vec<String>,
+}
+
+pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
+    let ws = Workspace::load(paths)?;
+    // Render every node too: template errors are profile-set errors.
+    // Template checks use throwaway secrets: checking creates no state.
+    let secrets = Secrets::ephemeral();
+    let inputs = PlanInputs {
+        profiles: &ws.profiles,
+        manifests: &ws.manifests,
+        overlays: &ws.paths.overlays,
+        build_time,
+    };
+    let mut problems = Vec::new();
+    for node in &ws.profiles.nodes {
+        let rendered = secrets
+            .cluster(build_time)
+            .and_then(|c| {
+                Ok(SecretValues::new(
+                    &c,
+                    &secrets.node(&node.name, &node.hostname)?,
+                ))
+            })
+            .and_then(|values| crate::plan::render_node(&inputs, node, values));
+        if let Err(e) = rendered {
+            problems.push(format!("  - node {}: {e:#}", node.name));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(CommandError::Invalid(anyhow!(
+            "{} node(s) fail to render:\n{}",
+            problems.len(),
+            problems.join("\n")
+        )));
+    }
+    Ok(CheckReport {
+        cluster: ws.profiles.cluster.name.clone(),
+        nodes: ws
+            .profiles
+            .nodes
+            .iter()
+            .map(|n| format!("{}.{}", n.name, n.board))
+            .collect(),
+        boards: ws.manifests.keys().cloned().collect(),
+    })
+}

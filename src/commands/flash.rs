@@ -1,0 +1,102 @@
+//! `imgbuild flash NODE` and `imgbuild deploy`: build what is missing, then
+//! deliver each node's image to its Turing Pi slot, in slot order.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::bmc::BmcOptions;
+use super::build::{BuildSettings, build_targets};
+use super::{CommandError, Result, Workspace};
+use crate::artifact::{Format, Target, sums};
+use crate::deliver::{self, Confirm, DeployState, Job, Report, turing_pi};
+
+#[derive(Debug, Clone)]
+pub struct FlashSettings {
+    pub bmc: BmcOptions,
+    pub yes: bool,
+    pub skip_crc: bool,
+    /// Where images are found, and built when missing.
+    pub build: BuildSettings,
+}
+
+/// Every Turing Pi node of the profiles (or only those named), for deploy.
+pub fn deploy_nodes(ws: &Workspace, only: &[String]) -> Vec<String> {
+    ws.profiles
+        .nodes
+        .iter()
+        .filter(|n| n.turing_pi.is_some())
+        .filter(|n| only.is_empty() || only.contains(&n.name))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// Flashes each named node (Turing Pi modules only) in slot order, one at a
+/// time; builds a node's image when it is missing. `images` overrides the
+/// image of a node. With `deploy`, nodes already flashed with the same image
+/// are skipped and progress is recorded in the output directory.
+pub fn flash(
+    ws: &Workspace,
+    nodes: &[String],
+    images: &BTreeMap<String, PathBuf>,
+    settings: &FlashSettings,
+    deploy: bool,
+) -> Result<Vec<Report>> {
+    let mut chosen = Vec::new();
+    for name in nodes {
+        let n = ws.node(name)?;
+        let slot = n.turing_pi.clone().ok_or_else(|| {
+            CommandError::usage(format!(
+                "node {name} is a {} board, not in a Turing Pi slot",
+                n.board
+            ))
+        })?;
+        chosen.push((n, slot));
+    }
+    chosen.sort_by(|a, b| (&a.1.board, a.1.slot).cmp(&(&b.1.board, b.1.slot)));
+
+    let out_dir = &settings.build.out_dir;
+    let mut missing = Vec::new();
+    let mut planned = Vec::new();
+    for (node, slot) in chosen {
+        let image = match images.get(&node.name) {
+            Some(p) => p.clone(),
+            None => {
+                let t = Target::in_dir(out_dir, &node.name, &node.board, Format::Raw);
+                if !t.path.is_file() {
+                    tracing::info!("{} does not exist; building it", t.path.display());
+                    missing.push(t.clone());
+                }
+                t.path
+            }
+        };
+        planned.push((node, slot, image));
+    }
+    if !missing.is_empty() {
+        build_targets(ws, &missing, &settings.build)?;
+    }
+    let bmc = settings.bmc.settings(ws)?;
+    let mut jobs = Vec::new();
+    for (node, slot, image) in planned {
+        jobs.push(Job {
+            node: node.name.clone(),
+            sha256: sums::digest_of(&image)?,
+            image,
+            destination: Box::new(turing_pi::Slot {
+                board: slot.board.clone(),
+                host: slot.bmc.clone(),
+                slot: slot.slot,
+                settings: bmc.clone(),
+                skip_crc: settings.skip_crc,
+            }),
+        });
+    }
+    let confirm = Confirm { yes: settings.yes };
+    let mut state = if deploy {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
+        Some(DeployState::load(out_dir))
+    } else {
+        None
+    };
+    Ok(deliver::deliver_all(jobs, confirm, state.as_mut())?)
+}

@@ -1,0 +1,202 @@
+//! The commands, one file per verb, as library functions taking resolved
+//! settings (no clap, no environment here). This is the only layer that
+//! sequences the stages: load the workspace once, plan, fetch, bake, write
+//! artifacts, deliver.
+
+pub mod bmc;
+pub mod build;
+pub mod cache;
+pub mod check;
+pub mod fetch;
+pub mod flash;
+pub mod inspect;
+pub mod render;
+pub mod secrets;
+pub mod unpack;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+
+use crate::config::manifest::{self, Manifests};
+use crate::config::profile::{self, Node, ProfileSet};
+use crate::secrets::Secrets;
+use crate::source::{Cache, FetchOptions, RetryPolicy};
+
+/// Exit statuses besides success (0) and interruption (130).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Failure = 1,
+    Usage = 2,
+    Invalid = 3,
+}
+
+/// An error with the exit status it should produce.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Profiles or manifests are invalid.
+    #[error(transparent)]
+    Invalid(anyhow::Error),
+    /// The command line asked for something impossible.
+    #[error(transparent)]
+    Usage(anyhow::Error),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+impl CommandError {
+    pub fn exit(&self) -> Exit {
+        match self {
+            CommandError::Invalid(_) => Exit::Invalid,
+            CommandError::Usage(_) => Exit::Usage,
+            CommandError::Failed(_) => Exit::Failure,
+        }
+    }
+
+    pub fn inner(&self) -> &anyhow::Error {
+        match self {
+            CommandError::Invalid(e) | CommandError::Usage(e) | CommandError::Failed(e) => e,
+        }
+    }
+
+    fn usage(message: String) -> Self {
+        CommandError::Usage(anyhow!(message))
+    }
+}
+
+impl From<crate::deliver::DeliverError> for CommandError {
+    fn from(e: crate::deliver::DeliverError) -> Self {
+        match e {
+            crate::deliver::DeliverError::NoConfirmation(_) => CommandError::Usage(e.into()),
+            e => CommandError::Failed(e.into()),
+        }
+    }
+}
+
+pub type Result<T, E = CommandError> = std::result::Result<T, E>;
+
+/// Where profiles, manifests, overlays and secrets live.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub profiles: PathBuf,
+    pub manifests: PathBuf,
+    pub overlays: PathBuf,
+    pub secrets: PathBuf,
+}
+
+impl Paths {
+    /// Manifests and overlays default to the folders beside the profile
+    /// directory when they exist there, else to the current directory's;
+    /// secrets default to `secrets` beside the profile directory.
+    pub fn resolve(
+        profiles: PathBuf,
+        manifests: Option<PathBuf>,
+        overlays: Option<PathBuf>,
+    ) -> Self {
+        Self::resolve_with_secrets(profiles, manifests, overlays, None)
+    }
+
+    pub fn resolve_with_secrets(
+        profiles: PathBuf,
+        manifests: Option<PathBuf>,
+        overlays: Option<PathBuf>,
+        secrets: Option<PathBuf>,
+    ) -> Self {
+        let parent = profiles
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let beside = |name: &str| -> PathBuf {
+            let candidate = parent.join(name);
+            if candidate.is_dir() {
+                candidate
+            } else {
+                PathBuf::from(name)
+            }
+        };
+        Paths {
+            manifests: manifests.unwrap_or_else(|| beside("firmware-manifests")),
+            overlays: overlays.unwrap_or_else(|| beside("overlays")),
+            secrets: secrets.unwrap_or_else(|| parent.join("secrets")),
+            profiles,
+        }
+    }
+}
+
+/// Where the cache is and how to reach the network.
+#[derive(Debug, Clone)]
+pub struct FetchSettings {
+    /// `None` when no cache directory could be found (no HOME).
+    pub cache_dir: Option<PathBuf>,
+    pub offline: bool,
+    pub retry: RetryPolicy,
+    /// Overrides the profiles' `k3s.mirror` (`IMGBUILD_K3S_MIRROR`).
+    pub k3s_mirror: Option<String>,
+}
+
+impl FetchSettings {
+    pub fn options(&self) -> FetchOptions {
+        FetchOptions {
+            offline: self.offline,
+            retry: self.retry,
+        }
+    }
+
+    pub fn cache(&self) -> anyhow::Result<Cache> {
+        self.cache_dir.clone().map(Cache::new).ok_or_else(|| {
+            anyhow!("no cache directory: set --cache-dir, IMGBUILD_CACHE_DIR or HOME")
+        })
+    }
+}
+
+/// The manifests alone (commands that need no profiles).
+pub fn load_manifests(paths: &Paths) -> Result<Manifests> {
+    manifest::load_all(&paths.manifests).map_err(|e| CommandError::Invalid(e.into()))
+}
+
+/// Profiles and manifests, loaded and validated once per command.
+pub struct Workspace {
+    pub paths: Paths,
+    pub profiles: ProfileSet,
+    pub manifests: Manifests,
+}
+
+impl Workspace {
+    /// Loads manifests and profiles; any problem is [`CommandError::Invalid`].
+    pub fn load(paths: &Paths) -> Result<Workspace> {
+        let manifests = load_manifests(paths)?;
+        let boards = manifest::board_infos(&manifests);
+        let profiles =
+            profile::load(&paths.profiles, &boards).map_err(|e| CommandError::Invalid(e.into()))?;
+        Ok(Workspace {
+            paths: paths.clone(),
+            profiles,
+            manifests,
+        })
+    }
+
+    /// The node named `name`, or a usage error listing the nodes.
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.profiles.node(name).ok_or_else(|| {
+            CommandError::usage(format!(
+                "no node {name:?} in {} (nodes: {})",
+                self.profiles.dir.display(),
+                self.node_names().join(", ")
+            ))
+        })
+    }
+
+    pub fn node_names(&self) -> Vec<&str> {
+        self.profiles
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect()
+    }
+
+    /// The secrets directory, created (0700) when missing.
+    pub fn secrets(&self) -> Result<Secrets> {
+        Ok(Secrets::open(&self.paths.secrets)?)
+    }
+}

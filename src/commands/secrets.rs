@@ -1,0 +1,40 @@
+//! `imgbuild secrets`: what exists (never values), a join token or known_hosts on request.
+
+use super::{Paths, Result, Workspace};
+use crate::config::profile::Role;
+use crate::secrets::{Secrets, known_hosts_line};
+
+/// What the secrets directory holds, never the values.
+pub fn inventory(paths: &Paths) -> Result<Vec<(String, &'static str)>> {
+    if !paths.secrets.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(Secrets::open(&paths.secrets)?.inventory()?)
+}
+
+/// The secure join token for `server` or `agent` nodes (printed only on request).
+pub fn join_token(paths: &Paths, role: Role, build_time: u64) -> Result<String> {
+    let c = Secrets::open(&paths.secrets)?.cluster(build_time)?;
+    Ok(match role {
+        Role::Server => c.server_token(),
+        Role::Agent => c.agent_token(),
+    })
+}
+
+/// A known_hosts file for every node: hostname, FQDN and static address.
+pub fn known_hosts(paths: &Paths) -> Result<String> {
+    let ws = Workspace::load(paths)?;
+    let secrets = ws.secrets()?;
+    let mut out = String::new();
+    for n in &ws.profiles.nodes {
+        let s = secrets.node(&n.name, &n.hostname)?;
+        let mut names = vec![n.hostname.clone()];
+        names.extend(n.fqdn.clone());
+        names.extend(n.network.address.map(|a| a.addr.to_string()));
+        names.extend(n.k3s.node_ip.map(|a| a.to_string()));
+        names.dedup();
+        out.push_str(&known_hosts_line(&names, &s.ssh_public));
+        out.push('\n');
+    }
+    Ok(out)
+}

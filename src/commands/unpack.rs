@@ -1,0 +1,29 @@
+//! `imgbuild unpack IN OUT`: unpack an image file by its content.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+
+use super::{CommandError, Result};
+use crate::source::unpack::Format;
+
+/// Unpacks `input` by content into a new sparse raw file `output`.
+pub fn unpack(input: &Path, output: &Path) -> Result<(Format, u64)> {
+    if output.exists() {
+        return Err(CommandError::usage(format!(
+            "{} exists; not overwriting it",
+            output.display()
+        )));
+    }
+    let src = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    let dir = crate::artifact::parent_dir(output);
+    let temp = tempfile::Builder::new()
+        .prefix(".imgbuild-unpack-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    let _cleanup = crate::util::cleanup::register(temp.path());
+    let r = crate::source::unpack::unpack(&src, temp.as_file(), "unpack")
+        .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+    crate::source::cache::commit(temp, output)?;
+    Ok(r)
+}

@@ -1,0 +1,308 @@
+//! Firmware manifests: what a board's stock image is and where its parts are.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Problem;
+use super::profile::BoardInfo;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Board name, as used in profiles and target names; must equal the file stem.
+    pub board: String,
+    pub description: String,
+    /// Debian architecture of the image.
+    pub arch: Arch,
+    /// Whether this board is a compute module that sits in a Turing Pi slot.
+    #[serde(default)]
+    pub turing_pi_module: bool,
+    /// What /etc/os-release of the stock image says.
+    pub os: OsRelease,
+    pub source: Source,
+    pub partition_table: TableKind,
+    /// Partitions by role (`seed`, `boot`, `root`, ...); overlays target roles.
+    pub partitions: BTreeMap<String, PartitionSpec>,
+    /// Where the NoCloud seed files go.
+    pub seed: Placement,
+    /// The kernel command line file, when k3s needs arguments appended.
+    #[serde(default)]
+    pub kernel_cmdline: Option<KernelCmdline>,
+}
+
+/// A Debian architecture name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Arm64,
+    Amd64,
+    Armhf,
+}
+
+impl Arch {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arch::Arm64 => "arm64",
+            Arch::Amd64 => "amd64",
+            Arch::Armhf => "armhf",
+        }
+    }
+
+    /// The architecture an ELF `e_machine` value denotes, if one of ours.
+    pub fn from_elf_machine(machine: u16) -> Option<Arch> {
+        match machine {
+            183 => Some(Arch::Arm64),
+            62 => Some(Arch::Amd64),
+            40 => Some(Arch::Armhf),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The kind of partition table a stock image has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableKind {
+    Gpt,
+    Mbr,
+}
+
+impl std::fmt::Display for TableKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TableKind::Gpt => "GPT",
+            TableKind::Mbr => "MBR (DOS)",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsRelease {
+    pub id: String,
+    pub version_id: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub url: String,
+    /// sha256 of the file at `url`.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// A checksum file (`SHA256SUMS` or `<file>.sha256`) to use when no digest is pinned.
+    #[serde(default)]
+    pub checksums_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsKind {
+    Vfat,
+    Ext4,
+}
+
+impl FsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FsKind::Vfat => "vfat",
+            FsKind::Ext4 => "ext4",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// 1-based partition number.
+    pub index: u32,
+    pub fs: FsKind,
+    /// File-system label the stock image carries (checked, case-insensitively for vfat).
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// A role from `partitions`.
+    pub partition: String,
+    /// Directory inside that partition.
+    pub dir: String,
+}
+
+impl Placement {
+    /// The path of `file` (`/meta-data`, ...) inside the seed's partition.
+    pub fn path_of(&self, file: &str) -> String {
+        format!("{}{file}", self.dir.trim_end_matches('/'))
+    }
+}
+
+/// Every board's manifest, by board name.
+pub type Manifests = BTreeMap<String, Manifest>;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelCmdline {
+    pub partition: String,
+    pub path: String,
+    /// Arguments to append when absent.
+    pub append: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the firmware manifests under {}:\n{}", .problems.len(), .dir.display(),
+    .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+pub struct ManifestErrors {
+    pub dir: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// Loads `<dir>/*.yaml`, one manifest per board.
+pub fn load_all(dir: &Path) -> Result<Manifests, ManifestErrors> {
+    let mut problems = Vec::new();
+    let mut out = BTreeMap::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            return Err(ManifestErrors {
+                dir: dir.to_owned(),
+                problems: vec![Problem::file(
+                    dir,
+                    format!("cannot read the manifest directory: {e}"),
+                )],
+            });
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    files.sort();
+    for path in files {
+        match load_one(&path) {
+            Ok(m) => {
+                out.insert(m.board.clone(), m);
+            }
+            Err(mut p) => problems.append(&mut p),
+        }
+    }
+    if out.is_empty() && problems.is_empty() {
+        problems.push(Problem::file(
+            dir,
+            "no firmware manifests (*.yaml) found".into(),
+        ));
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(ManifestErrors {
+            dir: dir.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn load_one(path: &Path) -> Result<Manifest, Vec<Problem>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| vec![Problem::file(path, format!("cannot read: {e}"))])?;
+    let de = serde_yaml_ng::Deserializer::from_str(&text);
+    let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        vec![Problem::field(
+            path,
+            if field == "." { "" } else { &field },
+            e.into_inner().to_string(),
+        )]
+    })?;
+    let mut problems = Vec::new();
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    if m.board != stem {
+        problems.push(Problem::field(
+            path,
+            "board",
+            format!("{:?} must equal the file name {stem:?}", m.board),
+        ));
+    }
+    if let Some(d) = &m.source.sha256
+        && (d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        problems.push(Problem::field(
+            path,
+            "source.sha256",
+            "expected 64 hex digits".into(),
+        ));
+    }
+    if m.source.sha256.is_none() && m.source.checksums_url.is_none() {
+        problems.push(Problem::field(
+            path,
+            "source",
+            "needs `sha256` or `checksums_url`".into(),
+        ));
+    }
+    let role_ok = |role: &str| m.partitions.contains_key(role);
+    if !role_ok(&m.seed.partition) {
+        problems.push(Problem::field(
+            path,
+            "seed.partition",
+            format!("{:?} is not a role in `partitions`", m.seed.partition),
+        ));
+    }
+    if !role_ok("root") {
+        problems.push(Problem::field(
+            path,
+            "partitions",
+            "needs a `root` partition".into(),
+        ));
+    }
+    if let Some(k) = &m.kernel_cmdline {
+        match m.partitions.get(&k.partition) {
+            Some(p) if p.fs == FsKind::Vfat => {}
+            Some(_) => problems.push(Problem::field(
+                path,
+                "kernel_cmdline.partition",
+                "must be a vfat partition".into(),
+            )),
+            None => problems.push(Problem::field(
+                path,
+                "kernel_cmdline.partition",
+                format!("{:?} is not a role in `partitions`", k.partition),
+            )),
+        }
+    }
+    let mut seen = BTreeMap::new();
+    for (role, p) in &m.partitions {
+        if let Some(other) = seen.insert(p.index, role) {
+            problems.push(Problem::field(
+                path,
+                &format!("partitions.{role}.index"),
+                format!("{} is also the index of {other}", p.index),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(m)
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn board_infos(manifests: &Manifests) -> Vec<BoardInfo> {
+    manifests
+        .values()
+        .map(|m| BoardInfo {
+            name: m.board.clone(),
+            turing_pi_module: m.turing_pi_module,
+        })
+        .collect()
+}

@@ -1,0 +1,252 @@
+//! Cluster and node profiles: load, merge, validate.
+//!
+//! `cluster.yaml` holds cluster-wide settings and a `defaults:` map of node
+//! keys; `nodes/<name>.yaml` holds one node each. A node file is merged over
+//! the defaults: maps merge key by key, lists and scalars replace.
+
+mod model;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use crate::config::Problem;
+pub use model::*;
+use serde::de::DeserializeOwned;
+use serde_yaml_ng::Value;
+
+pub const CLUSTER_FILE: &str = "cluster.yaml";
+pub const NODES_DIR: &str = "nodes";
+
+/// A loaded and validated set of profiles.
+#[derive(Debug, Clone)]
+pub struct ProfileSet {
+    pub dir: PathBuf,
+    pub cluster: Cluster,
+    pub nodes: Vec<Node>,
+}
+
+impl ProfileSet {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{} problem(s) in the profiles under {}:\n{}", .problems.len(), .dir.display(), list(.problems))]
+pub struct ProfileErrors {
+    pub dir: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Loads every profile under `dir`, collecting all problems before failing.
+pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileErrors> {
+    let mut problems = Vec::new();
+    let cluster_path = dir.join(CLUSTER_FILE);
+    let fail = |problems| ProfileErrors {
+        dir: dir.to_owned(),
+        problems,
+    };
+    let cluster_value = match read_yaml(&cluster_path) {
+        Ok(v) => v,
+        Err(p) => return Err(fail(vec![p])),
+    };
+    let cluster: Option<ClusterFile> =
+        parse_strict(&cluster_path, cluster_value.clone(), &mut problems);
+    let defaults = match &cluster_value {
+        Value::Mapping(m) => m.get("defaults").cloned().unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    let defaults = if defaults.is_null() {
+        Value::Mapping(Default::default())
+    } else {
+        defaults
+    };
+
+    let nodes_dir = dir.join(NODES_DIR);
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(&nodes_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(e) => {
+            problems.push(Problem::file(
+                &nodes_dir,
+                format!("cannot read the node directory: {e}"),
+            ));
+            Vec::new()
+        }
+    };
+    files.sort();
+    if files.is_empty() && problems.is_empty() {
+        problems.push(Problem::file(
+            &nodes_dir,
+            "no node profiles (*.yaml) found".into(),
+        ));
+    }
+
+    let mut nodes = Vec::new();
+    for path in &files {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let value = match read_yaml(path) {
+            Ok(v) => v,
+            Err(p) => {
+                problems.push(p);
+                continue;
+            }
+        };
+        // Check the node file on its own first, so an unknown key names this file.
+        let own: Option<NodeSpec> = parse_strict(path, value.clone(), &mut problems);
+        if own.is_none() {
+            continue;
+        }
+        let merged = merge(defaults.clone(), value.clone());
+        let Some(spec) = parse_strict::<NodeSpec>(&cluster_path, merged, &mut problems) else {
+            continue;
+        };
+        nodes.push((path.clone(), stem, value, spec));
+    }
+
+    let Some(cluster) = cluster else {
+        return Err(fail(problems));
+    };
+    let cluster = cluster.cluster;
+    let mut resolved = Vec::new();
+    for (path, stem, own, spec) in nodes {
+        let origin = Origin {
+            node_file: &path,
+            cluster_file: &cluster_path,
+            own: &own,
+        };
+        if let Some(node) =
+            validate::resolve_node(&cluster, &stem, spec, &origin, boards, &mut problems)
+        {
+            resolved.push(node);
+        }
+    }
+    validate::cross_checks(&cluster, &cluster_path, &resolved, boards, &mut problems);
+    if problems.is_empty() {
+        Ok(ProfileSet {
+            dir: dir.to_owned(),
+            cluster,
+            nodes: resolved,
+        })
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// Which file a node's field came from: the node file when it sets it, else the defaults.
+pub(crate) struct Origin<'a> {
+    pub node_file: &'a Path,
+    pub cluster_file: &'a Path,
+    pub own: &'a Value,
+}
+
+impl Origin<'_> {
+    pub fn file_for(&self, field: &str) -> PathBuf {
+        let segments: Vec<&str> = field.split('.').collect();
+        if has_path(self.own, &segments) {
+            self.node_file.to_owned()
+        } else {
+            self.cluster_file.to_owned()
+        }
+    }
+}
+
+/// Whether `v` has the dotted field path; keys may contain dots themselves
+/// (label keys do) and a segment may end in `[index]`.
+fn has_path(v: &Value, segments: &[&str]) -> bool {
+    if segments.is_empty() {
+        return true;
+    }
+    (1..=segments.len()).any(|n| {
+        let joined = segments[..n].join(".");
+        let (key, index) = match joined.strip_suffix(']').and_then(|s| s.rsplit_once('[')) {
+            Some((k, i)) => (k.to_string(), i.parse::<usize>().ok()),
+            None => (joined.clone(), None),
+        };
+        let Some(child) = v.get(key.as_str()) else {
+            return false;
+        };
+        let child = match index {
+            Some(i) => match child.get(i) {
+                Some(c) => c,
+                None => return false,
+            },
+            None => child,
+        };
+        has_path(child, &segments[n..])
+    })
+}
+
+fn read_yaml(path: &Path) -> Result<Value, Problem> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problem::file(path, format!("cannot read: {e}")))?;
+    let value: Value = serde_yaml_ng::from_str(&text)
+        .map_err(|e| Problem::file(path, format!("not valid YAML: {e}")))?;
+    match value {
+        Value::Mapping(_) => Ok(value),
+        Value::Null => Err(Problem::file(
+            path,
+            "is empty; expected a YAML mapping".into(),
+        )),
+        _ => Err(Problem::file(
+            path,
+            "expected a YAML mapping at the top level".into(),
+        )),
+    }
+}
+
+fn parse_strict<T: DeserializeOwned>(
+    path: &Path,
+    value: Value,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            problems.push(Problem::field(path, &field, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Deep merge: mappings merge recursively, anything else in `over` replaces `base`.
+pub fn merge(base: Value, over: Value) -> Value {
+    match (base, over) {
+        (Value::Mapping(mut b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                let merged = match b.remove(&k) {
+                    Some(old) => merge(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Mapping(b)
+        }
+        (_, over) => over,
+    }
+}
+
+/// Stable digest of what a node's image depends on in the profiles.
+pub fn profile_digest(cluster: &Cluster, node: &Node) -> String {
+    use sha2::{Digest, Sha256};
+    let doc = serde_json::json!({ "cluster": cluster, "node": node });
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(&doc).expect("profiles serialize"),
+    ))
+}

@@ -1,0 +1,324 @@
+//! Profile data types: what the YAML files may say, and the resolved node.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// `cluster.yaml` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub cluster: Cluster,
+    /// Node keys applied to every node; checked when merged into each node.
+    #[serde(default)]
+    pub defaults: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster name, used in instance IDs and reports.
+    pub name: String,
+    /// Host name or address the cluster's API is reached at (first server or a VIP).
+    pub server: String,
+    /// DNS search domain; nodes get `<hostname>.<domain>` as FQDN.
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// DNS servers for nodes with a static address.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+    pub admin: Admin,
+    /// Turing Pi boards: a name and the BMC's host each.
+    #[serde(default)]
+    pub turing_pi_boards: Vec<TuringPiBoard>,
+    #[serde(default)]
+    pub k3s: K3sCluster,
+}
+
+fn default_timezone() -> String {
+    "Etc/UTC".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    pub user: String,
+    pub ssh_authorized_keys: Vec<String>,
+    /// A crypt(3) hash (`$6$...` or `$y$...`); without it password login is locked.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TuringPiBoard {
+    pub name: String,
+    pub bmc: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sCluster {
+    /// Pinned k3s release, e.g. `v1.31.4+k3s1`.
+    #[serde(default = "default_k3s_version")]
+    pub version: String,
+    /// Packaged components to disable on servers.
+    #[serde(default = "default_disable")]
+    pub disable: Vec<String>,
+    /// How k3s gets onto a node: `airgap` (baked in, the default), `online`
+    /// (install.sh at first boot, needs the internet) or `none`.
+    #[serde(default)]
+    pub install: Install,
+    /// Base URL under which `<version>/<asset>` of the k3s releases is found
+    /// (`IMGBUILD_K3S_MIRROR` overrides it).
+    #[serde(default)]
+    pub mirror: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Install {
+    #[default]
+    Airgap,
+    Online,
+    None,
+}
+
+impl Install {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Install::Airgap => "airgap",
+            Install::Online => "online",
+            Install::None => "none",
+        }
+    }
+}
+
+impl Default for K3sCluster {
+    fn default() -> Self {
+        K3sCluster {
+            version: default_k3s_version(),
+            disable: default_disable(),
+            install: Install::default(),
+            mirror: None,
+        }
+    }
+}
+
+fn default_k3s_version() -> String {
+    "v1.32.5+k3s1".into()
+}
+
+fn default_disable() -> Vec<String> {
+    vec!["traefik".into()]
+}
+
+/// A node file (or the defaults merged with it) as written: every key optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub hostname: Option<String>,
+    pub board: Option<String>,
+    pub turing_pi: Option<SlotSpec>,
+    pub k3s: Option<K3sNodeSpec>,
+    pub network: Option<NetworkSpec>,
+    pub nvidia: Option<bool>,
+    pub swap: Option<SwapSpec>,
+    pub packages: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotSpec {
+    pub board: Option<String>,
+    pub slot: Option<u8>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sNodeSpec {
+    pub role: Option<Role>,
+    pub cluster_init: Option<bool>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub taints: Option<Vec<String>>,
+    pub node_ip: Option<String>,
+    pub flannel_iface: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    #[serde(rename = "match")]
+    pub match_: Option<MatchSpec>,
+    pub dhcp: Option<bool>,
+    pub address: Option<String>,
+    pub gateway: Option<String>,
+    pub dns: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSpec {
+    pub name: Option<String>,
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapSpec {
+    pub zram: Option<ZramSpec>,
+    pub file_mib: Option<u32>,
+    pub swappiness: Option<u8>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZramSpec {
+    pub percent: Option<u8>,
+    pub algorithm: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Server,
+    Agent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+/// A node after merging and validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// Profile name: the node file's stem; also the target name (`<name>.<board>.img`).
+    pub name: String,
+    pub hostname: String,
+    pub fqdn: Option<String>,
+    pub board: String,
+    pub turing_pi: Option<Slot>,
+    pub k3s: K3sNode,
+    pub network: Network,
+    pub nvidia: bool,
+    pub swap: Swap,
+    pub packages: Vec<String>,
+    #[serde(skip)]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Slot {
+    pub board: String,
+    pub bmc: String,
+    /// 1-4 as printed on the board.
+    pub slot: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct K3sNode {
+    pub role: Role,
+    pub cluster_init: bool,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<String>,
+    pub node_ip: Option<IpAddr>,
+    pub flannel_iface: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    /// netplan match: interface name (glob) or MAC address.
+    pub match_name: Option<String>,
+    pub match_mac: Option<String>,
+    pub dhcp: bool,
+    pub address: Option<IpNet>,
+    pub gateway: Option<IpAddr>,
+    pub dns: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Swap {
+    pub zram: Option<Zram>,
+    pub file_mib: u32,
+    pub swappiness: Option<u8>,
+}
+
+impl Swap {
+    pub fn enabled(&self) -> bool {
+        self.zram.is_some() || self.file_mib > 0
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Zram {
+    pub percent: u8,
+    pub algorithm: String,
+}
+
+/// An address with its prefix length, as `192.168.1.10/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} needs a prefix length, like 192.168.1.10/24"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("prefix {p:?} must be a number from 0 to {max}"))?;
+        Ok(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(a) & mask == u32::from(*b) & mask
+            }
+            (IpAddr::V6(a), IpAddr::V6(b)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(a) & mask == u128::from(*b) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for IpNet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Facts about a board that validation needs, taken from its firmware manifest.
+#[derive(Debug, Clone)]
+pub struct BoardInfo {
+    pub name: String,
+    /// A compute module that sits in a Turing Pi slot.
+    pub turing_pi_module: bool,
+}

@@ -1,0 +1,264 @@
+//! Sparse files: a writer that leaves holes for zero blocks, the data extents
+//! of a file (SEEK_DATA/SEEK_HOLE), streaming a sparse file without reading
+//! its holes, and copying one by reflink or by its data extents only.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+pub const SPARSE_BLOCK: usize = 64 * 1024;
+
+/// Writes a stream into a file, leaving holes where whole aligned blocks are zero.
+pub struct SparseWriter<'f> {
+    file: &'f File,
+    pos: u64,
+    buf: Vec<u8>,
+}
+
+impl<'f> SparseWriter<'f> {
+    pub fn new(file: &'f File) -> Self {
+        SparseWriter {
+            file,
+            pos: 0,
+            buf: Vec::with_capacity(SPARSE_BLOCK),
+        }
+    }
+
+    fn put_block(&mut self, block: &[u8]) -> io::Result<()> {
+        if block.iter().any(|&b| b != 0) {
+            self.file.write_all_at(block, self.pos)?;
+        }
+        self.pos += block.len() as u64;
+        Ok(())
+    }
+
+    /// Skips `len` zero bytes without writing them.
+    pub fn skip_zeros(&mut self, len: u64) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let fill = (SPARSE_BLOCK - self.buf.len()).min(len as usize);
+            self.buf.resize(self.buf.len() + fill, 0);
+            let rest = len - fill as u64;
+            if self.buf.len() == SPARSE_BLOCK {
+                let b = std::mem::take(&mut self.buf);
+                self.put_block(&b)?;
+                self.buf = b;
+                self.buf.clear();
+            }
+            self.pos += rest;
+            return Ok(());
+        }
+        self.pos += len;
+        Ok(())
+    }
+
+    /// Writes what is buffered and sets the file's length; returns the length.
+    pub fn finish(mut self) -> io::Result<u64> {
+        let b = std::mem::take(&mut self.buf);
+        if !b.is_empty() {
+            self.put_block(&b)?;
+        }
+        self.file.set_len(self.pos)?;
+        Ok(self.pos)
+    }
+}
+
+impl Write for SparseWriter<'_> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let n = data.len();
+        if !self.buf.is_empty() {
+            let take = (SPARSE_BLOCK - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == SPARSE_BLOCK {
+                let b = std::mem::take(&mut self.buf);
+                self.put_block(&b)?;
+                self.buf = b;
+                self.buf.clear();
+            }
+        }
+        while data.len() >= SPARSE_BLOCK {
+            self.put_block(&data[..SPARSE_BLOCK])?;
+            data = &data[SPARSE_BLOCK..];
+        }
+        self.buf.extend_from_slice(data);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Data extents of a file as (offset, len), found with SEEK_DATA/SEEK_HOLE.
+pub fn data_extents(file: &File) -> io::Result<Vec<(u64, u64)>> {
+    let len = file.metadata()?.len() as i64;
+    let mut out = Vec::new();
+    let mut pos = 0i64;
+    while pos < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(e);
+        }
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        out.push((data as u64, (hole - data) as u64));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+/// Streams a sparse file's full contents (holes as zeros) to `sink` without
+/// reading the holes from disk.
+pub fn stream_sparse(file: &File, mut sink: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    let feed_zeros =
+        |mut n: u64, sink: &mut dyn FnMut(&[u8]) -> io::Result<()>| -> io::Result<()> {
+            while n > 0 {
+                let k = n.min(zeros.len() as u64) as usize;
+                sink(&zeros[..k])?;
+                n -= k as u64;
+            }
+            Ok(())
+        };
+    for (start, elen) in data_extents(file)? {
+        feed_zeros(start - pos, &mut sink)?;
+        let mut done = 0;
+        while done < elen {
+            let k = ((elen - done) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..k], start + done)?;
+            sink(&buf[..k])?;
+            done += k as u64;
+        }
+        pos = start + elen;
+    }
+    feed_zeros(len - pos, &mut sink)
+}
+
+/// How a file was copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyMethod {
+    /// Shared extents (btrfs, XFS): no data copied.
+    Reflink,
+    /// Data extents copied, holes kept.
+    Sparse,
+}
+
+impl std::fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Sparse => "sparse",
+        })
+    }
+}
+
+/// Copies `src` into the empty `dst`: a reflink where the file system can,
+/// else only the data extents (holes stay holes), each byte read once.
+pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source descriptor as its argument; both are open files.
+    let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(CopyMethod::Reflink);
+    }
+    dst.set_len(src.metadata()?.len())?;
+    for (start, len) in data_extents(src)? {
+        copy_range(src, dst, start, len)?;
+    }
+    Ok(CopyMethod::Sparse)
+}
+
+fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let mut done = 0u64;
+    while done < len {
+        let mut off_in = (start + done) as libc::loff_t;
+        let mut off_out = off_in;
+        let chunk = (len - done).min(1 << 30) as usize;
+        // SAFETY: valid descriptors and offsets owned by this frame.
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                chunk,
+                0,
+            )
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if matches!(
+                err.raw_os_error(),
+                Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+            ) {
+                return copy_range_plain(src, dst, start + done, len - done);
+            }
+            return Err(err);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the base image shrank while being copied",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+fn copy_range_plain(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = ((len - done) as usize).min(buf.len());
+        src.read_exact_at(&mut buf[..n], start + done)?;
+        dst.write_all_at(&buf[..n], start + done)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{Sha256Digest, sha256_sparse};
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+
+    #[test]
+    fn sparse_writer_keeps_bytes_and_makes_holes() {
+        let f = tempfile::tempfile().unwrap();
+        let mut w = SparseWriter::new(&f);
+        let mut expect = Vec::new();
+        for (len, byte) in [(1000usize, 1u8), (300_000, 0), (70_000, 7), (5, 0), (3, 9)] {
+            let chunk = vec![byte; len];
+            w.write_all(&chunk).unwrap();
+            expect.extend_from_slice(&chunk);
+        }
+        w.skip_zeros(1 << 20).unwrap();
+        expect.resize(expect.len() + (1 << 20), 0);
+        w.write_all(b"tail").unwrap();
+        expect.extend_from_slice(b"tail");
+        assert_eq!(w.finish().unwrap(), expect.len() as u64);
+        let mut got = Vec::new();
+        (&f).read_to_end(&mut got).unwrap();
+        assert!(got == expect);
+        use std::os::unix::fs::MetadataExt;
+        assert!(f.metadata().unwrap().blocks() * 512 < expect.len() as u64);
+        let mut h = Sha256::new();
+        h.update(&expect);
+        assert_eq!(sha256_sparse(&f).unwrap(), Sha256Digest::of(h));
+    }
+}

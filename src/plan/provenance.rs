@@ -1,0 +1,36 @@
+//! What imgbuild records inside an image about how it was made; written by a
+//! bake, read back by `inspect`.
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of the record, in the seed directory.
+pub const PROVENANCE_FILE: &str = "imgbuild.json";
+
+/// Fields are in alphabetical order, so the record reads the same as the
+/// sorted JSON object earlier versions wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// sha256 of the stock image download the manifest pins, when pinned.
+    pub base_sha256: Option<String>,
+    pub board: String,
+    /// Unix seconds stamped on every written file.
+    pub build_time: u64,
+    pub cluster: String,
+    /// The files the overlays placed (not the k3s payload or edits of stock files).
+    pub files: Vec<FileRecord>,
+    /// The imgbuild version that made the image.
+    pub imgbuild: String,
+    pub instance_id: String,
+    pub node: String,
+    pub profile_digest: String,
+}
+
+/// One file written into an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// The partition's role in the board manifest.
+    pub partition: String,
+    pub path: String,
+    pub mode: u32,
+    pub size: u64,
+}

@@ -1,0 +1,447 @@
+//! Overlays + node values -> the files to bake. Pure: reads templates, writes nothing.
+//!
+//! An overlay tree is `overlays/<feature>/<target>/<path>`, where `<target>` is
+//! `seed` (the board's NoCloud seed location) or a partition role from the
+//! board's manifest (`root`, `boot`, ...), and `<path>` mirrors the path inside
+//! it. Files ending in `.j2` are minijinja templates (the suffix is dropped);
+//! others are copied as they are. A template's first line may be
+//! `{# imgbuild: mode=0600 uid=0 gid=0 skip_if_empty #}` to set the file's
+//! metadata (and leave the file out when it renders to nothing). A file named
+//! `<name>.symlink` (or `.symlink.j2`) makes `<name>` a symlink to its content.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use minijinja::{Environment, UndefinedBehavior, Value};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::PartitionTarget;
+use super::context::TemplateContext;
+use crate::config::profile::{Install, Role};
+
+const META_DATA: &str = "/meta-data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Overlay { path: PathBuf, reason: String },
+    #[error("{path}: template error: {detail}")]
+    Template { path: PathBuf, detail: String },
+}
+
+/// One file to bake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenderedFile {
+    /// `seed` or a partition role.
+    pub target: PartitionTarget,
+    /// Absolute path inside the target, e.g. `/etc/hostname`.
+    pub path: String,
+    #[serde(skip)]
+    pub contents: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// For `<name>.symlink` overlay files: the link target (the file's content).
+    pub symlink: Option<String>,
+    #[serde(skip)]
+    skip: bool,
+    /// The overlay file it came from.
+    pub source: PathBuf,
+}
+
+/// Which overlay features apply to a node, lowest precedence first.
+pub fn features_for(
+    board: &str,
+    role: Role,
+    cluster_init: bool,
+    k3s_install: Install,
+    nvidia: bool,
+    swap: bool,
+) -> Vec<String> {
+    let mut f = vec![
+        "common".to_string(),
+        format!("board-{board}"),
+        format!("role-{}", role.as_str()),
+    ];
+    if cluster_init {
+        f.push("cluster-init".into());
+    }
+    f.push(format!("k3s-{}", k3s_install.as_str()));
+    if nvidia {
+        f.push("nvidia".into());
+    }
+    if swap {
+        f.push("swap".into());
+    }
+    f
+}
+
+struct Source {
+    target: PartitionTarget,
+    path: String,
+    file: PathBuf,
+    template: bool,
+}
+
+impl Source {
+    fn is_symlink(&self) -> bool {
+        let name = self.file.to_string_lossy();
+        name.ends_with(".symlink") || name.ends_with(".symlink.j2")
+    }
+}
+
+/// Collects overlay files of `features` (later features override earlier ones).
+fn collect(
+    overlays: &Path,
+    features: &[String],
+) -> Result<BTreeMap<(PartitionTarget, String), Source>, RenderError> {
+    if !overlays.is_dir() {
+        return Err(RenderError::Overlay {
+            path: overlays.to_owned(),
+            reason: "the overlays directory does not exist".into(),
+        });
+    }
+    let mut out = BTreeMap::new();
+    for feature in features {
+        let fdir = overlays.join(feature);
+        if !fdir.is_dir() {
+            continue;
+        }
+        for target_entry in read_sorted(&fdir)? {
+            if !target_entry.is_dir() {
+                return Err(RenderError::Overlay {
+                    path: target_entry,
+                    reason:
+                        "expected a directory named after its target (`seed`, `root`, `boot`, ...)"
+                            .into(),
+                });
+            }
+            let target = PartitionTarget::from_dir_name(
+                &target_entry.file_name().unwrap().to_string_lossy(),
+            );
+            let mut files = Vec::new();
+            walk(&target_entry, &mut files)?;
+            for file in files {
+                let rel = file.strip_prefix(&target_entry).unwrap();
+                let mut path = format!("/{}", rel.to_string_lossy());
+                let template = path.ends_with(".j2");
+                if template {
+                    path.truncate(path.len() - 3);
+                }
+                if path.ends_with(".symlink") {
+                    path.truncate(path.len() - ".symlink".len());
+                }
+                out.insert(
+                    (target.clone(), path.clone()),
+                    Source {
+                        target: target.clone(),
+                        path,
+                        file,
+                        template,
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_sorted(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let io = |source| RenderError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    v.sort();
+    Ok(v)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
+    for p in read_sorted(dir)? {
+        let meta = std::fs::symlink_metadata(&p).map_err(|source| RenderError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(&p, out)?;
+        } else if meta.is_file() {
+            out.push(p);
+        } else {
+            return Err(RenderError::Overlay {
+                path: p,
+                reason: "only regular files and directories may be in an overlay".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// File metadata from a template's header line.
+struct Header {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    skip_if_empty: bool,
+}
+
+fn parse_header(
+    file: &Path,
+    text: &str,
+    default_mode: u32,
+) -> Result<(Header, usize), RenderError> {
+    let mut h = Header {
+        mode: default_mode,
+        uid: 0,
+        gid: 0,
+        skip_if_empty: false,
+    };
+    let first = text.lines().next().unwrap_or("");
+    let trimmed = first.trim();
+    let Some(body) = trimmed
+        .strip_prefix("{# imgbuild:")
+        .and_then(|r| r.strip_suffix("#}"))
+    else {
+        return Ok((h, 0));
+    };
+    let bad = |reason: String| RenderError::Overlay {
+        path: file.to_owned(),
+        reason,
+    };
+    for kv in body.split_whitespace() {
+        if kv == "skip_if_empty" {
+            h.skip_if_empty = true;
+            continue;
+        }
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| bad(format!("header entry {kv:?} must be key=value")))?;
+        match k {
+            "mode" => {
+                h.mode = u32::from_str_radix(v, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| bad(format!("mode {v:?} must be octal like 0644")))?
+            }
+            "uid" => {
+                h.uid = v
+                    .parse()
+                    .map_err(|_| bad(format!("uid {v:?} must be a number")))?
+            }
+            "gid" => {
+                h.gid = v
+                    .parse()
+                    .map_err(|_| bad(format!("gid {v:?} must be a number")))?
+            }
+            _ => {
+                return Err(bad(format!(
+                    "unknown header key {k:?}; expected mode, uid or gid"
+                )));
+            }
+        }
+    }
+    let skip = first.len() + usize::from(text.len() > first.len());
+    Ok((h, skip))
+}
+
+/// Serialises a value as a YAML flow scalar/collection that no input can break out of.
+///
+/// JSON is a subset of YAML; strings come out double-quoted with every control
+/// character escaped, so a hostile hostname or key comment stays one value.
+fn yaml_filter(value: Value) -> Result<String, minijinja::Error> {
+    serde_json::to_string(&value).map_err(|e| {
+        minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            format!("cannot encode as YAML: {e}"),
+        )
+    })
+}
+
+fn toml_filter(value: Value) -> Result<String, minijinja::Error> {
+    // TOML basic strings and arrays share JSON's escapes for the values we emit.
+    yaml_filter(value)
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    let syntax = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+        .expect("default delimiters are valid");
+    env.set_syntax(syntax);
+    env.add_filter("yaml", yaml_filter);
+    env.add_filter("toml", toml_filter);
+    env
+}
+
+/// Renders every overlay file of `features` for `context`.
+///
+/// `meta-data` in the seed is rendered last with `instance_id` set: a digest of
+/// every other file and of `identity` (what else the image depends on, such
+/// as the base image digest), so changed content always gives a new instance.
+pub fn render(
+    overlays: &Path,
+    features: &[String],
+    context: &TemplateContext,
+    node_name: &str,
+    identity: &str,
+) -> Result<(Vec<RenderedFile>, String), RenderError> {
+    let sources = collect(overlays, features)?;
+    let env = environment();
+    let mut files = Vec::new();
+    let mut deferred = Vec::new();
+    for src in sources.into_values() {
+        if src.target == PartitionTarget::Seed && src.path == META_DATA {
+            deferred.push(src);
+            continue;
+        }
+        files.extend(render_one(&env, &src, context)?);
+    }
+    let instance_id = instance_id(node_name, identity, &files);
+    let mut ctx = context.clone();
+    ctx.instance_id = Some(instance_id.clone());
+    for src in deferred {
+        files.extend(render_one(&env, &src, &ctx)?);
+    }
+    files.sort_by(|a, b| (&a.target, &a.path).cmp(&(&b.target, &b.path)));
+    Ok((files, instance_id))
+}
+
+/// Renders one overlay file; `None` when a `skip_if_empty` template renders to nothing.
+fn render_one(
+    env: &Environment,
+    src: &Source,
+    context: &TemplateContext,
+) -> Result<Option<RenderedFile>, RenderError> {
+    let mut f = render_contents(env, src, context)?;
+    if f.skip {
+        return Ok(None);
+    }
+    if src.is_symlink() {
+        let target = String::from_utf8(std::mem::take(&mut f.contents))
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty() && !t.contains('\n'))
+            .ok_or_else(|| RenderError::Overlay {
+                path: src.file.clone(),
+                reason: "a .symlink file must hold the link target on one line".into(),
+            })?;
+        f.symlink = Some(target);
+        f.mode = 0o777;
+    }
+    Ok(Some(f))
+}
+
+fn render_contents(
+    env: &Environment,
+    src: &Source,
+    context: &TemplateContext,
+) -> Result<RenderedFile, RenderError> {
+    let raw = std::fs::read(&src.file).map_err(|source| RenderError::Io {
+        path: src.file.clone(),
+        source,
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    let exec = std::fs::metadata(&src.file)
+        .map(|m| m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
+    let default_mode = if exec { 0o755 } else { 0o644 };
+    if !src.template {
+        return Ok(RenderedFile {
+            target: src.target.clone(),
+            path: src.path.clone(),
+            contents: raw,
+            mode: default_mode,
+            uid: 0,
+            gid: 0,
+            symlink: None,
+            skip: false,
+            source: src.file.clone(),
+        });
+    }
+    let text = String::from_utf8(raw).map_err(|_| RenderError::Overlay {
+        path: src.file.clone(),
+        reason: "a .j2 template must be UTF-8 text".into(),
+    })?;
+    let (header, skip) = parse_header(&src.file, &text, default_mode)?;
+    let name = src.file.to_string_lossy();
+    let out = env
+        .render_named_str(&name, &text[skip..], minijinja::value::Serde(context))
+        .map_err(|e| RenderError::Template {
+            path: src.file.clone(),
+            detail: describe(&e),
+        })?;
+    Ok(RenderedFile {
+        target: src.target.clone(),
+        path: src.path.clone(),
+        skip: header.skip_if_empty && out.trim().is_empty(),
+        contents: out.into_bytes(),
+        mode: header.mode,
+        uid: header.uid,
+        gid: header.gid,
+        symlink: None,
+        source: src.file.clone(),
+    })
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let s = crate::util::error_chain(e);
+    match e.line() {
+        Some(line) => format!("line {}: {s}", line + 1),
+        None => s,
+    }
+}
+
+fn instance_id(node: &str, identity: &str, files: &[RenderedFile]) -> String {
+    let mut h = Sha256::new();
+    h.update(identity.as_bytes());
+    h.update([0]);
+    for f in files {
+        h.update(f.target.as_str().as_bytes());
+        h.update([0]);
+        h.update(f.path.as_bytes());
+        h.update([0]);
+        h.update(format!("{:o}:{}:{}", f.mode, f.uid, f.gid).as_bytes());
+        h.update((f.contents.len() as u64).to_le_bytes());
+        h.update(&f.contents);
+    }
+    format!("iid-{node}-{}", &hex::encode(h.finalize())[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_filter_quotes_hostile_strings() {
+        let out = yaml_filter(Value::from("evil\nruncmd: [rm -rf /] # \"'")).unwrap();
+        assert!(!out.contains('\n'));
+        let back: String = serde_yaml_ng::from_str(&out).unwrap();
+        assert_eq!(back, "evil\nruncmd: [rm -rf /] # \"'");
+    }
+
+    #[test]
+    fn header_parsing() {
+        let (h, skip) = parse_header(
+            Path::new("x"),
+            "{# imgbuild: mode=0600 uid=1000 #}\nbody",
+            0o644,
+        )
+        .unwrap();
+        assert_eq!((h.mode, h.uid, h.gid, skip), (0o600, 1000, 0, 35));
+        let (h, skip) = parse_header(Path::new("x"), "plain\n", 0o644).unwrap();
+        assert_eq!((h.mode, skip), (0o644, 0));
+        assert!(parse_header(Path::new("x"), "{# imgbuild: color=red #}\n", 0o644).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+//! Acquisition: download, verify, cache and unpack a board's stock image and
+//! the k3s release assets. Never looks inside an image.
+
+pub mod cache;
+pub mod download;
+pub mod k3s;
+pub mod qcow2;
+pub mod unpack;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use crate::config::manifest::Manifest;
+use crate::io::Sha256Digest;
+pub use cache::Cache;
+pub use download::RetryPolicy;
+
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub offline: bool,
+    pub retry: RetryPolicy,
+}
+
+/// File name at the end of a URL.
+fn basename(url: &str) -> &str {
+    url.trim_end_matches('/').rsplit('/').next().unwrap_or(url)
+}
+
+/// The digest the download must have: the pinned one, else from the checksum file.
+pub fn expected_digest(
+    manifest: &Manifest,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<Sha256Digest> {
+    if let Some(pinned) = &manifest.source.sha256 {
+        return Sha256Digest::parse(pinned).ok_or_else(|| {
+            anyhow!(
+                "manifest {}: source.sha256 is not 64 hex digits",
+                manifest.board
+            )
+        });
+    }
+    let sums_url = manifest.source.checksums_url.as_deref().ok_or_else(|| {
+        anyhow!(
+            "manifest {}: needs source.sha256 or source.checksums_url",
+            manifest.board
+        )
+    })?;
+    if opts.offline {
+        return cache.remembered_digest(&manifest.source.url).ok_or_else(|| {
+            anyhow!(
+                "--offline: the {} image has no pinned sha256 and its checksum file was never fetched; run `imgbuild fetch {}` once with network access",
+                manifest.board,
+                manifest.board
+            )
+        });
+    }
+    let list = download::fetch_text(sums_url, opts.retry)
+        .with_context(|| format!("fetching the checksum file for {}", manifest.board))?;
+    let name = basename(&manifest.source.url);
+    let digest = crate::io::sums::find_digest(&list, name)
+        .ok_or_else(|| anyhow!("{sums_url}: no line for {name}"))?;
+    cache.remember_digest(&manifest.source.url, &digest)?;
+    Ok(digest)
+}
+
+/// Makes sure the board's unpacked stock image is in the cache and returns its path.
+pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> Result<PathBuf> {
+    let key = expected_digest(manifest, cache, opts)?;
+    let image = cache.image_path(&key);
+    if image.is_file() {
+        return Ok(image);
+    }
+    let _lock = cache.lock(&key.to_string())?;
+    if image.is_file() {
+        return Ok(image); // Another run finished it while we waited.
+    }
+    let download = cache.download_path(&key);
+    if !download.is_file() {
+        if opts.offline {
+            bail!(
+                "--offline: the {} stock image ({}) is not in the cache {}; run `imgbuild fetch {}` with network access first",
+                manifest.board,
+                basename(&manifest.source.url),
+                cache.root.display(),
+                manifest.board
+            );
+        }
+        let partial = cache.partial_path(&key)?;
+        tracing::info!("downloading {}", manifest.source.url);
+        let actual = download::download(
+            &manifest.source.url,
+            &partial,
+            opts.retry,
+            &format!("{} download", manifest.board),
+        )?;
+        if actual != key {
+            let _ = std::fs::remove_file(&partial);
+            return Err(download::DownloadError::Mismatch {
+                url: manifest.source.url.clone(),
+                expected: key,
+                actual,
+            }
+            .into());
+        }
+        std::fs::create_dir_all(download.parent().unwrap())?;
+        std::fs::rename(&partial, &download)
+            .with_context(|| format!("moving the download to {}", download.display()))?;
+    }
+    let src = std::fs::File::open(&download)
+        .with_context(|| format!("opening {}", download.display()))?;
+    let temp = cache.temp_in("images")?;
+    let _cleanup = crate::util::cleanup::register(temp.path());
+    let (format, size) =
+        unpack::unpack(&src, temp.as_file(), &format!("{} unpack", manifest.board))
+            .map_err(|e| anyhow!("{}: {e}", download.display()))
+            .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
+    cache::commit(temp, &image)?;
+    tracing::info!(
+        "unpacked {} ({format:?}) to {} ({} MB)",
+        manifest.board,
+        image.display(),
+        size / 1_000_000
+    );
+    // The raw image is what bakes read; the compressed download is no longer needed.
+    std::fs::remove_file(&download).ok();
+    Ok(image)
+}
+
+/// Makes sure the file at `url` with sha256 `digest` is in the cache (as is,
+/// not unpacked) and returns its path.
+pub fn ensure_asset(
+    url: &str,
+    digest: &Sha256Digest,
+    cache: &Cache,
+    opts: &FetchOptions,
+    label: &str,
+) -> Result<PathBuf> {
+    let path = cache.asset_path(digest);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let _lock = cache.lock(&digest.to_string())?;
+    if path.is_file() {
+        return Ok(path);
+    }
+    if opts.offline {
+        bail!(
+            "--offline: {url} is not in the cache {}",
+            cache.root.display()
+        );
+    }
+    let partial = cache.partial_path(digest)?;
+    tracing::info!("downloading {url}");
+    let actual = download::download(url, &partial, opts.retry, label)?;
+    if actual != *digest {
+        let _ = std::fs::remove_file(&partial);
+        return Err(download::DownloadError::Mismatch {
+            url: url.to_string(),
+            expected: *digest,
+            actual,
+        }
+        .into());
+    }
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("moving the download to {}", path.display()))?;
+    Ok(path)
+}
