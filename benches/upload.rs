@@ -4,7 +4,7 @@
 //!
 //!   cargo bench --bench upload [-- SIZE_MIB [ROUNDS]]
 
-#[path = "../tests/common/bmc.rs"]
+#[path = "../tests/support/bmc.rs"]
 mod bmc;
 
 use std::path::Path;

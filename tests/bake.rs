@@ -1,13 +1,19 @@
 //! End-to-end bakes of RK1, CM4 and NUC fixtures through the CLI, checked
 //! with fsck.fat, e2fsck, pyfatfs, mtools, cloud-init schema and ext4-view.
 
-mod common;
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::*;
 use imgbuild::commands::{self, Paths};
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 fn paths() -> Paths {
     Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()))

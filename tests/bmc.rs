@@ -2,12 +2,19 @@
 //! on first use, a changed certificate, --insecure, a wrong password (never
 //! retried) and an expired token (one re-login).
 
-mod common;
+mod support {
+    pub mod bmc;
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::path::Path;
 
-use common::bmc::FakeBmc;
-use common::*;
+use support::bmc::FakeBmc;
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 /// A profile copy whose Turing Pi board's BMC is `host`.
 fn profiles_for(dir: &Path, host: &str) -> std::path::PathBuf {

@@ -2,14 +2,20 @@
 //! with openssl, sha256sum, ext4-view and cloud-init; secrets kept, private
 //! and never printed.
 
-mod common;
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::http;
-use common::*;
+use support::http;
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 /// Bakes `target` with the shipped profiles into `dir`; returns (image, stdout+stderr).
 fn bake(dir: &Path, target: &str, base: &Path, extra: &[&str]) -> (PathBuf, String) {

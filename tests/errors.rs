@@ -1,11 +1,17 @@
 //! Bad inputs: each gets one clear message and a meaningful exit status, and
 //! leaves the base and any existing output untouched, with no partial file.
 
-mod common;
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::path::{Path, PathBuf};
 
-use common::*;
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 struct Run {
     code: i32,

@@ -1,17 +1,23 @@
 //! Download, verify, cache and unpack against a loopback HTTP server, with
 //! fixtures compressed by the real tools (xz, gzip, zstd, qemu-img).
 
-mod common;
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use common::http::{Faults, Server};
-use common::*;
 use imgbuild::config::manifest::Manifest;
 use imgbuild::source::{self as fetch, Cache, FetchOptions, RetryPolicy};
+use support::http::{Faults, Server};
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 struct Raw {
     dir: tempfile::TempDir,

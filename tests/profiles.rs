@@ -1,11 +1,15 @@
 //! Profile and manifest validation through `imgbuild check`: every problem is
 //! listed with its file, field and what is expected.
 
-mod common;
+mod support {
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
 
 use std::path::Path;
 
-use common::*;
+use support::{harness::*, mirror::*};
 
 /// Copies the shipped profiles into a temp dir, applies `edits` (file, contents), runs check.
 fn check_with(edits: &[(&str, &str)]) -> (i32, String, tempfile::TempDir) {

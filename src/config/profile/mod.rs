@@ -135,7 +135,7 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
             resolved.push(node);
         }
     }
-    validate::cross_checks(&cluster, &cluster_path, &resolved, boards, &mut problems);
+    validate::cross_checks(&cluster, &cluster_path, &resolved, &mut problems);
     if problems.is_empty() {
         Ok(ProfileSet {
             dir: dir.to_owned(),

@@ -1,154 +1,13 @@
-//! Test fixtures built with the real tools (sgdisk, sfdisk, mkfs.vfat,
-//! mkfs.ext4, mtools, pyfatfs), in the layouts of shared/REFERENCE.md §1.
+//! Fixture images built with the real tools (sgdisk, sfdisk, mkfs.vfat,
+//! mkfs.ext4, mtools, pyfatfs) in the layouts of shared/REFERENCE.md §1, and
+//! the file-system checkers run on results.
 #![allow(dead_code)]
 
-pub mod bmc;
-pub mod http;
-
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-pub const MIB: u64 = 1024 * 1024;
-
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python the tests' helper scripts run with: the virtual environment
-/// `tests/setup-python.sh` makes (test packages never go into the system Python).
-pub fn python() -> String {
-    let venv = std::env::var_os("IMGBUILD_TEST_VENV")
-        .map(|v| repo().join(v))
-        .unwrap_or_else(|| repo().join("target/test-venv"));
-    let py = venv.join("bin/python3");
-    assert!(
-        py.is_file(),
-        "{} is missing: run `bash tests/setup-python.sh` first",
-        py.display()
-    );
-    q(&py)
-}
-
-pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"))
-}
-
-/// Runs a shell command and panics with its output when it fails.
-pub fn sh(cmd: &str) -> Output {
-    let out = Command::new("bash")
-        .arg("-ec")
-        .arg(cmd)
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "command failed: {cmd}\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// Runs a shell command and returns (exit code, stdout+stderr).
-pub fn sh_status(cmd: &str) -> (i32, String) {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(format!("{cmd} 2>&1"))
-        .output()
-        .expect("bash runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-pub const K3S_VERSION: &str = "v1.32.5+k3s1";
-
-/// Per-test-binary state: a secrets dir, a cache and a loopback k3s release mirror.
-pub struct Env {
-    pub dir: tempfile::TempDir,
-    pub mirror: http::Server,
-    pub k3s_arm64: Vec<u8>,
-    pub k3s_amd64: Vec<u8>,
-}
-
-impl Env {
-    pub fn secrets(&self) -> PathBuf {
-        self.dir.path().join("secrets")
-    }
-    pub fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
-    }
-    pub fn mirror_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.mirror.port)
-    }
-}
-
-pub fn env() -> &'static Env {
-    static E: OnceLock<Env> = OnceLock::new();
-    E.get_or_init(|| {
-        use sha2::{Digest, Sha256};
-        let dir = tempfile::tempdir().unwrap();
-        let mirror = http::Server::start(http::Faults {
-            ranges: true,
-            ..Default::default()
-        });
-        let tag = K3S_VERSION.replace('+', "%2B");
-        let mut assets = Vec::new();
-        for (arch, bin) in [("arm64", "k3s-arm64"), ("amd64", "k3s")] {
-            let binary = format!("#!/bin/sh\n# stand-in for the k3s {arch} binary\n").into_bytes();
-            let images = format!("stand-in for k3s-airgap-images-{arch}.tar.zst").into_bytes();
-            let images_name = format!("k3s-airgap-images-{arch}.tar.zst");
-            let sums = format!(
-                "{}  {bin}\n{}  {images_name}\n{}  k3s-images.txt\n",
-                hex::encode(Sha256::digest(&binary)),
-                hex::encode(Sha256::digest(&images)),
-                "0".repeat(64)
-            );
-            mirror.put(&format!("/{tag}/{bin}"), binary.clone());
-            mirror.put(&format!("/{tag}/{images_name}"), images);
-            mirror.put(&format!("/{tag}/sha256sum-{arch}.txt"), sums.into_bytes());
-            assets.push(binary);
-        }
-        Env {
-            dir,
-            mirror,
-            k3s_amd64: assets.pop().unwrap(),
-            k3s_arm64: assets.pop().unwrap(),
-        }
-    })
-}
-
-/// Runs imgbuild with `args` in `cwd`, with this test binary's secrets, cache and k3s mirror.
-pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
-    let e = env();
-    Command::new(bin())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("IMGBUILD_PROFILES")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env("IMGBUILD_SECRETS", e.secrets())
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-        .output()
-        .expect("imgbuild runs")
-}
-
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-pub fn q(p: &Path) -> String {
-    format!("'{}'", p.display())
-}
+use super::bytes::{MIB, extract, place};
+use super::harness::{python, q, repo, sh, sh_status};
 
 /// A fake ELF header for /usr/bin/dash with the given e_machine.
 fn fake_elf(machine: u16) -> Vec<u8> {
@@ -192,33 +51,6 @@ pub fn mkfs_ext4(file: &Path, label: &str, size: u64, tree: &Path) {
         f = q(file),
         t = q(tree)
     ));
-}
-
-/// Copies `src` into `img` at byte `offset` without touching anything else.
-pub fn place(img: &Path, src: &Path, offset: u64) {
-    let data = std::fs::read(src).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
-    // Write only non-zero 64 KiB chunks so the image stays sparse.
-    for (i, chunk) in data.chunks(64 * 1024).enumerate() {
-        if chunk.iter().any(|&b| b != 0) {
-            f.write_all_at(chunk, offset + (i as u64) * 64 * 1024)
-                .unwrap();
-        }
-    }
-}
-
-/// Copies `len` bytes at `offset` of `img` into a new file.
-pub fn extract(img: &Path, offset: u64, len: u64, out: &Path) {
-    let f = File::open(img).unwrap();
-    let mut o = File::create(out).unwrap();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut done = 0;
-    while done < len {
-        let n = ((len - done) as usize).min(buf.len());
-        f.read_exact_at(&mut buf[..n], offset + done).unwrap();
-        o.write_all(&buf[..n]).unwrap();
-        done += n as u64;
-    }
 }
 
 pub const RK1_META: &str = "instance-id: cloud-image\ndsmode: local\n";
@@ -450,47 +282,6 @@ pub fn fixtures() -> &'static Fixtures {
         let nuc = build_nuc(dir.path(), 400);
         Fixtures { dir, rk1, cm4, nuc }
     })
-}
-
-/// sha256 of `len` bytes at `offset` of `path`.
-pub fn hash_range(path: &Path, offset: u64, len: u64) -> String {
-    use sha2::{Digest, Sha256};
-    let f = File::open(path).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; MIB as usize];
-    let mut done = 0;
-    while done < len {
-        let n = ((len - done) as usize).min(buf.len());
-        f.read_exact_at(&mut buf[..n], offset + done).unwrap();
-        h.update(&buf[..n]);
-        done += n as u64;
-    }
-    hex::encode(h.finalize())
-}
-
-/// Asserts that every byte of `a` and `b` outside the given ranges is equal.
-pub fn assert_equal_outside(a: &Path, b: &Path, ranges: &[(u64, u64)]) {
-    let size = std::fs::metadata(a).unwrap().len();
-    assert_eq!(
-        size,
-        std::fs::metadata(b).unwrap().len(),
-        "image sizes differ"
-    );
-    let mut ranges = ranges.to_vec();
-    ranges.sort();
-    let mut pos = 0;
-    for (start, len) in ranges.iter().copied().chain([(size, 0)]) {
-        if start > pos {
-            assert_eq!(
-                hash_range(a, pos, start - pos),
-                hash_range(b, pos, start - pos),
-                "bytes {pos}..{start} differ between {} and {}",
-                a.display(),
-                b.display()
-            );
-        }
-        pos = pos.max(start + len);
-    }
 }
 
 /// Extracts partition `index` and runs `fsck.fat -n` on it; returns its output.

@@ -1,0 +1,327 @@
+//! Turning merged node specs into nodes, and the checks across the whole set.
+
+mod cluster;
+mod rules;
+
+pub(super) use cluster::cross_checks;
+use rules::*;
+pub use rules::{hostname_error, label_key_error};
+
+use std::net::IpAddr;
+
+use super::Origin;
+use super::model::*;
+use crate::config::Problem;
+
+struct Ctx<'a, 'o> {
+    origin: &'a Origin<'o>,
+    problems: &'a mut Vec<Problem>,
+    ok: bool,
+}
+
+impl Ctx<'_, '_> {
+    fn bad(&mut self, field: &str, reason: impl Into<String>) {
+        self.ok = false;
+        self.problems.push(Problem::field(
+            &self.origin.file_for(field),
+            field,
+            reason.into(),
+        ));
+    }
+}
+
+pub(super) fn resolve_node(
+    cluster: &Cluster,
+    stem: &str,
+    spec: NodeSpec,
+    origin: &Origin,
+    boards: &[BoardInfo],
+    problems: &mut Vec<Problem>,
+) -> Option<Node> {
+    let mut cx = Ctx {
+        origin,
+        problems,
+        ok: true,
+    };
+    if let Some(e) = hostname_error(stem) {
+        cx.problems.push(Problem::file(
+            origin.node_file,
+            format!("the file name gives the node name, and {e}"),
+        ));
+        cx.ok = false;
+    }
+    let hostname = spec.hostname.unwrap_or_else(|| stem.to_string());
+    if let Some(e) = hostname_error(&hostname) {
+        cx.bad("hostname", e);
+    }
+    let board = match spec.board {
+        Some(b) => b,
+        None => {
+            let known: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+            cx.bad(
+                "board",
+                format!("missing; expected one of: {}", known.join(", ")),
+            );
+            String::new()
+        }
+    };
+    let board_info = boards.iter().find(|b| b.name == board);
+    if !board.is_empty() && board_info.is_none() {
+        let known: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
+        cx.bad(
+            "board",
+            format!(
+                "{board:?} has no firmware manifest; expected one of: {}",
+                known.join(", ")
+            ),
+        );
+    }
+
+    let turing_pi = match (spec.turing_pi, board_info) {
+        (Some(s), Some(b)) if !b.turing_pi_module => {
+            let _ = s;
+            cx.bad(
+                "turing_pi",
+                format!("board {:?} does not sit in a Turing Pi slot", b.name),
+            );
+            None
+        }
+        (None, Some(b)) if b.turing_pi_module => {
+            cx.bad(
+                "turing_pi",
+                format!(
+                    "missing; a {} module needs `turing_pi: {{board: <name>, slot: 1-4}}`",
+                    b.name
+                ),
+            );
+            None
+        }
+        (Some(s), _) => {
+            let slot = match s.slot {
+                Some(n @ 1..=4) => n,
+                Some(n) => {
+                    cx.bad(
+                        "turing_pi.slot",
+                        format!("{n} is not a slot; expected 1 to 4"),
+                    );
+                    0
+                }
+                None => {
+                    cx.bad("turing_pi.slot", "missing; expected 1 to 4");
+                    0
+                }
+            };
+            let names: Vec<&str> = cluster
+                .turing_pi_boards
+                .iter()
+                .map(|b| b.name.as_str())
+                .collect();
+            let tp = match (&s.board, cluster.turing_pi_boards.len()) {
+                (Some(name), _) => cluster.turing_pi_boards.iter().find(|b| &b.name == name),
+                (None, 1) => cluster.turing_pi_boards.first(),
+                (None, _) => None,
+            };
+            match tp {
+                Some(tp) => Some(Slot {
+                    board: tp.name.clone(),
+                    bmc: tp.bmc.clone(),
+                    slot,
+                }),
+                None => {
+                    cx.bad(
+                        "turing_pi.board",
+                        format!(
+                            "{} is not among cluster.turing_pi_boards ({})",
+                            s.board
+                                .as_deref()
+                                .map_or("(not given)".into(), |b| format!("{b:?}")),
+                            if names.is_empty() {
+                                "none defined".into()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        (None, _) => None,
+    };
+
+    let k = spec.k3s.unwrap_or_default();
+    let role = k.role.unwrap_or(Role::Agent);
+    let cluster_init = k.cluster_init.unwrap_or(false);
+    if cluster_init && role != Role::Server {
+        cx.bad(
+            "k3s.cluster_init",
+            "only a server can initialise the cluster; set `k3s.role: server`",
+        );
+    }
+    let labels = k.labels.unwrap_or_default();
+    for (key, value) in &labels {
+        if let Some(e) = label_key_error(key).or_else(|| label_value_error(value)) {
+            cx.bad(&format!("k3s.labels.{key}"), e);
+        }
+    }
+    let taints = k.taints.unwrap_or_default();
+    for (i, t) in taints.iter().enumerate() {
+        if let Some(e) = taint_error(t) {
+            cx.bad(&format!("k3s.taints[{i}]"), e);
+        }
+    }
+    let node_ip = k.node_ip.and_then(|s| match s.parse::<IpAddr>() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            cx.bad("k3s.node_ip", format!("{s:?} is not an IP address"));
+            None
+        }
+    });
+    if let Some(i) = &k.flannel_iface
+        && (!iface_ok(i) || i.contains(['*', '?']))
+    {
+        cx.bad(
+            "k3s.flannel_iface",
+            format!("{i:?} is not an interface name"),
+        );
+    }
+
+    let net = spec.network.unwrap_or_default();
+    let m = net.match_.unwrap_or_default();
+    if let Some(name) = &m.name
+        && !iface_ok(name)
+    {
+        cx.bad(
+            "network.match.name",
+            format!("{name:?} is not an interface name or glob"),
+        );
+    }
+    if let Some(mac) = &m.mac
+        && !mac_ok(mac)
+    {
+        cx.bad(
+            "network.match.mac",
+            format!("{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"),
+        );
+    }
+    if m.name.is_some() && m.mac.is_some() {
+        cx.bad("network.match", "give either `name` or `mac`, not both");
+    }
+    let address = net.address.as_deref().and_then(|a| match IpNet::parse(a) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            cx.bad("network.address", e);
+            None
+        }
+    });
+    let dhcp = net.dhcp.unwrap_or(net.address.is_none());
+    if dhcp && net.address.is_some() {
+        cx.bad(
+            "network.dhcp",
+            "true together with a static `address`; choose one",
+        );
+    }
+    if !dhcp && net.address.is_none() {
+        cx.bad(
+            "network.address",
+            "missing; without DHCP a static address/prefix is needed",
+        );
+    }
+    let gateway = net
+        .gateway
+        .as_deref()
+        .and_then(|g| match g.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                cx.bad("network.gateway", format!("{g:?} is not an IP address"));
+                None
+            }
+        });
+    if let (Some(a), Some(g)) = (&address, &gateway)
+        && !a.contains(g)
+    {
+        cx.bad(
+            "network.gateway",
+            format!("{g} is outside the subnet of the node's address {a}"),
+        );
+    }
+    let mut dns = Vec::new();
+    for (i, d) in net.dns.unwrap_or_default().iter().enumerate() {
+        match d.parse::<IpAddr>() {
+            Ok(ip) => dns.push(ip),
+            Err(_) => cx.bad(
+                &format!("network.dns[{i}]"),
+                format!("{d:?} is not an IP address"),
+            ),
+        }
+    }
+    if dns.is_empty() {
+        dns = cluster.dns.clone();
+    }
+
+    let sw = spec.swap.unwrap_or_default();
+    let zram = sw.zram.map(|z| {
+        let percent = z.percent.unwrap_or(50);
+        if !(1..=100).contains(&percent) {
+            cx.bad(
+                "swap.zram.percent",
+                format!("{percent} must be from 1 to 100"),
+            );
+        }
+        let algorithm = z.algorithm.unwrap_or_else(|| "zstd".into());
+        if !["zstd", "lz4", "lzo", "lzo-rle", "lz4hc", "842"].contains(&algorithm.as_str()) {
+            cx.bad(
+                "swap.zram.algorithm",
+                format!("{algorithm:?} must be one of zstd, lz4, lz4hc, lzo, lzo-rle, 842"),
+            );
+        }
+        Zram { percent, algorithm }
+    });
+    if let Some(s) = sw.swappiness
+        && s > 200
+    {
+        cx.bad("swap.swappiness", format!("{s} must be from 0 to 200"));
+    }
+    let packages = spec.packages.unwrap_or_default();
+    for (i, p) in packages.iter().enumerate() {
+        if !package_ok(p) {
+            cx.bad(
+                &format!("packages[{i}]"),
+                format!("{p:?} is not a Debian package name"),
+            );
+        }
+    }
+
+    let ok = cx.ok;
+    ok.then(|| Node {
+        name: stem.to_string(),
+        fqdn: cluster.domain.as_ref().map(|d| format!("{hostname}.{d}")),
+        hostname,
+        board,
+        turing_pi,
+        k3s: K3sNode {
+            role,
+            cluster_init,
+            labels,
+            taints,
+            node_ip,
+            flannel_iface: k.flannel_iface,
+        },
+        network: Network {
+            match_name: m.name,
+            match_mac: m.mac,
+            dhcp,
+            address,
+            gateway,
+            dns,
+        },
+        nvidia: spec.nvidia.unwrap_or(false),
+        swap: Swap {
+            zram,
+            file_mib: sw.file_mib.unwrap_or(0),
+            swappiness: sw.swappiness,
+        },
+        packages,
+        file: origin.node_file.to_owned(),
+    })
+}

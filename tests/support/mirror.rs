@@ -1,0 +1,82 @@
+//! Per-test-binary state for bakes: a secrets directory, a cache and a
+//! stand-in k3s release served on loopback, and running imgbuild with them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use super::harness::bin;
+use super::http;
+
+pub const K3S_VERSION: &str = "v1.32.5+k3s1";
+
+/// Per-test-binary state: a secrets dir, a cache and a loopback k3s release mirror.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub mirror: http::Server,
+    pub k3s_arm64: Vec<u8>,
+    pub k3s_amd64: Vec<u8>,
+}
+
+impl Env {
+    pub fn secrets(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+    pub fn mirror_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.mirror.port)
+    }
+}
+
+pub fn env() -> &'static Env {
+    static E: OnceLock<Env> = OnceLock::new();
+    E.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let dir = tempfile::tempdir().unwrap();
+        let mirror = http::Server::start(http::Faults {
+            ranges: true,
+            ..Default::default()
+        });
+        let tag = K3S_VERSION.replace('+', "%2B");
+        let mut assets = Vec::new();
+        for (arch, bin) in [("arm64", "k3s-arm64"), ("amd64", "k3s")] {
+            let binary = format!("#!/bin/sh\n# stand-in for the k3s {arch} binary\n").into_bytes();
+            let images = format!("stand-in for k3s-airgap-images-{arch}.tar.zst").into_bytes();
+            let images_name = format!("k3s-airgap-images-{arch}.tar.zst");
+            let sums = format!(
+                "{}  {bin}\n{}  {images_name}\n{}  k3s-images.txt\n",
+                hex::encode(Sha256::digest(&binary)),
+                hex::encode(Sha256::digest(&images)),
+                "0".repeat(64)
+            );
+            mirror.put(&format!("/{tag}/{bin}"), binary.clone());
+            mirror.put(&format!("/{tag}/{images_name}"), images);
+            mirror.put(&format!("/{tag}/sha256sum-{arch}.txt"), sums.into_bytes());
+            assets.push(binary);
+        }
+        Env {
+            dir,
+            mirror,
+            k3s_amd64: assets.pop().unwrap(),
+            k3s_arm64: assets.pop().unwrap(),
+        }
+    })
+}
+
+/// Runs imgbuild with `args` in `cwd`, with this test binary's secrets, cache and k3s mirror.
+pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
+    let e = env();
+    Command::new(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("IMGBUILD_PROFILES")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .env("IMGBUILD_SECRETS", e.secrets())
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .output()
+        .expect("imgbuild runs")
+}
