@@ -88,7 +88,7 @@ fn assert_no_partials(dir: &Path) {
 #[test]
 fn rk1_bake_writes_seed_and_root_and_nothing_else() {
     let fx = fixtures();
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch();
     let base_hash = hash_range(
         &fx.rk1.path,
         0,
@@ -137,6 +137,22 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
         serde_yaml_ng::from_slice(&fat_cat(&part, "/meta-data")).unwrap();
     assert_eq!(meta["instance-id"].as_str(), report["instance_id"].as_str());
     assert_eq!(meta["local-hostname"].as_str(), Some("node02"));
+    // What cloud-init and netplan themselves make of the seed.
+    let seen = cloud_init_seed(&fat_cat(&part, "/meta-data"), &user);
+    assert_eq!(seen["meta_data"]["local-hostname"], "node02");
+    assert_eq!(seen["meta_data"]["instance-id"], report["instance_id"]);
+    assert_eq!(seen["user_data"]["hostname"], "node02");
+    assert_eq!(seen["user_data"]["users"][0]["name"], "admin");
+    assert_eq!(
+        seen["user_data"]["users"][0]["ssh_authorized_keys"][0],
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA admin@laptop"
+    );
+    assert_networkd(
+        &fat_cat(&part, "/network-config"),
+        "en*",
+        "192.168.1.102/24",
+        "192.168.1.1",
+    );
 
     // Everything outside the partitions that received files is byte-identical,
     // U-Boot in the raw area included.
@@ -187,7 +203,7 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
 #[test]
 fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
     let fx = fixtures();
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch();
     let (out, report) = bake(work.path(), "node01.cm4.img", &fx.cm4.path);
     fsck_fat(&fx.cm4, &out, 1, work.path());
     let part = work.path().join("p1.fat");
@@ -209,6 +225,15 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
         );
     }
     cloud_init_schema(&mtype("user-data"), work.path());
+    let seen = cloud_init_seed(&mtype("meta-data"), &mtype("user-data"));
+    assert_eq!(seen["meta_data"]["local-hostname"], "node01");
+    assert_eq!(seen["user_data"]["hostname"], "node01");
+    assert_networkd(
+        &mtype("network-config"),
+        "eth0",
+        "192.168.1.101/24",
+        "192.168.1.1",
+    );
     // Other files on system-boot are intact.
     let listing = String::from_utf8(sh(&format!("mdir -i {} -b ::/", q(&part))).stdout).unwrap();
     assert!(
@@ -235,8 +260,8 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
 #[test]
 fn identical_inputs_give_identical_images() {
     let fx = fixtures();
-    let a = tempfile::tempdir().unwrap();
-    let b = tempfile::tempdir().unwrap();
+    let a = scratch();
+    let b = scratch();
     let (x, rx) = bake(a.path(), "node03.rk1.img", &fx.rk1.path);
     let (y, ry) = bake(b.path(), "node03.rk1.img", &fx.rk1.path);
     let len = std::fs::metadata(&x).unwrap().len();
@@ -250,7 +275,7 @@ fn identical_inputs_give_identical_images() {
 #[test]
 fn all_builds_every_node_with_per_board_bases() {
     let fx = fixtures();
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch();
     let profiles = repo().join("profiles");
     let r = imgbuild(
         work.path(),
@@ -303,7 +328,7 @@ fn all_builds_every_node_with_per_board_bases() {
 #[test]
 fn nuc_seed_goes_into_the_root_file_system() {
     let fx = fixtures();
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch();
     let (out, report) = bake(work.path(), "ws03.nuc.img", &fx.nuc.path);
     let roles = touched(&report);
     assert!(roles.iter().all(|r| r == "root"), "{roles:?}");
@@ -328,6 +353,24 @@ fn nuc_seed_goes_into_the_root_file_system() {
         &fs.read(format!("{dir}/user-data").as_str()).unwrap(),
         work.path(),
     );
+    let read = |name: &str| fs.read(format!("{dir}/{name}").as_str()).unwrap();
+    let seen = cloud_init_seed(&read("meta-data"), &read("user-data"));
+    assert_eq!(seen["meta_data"]["local-hostname"], "ws03");
+    assert_eq!(seen["user_data"]["hostname"], "ws03");
+    // ws03 takes its address by DHCP on any wired interface (en* and eth*).
+    let networkd = netplan_generate(&read("network-config"));
+    let mut names: Vec<&str> = networkd
+        .values()
+        .flat_map(|u| u.lines().filter_map(|l| l.strip_prefix("Name=")))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["en*", "eth*"], "{networkd:?}");
+    for unit in networkd.values() {
+        assert!(
+            unit.lines().any(|l| l == "DHCP=ipv4") && !unit.contains("Address="),
+            "{unit}"
+        );
+    }
     // The ESP, BOOT and BIOS boot partitions are untouched.
     assert_equal_outside(&fx.nuc.path, &out, &[fx.nuc.part(1)]);
     let t = text(&imgbuild(work.path(), &["inspect", out.to_str().unwrap()]));
@@ -335,4 +378,22 @@ fn nuc_seed_goes_into_the_root_file_system() {
         t.contains("node ws03 (nuc board)") && t.contains(dir),
         "{t}"
     );
+}
+
+/// Checks what netplan renders from a static node's network-config: one
+/// systemd-networkd unit matching `name` with the address and default route.
+fn assert_networkd(network_config: &[u8], name: &str, address: &str, gateway: &str) {
+    let units = netplan_generate(network_config);
+    assert_eq!(units.len(), 1, "{units:?}");
+    let unit = units.values().next().unwrap();
+    for line in [
+        format!("Name={name}"),
+        format!("Address={address}"),
+        "Destination=0.0.0.0/0".to_string(),
+        format!("Gateway={gateway}"),
+        "DNS=192.168.1.1".to_string(),
+    ] {
+        assert!(unit.lines().any(|l| l == line), "no {line:?} in\n{unit}");
+    }
+    assert!(!unit.contains("DHCP=ipv4"), "{unit}");
 }

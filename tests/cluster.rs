@@ -84,7 +84,7 @@ fn assert_known_keys(v: &serde_yaml_ng::Value, what: &str) {
 fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     let fx = fixtures();
     let e = env();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let (server_img, _) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &[]);
     let (agent_img, _) = bake(w.path(), "node02.rk1.img", &fx.rk1.path, &[]);
     let (gpu_img, _) = bake(w.path(), "ws03.nuc.img", &fx.nuc.path, &[]);
@@ -276,7 +276,7 @@ fn file_hashes(dir: &Path) -> BTreeMap<String, (String, u32)> {
 fn secrets_are_kept_private_reused_and_never_printed() {
     let fx = fixtures();
     let e = env();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let (_, log1) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &[]);
     let before = file_hashes(&e.secrets());
     assert!(before.len() >= 13, "{before:?}");
@@ -361,16 +361,18 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         outputs.push(text(&r));
     }
     let img = w.path().join("node01.cm4.img");
-    outputs.push(text(&imgbuild(
-        w.path(),
-        &["inspect", img.to_str().unwrap()],
-    )));
-    outputs.push(text(&imgbuild(
-        w.path(),
-        &["inspect", "--json", img.to_str().unwrap()],
-    )));
+    for args in [
+        vec!["inspect", img.to_str().unwrap()],
+        vec!["inspect", "--json", img.to_str().unwrap()],
+    ] {
+        let r = imgbuild(w.path(), &args);
+        // A scan of a crashed command's output would prove nothing.
+        assert!(r.status.success(), "{args:?}: {}", text(&r));
+        assert!(text(&r).contains("node01"), "{args:?}: {}", text(&r));
+        outputs.push(text(&r));
+    }
     // Failures must not leak either: a bad base after secrets are loaded.
-    outputs.push(text(&imgbuild(
+    let failed = imgbuild(
         w.path(),
         &[
             "--profiles",
@@ -379,7 +381,17 @@ fn secrets_are_kept_private_reused_and_never_printed() {
             fx.rk1.path.to_str().unwrap(),
             "x/node01.cm4.img",
         ],
-    )));
+    );
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert!(
+        text(&failed).contains("not a usable cm4 base image"),
+        "{}",
+        text(&failed)
+    );
+    outputs.push(text(&failed));
+    for s in &secrets {
+        assert!(s.len() >= 16, "secret value too short to scan for: {s:?}");
+    }
     for out in &outputs {
         for s in &secrets {
             assert!(
@@ -388,26 +400,43 @@ fn secrets_are_kept_private_reused_and_never_printed() {
             );
         }
     }
-    let inv = text(&imgbuild(w.path(), &["secrets", "--profiles", p]));
+    let inv = imgbuild(w.path(), &["secrets", "--profiles", p]);
+    assert!(inv.status.success(), "{}", text(&inv));
+    let inv = text(&inv);
     assert!(
         inv.contains("cluster/tls/server-ca.key") && inv.contains("never shown"),
         "{inv}"
     );
     // The token is printed only when asked for.
-    let tok = text(&imgbuild(
+    let tok = imgbuild(
         w.path(),
         &["secrets", "--print-token", "server", "--profiles", p],
-    ));
+    );
+    assert!(tok.status.success(), "{}", text(&tok));
+    let tok = String::from_utf8(tok.stdout).unwrap();
     assert!(
         tok.trim().starts_with("K10") && tok.contains(&secrets[0]),
         "{tok}"
+    );
+    // The agent token: the node form with the agent password, not the server's.
+    let agent = imgbuild(
+        w.path(),
+        &["secrets", "--print-token", "agent", "--profiles", p],
+    );
+    assert!(agent.status.success(), "{}", text(&agent));
+    let agent = String::from_utf8(agent.stdout).unwrap();
+    let ca_hash = tok.trim()[3..].split("::").next().unwrap().to_string();
+    assert_eq!(
+        agent.trim(),
+        format!("K10{ca_hash}::node:{}", secrets[1]),
+        "agent token"
     );
 }
 
 #[test]
 fn a_readable_secrets_directory_is_refused() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let dir = w.path().join("open-secrets");
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -438,7 +467,7 @@ fn a_readable_secrets_directory_is_refused() {
 #[test]
 fn a_k3s_mirror_with_a_wrong_digest_is_refused() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let mirror = http::Server::start(http::Faults::default());
     let tag = K3S_VERSION.replace('+', "%2B");
     mirror.put(&format!("/{tag}/k3s-arm64"), b"tampered".to_vec());
@@ -485,7 +514,7 @@ fn a_k3s_mirror_with_a_wrong_digest_is_refused() {
 #[test]
 fn preflight_checks_catch_clusters_that_cannot_form() {
     let check = |edits: &[(&str, &str)]| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         sh(&format!(
             "cp -r {} {}",
             q(&repo().join("profiles")),

@@ -46,7 +46,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn target_names_and_nodes_are_checked_before_any_work() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let base = s(&fx.rk1.path);
     let r = run(w.path(), &["--base", base, "node02.cm4.img"]);
     assert_eq!(r.code, 2, "{}", r.text);
@@ -96,7 +96,7 @@ fn target_names_and_nodes_are_checked_before_any_work() {
 #[test]
 fn a_base_of_the_wrong_layout_is_refused() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     // MBR image for a GPT board.
     let r = run(w.path(), &["--base", s(&fx.cm4.path), "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
@@ -160,7 +160,7 @@ fn a_base_of_the_wrong_layout_is_refused() {
 
 #[test]
 fn the_wrong_release_or_architecture_is_refused() {
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let jammy = build_rk1_with(w.path(), "jammy.img", 64, 183, "22.04");
     let r = run(w.path(), &["--base", s(&jammy.path), "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
@@ -184,7 +184,7 @@ fn the_wrong_release_or_architecture_is_refused() {
 #[test]
 fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let full = w.path().join("full.img");
     std::fs::copy(&fx.rk1.path, &full).unwrap();
     let (start, len) = fx.rk1.part(1);
@@ -229,7 +229,7 @@ fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
 #[test]
 fn an_unwritable_output_directory_is_reported() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let blocker = w.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
     let target: PathBuf = blocker.join("node02.rk1.img");
@@ -245,7 +245,7 @@ fn an_unwritable_output_directory_is_reported() {
 #[test]
 fn the_output_may_not_be_the_base() {
     let fx = fixtures();
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let base = w.path().join("node02.rk1.img");
     std::fs::copy(&fx.rk1.path, &base).unwrap();
     let r = run(w.path(), &["--base", s(&base), s(&base)]);
@@ -259,7 +259,7 @@ fn the_output_may_not_be_the_base() {
 
 #[test]
 fn help_and_version_are_complete() {
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let out = imgbuild(w.path(), &["--version"]);
     assert!(text(&out).contains(env!("CARGO_PKG_VERSION")));
     let help = text(&imgbuild(w.path(), &["--help"]));
@@ -290,7 +290,7 @@ fn an_interrupted_build_leaves_no_partial_and_no_output() {
     let profiles = repo().join("profiles");
     let e = env();
     for attempt in 0..5 {
-        let w = tempfile::tempdir().unwrap();
+        let w = scratch();
         let target = w.path().join("node01.cm4.img.xz");
         let mut child = std::process::Command::new(bin())
             .args([

@@ -72,7 +72,7 @@ fn dump(path: &Path) -> BTreeMap<String, Vec<u8>> {
 
 #[test]
 fn writes_to_the_rk1_cidata_volume_that_fatfs_and_mtools_refuse() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let img = dir.path().join("cidata");
     small_volume(&img);
     // mtools refuses this volume; this is the reason the writer exists.
@@ -97,7 +97,7 @@ fn writes_to_the_rk1_cidata_volume_that_fatfs_and_mtools_refuse() {
 
 #[test]
 fn replacing_a_file_frees_its_clusters() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let img = dir.path().join("v");
     small_volume(&img);
     let free0 = edit(&img, |v| v.free_bytes());
@@ -119,7 +119,7 @@ fn replacing_a_file_frees_its_clusters() {
 
 #[test]
 fn a_full_volume_reports_sizes() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let img = dir.path().join("v");
     small_volume(&img);
     let err = edit(&img, |v| {
@@ -136,7 +136,7 @@ fn a_full_volume_reports_sizes() {
 
 #[test]
 fn directories_grow_and_nest() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let img = dir.path().join("v");
     large_volume(&img);
     let mut model = BTreeMap::new();
@@ -259,12 +259,12 @@ fn apply_ops(img: &Path, ops: &[FatOp]) -> BTreeMap<String, Vec<u8>> {
 }
 
 proptest! {
-    // IMGBUILD_FAT_CASES raises the case count for a longer local run.
-    #![proptest_config(ProptestConfig { cases: std::env::var("IMGBUILD_FAT_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24), failure_persistence: None, .. ProptestConfig::default() })]
+    // IMGBUILD_PROPTEST_CASES / IMGBUILD_PROPTEST_SEED for a longer local run.
+    #![proptest_config(proptest_config(48))]
 
     #[test]
     fn random_edits_stay_fsck_clean_and_read_back(small in any::<bool>(), ops in prop::collection::vec(op_strategy(), 1..40)) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         let img = dir.path().join("v");
         if small { small_volume(&img) } else { large_volume(&img) }
         let before = std::fs::read(&img).unwrap();

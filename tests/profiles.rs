@@ -13,7 +13,7 @@ use support::{harness::*, mirror::*};
 
 /// Copies the shipped profiles into a temp dir, applies `edits` (file, contents), runs check.
 fn check_with(edits: &[(&str, &str)]) -> (i32, String, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     sh(&format!(
         "cp -r {} {}",
         q(&repo().join("profiles")),
@@ -180,7 +180,7 @@ fn missing_or_broken_files_are_named() {
         out.contains("cluster.yaml: cluster: missing field `server`"),
         "{out}"
     );
-    let w = tempfile::tempdir().unwrap();
+    let w = scratch();
     let out = imgbuild(
         w.path(),
         &[
@@ -207,7 +207,7 @@ fn a_hostile_key_comment_stays_one_yaml_value() {
         "- \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA x\\\" }]\\t #: {runcmd: [reboot]} '\"",
     );
     assert!(cluster.contains("runcmd"));
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     sh(&format!(
         "cp -r {} {}",
         q(&repo().join("profiles")),
@@ -227,7 +227,7 @@ fn a_hostile_key_comment_stays_one_yaml_value() {
     let key = v["users"][0]["ssh_authorized_keys"][0].as_str().unwrap();
     assert!(key.ends_with("x\" }]\t #: {runcmd: [reboot]} '"), "{key}");
     assert!(v.get("runcmd").is_none());
-    let work = tempfile::tempdir().unwrap();
+    let work = scratch();
     let f = work.path().join("ud");
     std::fs::write(&f, &ud.contents).unwrap();
     let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
@@ -236,7 +236,7 @@ fn a_hostile_key_comment_stays_one_yaml_value() {
 
 #[test]
 fn bad_manifests_are_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     sh(&format!(
         "cp -r {} {}",
         q(&repo().join("firmware-manifests")),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use super::bytes::{MIB, extract, place};
-use super::harness::{python, q, repo, sh, sh_status};
+use super::harness::{python, q, repo, sh, sh_status, shared_scratch};
 
 /// A fake ELF header for /usr/bin/dash with the given e_machine.
 fn fake_elf(machine: u16) -> Vec<u8> {
@@ -266,7 +266,7 @@ pub fn build_nuc(dir: &Path, size_mib: u64) -> Layout {
 }
 
 pub struct Fixtures {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub rk1: Layout,
     pub cm4: Layout,
     pub nuc: Layout,
@@ -276,10 +276,10 @@ pub struct Fixtures {
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        let rk1 = build_rk1(dir.path(), 160);
-        let cm4 = build_cm4(dir.path(), 160);
-        let nuc = build_nuc(dir.path(), 400);
+        let dir = shared_scratch();
+        let rk1 = build_rk1(&dir, 160);
+        let cm4 = build_cm4(&dir, 160);
+        let nuc = build_nuc(&dir, 400);
         Fixtures { dir, rk1, cm4, nuc }
     })
 }
@@ -317,4 +317,55 @@ pub fn fat_cat(part: &Path, name: &str) -> Vec<u8> {
         p = q(part)
     ))
     .stdout
+}
+
+/// What cloud-init itself makes of a NoCloud seed (`meta-data`, `user-data`):
+/// read with its NoCloud directory reader, user-data validated strictly against
+/// its schema (tests/fixtures/cloudinit_seed.py, run by the system Python that
+/// carries the cloudinit package).
+pub fn cloud_init_seed(meta_data: &[u8], user_data: &[u8]) -> serde_json::Value {
+    let dir = super::harness::scratch();
+    std::fs::write(dir.path().join("meta-data"), meta_data).unwrap();
+    std::fs::write(dir.path().join("user-data"), user_data).unwrap();
+    let out = sh(&format!(
+        "/usr/bin/python3 {} {}",
+        q(&repo().join("tests/fixtures/cloudinit_seed.py")),
+        q(dir.path())
+    ));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What netplan, which consumes network-config v2 on Ubuntu, makes of a
+/// network-config: the systemd-networkd files `netplan generate` writes, by
+/// file name.
+pub fn netplan_generate(network_config: &[u8]) -> std::collections::BTreeMap<String, String> {
+    let root = super::harness::scratch();
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_slice(network_config).unwrap();
+    // cloud-init writes the v2 config under a `network:` key for netplan.
+    let wrapped = if yaml.get("network").is_some() {
+        yaml
+    } else {
+        let mut m = serde_yaml_ng::Mapping::new();
+        m.insert("network".into(), yaml);
+        serde_yaml_ng::Value::Mapping(m)
+    };
+    let etc = root.path().join("etc/netplan");
+    std::fs::create_dir_all(&etc).unwrap();
+    let file = etc.join("50-cloud-init.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&wrapped).unwrap()).unwrap();
+    sh(&format!(
+        "chmod 600 {f}; netplan generate --root-dir {r}",
+        f = q(&file),
+        r = q(root.path())
+    ));
+    let mut out = std::collections::BTreeMap::new();
+    let dir = root.path().join("run/systemd/network");
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path()).unwrap(),
+        );
+    }
+    out
 }

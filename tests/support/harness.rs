@@ -24,6 +24,91 @@ pub fn python() -> String {
     q(&py)
 }
 
+/// Where tests put scratch files: the cargo target directory, never /tmp.
+pub fn scratch_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
+/// A scratch directory for one test, removed when dropped.
+pub fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("imgbuild-test-")
+        .tempdir_in(scratch_root())
+        .unwrap()
+}
+
+static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_shared_scratch() {
+    if let Ok(dirs) = AT_EXIT.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A scratch directory for state the tests of one binary share (a static is
+/// never dropped), removed when the test process exits.
+pub fn shared_scratch() -> PathBuf {
+    let dir = scratch().keep();
+    let mut dirs = AT_EXIT.lock().unwrap();
+    if dirs.is_empty() {
+        // SAFETY: registers a plain function with no captured state.
+        unsafe { libc::atexit(remove_shared_scratch) };
+    }
+    dirs.push(dir.clone());
+    dir
+}
+
+/// Says on stderr, past the test harness's output capture, that a check was
+/// skipped and why.
+pub fn skipped(what: &str, why: &str) {
+    note(&format!("SKIPPED: {what}: {why}"));
+}
+
+/// Whether checks that need privileges must run rather than be skipped: in
+/// CI (which runs as root) or whenever we are root.
+pub fn must_run_privileged_checks() -> bool {
+    std::env::var_os("CI").is_some() || unsafe { libc::geteuid() } == 0
+}
+
+/// The proptest configuration every property test uses: a fixed seed (so a
+/// CI failure reproduces), printed, and `default_cases` cases. For a long run:
+/// `IMGBUILD_PROPTEST_CASES=2000 IMGBUILD_PROPTEST_SEED=<n>|random cargo test --release`.
+pub fn proptest_config(default_cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let cases = std::env::var("IMGBUILD_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    let seed = match std::env::var("IMGBUILD_PROPTEST_SEED").ok().as_deref() {
+        Some("random") => {
+            use std::hash::{BuildHasher, RandomState};
+            RandomState::new().hash_one(std::time::SystemTime::now())
+        }
+        Some(v) => v
+            .parse()
+            .expect("IMGBUILD_PROPTEST_SEED is a number or `random`"),
+        None => 0x1a6b_0117,
+    };
+    note(&format!(
+        "property test: {cases} cases, seed {seed} (IMGBUILD_PROPTEST_SEED={seed} repeats it)"
+    ));
+    Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn note(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"))
 }

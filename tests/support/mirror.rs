@@ -6,14 +6,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use super::harness::bin;
+use super::harness::{bin, shared_scratch};
 use super::http;
 
 pub const K3S_VERSION: &str = "v1.32.5+k3s1";
 
 /// Per-test-binary state: a secrets dir, a cache and a loopback k3s release mirror.
 pub struct Env {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub mirror: http::Server,
     pub k3s_arm64: Vec<u8>,
     pub k3s_amd64: Vec<u8>,
@@ -21,10 +21,10 @@ pub struct Env {
 
 impl Env {
     pub fn secrets(&self) -> PathBuf {
-        self.dir.path().join("secrets")
+        self.dir.join("secrets")
     }
     pub fn cache(&self) -> PathBuf {
-        self.dir.path().join("cache")
+        self.dir.join("cache")
     }
     pub fn mirror_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.mirror.port)
@@ -35,7 +35,7 @@ pub fn env() -> &'static Env {
     static E: OnceLock<Env> = OnceLock::new();
     E.get_or_init(|| {
         use sha2::{Digest, Sha256};
-        let dir = tempfile::tempdir().unwrap();
+        let dir = shared_scratch();
         let mirror = http::Server::start(http::Faults {
             ranges: true,
             ..Default::default()
