@@ -70,6 +70,29 @@ fn dump(path: &Path) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Free bytes as dosfstools counts them: `fsck.fat -n -v` reports used/total
+/// clusters and the cluster size from its own walk of the FAT.
+fn fsck_free_bytes(img: &Path) -> u64 {
+    let (code, out) = sh_status(&format!("fsck.fat -n -v {}", q(img)));
+    assert_eq!(code, 0, "{out}");
+    let cluster: u64 = out
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" bytes per cluster"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (used, total) = out
+        .lines()
+        .find_map(|l| l.trim().strip_suffix(" clusters"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|l| l.split_once('/'))
+        .unwrap();
+    let used: u64 = used.parse().unwrap();
+    let total: u64 = total.parse().unwrap();
+    (total - used) * cluster
+}
+
 #[test]
 fn writes_to_the_rk1_cidata_volume_that_fatfs_and_mtools_refuse() {
     let dir = scratch();
@@ -88,6 +111,9 @@ fn writes_to_the_rk1_cidata_volume_that_fatfs_and_mtools_refuse() {
         v.label()
     });
     assert_eq!(label, "CIDATA");
+    // dosfstools reads the same label from the boot sector / root entry.
+    let out = sh(&format!("fatlabel {} 2>/dev/null", q(&img))).stdout;
+    assert_eq!(String::from_utf8(out).unwrap().trim(), "CIDATA");
     fsck_clean(&img);
     let files = dump(&img);
     assert_eq!(files["/meta-data"], b"instance-id: x\n");
@@ -101,12 +127,20 @@ fn replacing_a_file_frees_its_clusters() {
     let img = dir.path().join("v");
     small_volume(&img);
     let free0 = edit(&img, |v| v.free_bytes());
+    assert_eq!(free0, fsck_free_bytes(&img), "free space before");
     edit(&img, |v| v.write_file("/big", &vec![1u8; 100_000]).unwrap());
     let free1 = edit(&img, |v| v.free_bytes());
     assert_eq!(free0 - free1, 100_352); // 196 clusters of 512 bytes
+    // dosfstools counts the same free clusters (it walks the FAT itself).
+    assert_eq!(free1, fsck_free_bytes(&img), "free space after a write");
     edit(&img, |v| v.write_file("/BIG", b"small").unwrap());
     let free2 = edit(&img, |v| v.free_bytes());
     assert_eq!(free0 - free2, 512);
+    assert_eq!(
+        free2,
+        fsck_free_bytes(&img),
+        "free space after a replacement"
+    );
     fsck_clean(&img);
     // Case-insensitive replacement kept the original long name's entry out.
     let files = dump(&img);
