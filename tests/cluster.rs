@@ -275,27 +275,30 @@ fn file_hashes(dir: &Path) -> BTreeMap<String, (String, u32)> {
 #[test]
 fn secrets_are_kept_private_reused_and_never_printed() {
     let fx = fixtures();
-    let e = env();
     let w = scratch();
-    let (_, log1) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &[]);
-    let before = file_hashes(&e.secrets());
+    // A secrets directory of its own: what exists does not depend on which
+    // other tests of this binary ran first.
+    let own = w.path().join("secrets");
+    let sd = own.to_str().unwrap();
+    let (_, log1) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &["--secrets", sd]);
+    let before = file_hashes(&own);
     assert!(before.len() >= 13, "{before:?}");
     for (rel, (_, m)) in &before {
         assert_eq!(*m, 0o600, "{rel} is not 0600");
     }
     assert_eq!(
-        std::fs::metadata(e.secrets()).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&own).unwrap().permissions().mode() & 0o777,
         0o700
     );
     let (_, log2) = bake(
         w.path(),
         "node01.cm4.img",
         &fx.cm4.path,
-        &["--format", "img"],
+        &["--format", "img", "--secrets", sd],
     );
     // Rebuilding the cluster-init server warns that it would start a new cluster.
     assert!(log2.contains("starts a new, empty cluster"), "{log2}");
-    let after = file_hashes(&e.secrets());
+    let after = file_hashes(&own);
     for (rel, v) in &before {
         assert_eq!(after.get(rel), Some(v), "{rel} changed on a second build");
     }
@@ -305,12 +308,14 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         &[
             "secrets",
             "--known-hosts",
+            "--secrets",
+            sd,
             "--profiles",
             repo().join("profiles").to_str().unwrap(),
         ],
     ));
     let pubkey =
-        std::fs::read_to_string(e.secrets().join("nodes/node01/ssh_host_ed25519_key.pub")).unwrap();
+        std::fs::read_to_string(own.join("nodes/node01/ssh_host_ed25519_key.pub")).unwrap();
     let key_b64 = pubkey.split_whitespace().nth(1).unwrap();
     assert!(
         hosts.lines().any(
@@ -328,7 +333,7 @@ fn secrets_are_kept_private_reused_and_never_printed() {
     ]
     .iter()
     .map(|r| {
-        std::fs::read_to_string(e.secrets().join(r))
+        std::fs::read_to_string(own.join(r))
             .unwrap()
             .trim()
             .to_string()
@@ -341,7 +346,7 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         ]
         .iter()
         .map(|r| {
-            let pem = std::fs::read_to_string(e.secrets().join(r)).unwrap();
+            let pem = std::fs::read_to_string(own.join(r)).unwrap();
             pem.lines().nth(1).unwrap().to_string()
         }),
     )
@@ -350,10 +355,18 @@ fn secrets_are_kept_private_reused_and_never_printed() {
     let p = profiles.to_str().unwrap();
     let mut outputs = vec![log1, log2];
     for args in [
-        vec!["check", "--profiles", p],
-        vec!["render", "node01", "--profiles", p],
-        vec!["render", "node01", "--json", "--profiles", p],
-        vec!["secrets", "--profiles", p],
+        vec!["check", "--secrets", sd, "--profiles", p],
+        vec!["render", "node01", "--secrets", sd, "--profiles", p],
+        vec![
+            "render",
+            "node01",
+            "--json",
+            "--secrets",
+            sd,
+            "--profiles",
+            p,
+        ],
+        vec!["secrets", "--secrets", sd, "--profiles", p],
         vec!["cache", "list"],
     ] {
         let r = imgbuild(w.path(), &args);
@@ -375,6 +388,8 @@ fn secrets_are_kept_private_reused_and_never_printed() {
     let failed = imgbuild(
         w.path(),
         &[
+            "--secrets",
+            sd,
             "--profiles",
             p,
             "--base",
@@ -400,7 +415,7 @@ fn secrets_are_kept_private_reused_and_never_printed() {
             );
         }
     }
-    let inv = imgbuild(w.path(), &["secrets", "--profiles", p]);
+    let inv = imgbuild(w.path(), &["secrets", "--secrets", sd, "--profiles", p]);
     assert!(inv.status.success(), "{}", text(&inv));
     let inv = text(&inv);
     assert!(
@@ -410,7 +425,15 @@ fn secrets_are_kept_private_reused_and_never_printed() {
     // The token is printed only when asked for.
     let tok = imgbuild(
         w.path(),
-        &["secrets", "--print-token", "server", "--profiles", p],
+        &[
+            "secrets",
+            "--print-token",
+            "server",
+            "--secrets",
+            sd,
+            "--profiles",
+            p,
+        ],
     );
     assert!(tok.status.success(), "{}", text(&tok));
     let tok = String::from_utf8(tok.stdout).unwrap();
@@ -421,7 +444,15 @@ fn secrets_are_kept_private_reused_and_never_printed() {
     // The agent token: the node form with the agent password, not the server's.
     let agent = imgbuild(
         w.path(),
-        &["secrets", "--print-token", "agent", "--profiles", p],
+        &[
+            "secrets",
+            "--print-token",
+            "agent",
+            "--secrets",
+            sd,
+            "--profiles",
+            p,
+        ],
     );
     assert!(agent.status.success(), "{}", text(&agent));
     let agent = String::from_utf8(agent.stdout).unwrap();
