@@ -286,6 +286,16 @@ fn help_and_version_are_complete() {
 
 #[test]
 fn an_interrupted_build_leaves_no_partial_and_no_output() {
+    interrupt_a_build("INT");
+}
+
+#[test]
+fn a_terminated_build_leaves_no_partial_and_no_output() {
+    interrupt_a_build("TERM");
+}
+
+/// Sends `signal` to a build as soon as it has a half-written file.
+fn interrupt_a_build(signal: &str) {
     let fx = fixtures();
     let profiles = repo().join("profiles");
     let e = env();
@@ -316,7 +326,7 @@ fn an_interrupted_build_leaves_no_partial_and_no_output() {
                     .ends_with(".partial")
             });
             if partial {
-                sh(&format!("kill -INT {}", child.id()));
+                sh(&format!("kill -{signal} {}", child.id()));
                 signalled = true;
                 break;
             }
@@ -344,5 +354,5 @@ fn an_interrupted_build_leaves_no_partial_and_no_output() {
         assert!(left.is_empty(), "left behind: {left:?}");
         return;
     }
-    panic!("could not interrupt a build in five attempts");
+    panic!("could not interrupt a build with SIG{signal} in five attempts");
 }
