@@ -208,7 +208,7 @@ fn source_date_epoch_stamps_written_files_and_a_bad_one_is_refused() {
     let out = w.path().join("node04.rk1.img");
     let e = env();
     let run_with = |epoch: &str| {
-        std::process::Command::new(bin())
+        command()
             .args([
                 "--profiles",
                 p.to_str().unwrap(),

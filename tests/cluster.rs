@@ -52,8 +52,8 @@ fn yaml(fs: &ext4_view::Ext4, path: &str) -> serde_yaml_ng::Value {
 /// The k3s server/agent flags these configs may use (from the k3s CLI reference).
 const K3S_KEYS: &[&str] = &[
     "server",
-    "token",
-    "agent-token",
+    "token-file",
+    "agent-token-file",
     "cluster-init",
     "disable",
     "tls-san",
@@ -129,16 +129,27 @@ fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     assert_eq!(mode(&fs, "/etc/rancher/k3s/config.yaml"), 0o600);
     assert_known_keys(&cfg, "server config.yaml");
     assert_eq!(cfg["cluster-init"].as_bool(), Some(true));
-    let token = cfg["token"].as_str().unwrap();
-    assert!(
-        token.starts_with(&format!("K10{hash}::server:")),
-        "the token does not pin server-ca.crt: {token}"
+    // The tokens are in 0600 files of their own, so config.yaml holds no secret.
+    assert_eq!(cfg["token-file"].as_str(), Some("/etc/rancher/k3s/token"));
+    assert_eq!(
+        cfg["agent-token-file"].as_str(),
+        Some("/etc/rancher/k3s/agent-token")
     );
-    let agent_token = cfg["agent-token"].as_str().unwrap();
+    let read_token = |path: &str| {
+        assert_eq!(mode(&fs, path), 0o600, "{path}");
+        String::from_utf8(fs.read(path).unwrap()).unwrap()
+    };
+    let token = read_token("/etc/rancher/k3s/token");
     assert!(
-        agent_token.starts_with(&format!("K10{hash}::node:")),
-        "{agent_token}"
+        token.starts_with(&format!("K10{hash}::server:")) && !token.contains('\n'),
+        "the token does not pin server-ca.crt: {token:?}"
     );
+    let agent_token = read_token("/etc/rancher/k3s/agent-token");
+    assert!(
+        agent_token.starts_with(&format!("K10{hash}::node:")) && !agent_token.contains('\n'),
+        "{agent_token:?}"
+    );
+    let agent_token = agent_token.as_str();
     let sans: Vec<&str> = cfg["tls-san"]
         .as_sequence()
         .unwrap()
@@ -202,9 +213,10 @@ fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     let cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml");
     assert_known_keys(&cfg, "agent config.yaml");
     assert_eq!(cfg["server"].as_str(), Some("https://192.168.1.101:6443"));
+    assert_eq!(cfg["token-file"].as_str(), Some("/etc/rancher/k3s/token"));
     assert_eq!(
-        cfg["token"].as_str(),
-        Some(agent_token),
+        fs.read("/etc/rancher/k3s/token").unwrap(),
+        agent_token.as_bytes(),
         "the agent must use the agent token"
     );
     let node_cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml.d/10-node.yaml");
@@ -515,7 +527,7 @@ fn a_k3s_mirror_with_a_wrong_digest_is_refused() {
         )
         .into_bytes(),
     );
-    let out = std::process::Command::new(bin())
+    let out = command()
         .args([
             "--profiles",
             repo().join("profiles").to_str().unwrap(),

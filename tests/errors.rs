@@ -302,7 +302,7 @@ fn interrupt_a_build(signal: &str) {
     for attempt in 0..5 {
         let w = scratch();
         let target = w.path().join("node01.cm4.img.xz");
-        let mut child = std::process::Command::new(bin())
+        let mut child = command()
             .args([
                 "--profiles",
                 profiles.to_str().unwrap(),

@@ -129,6 +129,18 @@ pub struct BuildArgs {
     /// Print a JSON report of what was built.
     #[arg(long)]
     pub json: bool,
+
+    /// Build without the cluster's secrets (tokens, CA set, host and node
+    /// keys): the image is safe to publish, e.g. as a CI artifact, and is
+    /// sealed on its way to the node (`seal`, `flash`, `deploy`). The secrets
+    /// directory is not read.
+    #[arg(long, conflicts_with = "sealed")]
+    pub unsealed: bool,
+
+    /// Bake the secrets (the default). Needed explicitly when CI is set in the
+    /// environment, so that no CI job publishes a cluster's secrets by accident.
+    #[arg(long)]
+    pub sealed: bool,
 }
 
 #[derive(Debug, Subcommand)]

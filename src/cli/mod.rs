@@ -19,8 +19,8 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
     let common = Common::resolve(cli.global, env)?;
     let paths = &common.paths;
     match cli.command {
-        None => build(&common, &cli.build),
-        Some(Command::Build(b)) => build(&common, &b),
+        None => build(&common, &cli.build, env),
+        Some(Command::Build(b)) => build(&common, &b, env),
         Some(Command::Fetch { boards, all }) => {
             report::fetched(&commands::fetch::fetch(paths, &boards, all, &common.fetch)?);
             Ok(())
@@ -96,7 +96,7 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
     }
 }
 
-fn build(common: &Common, b: &args::BuildArgs) -> Result<()> {
-    let settings = common.build(b)?;
+fn build(common: &Common, b: &args::BuildArgs, env: &Environment) -> Result<()> {
+    let settings = common.build(b, env)?;
     report::built(b.json, &commands::build::build(&common.paths, &settings)?)
 }

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use imgbuild::commands::bmc::BmcOptions;
-use imgbuild::commands::build::{Bases, BuildSettings};
+use imgbuild::commands::build::{Bases, BuildSettings, Sealing};
 use imgbuild::commands::flash::FlashSettings;
 use imgbuild::commands::{CommandError, FetchSettings, Paths};
 use imgbuild::deliver::turing_pi::PasswordSource;
@@ -93,8 +93,22 @@ impl Common {
         })
     }
 
-    pub fn build(&self, b: &BuildArgs) -> Result<BuildSettings, CommandError> {
+    pub fn build(&self, b: &BuildArgs, env: &Environment) -> Result<BuildSettings, CommandError> {
+        let sealing = match (b.unsealed, b.sealed) {
+            (true, _) => Sealing::Unsealed,
+            (false, true) => Sealing::Sealed,
+            (false, false) if env.ci => {
+                return Err(CommandError::Usage(anyhow::anyhow!(
+                    "CI is set: a build that bakes the cluster's secrets (join tokens, CA keys, host keys) \
+                     needs --sealed, because CI artifacts are readable by everyone who can read the builds. \
+                     Build --unsealed instead and seal on delivery (`imgbuild deploy` does it), or pass \
+                     --sealed if this runner and its artifacts are private"
+                )));
+            }
+            (false, false) => Sealing::Sealed,
+        };
         Ok(BuildSettings {
+            sealing,
             targets: b.targets.clone(),
             all: b.all,
             out_dir: b.out_dir.clone(),
@@ -122,6 +136,8 @@ impl Common {
                 bases: Bases::parse(&f.base)?,
                 fetch: self.fetch.clone(),
                 build_time: self.build_time,
+                // Flashing is the operator's own act: what it builds is sealed.
+                sealing: Sealing::Sealed,
             },
         })
     }

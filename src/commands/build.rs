@@ -26,6 +26,17 @@ pub struct BuildSettings {
     pub fetch: FetchSettings,
     /// Unix seconds stamped on every file written.
     pub build_time: u64,
+    pub sealing: Sealing,
+}
+
+/// Whether a build bakes the cluster's secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sealing {
+    /// Everything, secrets included: ready to flash.
+    Sealed,
+    /// Everything that does not depend on the secrets directory (which is not
+    /// even read): safe to publish, sealed on the way to the node.
+    Unsealed,
 }
 
 /// Local base images from `--base`: one for every board, or per board.
@@ -78,6 +89,8 @@ pub struct BakeReport {
     pub board: String,
     pub instance_id: String,
     pub copy: CopyMethod,
+    /// Built without the cluster's secrets (to be sealed on delivery).
+    pub unsealed: bool,
     pub files: Vec<FileRecord>,
 }
 
@@ -163,7 +176,11 @@ pub fn build_targets(
         };
         resolved.push((t, node, base));
     }
-    let secrets = ws.secrets()?;
+    // An unsealed build never reads (or creates) the secrets directory.
+    let secrets = match settings.sealing {
+        Sealing::Sealed => Some(ws.secrets()?),
+        Sealing::Unsealed => None,
+    };
     let mut k3s: BTreeMap<Arch, K3sPayload> = BTreeMap::new();
     let cluster_k3s = &ws.profiles.cluster.k3s;
     if cluster_k3s.install == Install::Airgap {
@@ -194,9 +211,11 @@ pub fn build_targets(
     };
     let mut reports = Vec::new();
     for (target, node, base) in resolved {
-        warn_cluster_init(&secrets, node)?;
+        if let Some(secrets) = &secrets {
+            warn_cluster_init(secrets, node)?;
+        }
         let payload = k3s.get(&ws.manifests[&node.board].arch);
-        let r = bake_one(&inputs, &secrets, node, target, &base, payload)?;
+        let r = bake_one(&inputs, secrets.as_ref(), node, target, &base, payload)?;
         tracing::info!(
             "built {} ({}, instance {})",
             r.output.display(),
@@ -208,7 +227,7 @@ pub fn build_targets(
     Ok(reports)
 }
 
-fn warn_cluster_init(secrets: &Secrets, node: &Node) -> Result<()> {
+pub(super) fn warn_cluster_init(secrets: &Secrets, node: &Node) -> Result<()> {
     if node.k3s.cluster_init
         && let Some(first) = secrets.mark_initialized(&node.name)?
     {
@@ -236,7 +255,7 @@ pub(super) fn secret_values(
 
 fn bake_one(
     inputs: &PlanInputs,
-    secrets: &Secrets,
+    secrets: Option<&Secrets>,
     node: &Node,
     target: &Target,
     base: &std::path::Path,
@@ -249,7 +268,10 @@ fn bake_one(
             target.path.display()
         );
     }
-    let values = secret_values(secrets, node, inputs.build_time)?;
+    let values = match secrets {
+        Some(s) => Some(secret_values(s, node, inputs.build_time)?),
+        None => None,
+    };
     let plan = plan::plan_node(inputs, node, values, k3s)?;
     let table = crate::bake::check_base(base, manifest)?;
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
@@ -274,6 +296,7 @@ fn bake_one(
         compression: target.format,
         node: node.name.clone(),
         board: node.board.clone(),
+        unsealed: plan.provenance.unsealed,
         instance_id: plan.instance_id,
         copy,
         files,

@@ -14,5 +14,5 @@ pub fn render(paths: &Paths, node: &str, build_time: u64) -> Result<Vec<Rendered
         build_time,
     };
     let values = super::build::secret_values(&secrets, n, build_time)?;
-    Ok(crate::plan::render_node(&inputs, n, values)?.0)
+    Ok(crate::plan::render_node(&inputs, n, Some(values))?.0)
 }

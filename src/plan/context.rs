@@ -89,6 +89,30 @@ impl SecretValues {
         }
     }
 
+    /// Stand-ins for every secret, all different for different `tag`s: files
+    /// rendered under two of them differ exactly when they use a secret.
+    pub fn placeholder(tag: &str) -> Self {
+        let v = |name: &str| format!("imgbuild-placeholder-{tag}-{name}");
+        let mut tls = BTreeMap::new();
+        for (name, _) in crate::secrets::CA_FILES {
+            tls.insert(format!("{name}.crt"), v(&format!("{name}.crt")));
+            tls.insert(format!("{name}.key"), v(&format!("{name}.key")));
+        }
+        tls.insert(
+            crate::secrets::SERVICE_KEY.to_string(),
+            v(crate::secrets::SERVICE_KEY),
+        );
+        SecretValues {
+            server_token: v("server-token"),
+            agent_token: v("agent-token"),
+            ca_hash: v("ca-hash"),
+            tls,
+            node_password: v("node-password"),
+            ssh_private: v("ssh-private"),
+            ssh_public: v("ssh-public"),
+        }
+    }
+
     /// Every value that must not leave the secrets directory unsealed:
     /// tokens, passwords and private keys (public certificates are not).
     pub fn private_values(&self) -> Vec<&str> {

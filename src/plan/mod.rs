@@ -107,7 +107,8 @@ pub struct PlannedFile {
     pub path: String,
     pub owner: Owner,
     pub kind: FileKind,
-    /// Holds a token, password or private key.
+    /// Depends on the secrets directory (a token, password, key or the CA
+    /// set): left out of unsealed images, written when sealing.
     pub secret: bool,
 }
 
@@ -169,13 +170,22 @@ impl PlanInputs<'_> {
 }
 
 /// A node's rendered overlay files and its instance ID (no image needed).
+/// Without `secrets` (an unsealed build) the files that depend on them are
+/// rendered with placeholders; they are flagged `secret` either way.
 pub fn render_node(
     inputs: &PlanInputs,
     node: &Node,
-    secrets: SecretValues,
+    secrets: Option<SecretValues>,
 ) -> Result<(Vec<RenderedFile>, String)> {
     let manifest = inputs.manifest(node)?;
-    let ctx = TemplateContext::new(inputs.profiles, node, manifest, inputs.build_time, secrets)?;
+    let context =
+        |values| TemplateContext::new(inputs.profiles, node, manifest, inputs.build_time, values);
+    let probe_a = context(SecretValues::placeholder("a"))?;
+    let probe_b = context(SecretValues::placeholder("b"))?;
+    let ctx = match secrets {
+        Some(values) => context(values)?,
+        None => probe_a.clone(),
+    };
     let features = render::features_for(
         &node.board,
         node.k3s.role,
@@ -198,29 +208,27 @@ pub fn render_node(
         inputs.overlays,
         &features,
         &ctx,
+        [&probe_a, &probe_b],
         &node.name,
         &identity,
     )?)
 }
 
 /// The plan for baking `node`: its rendered files placed in partitions, the
-/// provenance record, and (air-gapped) the k3s payload.
+/// provenance record, and (air-gapped) the k3s payload. Without `secrets` the
+/// plan is unsealed: it holds no file that depends on the secrets directory.
 pub fn plan_node(
     inputs: &PlanInputs,
     node: &Node,
-    secrets: SecretValues,
+    secrets: Option<SecretValues>,
     k3s: Option<&K3sPayload>,
 ) -> Result<NodePlan> {
     let manifest = inputs.manifest(node)?;
-    let private: Vec<String> = secrets
-        .private_values()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let unsealed = secrets.is_none();
     let (rendered, instance_id) = render_node(inputs, node, secrets)?;
     let mut files = Vec::new();
-    for f in &rendered {
-        files.push(place(manifest, f, &private)?);
+    for f in rendered.iter().filter(|f| !(unsealed && f.secret)) {
+        files.push(place(manifest, f)?);
     }
     let provenance = Provenance {
         base_sha256: manifest.source.sha256.clone(),
@@ -232,19 +240,9 @@ pub fn plan_node(
         instance_id: instance_id.clone(),
         node: node.name.clone(),
         profile_digest: profile_digest(&inputs.profiles.cluster, node),
+        unsealed,
     };
-    let record = serde_json::to_vec_pretty(&provenance)?;
-    files.push(PlannedFile {
-        partition: manifest.seed.partition.clone(),
-        path: manifest.seed.path_of(&format!("/{PROVENANCE_FILE}")),
-        owner: Owner {
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-        },
-        kind: FileKind::Regular(Content::Bytes(record)),
-        secret: false,
-    });
+    files.push(provenance_file(manifest, &provenance)?);
     if inputs.profiles.cluster.k3s.install == Install::Airgap {
         let payload =
             k3s.ok_or_else(|| anyhow!("no k3s air-gap assets were fetched for {}", manifest.arch))?;
@@ -283,8 +281,34 @@ pub fn plan_node(
     })
 }
 
+/// The provenance record as the file a bake writes into the seed directory.
+pub fn provenance_file(manifest: &Manifest, provenance: &Provenance) -> Result<PlannedFile> {
+    Ok(PlannedFile {
+        partition: manifest.seed.partition.clone(),
+        path: manifest.seed.path_of(&format!("/{PROVENANCE_FILE}")),
+        owner: Owner {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        },
+        kind: FileKind::Regular(Content::Bytes(serde_json::to_vec_pretty(provenance)?)),
+        secret: false,
+    })
+}
+
+impl NodePlan {
+    /// The part of a sealed plan that sealing adds to an unsealed image: the
+    /// files that depend on secrets, and the provenance record (now sealed).
+    pub fn seal_only(&self) -> NodePlan {
+        let mut only = self.clone();
+        only.files
+            .retain(|f| f.secret || f.path.ends_with(&format!("/{PROVENANCE_FILE}")));
+        only
+    }
+}
+
 /// Puts a rendered file in its concrete partition and path.
-fn place(manifest: &Manifest, f: &RenderedFile, private: &[String]) -> Result<PlannedFile> {
+fn place(manifest: &Manifest, f: &RenderedFile) -> Result<PlannedFile> {
     let (role, path) = match &f.target {
         PartitionTarget::Seed => (
             manifest.seed.partition.clone(),
@@ -316,10 +340,7 @@ fn place(manifest: &Manifest, f: &RenderedFile, private: &[String]) -> Result<Pl
         Some(t) => FileKind::Symlink(t.clone()),
         None => FileKind::Regular(Content::Bytes(f.contents.clone())),
     };
-    let secret = f.symlink.is_none()
-        && private
-            .iter()
-            .any(|v| contains(&f.contents, v.trim().as_bytes()));
+    let secret = f.secret;
     Ok(PlannedFile {
         partition: role,
         path,
@@ -331,8 +352,4 @@ fn place(manifest: &Manifest, f: &RenderedFile, private: &[String]) -> Result<Pl
         kind,
         secret,
     })
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }

@@ -23,6 +23,10 @@ pub struct Provenance {
     pub instance_id: String,
     pub node: String,
     pub profile_digest: String,
+    /// Built without the secrets directory: the files that depend on it are
+    /// missing until the image is sealed. (Absent in records of older versions.)
+    #[serde(default)]
+    pub unsealed: bool,
 }
 
 /// One file written into an image.

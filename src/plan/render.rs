@@ -50,6 +50,9 @@ pub struct RenderedFile {
     pub gid: u32,
     /// For `<name>.symlink` overlay files: the link target (the file's content).
     pub symlink: Option<String>,
+    /// Depends on the secrets directory (renders differently for different
+    /// secrets): left out of unsealed images and added when sealing.
+    pub secret: bool,
     #[serde(skip)]
     skip: bool,
     /// The overlay file it came from.
@@ -287,13 +290,19 @@ fn environment() -> Environment<'static> {
 
 /// Renders every overlay file of `features` for `context`.
 ///
+/// Each file is also rendered under the two `probes` (the same values with
+/// two different sets of placeholder secrets): a file that comes out
+/// differently depends on the secrets and is flagged `secret`.
+///
 /// `meta-data` in the seed is rendered last with `instance_id` set: a digest of
-/// every other file and of `identity` (what else the image depends on, such
-/// as the base image digest), so changed content always gives a new instance.
+/// every file that does not depend on secrets and of `identity` (what else the
+/// image depends on, such as the base image digest), so changed content gives
+/// a new instance, and sealed and unsealed images of a node share it.
 pub fn render(
     overlays: &Path,
     features: &[String],
     context: &TemplateContext,
+    probes: [&TemplateContext; 2],
     node_name: &str,
     identity: &str,
 ) -> Result<(Vec<RenderedFile>, String), RenderError> {
@@ -306,9 +315,16 @@ pub fn render(
             deferred.push(src);
             continue;
         }
-        files.extend(render_one(&env, &src, context)?);
+        let Some(mut file) = render_one(&env, &src, context)? else {
+            continue;
+        };
+        let [a, b] = probes.map(|p| render_one(&env, &src, p));
+        let (a, b) = (a?, b?);
+        file.secret = a.map(|f| (f.contents, f.symlink)) != b.map(|f| (f.contents, f.symlink));
+        files.push(file);
     }
-    let instance_id = instance_id(node_name, identity, &files);
+    let public: Vec<RenderedFile> = files.iter().filter(|f| !f.secret).cloned().collect();
+    let instance_id = instance_id(node_name, identity, &public);
     let mut ctx = context.clone();
     ctx.instance_id = Some(instance_id.clone());
     for src in deferred {
@@ -366,6 +382,7 @@ fn render_contents(
             uid: 0,
             gid: 0,
             symlink: None,
+            secret: false,
             skip: false,
             source: src.file.clone(),
         });
@@ -391,6 +408,7 @@ fn render_contents(
         uid: header.uid,
         gid: header.gid,
         symlink: None,
+        secret: false,
         source: src.file.clone(),
     })
 }

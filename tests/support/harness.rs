@@ -113,6 +113,21 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_imgbuild"))
 }
 
+/// The imgbuild binary as a command, in a clean environment: none of the
+/// variables imgbuild reads leak in from the developer's shell or from CI
+/// (where CI=true makes sealed builds need --sealed).
+pub fn command() -> Command {
+    let mut c = Command::new(bin());
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("IMGBUILD_") && k != "IMGBUILD_TEST_VENV" {
+            c.env_remove(&k);
+        }
+    }
+    c.env_remove("CI").env_remove("SOURCE_DATE_EPOCH");
+    c
+}
+
 /// Runs a shell command and panics with its output when it fails.
 pub fn sh(cmd: &str) -> Output {
     let out = Command::new("bash")

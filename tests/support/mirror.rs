@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
-use super::harness::{bin, shared_scratch};
+use super::harness::{command, shared_scratch};
 use super::http;
 
 pub const K3S_VERSION: &str = "v1.32.5+k3s1";
@@ -69,7 +69,7 @@ pub fn env() -> &'static Env {
 /// Runs imgbuild with `args` in `cwd`, with this test binary's secrets, cache and k3s mirror.
 pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
     let e = env();
-    Command::new(bin())
+    command()
         .args(args)
         .current_dir(cwd)
         .env_remove("IMGBUILD_PROFILES")
