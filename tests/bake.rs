@@ -305,11 +305,17 @@ fn all_builds_every_node_with_per_board_bases() {
         [
             "SHA256SUMS",
             "node01.cm4.img",
+            "node01.cm4.img.intoto.json",
             "node02.rk1.img",
+            "node02.rk1.img.intoto.json",
             "node03.rk1.img",
+            "node03.rk1.img.intoto.json",
             "node04.rk1.img",
+            "node04.rk1.img.intoto.json",
             "nuc2.nuc.img",
-            "ws03.nuc.img"
+            "nuc2.nuc.img.intoto.json",
+            "ws03.nuc.img",
+            "ws03.nuc.img.intoto.json"
         ]
     );
     let sums = sh(&format!(

@@ -177,10 +177,14 @@ fn all_nodes_compress_as_xz_and_zstd_with_checked_sums() {
             [
                 "SHA256SUMS".to_string(),
                 format!("node01.cm4.{format}"),
+                format!("node01.cm4.{format}.intoto.json"),
                 format!("node02.rk1.{format}"),
+                format!("node02.rk1.{format}.intoto.json"),
             ]
         );
         for n in names.iter().filter(|n| n.ends_with(format)) {
+            let v = imgbuild(w.path(), &["verify", dir.join(n).to_str().unwrap()]);
+            assert!(v.status.success(), "{}", text(&v));
             sh(&format!("{test} {}", q(&dir.join(n))));
         }
         let sums = sh(&format!("cd {} && sha256sum -c SHA256SUMS", q(&dir)));

@@ -4,6 +4,7 @@
 
 pub mod inspect;
 mod pending;
+pub mod statement;
 pub mod sums;
 
 use std::path::{Path, PathBuf};

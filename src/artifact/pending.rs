@@ -41,6 +41,21 @@ impl PendingOutput {
         })
     }
 
+    /// Creates an empty temporary output next to `final_path`, to be filled
+    /// by the caller (e.g. unpacked into).
+    pub fn empty(final_path: &Path) -> Result<Self> {
+        let dir = super::parent_dir(final_path);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("creating the output directory {}", dir.display()))?;
+        let (temp, cleanup) = partial_beside(final_path, &dir)?;
+        Ok(PendingOutput {
+            final_path: final_path.to_owned(),
+            temp,
+            method: CopyMethod::Sparse,
+            _cleanup: cleanup,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         self.temp.path()
     }

@@ -181,6 +181,38 @@ pub enum Command {
         /// Print a known_hosts file with every node's SSH host key.
         #[arg(long)]
         known_hosts: bool,
+        /// Create every missing secret of the cluster and its nodes now
+        /// (otherwise the first sealed build does), e.g. before sealing CI artifacts.
+        #[arg(long)]
+        generate: bool,
+    },
+    /// Add the node's secrets to an image built --unsealed (raw, .img.xz or
+    /// .img.zst, e.g. a CI artifact), writing a new image; the input is never
+    /// modified. The secrets directory must already hold the cluster's secrets.
+    Seal {
+        /// The unsealed image.
+        image: PathBuf,
+        /// The sealed image to write [default: <out-dir>/<node>.<board>.img].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Directory for the default output.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        out_dir: PathBuf,
+        /// Refuse the image unless it was built for this node.
+        #[arg(long, value_name = "NODE")]
+        node: Option<String>,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an artifact against SHA256SUMS and its provenance statement
+    /// (<artifact>.intoto.json) beside it, and show what it was built from.
+    Verify {
+        /// The artifact (image, .img.xz or .img.zst).
+        image: PathBuf,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
     },
     /// Flash a node's image onto its Turing Pi slot through the BMC and power it on
     /// (the image is built first when missing).

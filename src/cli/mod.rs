@@ -28,7 +28,11 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         Some(Command::Secrets {
             print_token,
             known_hosts,
+            generate,
         }) => {
+            if generate {
+                commands::secrets::generate(paths, common.build_time)?;
+            }
             match (print_token, known_hosts) {
                 (Some(role), _) => {
                     let role = match role {
@@ -46,6 +50,25 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Some(Command::Seal {
+            image,
+            output,
+            out_dir,
+            node,
+            json,
+        }) => {
+            let ws = Workspace::load(paths)?;
+            let settings = commands::seal::SealSettings {
+                output,
+                out_dir,
+                node,
+                build_time: common.build_time,
+            };
+            report::sealed(json, &commands::seal::seal(&ws, &image, &settings)?)
+        }
+        Some(Command::Verify { image, json }) => {
+            report::verified(json, &commands::verify::verify(&image)?)
         }
         Some(Command::Flash { node, image, flash }) => {
             let settings = common.flash(&flash, env)?;

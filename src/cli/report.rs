@@ -37,6 +37,51 @@ pub fn built(as_json: bool, reports: &[BakeReport]) -> Result<()> {
     })
 }
 
+pub fn sealed(as_json: bool, r: &imgbuild::commands::seal::SealReport) -> Result<()> {
+    either(as_json, r, |r| {
+        println!("{}", r.output.display());
+    })
+}
+
+pub fn verified(as_json: bool, r: &imgbuild::commands::verify::VerifyReport) -> Result<()> {
+    either(as_json, r, |r| {
+        let checked: Vec<&str> = [
+            (r.sums_checked, "SHA256SUMS"),
+            (r.statement_checked, "provenance statement"),
+        ]
+        .iter()
+        .filter(|(ok, _)| *ok)
+        .map(|(_, what)| *what)
+        .collect();
+        println!(
+            "{}: OK (sha256 {} matches {})",
+            r.artifact.display(),
+            r.sha256,
+            checked.join(" and ")
+        );
+        for (k, v) in &r.parameters {
+            println!("  {k:<12} {v}");
+        }
+        if !r.built_from.is_empty() {
+            println!("  built from:");
+        }
+        for d in &r.built_from {
+            println!(
+                "    {:<20} {} {}",
+                d.name.as_deref().unwrap_or("-"),
+                d.uri.as_deref().unwrap_or(""),
+                d.digest
+                    .get("sha256")
+                    .map(|s| format!("sha256:{s}"))
+                    .unwrap_or_default()
+            );
+        }
+        for (k, v) in &r.builder {
+            println!("  {k:<12} {v}");
+        }
+    })
+}
+
 pub fn fetched(fetched: &[(String, PathBuf)]) {
     for (board, path) in fetched {
         println!("{board}: {}", path.display());

@@ -7,13 +7,15 @@ use anyhow::anyhow;
 use serde::Serialize;
 
 use super::{CommandError, FetchSettings, Paths, Result, Workspace};
+use crate::artifact::statement::{ResourceDescriptor, Statement};
 use crate::artifact::{Format, PendingOutput, Target};
 use crate::config::k3s::DEFAULT_MIRROR;
 use crate::config::manifest::Arch;
 use crate::config::profile::{Install, Node};
 use crate::io::CopyMethod;
-use crate::plan::{self, FileRecord, K3sPayload, PlanInputs, SecretValues};
+use crate::plan::{self, FileRecord, K3sPayload, PlanInputs, Provenance, SecretValues};
 use crate::secrets::Secrets;
+use anyhow::Context;
 
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
@@ -272,7 +274,14 @@ fn bake_one(
         Some(s) => Some(secret_values(s, node, inputs.build_time)?),
         None => None,
     };
-    let plan = plan::plan_node(inputs, node, values, k3s)?;
+    let payload = match (inputs.profiles.cluster.k3s.install, k3s) {
+        (Install::Airgap, Some(k)) => plan::Payload::K3s(k),
+        (Install::Airgap, None) => {
+            anyhow::bail!("no k3s air-gap assets were fetched for {}", manifest.arch)
+        }
+        _ => plan::Payload::None,
+    };
+    let plan = plan::plan_node(inputs, node, values, payload)?;
     let table = crate::bake::check_base(base, manifest)?;
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
     let pending = PendingOutput::from_base(base, &target.path)?;
@@ -288,6 +297,12 @@ fn bake_one(
     drop(image);
     let copy = pending.method;
     let (output, digest) = pending.finish(target.format)?;
+    provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
+        .and_then(|deps| {
+            let (params, deps) = deps;
+            Statement::new(&output, &digest, params, deps).write(&output)
+        })
+        .with_context(|| format!("writing the provenance of {}", output.display()))?;
     let mut files: Vec<FileRecord> = plan.files.iter().map(|f| f.record()).collect();
     files.extend(edited);
     Ok(BakeReport {
@@ -301,6 +316,68 @@ fn bake_one(
         copy,
         files,
     })
+}
+
+/// The build parameters and resolved dependencies of a node's artifact, for
+/// its provenance statement.
+pub(super) fn provenance_statement(
+    inputs: &PlanInputs,
+    node: &Node,
+    provenance: &Provenance,
+    format: Format,
+    k3s: Option<&K3sPayload>,
+) -> anyhow::Result<(BTreeMap<String, serde_json::Value>, Vec<ResourceDescriptor>)> {
+    let manifest = inputs.manifest(node)?;
+    let params = BTreeMap::from([
+        ("node".to_string(), serde_json::json!(node.name)),
+        ("board".to_string(), serde_json::json!(node.board)),
+        ("format".to_string(), serde_json::json!(format.extension())),
+        (
+            "unsealed".to_string(),
+            serde_json::json!(provenance.unsealed),
+        ),
+        (
+            "buildTime".to_string(),
+            serde_json::json!(provenance.build_time),
+        ),
+        (
+            "instanceId".to_string(),
+            serde_json::json!(provenance.instance_id),
+        ),
+    ]);
+    let mut deps = Vec::new();
+    let mut stock = ResourceDescriptor::sha256(
+        Some("stock image"),
+        Some(&manifest.source.url),
+        manifest.source.sha256.as_deref().unwrap_or(""),
+    );
+    if manifest.source.sha256.is_none() {
+        stock.digest.clear();
+    }
+    deps.push(stock);
+    if let Some(k) = k3s {
+        deps.push(ResourceDescriptor::sha256(
+            Some("k3s binary"),
+            Some(&k.binary_url),
+            &k.binary_sha256,
+        ));
+        deps.push(ResourceDescriptor::sha256(
+            Some("k3s air-gap images"),
+            Some(&k.images_url),
+            &k.images_sha256,
+        ));
+    }
+    deps.push(ResourceDescriptor::sha256(
+        Some("overlays"),
+        None,
+        &crate::plan::render::tree_digest(inputs.overlays)?,
+    ));
+    deps.push(ResourceDescriptor::sha256(
+        Some("profiles"),
+        None,
+        &provenance.profile_digest,
+    ));
+    Ok((params, deps))
 }
 
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {

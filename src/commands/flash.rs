@@ -75,8 +75,19 @@ pub fn flash(
         build_targets(ws, &missing, &settings.build)?;
     }
     let bmc = settings.bmc.settings(ws)?;
+    // Unsealed or compressed images (e.g. CI artifacts) are sealed/unpacked
+    // into a temporary directory first; the artifacts are never modified.
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".imgbuild-flash-")
+        .tempdir_in(out_dir)
+        .map_err(|e| anyhow::anyhow!("creating a directory in {}: {e}", out_dir.display()))?;
+    let _temp_cleanup = crate::util::cleanup::register(temp.path());
     let mut jobs = Vec::new();
     for (node, slot, image) in planned {
+        let image =
+            super::seal::flashable(ws, node, &image, temp.path(), settings.build.build_time)?;
         jobs.push(Job {
             node: node.name.clone(),
             sha256: sums::digest_of(&image)?,

@@ -11,8 +11,10 @@ pub mod fetch;
 pub mod flash;
 pub mod inspect;
 pub mod render;
+pub mod seal;
 pub mod secrets;
 pub mod unpack;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 

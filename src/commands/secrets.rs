@@ -12,6 +12,18 @@ pub fn inventory(paths: &Paths) -> Result<Vec<(String, &'static str)>> {
     Ok(Secrets::open(&paths.secrets)?.inventory()?)
 }
 
+/// Creates every missing secret of the cluster and of each node (never
+/// replacing one that exists).
+pub fn generate(paths: &Paths, build_time: u64) -> Result<()> {
+    let ws = Workspace::load(paths)?;
+    let secrets = ws.secrets()?;
+    secrets.cluster(build_time)?;
+    for n in &ws.profiles.nodes {
+        secrets.node(&n.name, &n.hostname)?;
+    }
+    Ok(())
+}
+
 /// The secure join token for `server` or `agent` nodes (printed only on request).
 pub fn join_token(paths: &Paths, role: Role, build_time: u64) -> Result<String> {
     let c = Secrets::open(&paths.secrets)?.cluster(build_time)?;

@@ -16,7 +16,7 @@ pub use provenance::{FileRecord, PROVENANCE_FILE, Provenance};
 pub use render::RenderedFile;
 
 use crate::config::manifest::{FsKind, Manifest, Manifests};
-use crate::config::profile::{Install, Node, ProfileSet, profile_digest};
+use crate::config::profile::{Node, ProfileSet, profile_digest};
 
 /// Default build time (2024-04-25T00:00:00Z, the Ubuntu 24.04 release): a fixed
 /// value so that identical inputs give identical images.
@@ -141,6 +141,11 @@ pub struct K3sPayload {
     pub images: PathBuf,
     /// The tarball's release asset name (kept in the image).
     pub images_name: String,
+    /// Where they came from and their sha256, for provenance.
+    pub binary_url: String,
+    pub binary_sha256: String,
+    pub images_url: String,
+    pub images_sha256: String,
 }
 
 /// Everything a bake of one node writes, in order.
@@ -214,6 +219,16 @@ pub fn render_node(
     )?)
 }
 
+/// Where a bake's k3s payload comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// The air-gap assets fetched for the node's architecture.
+    K3s(&'a K3sPayload),
+    /// No payload: k3s installs online or not at all, or the plan is only
+    /// used to seal an image that already holds it.
+    None,
+}
+
 /// The plan for baking `node`: its rendered files placed in partitions, the
 /// provenance record, and (air-gapped) the k3s payload. Without `secrets` the
 /// plan is unsealed: it holds no file that depends on the secrets directory.
@@ -221,7 +236,7 @@ pub fn plan_node(
     inputs: &PlanInputs,
     node: &Node,
     secrets: Option<SecretValues>,
-    k3s: Option<&K3sPayload>,
+    payload: Payload,
 ) -> Result<NodePlan> {
     let manifest = inputs.manifest(node)?;
     let unsealed = secrets.is_none();
@@ -243,9 +258,7 @@ pub fn plan_node(
         unsealed,
     };
     files.push(provenance_file(manifest, &provenance)?);
-    if inputs.profiles.cluster.k3s.install == Install::Airgap {
-        let payload =
-            k3s.ok_or_else(|| anyhow!("no k3s air-gap assets were fetched for {}", manifest.arch))?;
+    if let Payload::K3s(k3s) = payload {
         let root = Owner {
             mode: 0o755,
             uid: 0,
@@ -253,10 +266,10 @@ pub fn plan_node(
         };
         // Where install.sh would put them, for an air-gapped first start.
         for (path, host, owner) in [
-            ("/usr/local/bin/k3s".to_string(), &payload.binary, root),
+            ("/usr/local/bin/k3s".to_string(), &k3s.binary, root),
             (
-                format!("/var/lib/rancher/k3s/agent/images/{}", payload.images_name),
-                &payload.images,
+                format!("/var/lib/rancher/k3s/agent/images/{}", k3s.images_name),
+                &k3s.images,
                 Owner {
                     mode: 0o644,
                     ..root

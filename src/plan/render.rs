@@ -190,6 +190,32 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
     Ok(())
 }
 
+/// A digest of the whole overlay tree (every file's relative path, mode and
+/// content), for provenance: any change to any overlay changes it.
+pub fn tree_digest(overlays: &Path) -> Result<String, RenderError> {
+    let mut files = Vec::new();
+    walk(overlays, &mut files)?;
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |source| RenderError::Io {
+            path: f.clone(),
+            source,
+        };
+        let rel = f.strip_prefix(overlays).unwrap_or(&f);
+        let mode = std::fs::metadata(&f).map_err(io)?.permissions().mode() & 0o777;
+        let data = std::fs::read(&f).map_err(io)?;
+        h.update(rel.to_string_lossy().as_bytes());
+        h.update([0]);
+        h.update(format!("{mode:o}").as_bytes());
+        h.update([0]);
+        h.update((data.len() as u64).to_le_bytes());
+        h.update(&data);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// File metadata from a template's header line.
 struct Header {
     mode: u32,

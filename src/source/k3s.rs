@@ -57,5 +57,9 @@ pub fn ensure_assets(
         binary,
         images,
         images_name: names.images,
+        binary_url: bin_url,
+        binary_sha256: digests.0.to_string(),
+        images_url,
+        images_sha256: digests.1.to_string(),
     })
 }

@@ -28,11 +28,13 @@ impl Drop for Registered {
     }
 }
 
-/// Deletes every registered file; returns how many there were.
+/// Deletes every registered file or directory; returns how many there were.
 pub fn remove_all() -> usize {
     let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
     for p in paths.iter() {
-        let _ = std::fs::remove_file(p);
+        if std::fs::remove_file(p).is_err() {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
     paths.len()
 }

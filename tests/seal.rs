@@ -1,0 +1,585 @@
+//! CI artifacts: unsealed images carry no secret, sealing equals a sealed
+//! build file for file, bytes are reproducible, artifacts verify against
+//! their provenance, and bad inputs are refused with nothing written.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+
+/// imgbuild with the test binary's cache and k3s mirror and `secrets` as the
+/// secrets directory.
+fn run(cwd: &Path, secrets: &Path, args: &[&str]) -> std::process::Output {
+    let e = env();
+    command()
+        .args(args)
+        .current_dir(cwd)
+        .env("IMGBUILD_SECRETS", secrets)
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .output()
+        .unwrap()
+}
+
+fn ok(out: std::process::Output) -> std::process::Output {
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+fn profiles() -> String {
+    repo().join("profiles").display().to_string()
+}
+
+fn bases() -> Vec<String> {
+    let fx = fixtures();
+    vec![
+        "--base".into(),
+        format!("rk1={}", fx.rk1.path.display()),
+        "--base".into(),
+        format!("cm4={}", fx.cm4.path.display()),
+        "--base".into(),
+        format!("nuc={}", fx.nuc.path.display()),
+    ]
+}
+
+fn build(cwd: &Path, secrets: &Path, extra: &[&str], targets: &[&Path]) {
+    let p = profiles();
+    let b = bases();
+    let mut args: Vec<&str> = vec!["--profiles", &p];
+    args.extend(b.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    args.extend(targets.iter().map(|t| t.to_str().unwrap()));
+    ok(run(cwd, secrets, &args));
+}
+
+/// Every secret value in `secrets`: tokens, node passwords, and one line of
+/// each private key (PEM/OpenSSH bodies are base64 lines).
+fn secret_values(secrets: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut walk = vec![secrets.to_owned()];
+    while let Some(d) = walk.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk.push(p);
+                continue;
+            }
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            let body = std::fs::read_to_string(&p).unwrap();
+            if name == "token" || name == "agent-token" || name == "node-password" {
+                out.push(body.trim().to_string());
+            } else if name.ends_with(".key") || name == "ssh_host_ed25519_key" {
+                // Every base64 line of the key, so no part of it may appear.
+                out.extend(
+                    body.lines()
+                        .filter(|l| !l.starts_with("-----") && l.len() >= 32)
+                        .map(str::to_string),
+                );
+            }
+        }
+    }
+    assert!(out.len() >= 10, "{out:?}");
+    out
+}
+
+#[test]
+fn unsealed_images_hold_no_secret_anywhere_in_their_bytes() {
+    let w = scratch();
+    let secrets = w.path().join("secrets");
+    // The cluster's secrets exist (an operator made them), but an unsealed
+    // build must neither read nor change them.
+    ok(run(
+        w.path(),
+        &secrets,
+        &["secrets", "--generate", "--profiles", &profiles()],
+    ));
+    let before = sh(&format!(
+        "cd {} && find . -type f | sort | xargs sha256sum",
+        q(&secrets)
+    ))
+    .stdout;
+    let out = w.path().join("dist");
+    let p = profiles();
+    let b = bases();
+    let mut args: Vec<&str> = vec!["--profiles", &p, "--all", "--unsealed", "--out-dir"];
+    args.push(out.to_str().unwrap());
+    args.extend(b.iter().map(String::as_str));
+    ok(run(w.path(), &secrets, &args));
+    let after = sh(&format!(
+        "cd {} && find . -type f | sort | xargs sha256sum",
+        q(&secrets)
+    ))
+    .stdout;
+    assert_eq!(before, after, "an unsealed build touched the secrets");
+
+    let needles = w.path().join("needles");
+    std::fs::write(&needles, secret_values(&secrets).join("\n") + "\n").unwrap();
+    let mut images = 0;
+    for e in std::fs::read_dir(&out).unwrap() {
+        let img = e.unwrap().path();
+        if !img.to_string_lossy().ends_with(".img") {
+            continue;
+        }
+        images += 1;
+        // Every byte of the image, freed blocks and holes included.
+        let (code, found) = sh_status(&format!("grep -a -o -F -f {} {}", q(&needles), q(&img)));
+        assert_eq!(
+            code,
+            1,
+            "{} holds secret values: {}",
+            img.display(),
+            found.chars().take(200).collect::<String>()
+        );
+        let t = text(&ok(run(
+            w.path(),
+            &secrets,
+            &["inspect", "--json", img.to_str().unwrap()],
+        )));
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        assert_eq!(v["provenance"]["unsealed"], true, "{t}");
+    }
+    assert_eq!(images, 6);
+}
+
+/// Every file of an ext4 partition image: path -> (mode, uid, gid, content sha256 or link).
+fn ext4_tree(part: &Path) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let fs = ext4_view::Ext4::load_from_path(part).unwrap();
+    let mut out = BTreeMap::new();
+    let mut dirs = vec!["/".to_string()];
+    while let Some(d) = dirs.pop() {
+        for e in fs.read_dir(d.as_str()).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().as_str().unwrap().to_string();
+            if name == "." || name == ".." || name == "lost+found" {
+                continue;
+            }
+            let path = format!("{}/{name}", d.trim_end_matches('/'));
+            let m = fs.symlink_metadata(path.as_str()).unwrap();
+            let what = if m.is_dir() {
+                dirs.push(path.clone());
+                "dir".to_string()
+            } else if m.is_symlink() {
+                let t = fs.read_link(path.as_str()).unwrap();
+                format!("-> {}", String::from_utf8_lossy(AsRef::<[u8]>::as_ref(&t)))
+            } else {
+                hex::encode(Sha256::digest(fs.read(path.as_str()).unwrap()))
+            };
+            out.insert(
+                path,
+                format!("{:o} {}:{} {what}", m.mode(), m.uid(), m.gid()),
+            );
+        }
+    }
+    out
+}
+
+fn fat_tree(part: &Path) -> BTreeMap<String, String> {
+    let out = sh(&format!(
+        "{} {} dump {}",
+        python(),
+        q(&repo().join("tests/fixtures/fat.py")),
+        q(part)
+    ))
+    .stdout;
+    serde_json::from_slice(&out).unwrap()
+}
+
+/// Every file system's tree of `image` in the layout `layout`.
+fn trees(layout: &Layout, image: &Path, work: &Path) -> BTreeMap<u32, BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for &(index, start, len) in &layout.parts {
+        let part = work.join(format!("p{index}"));
+        extract(image, start, len, &part);
+        let fat = sh_status(&format!("fsck.fat -n {}", q(&part))).0 == 0;
+        let ext = sh_status(&format!("e2fsck -fn {}", q(&part))).0 == 0;
+        if ext {
+            out.insert(index, ext4_tree(&part));
+        } else if fat {
+            out.insert(index, fat_tree(&part));
+        }
+        std::fs::remove_file(&part).unwrap();
+    }
+    out
+}
+
+#[test]
+fn sealing_an_unsealed_image_equals_a_sealed_build_file_for_file() {
+    let fx = fixtures();
+    let w = scratch();
+    let secrets = w.path().join("secrets");
+    ok(run(
+        w.path(),
+        &secrets,
+        &["secrets", "--generate", "--profiles", &profiles()],
+    ));
+    for (node, layout) in [
+        ("node01.cm4", &fx.cm4),
+        ("node02.rk1", &fx.rk1),
+        ("nuc2.nuc", &fx.nuc),
+    ] {
+        let dir = w.path().join(node);
+        std::fs::create_dir(&dir).unwrap();
+        let direct = dir.join("direct").join(format!("{node}.img"));
+        build(&dir, &secrets, &[], &[&direct]);
+        let unsealed = dir.join("ci").join(format!("{node}.img.zst"));
+        build(&dir, &secrets, &["--unsealed"], &[&unsealed]);
+        let sealed = dir.join(format!("{node}.sealed.img"));
+        let r = ok(run(
+            &dir,
+            &secrets,
+            &[
+                "seal",
+                "--json",
+                "--profiles",
+                &profiles(),
+                unsealed.to_str().unwrap(),
+                "-o",
+                sealed.to_str().unwrap(),
+            ],
+        ));
+        let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+        assert!(
+            report["files"].as_array().unwrap().iter().any(|f| f["path"]
+                .as_str()
+                .unwrap()
+                .ends_with("ssh_host_ed25519_key")),
+            "{report}"
+        );
+        let work = dir.join("work");
+        std::fs::create_dir(&work).unwrap();
+        let a = trees(layout, &direct, &work);
+        let b = trees(layout, &sealed, &work);
+        assert!(!a.is_empty());
+        for (index, tree) in &a {
+            let other = &b[index];
+            for (path, v) in tree {
+                assert_eq!(other.get(path), Some(v), "{node} p{index} {path}");
+            }
+            assert_eq!(
+                tree.len(),
+                other.len(),
+                "{node} p{index}: extra files after sealing"
+            );
+        }
+        // Both pass their checkers; the artifact was not modified.
+        for &(index, start, len) in &layout.parts {
+            let part = work.join("check");
+            extract(&sealed, start, len, &part);
+            let (fat, ext) = (
+                sh_status(&format!("fsck.fat -n {}", q(&part))).0,
+                sh_status(&format!("e2fsck -fn {}", q(&part))).0,
+            );
+            assert!(
+                fat == 0 || ext == 0 || index == 14,
+                "{node} p{index} fails its checker"
+            );
+        }
+        ok(run(&dir, &secrets, &["verify", unsealed.to_str().unwrap()]));
+    }
+}
+
+#[test]
+fn unsealed_bytes_are_reproducible_across_directories_umask_locale_and_time_zone() {
+    let fx = fixtures();
+    let mut digests = Vec::new();
+    for (umask, tz, lang) in [("022", "UTC", "C"), ("077", "Asia/Kolkata", "de_DE.UTF-8")] {
+        let w = scratch();
+        let out = w.path().join("some/where").join("node02.rk1.img");
+        let e = env();
+        let r = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(bin())
+            .args([
+                "--profiles",
+                &profiles(),
+                "--base",
+                fx.rk1.path.to_str().unwrap(),
+                "--unsealed",
+                out.to_str().unwrap(),
+            ])
+            .current_dir(w.path())
+            .env_remove("CI")
+            .env("TZ", tz)
+            .env("LANG", lang)
+            .env("LC_ALL", lang)
+            .env("IMGBUILD_SECRETS", w.path().join("never-read"))
+            .env("IMGBUILD_CACHE_DIR", e.cache())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .output()
+            .unwrap();
+        assert!(r.status.success(), "{}", text(&r));
+        assert!(
+            !w.path().join("never-read").exists(),
+            "an unsealed build made a secrets dir"
+        );
+        let len = std::fs::metadata(&out).unwrap().len();
+        let statement = std::fs::read(format!("{}.intoto.json", out.display())).unwrap();
+        digests.push((hash_range(&out, 0, len), statement));
+    }
+    assert_eq!(digests[0].0, digests[1].0, "image bytes differ");
+    assert_eq!(digests[0].1, digests[1].1, "provenance statements differ");
+}
+
+#[test]
+fn verify_checks_the_artifact_and_tells_what_it_was_built_from() {
+    let fx = fixtures();
+    let w = scratch();
+    let secrets = w.path().join("secrets");
+    let out = w.path().join("node03.rk1.img.xz");
+    build(w.path(), &secrets, &["--unsealed"], &[&out]);
+    let r = ok(run(
+        w.path(),
+        &secrets,
+        &["verify", "--json", out.to_str().unwrap()],
+    ));
+    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(v["sums_checked"], true);
+    assert_eq!(v["statement_checked"], true);
+    assert_eq!(v["parameters"]["node"], "node03");
+    assert_eq!(v["parameters"]["unsealed"], true);
+    let deps = v["built_from"].as_array().unwrap();
+    let names: Vec<&str> = deps.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "stock image",
+            "k3s binary",
+            "k3s air-gap images",
+            "overlays",
+            "profiles"
+        ]
+    );
+    assert_eq!(
+        deps[0]["digest"]["sha256"],
+        "88584d5797bac01efd3bb1063935ce9f00947e4d4aa0c671d0a39ec8db6ca8f7"
+    );
+    assert!(
+        deps[1]["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1.32.5%2Bk3s1/k3s-arm64")
+    );
+    // The statement is an in-toto v1 Statement with a SLSA v1 predicate.
+    let st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.intoto.json", out.display())).unwrap())
+            .unwrap();
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+    assert_eq!(st["subject"][0]["name"], "node03.rk1.img.xz");
+    assert_eq!(st["subject"][0]["digest"]["sha256"], v["sha256"]);
+
+    // One flipped byte is caught, by verify and by seal.
+    let f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+    use std::os::unix::fs::FileExt;
+    let mut b = [0u8; 1];
+    std::fs::File::open(&out)
+        .unwrap()
+        .read_exact_at(&mut b, 1000)
+        .unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], 1000).unwrap();
+    let r = run(w.path(), &secrets, &["verify", out.to_str().unwrap()]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("differs from") && text(&r).contains("modified"),
+        "{}",
+        text(&r)
+    );
+    let sealed = w.path().join("s.img");
+    let r = run(
+        w.path(),
+        &secrets,
+        &[
+            "seal",
+            "--profiles",
+            &profiles(),
+            out.to_str().unwrap(),
+            "-o",
+            sealed.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("modified after it was built"),
+        "{}",
+        text(&r)
+    );
+    assert!(!sealed.exists());
+    let _ = fx;
+}
+
+#[test]
+fn bad_seal_inputs_are_refused_and_nothing_is_written() {
+    let w = scratch();
+    let secrets = w.path().join("secrets");
+    let unsealed = w.path().join("ci/node04.rk1.img");
+    build(w.path(), &secrets, &["--unsealed"], &[&unsealed]);
+    let out = w.path().join("out.img");
+    let manifests = repo().join("firmware-manifests");
+    let overlays = repo().join("overlays");
+    let seal = |secrets: &Path, profiles: &str, image: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "seal",
+            "--profiles",
+            profiles,
+            "--manifests",
+            manifests.to_str().unwrap(),
+            "--overlays",
+            overlays.to_str().unwrap(),
+            image.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-o", out.to_str().unwrap()]);
+        run(w.path(), secrets, &args)
+    };
+    // No secrets yet: sealing never creates them.
+    let r = seal(&secrets, &profiles(), &unsealed, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(text(&r).contains("never creates"), "{}", text(&r));
+    assert!(!secrets.exists() && !out.exists());
+    // Secrets of the cluster but none for this node.
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    ok(run(
+        w.path(),
+        &secrets,
+        &[
+            "secrets",
+            "--print-token",
+            "server",
+            "--profiles",
+            &profiles(),
+        ],
+    ));
+    let r = seal(&secrets, &profiles(), &unsealed, &[]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(
+        text(&r).contains("lacks") && text(&r).contains("nodes/node04/ssh_host_ed25519_key"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists());
+    ok(run(
+        w.path(),
+        &secrets,
+        &["secrets", "--generate", "--profiles", &profiles()],
+    ));
+    // For another node.
+    let r = seal(&secrets, &profiles(), &unsealed, &["--node", "node03"]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("built for node node04, not node03"),
+        "{}",
+        text(&r)
+    );
+    // Built from other profiles (a label changed since).
+    let other = w.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(&other)
+    ));
+    let n4 = other.join("profiles/nodes/node04.yaml");
+    let t = std::fs::read_to_string(&n4).unwrap();
+    std::fs::write(&n4, t.replace("node-type: rk1", "node-type: rk1-b")).unwrap();
+    let r = seal(
+        &secrets,
+        other.join("profiles").to_str().unwrap(),
+        &unsealed,
+        &[],
+    );
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    assert!(text(&r).contains("profile digest"), "{}", text(&r));
+    assert!(!out.exists());
+    // Sealed already.
+    ok(seal(&secrets, &profiles(), &unsealed, &[]));
+    let again = w.path().join("again.img");
+    let r = run(
+        w.path(),
+        &secrets,
+        &[
+            "seal",
+            "--profiles",
+            &profiles(),
+            out.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("already sealed"), "{}", text(&r));
+    assert!(!again.exists());
+    // Not an imgbuild image at all.
+    let r = run(
+        w.path(),
+        &secrets,
+        &[
+            "seal",
+            "--profiles",
+            &profiles(),
+            fixtures().rk1.path.to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(text(&r).contains("no provenance record"), "{}", text(&r));
+    // No partial files anywhere.
+    let left = sh(&format!(
+        "find {} -name '*.partial' -o -name '.imgbuild-seal-*'",
+        q(w.path())
+    ))
+    .stdout;
+    assert!(left.is_empty(), "{}", String::from_utf8_lossy(&left));
+}
+
+#[test]
+fn in_ci_a_build_that_bakes_secrets_needs_an_explicit_flag() {
+    let fx = fixtures();
+    let w = scratch();
+    let out: PathBuf = w.path().join("node02.rk1.img");
+    let e = env();
+    let ci = |extra: &[&str]| {
+        let mut c = command();
+        c.args([
+            "--profiles",
+            &profiles(),
+            "--base",
+            fx.rk1.path.to_str().unwrap(),
+        ])
+        .args(extra)
+        .arg(&out)
+        .current_dir(w.path())
+        .env("CI", "true")
+        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url());
+        c.output().unwrap()
+    };
+    let r = ci(&[]);
+    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    assert!(
+        text(&r).contains("--unsealed") && text(&r).contains("--sealed"),
+        "{}",
+        text(&r)
+    );
+    assert!(!out.exists() && !w.path().join("secrets").exists());
+    ok(ci(&["--unsealed"]));
+    assert!(!w.path().join("secrets").exists());
+    ok(ci(&["--sealed"]));
+    assert!(w.path().join("secrets").exists());
+}
