@@ -19,6 +19,7 @@ pub mod config;
 pub mod deliver;
 pub mod fs;
 pub mod image;
+pub mod kube;
 pub mod plan;
 pub mod secrets;
 pub mod source;

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+pub mod client;
+
 /// The CA files k3s keeps when they exist before its first start, relative to server/tls.
 pub const CA_FILES: &[(&str, &str)] = &[
     ("server-ca", "k3s-server-ca"),
