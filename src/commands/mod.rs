@@ -10,9 +10,12 @@ pub mod check;
 pub mod fetch;
 pub mod flash;
 pub mod inspect;
+pub mod kubeconfig;
 pub mod render;
 pub mod secrets;
+pub mod status;
 pub mod unpack;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 

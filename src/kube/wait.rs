@@ -267,16 +267,13 @@ pub fn wait(api: &Api, targets: &[Target], opts: &WaitOptions) -> WaitResult {
                 api_reached = true;
                 api_error = None;
                 api_health = Some(health);
-                for i in 0..targets.len() {
+                for (i, target) in targets.iter().enumerate() {
                     if t.states[i].is_ready() {
                         continue;
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
-                    match api.node(&targets[i].node_name, left) {
-                        Ok(node) => {
-                            let s = classify(node.as_ref(), targets[i].flash.as_ref());
-                            t.set(i, s);
-                        }
+                    match api.node(&target.node_name, left) {
+                        Ok(node) => t.set(i, classify(node.as_ref(), target.flash.as_ref())),
                         Err(e) => {
                             tracing::info!("API: {e}");
                             api_error = Some(e);

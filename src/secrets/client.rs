@@ -159,3 +159,24 @@ pub fn rfc3339(secs: u64) -> String {
         s % 60
     )
 }
+
+impl Secrets {
+    /// Whether `cert_pem` was signed by the cluster's current client CA.
+    pub fn issued_by_client_ca(&self, cert_pem: &str) -> bool {
+        let Ok(ca_pem) = self.existing_tls("client-ca.crt") else {
+            return false;
+        };
+        let parse = |pem: &str| {
+            x509_parser::pem::parse_x509_pem(pem.as_bytes())
+                .ok()
+                .map(|(_, p)| p)
+        };
+        let (Some(ca), Some(leaf)) = (parse(&ca_pem), parse(cert_pem)) else {
+            return false;
+        };
+        let (Ok(ca), Ok(leaf)) = (ca.parse_x509(), leaf.parse_x509()) else {
+            return false;
+        };
+        leaf.issuer() == ca.subject() && leaf.verify_signature(Some(ca.public_key())).is_ok()
+    }
+}

@@ -354,6 +354,7 @@ fn describe(rel: &str) -> &'static str {
         r if r.ends_with("ssh_host_ed25519_key") => "node SSH host private key",
         r if r.ends_with("ssh_host_ed25519_key.pub") => "node SSH host public key",
         r if r.ends_with("node-password") => "k3s node password",
+        r if r.starts_with("kubeconfig/") => "admin kubeconfig (imgbuild kubeconfig; short-lived)",
         _ => "other",
     }
 }
