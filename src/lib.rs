@@ -4,7 +4,7 @@
 //! before it (and the shared utilities), never the ones after it:
 //!
 //! [`config`] -> [`secrets`] -> [`plan`] -> [`source`] -> [`image`] / [`fs`] ->
-//! [`bake`] -> [`artifact`] -> [`deliver`]; [`commands`] sequences them and
+//! [`bake`] -> [`artifact`] -> [`deliver`] -> [`kube`]; [`commands`] sequences them and
 //! the binary's `cli` only parses, resolves settings and reports.
 //! Shared utilities: [`io`] (digests, hashing, sparse files, progress) and
 //! [`util`] (clean-up on interrupt, TLS provider, dates, error chains).
@@ -19,6 +19,7 @@ pub mod config;
 pub mod deliver;
 pub mod fs;
 pub mod image;
+pub mod kube;
 pub mod plan;
 pub mod secrets;
 pub mod source;

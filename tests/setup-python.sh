@@ -21,4 +21,9 @@ fi
   echo "error: pyfatfs did not install into $venv" >&2
   exit 1
 }
+# kubernetes-validate bundles the API schemas, so it works offline.
+"$venv/bin/kubernetes-validate" --version >/dev/null || {
+  echo "error: kubernetes-validate did not install into $venv" >&2
+  exit 1
+}
 echo "test Python ready: $venv/bin/python3"

@@ -1,8 +1,13 @@
 //! Command-line definitions (clap types) only.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+
+fn duration(s: &str) -> Result<Duration, String> {
+    imgbuild::util::duration::parse_duration(s)
+}
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -236,6 +241,61 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         flash: FlashArgs,
+        /// Then wait until every deployed node has joined and is Ready (see `wait`).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        wait_args: WaitArgs,
+    },
+    /// Write an admin kubeconfig for the cluster, minted offline from its CA
+    /// (no SSH to a server); prints only its path.
+    Kubeconfig {
+        /// Write it here (refused if the file exists, unless --force)
+        /// [default: kubeconfig/<cluster>.yaml in the secrets directory, reused while valid].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Merge the cluster into an existing kubeconfig (-o FILE, else
+        /// ~/.kube/config), keeping its other contexts; makes it the current context.
+        #[arg(long)]
+        merge: bool,
+        /// Replace an existing -o FILE.
+        #[arg(long)]
+        force: bool,
+        /// How long the client certificate is valid (e.g. 12h, 7d, 30d).
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
+        validity: Duration,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Wait until nodes (every node when none are named) have joined the
+    /// cluster and are Ready, booted after their last flash; on timeout, say
+    /// per node what is wrong and what to try.
+    Wait {
+        /// Node names [default: every node].
+        nodes: Vec<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// Where the deploy state is (the images' directory).
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        out_dir: PathBuf,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One table of every node: slot, image flashed (and whether a build now
+    /// differs), reachable, registered, Ready, k3s version, roles; and the API's health.
+    Status {
+        /// Longest each check may take.
+        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+        timeout: Duration,
+        /// Where the deploy state is (the images' directory).
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        out_dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Talk to the Turing Pi BMCs named in the profiles.
     #[command(subcommand)]
@@ -315,4 +375,24 @@ pub struct FlashArgs {
     /// Base images for builds, as for the build command.
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The Kubernetes API's URL [default: https://<cluster.server>:6443]. Its
+    /// certificate must still come from the cluster's server CA.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// How long to wait for every node to be Ready.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = duration)]
+    pub timeout: Duration,
+    /// How often to poll the API between watches.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub interval: Duration,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }

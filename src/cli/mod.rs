@@ -77,12 +77,66 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
             commands::flash::flash(&ws, &[node], &images, &settings, false)?;
             Ok(())
         }
-        Some(Command::Deploy { nodes, json, flash }) => {
-            let settings = common.flash(&flash, env)?;
+        Some(Command::Deploy {
+            nodes,
+            json,
+            flash,
+            wait,
+            wait_args,
+        }) => {
+            let mut settings = common.flash(&flash, env)?;
+            let wait = wait.then(|| settings::wait(&wait_args, &flash.out_dir));
+            settings.wait = wait.clone();
             let ws = Workspace::load(paths)?;
             let names = commands::flash::deploy_nodes(&ws, &nodes);
             let reports = commands::flash::flash(&ws, &names, &BTreeMap::new(), &settings, true)?;
-            report::delivered(json, &reports)
+            match wait {
+                None => report::delivered(json, &reports),
+                Some(w) => {
+                    if !json {
+                        report::delivered(false, &reports)?;
+                    }
+                    let waited = commands::wait::wait(&ws, &names, &w)?;
+                    report::deployed_and_waited(json, &reports, &waited)
+                }
+            }
+        }
+        Some(Command::Kubeconfig {
+            output,
+            merge,
+            force,
+            validity,
+            api,
+        }) => {
+            let s = settings::kubeconfig(output, merge, force, validity, api.server, env)?;
+            let ws = Workspace::load(paths)?;
+            report::kubeconfig(&commands::kubeconfig::kubeconfig(&ws, &s)?);
+            Ok(())
+        }
+        Some(Command::Wait {
+            nodes,
+            wait,
+            out_dir,
+            json,
+        }) => {
+            let ws = Workspace::load(paths)?;
+            let w = settings::wait(&wait, &out_dir);
+            report::waited(json, &commands::wait::wait(&ws, &nodes, &w)?)
+        }
+        Some(Command::Status {
+            timeout,
+            out_dir,
+            api,
+            json,
+        }) => {
+            let ws = Workspace::load(paths)?;
+            let w = imgbuild::commands::wait::WaitSettings {
+                timeout,
+                interval: timeout,
+                server: api.server,
+                out_dir,
+            };
+            report::status(json, &commands::status::status(&ws, &w, common.build_time)?)
         }
         Some(Command::Bmc(BmcCommand::Status { bmc, json })) => {
             let options = settings::bmc_options(&bmc, env);

@@ -7,6 +7,9 @@ use imgbuild::artifact::inspect::Inspection;
 use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::CacheListing;
 use imgbuild::commands::check::CheckReport;
+use imgbuild::commands::kubeconfig::KubeconfigResult;
+use imgbuild::commands::status::ClusterStatus;
+use imgbuild::commands::wait::WaitReport;
 use imgbuild::commands::{CommandError, Result};
 use imgbuild::deliver::Report;
 use imgbuild::deliver::turing_pi::Status;
@@ -265,4 +268,122 @@ fn inspection_text(i: &Inspection) -> String {
 /// The error line a failed command ends with.
 pub fn error(e: &CommandError) {
     eprintln!("error: {:#}", e.inner());
+}
+
+pub fn kubeconfig(r: &KubeconfigResult) {
+    if let Some(prev) = &r.previous_context {
+        tracing::info!(
+            "the current context was {prev}; switch back with kubectl config use-context {prev}"
+        );
+    }
+    println!("{}", r.path.display());
+}
+
+fn wait_text(r: &WaitReport) {
+    let width = r.nodes.iter().map(|n| n.node.len()).max().unwrap_or(4);
+    for n in &r.nodes {
+        match &n.problem {
+            None => println!("{:<width$}  {}", n.node, n.state.describe()),
+            Some(p) => {
+                println!("{:<width$}  {p}", n.node);
+                for hint in &n.next {
+                    println!("{:<width$}    try: {hint}", "");
+                }
+            }
+        }
+    }
+    println!(
+        "{} of {} node{} Ready ({})",
+        r.ready,
+        r.total,
+        if r.total == 1 { "" } else { "s" },
+        imgbuild::util::duration::format_duration(std::time::Duration::from_secs(r.elapsed_secs))
+    );
+}
+
+/// The outcome of a wait; an error (exit 1) when a node is not up.
+pub fn waited(as_json: bool, r: &WaitReport) -> Result<()> {
+    either(as_json, r, wait_text)?;
+    wait_verdict(r)
+}
+
+fn wait_verdict(r: &WaitReport) -> Result<()> {
+    if r.all_ready() {
+        return Ok(());
+    }
+    Err(CommandError::Failed(anyhow::anyhow!(
+        "{} of {} nodes Ready after {}; the diagnosis above says what to try",
+        r.ready,
+        r.total,
+        imgbuild::util::duration::format_duration(std::time::Duration::from_secs(r.timeout_secs))
+    )))
+}
+
+/// `deploy --wait`: the deploy lines were printed already in text mode; in
+/// JSON both reports go into one document.
+pub fn deployed_and_waited(as_json: bool, reports: &[Report], r: &WaitReport) -> Result<()> {
+    if as_json {
+        json(&serde_json::json!({ "deploy": reports, "wait": r }))?;
+    } else {
+        wait_text(r);
+    }
+    wait_verdict(r)
+}
+
+pub fn status(as_json: bool, s: &ClusterStatus) -> Result<()> {
+    either(as_json, s, |s| {
+        println!(
+            "cluster {}: API {} {}{}",
+            s.cluster,
+            s.api,
+            s.health,
+            s.api_version
+                .as_deref()
+                .map(|v| format!(" ({v})"))
+                .unwrap_or_default()
+        );
+        println!(
+            "{:<10} {:<5} {:<7} {:<14} {:<6} {:<9} {:<10} {:<7} {:<14} ROLES",
+            "NODE",
+            "BOARD",
+            "SLOT",
+            "FLASHED",
+            "IMAGE",
+            "REACHABLE",
+            "REGISTERED",
+            "READY",
+            "VERSION"
+        );
+        let yn = |b: Option<bool>| match b {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        for n in &s.nodes {
+            println!(
+                "{:<10} {:<5} {:<7} {:<14} {:<6} {:<9} {:<10} {:<7} {:<14} {}",
+                n.node,
+                n.board,
+                n.slot.as_deref().unwrap_or("-"),
+                n.flashed_sha256
+                    .as_deref()
+                    .map(|d| d.get(..12).unwrap_or(d))
+                    .unwrap_or("never"),
+                match n.stale {
+                    Some(true) => "stale",
+                    Some(false) => "same",
+                    None => "?",
+                },
+                yn(Some(n.reachable)),
+                yn(n.registered),
+                n.ready.as_deref().unwrap_or("?"),
+                n.version.as_deref().unwrap_or("-"),
+                if n.roles.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    n.roles.join(",")
+                }
+            );
+        }
+    })
 }

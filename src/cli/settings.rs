@@ -13,8 +13,10 @@ use imgbuild::deliver::turing_pi::PasswordSource;
 use imgbuild::plan::DEFAULT_BUILD_TIME;
 use imgbuild::source::RetryPolicy;
 
-use super::args::{BmcArgs, BuildArgs, FlashArgs, GlobalArgs, OutputFormat};
+use super::args::{BmcArgs, BuildArgs, FlashArgs, GlobalArgs, OutputFormat, WaitArgs};
 use imgbuild::artifact::Format;
+use imgbuild::commands::kubeconfig::KubeconfigSettings;
+use imgbuild::commands::wait::WaitSettings;
 
 /// The environment variables imgbuild reads, read once at start.
 #[derive(Debug, Default)]
@@ -125,6 +127,7 @@ impl Common {
 
     pub fn flash(&self, f: &FlashArgs, env: &Environment) -> Result<FlashSettings, CommandError> {
         Ok(FlashSettings {
+            wait: None,
             bmc: bmc_options(&f.bmc, env),
             yes: f.yes,
             skip_crc: f.skip_crc,
@@ -141,6 +144,47 @@ impl Common {
             },
         })
     }
+}
+
+pub fn wait(w: &WaitArgs, out_dir: &std::path::Path) -> WaitSettings {
+    WaitSettings {
+        timeout: w.timeout,
+        interval: w.interval.max(std::time::Duration::from_millis(50)),
+        server: w.api.server.clone(),
+        out_dir: out_dir.to_owned(),
+    }
+}
+
+/// `--merge` goes into `-o FILE`, else `~/.kube/config` (kubectl's default file).
+pub fn kubeconfig(
+    output: Option<PathBuf>,
+    merge: bool,
+    force: bool,
+    validity: std::time::Duration,
+    server: Option<String>,
+    env: &Environment,
+) -> Result<KubeconfigSettings, CommandError> {
+    let merge_into = match (merge, &output) {
+        (false, _) => None,
+        (true, Some(o)) => Some(o.clone()),
+        (true, None) => Some(
+            env.home
+                .as_ref()
+                .map(|h| PathBuf::from(h).join(".kube/config"))
+                .ok_or_else(|| {
+                    CommandError::Usage(anyhow::anyhow!(
+                        "--merge needs HOME (for ~/.kube/config) or -o FILE"
+                    ))
+                })?,
+        ),
+    };
+    Ok(KubeconfigSettings {
+        output: if merge { None } else { output },
+        merge_into,
+        force,
+        validity,
+        server,
+    })
 }
 
 pub fn bmc_options(b: &BmcArgs, env: &Environment) -> BmcOptions {

@@ -17,6 +17,8 @@ pub struct FlashSettings {
     pub skip_crc: bool,
     /// Where images are found, and built when missing.
     pub build: BuildSettings,
+    /// `deploy --wait`: ask the cluster about each node before flashing it.
+    pub wait: Option<super::wait::WaitSettings>,
 }
 
 /// Every Turing Pi node of the profiles (or only those named), for deploy.
@@ -105,7 +107,14 @@ pub fn flash(
     let mut state = if deploy {
         std::fs::create_dir_all(out_dir)
             .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
-        Some(DeployState::load(out_dir))
+        let mut s = DeployState::load(out_dir);
+        let pending: Vec<_> = jobs
+            .iter()
+            .filter(|j| !s.is_done(&j.node, &j.sha256))
+            .map(|j| (j.node.clone(), j.image.clone()))
+            .collect();
+        super::wait::before_flash(ws, &pending, settings.wait.as_ref(), &mut s);
+        Some(s)
     } else {
         None
     };

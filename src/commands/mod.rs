@@ -10,11 +10,14 @@ pub mod check;
 pub mod fetch;
 pub mod flash;
 pub mod inspect;
+pub mod kubeconfig;
 pub mod render;
 pub mod seal;
 pub mod secrets;
+pub mod status;
 pub mod unpack;
 pub mod verify;
+pub mod wait;
 
 use std::path::{Path, PathBuf};
 

@@ -50,7 +50,12 @@ pub fn needs_sealing(ws: &Workspace, image: &Path) -> anyhow::Result<bool> {
     if compression(image)? != unpack::Format::Raw {
         return Ok(true);
     }
-    Ok(provenance_of(ws, image)?.is_some_and(|p| p.unsealed))
+    // An image whose table or seed cannot be read is flashed as it is: the
+    // BMC writes any bytes, and only images imgbuild built can be unsealed.
+    Ok(provenance_of(ws, image)
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.unsealed))
 }
 
 fn compression(image: &Path) -> anyhow::Result<unpack::Format> {

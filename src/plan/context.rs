@@ -55,6 +55,9 @@ pub struct K3sValues {
     pub unit: &'static str,
     /// `server` or `agent`.
     pub exec: Role,
+    /// The user imgbuild's short-lived certificates for `wait` and `status`
+    /// name; the baked RBAC lets it only read nodes.
+    pub node_reader: &'static str,
 }
 
 /// Secret values; [`std::fmt::Debug`] never shows them.
@@ -198,6 +201,7 @@ impl<'a> TemplateContext<'a> {
                     Role::Agent => "k3s-agent",
                 },
                 exec: role,
+                node_reader: crate::secrets::client::NODE_READER_USER,
             },
             secrets,
             instance_id: None,

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
+pub mod client;
+
 /// The CA files k3s keeps when they exist before its first start, relative to server/tls.
 pub const CA_FILES: &[(&str, &str)] = &[
     ("server-ca", "k3s-server-ca"),
@@ -388,6 +390,7 @@ fn describe(rel: &str) -> &'static str {
         r if r.ends_with("ssh_host_ed25519_key") => "node SSH host private key",
         r if r.ends_with("ssh_host_ed25519_key.pub") => "node SSH host public key",
         r if r.ends_with("node-password") => "k3s node password",
+        r if r.starts_with("kubeconfig/") => "admin kubeconfig (imgbuild kubeconfig; short-lived)",
         _ => "other",
     }
 }
