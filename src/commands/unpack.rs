@@ -26,7 +26,10 @@ pub fn unpack(input: &Path, output: &Path, max_size: u64) -> Result<(Format, u64
     let r = crate::source::unpack::unpack(&src, temp.as_file(), "unpack", max_size).map_err(
         |e| match e {
             UnpackError::TooLarge { .. } => {
-                anyhow!("{}: {e}; raise it with --max-size if that is expected", input.display())
+                anyhow!(
+                    "{}: {e}; raise it with --max-size if that is expected",
+                    input.display()
+                )
             }
             e => anyhow!("{}: {e}", input.display()),
         },

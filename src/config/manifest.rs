@@ -117,7 +117,8 @@ impl std::str::FromStr for ByteSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a size: expected e.g. 8GiB, 512MiB or a number of bytes");
+        let bad =
+            || format!("{s:?} is not a size: expected e.g. 8GiB, 512MiB or a number of bytes");
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);

@@ -80,7 +80,9 @@ fn client() -> Result<reqwest::blocking::Client, DownloadError> {
             && attempt.previous().iter().any(|u| u.scheme() == "https");
         if downgrade {
             let to = attempt.url().to_string();
-            attempt.error(format!("refusing a redirect from https to plain http ({to})"))
+            attempt.error(format!(
+                "refusing a redirect from https to plain http ({to})"
+            ))
         } else if attempt.previous().len() > MAX_REDIRECTS {
             attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
         } else {
@@ -327,19 +329,18 @@ fn permanent(url: &str, e: &reqwest::Error) -> Result<(), DownloadError> {
     }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = src {
-        // io::Error hides the error it wraps from source(): look inside.
-        let tls = err.downcast_ref::<rustls::Error>().or_else(|| {
-            err.downcast_ref::<io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+        if let Some(rustls::Error::InvalidCertificate(why)) = err.downcast_ref::<rustls::Error>() {
             return Err(DownloadError::Untrusted {
                 url: url.to_string(),
                 detail: format!("{why:?}"),
             });
         }
-        src = err.source();
+        // io::Error hides the error it wraps from source() (and hyper-rustls
+        // wraps rustls' io::Error in another): look inside.
+        src = match err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     Ok(())
 }

@@ -68,7 +68,7 @@ pub enum UnpackError {
 /// `64 GiB`, `512 MiB`, or bytes.
 pub fn human(n: u64) -> String {
     for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+        if n >= 1 << shift && n % (1 << shift) == 0 {
             return format!("{} {unit}", n >> shift);
         }
     }
@@ -223,17 +223,23 @@ pub fn unpack(
             qcow2::convert(src, out.out, |p| progress.set_position(p))?;
         }
         Format::Gzip => {
-            // Multi-member gzip is valid; anything after the last member must be another member.
-            let (reader, read) = counting(src);
-            let mut d = flate2::read::MultiGzDecoder::new(reader);
-            drain(format, &mut d, &mut out, &mut progress, &read)?;
-            no_trailing(
-                format,
-                len,
-                read.get(),
-                d.get_ref().buffer().len(),
-                "gzip stream",
-            )?;
+            // Multi-member gzip is valid; anything after the last member must be
+            // another member (checked here, so that trailing garbage is called
+            // that rather than a truncated member).
+            let (mut reader, read) = counting(src);
+            loop {
+                let mut d = flate2::bufread::GzDecoder::new(&mut reader);
+                drain(format, &mut d, &mut out, &mut progress, &read)?;
+                let rest = reader.fill_buf()?;
+                if rest.is_empty() {
+                    break;
+                }
+                // One byte 0x1F at the buffer's end may begin the next member.
+                if !(rest.starts_with(&[0x1F, 0x8B]) || rest == [0x1F]) {
+                    let buffered = rest.len();
+                    no_trailing(format, len, read.get(), buffered, "gzip stream")?;
+                }
+            }
         }
         Format::Zstd => {
             let (reader, read) = counting(src);

@@ -138,7 +138,12 @@ impl Server {
         let shared = Arc::new(Shared::default());
         let handlers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let (f2, l2, s2, h2) = (faults.clone(), log.clone(), shared.clone(), handlers.clone());
+        let (f2, l2, s2, h2) = (
+            faults.clone(),
+            log.clone(),
+            shared.clone(),
+            handlers.clone(),
+        );
         let accept = std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s2.stopping.load(Ordering::SeqCst) {
@@ -162,7 +167,10 @@ impl Server {
                             .cloned()
                             .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                             .unwrap_or_default();
-                        s.errors.lock().unwrap().push(format!("handler panicked: {msg}"));
+                        s.errors
+                            .lock()
+                            .unwrap()
+                            .push(format!("handler panicked: {msg}"));
                     }
                 });
                 h2.lock().unwrap().push(h);
@@ -339,7 +347,11 @@ fn connection(
             let mut tcp = tcp;
             while conn.is_handshaking() {
                 if let Err(e) = conn.complete_io(&mut tcp) {
-                    shared.handshake_failures.lock().unwrap().push(e.to_string());
+                    shared
+                        .handshake_failures
+                        .lock()
+                        .unwrap()
+                        .push(e.to_string());
                     return;
                 }
             }
@@ -473,7 +485,13 @@ fn exchange(
             .unwrap()
             .push(format!("unexpected {method} {path}"));
         let _ = body_len;
-        simple(out, 405, "Allow: GET, HEAD\r\nConnection: close\r\n", "", false)?;
+        simple(
+            out,
+            405,
+            "Allow: GET, HEAD\r\nConnection: close\r\n",
+            "",
+            false,
+        )?;
         return Ok(false);
     }
     if let Some((code, location)) = shared.redirects.lock().unwrap().get(&path).cloned() {
