@@ -176,6 +176,9 @@ pub enum Command {
         input: PathBuf,
         /// The raw image to write (not overwritten if it exists).
         output: PathBuf,
+        /// Refuse to write more than this (e.g. 8GiB); guards against decompression bombs.
+        #[arg(long, value_name = "SIZE", default_value = "64GiB")]
+        max_size: imgbuild::config::manifest::ByteSize,
     },
     /// Show which cluster secrets exist (never their values), or print the
     /// join token or a known_hosts file on request.

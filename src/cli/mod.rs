@@ -142,8 +142,12 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
             let options = settings::bmc_options(&bmc, env);
             report::bmc_status(json, &commands::bmc::status(paths, &options)?)
         }
-        Some(Command::Unpack { input, output }) => {
-            let (format, size) = commands::unpack::unpack(&input, &output)?;
+        Some(Command::Unpack {
+            input,
+            output,
+            max_size,
+        }) => {
+            let (format, size) = commands::unpack::unpack(&input, &output, max_size.0)?;
             report::unpacked(&output, format, size);
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use imgbuild::artifact::inspect::Inspection;
 use imgbuild::commands::build::BakeReport;
-use imgbuild::commands::cache::CacheListing;
+use imgbuild::commands::cache::{CacheListing, Cleaned};
 use imgbuild::commands::check::CheckReport;
 use imgbuild::commands::kubeconfig::KubeconfigResult;
 use imgbuild::commands::status::ClusterStatus;
@@ -154,7 +154,8 @@ pub fn unpacked(output: &Path, format: PackFormat, size: u64) {
 pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
     either(as_json, l, |l| {
         println!("cache: {}", l.root.display());
-        for (e, board) in &l.entries {
+        for listed in &l.entries {
+            let (e, board) = (&listed.entry, &listed.board);
             println!(
                 "  {:<8} {:<5} {:>10} MB ({:>6} MB on disk)  {}",
                 format!("{:?}", e.kind).to_lowercase(),
@@ -170,14 +171,17 @@ pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
     })
 }
 
-pub fn cache_cleaned(removed: &[PathBuf]) {
-    for p in removed {
+pub fn cache_cleaned(c: &Cleaned) {
+    for p in &c.removed {
         println!("removed {}", p.display());
+    }
+    for p in &c.in_use {
+        println!("skipped {} (in use by another imgbuild)", p.display());
     }
     println!(
         "{} entr{} removed",
-        removed.len(),
-        if removed.len() == 1 { "y" } else { "ies" }
+        c.removed.len(),
+        if c.removed.len() == 1 { "y" } else { "ies" }
     );
 }
 

@@ -42,7 +42,9 @@ impl Environment {
         Environment {
             ci: std::env::var_os("CI").is_some(),
             log: var("IMGBUILD_LOG"),
-            xdg_cache_home: std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()),
+            // The XDG base directory spec: a relative path is invalid and ignored.
+            xdg_cache_home: std::env::var_os("XDG_CACHE_HOME")
+                .filter(|v| std::path::Path::new(v).is_absolute()),
             home: std::env::var_os("HOME"),
             k3s_mirror: non_empty("IMGBUILD_K3S_MIRROR"),
             bmc_password: var("IMGBUILD_BMC_PASSWORD"),

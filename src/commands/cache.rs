@@ -1,20 +1,35 @@
 //! `imgbuild cache list|clean`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use anyhow::Context;
 use serde::Serialize;
 
 use super::{FetchSettings, Paths, Result};
 use crate::source::Cache;
 use crate::source::cache::{Entry, EntryKind};
 
-/// A cache entry with the board whose manifest refers to it, when known.
+/// The cache's entries, each with the board whose manifest refers to it
+/// (`k3s` for release assets) when known.
 #[derive(Debug, Serialize)]
 pub struct CacheListing {
     pub root: PathBuf,
-    pub entries: Vec<(Entry, Option<String>)>,
+    pub entries: Vec<Listed>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub board: Option<String>,
+}
+
+/// What `cache clean` did.
+#[derive(Debug, Default, Serialize)]
+pub struct Cleaned {
+    pub removed: Vec<PathBuf>,
+    /// Entries another imgbuild is working on: left alone.
+    pub in_use: Vec<PathBuf>,
 }
 
 /// Cache keys of the current manifests' images, with their boards.
@@ -41,12 +56,12 @@ pub fn list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListing> {
     let entries = cache
         .entries()?
         .into_iter()
-        .map(|e| {
-            let owner = match e.kind {
+        .map(|entry| {
+            let board = match entry.kind {
                 EntryKind::Asset => Some("k3s".to_string()),
-                _ => keys.get(&e.key.to_string()).cloned(),
+                _ => keys.get(&entry.key.to_string()).cloned(),
             };
-            (e, owner)
+            Listed { entry, board }
         })
         .collect();
     Ok(CacheListing {
@@ -55,20 +70,51 @@ pub fn list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListing> {
     })
 }
 
-/// Removes cache entries no current manifest refers to, and unfinished
-/// downloads (every entry, k3s assets included, with `all`); returns what was removed.
-pub fn clean(paths: &Paths, settings: &FetchSettings, all: bool) -> Result<Vec<PathBuf>> {
+/// Removes cache entries no current manifest refers to, unfinished downloads
+/// and unpacks left by killed runs (every entry, k3s assets and learnt
+/// digests included, with `all`); entries another run is using are skipped.
+pub fn clean(paths: &Paths, settings: &FetchSettings, all: bool) -> Result<Cleaned> {
     let listing = list(paths, settings)?;
     let cache = settings.cache()?;
-    let mut removed = Vec::new();
-    for (e, board) in listing.entries {
-        let unfinished = e.kind == EntryKind::Partial;
-        if all || board.is_none() || unfinished {
-            let _lock = cache.lock(&e.key.to_string())?;
-            std::fs::remove_file(&e.path)
-                .with_context(|| format!("removing {}", e.path.display()))?;
-            removed.push(e.path);
+    let mut done = Cleaned::default();
+    for Listed { entry: e, board } in listing.entries {
+        let unfinished = matches!(e.kind, EntryKind::Partial | EntryKind::Incoming);
+        if !(all || board.is_none() || unfinished) {
+            continue;
+        }
+        // Never wait: an entry someone holds is in use (a download or unpack
+        // in progress), not abandoned.
+        let Some(_lock) = cache.try_lock(&e.key.to_string())? else {
+            done.in_use.push(e.path);
+            continue;
+        };
+        match std::fs::remove_file(&e.path) {
+            Ok(()) => done.removed.push(e.path),
+            // Finished or removed by another run since the listing.
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(anyhow::Error::new(err)
+                    .context(format!("removing {}", e.path.display()))
+                    .into());
+            }
         }
     }
-    Ok(removed)
+    // Lock files of keys with nothing left in the cache.
+    let live: BTreeSet<String> = cache
+        .entries()?
+        .into_iter()
+        .map(|e| e.key.to_string())
+        .collect();
+    for key in cache.lock_keys() {
+        if !live.contains(&key)
+            && let Some(lock) = cache.try_lock(&key)?
+        {
+            lock.remove_file()?;
+        }
+    }
+    if all {
+        cache.forget_digests()?;
+        cache.remove_empty_dirs();
+    }
+    Ok(done)
 }

@@ -116,7 +116,8 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
             .with_context(|| format!("creating {}", unpacked.display()))?;
         let src =
             std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-        unpack::unpack(&src, &out, "unpack").map_err(|e| anyhow!("{}: {e}", input.display()))?;
+        unpack::unpack(&src, &out, "unpack", unpack::DEFAULT_MAX_SIZE)
+            .map_err(|e| anyhow!("{}: {e}", input.display()))?;
         &unpacked
     };
     let prov = provenance_of(ws, raw)?.ok_or_else(|| {
@@ -302,7 +303,7 @@ pub fn flashable(
             let src = std::fs::File::open(image)
                 .with_context(|| format!("opening {}", image.display()))?;
             let dst = pending.open()?;
-            unpack::unpack(&src, &dst, "unpack")
+            unpack::unpack(&src, &dst, "unpack", unpack::DEFAULT_MAX_SIZE)
                 .map_err(|e| anyhow!("{}: {e}", image.display()))?;
             drop(dst);
             Ok(pending.commit()?)

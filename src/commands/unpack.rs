@@ -5,10 +5,11 @@ use std::path::Path;
 use anyhow::{Context, anyhow};
 
 use super::{CommandError, Result};
-use crate::source::unpack::Format;
+use crate::source::unpack::{Format, UnpackError};
 
-/// Unpacks `input` by content into a new sparse raw file `output`.
-pub fn unpack(input: &Path, output: &Path) -> Result<(Format, u64)> {
+/// Unpacks `input` by content into a new sparse raw file `output` of at most
+/// `max_size` bytes.
+pub fn unpack(input: &Path, output: &Path, max_size: u64) -> Result<(Format, u64)> {
     if output.exists() {
         return Err(CommandError::usage(format!(
             "{} exists; not overwriting it",
@@ -22,8 +23,17 @@ pub fn unpack(input: &Path, output: &Path) -> Result<(Format, u64)> {
         .tempfile_in(&dir)
         .with_context(|| format!("cannot write in {}", dir.display()))?;
     let _cleanup = crate::util::cleanup::register(temp.path());
-    let r = crate::source::unpack::unpack(&src, temp.as_file(), "unpack")
-        .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+    let r = crate::source::unpack::unpack(&src, temp.as_file(), "unpack", max_size).map_err(
+        |e| match e {
+            UnpackError::TooLarge { .. } => {
+                anyhow!(
+                    "{}: {e}; raise it with --max-size if that is expected",
+                    input.display()
+                )
+            }
+            e => anyhow!("{}: {e}", input.display()),
+        },
+    )?;
     crate::source::cache::commit(temp, output)?;
     Ok(r)
 }

@@ -101,6 +101,64 @@ pub struct Source {
     /// A checksum file (`SHA256SUMS` or `<file>.sha256`) to use when no digest is pinned.
     #[serde(default)]
     pub checksums_url: Option<String>,
+    /// The most the unpacked image may be (default 64 GiB): a download that
+    /// unpacks to more is refused, not written until the disk is full.
+    #[serde(default)]
+    pub max_size: Option<ByteSize>,
+}
+
+/// A size in bytes, written as a number of bytes or with a binary unit
+/// (`16GiB`, `512 MiB`, `8G`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("{s:?} is not a size: expected e.g. 8GiB, 512MiB or a number of bytes");
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let shift = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 0,
+            "k" | "kib" => 10,
+            "m" | "mib" => 20,
+            "g" | "gib" => 30,
+            "t" | "tib" => 40,
+            _ => return Err(bad()),
+        };
+        let bytes = n.checked_mul(1 << shift).ok_or_else(bad)?;
+        if bytes == 0 {
+            return Err(format!("{s:?}: a size must be more than zero"));
+        }
+        Ok(ByteSize(bytes))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a size such as 8GiB, 512MiB or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                format!("{v}").parse().map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                format!("{v}").parse().map_err(E::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

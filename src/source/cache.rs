@@ -9,6 +9,7 @@
 //! <cache>/partial/<sha256>.part download in progress (resumable)
 //! <cache>/sums/<sha256 of URL>  digest learnt from a checksum file (for --offline)
 //! <cache>/locks/<key>.lock
+//! <cache>/images/.incoming-<key>-XXXXXX  an image being unpacked (left by a killed run)
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -28,6 +29,34 @@ pub struct Cache {
 /// Held while a key is being fetched or unpacked.
 pub struct KeyLock {
     _file: File,
+    path: PathBuf,
+}
+
+impl KeyLock {
+    /// Deletes the lock file while holding it; a run waiting on it notices
+    /// and locks a new one (see [`Cache::lock`]).
+    pub fn remove_file(self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Whether `path` still names the file open as `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn flock(file: &File, op: libc::c_int) -> bool {
+    // SAFETY: flock on an open descriptor.
+    unsafe { libc::flock(file.as_raw_fd(), op) == 0 }
 }
 
 impl Cache {
@@ -59,17 +88,18 @@ impl Cache {
         Ok(self.dir("partial")?.join(format!("{key}.part")))
     }
 
-    /// A temporary file in `dir` of the cache, renamed into place when complete.
-    pub fn temp_in(&self, dir: &str) -> Result<tempfile::NamedTempFile> {
+    /// A temporary file in `dir` of the cache for `key`, renamed into place
+    /// when complete. Only ever created under the key's lock, so `cache
+    /// clean` can tell a live one from one a killed run left.
+    pub fn temp_in(&self, dir: &str, key: &Sha256Digest) -> Result<tempfile::NamedTempFile> {
         let d = self.dir(dir)?;
         tempfile::Builder::new()
-            .prefix(".incoming-")
+            .prefix(&format!("{INCOMING}{key}-"))
             .tempfile_in(&d)
             .with_context(|| format!("creating a temporary file in {}", d.display()))
     }
 
-    /// Takes the lock for `key`, waiting for another imgbuild that holds it.
-    pub fn lock(&self, key: &str) -> Result<KeyLock> {
+    fn open_lock(&self, key: &str) -> Result<(File, PathBuf)> {
         let path = self.dir("locks")?.join(format!("{key}.lock"));
         let file = OpenOptions::new()
             .create(true)
@@ -77,15 +107,76 @@ impl Cache {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening the lock {}", path.display()))?;
-        // SAFETY: flock on an open descriptor.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            tracing::info!("waiting for another imgbuild using the cache entry {key}");
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-                return Err(std::io::Error::last_os_error())
-                    .with_context(|| format!("locking {}", path.display()));
+        Ok((file, path))
+    }
+
+    /// Takes the lock for `key`, waiting for another imgbuild that holds it.
+    pub fn lock(&self, key: &str) -> Result<KeyLock> {
+        let mut said = false;
+        loop {
+            let (file, path) = self.open_lock(key)?;
+            if !flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+                if !said {
+                    tracing::info!("waiting for another imgbuild using the cache entry {key}");
+                    said = true;
+                }
+                if !flock(&file, libc::LOCK_EX) {
+                    return Err(std::io::Error::last_os_error())
+                        .with_context(|| format!("locking {}", path.display()));
+                }
+            }
+            // `cache clean` may have removed the lock file while we waited:
+            // then we hold a lock nobody else will see; take the new one.
+            if same_file(&file, &path) {
+                return Ok(KeyLock { _file: file, path });
             }
         }
-        Ok(KeyLock { _file: file })
+    }
+
+    /// Takes the lock for `key` if no other imgbuild holds it.
+    pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>> {
+        let (file, path) = self.open_lock(key)?;
+        if flock(&file, libc::LOCK_EX | libc::LOCK_NB) && same_file(&file, &path) {
+            Ok(Some(KeyLock { _file: file, path }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Keys that have a lock file.
+    pub fn lock_keys(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.root.join("locks")) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".lock"))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    /// Forgets every digest learnt from checksum files.
+    pub fn forget_digests(&self) -> Result<usize> {
+        let Ok(rd) = std::fs::read_dir(self.root.join("sums")) else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("removing {}", e.path().display()))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Removes the cache's subdirectories that are empty.
+    pub fn remove_empty_dirs(&self) {
+        for d in DIRS {
+            let _ = std::fs::remove_dir(self.root.join(d));
+        }
     }
 
     fn url_key(url: &str) -> String {
@@ -118,8 +209,13 @@ impl Cache {
             };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let key = name.split('.').next().and_then(Sha256Digest::parse);
-                let Some(key) = key else { continue };
+                let (kind, key) = match name.strip_prefix(INCOMING) {
+                    Some(rest) => (EntryKind::Incoming, rest.get(..64)),
+                    None => (kind, name.split('.').next()),
+                };
+                let Some(key) = key.and_then(Sha256Digest::parse) else {
+                    continue;
+                };
                 let meta = e.metadata()?;
                 use std::os::unix::fs::MetadataExt;
                 out.push(Entry {
@@ -143,7 +239,15 @@ pub enum EntryKind {
     Asset,
     Download,
     Partial,
+    /// An unpack in progress, or left by a killed run.
+    Incoming,
 }
+
+/// Name prefix of temporary files in the cache.
+const INCOMING: &str = ".incoming-";
+
+/// Every subdirectory the cache may have.
+const DIRS: [&str; 6] = ["images", "assets", "downloads", "partial", "sums", "locks"];
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Entry {

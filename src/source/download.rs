@@ -38,6 +38,14 @@ pub enum DownloadError {
     Local { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Client(String),
+    #[error(
+        "{url}: the server's TLS certificate is not trusted ({detail}); imgbuild checks it against the system's CA store, or the bundle that SSL_CERT_FILE or SSL_CERT_DIR names"
+    )]
+    Untrusted { url: String, detail: String },
+    #[error("{url}: {detail}")]
+    Redirect { url: String, detail: String },
+    #[error("{url}: larger than {limit} bytes; not a checksum file")]
+    TooLarge { url: String, limit: u64 },
 }
 
 /// How hard to try.
@@ -58,11 +66,33 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Redirects followed before giving up (GitHub needs one: release asset to
+/// its storage host).
+const MAX_REDIRECTS: usize = 10;
+
 fn client() -> Result<reqwest::blocking::Client, DownloadError> {
     crate::util::tls::install_provider();
+    // Follow redirects (release assets live elsewhere), but never from https
+    // to http: a checksum file fetched in clear could be swapped, and the
+    // digest it names would then vouch for anything.
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            let to = attempt.url().to_string();
+            attempt.error(format!(
+                "refusing a redirect from https to plain http ({to})"
+            ))
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::blocking::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .timeout(None)
+        .redirect(redirects)
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| DownloadError::Client(format!("cannot set up the HTTP client: {e}")))
@@ -79,10 +109,40 @@ pub fn local_path(url: &str) -> Option<PathBuf> {
     Some(PathBuf::from(url))
 }
 
-enum Attempt {
-    Done,
+enum Attempt<T> {
+    Done(T),
     /// Worth another try; the message says why.
     Retry(String),
+}
+
+/// Runs `once` until it is done, fails for good, or `policy` runs out.
+fn retrying<T>(
+    url: &str,
+    policy: RetryPolicy,
+    mut once: impl FnMut() -> Result<Attempt<T>, DownloadError>,
+) -> Result<T, DownloadError> {
+    let mut delay = policy.first_delay;
+    let mut last = String::new();
+    for attempt in 1..=policy.attempts.max(1) {
+        if attempt > 1 {
+            tracing::warn!(
+                "{url}: {last}; retrying in {:.1} s (attempt {attempt} of {})",
+                delay.as_secs_f64(),
+                policy.attempts
+            );
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(policy.max_delay);
+        }
+        match once()? {
+            Attempt::Done(t) => return Ok(t),
+            Attempt::Retry(why) => last = why,
+        }
+    }
+    Err(DownloadError::GaveUp {
+        url: url.to_string(),
+        attempts: policy.attempts.max(1),
+        last,
+    })
 }
 
 /// Downloads `url` into `partial` (appending to what is there when the server
@@ -126,32 +186,27 @@ pub fn download(
     }
 
     let client = client()?;
-    let mut delay = policy.first_delay;
-    let mut last = String::new();
-    for attempt in 1..=policy.attempts.max(1) {
-        if attempt > 1 {
-            tracing::warn!(
-                "{url}: {last}; retrying in {:.1} s (attempt {attempt} of {})",
-                delay.as_secs_f64(),
-                policy.attempts
-            );
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(policy.max_delay);
-        }
-        match try_once(&client, url, partial, label)? {
-            Attempt::Done => return hash_file(partial).map_err(local),
-            Attempt::Retry(why) => last = why,
-        }
-    }
-    Err(DownloadError::GaveUp {
-        url: url.to_string(),
-        attempts: policy.attempts.max(1),
-        last,
-    })
+    retrying(url, policy, || try_once(&client, url, partial, label))?;
+    hash_file(partial).map_err(local)
 }
 
 fn hash_file(path: &Path) -> io::Result<Sha256Digest> {
     sha256_reader(File::open(path)?)
+}
+
+/// `first` and `total` of a `Content-Range: bytes first-last/total` (or `*/total`).
+fn content_range(resp: &reqwest::blocking::Response) -> (Option<u64>, Option<u64>) {
+    let Some(v) = resp
+        .headers()
+        .get(reqwest::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes "))
+    else {
+        return (None, None);
+    };
+    let (range, total) = v.split_once('/').unwrap_or((v, "*"));
+    let first = range.split('-').next().and_then(|n| n.trim().parse().ok());
+    (first, total.trim().parse().ok())
 }
 
 fn try_once(
@@ -159,7 +214,7 @@ fn try_once(
     url: &str,
     partial: &Path,
     label: &str,
-) -> Result<Attempt, DownloadError> {
+) -> Result<Attempt<()>, DownloadError> {
     let local = |source| DownloadError::Local {
         path: partial.to_owned(),
         source,
@@ -171,29 +226,36 @@ fn try_once(
     }
     let mut resp = match req.send() {
         Ok(r) => r,
-        Err(e) => return Ok(Attempt::Retry(describe(&e))),
+        Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e))),
     };
     let status = resp.status().as_u16();
-    let append = match status {
-        206 if have > 0 => {
-            let start = resp
-                .headers()
-                .get(reqwest::header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
-            if start != Some(have) {
-                // A range we did not ask for: start over.
+    // Offset in the file of the body's first byte.
+    let first = match status {
+        206 if have > 0 => match content_range(&resp).0 {
+            // A cache may serve from an earlier block boundary: skip what we have.
+            Some(first) if first <= have => first,
+            other => {
+                // A gap (or no range at all): what we have cannot be continued.
                 std::fs::remove_file(partial).map_err(local)?;
                 return Ok(Attempt::Retry(format!(
-                    "the server answered a different range ({start:?})"
+                    "the server answered a range starting at {} instead of {have}; starting over",
+                    other.map_or("an unknown offset".to_string(), |n| n.to_string())
                 )));
             }
-            true
-        }
-        200 => false,
-        416 if have > 0 => return Ok(Attempt::Done),
+        },
+        200 => 0,
+        416 if have > 0 => match content_range(&resp).1 {
+            // Nothing left to send: the file is complete (the digest will tell).
+            Some(total) if total == have => return Ok(Attempt::Done(())),
+            None => return Ok(Attempt::Done(())),
+            Some(total) => {
+                // Longer than the file itself: not a prefix of it, so useless.
+                std::fs::remove_file(partial).map_err(local)?;
+                return Ok(Attempt::Retry(format!(
+                    "the partial download ({have} bytes) is longer than the file on the server ({total} bytes); starting over"
+                )));
+            }
+        },
         s if s >= 500 || s == 408 || s == 429 => return Ok(Attempt::Retry(format!("HTTP {s}"))),
         s => {
             return Err(DownloadError::Status {
@@ -202,14 +264,14 @@ fn try_once(
                 hint: match s {
                     404 => " (not found: check the manifest's URL)",
                     401 | 403 => " (access denied)",
+                    300..=399 => " (a redirect without a usable Location)",
                     _ => "",
                 },
             });
         }
     };
-    let expected = resp
-        .content_length()
-        .map(|n| if append { n + have } else { n });
+    let append = first > 0;
+    let expected = resp.content_length().map(|n| first + n);
     let mut out = OpenOptions::new()
         .create(true)
         .write(true)
@@ -217,6 +279,8 @@ fn try_once(
         .truncate(!append)
         .open(partial)
         .map_err(local)?;
+    // Body bytes before `have` are already in the file.
+    let mut skip = if append { have - first } else { 0 };
     let mut done = if append { have } else { 0 };
     let mut progress = Progress::new(label, expected);
     progress.set_position(done);
@@ -228,12 +292,15 @@ fn try_once(
             Err(e) => {
                 out.sync_all().map_err(local)?;
                 return Ok(Attempt::Retry(format!(
-                    "the connection broke after {done} bytes: {e}"
+                    "the connection broke after {done} bytes: {}",
+                    crate::util::error_chain(&e)
                 )));
             }
         };
-        out.write_all(&buf[..n]).map_err(local)?;
-        done += n as u64;
+        let dropped = skip.min(n as u64) as usize;
+        skip -= dropped as u64;
+        out.write_all(&buf[dropped..n]).map_err(local)?;
+        done += (n - dropped) as u64;
         progress.set_position(done);
     }
     out.sync_all().map_err(local)?;
@@ -245,23 +312,98 @@ fn try_once(
         )));
     }
     progress.finish();
-    Ok(Attempt::Done)
+    Ok(Attempt::Done(()))
 }
 
 fn describe(e: &reqwest::Error) -> String {
     crate::util::error_chain(e)
 }
 
-/// Fetches a small text file (a checksum list) whole.
+/// Errors no retry can fix: an untrusted certificate, a refused redirect.
+fn permanent(url: &str, e: &reqwest::Error) -> Result<(), DownloadError> {
+    if e.is_redirect() {
+        return Err(DownloadError::Redirect {
+            url: url.to_string(),
+            detail: describe(e),
+        });
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(rustls::Error::InvalidCertificate(why)) = err.downcast_ref::<rustls::Error>() {
+            return Err(DownloadError::Untrusted {
+                url: url.to_string(),
+                detail: format!("{why:?}"),
+            });
+        }
+        // io::Error hides the error it wraps from source() (and hyper-rustls
+        // wraps rustls' io::Error in another): look inside.
+        src = match err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    Ok(())
+}
+
+/// The most a checksum file may hold; Ubuntu's SHA256SUMS is a few kB.
+pub const MAX_TEXT: u64 = 16 << 20;
+
+/// Fetches a small text file (a checksum list) whole, into memory.
 pub fn fetch_text(url: &str, policy: RetryPolicy) -> Result<String, DownloadError> {
-    let tmp = tempfile::NamedTempFile::new().map_err(|source| DownloadError::Local {
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    // Never resume a stale file: start from empty.
-    download(url, tmp.path(), policy, "checksums")?;
-    std::fs::read_to_string(tmp.path()).map_err(|source| DownloadError::Local {
-        path: tmp.path().to_owned(),
-        source,
-    })
+    let too_large = || DownloadError::TooLarge {
+        url: url.to_string(),
+        limit: MAX_TEXT,
+    };
+    let bytes = if let Some(path) = local_path(url) {
+        let f = File::open(&path).map_err(|source| DownloadError::Local {
+            path: path.clone(),
+            source,
+        })?;
+        let mut v = Vec::new();
+        f.take(MAX_TEXT + 1)
+            .read_to_end(&mut v)
+            .map_err(|source| DownloadError::Local { path, source })?;
+        v
+    } else {
+        let client = client()?;
+        retrying(url, policy, || {
+            let resp = match client.get(url).send() {
+                Ok(r) => r,
+                Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e))),
+            };
+            match resp.status().as_u16() {
+                200 => {}
+                s if s >= 500 || s == 408 || s == 429 => {
+                    return Ok(Attempt::Retry(format!("HTTP {s}")));
+                }
+                s => {
+                    return Err(DownloadError::Status {
+                        url: url.to_string(),
+                        status: s,
+                        hint: if s == 404 {
+                            " (not found: check the manifest's checksums_url)"
+                        } else {
+                            ""
+                        },
+                    });
+                }
+            }
+            if resp.content_length().is_some_and(|n| n > MAX_TEXT) {
+                return Err(too_large());
+            }
+            let mut v = Vec::new();
+            match resp.take(MAX_TEXT + 1).read_to_end(&mut v) {
+                Ok(_) => Ok(Attempt::Done(v)),
+                Err(e) => Ok(Attempt::Retry(format!(
+                    "the connection broke after {} bytes: {}",
+                    v.len(),
+                    crate::util::error_chain(&e)
+                ))),
+            }
+        })?
+    };
+    if bytes.len() as u64 > MAX_TEXT {
+        return Err(too_large());
+    }
+    String::from_utf8(bytes).map_err(|_| DownloadError::Client(format!("{url}: not a text file")))
 }

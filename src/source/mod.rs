@@ -110,12 +110,27 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
     }
     let src = std::fs::File::open(&download)
         .with_context(|| format!("opening {}", download.display()))?;
-    let temp = cache.temp_in("images")?;
+    let temp = cache.temp_in("images", &key)?;
     let _cleanup = crate::util::cleanup::register(temp.path());
-    let (format, size) =
-        unpack::unpack(&src, temp.as_file(), &format!("{} unpack", manifest.board))
-            .map_err(|e| anyhow!("{}: {e}", download.display()))
-            .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
+    let max_size = manifest
+        .source
+        .max_size
+        .map_or(unpack::DEFAULT_MAX_SIZE, |s| s.0);
+    let (format, size) = unpack::unpack(
+        &src,
+        temp.as_file(),
+        &format!("{} unpack", manifest.board),
+        max_size,
+    )
+    .map_err(|e| match e {
+        unpack::UnpackError::TooLarge { .. } => anyhow!(
+            "{}: {e}; if the image really is that large, raise source.max_size in the {} manifest",
+            download.display(),
+            manifest.board
+        ),
+        e => anyhow!("{}: {e}", download.display()),
+    })
+    .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
     cache::commit(temp, &image)?;
     tracing::info!(
         "unpacked {} ({format:?}) to {} ({} MB)",

@@ -19,19 +19,33 @@ pub enum Format {
     Raw,
 }
 
+/// Magic numbers at the start of each packed format.
+const MAGICS: [(&[u8], Format); 4] = [
+    (&[0xFD, b'7', b'z', b'X', b'Z', 0x00], Format::Xz),
+    (&[0x1F, 0x8B], Format::Gzip),
+    (&[0x28, 0xB5, 0x2F, 0xFD], Format::Zstd),
+    (qcow2::MAGIC, Format::Qcow2),
+];
+
+/// The default bound on an unpacked image: far above any stock image (a few
+/// GB), far below what a decompression bomb would fill.
+pub const DEFAULT_MAX_SIZE: u64 = 64 << 30;
+
 impl Format {
+    /// The format whose magic number `head` (the whole file) is a proper
+    /// prefix of: a packed file cut short, not a raw image.
+    fn cut_magic(head: &[u8]) -> Option<Format> {
+        MAGICS
+            .iter()
+            .find(|(m, _)| !head.is_empty() && head.len() < m.len() && m.starts_with(head))
+            .map(|(_, f)| *f)
+    }
+
     pub fn sniff(head: &[u8]) -> Format {
-        if head.starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]) {
-            Format::Xz
-        } else if head.starts_with(&[0x1F, 0x8B]) {
-            Format::Gzip
-        } else if head.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]) {
-            Format::Zstd
-        } else if head.starts_with(qcow2::MAGIC) {
-            Format::Qcow2
-        } else {
-            Format::Raw
-        }
+        MAGICS
+            .iter()
+            .find(|(m, _)| head.starts_with(m))
+            .map_or(Format::Raw, |(_, f)| *f)
     }
 }
 
@@ -43,6 +57,43 @@ pub enum UnpackError {
     Corrupt { format: Format, detail: String },
     #[error("{0}")]
     Qcow2(#[from] qcow2::Qcow2Error),
+    #[error("the file is empty")]
+    Empty,
+    #[error("truncated: the whole file is {len} byte(s), the start of a {format:?} header")]
+    CutMagic { format: Format, len: u64 },
+    #[error("the unpacked image would exceed the limit of {} ({what})", human(*limit))]
+    TooLarge { limit: u64, what: String },
+}
+
+/// `64 GiB`, `512 MiB`, or bytes.
+pub fn human(n: u64) -> String {
+    for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// The output, bounded: refuses to grow past `limit`.
+struct Sink<'a, 'f> {
+    out: &'a mut SparseWriter<'f>,
+    written: u64,
+    limit: u64,
+}
+
+impl Sink<'_, '_> {
+    fn put(&mut self, data: &[u8]) -> Result<(), UnpackError> {
+        self.written += data.len() as u64;
+        if self.written > self.limit {
+            return Err(UnpackError::TooLarge {
+                limit: self.limit,
+                what: "the decompressed stream is longer".into(),
+            });
+        }
+        self.out.write_all(data)?;
+        Ok(())
+    }
 }
 
 fn corrupt(format: Format, detail: impl std::fmt::Display) -> UnpackError {
@@ -84,7 +135,7 @@ fn counting(src: &File) -> (BufReader<Counting<&File>>, Rc<Cell<u64>>) {
 fn drain(
     format: Format,
     mut decoder: impl Read,
-    out: &mut SparseWriter,
+    out: &mut Sink,
     progress: &mut Progress,
     read: &Cell<u64>,
 ) -> Result<(), UnpackError> {
@@ -95,7 +146,7 @@ fn drain(
             Ok(k) => k,
             Err(e) => return Err(corrupt(format, e)),
         };
-        out.write_all(&buf[..k])?;
+        out.put(&buf[..k])?;
         progress.set_position(read.get());
     }
 }
@@ -122,41 +173,73 @@ fn threads() -> u32 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
-/// Unpacks `src` into the empty file `dst` (sparse). Returns the format and raw size.
-pub fn unpack(src: &File, dst: &File, label: &str) -> Result<(Format, u64), UnpackError> {
+/// Unpacks `src` into the empty file `dst` (sparse), writing at most
+/// `max_size` bytes. Returns the format and raw size.
+pub fn unpack(
+    src: &File,
+    dst: &File,
+    label: &str,
+    max_size: u64,
+) -> Result<(Format, u64), UnpackError> {
     let len = src.metadata()?.len();
     let mut head = [0u8; 8];
     let n = src.read_at_start(&mut head)?;
+    if n == 0 {
+        return Err(UnpackError::Empty);
+    }
+    if let Some(format) = Format::cut_magic(&head[..n]) {
+        return Err(UnpackError::CutMagic {
+            format,
+            len: n as u64,
+        });
+    }
     let format = Format::sniff(&head[..n]);
-    let mut out = SparseWriter::new(dst);
-    let mut progress = Progress::new(
-        label,
-        Some(if format == Format::Qcow2 {
-            qcow2::virtual_size(src)?
-        } else {
-            len
-        }),
-    );
+    let mut writer = SparseWriter::new(dst);
+    let mut out = Sink {
+        out: &mut writer,
+        written: 0,
+        limit: max_size,
+    };
+    let virtual_size = if format == Format::Qcow2 {
+        let v = qcow2::virtual_size(src)?;
+        // Checked before writing anything: the header says how big it gets.
+        if v > max_size {
+            return Err(UnpackError::TooLarge {
+                limit: max_size,
+                what: format!("the qcow2 header declares a {} disk", human(v)),
+            });
+        }
+        Some(v)
+    } else {
+        None
+    };
+    let mut progress = Progress::new(label, Some(virtual_size.unwrap_or(len)));
     match format {
         Format::Raw => {
             let (reader, read) = counting(src);
             drain(format, reader, &mut out, &mut progress, &read)?;
         }
         Format::Qcow2 => {
-            qcow2::convert(src, &mut out, |p| progress.set_position(p))?;
+            qcow2::convert(src, out.out, |p| progress.set_position(p))?;
         }
         Format::Gzip => {
-            // Multi-member gzip is valid; anything after the last member must be another member.
-            let (reader, read) = counting(src);
-            let mut d = flate2::read::MultiGzDecoder::new(reader);
-            drain(format, &mut d, &mut out, &mut progress, &read)?;
-            no_trailing(
-                format,
-                len,
-                read.get(),
-                d.get_ref().buffer().len(),
-                "gzip stream",
-            )?;
+            // Multi-member gzip is valid; anything after the last member must be
+            // another member (checked here, so that trailing garbage is called
+            // that rather than a truncated member).
+            let (mut reader, read) = counting(src);
+            loop {
+                let mut d = flate2::bufread::GzDecoder::new(&mut reader);
+                drain(format, &mut d, &mut out, &mut progress, &read)?;
+                let rest = reader.fill_buf()?;
+                if rest.is_empty() {
+                    break;
+                }
+                // One byte 0x1F at the buffer's end may begin the next member.
+                if !(rest.starts_with(&[0x1F, 0x8B]) || rest == [0x1F]) {
+                    let buffered = rest.len();
+                    no_trailing(format, len, read.get(), buffered, "gzip stream")?;
+                }
+            }
         }
         Format::Zstd => {
             let (reader, read) = counting(src);
@@ -167,7 +250,7 @@ pub fn unpack(src: &File, dst: &File, label: &str) -> Result<(Format, u64), Unpa
         }
         Format::Xz => unpack_xz(src, len, &mut out, &mut progress)?,
     }
-    let size = out.finish()?;
+    let size = writer.finish()?;
     progress.finish();
     Ok((format, size))
 }
@@ -177,7 +260,7 @@ pub fn unpack(src: &File, dst: &File, label: &str) -> Result<(Format, u64), Unpa
 fn unpack_xz(
     src: &File,
     len: u64,
-    out: &mut SparseWriter,
+    out: &mut Sink,
     progress: &mut Progress,
 ) -> Result<(), UnpackError> {
     let (mut reader, read) = counting(src);

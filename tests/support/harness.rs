@@ -39,27 +39,38 @@ pub fn scratch() -> tempfile::TempDir {
         .unwrap()
 }
 
-static AT_EXIT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static SHARED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 extern "C" fn remove_shared_scratch() {
-    if let Ok(dirs) = AT_EXIT.lock() {
-        for d in dirs.iter() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+    if let Some(p) = SHARED.get() {
+        let _ = std::fs::remove_dir_all(p);
     }
 }
 
-/// A scratch directory for state the tests of one binary share (a static is
-/// never dropped), removed when the test process exits.
+/// A directory shared by every test of this process (statics are never
+/// dropped), removed when the process exits; one left by a process that was
+/// killed is removed by the next run.
 pub fn shared_scratch() -> PathBuf {
-    let dir = scratch().keep();
-    let mut dirs = AT_EXIT.lock().unwrap();
-    if dirs.is_empty() {
-        // SAFETY: registers a plain function with no captured state.
-        unsafe { libc::atexit(remove_shared_scratch) };
-    }
-    dirs.push(dir.clone());
-    dir
+    SHARED
+        .get_or_init(|| {
+            let prefix = "shared-";
+            for e in std::fs::read_dir(scratch_root()).unwrap().flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(pid) = name
+                    .strip_prefix(prefix)
+                    .and_then(|p| p.parse::<u32>().ok())
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            let p = scratch_root().join(format!("{prefix}{}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            // SAFETY: registers a plain function with no captured state.
+            unsafe { libc::atexit(remove_shared_scratch) };
+            p
+        })
+        .clone()
 }
 
 /// Says on stderr, past the test harness's output capture, that a check was

@@ -34,36 +34,44 @@ impl Env {
 pub fn env() -> &'static Env {
     static E: OnceLock<Env> = OnceLock::new();
     E.get_or_init(|| {
-        use sha2::{Digest, Sha256};
         let dir = shared_scratch();
         let mirror = http::Server::start(http::Faults {
             ranges: true,
             ..Default::default()
         });
-        let tag = K3S_VERSION.replace('+', "%2B");
-        let mut assets = Vec::new();
-        for (arch, bin) in [("arm64", "k3s-arm64"), ("amd64", "k3s")] {
-            let binary = format!("#!/bin/sh\n# stand-in for the k3s {arch} binary\n").into_bytes();
-            let images = format!("stand-in for k3s-airgap-images-{arch}.tar.zst").into_bytes();
-            let images_name = format!("k3s-airgap-images-{arch}.tar.zst");
-            let sums = format!(
-                "{}  {bin}\n{}  {images_name}\n{}  k3s-images.txt\n",
-                hex::encode(Sha256::digest(&binary)),
-                hex::encode(Sha256::digest(&images)),
-                "0".repeat(64)
-            );
-            mirror.put(&format!("/{tag}/{bin}"), binary.clone());
-            mirror.put(&format!("/{tag}/{images_name}"), images);
-            mirror.put(&format!("/{tag}/sha256sum-{arch}.txt"), sums.into_bytes());
-            assets.push(binary);
-        }
+        let (k3s_arm64, k3s_amd64) = serve_k3s_release(&mirror);
         Env {
             dir,
             mirror,
-            k3s_amd64: assets.pop().unwrap(),
-            k3s_arm64: assets.pop().unwrap(),
+            k3s_amd64,
+            k3s_arm64,
         }
     })
+}
+
+/// Puts a stand-in k3s release (binaries, air-gap image tarballs,
+/// `sha256sum-<arch>.txt`) on `mirror`; returns the arm64 and amd64 binaries.
+pub fn serve_k3s_release(mirror: &http::Server) -> (Vec<u8>, Vec<u8>) {
+    use sha2::{Digest, Sha256};
+    let tag = K3S_VERSION.replace('+', "%2B");
+    let mut assets = Vec::new();
+    for (arch, bin) in [("arm64", "k3s-arm64"), ("amd64", "k3s")] {
+        let binary = format!("#!/bin/sh\n# stand-in for the k3s {arch} binary\n").into_bytes();
+        let images = format!("stand-in for k3s-airgap-images-{arch}.tar.zst").into_bytes();
+        let images_name = format!("k3s-airgap-images-{arch}.tar.zst");
+        let sums = format!(
+            "{}  {bin}\n{}  {images_name}\n{}  k3s-images.txt\n",
+            hex::encode(Sha256::digest(&binary)),
+            hex::encode(Sha256::digest(&images)),
+            "0".repeat(64)
+        );
+        mirror.put(&format!("/{tag}/{bin}"), binary.clone());
+        mirror.put(&format!("/{tag}/{images_name}"), images);
+        mirror.put(&format!("/{tag}/sha256sum-{arch}.txt"), sums.into_bytes());
+        assets.push(binary);
+    }
+    let amd64 = assets.pop().unwrap();
+    (assets.pop().unwrap(), amd64)
 }
 
 /// Runs imgbuild with `args` in `cwd`, with this test binary's secrets, cache and k3s mirror.
