@@ -3,6 +3,7 @@
 //! their provenance, and bad inputs are refused with nothing written.
 
 mod support {
+    pub mod bmc;
     pub mod bytes;
     pub mod fixtures;
     pub mod harness;
@@ -582,4 +583,193 @@ fn in_ci_a_build_that_bakes_secrets_needs_an_explicit_flag() {
     assert!(!w.path().join("secrets").exists());
     ok(ci(&["--sealed"]));
     assert!(w.path().join("secrets").exists());
+}
+
+#[test]
+fn flashing_a_ci_artifact_seals_it_on_the_way_and_leaves_it_untouched() {
+    let fx = fixtures();
+    let w = scratch();
+    let bmc = support::bmc::FakeBmc::start("turing");
+    // Profiles whose Turing Pi board is the fake BMC; the artifact is built
+    // from the same profiles, as CI would from the operator's repository.
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(w.path())
+    ));
+    let cluster = w.path().join("profiles/cluster.yaml");
+    let t = std::fs::read_to_string(&cluster)
+        .unwrap()
+        .replace("bmc: turingpi.home.arpa", &format!("bmc: {}", bmc.host()));
+    std::fs::write(&cluster, t).unwrap();
+    let p = w.path().join("profiles").display().to_string();
+    let manifests = repo().join("firmware-manifests").display().to_string();
+    let overlays = repo().join("overlays").display().to_string();
+    let secrets = w.path().join("secrets");
+    let artifact = w.path().join("ci/node02.rk1.img.zst");
+    let common = [
+        "--profiles",
+        p.as_str(),
+        "--manifests",
+        manifests.as_str(),
+        "--overlays",
+        overlays.as_str(),
+    ];
+    let with = |args: &[&str]| -> Vec<String> {
+        args.iter()
+            .chain(common.iter())
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run_bmc = |args: Vec<String>| {
+        let e = env();
+        command()
+            .args(&args)
+            .current_dir(w.path())
+            .env("IMGBUILD_SECRETS", &secrets)
+            .env("IMGBUILD_CACHE_DIR", e.cache())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .env("IMGBUILD_BMC_PASSWORD", "turing")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    ok(run_bmc(with(&[
+        "--unsealed",
+        "--base",
+        fx.rk1.path.to_str().unwrap(),
+        artifact.to_str().unwrap(),
+    ])));
+    ok(run_bmc(with(&["secrets", "--generate"])));
+    let before = sha_file(&artifact);
+    ok(run_bmc(with(&[
+        "flash",
+        "node02",
+        "--yes",
+        "--image",
+        artifact.to_str().unwrap(),
+    ])));
+    assert_eq!(sha_file(&artifact), before, "the artifact was modified");
+    // What reached the slot is exactly the sealed image.
+    let sealed = w.path().join("sealed/node02.rk1.img");
+    ok(run_bmc(with(&[
+        "seal",
+        artifact.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])));
+    let slot = bmc.state.lock().unwrap().slots_dir.join("slot2.img");
+    assert_eq!(
+        sha_file(&slot),
+        sha_file(&sealed),
+        "the slot holds other bytes"
+    );
+    let root = fsck_ext4(&fx.rk1, &slot, 2, w.path());
+    let fs = ext4_view::Ext4::load_from_path(&root).unwrap();
+    assert!(fs.exists("/etc/ssh/ssh_host_ed25519_key").unwrap());
+    assert!(fs.exists("/etc/rancher/k3s/token").unwrap());
+    // Nothing temporary is left beside the outputs.
+    let left = sh(&format!("find {} -name '.imgbuild-*'", q(w.path()))).stdout;
+    assert!(left.is_empty(), "{}", String::from_utf8_lossy(&left));
+}
+
+fn sha_file(p: &Path) -> String {
+    hash_range(p, 0, std::fs::metadata(p).unwrap().len())
+}
+
+/// The example CI workflows are valid YAML, and the commands they run work
+/// as written (with local stock images standing in for the downloads).
+#[test]
+fn the_ci_workflow_commands_build_and_verify_unsealed_artifacts() {
+    let gh: serde_yaml_ng::Value = serde_yaml_ng::from_slice(
+        &std::fs::read(repo().join("docs/ci/github-actions.yml")).unwrap(),
+    )
+    .unwrap();
+    let gl: serde_yaml_ng::Value =
+        serde_yaml_ng::from_slice(&std::fs::read(repo().join("docs/ci/gitlab-ci.yml")).unwrap())
+            .unwrap();
+    let steps = gh["jobs"]["images"]["steps"].as_sequence().unwrap();
+    let run_of = |name: &str| -> String {
+        steps
+            .iter()
+            .find(|s| s["name"].as_str() == Some(name))
+            .and_then(|s| s["run"].as_str())
+            .unwrap_or_else(|| panic!("no step {name:?}"))
+            .trim()
+            .to_string()
+    };
+    let build = run_of("Build every node, unsealed");
+    let verify = run_of("Verify what was built");
+    let script: Vec<&str> = gl["images"]["script"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        script.contains(&build.as_str()),
+        "GitLab builds differently"
+    );
+    assert!(
+        script.contains(&verify.as_str()),
+        "GitLab verifies differently"
+    );
+    let upload = steps
+        .iter()
+        .find(|s| {
+            s["uses"]
+                .as_str()
+                .is_some_and(|u| u.starts_with("actions/upload-artifact"))
+        })
+        .unwrap();
+    let paths = upload["with"]["path"].as_str().unwrap();
+    assert!(!paths.contains("secrets"), "{paths}");
+
+    // Run them in a checkout-like directory (two nodes keep xz quick).
+    let w = scratch();
+    for d in ["profiles", "firmware-manifests", "overlays"] {
+        sh(&format!("cp -r {} {}", q(&repo().join(d)), q(w.path())));
+    }
+    for n in ["node03", "node04", "nuc2", "ws03"] {
+        std::fs::remove_file(w.path().join(format!("profiles/nodes/{n}.yaml"))).unwrap();
+    }
+    let e = env();
+    let b = bases().join(" ");
+    let shell = |cmd: &str| {
+        let path = format!(
+            "{}:{}",
+            bin().parent().unwrap().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = std::process::Command::new("bash")
+            .arg("-ec")
+            .arg(cmd)
+            .current_dir(w.path())
+            .env("PATH", path)
+            .env("CI", "true")
+            .env("SOURCE_DATE_EPOCH", "1714003200")
+            .env("IMGBUILD_CACHE_DIR", e.cache())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .env_remove("IMGBUILD_SECRETS")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd}: {}", text(&out));
+    };
+    shell(&format!("{build} {b}"));
+    shell(&verify);
+    assert!(
+        !w.path().join("secrets").exists(),
+        "the CI build made a secrets directory"
+    );
+    let n = std::fs::read_dir(w.path().join("dist"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".img.xz")
+        })
+        .count();
+    assert_eq!(n, 2);
 }
