@@ -57,7 +57,7 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         Some(Command::Deploy { nodes, json, flash }) => {
             let settings = common.flash(&flash, env)?;
             let ws = Workspace::load(paths)?;
-            let names = commands::flash::deploy_nodes(&ws, &nodes);
+            let names = commands::flash::deploy_nodes(&ws, &nodes)?;
             let reports = commands::flash::flash(&ws, &names, &BTreeMap::new(), &settings, true)?;
             report::delivered(json, &reports)
         }
