@@ -428,6 +428,36 @@ fn a_flash_that_stops_progressing_is_given_up() {
     assert!(s.bmc.lock().flashed.is_empty());
 }
 
+#[test]
+fn an_upload_the_bmc_stops_reading_is_given_up_and_cancelled() {
+    let s = Setup::new();
+    let dist = s.dir().join("dist");
+    std::fs::create_dir_all(&dist).unwrap();
+    // Larger than the socket buffers, so the stall reaches imgbuild.
+    sh(&format!(
+        "head -c 48M /dev/urandom > {}",
+        q(&dist.join("node02.rk1.img"))
+    ));
+    s.bmc.lock().stall_upload_after = Some(1 << 20);
+    let t0 = Instant::now();
+    let t = expect(
+        &s.run(&["flash", "node02", "--yes", "--bmc-timeout", "1"]),
+        1,
+    );
+    assert!(
+        t.contains("the upload made no progress for 2 s")
+            && t.contains("cancelled the transfer on the BMC"),
+        "{t}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(s.requests("/cancel").len(), 1);
+    assert_eq!(s.bmc.lock().flash, Flash::Error("cancelled by user".into()));
+}
+
 // Children are reaped with wait4 (to read their peak RSS), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
 fn run_measured(cmd: &mut std::process::Command) -> (i32, i64) {
@@ -1113,6 +1143,17 @@ fn the_fake_answers_like_bmcd() {
         get("opt=get&type=about", "-H 'Authorization: Bearer nope'"),
         (401, "token nope is not registered".into())
     );
+}
+
+/// The fake's own faults (here a request it does not model) fail the test
+/// instead of being swallowed.
+#[test]
+#[should_panic(expected = "Basic authentication is not modelled")]
+fn the_fakes_faults_fail_the_test() {
+    let bmc = FakeBmc::start("turing");
+    let (code, _) = curl(&bmc, "-u root:turing", "/api/bmc?opt=get&type=about");
+    assert_eq!(code, 401);
+    drop(bmc);
 }
 
 #[test]

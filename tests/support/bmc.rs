@@ -177,6 +177,9 @@ pub struct State {
     pub upload_delay: Duration,
     /// Drop the connection after this many uploaded bytes (a network fault).
     pub drop_upload_after: Option<u64>,
+    /// Stop reading the upload after this many bytes, connection kept open
+    /// (a BMC that hangs), until the transfer is cancelled.
+    pub stall_upload_after: Option<u64>,
     /// Read requests but never answer.
     pub silent: bool,
     /// Answer every request with 308 to this base URL (bmcd's port-80 server,
@@ -412,6 +415,7 @@ impl FakeBmc {
             upload_rate: None,
             upload_delay: Duration::ZERO,
             drop_upload_after: None,
+            stall_upload_after: None,
             silent: false,
             redirect_to: None,
             faults: BTreeMap::new(),
@@ -1281,9 +1285,9 @@ fn upload(
     let mut buf = vec![0u8; 256 << 10];
     let mut received = 0u64;
     let started = Instant::now();
-    let (rate, drop_after) = {
+    let (rate, drop_after, stall_after) = {
         let st = lock(state);
-        (st.upload_rate, st.drop_upload_after)
+        (st.upload_rate, st.drop_upload_after, st.stall_upload_after)
     };
     while received < data_len {
         let want = ((data_len - received) as usize).min(buf.len());
@@ -1314,6 +1318,12 @@ fn upload(
         }
         if drop_after.is_some_and(|limit| received >= limit) {
             cancel_all(&mut lock(state));
+            return Err(End::Gone);
+        }
+        if stall_after.is_some_and(|limit| received >= limit) {
+            while current(&lock(state), id) && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             return Err(End::Gone);
         }
         if let Some(rate) = rate {
