@@ -850,16 +850,40 @@ fn upload_faults_are_explained_from_the_flash_state() {
         "{t}"
     );
     assert!(s.bmc.lock().flashed.is_empty());
-    // Nothing listens on the BMC's address.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closed.local_addr().unwrap().port();
-    drop(closed);
+    // Nothing listens on the BMC's address (a port held, so no one else takes it).
+    let (_held, port) = closed_port();
     s.retarget(&format!("127.0.0.1:{port}"));
     let t = expect(&s.run(&["bmc", "status"]), 1);
     assert!(
         t.contains(&format!("127.0.0.1:{port}")) && t.to_lowercase().contains("connect"),
         "{t}"
     );
+}
+
+/// A loopback port bound but not listening, held while the descriptor lives:
+/// connections to it are refused, and no other test can take it meanwhile.
+fn closed_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; `addr` outlives them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let size = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &addr as *const _ as *const libc::sockaddr, size),
+            0
+        );
+        let mut len = size;
+        assert_eq!(
+            libc::getsockname(fd, &mut addr as *mut _ as *mut libc::sockaddr, &mut len),
+            0
+        );
+        (owned, u16::from_be(addr.sin_port))
+    }
 }
 
 #[test]

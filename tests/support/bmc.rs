@@ -34,8 +34,9 @@ use std::time::{Duration, Instant};
 pub struct Daemon {
     /// bmcd's own version (`CARGO_PKG_VERSION`).
     pub bmcd: String,
-    /// The firmware's version (`/etc/os-release` `VERSION`). A stand-in that,
-    /// like the real ones, reads as lower than 2.3.0 (facts 36).
+    /// The firmware's version (`/etc/os-release` `VERSION`, legacy.rs:212-243).
+    /// A stand-in that, like the real ones (BMC-Firmware's `git describe`
+    /// tags such as v2.1.0, or a Buildroot version), is not bmcd's version.
     pub firmware: String,
 }
 
