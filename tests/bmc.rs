@@ -8,8 +8,6 @@ mod support {
     pub mod bytes;
     pub mod fixtures;
     pub mod harness;
-    pub mod http;
-    pub mod mirror;
 }
 
 use std::os::unix::fs::PermissionsExt;
@@ -18,7 +16,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use support::bmc::{Daemon, FakeBmc, Fault, Flash};
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+use support::{bytes::*, fixtures::*, harness::*};
 
 /// Scratch under the cargo target directory, removed on drop.
 fn scratch() -> tempfile::TempDir {
@@ -534,9 +532,21 @@ fn a_redirect_is_an_error_and_the_password_goes_nowhere() {
 
 #[test]
 fn the_bmc_password_is_not_inherited_by_child_processes() {
-    let fx = fixtures();
     let s = Setup::new();
-    let e = env();
+    // A stock-layout RK1 base built with the real tools, in this test's scratch;
+    // k3s `install: none`, so no release mirror is needed.
+    let base = build_rk1(s.dir(), 160);
+    let cluster = s.profiles.join("cluster.yaml");
+    let text = std::fs::read_to_string(&cluster).unwrap();
+    assert!(text.contains("    disable: [traefik]\n"));
+    std::fs::write(
+        &cluster,
+        text.replace(
+            "    disable: [traefik]\n",
+            "    disable: [traefik]\n    install: none\n",
+        ),
+    )
+    .unwrap();
     // A debugfs in front of the real one that records its environment.
     let wrap = s.dir().join("wrap");
     std::fs::create_dir_all(&wrap).unwrap();
@@ -559,7 +569,7 @@ fn the_bmc_password_is_not_inherited_by_child_processes() {
         "node02",
         "--yes",
         "--base",
-        fx.rk1.path.to_str().unwrap(),
+        base.path.to_str().unwrap(),
         "--overlays",
         overlays.to_str().unwrap(),
     ];
@@ -567,8 +577,7 @@ fn the_bmc_password_is_not_inherited_by_child_processes() {
     let out = s
         .command("turing", &args)
         .env("PATH", path)
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .env("IMGBUILD_CACHE_DIR", s.dir().join("cache"))
         .output()
         .unwrap();
     expect(&out, 0);
