@@ -36,9 +36,10 @@ fn main() {
     let size_mib = args.first().copied().unwrap_or(1024);
     let rounds = args.get(1).copied().unwrap_or(3) as usize;
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Scratch under the cargo target directory, removed at the end.
     let w = tempfile::Builder::new()
         .prefix("imgbuild-upload")
-        .tempdir_in("/var/tmp")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .unwrap();
     let d = w.path();
     let fake = bmc::FakeBmc::start("turing");
@@ -87,8 +88,9 @@ fn main() {
 
         // curl: log in and start a flash with its own requests, time only the upload.
         let host = fake.host();
+        // bmcd returns the session token in X-Auth-Token (authentication_service.rs:167-180).
         let token = sh(&format!(
-            "curl -sk -X POST -d '{{\"username\":\"root\",\"password\":\"turing\"}}' https://{host}/api/bmc/authenticate | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"id\"])'"
+            "curl -sk -D - -o /dev/null -X POST -d '{{\"username\":\"root\",\"password\":\"turing\"}}' https://{host}/api/bmc/authenticate | sed -n 's/^X-Auth-Token: //p'"
         ));
         let token = token.trim();
         let len = std::fs::metadata(&image).unwrap().len();
@@ -102,12 +104,15 @@ fn main() {
             handle.trim()
         ));
         theirs.push(t.elapsed().as_secs_f64());
-        std::thread::sleep(std::time::Duration::from_millis(900)); // let the fake's CRC phase end
+        // Let the fake's read-back (5 steps of 100 ms) end before the next round.
+        while !fake.lock().flash.json().contains("Done") {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     let (o, c) = (median(ours.clone()), median(theirs.clone()));
     println!("upload of {size_mib} MiB to a fake BMC on loopback (TLS), {rounds} rounds, medians:");
     println!(
-        "  imgbuild flash (login, start, upload, CRC wait ~0.75 s, power on): {o:.2} s = {:.0} MB/s  {ours:.2?}",
+        "  imgbuild flash (login, start, upload, CRC wait ~0.5 s, power on): {o:.2} s = {:.0} MB/s  {ours:.2?}",
         size_mib as f64 * 1.048576 / o
     );
     println!(

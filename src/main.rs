@@ -15,6 +15,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { usage } else { 0 });
         }
     };
+    // First, before any thread exists: it also removes the BMC password from
+    // the environment (see `Environment::read`).
     let env = Environment::read();
     init_logging(
         parsed.global.verbose,

@@ -348,6 +348,10 @@ pub struct BmcArgs {
     /// Do not verify the BMC's certificate at all (it is otherwise pinned on first use).
     #[arg(long)]
     pub insecure: bool,
+    /// Seconds to wait for the BMC to connect and answer each call; a flash
+    /// gives up after twice this without progress.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub bmc_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

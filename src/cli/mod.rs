@@ -88,7 +88,7 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
             let wait = wait.then(|| settings::wait(&wait_args, &flash.out_dir));
             settings.wait = wait.clone();
             let ws = Workspace::load(paths)?;
-            let names = commands::flash::deploy_nodes(&ws, &nodes);
+            let names = commands::flash::deploy_nodes(&ws, &nodes)?;
             let reports = commands::flash::flash(&ws, &names, &BTreeMap::new(), &settings, true)?;
             match wait {
                 None => report::delivered(json, &reports),

@@ -36,8 +36,18 @@ pub struct Environment {
 }
 
 impl Environment {
+    /// Reads the environment once, and takes `IMGBUILD_BMC_PASSWORD` out of
+    /// it so that no child process (debugfs, ...) inherits the password.
+    /// Call it at start, before any thread is spawned.
     pub fn read() -> Environment {
         let var = |k: &str| std::env::var(k).ok();
+        let bmc_password = var("IMGBUILD_BMC_PASSWORD");
+        if std::env::var_os("IMGBUILD_BMC_PASSWORD").is_some() {
+            // SAFETY: main calls this before it spawns any thread (the signal
+            // watcher, progress bars and the HTTP client's runtime all come
+            // later), so nothing can read the environment concurrently.
+            unsafe { std::env::remove_var("IMGBUILD_BMC_PASSWORD") };
+        }
         let non_empty = |k: &str| var(k).filter(|v| !v.is_empty());
         Environment {
             ci: std::env::var_os("CI").is_some(),
@@ -47,7 +57,7 @@ impl Environment {
                 .filter(|v| std::path::Path::new(v).is_absolute()),
             home: std::env::var_os("HOME"),
             k3s_mirror: non_empty("IMGBUILD_K3S_MIRROR"),
-            bmc_password: var("IMGBUILD_BMC_PASSWORD"),
+            bmc_password,
             source_date_epoch: var("SOURCE_DATE_EPOCH"),
         }
     }
@@ -199,5 +209,6 @@ pub fn bmc_options(b: &BmcArgs, env: &Environment) -> BmcOptions {
             (None, None) => PasswordSource::Prompt,
         },
         insecure: b.insecure,
+        timeout: std::time::Duration::from_secs(b.bmc_timeout),
     }
 }

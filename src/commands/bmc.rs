@@ -12,6 +12,8 @@ pub struct BmcOptions {
     pub password: turing_pi::PasswordSource,
     /// Trust any certificate instead of pinning it.
     pub insecure: bool,
+    /// Connect and read timeout of each BMC call.
+    pub timeout: std::time::Duration,
 }
 
 impl BmcOptions {
@@ -28,6 +30,7 @@ impl BmcOptions {
             user: self.user.clone(),
             password: self.password.clone(),
             pin_dir,
+            timeout: self.timeout,
         })
     }
 }

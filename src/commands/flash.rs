@@ -21,15 +21,27 @@ pub struct FlashSettings {
     pub wait: Option<super::wait::WaitSettings>,
 }
 
-/// Every Turing Pi node of the profiles (or only those named), for deploy.
-pub fn deploy_nodes(ws: &Workspace, only: &[String]) -> Vec<String> {
-    ws.profiles
-        .nodes
-        .iter()
-        .filter(|n| n.turing_pi.is_some())
-        .filter(|n| only.is_empty() || only.contains(&n.name))
-        .map(|n| n.name.clone())
-        .collect()
+/// Every Turing Pi node of the profiles, for deploy; or the nodes named, each
+/// once, where an unknown name is an error (and a node outside a Turing Pi is
+/// refused by [`flash`]) rather than silently skipped.
+pub fn deploy_nodes(ws: &Workspace, only: &[String]) -> Result<Vec<String>> {
+    if only.is_empty() {
+        return Ok(ws
+            .profiles
+            .nodes
+            .iter()
+            .filter(|n| n.turing_pi.is_some())
+            .map(|n| n.name.clone())
+            .collect());
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in only {
+        ws.node(name)?;
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    Ok(names)
 }
 
 /// Flashes each named node (Turing Pi modules only) in slot order, one at a

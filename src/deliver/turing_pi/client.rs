@@ -6,14 +6,21 @@
 //! a later change is an error unless `--insecure` is given explicitly.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::Deserialize;
 
 use super::pin::{self as tls, Pin};
+use super::response::{self, DaemonVersion, FlashState, MAX_BODY};
 use crate::deliver::Phase;
+
+/// Connect and per-call read timeout unless `--bmc-timeout` says otherwise;
+/// the flash gives up after twice this without progress.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -35,21 +42,11 @@ pub struct Bmc {
     http: reqwest::blocking::Client,
     creds: Credentials,
     token: Option<String>,
+    timeout: Duration,
     /// The certificate fingerprint seen on this connection.
     pub fingerprint: Option<String>,
     /// Set when the fingerprint was recorded now (first use).
     pub newly_pinned: bool,
-}
-
-/// The `{"response":[{"result": ...}]}` envelope of `/api/bmc` answers.
-#[derive(Debug, Deserialize)]
-struct Envelope<T> {
-    response: Vec<Item<T>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Item<T> {
-    result: T,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -62,8 +59,71 @@ pub struct Status {
     pub info: serde_json::Value,
 }
 
+/// One answer of the BMC, read whole but never more than [`MAX_BODY`].
+struct Answer {
+    status: u16,
+    location: Option<String>,
+    auth_token: Option<String>,
+    body: String,
+}
+
+/// Why no answer could be read.
+enum Failure {
+    Http(reqwest::Error),
+    Read(std::io::Error),
+    TooLarge,
+    Slow,
+}
+
+/// Reads `resp` into an [`Answer`], refusing a body over [`MAX_BODY`] and one
+/// that trickles in for longer than `limit`.
+fn read_answer(
+    resp: reqwest::Result<reqwest::blocking::Response>,
+    limit: Duration,
+) -> Result<Answer, Failure> {
+    let mut resp = resp.map_err(Failure::Http)?;
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (location, auth_token) = (header("location"), header("x-auth-token"));
+    let status = resp.status().as_u16();
+    if resp.content_length().is_some_and(|n| n > MAX_BODY) {
+        return Err(Failure::TooLarge);
+    }
+    let deadline = Instant::now() + limit;
+    let mut body = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = resp.read(&mut buf).map_err(Failure::Read)?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&buf[..n]);
+        if body.len() as u64 > MAX_BODY {
+            return Err(Failure::TooLarge);
+        }
+        if Instant::now() > deadline {
+            return Err(Failure::Slow);
+        }
+    }
+    Ok(Answer {
+        status,
+        location,
+        auth_token,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 impl Bmc {
-    pub fn connect(host: &str, creds: Credentials, trust: &Trust) -> Result<Bmc> {
+    pub fn connect(
+        host: &str,
+        creds: Credentials,
+        trust: &Trust,
+        timeout: Duration,
+    ) -> Result<Bmc> {
         crate::util::tls::install_provider();
         let (pin, pin_file) = match trust {
             Trust::Insecure => (Pin::Insecure, None),
@@ -73,10 +133,15 @@ impl Bmc {
             },
         };
         let (config, seen) = tls::client_config(pin.clone())?;
+        let timeout = timeout.max(Duration::from_millis(100));
         let http = reqwest::blocking::Client::builder()
             .tls_backend_preconfigured(config)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(None)
+            .connect_timeout(timeout)
+            // Per call (headers, then each read of the body); the upload sets its own.
+            .timeout(timeout)
+            // A redirect would carry the password on to wherever it points
+            // (bmcd's own port-80 server redirects everything, main.rs:126-133).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("setting up the HTTPS client")?;
@@ -85,18 +150,14 @@ impl Bmc {
             http,
             creds,
             token: None,
+            timeout,
             fingerprint: None,
             newly_pinned: false,
         };
         bmc.login()?;
-        bmc.fingerprint = seen.lock().unwrap().clone();
+        bmc.fingerprint = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if let (Pin::FirstUse, Some(f), Some(fp)) = (&pin, &pin_file, &bmc.fingerprint) {
-            if let Some(dir) = f.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-            }
-            std::fs::write(f, format!("{fp}\n"))
-                .with_context(|| format!("writing {}", f.display()))?;
+            tls::save(f, fp).with_context(|| format!("writing {}", f.display()))?;
             bmc.newly_pinned = true;
         }
         Ok(bmc)
@@ -106,119 +167,177 @@ impl Bmc {
         format!("https://{}{path}", self.host)
     }
 
-    fn describe(&self, e: reqwest::Error) -> anyhow::Error {
-        let s = crate::util::error_chain(&e);
-        if s.contains("certificate changed") {
-            return anyhow!(
-                "{}: the BMC's certificate changed since it was pinned; if the BMC was re-installed, delete the pin file and connect again (or pass --insecure once)",
+    /// A failure to get an answer to `what`, as the user should read it.
+    fn failure(&self, f: Failure, what: &str) -> anyhow::Error {
+        let t = self.timeout.as_secs_f64();
+        let slow = || {
+            anyhow!(
+                "{}: no answer to {what} within {t} s: check that the BMC is up and reachable (allow it longer with --bmc-timeout SECONDS)",
                 self.host
-            );
+            )
+        };
+        match f {
+            Failure::Http(e) if e.is_timeout() => slow(),
+            Failure::Http(e) => {
+                let s = crate::util::error_chain(&e);
+                if s.contains("certificate changed") {
+                    return anyhow!(
+                        "{}: the BMC's certificate changed since it was pinned; if the BMC was re-installed, delete the pin file and connect again (or pass --insecure once)",
+                        self.host
+                    );
+                }
+                anyhow!("{}: {what} failed: {s}", self.host)
+            }
+            Failure::Read(e) if e.kind() == std::io::ErrorKind::TimedOut => slow(),
+            Failure::Read(e) => anyhow!(
+                "{}: reading the answer to {what}: {}",
+                self.host,
+                crate::util::error_chain(&e)
+            ),
+            Failure::Slow => anyhow!(
+                "{}: the answer to {what} took longer than {t} s to arrive; refusing it",
+                self.host
+            ),
+            Failure::TooLarge => anyhow!(
+                "{}: the answer to {what} is larger than {} KiB, far beyond any real BMC answer; refusing it (is something else listening at this address?)",
+                self.host,
+                MAX_BODY >> 10
+            ),
         }
-        anyhow!("{}: {s}", self.host)
     }
 
-    /// POST /api/bmc/authenticate; never retries a rejected password (5 failures ban the client).
+    /// Sends `req` and reads its answer; a redirect is an error.
+    fn send(&self, req: reqwest::blocking::RequestBuilder, what: &str) -> Result<Answer> {
+        let a = read_answer(req.send(), self.timeout * 2).map_err(|f| self.failure(f, what))?;
+        if (300..400).contains(&a.status) {
+            bail!(
+                "{}: the BMC answered {what} with a redirect (HTTP {}) to {}; imgbuild follows no redirects, so the password is not sent on: put the BMC's own address in cluster.turing_pi_boards",
+                self.host,
+                a.status,
+                response::sanitize(a.location.as_deref().unwrap_or("nowhere"), 200)
+            );
+        }
+        Ok(a)
+    }
+
+    /// The BMC's message in `body`, with our session token (bmcd echoes it in
+    /// "token ... is not registered") blanked out.
+    fn message(&self, body: &str) -> String {
+        let m = response::error_message(body);
+        match &self.token {
+            Some(t) if !t.is_empty() => m.replace(t.as_str(), "<session token>"),
+            _ => m,
+        }
+    }
+
+    fn banned(&self, wait: &str) -> anyhow::Error {
+        anyhow!(
+            "{}: the BMC blocks this machine for {wait} after repeated failed logins; wait that long, check the password (imgbuild never retries it), then run again",
+            self.host
+        )
+    }
+
+    /// POST /api/bmc/authenticate; never retries a rejected password (five
+    /// failures ban this machine: ban_patrol.rs:49-86).
     fn login(&mut self) -> Result<()> {
         let body =
             serde_json::json!({"username": self.creds.user, "password": self.creds.password});
-        let resp = self
+        let req = self
             .http
             .post(self.url("/api/bmc/authenticate"))
             .header("Content-Type", "application/json")
-            .body(body.to_string())
-            .send()
-            .map_err(|e| self.describe(e))?;
-        let status = resp.status().as_u16();
-        let text = resp.text().unwrap_or_default();
-        match status {
+            .body(body.to_string());
+        let a = self.send(req, "the login")?;
+        let msg = response::error_message(&a.body);
+        match a.status {
             200 => {}
-            401 | 403 => bail!(
-                "{}: the BMC rejected user {:?} (HTTP {status}); check the password. imgbuild does not retry: five failures ban this machine for a while",
-                self.host,
-                self.creds.user
-            ),
-            s => bail!("{}: login failed with HTTP {s}: {}", self.host, text.trim()),
+            401 | 403 => {
+                if let Some(wait) = response::ban(&msg) {
+                    return Err(self.banned(&wait));
+                }
+                bail!(
+                    "{}: the BMC rejected user {:?} (HTTP {}: {msg}); check the password. imgbuild does not retry: five failures ban this machine for a while",
+                    self.host,
+                    self.creds.user,
+                    a.status
+                )
+            }
+            s => bail!("{}: login failed: {msg} (HTTP {s})", self.host),
         }
-        #[derive(Deserialize)]
-        struct Token {
-            id: String,
-        }
-        let t: Token = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: unexpected login answer ({e})", self.host))?;
-        self.token = Some(t.id);
+        let token = response::login_token(a.auth_token.as_deref(), &a.body)
+            .map_err(|e| anyhow!("{}: {e}", self.host))?;
+        self.token = Some(token);
         Ok(())
     }
 
     /// GET /api/bmc?<query> with one re-login on 401; returns the body.
-    fn get(&mut self, query: &str) -> Result<String> {
-        for attempt in 0..2 {
-            let resp = self
+    /// `what` names the call for messages.
+    fn get(&mut self, query: &str, what: &str) -> Result<String> {
+        let mut renewed = false;
+        loop {
+            let req = self
                 .http
                 .get(self.url(&format!("/api/bmc?{query}")))
-                .bearer_auth(self.token.as_deref().unwrap_or(""))
-                .send()
-                .map_err(|e| self.describe(e))?;
-            let status = resp.status().as_u16();
-            let text = resp.text().unwrap_or_default();
-            match status {
-                200 => return Ok(text),
-                401 if attempt == 0 => self.login()?,
-                s => bail!(
-                    "{}: `{query}` failed with HTTP {s}: {}",
-                    self.host,
-                    text.trim()
-                ),
+                .bearer_auth(self.token.as_deref().unwrap_or(""));
+            let a = self.send(req, what)?;
+            let msg = self.message(&a.body);
+            match a.status {
+                200 => return Ok(a.body),
+                401 => {
+                    if let Some(wait) = response::ban(&msg) {
+                        return Err(self.banned(&wait));
+                    }
+                    if renewed {
+                        bail!(
+                            "{}: the BMC refused the session again right after a new login ({msg}) while {what}",
+                            self.host
+                        );
+                    }
+                    // Expired (3 h after last use, authentication_context.rs:93-102) or forgotten.
+                    tracing::debug!(
+                        "{}: session not accepted ({msg}); logging in again",
+                        self.host
+                    );
+                    self.login()?;
+                    renewed = true;
+                }
+                s => bail!("{}: {what} failed: {msg} (HTTP {s})", self.host),
             }
         }
-        unreachable!()
     }
 
-    fn get_result<T: serde::de::DeserializeOwned>(&mut self, query: &str) -> Result<T> {
-        let text = self.get(query)?;
-        let env: Envelope<T> = serde_json::from_str(&text)
-            .map_err(|e| anyhow!("{}: unexpected answer to `{query}`: {e}", self.host))?;
-        env.response
-            .into_iter()
-            .next()
-            .map(|i| i.result)
-            .ok_or_else(|| anyhow!("{}: empty answer to `{query}`", self.host))
+    fn get_result(&mut self, query: &str, what: &str) -> Result<serde_json::Value> {
+        let text = self.get(query, what)?;
+        response::envelope_result(&text).map_err(|e| anyhow!("{}: {e} ({what})", self.host))
     }
 
     pub fn about(&mut self) -> Result<BTreeMap<String, serde_json::Value>> {
-        self.get_result("opt=get&type=about")
+        let r = self.get_result("opt=get&type=about", "reading the BMC's versions")?;
+        response::about(r).map_err(|e| anyhow!("{}: {e}", self.host))
     }
 
     /// Stored power state of slots 1-4.
     pub fn power(&mut self) -> Result<BTreeMap<u8, bool>> {
-        let list: Vec<BTreeMap<String, serde_json::Value>> =
-            self.get_result("opt=get&type=power")?;
-        let mut out = BTreeMap::new();
-        for m in list {
-            for (k, v) in m {
-                let Some(slot) = k.strip_prefix("node").and_then(|n| n.parse::<u8>().ok()) else {
-                    continue;
-                };
-                let on = match &v {
-                    serde_json::Value::String(s) => s == "1",
-                    serde_json::Value::Number(n) => n.as_u64() == Some(1),
-                    serde_json::Value::Bool(b) => *b,
-                    _ => false,
-                };
-                out.insert(slot, on);
-            }
-        }
-        Ok(out)
+        let r = self.get_result("opt=get&type=power", "reading the power of the slots")?;
+        response::power(&r).map_err(|e| anyhow!("{}: {e}", self.host))
     }
 
     pub fn info(&mut self) -> Result<serde_json::Value> {
-        self.get_result("opt=get&type=info")
+        self.get_result(
+            "opt=get&type=info",
+            "reading the BMC's addresses and storage",
+        )
     }
 
     /// Powers slot 1-4 on or off.
     pub fn set_power(&mut self, slot: u8, on: bool) -> Result<()> {
         check_slot(slot)?;
-        self.get(&format!("opt=set&type=power&node{slot}={}", u8::from(on)))
-            .map(|_| ())
+        let what = format!("powering slot {slot} {}", if on { "on" } else { "off" });
+        self.get(
+            &format!("opt=set&type=power&node{slot}={}", u8::from(on)),
+            &what,
+        )
+        .map(|_| ())
     }
 
     pub fn status(&mut self) -> Result<Status> {
@@ -305,42 +424,6 @@ fn prompt_password(prompt: &str) -> Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
-/// The BMC's flash state (`opt=get&type=flash`, bare JSON).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FlashState {
-    Ready,
-    Transferring { written: u64, size: u64 },
-    Done,
-    Error(String),
-}
-
-impl FlashState {
-    fn parse(text: &str) -> Result<FlashState> {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| anyhow!("unexpected flash state {text:?}: {e}"))?;
-        if v.as_str() == Some("Ready") {
-            return Ok(FlashState::Ready);
-        }
-        if let Some(t) = v.get("Transferring") {
-            return Ok(FlashState::Transferring {
-                written: t.get("bytes_written").and_then(|b| b.as_u64()).unwrap_or(0),
-                size: t.get("size").and_then(|b| b.as_u64()).unwrap_or(0),
-            });
-        }
-        if v.get("Done").is_some() {
-            return Ok(FlashState::Done);
-        }
-        if let Some(e) = v.get("Error") {
-            return Ok(FlashState::Error(
-                e.as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| e.to_string()),
-            ));
-        }
-        bail!("unexpected flash state {text:?}")
-    }
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct FlashOptions {
     /// Skip the BMC's CRC read-back (only when the user asks).
@@ -349,24 +432,33 @@ pub struct FlashOptions {
     pub sha256: Option<String>,
 }
 
-fn daemon_at_least(version: &str, want: (u64, u64, u64)) -> bool {
-    let nums: Vec<u64> = version
-        .trim_start_matches('v')
-        .split(['.', '-', '+'])
-        .take(3)
-        .map(|n| n.parse().unwrap_or(0))
-        .collect();
-    let v = (
-        nums.first().copied().unwrap_or(0),
-        nums.get(1).copied().unwrap_or(0),
-        nums.get(2).copied().unwrap_or(0),
-    );
-    v >= want
+/// The slowest upload and read-back rate allowed before the flash as a whole
+/// is given up (a backstop; stalls are caught sooner by `--bmc-timeout`).
+const MIN_RATE: u64 = 256 << 10;
+
+/// Counts the bytes the upload has taken from the image.
+struct Counting<R> {
+    inner: R,
+    taken: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.taken.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 impl Bmc {
     pub fn flash_state(&mut self) -> Result<FlashState> {
-        FlashState::parse(&self.get("opt=get&type=flash")?)
+        let text = self.get("opt=get&type=flash", "reading the flash state")?;
+        FlashState::parse(&text).map_err(|e| anyhow!("{}: {e}", self.host))
+    }
+
+    /// How long the BMC may show no progress before imgbuild gives up.
+    fn stall_limit(&self) -> Duration {
+        self.timeout * 2
     }
 
     /// Writes `image` to the module in `slot` (1-4), waits through the CRC
@@ -379,6 +471,8 @@ impl Bmc {
         mut report: impl FnMut(Phase, u64, u64),
     ) -> Result<()> {
         check_slot(slot)?;
+        // bmcd has no busy check: a new start silently cancels a running
+        // flash (streaming_data_service.rs:48-80), so imgbuild checks first.
         if let FlashState::Transferring { .. } = self.flash_state()? {
             bail!(
                 "{}: the BMC is already flashing a module; wait for it to finish (starting another would cancel it)",
@@ -392,109 +486,245 @@ impl Bmc {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "image.img".into());
-        let version = self
-            .about()?
-            .get("version")
-            .and_then(|v| v.as_str())
-            .unwrap_or("0")
-            .to_string();
+        let daemon = DaemonVersion::from_about(&self.about()?);
         let mut query = format!(
             "opt=set&type=flash&file={}&length={len}&node={}",
             url_escape(&name),
             slot - 1
         );
-        if let Some(sha) = &opts.sha256
-            && daemon_at_least(&version, (2, 3, 0))
-        {
-            query.push_str(&format!("&sha256={sha}"));
+        if daemon.checks_sha256() {
+            if let Some(sha) = &opts.sha256 {
+                query.push_str(&format!("&sha256={}", url_escape(sha)));
+            }
+        } else {
+            tracing::warn!(
+                "{}: the BMC's daemon (bmcd {:?}) predates 2.3.0: it does not check the image's sha256{}; the upload is verified by its CRC read-back only",
+                self.host,
+                daemon.text,
+                if opts.skip_crc {
+                    " and ignores --skip-crc"
+                } else {
+                    ""
+                }
+            );
         }
         if opts.skip_crc {
             query.push_str("&skip_crc");
         }
-        let started = self.get(&query)?;
-        #[derive(Deserialize)]
-        struct Handle {
-            handle: u32,
+        let started = self.get(&query, &format!("starting the flash of slot {slot}"))?;
+        let handle = response::flash_handle(&started).map_err(|e| anyhow!("{}: {e}", self.host))?;
+        let cancel_url = self.url(&format!("/api/bmc/upload/{handle}/cancel"));
+        let _cancel = CancelOnInterrupt::new(self.http.clone(), cancel_url, self.token.clone());
+        // Upload at once: bmcd's timer fails the transfer with "Send timeout"
+        // 10 s after the start (streaming_data_service.rs:76, 86-98).
+        if let Err(reason) = self.upload(handle, image, &name, len, &mut report) {
+            return Err(self.why_upload_failed(slot, handle, reason));
         }
-        let handle = serde_json::from_str::<Handle>(&started)
-            .map_err(|_| {
-                anyhow!(
-                    "{}: the BMC did not start the flash: {}",
-                    self.host,
-                    started.trim()
-                )
-            })?
-            .handle;
-        // Upload at once (the BMC waits 10 s for it), streaming from the file.
+        self.follow(slot, handle, len, &mut report)?;
+        // After any flash bmcd leaves the node off (upgrade_worker.rs:102-108).
+        self.set_power(slot, true)
+    }
+
+    /// POST /api/bmc/upload/<handle>, streaming the image; the BMC writes as
+    /// it receives. Fails when the BMC does not take data for the stall limit.
+    fn upload(
+        &mut self,
+        handle: u32,
+        image: &Path,
+        name: &str,
+        len: u64,
+        report: &mut impl FnMut(Phase, u64, u64),
+    ) -> Result<()> {
         let file =
             std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
-        let part = reqwest::blocking::multipart::Part::reader_with_length(file, len)
-            .file_name(name.clone())
+        let taken = Arc::new(AtomicU64::new(0));
+        let reader = Counting {
+            inner: file,
+            taken: taken.clone(),
+        };
+        let part = reqwest::blocking::multipart::Part::reader_with_length(reader, len)
+            .file_name(name.to_string())
             .mime_str("application/octet-stream")?;
         let form = reqwest::blocking::multipart::Form::new().part("file", part);
+        let backstop = self.timeout * 4 + Duration::from_secs(len / MIN_RATE);
         let req = self
             .http
             .post(self.url(&format!("/api/bmc/upload/{handle}")))
             .bearer_auth(self.token.as_deref().unwrap_or(""))
+            .timeout(backstop)
             .multipart(form);
-        let cancel_url = self.url(&format!("/api/bmc/upload/{handle}/cancel"));
-        let _cancel = CancelOnInterrupt::new(self.http.clone(), cancel_url, self.token.clone());
-        let upload = std::thread::scope(|s| -> Result<()> {
-            let worker = s.spawn(move || req.send());
-            // Poll while the upload runs; the BMC writes as it receives.
-            while !worker.is_finished() {
-                std::thread::sleep(Duration::from_millis(300));
-                if let Ok(FlashState::Transferring { written, size }) = self.flash_state() {
-                    report(Phase::Writing, written, size.max(len));
+        let read_limit = self.timeout * 2;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Not scoped: if the BMC stalls, the request is left to its backstop
+        // timeout while imgbuild reports and moves on.
+        std::thread::spawn(move || {
+            let _ = tx.send(read_answer(req.send(), read_limit));
+        });
+        let mut progress = (0u64, 0u64);
+        let mut last_change = Instant::now();
+        let answer = loop {
+            match rx.recv_timeout(Duration::from_millis(300)) {
+                Ok(a) => break a,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    bail!("{}: the upload ended without an answer", self.host)
                 }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             }
-            let resp = worker
-                .join()
-                .map_err(|_| anyhow!("the upload thread panicked"))?
-                .map_err(|e| self.describe(e))?;
-            let status = resp.status().as_u16();
-            let text = resp.text().unwrap_or_default();
-            if status != 200 {
+            let mut written = progress.1;
+            if let Ok(FlashState::Transferring {
+                id,
+                written: w,
+                size,
+            }) = self.flash_state()
+                && id.is_none_or(|i| i == handle)
+            {
+                report(Phase::Writing, w, size.max(len));
+                written = w;
+            }
+            let now = (taken.load(Ordering::Relaxed), written);
+            if now != progress {
+                progress = now;
+                last_change = Instant::now();
+            } else if last_change.elapsed() > self.stall_limit() {
                 bail!(
-                    "{}: the upload failed (HTTP {status}): {}; the module is not usable until flashed again",
-                    self.host,
-                    text.trim()
+                    "the upload made no progress for {} s ({} of {len} bytes sent)",
+                    self.stall_limit().as_secs(),
+                    now.0
                 );
             }
-            Ok(())
-        });
-        upload?;
-        // CRC read-back: bytes_written restarts from 0 until Done.
+        };
+        let a = answer.map_err(|f| {
+            // Our own fault first: the image changed while it was being sent.
+            let sent = taken.load(Ordering::Relaxed);
+            match std::fs::metadata(image).map(|m| m.len()) {
+                Ok(now) if now != len => anyhow!(
+                    "{} changed size while it was being sent ({len} bytes at the start, {now} now, {sent} sent): is something else writing it?",
+                    image.display()
+                ),
+                _ => self.failure(f, "the upload"),
+            }
+        })?;
+        if a.status != 200 {
+            bail!("{} (HTTP {})", self.message(&a.body), a.status);
+        }
+        Ok(())
+    }
+
+    /// Explains a failed upload. bmcd's answer is often generic ("cannot
+    /// execute command in current state", legacy.rs:653-683) or missing (a
+    /// dropped connection): the flash state tells the real reason.
+    fn why_upload_failed(&mut self, slot: u8, handle: u32, reason: anyhow::Error) -> anyhow::Error {
+        let deadline = Instant::now() + Duration::from_secs(3).min(self.timeout * 2);
+        let state = loop {
+            match self.flash_state() {
+                Ok(FlashState::Transferring { id, .. })
+                    if id.is_none_or(|i| i == handle) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => break other,
+            }
+        };
+        let reason = format!("{reason:#}");
+        match state {
+            Ok(FlashState::Error(msg)) => anyhow!(
+                "{}: flashing slot {slot} failed: {} (the upload was answered: {reason})",
+                self.host,
+                response::explain_flash_error(slot, &msg)
+            ),
+            Ok(FlashState::Transferring {
+                id: Some(other), ..
+            }) if other != handle => self.replaced(slot),
+            Ok(FlashState::Transferring { .. }) => {
+                // Still waiting for our bytes: release the BMC.
+                let _ = self.cancel(handle);
+                anyhow!(
+                    "{}: the upload to slot {slot} failed ({reason}); cancelled the transfer on the BMC. The module is not usable until it is flashed again",
+                    self.host
+                )
+            }
+            _ => anyhow!(
+                "{}: the upload to slot {slot} failed ({reason}); the module is not usable until it is flashed again",
+                self.host
+            ),
+        }
+    }
+
+    fn cancel(&mut self, handle: u32) -> Result<()> {
+        let req = self
+            .http
+            .get(self.url(&format!("/api/bmc/upload/{handle}/cancel")))
+            .bearer_auth(self.token.as_deref().unwrap_or(""));
+        self.send(req, "cancelling the transfer").map(|_| ())
+    }
+
+    fn replaced(&self, slot: u8) -> anyhow::Error {
+        anyhow!(
+            "{}: another flash was started on the BMC while slot {slot} was being flashed, which cancelled it (bmcd runs one flash at a time); flash slot {slot} again when the other one is done",
+            self.host
+        )
+    }
+
+    /// Follows the write and the CRC read-back until Done, with deadlines.
+    fn follow(
+        &mut self,
+        slot: u8,
+        handle: u32,
+        len: u64,
+        report: &mut impl FnMut(Phase, u64, u64),
+    ) -> Result<()> {
+        let backstop = Instant::now() + self.timeout * 4 + Duration::from_secs(2 * len / MIN_RATE);
+        let mut last_change = Instant::now();
+        let mut seen: Option<FlashState> = None;
         let mut last = u64::MAX;
         let mut verifying = false;
         loop {
-            match self.flash_state()? {
-                FlashState::Done => break,
+            let state = self.flash_state()?;
+            if seen.as_ref() != Some(&state) {
+                seen = Some(state.clone());
+                last_change = Instant::now();
+            }
+            match state {
+                FlashState::Done => return Ok(()),
                 FlashState::Error(e) => bail!(
-                    "{}: flashing slot {slot} failed: {e}; if it says USB, power-cycle the board and try again",
+                    "{}: flashing slot {slot} failed: {}",
+                    self.host,
+                    response::explain_flash_error(slot, &e)
+                ),
+                // Ready is the state before any transfer since the daemon
+                // started (streaming_data_service.rs:44): it restarted.
+                FlashState::Ready => bail!(
+                    "{}: the BMC's daemon restarted while flashing slot {slot} (its state went back to Ready); the module is not usable until it is flashed again",
                     self.host
                 ),
-                FlashState::Transferring { written, size } => {
+                FlashState::Transferring {
+                    id: Some(other), ..
+                } if other != handle => {
+                    return Err(self.replaced(slot));
+                }
+                FlashState::Transferring { written, size, .. } => {
                     if written < last && last != u64::MAX {
                         verifying = true;
                     }
                     last = written;
-                    report(
-                        if verifying {
-                            Phase::Verifying
-                        } else {
-                            Phase::Writing
-                        },
-                        written,
-                        size.max(len),
-                    );
+                    let phase = if verifying {
+                        Phase::Verifying
+                    } else {
+                        Phase::Writing
+                    };
+                    report(phase, written, size.max(len));
                 }
-                FlashState::Ready => break,
+            }
+            if last_change.elapsed() > self.stall_limit() || Instant::now() > backstop {
+                bail!(
+                    "{}: the BMC reported no progress flashing slot {slot} for {} s (stuck at {} bytes); check it in its web interface before flashing again (allow longer with --bmc-timeout SECONDS)",
+                    self.host,
+                    last_change.elapsed().as_secs(),
+                    if last == u64::MAX { 0 } else { last }
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
-        // After any flash the node is left off.
-        self.set_power(slot, true)
     }
 }
 

@@ -4,12 +4,15 @@
 
 mod client;
 mod pin;
+pub mod response;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-pub use client::{Bmc, Credentials, FlashOptions, FlashState, PasswordSource, Status, Trust};
+pub use client::{Bmc, Credentials, DEFAULT_TIMEOUT, FlashOptions, PasswordSource, Status, Trust};
+pub use response::FlashState;
 
 use super::{Destination, Phase};
 use crate::io::Sha256Digest;
@@ -22,6 +25,9 @@ pub struct BmcSettings {
     /// Where certificate pins live (`<dir>/<board>.sha256`); `None` trusts
     /// any certificate (explicit `--insecure`).
     pub pin_dir: Option<PathBuf>,
+    /// Connect and read timeout of each call; the flash gives up after
+    /// twice this without progress.
+    pub timeout: Duration,
 }
 
 /// Logs in to the BMC of board `board` at `host`, pinning its certificate on
@@ -35,8 +41,8 @@ pub fn connect(settings: &BmcSettings, board: &str, host: &str) -> Result<Bmc> {
         user: settings.user.clone(),
         password: settings.password.password(host)?,
     };
-    let bmc =
-        Bmc::connect(host, creds, &trust).with_context(|| format!("Turing Pi board {board}"))?;
+    let bmc = Bmc::connect(host, creds, &trust, settings.timeout)
+        .with_context(|| format!("Turing Pi board {board}"))?;
     if bmc.newly_pinned {
         tracing::warn!(
             "{host}: first connection; pinned its certificate sha256 {} (compare it with the BMC's if you can)",

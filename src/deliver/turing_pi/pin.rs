@@ -107,3 +107,41 @@ pub fn client_config(
         .with_no_client_auth();
     Ok((config, seen))
 }
+
+/// Records `fingerprint` in `file`: directory 0700, file 0600 whatever the
+/// umask (the pin decides whom the password is sent to), written under a
+/// temporary name and renamed so a reader never sees half a pin.
+pub fn save(file: &std::path::Path, fingerprint: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    // An existing directory keeps its mode from before; tighten ours.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("pin"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(format!("{fingerprint}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, file)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
