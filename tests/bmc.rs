@@ -60,7 +60,7 @@ impl Setup {
     /// imgbuild with `args` and the BMC password `password`; no terminal.
     fn command(&self, password: &str, args: &[&str]) -> std::process::Command {
         let manifests = repo().join("firmware-manifests");
-        let mut cmd = std::process::Command::new(bin());
+        let mut cmd = command();
         cmd.args(args)
             .args([
                 "--profiles",

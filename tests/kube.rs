@@ -52,7 +52,7 @@ impl Ws {
         self.path().join("secrets")
     }
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = command();
         c.args(args)
             .args(["--profiles", self.path().join("profiles").to_str().unwrap()])
             .args([
@@ -104,7 +104,7 @@ fn extract(cfg: &serde_yaml_ng::Value, dir: &Path) -> (PathBuf, PathBuf) {
 fn kubeconfig_is_minted_offline_from_the_client_ca() {
     // No CA yet: refused, nothing minted.
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
+    let out = command()
         .args([
             "kubeconfig",
             "--profiles",
