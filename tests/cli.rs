@@ -308,3 +308,35 @@ fn k3s_install_online_and_none_bake_no_air_gap_payload() {
         "{err}"
     );
 }
+
+#[test]
+fn check_warns_what_an_air_gapped_node_still_fetches_at_first_boot() {
+    let w = scratch();
+    let p = profiles();
+    let (code, out, err) = run(w.path(), &["check", "--profiles", p.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("profiles OK"), "{out}");
+    for (node, key) in [
+        ("ws03.yaml", "nvidia: the NVIDIA driver"),
+        ("ws03.yaml", "swap.zram: the systemd-zram-generator package"),
+        ("node02.yaml", "packages: nfs-common, open-iscsi"),
+    ] {
+        assert!(
+            err.lines().any(|l| l.contains(node) && l.contains(key)),
+            "no warning for {node} {key}:\n{err}"
+        );
+    }
+    // With k3s installed online the node needs the internet anyway: no warnings.
+    let dir = w.path().join("online");
+    std::fs::create_dir(&dir).unwrap();
+    let p = edited_profiles(&dir, |t| {
+        t.replace(
+            "    disable: [traefik]\n",
+            "    disable: [traefik]\n    install: online\n",
+        )
+    });
+    let args = with_manifests(&["check"], &p);
+    let (code, _, err) = run(&dir, &args_ref(&args));
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("fetched from the internet"), "{err}");
+}

@@ -26,7 +26,7 @@ struct Ws {
 
 impl Ws {
     fn new(bmc: Option<&str>) -> Ws {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = scratch();
         sh(&format!(
             "cp -r {} {}",
             q(&repo().join("profiles")),
@@ -103,7 +103,7 @@ fn extract(cfg: &serde_yaml_ng::Value, dir: &Path) -> (PathBuf, PathBuf) {
 #[test]
 fn kubeconfig_is_minted_offline_from_the_client_ca() {
     // No CA yet: refused, nothing minted.
-    let empty = tempfile::tempdir().unwrap();
+    let empty = scratch();
     let out = command()
         .args([
             "kubeconfig",
@@ -390,7 +390,7 @@ fn the_baked_rbac_lets_the_reader_only_read_nodes_and_validates() {
         .parent()
         .unwrap()
         .join("kubernetes-validate");
-    let scratch = tempfile::tempdir_in(repo().join("target")).unwrap();
+    let scratch = scratch();
     let file = scratch.path().join("rbac.yaml");
     std::fs::write(&file, &manifest).unwrap();
     let out = sh(&format!("{} --strict -k 1.32.0 {}", q(&tool), q(&file)));

@@ -36,7 +36,8 @@ pub fn apply(
             .kernel_cmdline
             .as_ref()
             .filter(|k| &k.partition == role);
-        if files.is_empty() && cmdline.is_none() {
+        let removes = plan.removals.iter().any(|r| &r.partition == role);
+        if files.is_empty() && cmdline.is_none() && !removes {
             continue;
         }
         let what = format!(
@@ -77,7 +78,19 @@ pub fn apply(
                     .with_context(|| format!("writing the FAT of {what}"))?;
             }
             FsKind::Ext4 => {
-                let ops: Vec<Op> = files.into_iter().map(ext4_op).collect();
+                let mut ops = Vec::new();
+                for r in plan.removals.iter().filter(|r| &r.partition == role) {
+                    let names = ext4::list_dir(Region::new(image, part), &r.dir)
+                        .with_context(|| format!("reading {} on {what}", r.dir))?;
+                    for name in names.iter().filter(|n| n.starts_with(&r.prefix)) {
+                        let path = format!("{}/{name}", r.dir.trim_end_matches('/'));
+                        if !files.iter().any(|f| f.path == path) {
+                            tracing::debug!("removing the stock {path}");
+                            ops.push(Op::Remove { path });
+                        }
+                    }
+                }
+                ops.extend(files.into_iter().map(ext4_op));
                 ext4::apply(image_path, image, part, &ops, build_time)
                     .with_context(|| format!("writing into {what}"))?;
             }

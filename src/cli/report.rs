@@ -186,6 +186,9 @@ pub fn cache_cleaned(c: &Cleaned) {
 }
 
 pub fn checked(r: &CheckReport) {
+    for w in &r.warnings {
+        tracing::warn!("{w}");
+    }
     println!(
         "profiles OK: cluster {}, {} node(s): {}",
         r.cluster,

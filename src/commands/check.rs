@@ -12,6 +12,40 @@ pub struct CheckReport {
     pub cluster: String,
     pub nodes: Vec<String>,
     pub boards: Vec<String>,
+    /// Valid, but worth knowing: e.g. what an air-gapped node would still
+    /// fetch from the internet at first boot.
+    pub warnings: Vec<String>,
+}
+
+/// What an air-gapped (`k3s.install: airgap`) node would still fetch from
+/// the network at first boot, by node file and key. Without a network those
+/// steps fail (cloud-init carries on; the node still boots and joins).
+fn network_needs(ws: &Workspace) -> Vec<String> {
+    use crate::config::profile::Install;
+    let mut out = Vec::new();
+    if ws.profiles.cluster.k3s.install != Install::Airgap {
+        return out;
+    }
+    for n in &ws.profiles.nodes {
+        let file = n.file.display();
+        if !n.packages.is_empty() {
+            out.push(format!(
+                "{file}: packages: {} and an apt update are fetched from the internet at first boot",
+                n.packages.join(", ")
+            ));
+        }
+        if n.swap.zram.is_some() {
+            out.push(format!(
+                "{file}: swap.zram: the systemd-zram-generator package is fetched from the internet at first boot"
+            ));
+        }
+        if n.nvidia {
+            out.push(format!(
+                "{file}: nvidia: the NVIDIA driver, the container toolkit and the device plugin image are fetched from the internet at first boot"
+            ));
+        }
+    }
+    out
 }
 
 pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
@@ -47,5 +81,6 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
             .map(|n| format!("{}.{}", n.name, n.board))
             .collect(),
         boards: ws.manifests.keys().cloned().collect(),
+        warnings: network_needs(&ws),
     })
 }

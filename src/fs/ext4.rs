@@ -276,6 +276,25 @@ pub fn open_reader(region: Region<'_>) -> Result<ext4_view::Ext4> {
     ext4_view::Ext4::load(Box::new(owned)).map_err(|e| Ext4Error::Read(e.to_string()))
 }
 
+/// The names in directory `dir` (none when it does not exist).
+pub fn list_dir(region: Region<'_>, dir: &str) -> Result<Vec<String>> {
+    let fs = open_reader(region)?;
+    let entries = match fs.read_dir(dir) {
+        Ok(e) => e,
+        Err(ext4_view::Ext4Error::NotFound) => return Ok(Vec::new()),
+        Err(e) => return Err(Ext4Error::Read(format!("{dir}: {e}"))),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(|e| Ext4Error::Read(format!("{dir}: {e}")))?;
+        let name = String::from_utf8_lossy(e.file_name().as_ref()).into_owned();
+        if name != "." && name != ".." {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
 /// ext4-view wants a `'static` reader; this one owns a handle to the same file.
 struct OwnedRegion {
     file: std::fs::File,

@@ -51,6 +51,9 @@ pub struct K3sValues {
     pub server_url: String,
     pub tls_san: Vec<String>,
     pub has_agents: bool,
+    /// Some node has an NVIDIA GPU (the cluster needs the RuntimeClass and
+    /// the device plugin).
+    pub has_nvidia: bool,
     /// `k3s` or `k3s-agent`.
     pub unit: &'static str,
     /// `server` or `agent`.
@@ -196,6 +199,7 @@ impl<'a> TemplateContext<'a> {
                 server_url: format!("https://{}:6443", bracket_ipv6(&cluster.server)),
                 tls_san,
                 has_agents: profiles.nodes.iter().any(|n| n.k3s.role == Role::Agent),
+                has_nvidia: profiles.nodes.iter().any(|n| n.nvidia),
                 unit: match role {
                     Role::Server => "k3s",
                     Role::Agent => "k3s-agent",

@@ -156,6 +156,18 @@ pub struct NodePlan {
     pub instance_id: String,
     pub files: Vec<PlannedFile>,
     pub provenance: Provenance,
+    /// Stock files to delete before writing (those the plan does not write).
+    pub removals: Vec<Removal>,
+}
+
+/// Every entry of `dir` in a partition whose name starts with `prefix`, except
+/// the plan's own files, is deleted: e.g. SSH host keys a stock image carries,
+/// which every node flashed from it would otherwise share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub partition: String,
+    pub dir: String,
+    pub prefix: String,
 }
 
 /// What planning reads besides the node and its secrets.
@@ -291,6 +303,11 @@ pub fn plan_node(
         instance_id,
         files,
         provenance,
+        removals: vec![Removal {
+            partition: "root".into(),
+            dir: "/etc/ssh".into(),
+            prefix: "ssh_host_".into(),
+        }],
     })
 }
 

@@ -30,6 +30,10 @@ pub const CA_FILES: &[(&str, &str)] = &[
 ];
 pub const SERVICE_KEY: &str = "service.key";
 
+/// The day new CAs are valid from (y, m, d): before any clock a module may
+/// start with (systemd's own build time, the image's clock-epoch).
+pub const CA_NOT_BEFORE: (i32, u8, u8) = (2020, 1, 1);
+
 /// Where secrets live; `None` for ephemeral secrets that are never written (check).
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -277,7 +281,13 @@ impl Secrets {
             .public_key()
             .to_openssh()
             .map_err(|e| anyhow::anyhow!("{key_rel}: {e}"))?;
-        let public = format!("{public} root@{hostname}");
+        // The OpenSSH form already ends with the key's comment; add one only
+        // to a key stored without it.
+        let public = if parsed.comment().is_empty() {
+            format!("{public} root@{hostname}")
+        } else {
+            public.to_string()
+        };
         let fingerprint = parsed
             .public_key()
             .fingerprint(ssh_key::HashAlg::Sha256)
@@ -413,8 +423,11 @@ fn make_ca(cn_prefix: &str, build_time: u64) -> Result<(String, String)> {
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::CrlSign,
     ];
+    // Valid from a fixed day well in the past, not from the build day: a
+    // module without a battery-backed clock (CM4) may boot with an older
+    // time, and k3s copies the CA's start into every certificate it issues.
+    params.not_before = rcgen::date_time_ymd(CA_NOT_BEFORE.0, CA_NOT_BEFORE.1, CA_NOT_BEFORE.2);
     let (y, m, d) = crate::util::civil_from_days((now / 86_400) as i64);
-    params.not_before = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
     params.not_after = rcgen::date_time_ymd(y as i32 + 10, m as u8, d.min(28) as u8);
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -35,6 +35,20 @@ pub fn root_tree(dir: &Path, arch_machine: u16, etc_entries: usize) {
     std::fs::write(dir.join("etc/hostname"), "ubuntu\n").unwrap();
     std::fs::write(dir.join("etc/machine-id"), "").unwrap();
     std::fs::write(dir.join("usr/bin/dash"), fake_elf(arch_machine)).unwrap();
+    // Host keys a stock image may carry (every node flashed from it would
+    // share them), and the sshd configuration, which must stay.
+    std::fs::create_dir_all(dir.join("etc/ssh")).unwrap();
+    for f in [
+        "ssh_host_rsa_key",
+        "ssh_host_rsa_key.pub",
+        "ssh_host_ecdsa_key",
+        "ssh_host_ecdsa_key.pub",
+        "ssh_host_ed25519_key",
+        "ssh_host_ed25519_key.pub",
+    ] {
+        std::fs::write(dir.join("etc/ssh").join(f), format!("stock {f}\n")).unwrap();
+    }
+    std::fs::write(dir.join("etc/ssh/sshd_config"), "Include /etc/ssh/sshd_config.d/*.conf\n").unwrap();
     for i in 0..etc_entries {
         std::fs::write(
             dir.join(format!("etc/conf-{i:05}.conf")),
