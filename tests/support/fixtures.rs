@@ -48,7 +48,11 @@ pub fn root_tree(dir: &Path, arch_machine: u16, etc_entries: usize) {
     ] {
         std::fs::write(dir.join("etc/ssh").join(f), format!("stock {f}\n")).unwrap();
     }
-    std::fs::write(dir.join("etc/ssh/sshd_config"), "Include /etc/ssh/sshd_config.d/*.conf\n").unwrap();
+    std::fs::write(
+        dir.join("etc/ssh/sshd_config"),
+        "Include /etc/ssh/sshd_config.d/*.conf\n",
+    )
+    .unwrap();
     for i in 0..etc_entries {
         std::fs::write(
             dir.join(format!("etc/conf-{i:05}.conf")),
