@@ -167,3 +167,98 @@ fn mbr_problems_say_mbr_and_overlaps_are_refused() {
         &["MBR (DOS) partition table is unreadable", "boot flag"],
     );
 }
+
+fn fatcraft(img: &Path, offset: u64, args: &str) {
+    sh(&format!(
+        "python3 {} {} {offset} {args}",
+        q(&repo().join("tests/fixtures/fatcraft.py")),
+        q(img)
+    ));
+}
+
+/// fsck.fat's verdict on the FAT partition at `offset`: its output when it finds problems.
+fn fsck_fat_problems(img: &Path, offset: u64, len: u64, dir: &Path) -> String {
+    let part = dir.join("fat.part");
+    extract(img, offset, len, &part);
+    let (code, out) = sh_status(&format!("fsck.fat -n {}", q(&part)));
+    std::fs::remove_file(&part).unwrap();
+    assert_ne!(code, 0, "fsck.fat finds no problem:\n{out}");
+    out
+}
+
+#[test]
+fn damaged_fat_chains_are_refused_before_anything_changes() {
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let (start, len) = fx.rk1.part(1);
+    // Finding 10: user-data shares meta-data's cluster. Freeing meta-data's
+    // chain used to free a cluster user-data still uses.
+    let img = copy_of(&fx.rk1.path, w.path(), "crosslinked.img");
+    fatcraft(&img, start, "crosslink META-DAT USER-DAT");
+    let fsck = fsck_fat_problems(&img, start, len, w.path());
+    println!("fsck.fat on the crafted volume:\n{fsck}");
+    refused(
+        &img,
+        "node02.rk1.img",
+        &["FAT volume is damaged", "fsck.fat", "also used elsewhere"],
+    );
+    // A chain that loops onto itself.
+    let img = copy_of(&fx.rk1.path, w.path(), "loop.img");
+    fatcraft(&img, start, "loop USER-DAT");
+    fsck_fat_problems(&img, start, len, w.path());
+    refused(
+        &img,
+        "node02.rk1.img",
+        &["FAT volume is damaged", "fsck.fat"],
+    );
+}
+
+/// Peak memory (KiB) of `imgbuild args` and its output, measured by the kernel
+/// through Python's resource module.
+fn peak_kib(cwd: &Path, args: &[&str]) -> (u64, i32, String) {
+    let e = env();
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import resource, subprocess, sys\n\
+             r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n\
+             print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+             print(r.returncode)\n\
+             print(r.stdout + r.stderr)",
+        )
+        .arg(bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("IMGBUILD_SECRETS", e.secrets())
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines();
+    let kib = lines.next().unwrap().parse().unwrap();
+    let code = lines.next().unwrap().parse().unwrap();
+    (kib, code, lines.collect::<Vec<_>>().join("\n"))
+}
+
+#[test]
+fn a_fat_claiming_a_huge_table_is_inspected_in_little_memory() {
+    // Finding 9: a sparse image whose FAT32 BPB claims a ~1.5 GB FAT made
+    // `inspect` read the whole table into memory.
+    let w = tempfile::tempdir().unwrap();
+    let img = w.path().join("huge-fat.img");
+    sh(&format!(
+        "truncate -s 100G {i}; printf 'label: dos\\nstart=2048, type=c\\n' | sfdisk -q {i}",
+        i = q(&img)
+    ));
+    fatcraft(&img, 2048 * 512, "huge");
+    let started = std::time::Instant::now();
+    let (kib, code, out) = peak_kib(w.path(), &["inspect", s(&img)]);
+    println!(
+        "inspect: exit {code}, peak {kib} KiB, {:?}\n{out}",
+        started.elapsed()
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("HUGE"), "{out}");
+    assert!(kib < 100 * 1024, "inspect used {kib} KiB");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
