@@ -262,3 +262,291 @@ fn a_fat_claiming_a_huge_table_is_inspected_in_little_memory() {
     assert!(kib < 100 * 1024, "inspect used {kib} KiB");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+#[test]
+fn a_journal_needing_recovery_gets_the_clear_refusal() {
+    // Finding 14: the reader failed first with "missing required journal features: 18".
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let img = copy_of(&fx.rk1.path, w.path(), "recover.img");
+    let (start, _) = fx.rk1.part(2);
+    // debugfs (e2fsprogs) sets the flag and keeps the superblock checksum valid.
+    sh(&format!(
+        "debugfs -w -R 'feature needs_recovery' '{}?offset={start}' >/dev/null 2>&1",
+        img.display()
+    ));
+    refused(
+        &img,
+        "node02.rk1.img",
+        &["the journal needs recovery", "e2fsck -fy"],
+    );
+    let r = run(w.path(), &["--base", s(&img), "node02.rk1.img"]);
+    assert!(!r.text.contains("journal features"), "{}", r.text);
+}
+
+/// Every path under `dir` with its permission bits.
+fn modes_under(dir: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            out.push((e.path(), m.permissions().mode() & 0o7777));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Starts a bake of node02 into `out` with `tmp` as TMPDIR under `umask`.
+/// debugfs is reached through a wrapper in `slow/` that records its PID in
+/// `slow/debugfs.pid`, waits `pause` seconds, then runs the real debugfs: a
+/// window to look at (or signal) the bake while its ext4 writes are staged.
+fn spawn_bake(base: &Path, out: &Path, tmp: &Path, umask: &str, pause: f32) -> std::process::Child {
+    let e = env();
+    let profiles = repo().join("profiles");
+    let slow = tmp.parent().unwrap().join("slow");
+    std::fs::create_dir_all(&slow).unwrap();
+    let real = sh("command -v debugfs").stdout;
+    let wrapper = slow.join("debugfs");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > {pid}.new && mv {pid}.new {pid}\nsleep {pause}\nexec {real} \"$@\"\n",
+            pid = q(&slow.join("debugfs.pid")),
+            real = String::from_utf8_lossy(&real).trim()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod 755 {}", q(&wrapper)));
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "umask {umask}; exec {} --profiles {} --base {} {}",
+            q(&bin()),
+            q(&profiles),
+            q(base),
+            q(&out.join("node02.rk1.img"))
+        ))
+        .env(
+            "PATH",
+            format!("{}:{}", slow.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("TMPDIR", tmp)
+        .env("IMGBUILD_SECRETS", e.secrets())
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the bake runs debugfs; returns the wrapper's PID.
+fn wait_for_debugfs(child: &mut std::process::Child, tmp: &Path) -> Option<u32> {
+    let pid_file = tmp.parent().unwrap().join("slow/debugfs.pid");
+    for _ in 0..6000 {
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            return Some(pid.trim().parse().unwrap());
+        }
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    None
+}
+
+/// Ends the debugfs wrapper a test started (through the bake) and left running.
+fn end_wrapper(pid: u32) {
+    let _ = sh_status(&format!("kill -KILL {pid}"));
+}
+
+/// The node password baked into node02 (a secret that must not leak into files).
+fn node02_password() -> String {
+    std::fs::read_to_string(env().secrets().join("nodes/node02/node-password"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn under_umask_000_nothing_is_readable_by_others() {
+    // Finding 3: the debugfs work directory and the output directory followed the umask.
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let (tmp, out) = (w.path().join("tmp"), w.path().join("dist"));
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = spawn_bake(&fx.rk1.path, &out, &tmp, "000", 0.5);
+    let mut seen = std::collections::BTreeMap::new();
+    while child.try_wait().unwrap().is_none() {
+        for (p, mode) in modes_under(&tmp).into_iter().chain(modes_under(&out)) {
+            seen.insert(p, mode);
+        }
+    }
+    let status = child.wait_with_output().unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    for (p, mode) in modes_under(&out) {
+        seen.insert(p, mode);
+    }
+    let open: Vec<_> = seen.iter().filter(|(_, m)| *m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let dist = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dist, 0o700);
+    assert!(
+        modes_under(&tmp).is_empty(),
+        "left in TMPDIR: {:?}",
+        modes_under(&tmp)
+    );
+}
+
+#[test]
+fn sigterm_and_sigint_leave_no_secret_and_no_temporary_file() {
+    // Finding 4: a signal during the ext4 writes left the staged secrets and
+    // the command file in /tmp.
+    let fx = fixtures();
+    for sig in ["TERM", "INT"] {
+        let w = tempfile::tempdir().unwrap();
+        let (tmp, out) = (w.path().join("tmp"), w.path().join("dist"));
+        std::fs::create_dir(&tmp).unwrap();
+        let mut child = spawn_bake(&fx.rk1.path, &out, &tmp, "022", 30.0);
+        let wrapper = wait_for_debugfs(&mut child, &tmp).expect("the bake never ran debugfs");
+        sh(&format!("kill -{sig} {}", child.id()));
+        let status = child.wait_with_output().unwrap();
+        end_wrapper(wrapper);
+        assert_eq!(
+            status.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        // Nothing staged for debugfs may outlive the process: not in TMPDIR,
+        // and no secret in any file under the test's directory.
+        let password = node02_password();
+        for (p, _) in modes_under(w.path()) {
+            if let Ok(bytes) = std::fs::read(&p) {
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&password),
+                    "SIG{sig}: {} holds the node password",
+                    p.display()
+                );
+            }
+        }
+        assert!(
+            modes_under(&tmp).is_empty(),
+            "SIG{sig} left in TMPDIR: {:?}",
+            modes_under(&tmp)
+        );
+        assert!(
+            modes_under(&out).is_empty(),
+            "SIG{sig} left in the output directory: {:?}",
+            modes_under(&out)
+        );
+    }
+}
+
+#[test]
+fn a_killed_run_leaves_a_partial_the_next_run_removes_and_live_ones_are_kept() {
+    // Finding 4: `kill -9` left a partial image (with secrets in it) that no later run removed.
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let (tmp, out) = (w.path().join("tmp"), w.path().join("dist"));
+    std::fs::create_dir(&tmp).unwrap();
+    let mut child = spawn_bake(&fx.rk1.path, &out, &tmp, "022", 30.0);
+    let wrapper = wait_for_debugfs(&mut child, &tmp).expect("the bake never ran debugfs");
+    sh(&format!("kill -KILL {}", child.id()));
+    child.wait().unwrap();
+    end_wrapper(wrapper);
+    sh("sleep 0.5");
+    let partials = || -> Vec<String> {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect()
+    };
+    let stale = partials();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert!(modes_under(&tmp).is_empty(), "{:?}", modes_under(&tmp));
+    // A partial some live process holds (here `flock`) is not ours to remove,
+    // nor is a file of another name or a symlink.
+    let live = out.join(".node03.rk1.img.Live01.partial");
+    std::fs::write(&live, "being written").unwrap();
+    let mut holder = std::process::Command::new("flock")
+        .arg(&live)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    sh("sleep 0.3");
+    let other = out.join(".notes.partial");
+    std::fs::write(&other, "x").unwrap();
+    std::os::unix::fs::symlink(&other, out.join(".node04.rk1.img.Sym001.partial")).unwrap();
+    let r = run(
+        &out,
+        &["--base", s(&fx.rk1.path), s(&out.join("node02.rk1.img"))],
+    );
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert_eq!(r.code, 0, "{}", r.text);
+    let mut left = partials();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            ".node03.rk1.img.Live01.partial",
+            ".node04.rk1.img.Sym001.partial",
+            ".notes.partial"
+        ],
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains(&stale[0]), "{}", r.text);
+}
+
+#[test]
+fn sha256sums_is_never_read_or_written_through_a_symlink() {
+    // Finding 13: a SHA256SUMS symlink planted in a shared output directory
+    // was read (and its target's content copied into the new file).
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    let out = w.path().join("dist");
+    std::fs::create_dir(&out).unwrap();
+    let secret = w.path().join("secret.txt");
+    std::fs::write(&secret, "root:$6$hash:19000:0:99999:7:::\n").unwrap();
+    std::os::unix::fs::symlink(&secret, out.join("SHA256SUMS")).unwrap();
+    let r = run(
+        &out,
+        &["--base", s(&fx.rk1.path), s(&out.join("node02.rk1.img"))],
+    );
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(
+        r.text
+            .contains("SHA256SUMS is a symlink; refusing to follow it"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("$6$hash"), "{}", r.text);
+    assert_eq!(
+        std::fs::read_to_string(&secret).unwrap(),
+        "root:$6$hash:19000:0:99999:7:::\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("SHA256SUMS"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

@@ -271,7 +271,15 @@ fn parents(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Reads an ext4 partition with ext4-view.
+///
+/// The superblock is checked first, so a journal that needs recovery gets
+/// the same clear refusal as from [`apply`] rather than ext4-view's
+/// "missing required journal features".
 pub fn open_reader(region: Region<'_>) -> Result<ext4_view::Ext4> {
+    let sb = Superblock::read(&region)?;
+    if sb.needs_recovery {
+        return Err(Ext4Error::NeedsRecovery);
+    }
     let owned = OwnedRegion::from(region)?;
     ext4_view::Ext4::load(Box::new(owned)).map_err(|e| Ext4Error::Read(e.to_string()))
 }
@@ -359,10 +367,7 @@ pub fn apply(
     // Decide every command up front from what exists now, so planning errors
     // come before the first write.
     let mut script = String::new();
-    let temp = tempfile::Builder::new()
-        .prefix("imgbuild-ext4-")
-        .tempdir()
-        .map_err(Ext4Error::Temp)?;
+    let mut staging = Staging::default();
     let mut created_dirs: BTreeSet<String> = BTreeSet::new();
     let mut state: std::collections::HashMap<String, Option<Kind>> = Default::default();
     let lookup = |path: &str,
@@ -405,7 +410,6 @@ pub fn apply(
         }
     };
     let mut touched_parents: BTreeSet<String> = BTreeSet::new();
-    let mut file_no = 0usize;
     for op in ops {
         let path = op.path();
         let make_parents = !matches!(op, Op::Remove { .. } | Op::SetOwner { .. });
@@ -493,14 +497,7 @@ pub fn apply(
                         })?;
                         (p.clone(), mode.permissions().mode() & 0o7777)
                     }
-                    Contents::Bytes(b) => {
-                        file_no += 1;
-                        let p = temp.path().join(format!("f{file_no}"));
-                        // Owner-readable at least, so debugfs can read it back.
-                        let mode = (owner.mode & 0o777) | 0o400;
-                        write_private(&p, b, mode).map_err(Ext4Error::Temp)?;
-                        (p, mode)
-                    }
+                    Contents::Bytes(b) => staging.stage(b).map_err(Ext4Error::Temp)?,
                 };
                 check_host_path(&host)?;
                 script.push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
@@ -598,7 +595,8 @@ pub fn apply(
         });
     }
     drop(fs);
-    run_debugfs(image, part.start, &script, timestamp, temp.path())?;
+    let (script_path, _) = staging.stage(script.as_bytes()).map_err(Ext4Error::Temp)?;
+    run_debugfs(image, part.start, &script_path, timestamp, &staging)?;
     Ok(())
 }
 
@@ -615,42 +613,110 @@ fn check_host_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file only its owner can read (mode 0600), then sets `mode`; it
-/// sits in a 0700 directory either way.
-fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+/// Where file contents and the command script wait for debugfs.
+///
+/// Preferably in memory: a memfd per file, handed to debugfs as an inherited
+/// descriptor it opens as `/proc/self/fd/N`, so secrets never touch a disk
+/// and nothing can be left behind, whatever ends the process. Without
+/// memfd (old kernels) they go to a private directory (0700, files 0600,
+/// whatever the umask) that is removed on drop and on interrupt.
+#[derive(Default)]
+struct Staging {
+    memfds: Vec<std::fs::File>,
+    dir: Option<(tempfile::TempDir, crate::util::cleanup::Registered)>,
+    files: usize,
+}
+
+impl Staging {
+    /// Stages `data`; returns the path debugfs reads it from and its mode there.
+    fn stage(&mut self, data: &[u8]) -> std::io::Result<(PathBuf, u32)> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        self.files += 1;
+        // SAFETY: a NUL-terminated name; the descriptor is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"imgbuild-stage".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a new descriptor nothing else owns.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            f.write_all(data)?;
+            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            self.memfds.push(f);
+            // debugfs gives the inode the memfd's mode; `apply` always sets it.
+            return Ok((path, 0o777));
+        }
+        let err = std::io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+            return Err(err);
+        }
+        if self.dir.is_none() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::Builder::new()
+                .prefix("imgbuild-ext4-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()?;
+            let registered = crate::util::cleanup::register_dir(dir.path());
+            self.dir = Some((dir, registered));
+        }
+        let (dir, _) = self.dir.as_ref().expect("created above");
+        let path = dir.path().join(format!("f{}", self.files));
+        write_private(&path, data)?;
+        Ok((path, 0o600))
+    }
+
+    /// The descriptors debugfs must inherit.
+    fn inherited(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.memfds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// Writes a file only its owner can read and write (mode 0600, whatever the umask).
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(data)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
 
 fn run_debugfs(
     image: &Path,
     offset: u64,
-    script: &str,
+    script_path: &Path,
     timestamp: u64,
-    workdir: &Path,
+    staging: &Staging,
 ) -> Result<()> {
-    let script_path = workdir.join("commands");
-    write_private(&script_path, script.as_bytes(), 0o600).map_err(Ext4Error::Temp)?;
     let spec = format!("{}?offset={offset}", image.display());
     let (reader, writer) = std::io::pipe().map_err(Ext4Error::Temp)?;
     let writer2 = writer.try_clone().map_err(Ext4Error::Temp)?;
-    let mut child = Command::new("debugfs")
+    let inherited = staging.inherited();
+    let mut command = Command::new("debugfs");
+    command
         .arg("-w")
         .arg("-f")
-        .arg(&script_path)
+        .arg(script_path)
         .arg(&spec)
         .env("E2FSPROGS_FAKE_TIME", timestamp.to_string())
         .stdin(Stdio::null())
         .stdout(writer)
-        .stderr(writer2)
-        .spawn()
-        .map_err(Ext4Error::NoDebugfs)?;
+        .stderr(writer2);
+    // SAFETY: between fork and exec only fcntl runs (async-signal-safe); it
+    // lets debugfs, and only debugfs, inherit the staged memfds.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || {
+            for &fd in &inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(Ext4Error::NoDebugfs)?;
+    drop(command);
     let mut current = String::from("(opening the file system)");
     let mut failure: Option<(String, String)> = None;
     for line in BufReader::new(reader).lines() {
