@@ -550,3 +550,362 @@ fn sha256sums_is_never_read_or_written_through_a_symlink() {
             .is_symlink()
     );
 }
+
+/// A private copy of the shipped profiles, manifests and overlays.
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["profiles", "firmware-manifests", "overlays"] {
+            sh(&format!("cp -r {} {}", q(&repo().join(d)), q(dir.path())));
+        }
+        Workspace { dir }
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn edit(&self, rel: &str, f: impl FnOnce(String) -> String) {
+        let p = self.path(rel);
+        let t = f(std::fs::read_to_string(&p).unwrap());
+        std::fs::write(p, t).unwrap();
+    }
+    fn imgbuild(&self, args: &[&str]) -> Run {
+        let out = imgbuild(self.dir.path(), args);
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            text: text(&out),
+        }
+    }
+    fn check(&self) -> Run {
+        self.imgbuild(&["check"])
+    }
+}
+
+#[test]
+fn a_k3s_version_with_shell_or_unit_syntax_is_refused() {
+    // Finding 1: only the part before `+` was parsed.
+    for bad in [
+        "v1.32.5+k3s1$(touch /root/x)",
+        "v1.32.5+k3s1\\n[Service]\\nExecStartPre=/bin/sh -c id",
+        "v1.32.5+k3s1 ; id",
+    ] {
+        let ws = Workspace::new();
+        ws.edit("profiles/cluster.yaml", |t| {
+            t.replace(
+                "    version: v1.32.5+k3s1\n",
+                &format!("    version: \"{bad}\"\n    install: online\n"),
+            )
+        });
+        let r = ws.check();
+        assert_eq!(r.code, 3, "{bad}: {}", r.text);
+        assert!(
+            r.text.contains("cluster.k3s.version") && r.text.contains("is not a k3s release"),
+            "{}",
+            r.text
+        );
+    }
+}
+
+#[test]
+fn the_online_install_command_quotes_each_value_for_the_shell() {
+    let ws = Workspace::new();
+    ws.edit("profiles/cluster.yaml", |t| {
+        t.replace(
+            "    version: v1.32.5+k3s1\n",
+            "    version: v1.32.5+k3s1\n    install: online\n",
+        )
+    });
+    let paths = imgbuild::commands::Paths::resolve(
+        ws.path("profiles"),
+        Some(ws.path("firmware-manifests")),
+        Some(ws.path("overlays")),
+    );
+    let files =
+        imgbuild::commands::render::render(&paths, "node02", imgbuild::plan::DEFAULT_BUILD_TIME)
+            .unwrap();
+    let user_data = ws.path("user-data");
+    let ud = files.iter().find(|f| f.path == "/user-data").unwrap();
+    std::fs::write(&user_data, &ud.contents).unwrap();
+    // cloud-init's own parser and schema read it.
+    let (code, out) = sh_status(&format!(
+        "cloud-init schema --config-file {}",
+        q(&user_data)
+    ));
+    assert_eq!(code, 0, "{out}");
+    let cmd = sh(&format!(
+        "{} -c 'import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))[\"runcmd\"][0][2])' {}",
+        python(),
+        q(&user_data)
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&cmd.stdout).trim(),
+        "curl -sfL https://get.k3s.io | INSTALL_K3S_VERSION='v1.32.5+k3s1' INSTALL_K3S_EXEC='agent' sh -"
+    );
+}
+
+mod filters {
+    use super::*;
+    use imgbuild::plan::render::quote;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
+
+    /// Strings rich in what breaks quoting: quotes, backslashes, `$`, `%`,
+    /// newlines, controls (C0, DEL, C1), line separators and any Unicode.
+    fn hostile() -> impl Strategy<Value = String> {
+        let pieces = prop_oneof![
+            Just("'".to_string()),
+            Just("\"".to_string()),
+            Just("\\".to_string()),
+            Just("$(id)".to_string()),
+            Just("`id`".to_string()),
+            Just("%n".to_string()),
+            Just("${HOME}".to_string()),
+            Just("\n[Service]\nExecStartPre=/bin/false\n".to_string()),
+            Just("\r".to_string()),
+            Just("\u{7f}\u{85}\u{9f}\u{2028}".to_string()),
+            Just("; rm -rf / #".to_string()),
+            "[\\x01-\\x7f]{0,6}",
+            any::<String>().prop_map(|s| s.replace('\0', "")),
+        ];
+        prop::collection::vec(pieces, 0..6).prop_map(|v| v.concat())
+    }
+
+    /// A fixed seed (printed) so CI runs the same cases every time.
+    fn runner(cases: u32) -> TestRunner {
+        let seed = [11u8; 32];
+        println!("seed {}", hex::encode(seed));
+        TestRunner::new_with_rng(
+            Config {
+                cases,
+                failure_persistence: None,
+                ..Config::default()
+            },
+            TestRng::from_seed(RngAlgorithm::ChaCha, &seed),
+        )
+    }
+
+    #[test]
+    fn shell_quoting_gives_dash_back_the_exact_value() {
+        // Oracle: dash, the /bin/sh of Debian and Ubuntu.
+        let dir = tempfile::tempdir().unwrap();
+        runner(16)
+            .run(&prop::collection::vec(hostile(), 32), |values| {
+                let script: String = values
+                    .iter()
+                    .map(|v| format!("printf '%s\\000' {}\n", quote("shell", v).unwrap()))
+                    .collect();
+                let f = dir.path().join("s.sh");
+                std::fs::write(&f, &script).unwrap();
+                let out = std::process::Command::new("dash").arg(&f).output().unwrap();
+                prop_assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let got: Vec<String> = out.stdout[..out.stdout.len().saturating_sub(1)]
+                    .split(|&b| b == 0)
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .collect();
+                let want: Vec<String> = values.clone();
+                if values.is_empty() {
+                    return Ok(());
+                }
+                prop_assert_eq!(got, want);
+                Ok(())
+            })
+            .unwrap();
+        assert!(quote("shell", "a\0b").is_err());
+    }
+
+    #[test]
+    fn systemd_quoting_stays_one_setting_on_one_line() {
+        // Oracle: systemd's own unit parser (`systemd-analyze verify`).
+        let dir = tempfile::tempdir().unwrap();
+        runner(12)
+            .run(&prop::collection::vec(hostile(), 16), |values| {
+                let mut unit =
+                    String::from("[Unit]\nDescription=filter test\n\n[Service]\nType=oneshot\n");
+                for v in &values {
+                    let q = quote("systemd", v).unwrap();
+                    prop_assert!(!q.contains('\n') && !q.contains('\r'));
+                    unit.push_str(&format!("ExecStartPre=/bin/echo {q}\n"));
+                }
+                unit.push_str("ExecStart=/bin/true\n");
+                let f = dir.path().join("imgbuild-filter-test.service");
+                std::fs::write(&f, &unit).unwrap();
+                let out = std::process::Command::new("systemd-analyze")
+                    .args(["verify", "--man=no"])
+                    .arg(&f)
+                    .output()
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                prop_assert!(
+                    out.status.success() && err.trim().is_empty(),
+                    "{err}\n{unit}"
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
+#[test]
+fn control_characters_in_profile_strings_are_refused() {
+    // Finding 6: DEL and C1 controls passed validation and the `yaml` filter,
+    // and cloud-init then rejected the whole user-data.
+    // The profile spells them as YAML escapes (raw ones are refused by the YAML parser).
+    let key = |comment: &str| {
+        format!(
+            "- \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA {comment}\""
+        )
+    };
+    let shipped_key = "- ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA admin@laptop";
+    for (from, to, field) in [
+        (
+            shipped_key.to_string(),
+            key("admin@lap\\x7Ftop"),
+            "ssh_authorized_keys[0]",
+        ),
+        (
+            shipped_key.to_string(),
+            key("admin@lap\\x85top"),
+            "ssh_authorized_keys[0]",
+        ),
+        (
+            shipped_key.to_string(),
+            key("admin@lap\\x9Btop"),
+            "ssh_authorized_keys[0]",
+        ),
+        (
+            shipped_key.to_string(),
+            key("admin@lap\\u2028top"),
+            "ssh_authorized_keys[0]",
+        ),
+        (
+            "disable: [traefik]".to_string(),
+            "disable: [\"traefik\\x7F\"]".to_string(),
+            "cluster.k3s.disable[0]",
+        ),
+        (
+            "disable: [traefik]".to_string(),
+            "disable: [\"traefik\\n- evil\"]".to_string(),
+            "cluster.k3s.disable[0]",
+        ),
+    ] {
+        let ws = Workspace::new();
+        ws.edit("profiles/cluster.yaml", |t| {
+            assert!(t.contains(&from), "{from}");
+            t.replacen(&from, &to, 1)
+        });
+        let r = ws.check();
+        assert_eq!(r.code, 3, "{to:?}: {}", r.text);
+        assert!(r.text.contains(field), "{to:?}: {}", r.text);
+    }
+}
+
+#[test]
+fn profiles_are_not_read_through_symlinks_out_of_their_directory() {
+    // Finding 7: a node file symlinked to /etc/shadow made `check` print the root hash line.
+    let ws = Workspace::new();
+    let shadow = ws.path("shadow");
+    std::fs::write(
+        &shadow,
+        "root:$y$j9T$SALTSALTSALTSALT$HASHHASHHASHHASHHASHHASHHASHHASHHASHHASH:19000:0:99999:7:::\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&shadow, ws.path("profiles/nodes/evil.yaml")).unwrap();
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(r.text.contains("evil.yaml: leads outside"), "{}", r.text);
+    assert!(
+        !r.text.contains("SALT") && !r.text.contains("HASH"),
+        "{}",
+        r.text
+    );
+    // A symlink that stays inside the profile directory is fine.
+    std::fs::remove_file(ws.path("profiles/nodes/evil.yaml")).unwrap();
+    std::fs::rename(
+        ws.path("profiles/nodes/node03.yaml"),
+        ws.path("profiles/node03.real"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../node03.real", ws.path("profiles/nodes/node03.yaml")).unwrap();
+    let r = ws.check();
+    assert_eq!(r.code, 0, "{}", r.text);
+    // The same content inside the directory: only a short excerpt is echoed.
+    std::fs::copy(&shadow, ws.path("profiles/nodes/evil.yaml")).unwrap();
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(!r.text.contains("HASH"), "{}", r.text);
+    // A FIFO does not hang the reader; a huge file is not read whole.
+    std::fs::remove_file(ws.path("profiles/nodes/evil.yaml")).unwrap();
+    sh(&format!(
+        "mkfifo {}",
+        q(&ws.path("profiles/nodes/fifo.yaml"))
+    ));
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(
+        r.text.contains("fifo.yaml: is not a regular file"),
+        "{}",
+        r.text
+    );
+    std::fs::remove_file(ws.path("profiles/nodes/fifo.yaml")).unwrap();
+    sh(&format!(
+        "truncate -s 2G {}",
+        q(&ws.path("profiles/nodes/huge.yaml"))
+    ));
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(r.text.contains("huge.yaml: is larger than"), "{}", r.text);
+}
+
+#[test]
+fn overlay_directories_may_not_be_symlinks() {
+    // Finding 13: symlinked overlay directories were followed into the host.
+    let ws = Workspace::new();
+    let host = ws.path("host-secrets");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("id_ed25519"), "PRIVATE KEY").unwrap();
+    std::os::unix::fs::symlink(&host, ws.path("overlays/common/root/etc/stolen")).unwrap();
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(r.text.contains("stolen: is a symlink"), "{}", r.text);
+    std::fs::remove_file(ws.path("overlays/common/root/etc/stolen")).unwrap();
+    // A whole feature or target directory as a symlink.
+    sh(&format!(
+        "mv {o}/swap {w}/swap-real && ln -s {w}/swap-real {o}/swap && mv {o}/common/seed {w}/seed-real && ln -s {w}/seed-real {o}/common/seed",
+        o = q(&ws.path("overlays")),
+        w = q(ws.dir.path())
+    ));
+    let r = ws.check();
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(r.text.contains("seed: is a symlink"), "{}", r.text);
+}
+
+#[test]
+fn overlay_file_names_the_writers_refuse_fail_check() {
+    // Finding 13: `check` accepted names the FAT writer or debugfs refuse at bake time.
+    for (file, expect) in [
+        ("overlays/common/seed/bad:name", "not a valid FAT file name"),
+        (
+            "overlays/common/seed/trailing.",
+            "not a valid FAT file name",
+        ),
+        ("overlays/common/root/etc/quote\"d", "quotes, backslashes"),
+        (
+            "overlays/common/root/etc/back\\slash",
+            "quotes, backslashes",
+        ),
+        ("overlays/common/root/etc/new\nline", "control characters"),
+    ] {
+        let ws = Workspace::new();
+        std::fs::write(ws.path(file), "x").unwrap();
+        let r = ws.check();
+        assert_eq!(r.code, 3, "{file:?}: {}", r.text);
+        assert!(r.text.contains(expect), "{file:?}: {}", r.text);
+    }
+}

@@ -237,31 +237,13 @@ impl Op {
 
 /// A path debugfs can take safely inside double quotes.
 pub fn check_path(path: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Ext4Error::Path {
+    match crate::util::names::debugfs_path_error(path) {
+        Some(reason) => Err(Ext4Error::Path {
             path: path.to_string(),
             reason: reason.to_string(),
-        })
-    };
-    if !path.starts_with('/') || path.len() < 2 {
-        return bad("must be an absolute path below /");
+        }),
+        None => Ok(()),
     }
-    if path
-        .chars()
-        .any(|c| c == '"' || c == '\\' || c.is_control())
-    {
-        return bad("must not contain quotes, backslashes or control characters");
-    }
-    if path
-        .split('/')
-        .skip(1)
-        .any(|c| c.is_empty() || c == "." || c == ".." || c.len() > 255)
-    {
-        return bad(
-            "must be a normalised path (no empty, '.' or '..' components, each at most 255 bytes)",
-        );
-    }
-    Ok(())
 }
 
 fn parents(path: &str) -> impl Iterator<Item = &str> {
@@ -507,17 +489,10 @@ pub fn apply(
             Op::Symlink {
                 target, uid, gid, ..
             } => {
-                if target
-                    .chars()
-                    .any(|c| c == '"' || c == '\\' || c.is_control())
-                    || target.is_empty()
-                    || target.len() > 4095
-                {
+                if let Some(reason) = crate::util::names::debugfs_target_error(target) {
                     return Err(Ext4Error::Path {
                         path: path.into(),
-                        reason: format!(
-                            "symlink target {target:?} must be 1-4095 bytes without quotes, backslashes or control characters"
-                        ),
+                        reason,
                     });
                 }
                 match existing {

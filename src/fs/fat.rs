@@ -778,21 +778,13 @@ fn split_parent(path: &str) -> Result<(&str, &str)> {
 }
 
 fn validate_name(path: &str, name: &str) -> Result<()> {
-    const BAD: &[char] = &['"', '*', ':', '<', '>', '?', '\\', '|'];
-    let bad = name.chars().any(|c| BAD.contains(&c) || (c as u32) < 0x20);
-    if bad
-        || name == "."
-        || name == ".."
-        || name.ends_with('.')
-        || name.ends_with(' ')
-        || name.encode_utf16().count() > 255
-    {
-        return Err(FatError::Path {
+    match crate::util::names::fat_name_error(name) {
+        Some(reason) => Err(FatError::Path {
             path: path.into(),
-            reason: format!("{name:?} is not a valid FAT file name"),
-        });
+            reason,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn find(dir_data: &[u8], name: &str) -> Option<RawEntry> {

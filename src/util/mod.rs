@@ -2,6 +2,7 @@
 //! provider, civil dates and error chains.
 
 pub mod cleanup;
+pub mod names;
 pub mod tls;
 
 /// An error and its sources on one line (`outer: inner: innermost`), for
