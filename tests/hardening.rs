@@ -647,7 +647,6 @@ fn the_online_install_command_quotes_each_value_for_the_shell() {
 }
 
 mod filters {
-    use super::*;
     use imgbuild::plan::render::quote;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
