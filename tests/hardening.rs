@@ -908,3 +908,102 @@ fn overlay_file_names_the_writers_refuse_fail_check() {
         assert!(r.text.contains(expect), "{file:?}: {}", r.text);
     }
 }
+
+#[test]
+fn an_incomplete_ca_set_that_no_image_used_is_regenerated() {
+    // Finding 11: a kill between publishing a CA's key and its certificate
+    // left one without the other, and every later run failed.
+    let w = tempfile::tempdir().unwrap();
+    let secrets = w.path().join("secrets");
+    let token = |secrets: &Path| {
+        let out = imgbuild(
+            w.path(),
+            &[
+                "--profiles",
+                repo().join("profiles").to_str().unwrap(),
+                "--secrets",
+                secrets.to_str().unwrap(),
+                "secrets",
+                "--print-token",
+                "server",
+            ],
+        );
+        (out.status.code().unwrap_or(-1), text(&out))
+    };
+    let (code, first) = token(&secrets);
+    assert_eq!(code, 0, "{first}");
+    // What the old code left: server-ca.key without server-ca.crt, and a
+    // temporary file from the interrupted write.
+    let tls = secrets.join("cluster/tls");
+    std::fs::remove_file(tls.join("server-ca.crt")).unwrap();
+    std::fs::write(secrets.join("cluster/tls/.new-XyZ123"), "half a key").unwrap();
+    let (code, out) = token(&secrets);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("was incomplete") && out.contains("made a new CA set"),
+        "{out}"
+    );
+    let (code, again) = token(&secrets);
+    assert_eq!(code, 0, "{again}");
+    // One new set, used from then on, complete (openssl checks the pair).
+    let last = |t: &str| {
+        t.lines()
+            .find(|l| l.starts_with("K10"))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(last(&out), last(&first));
+    assert_eq!(last(&again), last(&out));
+    sh(&format!(
+        "cd {t} && test \"$(openssl x509 -in server-ca.crt -noout -pubkey)\" = \"$(openssl pkey -in server-ca.key -pubout)\"",
+        t = q(&tls)
+    ));
+    let left: Vec<String> = std::fs::read_dir(secrets.join("cluster"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // After a cluster-init image was recorded, an incomplete set is an error.
+    std::fs::write(secrets.join("cluster/initialized"), "node02\n").unwrap();
+    std::fs::remove_file(tls.join("client-ca.key")).unwrap();
+    let (code, out) = token(&secrets);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("client-ca.key") && out.contains("backup"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    // Finding 12: `imgbuild inspect --json IMG | head` panicked (exit 101).
+    use std::os::unix::process::ExitStatusExt;
+    let fx = fixtures();
+    let w = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["inspect", "--json", s(&fx.rk1.path)],
+        vec!["inspect", s(&fx.rk1.path)],
+    ] {
+        let e = env();
+        let mut child = std::process::Command::new(bin())
+            .args(&args)
+            .current_dir(w.path())
+            .env("IMGBUILD_SECRETS", e.secrets())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "{args:?}: {:?} {err}",
+            out.status
+        );
+        assert!(err.trim().is_empty(), "{args:?}: {err}");
+    }
+}
