@@ -266,6 +266,23 @@ pub fn open_reader(region: Region<'_>) -> Result<ext4_view::Ext4> {
     ext4_view::Ext4::load(Box::new(owned)).map_err(|e| Ext4Error::Read(e.to_string()))
 }
 
+/// Reads a file of at most `max` bytes (a larger one is an error): what a
+/// hostile image claims about a file's size never decides how much memory
+/// is used.
+pub fn read_bounded(fs: &ext4_view::Ext4, path: &str, max: u64) -> Result<Vec<u8>> {
+    let meta = fs
+        .metadata(ext4_view::Path::new(path))
+        .map_err(|e| Ext4Error::Read(format!("{path}: {e}")))?;
+    if meta.len() > max {
+        return Err(Ext4Error::Path {
+            path: path.to_string(),
+            reason: format!("{} bytes is more than the {max} imgbuild reads", meta.len()),
+        });
+    }
+    fs.read(ext4_view::Path::new(path))
+        .map_err(|e| Ext4Error::Read(format!("{path}: {e}")))
+}
+
 /// ext4-view wants a `'static` reader; this one owns a handle to the same file.
 struct OwnedRegion {
     file: std::fs::File,

@@ -344,3 +344,45 @@ impl Region<'_> {
         self.file.try_clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_refuses_every_access_outside_itself() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        let part = Partition {
+            index: 1,
+            start: 1024,
+            len: 2048,
+            type_id: String::new(),
+            name: String::new(),
+        };
+        let r = Region::new(&f, &part);
+        let mut buf = [0u8; 16];
+        assert!(r.read_at(2032, &mut buf).is_ok());
+        for offset in [2033, 2048, u64::MAX - 8, u64::MAX] {
+            assert!(matches!(
+                r.read_at(offset, &mut buf),
+                Err(ImageError::OutOfRegion { .. })
+            ));
+            assert!(matches!(
+                r.write_at(offset, &buf),
+                Err(ImageError::OutOfRegion { .. })
+            ));
+        }
+        // A region placed near the end of the address space cannot wrap either.
+        let far = Partition {
+            start: u64::MAX - 100,
+            len: 200,
+            ..part
+        };
+        let r = Region::new(&f, &far);
+        assert!(matches!(
+            r.read_at(150, &mut buf),
+            Err(ImageError::OutOfRegion { .. })
+        ));
+    }
+}
