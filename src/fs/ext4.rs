@@ -153,7 +153,8 @@ impl Superblock {
         if !unknown.is_empty() {
             return Err(Ext4Error::UnknownFeature(unknown.join(", ")));
         }
-        let fs_bytes = self.blocks * self.block_size;
+        // Checked: the block count is whatever the superblock says.
+        let fs_bytes = self.blocks.checked_mul(self.block_size).unwrap_or(u64::MAX);
         if fs_bytes > part_len {
             return Err(Ext4Error::TooBig {
                 fs_bytes,
@@ -735,4 +736,33 @@ fn run_debugfs(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_count_that_overflows_is_too_big_not_a_panic() {
+        // Found by tests/fuzz.rs: blocks * block_size overflowed.
+        let sb = Superblock {
+            block_size: 4096,
+            blocks: u64::MAX / 2,
+            free_blocks: 0,
+            free_inodes: 0,
+            inode_size: 256,
+            label: String::new(),
+            features: Features {
+                compat: 0,
+                incompat: 0,
+                ro_compat: 0,
+            },
+            needs_recovery: false,
+            has_errors: false,
+        };
+        assert!(matches!(
+            sb.check_editable(1 << 30),
+            Err(Ext4Error::TooBig { .. })
+        ));
+    }
 }
