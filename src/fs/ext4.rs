@@ -154,7 +154,7 @@ impl Superblock {
             return Err(Ext4Error::UnknownFeature(unknown.join(", ")));
         }
         // Checked: the block count is whatever the superblock says.
-        let fs_bytes = self.blocks.checked_mul(self.block_size).unwrap_or(u64::MAX);
+        let fs_bytes = self.blocks.saturating_mul(self.block_size);
         if fs_bytes > part_len {
             return Err(Ext4Error::TooBig {
                 fs_bytes,
