@@ -11,6 +11,9 @@ use crate::plan::{PROVENANCE_FILE, Provenance};
 
 const SEED_FILES: &[&str] = &["meta-data", "user-data", "network-config", "vendor-data"];
 
+/// The largest seed file or provenance record `inspect` reads.
+const MAX_SEED_FILE: u64 = 1 << 20;
+
 #[derive(Debug, Serialize)]
 pub struct Inspection {
     pub image: String,
@@ -141,12 +144,11 @@ fn read_ext4_seed(region: Region, dir: &str) -> Option<Found> {
     if files.is_empty() {
         return None;
     }
-    let iid = fs
-        .read(format!("{dir}/meta-data").as_str())
+    // Bounded reads: the image says how large its files are.
+    let iid = ext4::read_bounded(&fs, &format!("{dir}/meta-data"), MAX_SEED_FILE)
         .ok()
         .and_then(|m| instance_id(&m));
-    let prov = fs
-        .read(format!("{dir}/{PROVENANCE_FILE}").as_str())
+    let prov = ext4::read_bounded(&fs, &format!("{dir}/{PROVENANCE_FILE}"), MAX_SEED_FILE)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     Some((dir.into(), files, iid, prov))

@@ -1,6 +1,13 @@
 //! Outputs being written: a temporary `.partial` file beside the target, mode
 //! 0600, deleted on failure or interrupt, renamed into place only when
 //! complete (raw or compressed), with its line in `SHA256SUMS`.
+//!
+//! A run killed outright (`kill -9`, power loss) cannot delete its partial
+//! file, so every partial is locked (flock) by the process writing it, and a
+//! later run in the same directory removes the partial files no live process
+//! holds. Creating and locking a partial, and looking for stale ones, happen
+//! under a lock on the directory, so a partial is never seen unlocked while
+//! its writer lives.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,7 +32,12 @@ impl PendingOutput {
     pub fn from_base(base: &Path, final_path: &Path) -> Result<Self> {
         let dir = super::parent_dir(final_path);
         if !dir.is_dir() {
-            std::fs::create_dir_all(&dir)
+            // Outputs hold secrets: a new output directory is private whatever the umask.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
                 .with_context(|| format!("creating the output directory {}", dir.display()))?;
         }
         let (temp, cleanup) = partial_beside(final_path, &dir)?;
@@ -157,8 +169,8 @@ impl PendingOutput {
     }
 }
 
-/// A `.<name>.XXXX.partial` file (mode 0600) in `dir` for the output
-/// `final_path`, deleted on drop or on interrupt.
+/// A `.<name>.XXXX.partial` file (mode 0600, locked while it lives) in `dir`
+/// for the output `final_path`, deleted on drop or on interrupt.
 fn partial_beside(
     final_path: &Path,
     dir: &Path,
@@ -168,12 +180,110 @@ fn partial_beside(
         .context("the output path has no file name")?
         .to_string_lossy()
         .into_owned();
+    let dir_lock = File::open(dir)
+        .with_context(|| format!("opening the output directory {}", dir.display()))?;
+    lock(&dir_lock, false)
+        .with_context(|| format!("locking the output directory {}", dir.display()))?;
+    remove_stale_partials(dir);
     let temp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
-        .suffix(".partial")
+        .suffix(PARTIAL)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(dir)
         .with_context(|| format!("cannot write in the output directory {}", dir.display()))?;
     let cleanup = crate::util::cleanup::register(temp.path());
+    lock(temp.as_file(), false).with_context(|| format!("locking {}", temp.path().display()))?;
+    drop(dir_lock);
     Ok((temp, cleanup))
+}
+
+const PARTIAL: &str = ".partial";
+
+/// Takes an exclusive flock on `f` (held until `f` is closed); with `try_only`,
+/// `Ok(false)` when another open file holds it.
+fn lock(f: &File, try_only: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let op = if try_only {
+        libc::LOCK_EX | libc::LOCK_NB
+    } else {
+        libc::LOCK_EX
+    };
+    // SAFETY: flock on an open descriptor.
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    if try_only && e.kind() == std::io::ErrorKind::WouldBlock {
+        return Ok(false);
+    }
+    Err(e)
+}
+
+/// Whether `name` is one of our partial outputs: `.<node>.<board>.img[.xz|.zst].XXXXXX.partial`.
+fn is_partial_name(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(PARTIAL)) else {
+        return false;
+    };
+    let Some((output, random)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    !random.is_empty()
+        && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        && super::Target::parse(Path::new(output)).is_ok()
+}
+
+/// Removes the partial outputs in `dir` that no live process holds: regular
+/// files (never through a symlink) of ours, named like ours, not locked.
+/// Called with the directory locked. Best effort: a file it cannot check is kept.
+fn remove_stale_partials(dir: &Path) {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !is_partial_name(&name) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.file_type().is_file() || meta.uid() != uid {
+            continue;
+        }
+        let Ok(f) = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+        else {
+            continue;
+        };
+        let same = f
+            .metadata()
+            .is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino());
+        if same && lock(&f, true).unwrap_or(false) && std::fs::remove_file(&path).is_ok() {
+            tracing::info!(
+                "removed {}, left by an imgbuild run that was killed",
+                path.display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_names() {
+        assert!(is_partial_name(".node02.rk1.img.AbC123.partial"));
+        assert!(is_partial_name(".node02.rk1.img.xz.AbC123.partial"));
+        assert!(!is_partial_name("node02.rk1.img.AbC123.partial"));
+        assert!(!is_partial_name(".something.AbC123.partial"));
+        assert!(!is_partial_name(".node02.rk1.img..partial"));
+        assert!(!is_partial_name(".node02.rk1.img.AbC123"));
+    }
 }

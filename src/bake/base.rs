@@ -63,9 +63,10 @@ fn check_os(
 ) -> Result<()> {
     let fs = ext4::open_reader(Region::new(file, part))
         .with_context(|| format!("{}: reading the root file system", base.display()))?;
-    let text = fs
-        .read_to_string("/etc/os-release")
-        .or_else(|_| fs.read_to_string("/usr/lib/os-release"))
+    // Bounded reads: the base image says how large its files are.
+    let text = ext4::read_bounded(&fs, "/etc/os-release", 64 << 10)
+        .or_else(|_| ext4::read_bounded(&fs, "/usr/lib/os-release", 64 << 10))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
         .map_err(|e| anyhow!("{}: no readable /etc/os-release in the root file system ({e}); is this an Ubuntu image?", base.display()))?;
     let field = |k: &str| {
         text.lines()
@@ -86,7 +87,7 @@ fn check_os(
         );
     }
     // The ELF machine of the shell tells the architecture.
-    if let Ok(elf) = fs.read("/usr/bin/dash") {
+    if let Ok(elf) = ext4::read_bounded(&fs, "/usr/bin/dash", 16 << 20) {
         let arch = (elf.len() >= 20 && elf[..4] == *b"\x7fELF")
             .then(|| u16::from_le_bytes([elf[18], elf[19]]))
             .and_then(Arch::from_elf_machine);

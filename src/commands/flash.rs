@@ -97,7 +97,7 @@ pub fn flash(
         .prefix(".imgbuild-flash-")
         .tempdir_in(out_dir)
         .map_err(|e| anyhow::anyhow!("creating a directory in {}: {e}", out_dir.display()))?;
-    let _temp_cleanup = crate::util::cleanup::register(temp.path());
+    let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
     let mut jobs = Vec::new();
     for (node, slot, image) in planned {
         let image =

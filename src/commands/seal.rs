@@ -106,7 +106,7 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
         .tempdir_in(crate::artifact::parent_dir(input))
         .or_else(|_| tempfile::tempdir())
         .context("creating a temporary directory")?;
-    let _probe_cleanup = crate::util::cleanup::register(probe_dir.path());
+    let _probe_cleanup = crate::util::cleanup::register_dir(probe_dir.path());
     let unpacked;
     let raw: &Path = if format == unpack::Format::Raw {
         input

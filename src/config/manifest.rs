@@ -245,7 +245,7 @@ pub fn load_all(dir: &Path) -> Result<Manifests, ManifestErrors> {
         .collect();
     files.sort();
     for path in files {
-        match load_one(&path) {
+        match load_one(&path, dir) {
             Ok(m) => {
                 out.insert(m.board.clone(), m);
             }
@@ -268,16 +268,16 @@ pub fn load_all(dir: &Path) -> Result<Manifests, ManifestErrors> {
     }
 }
 
-fn load_one(path: &Path) -> Result<Manifest, Vec<Problem>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![Problem::file(path, format!("cannot read: {e}"))])?;
+fn load_one(path: &Path, dir: &Path) -> Result<Manifest, Vec<Problem>> {
+    use crate::config::read::{read_text, sanitize, sanitize_field};
+    let text = read_text(path, dir).map_err(|e| vec![Problem::file(path, e)])?;
     let de = serde_yaml_ng::Deserializer::from_str(&text);
     let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         vec![Problem::field(
             path,
-            if field == "." { "" } else { &field },
-            e.into_inner().to_string(),
+            &sanitize_field(if field == "." { "" } else { &field }),
+            sanitize(&e.into_inner().to_string()),
         )]
     })?;
     let mut problems = Vec::new();

@@ -5,5 +5,6 @@ pub mod k3s;
 pub mod manifest;
 mod problem;
 pub mod profile;
+pub mod read;
 
 pub use problem::Problem;

@@ -153,7 +153,8 @@ impl Superblock {
         if !unknown.is_empty() {
             return Err(Ext4Error::UnknownFeature(unknown.join(", ")));
         }
-        let fs_bytes = self.blocks * self.block_size;
+        // Checked: the block count is whatever the superblock says.
+        let fs_bytes = self.blocks.saturating_mul(self.block_size);
         if fs_bytes > part_len {
             return Err(Ext4Error::TooBig {
                 fs_bytes,
@@ -237,31 +238,13 @@ impl Op {
 
 /// A path debugfs can take safely inside double quotes.
 pub fn check_path(path: &str) -> Result<()> {
-    let bad = |reason: &str| {
-        Err(Ext4Error::Path {
+    match crate::util::names::debugfs_path_error(path) {
+        Some(reason) => Err(Ext4Error::Path {
             path: path.to_string(),
             reason: reason.to_string(),
-        })
-    };
-    if !path.starts_with('/') || path.len() < 2 {
-        return bad("must be an absolute path below /");
+        }),
+        None => Ok(()),
     }
-    if path
-        .chars()
-        .any(|c| c == '"' || c == '\\' || c.is_control())
-    {
-        return bad("must not contain quotes, backslashes or control characters");
-    }
-    if path
-        .split('/')
-        .skip(1)
-        .any(|c| c.is_empty() || c == "." || c == ".." || c.len() > 255)
-    {
-        return bad(
-            "must be a normalised path (no empty, '.' or '..' components, each at most 255 bytes)",
-        );
-    }
-    Ok(())
 }
 
 fn parents(path: &str) -> impl Iterator<Item = &str> {
@@ -271,7 +254,15 @@ fn parents(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Reads an ext4 partition with ext4-view.
+///
+/// The superblock is checked first, so a journal that needs recovery gets
+/// the same clear refusal as from [`apply`] rather than ext4-view's
+/// "missing required journal features".
 pub fn open_reader(region: Region<'_>) -> Result<ext4_view::Ext4> {
+    let sb = Superblock::read(&region)?;
+    if sb.needs_recovery {
+        return Err(Ext4Error::NeedsRecovery);
+    }
     let owned = OwnedRegion::from(region)?;
     ext4_view::Ext4::load(Box::new(owned)).map_err(|e| Ext4Error::Read(e.to_string()))
 }
@@ -293,6 +284,23 @@ pub fn list_dir(region: Region<'_>, dir: &str) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Reads a file of at most `max` bytes (a larger one is an error): what a
+/// hostile image claims about a file's size never decides how much memory
+/// is used.
+pub fn read_bounded(fs: &ext4_view::Ext4, path: &str, max: u64) -> Result<Vec<u8>> {
+    let meta = fs
+        .metadata(ext4_view::Path::new(path))
+        .map_err(|e| Ext4Error::Read(format!("{path}: {e}")))?;
+    if meta.len() > max {
+        return Err(Ext4Error::Path {
+            path: path.to_string(),
+            reason: format!("{} bytes is more than the {max} imgbuild reads", meta.len()),
+        });
+    }
+    fs.read(ext4_view::Path::new(path))
+        .map_err(|e| Ext4Error::Read(format!("{path}: {e}")))
 }
 
 /// ext4-view wants a `'static` reader; this one owns a handle to the same file.
@@ -378,10 +386,7 @@ pub fn apply(
     // Decide every command up front from what exists now, so planning errors
     // come before the first write.
     let mut script = String::new();
-    let temp = tempfile::Builder::new()
-        .prefix("imgbuild-ext4-")
-        .tempdir()
-        .map_err(Ext4Error::Temp)?;
+    let mut staging = Staging::default();
     let mut created_dirs: BTreeSet<String> = BTreeSet::new();
     let mut state: std::collections::HashMap<String, Option<Kind>> = Default::default();
     let lookup = |path: &str,
@@ -424,7 +429,6 @@ pub fn apply(
         }
     };
     let mut touched_parents: BTreeSet<String> = BTreeSet::new();
-    let mut file_no = 0usize;
     for op in ops {
         let path = op.path();
         let make_parents = !matches!(op, Op::Remove { .. } | Op::SetOwner { .. });
@@ -512,14 +516,7 @@ pub fn apply(
                         })?;
                         (p.clone(), mode.permissions().mode() & 0o7777)
                     }
-                    Contents::Bytes(b) => {
-                        file_no += 1;
-                        let p = temp.path().join(format!("f{file_no}"));
-                        // Owner-readable at least, so debugfs can read it back.
-                        let mode = (owner.mode & 0o777) | 0o400;
-                        write_private(&p, b, mode).map_err(Ext4Error::Temp)?;
-                        (p, mode)
-                    }
+                    Contents::Bytes(b) => staging.stage(b).map_err(Ext4Error::Temp)?,
                 };
                 check_host_path(&host)?;
                 script.push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
@@ -529,17 +526,10 @@ pub fn apply(
             Op::Symlink {
                 target, uid, gid, ..
             } => {
-                if target
-                    .chars()
-                    .any(|c| c == '"' || c == '\\' || c.is_control())
-                    || target.is_empty()
-                    || target.len() > 4095
-                {
+                if let Some(reason) = crate::util::names::debugfs_target_error(target) {
                     return Err(Ext4Error::Path {
                         path: path.into(),
-                        reason: format!(
-                            "symlink target {target:?} must be 1-4095 bytes without quotes, backslashes or control characters"
-                        ),
+                        reason,
                     });
                 }
                 match existing {
@@ -617,7 +607,8 @@ pub fn apply(
         });
     }
     drop(fs);
-    run_debugfs(image, part.start, &script, timestamp, temp.path())?;
+    let (script_path, _) = staging.stage(script.as_bytes()).map_err(Ext4Error::Temp)?;
+    run_debugfs(image, part.start, &script_path, timestamp, &staging)?;
     Ok(())
 }
 
@@ -634,42 +625,110 @@ fn check_host_path(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a file only its owner can read (mode 0600), then sets `mode`; it
-/// sits in a 0700 directory either way.
-fn write_private(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+/// Where file contents and the command script wait for debugfs.
+///
+/// Preferably in memory: a memfd per file, handed to debugfs as an inherited
+/// descriptor it opens as `/proc/self/fd/N`, so secrets never touch a disk
+/// and nothing can be left behind, whatever ends the process. Without
+/// memfd (old kernels) they go to a private directory (0700, files 0600,
+/// whatever the umask) that is removed on drop and on interrupt.
+#[derive(Default)]
+struct Staging {
+    memfds: Vec<std::fs::File>,
+    dir: Option<(tempfile::TempDir, crate::util::cleanup::Registered)>,
+    files: usize,
+}
+
+impl Staging {
+    /// Stages `data`; returns the path debugfs reads it from and its mode there.
+    fn stage(&mut self, data: &[u8]) -> std::io::Result<(PathBuf, u32)> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        self.files += 1;
+        // SAFETY: a NUL-terminated name; the descriptor is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"imgbuild-stage".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd >= 0 {
+            // SAFETY: `fd` is a new descriptor nothing else owns.
+            let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+            f.write_all(data)?;
+            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            self.memfds.push(f);
+            // debugfs gives the inode the memfd's mode; `apply` always sets it.
+            return Ok((path, 0o777));
+        }
+        let err = std::io::Error::last_os_error();
+        if !matches!(err.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+            return Err(err);
+        }
+        if self.dir.is_none() {
+            use std::os::unix::fs::PermissionsExt;
+            let dir = tempfile::Builder::new()
+                .prefix("imgbuild-ext4-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()?;
+            let registered = crate::util::cleanup::register_dir(dir.path());
+            self.dir = Some((dir, registered));
+        }
+        let (dir, _) = self.dir.as_ref().expect("created above");
+        let path = dir.path().join(format!("f{}", self.files));
+        write_private(&path, data)?;
+        Ok((path, 0o600))
+    }
+
+    /// The descriptors debugfs must inherit.
+    fn inherited(&self) -> Vec<i32> {
+        use std::os::fd::AsRawFd;
+        self.memfds.iter().map(|f| f.as_raw_fd()).collect()
+    }
+}
+
+/// Writes a file only its owner can read and write (mode 0600, whatever the umask).
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)?;
-    f.write_all(data)?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)
 }
 
 fn run_debugfs(
     image: &Path,
     offset: u64,
-    script: &str,
+    script_path: &Path,
     timestamp: u64,
-    workdir: &Path,
+    staging: &Staging,
 ) -> Result<()> {
-    let script_path = workdir.join("commands");
-    write_private(&script_path, script.as_bytes(), 0o600).map_err(Ext4Error::Temp)?;
     let spec = format!("{}?offset={offset}", image.display());
     let (reader, writer) = std::io::pipe().map_err(Ext4Error::Temp)?;
     let writer2 = writer.try_clone().map_err(Ext4Error::Temp)?;
-    let mut child = Command::new("debugfs")
+    let inherited = staging.inherited();
+    let mut command = Command::new("debugfs");
+    command
         .arg("-w")
         .arg("-f")
-        .arg(&script_path)
+        .arg(script_path)
         .arg(&spec)
         .env("E2FSPROGS_FAKE_TIME", timestamp.to_string())
         .stdin(Stdio::null())
         .stdout(writer)
-        .stderr(writer2)
-        .spawn()
-        .map_err(Ext4Error::NoDebugfs)?;
+        .stderr(writer2);
+    // SAFETY: between fork and exec only fcntl runs (async-signal-safe); it
+    // lets debugfs, and only debugfs, inherit the staged memfds.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(move || {
+            for &fd in &inherited {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().map_err(Ext4Error::NoDebugfs)?;
+    drop(command);
     let mut current = String::from("(opening the file system)");
     let mut failure: Option<(String, String)> = None;
     for line in BufReader::new(reader).lines() {
@@ -696,4 +755,33 @@ fn run_debugfs(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_count_that_overflows_is_too_big_not_a_panic() {
+        // Found by tests/fuzz.rs: blocks * block_size overflowed.
+        let sb = Superblock {
+            block_size: 4096,
+            blocks: u64::MAX / 2,
+            free_blocks: 0,
+            free_inodes: 0,
+            inode_size: 256,
+            label: String::new(),
+            features: Features {
+                compat: 0,
+                incompat: 0,
+                ro_compat: 0,
+            },
+            needs_recovery: false,
+            has_errors: false,
+        };
+        assert!(matches!(
+            sb.check_editable(1 << 30),
+            Err(Ext4Error::TooBig { .. })
+        ));
+    }
 }

@@ -9,8 +9,16 @@
 //!
 //! Writes touch only: the FAT sectors whose entries change (in every FAT copy),
 //! the clusters of files and directories being written, and the FSInfo sector.
+//!
+//! Nothing on disk is trusted: memory stays bounded whatever the BPB says (the
+//! FAT is read a chunk at a time, never whole; a directory is at most 2 MiB,
+//! as the specification allows; a file read at most [`MAX_READ`] bytes), and
+//! before the first change the whole volume's cluster chains are checked
+//! (loops, cross-links, out-of-range and bad clusters, lengths that disagree
+//! with file sizes): a damaged volume is refused, never "repaired".
 
-use std::collections::{BTreeSet, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::image::{ImageError, Region};
 
@@ -24,6 +32,10 @@ pub enum FatError {
     NotFat32,
     #[error("corrupt FAT volume: {0}")]
     Corrupt(String),
+    #[error(
+        "the FAT volume is damaged ({0}); refusing to change it. Check and repair it with `fsck.fat -a` first"
+    )]
+    Damaged(String),
     #[error("no space left on the FAT volume: {needed} bytes needed, {free} bytes free")]
     NoSpace { needed: u64, free: u64 },
     #[error("{path}: {reason}")]
@@ -33,6 +45,16 @@ pub enum FatError {
 type Result<T> = std::result::Result<T, FatError>;
 
 const EOC: u32 = 0x0FFF_FFFF;
+const BAD_CLUSTER: u32 = 0x0FFF_FFF7;
+/// The most clusters a FAT32 volume can have.
+const MAX_CLUSTERS: u64 = 0x0FFF_FFF5;
+/// A directory holds at most 65536 entries of 32 bytes (FAT specification).
+const MAX_DIR_BYTES: u64 = 65_536 * 32;
+/// The largest file [`FatVolume::read_file`] reads (seed files and kernel
+/// command lines are a few KiB).
+pub const MAX_READ: u64 = 16 << 20;
+/// FAT bytes read at a time.
+const FAT_CHUNK: u64 = 64 * 1024;
 const ATTR_DIR: u8 = 0x10;
 const ATTR_ARCHIVE: u8 = 0x20;
 const ATTR_VOLUME: u8 = 0x08;
@@ -89,8 +111,12 @@ struct Dir {
 pub struct FatVolume<'f> {
     region: Region<'f>,
     geo: Geometry,
-    fat: Vec<u32>,
-    dirty_fat_sectors: BTreeSet<u64>,
+    /// FAT entries changed and not yet flushed, by cluster.
+    dirty: BTreeMap<u32, u32>,
+    /// The last chunk of the first FAT read: (byte offset in the FAT, bytes).
+    chunk: RefCell<Option<(u64, Vec<u8>)>>,
+    /// Whether the volume's chains were checked (done before the first change).
+    checked: bool,
     last_alloc: Option<u32>,
     /// FAT timestamp (date, time) given to new entries.
     stamp: (u16, u16),
@@ -142,6 +168,11 @@ impl<'f> FatVolume<'f> {
             return Err(FatError::Corrupt("FATs larger than the volume".into()));
         }
         let cluster_count = (total - meta) / spc;
+        if cluster_count == 0 || cluster_count > MAX_CLUSTERS {
+            return Err(FatError::Corrupt(format!(
+                "{cluster_count} clusters (FAT32 has 1 to {MAX_CLUSTERS})"
+            )));
+        }
         if cluster_count + 2 > fat_sectors * bps / 4 {
             return Err(FatError::Corrupt(
                 "FAT too small for the cluster count".into(),
@@ -166,18 +197,12 @@ impl<'f> FatVolume<'f> {
                 "root cluster {root_cluster} out of range"
             )));
         }
-        let entries = geo.cluster_count as usize + 2;
-        let mut raw = vec![0u8; entries * 4];
-        region.read_at(geo.fat_offset, &mut raw)?;
-        let fat = raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
         Ok(FatVolume {
             region,
             geo,
-            fat,
-            dirty_fat_sectors: BTreeSet::new(),
+            dirty: BTreeMap::new(),
+            chunk: RefCell::new(None),
+            checked: false,
             last_alloc: None,
             stamp: fat_timestamp(315_532_800),
         })
@@ -192,15 +217,53 @@ impl<'f> FatVolume<'f> {
         self.geo.cluster_size
     }
 
+    /// Free space; unreadable parts of the FAT count as used.
     pub fn free_bytes(&self) -> u64 {
-        self.free_clusters() as u64 * self.geo.cluster_size
+        self.free_clusters().unwrap_or(0) as u64 * self.geo.cluster_size
     }
 
-    fn free_clusters(&self) -> u32 {
-        self.fat[2..]
-            .iter()
-            .filter(|&&e| e & 0x0FFF_FFFF == 0)
-            .count() as u32
+    /// Counts free clusters, reading the FAT a chunk at a time.
+    fn free_clusters(&self) -> Result<u32> {
+        let mut free = 0u32;
+        let total = self.geo.cluster_count + 2;
+        let mut c = 2u32;
+        while c < total {
+            if self.entry(c)? == 0 {
+                free += 1;
+            }
+            c += 1;
+        }
+        Ok(free)
+    }
+
+    /// The FAT entry of `cluster` (`cluster` < cluster count + 2), low 28 bits.
+    fn entry(&self, cluster: u32) -> Result<u32> {
+        if let Some(&v) = self.dirty.get(&cluster) {
+            return Ok(v & 0x0FFF_FFFF);
+        }
+        Ok(self.raw_entry(cluster)? & 0x0FFF_FFFF)
+    }
+
+    /// The entry as stored in the first FAT, through a one-chunk cache.
+    fn raw_entry(&self, cluster: u32) -> Result<u32> {
+        let at = u64::from(cluster) * 4;
+        let base = at - at % FAT_CHUNK;
+        let mut cache = self.chunk.borrow_mut();
+        let hit = matches!(&*cache, Some((b, _)) if *b == base);
+        if !hit {
+            let len = FAT_CHUNK.min(self.geo.fat_size - base) as usize;
+            let mut buf = vec![0u8; len];
+            self.region.read_at(self.geo.fat_offset + base, &mut buf)?;
+            *cache = Some((base, buf));
+        }
+        let (_, buf) = cache.as_ref().expect("filled above");
+        let o = (at - base) as usize;
+        Ok(u32::from_le_bytes([
+            buf[o],
+            buf[o + 1],
+            buf[o + 2],
+            buf[o + 3],
+        ]))
     }
 
     /// The volume label: the root directory's label entry, else the BPB's.
@@ -226,38 +289,117 @@ impl<'f> FatVolume<'f> {
         String::new()
     }
 
+    fn in_range(&self, cluster: u32) -> bool {
+        (2..self.geo.cluster_count + 2).contains(&cluster)
+    }
+
     fn next(&self, cluster: u32) -> Result<Option<u32>> {
-        let v = self.fat[cluster as usize] & 0x0FFF_FFFF;
-        match v {
+        match self.entry(cluster)? {
             0x0FFF_FFF8..=0x0FFF_FFFF => Ok(None),
-            v if (2..self.geo.cluster_count + 2).contains(&v) => Ok(Some(v)),
+            BAD_CLUSTER => Err(FatError::Corrupt(format!(
+                "cluster {cluster} links to a cluster marked bad"
+            ))),
+            v if self.in_range(v) => Ok(Some(v)),
             v => Err(FatError::Corrupt(format!(
                 "cluster {cluster} links to invalid cluster {v:#x}"
             ))),
         }
     }
 
-    fn chain(&self, start: u32) -> Result<Vec<u32>> {
+    /// The chain from `start`, at most `limit` clusters long (longer is an error,
+    /// which also ends loops).
+    fn chain(&self, start: u32, limit: usize) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if start == 0 {
             return Ok(out);
         }
-        if !(2..self.geo.cluster_count + 2).contains(&start) {
+        if !self.in_range(start) {
             return Err(FatError::Corrupt(format!(
                 "chain starts at invalid cluster {start}"
             )));
         }
         let mut c = Some(start);
         while let Some(cur) = c {
-            if out.len() > self.geo.cluster_count as usize {
+            if out.len() >= limit {
                 return Err(FatError::Corrupt(format!(
-                    "cluster chain from {start} loops"
+                    "the cluster chain from {start} is longer than {limit} clusters (a loop, or a size that disagrees with it)"
                 )));
             }
             out.push(cur);
             c = self.next(cur)?;
         }
         Ok(out)
+    }
+
+    /// Clusters a directory may have.
+    fn dir_limit(&self) -> usize {
+        (MAX_DIR_BYTES / self.geo.cluster_size).max(1) as usize
+    }
+
+    /// Clusters a file of `size` bytes has.
+    fn clusters_for(&self, size: u64) -> usize {
+        size.div_ceil(self.geo.cluster_size) as usize
+    }
+
+    /// Checks every chain of the volume before the first change: each
+    /// cluster belongs to at most one file or directory (no loops, no
+    /// cross-links), every link is in range and not bad, and each file's chain
+    /// has exactly the clusters its size needs. Memory: one bit per cluster.
+    fn ensure_checked(&mut self) -> Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        let damaged = |e: FatError| match e {
+            FatError::Corrupt(m) => FatError::Damaged(m),
+            e => e,
+        };
+        let mut seen = vec![0u64; (self.geo.cluster_count as usize + 2).div_ceil(64)];
+        let mut mark = |chain: &[u32], what: &str| -> Result<()> {
+            for &c in chain {
+                let (w, b) = (c as usize / 64, c % 64);
+                if seen[w] & (1 << b) != 0 {
+                    return Err(FatError::Damaged(format!(
+                        "cluster {c} of {what} is also used elsewhere (cross-linked or looping chains)"
+                    )));
+                }
+                seen[w] |= 1 << b;
+            }
+            Ok(())
+        };
+        let root = self.geo.root_cluster;
+        let mut stack = vec![(root, "/".to_string())];
+        while let Some((cluster, path)) = stack.pop() {
+            let chain = self.chain(cluster, self.dir_limit()).map_err(damaged)?;
+            mark(&chain, &path)?;
+            let data = self.read_chain(&chain)?;
+            for e in parse_entries(&data) {
+                if e.name == "." || e.name == ".." {
+                    continue;
+                }
+                let child = format!("{}{}", path, e.name);
+                if e.is_dir() {
+                    if e.cluster == 0 {
+                        return Err(FatError::Damaged(format!(
+                            "directory {child} has no clusters"
+                        )));
+                    }
+                    stack.push((e.cluster, format!("{child}/")));
+                    continue;
+                }
+                let need = self.clusters_for(u64::from(e.size));
+                let chain = self.chain(e.cluster, need).map_err(damaged)?;
+                if chain.len() != need {
+                    return Err(FatError::Damaged(format!(
+                        "{child} has {} bytes but {} clusters",
+                        e.size,
+                        chain.len()
+                    )));
+                }
+                mark(&chain, &child)?;
+            }
+        }
+        self.checked = true;
+        Ok(())
     }
 
     fn cluster_offset(&self, cluster: u32) -> u64 {
@@ -288,55 +430,58 @@ impl<'f> FatVolume<'f> {
         Ok(())
     }
 
-    fn set_fat(&mut self, cluster: u32, value: u32) {
-        let old = self.fat[cluster as usize];
+    fn set_fat(&mut self, cluster: u32, value: u32) -> Result<()> {
         // The top four bits are reserved and must be kept.
-        self.fat[cluster as usize] = (old & 0xF000_0000) | (value & 0x0FFF_FFFF);
-        self.dirty_fat_sectors
-            .insert(cluster as u64 * 4 / self.geo.bytes_per_sector);
+        let old = match self.dirty.get(&cluster) {
+            Some(&v) => v,
+            None => self.raw_entry(cluster)?,
+        };
+        self.dirty
+            .insert(cluster, (old & 0xF000_0000) | (value & 0x0FFF_FFFF));
+        Ok(())
     }
 
     fn allocate(&mut self, count: usize) -> Result<Vec<u32>> {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let free = self.free_clusters() as usize;
-        if free < count {
-            return Err(FatError::NoSpace {
-                needed: count as u64 * self.geo.cluster_size,
-                free: free as u64 * self.geo.cluster_size,
-            });
-        }
-        let mut got = Vec::with_capacity(count);
+        let mut got = Vec::with_capacity(count.min(1 << 16));
         let first = self.last_alloc.map_or(2, |c| c + 1);
         let total = self.geo.cluster_count + 2;
-        let order = (first..total).chain(2..first);
+        let order = (first..total).chain(2..first.min(total));
         for c in order {
-            if self.fat[c as usize] & 0x0FFF_FFFF == 0 {
+            if self.entry(c)? == 0 {
                 got.push(c);
                 if got.len() == count {
                     break;
                 }
             }
         }
-        for w in got.windows(2) {
-            self.set_fat(w[0], w[1]);
+        if got.len() < count {
+            return Err(FatError::NoSpace {
+                needed: count as u64 * self.geo.cluster_size,
+                free: got.len() as u64 * self.geo.cluster_size,
+            });
         }
-        let last = *got.last().unwrap();
-        self.set_fat(last, EOC);
+        for i in 1..got.len() {
+            self.set_fat(got[i - 1], got[i])?;
+        }
+        let last = *got.last().expect("count > 0");
+        self.set_fat(last, EOC)?;
         self.last_alloc = Some(last);
         Ok(got)
     }
 
-    fn free_chain(&mut self, start: u32) -> Result<()> {
-        for c in self.chain(start)? {
-            self.set_fat(c, 0);
+    /// Frees the chain of a file of `size` bytes (checked to match by [`Self::ensure_checked`]).
+    fn free_chain(&mut self, start: u32, size: u64) -> Result<()> {
+        for c in self.chain(start, self.clusters_for(size))? {
+            self.set_fat(c, 0)?;
         }
         Ok(())
     }
 
     fn load_dir(&self, cluster: u32, self_ref: u32) -> Result<Dir> {
-        let chain = self.chain(cluster)?;
+        let chain = self.chain(cluster, self.dir_limit())?;
         if chain.is_empty() {
             return Err(FatError::Corrupt("directory with no clusters".into()));
         }
@@ -401,8 +546,17 @@ impl<'f> FatVolume<'f> {
                 reason: "is a directory".into(),
             });
         }
-        let chain = self.chain(e.cluster)?;
-        let need = (e.size as u64).div_ceil(self.geo.cluster_size) as usize;
+        if u64::from(e.size) > MAX_READ {
+            return Err(FatError::Path {
+                path: path.into(),
+                reason: format!(
+                    "{} bytes is more than the {MAX_READ} bytes imgbuild reads from a FAT volume",
+                    e.size
+                ),
+            });
+        }
+        let need = self.clusters_for(u64::from(e.size));
+        let chain = self.chain(e.cluster, need)?;
         if chain.len() < need {
             return Err(FatError::Corrupt(format!(
                 "{path}: {} bytes but only {} clusters",
@@ -410,7 +564,7 @@ impl<'f> FatVolume<'f> {
                 chain.len()
             )));
         }
-        let mut data = self.read_chain(&chain[..need])?;
+        let mut data = self.read_chain(&chain)?;
         data.truncate(e.size as usize);
         Ok(Some(data))
     }
@@ -423,6 +577,7 @@ impl<'f> FatVolume<'f> {
         })?;
         let (parent, name) = split_parent(path)?;
         validate_name(path, name)?;
+        self.ensure_checked()?;
         let mut dir = self.mkdir_p(parent)?;
         self.remove_in(&mut dir, path, name)?;
         let clusters = (contents.len() as u64).div_ceil(self.geo.cluster_size) as usize;
@@ -440,6 +595,7 @@ impl<'f> FatVolume<'f> {
     /// Removes a file; returns whether it existed.
     pub fn remove_file(&mut self, path: &str) -> Result<bool> {
         let (parent, name) = split_parent(path)?;
+        self.ensure_checked()?;
         let mut dir = match self.open_dir(parent) {
             Ok(d) => d,
             Err(FatError::Path { .. }) => return Ok(false),
@@ -451,6 +607,7 @@ impl<'f> FatVolume<'f> {
     }
 
     pub fn mkdir_all(&mut self, path: &str) -> Result<()> {
+        self.ensure_checked()?;
         self.mkdir_p(path).map(|_| ())
     }
 
@@ -464,7 +621,7 @@ impl<'f> FatVolume<'f> {
                 reason: "a directory is in the way".into(),
             });
         }
-        self.free_chain(e.cluster)?;
+        self.free_chain(e.cluster, u64::from(e.size))?;
         for slot in e.first_slot..=e.slot {
             dir.data[slot * 32] = 0xE5;
         }
@@ -540,8 +697,14 @@ impl<'f> FatVolume<'f> {
             if let Some(s) = free_run(&dir.data, slots.len()) {
                 break s;
             }
+            if dir.chain.len() >= self.dir_limit() {
+                return Err(FatError::Path {
+                    path: name.into(),
+                    reason: "the directory is full (65536 entries)".into(),
+                });
+            }
             let c = self.allocate(1)?[0];
-            self.set_fat(*dir.chain.last().unwrap(), c);
+            self.set_fat(*dir.chain.last().expect("a directory has clusters"), c)?;
             dir.chain.push(c);
             dir.data
                 .resize(dir.data.len() + self.geo.cluster_size as usize, 0);
@@ -555,27 +718,39 @@ impl<'f> FatVolume<'f> {
 
     /// Writes the changed FAT sectors to every FAT copy and updates FSInfo.
     pub fn flush(&mut self) -> Result<()> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
         let bps = self.geo.bytes_per_sector;
-        for &sector in &self.dirty_fat_sectors {
-            let first = (sector * bps / 4) as usize;
-            let last = (((sector + 1) * bps / 4) as usize).min(self.fat.len());
-            let mut buf = Vec::with_capacity((last - first) * 4);
-            for e in &self.fat[first..last] {
-                buf.extend_from_slice(&e.to_le_bytes());
+        let mut sectors: BTreeMap<u64, Vec<(usize, u32)>> = BTreeMap::new();
+        for (&c, &v) in &self.dirty {
+            let at = u64::from(c) * 4;
+            sectors
+                .entry(at / bps)
+                .or_default()
+                .push(((at % bps) as usize, v));
+        }
+        for (sector, entries) in sectors {
+            let mut buf = vec![0u8; bps as usize];
+            self.region
+                .read_at(self.geo.fat_offset + sector * bps, &mut buf)?;
+            for (o, v) in entries {
+                buf[o..o + 4].copy_from_slice(&v.to_le_bytes());
             }
             for copy in 0..self.geo.num_fats {
                 let at = self.geo.fat_offset + copy * self.geo.fat_size + sector * bps;
                 self.region.write_at(at, &buf)?;
             }
         }
-        self.dirty_fat_sectors.clear();
+        self.dirty.clear();
+        *self.chunk.borrow_mut() = None;
         if let Some(off) = self.geo.fsinfo_offset {
             let mut info = [0u8; 512];
             self.region.read_at(off, &mut info)?;
             let valid = info[0..4] == 0x4161_5252u32.to_le_bytes()
                 && info[484..488] == 0x6141_7272u32.to_le_bytes();
             if valid {
-                info[488..492].copy_from_slice(&self.free_clusters().to_le_bytes());
+                info[488..492].copy_from_slice(&self.free_clusters()?.to_le_bytes());
                 if let Some(c) = self.last_alloc {
                     info[492..496].copy_from_slice(&c.to_le_bytes());
                 }
@@ -603,21 +778,13 @@ fn split_parent(path: &str) -> Result<(&str, &str)> {
 }
 
 fn validate_name(path: &str, name: &str) -> Result<()> {
-    const BAD: &[char] = &['"', '*', ':', '<', '>', '?', '\\', '|'];
-    let bad = name.chars().any(|c| BAD.contains(&c) || (c as u32) < 0x20);
-    if bad
-        || name == "."
-        || name == ".."
-        || name.ends_with('.')
-        || name.ends_with(' ')
-        || name.encode_utf16().count() > 255
-    {
-        return Err(FatError::Path {
+    match crate::util::names::fat_name_error(name) {
+        Some(reason) => Err(FatError::Path {
             path: path.into(),
-            reason: format!("{name:?} is not a valid FAT file name"),
-        });
+            reason,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn find(dir_data: &[u8], name: &str) -> Option<RawEntry> {

@@ -1,7 +1,13 @@
 //! Partition tables (GPT and MBR) and partitions as bounded byte regions.
 //!
 //! Every read or write into an image goes through a [`Region`], which refuses
-//! any access outside the partition it was made for.
+//! any access outside the partition it was made for. The tables are parsed
+//! here (not by a crate) so that every on-disk number is checked before it is
+//! used: headers and their CRCs, bounded entry arrays, checked arithmetic, and
+//! partitions that lie inside the image and do not overlap.
+
+mod gpt;
+mod mbr;
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -28,8 +34,14 @@ pub enum ImageError {
         expected: TableKind,
         found: String,
     },
-    #[error("{path}: the GPT is unreadable: {reason}")]
-    BadGpt { path: PathBuf, reason: String },
+    #[error("{path}: no partition table (no MBR boot signature); this is not a disk image")]
+    NotADisk { path: PathBuf },
+    #[error("{path}: the {kind} partition table is unreadable: {reason}")]
+    BadTable {
+        path: PathBuf,
+        kind: TableKind,
+        reason: String,
+    },
     #[error("{path}: partition {index} not found (the table has partitions {present})")]
     MissingPartition {
         path: PathBuf,
@@ -43,6 +55,12 @@ pub enum ImageError {
         start: u64,
         end: u64,
         size: u64,
+    },
+    #[error("{path}: partitions {first} and {second} overlap")]
+    Overlap {
+        path: PathBuf,
+        first: u32,
+        second: u32,
     },
     #[error("access of {len} bytes at offset {offset} is outside the {region_len}-byte region")]
     OutOfRegion {
@@ -70,8 +88,10 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// The first byte after the partition (saturating: a table never yields
+    /// a partition whose end overflows, see [`PartitionTable::read`]).
     pub fn end(&self) -> u64 {
-        self.start + self.len
+        self.start.saturating_add(self.len)
     }
 
     /// A whole file of `len` bytes taken as one partition (a bare file-system image).
@@ -86,6 +106,16 @@ impl Partition {
     }
 }
 
+/// A partition's extent in sectors as found on disk, before it is checked.
+struct RawPartition {
+    index: u32,
+    first_lba: u64,
+    /// Number of sectors (at least 1 once checked).
+    sectors: u64,
+    type_id: String,
+    name: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct PartitionTable {
     pub kind: TableKind,
@@ -95,6 +125,9 @@ pub struct PartitionTable {
 
 impl PartitionTable {
     /// Reads the table of `path`, which must be of `expected` kind when given.
+    ///
+    /// Every partition returned lies inside the image, has at least one
+    /// sector, and overlaps no other.
     pub fn read(path: &Path, expected: Option<TableKind>) -> Result<Self, ImageError> {
         let io = |source| ImageError::Io {
             path: path.to_owned(),
@@ -114,27 +147,27 @@ impl PartitionTable {
                 });
             }
             (None, None) => {
-                return Err(ImageError::BadGpt {
+                return Err(ImageError::NotADisk {
                     path: path.to_owned(),
-                    reason: "no MBR boot signature; this is not a disk image".into(),
                 });
             }
         };
-        let partitions = match kind {
-            TableKind::Gpt => read_gpt(path, file)?,
-            TableKind::Mbr => read_mbr(path, &mut file)?,
+        let bad = |reason: String| ImageError::BadTable {
+            path: path.to_owned(),
+            kind,
+            reason,
         };
-        for p in &partitions {
-            if p.end() > image_size || p.len == 0 {
-                return Err(ImageError::OutOfImage {
-                    path: path.to_owned(),
-                    index: p.index,
-                    start: p.start,
-                    end: p.end(),
-                    size: image_size,
-                });
-            }
-        }
+        let raw = match kind {
+            TableKind::Gpt => gpt::read(&file, image_size).map_err(|e| match e {
+                TableError::Io(source) => io(source),
+                TableError::Bad(reason) => bad(reason),
+            })?,
+            TableKind::Mbr => mbr::read(&file).map_err(|e| match e {
+                TableError::Io(source) => io(source),
+                TableError::Bad(reason) => bad(reason),
+            })?,
+        };
+        let partitions = checked_partitions(path, raw, image_size)?;
         Ok(PartitionTable {
             kind,
             image_size,
@@ -159,6 +192,65 @@ impl PartitionTable {
     }
 }
 
+/// Errors of the table parsers, given the image path by [`PartitionTable::read`].
+enum TableError {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+impl From<std::io::Error> for TableError {
+    fn from(e: std::io::Error) -> Self {
+        TableError::Io(e)
+    }
+}
+
+/// Byte extents from sector numbers with checked arithmetic; every partition
+/// inside the image and no two overlapping.
+fn checked_partitions(
+    path: &Path,
+    raw: Vec<RawPartition>,
+    image_size: u64,
+) -> Result<Vec<Partition>, ImageError> {
+    let mut out: Vec<Partition> = Vec::with_capacity(raw.len());
+    for r in raw {
+        let start = r.first_lba.checked_mul(SECTOR);
+        let len = r.sectors.checked_mul(SECTOR);
+        let end = start.zip(len).and_then(|(s, l)| s.checked_add(l));
+        match (start, len, end) {
+            (Some(start), Some(len), Some(end)) if len > 0 && end <= image_size => {
+                out.push(Partition {
+                    index: r.index,
+                    start,
+                    len,
+                    type_id: r.type_id,
+                    name: r.name,
+                })
+            }
+            _ => {
+                return Err(ImageError::OutOfImage {
+                    path: path.to_owned(),
+                    index: r.index,
+                    start: start.unwrap_or(u64::MAX),
+                    end: end.unwrap_or(u64::MAX),
+                    size: image_size,
+                });
+            }
+        }
+    }
+    let mut by_start: Vec<&Partition> = out.iter().collect();
+    by_start.sort_by_key(|p| p.start);
+    for w in by_start.windows(2) {
+        if w[0].end() > w[1].start {
+            return Err(ImageError::Overlap {
+                path: path.to_owned(),
+                first: w[0].index.min(w[1].index),
+                second: w[0].index.max(w[1].index),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// A protective MBR (a single 0xEE entry) means GPT; any other valid MBR means MBR.
 fn detect_kind(file: &mut File) -> std::io::Result<Option<TableKind>> {
     let mut mbr = [0u8; 512];
@@ -174,60 +266,6 @@ fn detect_kind(file: &mut File) -> std::io::Result<Option<TableKind>> {
         return Ok(None);
     }
     Ok(Some(TableKind::Mbr))
-}
-
-fn read_gpt(path: &Path, file: File) -> Result<Vec<Partition>, ImageError> {
-    let disk = gpt::GptConfig::new()
-        .writable(false)
-        .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
-        .open_from_device(file)
-        .map_err(|e| ImageError::BadGpt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    let mut out = Vec::new();
-    for (&index, p) in disk.partitions() {
-        if !p.is_used() {
-            continue;
-        }
-        if p.last_lba < p.first_lba {
-            return Err(ImageError::BadGpt {
-                path: path.to_owned(),
-                reason: format!("partition {index} ends before it starts"),
-            });
-        }
-        out.push(Partition {
-            index,
-            start: p.first_lba * SECTOR,
-            len: (p.last_lba - p.first_lba + 1) * SECTOR,
-            type_id: p.part_type_guid.guid.to_string().to_uppercase(),
-            name: p.name.clone(),
-        });
-    }
-    Ok(out)
-}
-
-fn read_mbr(path: &Path, file: &mut File) -> Result<Vec<Partition>, ImageError> {
-    file.seek(SeekFrom::Start(0))
-        .map_err(|source| ImageError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let mbr = mbrman::MBR::read_from(file, SECTOR as u32).map_err(|e| ImageError::BadGpt {
-        path: path.to_owned(),
-        reason: format!("MBR: {e}"),
-    })?;
-    Ok(mbr
-        .iter()
-        .filter(|(_, p)| p.is_used())
-        .map(|(index, p)| Partition {
-            index: index as u32,
-            start: u64::from(p.starting_lba) * SECTOR,
-            len: u64::from(p.sectors) * SECTOR,
-            type_id: format!("0x{:02X}", p.sys),
-            name: String::new(),
-        })
-        .collect())
 }
 
 /// A partition of an open image file as a bounded byte range.
@@ -260,29 +298,32 @@ impl<'f> Region<'f> {
         self.offset
     }
 
-    fn check(&self, offset: u64, len: usize) -> Result<(), ImageError> {
+    /// The absolute file offset of `len` bytes at `offset` in the region,
+    /// or an error when any of them lies outside it.
+    fn check(&self, offset: u64, len: usize) -> Result<u64, ImageError> {
         let len = len as u64;
-        match offset.checked_add(len) {
-            Some(end) if end <= self.len => Ok(()),
-            _ => Err(ImageError::OutOfRegion {
-                offset,
-                len,
-                region_len: self.len,
-            }),
-        }
+        let inside = offset
+            .checked_add(len)
+            .filter(|&end| end <= self.len)
+            .and_then(|_| self.offset.checked_add(offset));
+        inside.ok_or(ImageError::OutOfRegion {
+            offset,
+            len,
+            region_len: self.len,
+        })
     }
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ImageError> {
-        self.check(offset, buf.len())?;
+        let at = self.check(offset, buf.len())?;
         self.file
-            .read_exact_at(buf, self.offset + offset)
+            .read_exact_at(buf, at)
             .map_err(|source| ImageError::RegionIo { offset, source })
     }
 
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> Result<(), ImageError> {
-        self.check(offset, buf.len())?;
+        let at = self.check(offset, buf.len())?;
         self.file
-            .write_all_at(buf, self.offset + offset)
+            .write_all_at(buf, at)
             .map_err(|source| ImageError::RegionIo { offset, source })
     }
 }
@@ -301,5 +342,47 @@ impl Region<'_> {
     /// A new handle to the underlying image file.
     pub fn try_clone_file(&self) -> std::io::Result<File> {
         self.file.try_clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_region_refuses_every_access_outside_itself() {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(4096).unwrap();
+        let part = Partition {
+            index: 1,
+            start: 1024,
+            len: 2048,
+            type_id: String::new(),
+            name: String::new(),
+        };
+        let r = Region::new(&f, &part);
+        let mut buf = [0u8; 16];
+        assert!(r.read_at(2032, &mut buf).is_ok());
+        for offset in [2033, 2048, u64::MAX - 8, u64::MAX] {
+            assert!(matches!(
+                r.read_at(offset, &mut buf),
+                Err(ImageError::OutOfRegion { .. })
+            ));
+            assert!(matches!(
+                r.write_at(offset, &buf),
+                Err(ImageError::OutOfRegion { .. })
+            ));
+        }
+        // A region placed near the end of the address space cannot wrap either.
+        let far = Partition {
+            start: u64::MAX - 100,
+            len: 200,
+            ..part
+        };
+        let r = Region::new(&f, &far);
+        assert!(matches!(
+            r.read_at(150, &mut buf),
+            Err(ImageError::OutOfRegion { .. })
+        ));
     }
 }

@@ -191,7 +191,8 @@ impl<'a> TemplateContext<'a> {
             build: BuildValues { time: build_time },
             is_server: role == Role::Server,
             k3s: K3sValues {
-                version: cluster.k3s.version.clone(),
+                // The parsed version, printed back: exactly v<maj>.<min>.<patch>+k3s<n>.
+                version: version.to_string(),
                 major: version.major,
                 minor: version.minor,
                 patch: version.patch,

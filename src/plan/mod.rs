@@ -221,14 +221,20 @@ pub fn render_node(
             .unwrap_or(&manifest.source.url),
         profile_digest(&inputs.profiles.cluster, node)
     );
-    Ok(render::render(
+    let (files, instance_id) = render::render(
         inputs.overlays,
         &features,
         &ctx,
         [&probe_a, &probe_b],
         &node.name,
         &identity,
-    )?)
+    )?;
+    // Placing checks targets and names against the partition's writer, so
+    // `check` and `render` refuse what the bake would.
+    for f in &files {
+        place(manifest, f)?;
+    }
+    Ok((files, instance_id))
 }
 
 /// Where a bake's k3s payload comes from.
@@ -364,6 +370,24 @@ fn place(manifest: &Manifest, f: &RenderedFile) -> Result<PlannedFile> {
         bail!(
             "{}: FAT partitions cannot hold symlinks",
             f.source.display()
+        );
+    }
+    let name_error = match spec.fs {
+        FsKind::Vfat => crate::util::names::fat_path_error(&path),
+        FsKind::Ext4 => crate::util::names::debugfs_path_error(&path)
+            .map(str::to_string)
+            .or_else(|| {
+                f.symlink
+                    .as_deref()
+                    .and_then(crate::util::names::debugfs_target_error)
+            }),
+    };
+    if let Some(reason) = name_error {
+        bail!(
+            "{}: {path:?} cannot be written to the {} partition ({role}) of board {}: {reason}",
+            f.source.display(),
+            spec.fs.name(),
+            manifest.board
         );
     }
     let kind = match &f.symlink {

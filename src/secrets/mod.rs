@@ -188,12 +188,15 @@ impl Secrets {
         // Write a complete private file, then publish it under its name with a
         // hard link, which fails if the name exists: readers never see a
         // partial secret, and a secret is never replaced.
-        let parent = path.parent().unwrap();
+        let parent = path.parent().expect("a secret path has a parent");
+        // Callers hold the directory lock: a `.new-` file here is from a dead run.
+        remove_stale(parent, ".new-");
         let mut tmp = tempfile::Builder::new()
             .prefix(".new-")
             .permissions(std::fs::Permissions::from_mode(0o600))
             .tempfile_in(parent)
             .with_context(|| format!("creating a file in {}", parent.display()))?;
+        let _cleanup = crate::util::cleanup::register(tmp.path());
         tmp.write_all(value.as_bytes())?;
         tmp.as_file().sync_all()?;
         match std::fs::hard_link(tmp.path(), &path) {
@@ -218,41 +221,12 @@ impl Secrets {
             .get_or_create("cluster/agent-token", || random_hex(16))?
             .trim()
             .to_string();
-        let mut tls = Vec::new();
-        for (name, cn) in CA_FILES {
-            let crt_rel = format!("cluster/tls/{name}.crt");
-            let key_rel = format!("cluster/tls/{name}.key");
-            // A certificate and its key are created together or not at all.
-            let exists = |rel: &str| self.dir.as_ref().is_some_and(|d| d.join(rel).exists());
-            let (crt, key) = match (exists(&crt_rel), exists(&key_rel)) {
-                (true, true) | (false, false) => {
-                    let fresh = std::cell::OnceCell::new();
-                    let pair = || -> Result<(String, String)> {
-                        if let Some(p) = fresh.get() {
-                            return Ok(Clone::clone(p));
-                        }
-                        let p = make_ca(cn, build_time)?;
-                        let _ = fresh.set(p.clone());
-                        Ok(p)
-                    };
-                    let key = self.get_or_create(&key_rel, || Ok(pair()?.1))?;
-                    let crt = self.get_or_create(&crt_rel, || Ok(pair()?.0))?;
-                    (crt, key)
-                }
-                _ => bail!(
-                    "{}: only one of {name}.crt and {name}.key exists; restore the other from a backup (or delete the secrets directory's cluster/ to start a new cluster)",
-                    self.dir.as_ref().unwrap().join("cluster/tls").display()
-                ),
-            };
-            tls.push((format!("{name}.crt"), crt));
-            tls.push((format!("{name}.key"), key));
-        }
-        let service = self.get_or_create(&format!("cluster/tls/{SERVICE_KEY}"), || {
-            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-            Ok(key.serialize_pem())
-        })?;
-        tls.push((SERVICE_KEY.to_string(), service));
-        let server_ca = &tls.iter().find(|(n, _)| n == "server-ca.crt").unwrap().1;
+        let tls = self.ca_set(build_time)?;
+        let server_ca = &tls
+            .iter()
+            .find(|(n, _)| n == "server-ca.crt")
+            .expect("the CA set has server-ca.crt")
+            .1;
         let ca_hash = hex::encode(Sha256::digest(server_ca.as_bytes()));
         Ok(ClusterSecrets {
             server_password,
@@ -260,6 +234,94 @@ impl Secrets {
             tls,
             ca_hash,
         })
+    }
+
+    /// The k3s CA set, (path relative to server/tls, contents), created on
+    /// first use. It is published as a whole: written into a private
+    /// temporary directory and renamed to `cluster/tls`, so a run killed
+    /// halfway leaves no set at all rather than part of one.
+    fn ca_set(&self, build_time: u64) -> Result<Vec<(String, String)>> {
+        let names: Vec<String> = CA_FILES
+            .iter()
+            .flat_map(|(n, _)| [format!("{n}.crt"), format!("{n}.key")])
+            .chain([SERVICE_KEY.to_string()])
+            .collect();
+        let Some(dir) = &self.dir else {
+            return make_ca_set(build_time);
+        };
+        let cluster = dir.join("cluster");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cluster)
+            .with_context(|| format!("creating {}", cluster.display()))?;
+        remove_stale(&cluster, ".tls-new-");
+        let tls = cluster.join("tls");
+        if tls.exists() {
+            let mut found = Vec::new();
+            let mut missing = Vec::new();
+            for n in &names {
+                match read_secret(&tls.join(n))? {
+                    Some(v) => found.push((n.clone(), v)),
+                    None => missing.push(n.as_str()),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(found);
+            }
+            // An incomplete set comes from an interrupted first run of an
+            // older imgbuild: no build could use it (every build needs the
+            // whole set). Keep it aside and make a new one, unless a
+            // cluster-init image was recorded.
+            if cluster.join("initialized").exists() {
+                bail!(
+                    "{}: the k3s CA set is incomplete ({} missing) and a cluster-init image was already built with it; restore the missing files from a backup (or delete {} to start a new cluster)",
+                    tls.display(),
+                    missing.join(", "),
+                    cluster.display()
+                );
+            }
+            let aside = cluster.join(format!(
+                "tls.incomplete-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            std::fs::rename(&tls, &aside)
+                .with_context(|| format!("moving the incomplete {} aside", tls.display()))?;
+            tracing::warn!(
+                "{} was incomplete ({} missing) and no image used it: moved it to {} and made a new CA set",
+                tls.display(),
+                missing.join(", "),
+                aside.display()
+            );
+        }
+        let set = make_ca_set(build_time)?;
+        let staging = tempfile::Builder::new()
+            .prefix(".tls-new-")
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(&cluster)
+            .with_context(|| format!("creating a directory in {}", cluster.display()))?;
+        let _cleanup = crate::util::cleanup::register_dir(staging.path());
+        for (name, value) in &set {
+            let path = staging.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
+            }
+            write_new_private(&path, value.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        std::fs::File::open(staging.path())?.sync_all()?;
+        let staged = staging.keep();
+        if let Err(e) = std::fs::rename(&staged, &tls) {
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(e).with_context(|| format!("publishing {}", tls.display()));
+        }
+        std::fs::File::open(&cluster)?.sync_all()?;
+        Ok(set)
     }
 
     pub fn node(&self, node: &str, hostname: &str) -> Result<NodeSecrets> {
@@ -373,6 +435,73 @@ impl Secrets {
         needed.retain(|rel| !dir.join(rel).is_file());
         needed
     }
+}
+
+/// Reads a secret file; `None` when it does not exist. A file readable by
+/// others is refused.
+fn read_secret(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{}: a secret file readable by others (mode {mode:04o}); run `chmod 600 {}`",
+                    path.display(),
+                    path.display()
+                );
+            }
+            Ok(Some(s))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Creates `path` (which must not exist) with mode 0600 and `data`, synced.
+fn write_new_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Removes what runs killed while creating secrets left in `dir` (names
+/// starting with `prefix`). Called with the secrets directory locked, so no
+/// live run is writing them.
+fn remove_stale(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(prefix) {
+            continue;
+        }
+        let p = e.path();
+        let _ = match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+            Ok(_) => std::fs::remove_file(&p),
+            Err(_) => continue,
+        };
+    }
+}
+
+/// A complete k3s CA set made in memory: each CA's certificate and key,
+/// and the service-account key.
+fn make_ca_set(build_time: u64) -> Result<Vec<(String, String)>> {
+    let mut set = Vec::new();
+    for (name, cn) in CA_FILES {
+        let (crt, key) = make_ca(cn, build_time)?;
+        set.push((format!("{name}.crt"), crt));
+        set.push((format!("{name}.key"), key));
+    }
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    set.push((SERVICE_KEY.to_string(), key.serialize_pem()));
+    Ok(set)
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {

@@ -1,42 +1,60 @@
-//! Files to delete if the process is interrupted (Ctrl-C, SIGTERM): the
-//! temporary outputs and cache entries being written. Normal exits clean up
-//! through `Drop`; a signal does not run destructors, so `main` calls
-//! [`remove_all`] from its signal thread.
+//! Files and directories to delete if the process is interrupted (Ctrl-C,
+//! SIGTERM): the temporary outputs, cache entries and staging directories
+//! being written. Normal exits clean up through `Drop`; a signal does not run
+//! destructors, so `main` calls [`remove_all`] from its signal thread.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-static PATHS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// (path, is a directory to remove with everything in it)
+static PATHS: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 
 /// Unregisters its path when dropped.
 pub struct Registered(PathBuf);
 
-pub fn register(path: &Path) -> Registered {
+fn add(path: &Path, dir: bool) -> Registered {
     PATHS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .push(path.to_owned());
+        .push((path.to_owned(), dir));
     Registered(path.to_owned())
+}
+
+/// A file to delete on interrupt.
+pub fn register(path: &Path) -> Registered {
+    add(path, false)
+}
+
+/// A directory to delete, with its contents, on interrupt.
+pub fn register_dir(path: &Path) -> Registered {
+    add(path, true)
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = paths.iter().position(|p| *p == self.0) {
+        if let Some(i) = paths.iter().position(|(p, _)| *p == self.0) {
             paths.swap_remove(i);
         }
     }
 }
 
-/// Deletes every registered file or directory; returns how many there were.
+/// Deletes every registered file and directory; returns how many there were.
+/// The list stays locked, so nothing new is registered while the process exits.
 pub fn remove_all() -> usize {
     let paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
-    for p in paths.iter() {
-        if std::fs::remove_file(p).is_err() {
-            let _ = std::fs::remove_dir_all(p);
-        }
+    for (p, dir) in paths.iter() {
+        let _ = if *dir {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
     }
-    paths.len()
+    let n = paths.len();
+    // Hold the lock until exit: a file registered after this point could
+    // otherwise outlive the process.
+    std::mem::forget(paths);
+    n
 }
 
 type Hook = Box<dyn Fn() + Send>;

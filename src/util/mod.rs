@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod duration;
+pub mod names;
 pub mod tls;
 
 /// An error and its sources on one line (`outer: inner: innermost`), for

@@ -54,7 +54,7 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
         dir: dir.to_owned(),
         problems,
     };
-    let cluster_value = match read_yaml(&cluster_path) {
+    let cluster_value = match read_yaml(&cluster_path, dir) {
         Ok(v) => v,
         Err(p) => return Err(fail(vec![p])),
     };
@@ -71,6 +71,11 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
     };
 
     let nodes_dir = dir.join(NODES_DIR);
+    if let Err(e) = crate::config::read::check_dir(&nodes_dir, dir)
+        && nodes_dir.exists()
+    {
+        return Err(fail(vec![Problem::file(&nodes_dir, e)]));
+    }
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&nodes_dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -99,7 +104,7 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
-        let value = match read_yaml(path) {
+        let value = match read_yaml(path, dir) {
             Ok(v) => v,
             Err(p) => {
                 problems.push(p);
@@ -191,11 +196,15 @@ fn has_path(v: &Value, segments: &[&str]) -> bool {
     })
 }
 
-fn read_yaml(path: &Path) -> Result<Value, Problem> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Problem::file(path, format!("cannot read: {e}")))?;
-    let value: Value = serde_yaml_ng::from_str(&text)
-        .map_err(|e| Problem::file(path, format!("not valid YAML: {e}")))?;
+fn read_yaml(path: &Path, root: &Path) -> Result<Value, Problem> {
+    use crate::config::read::{read_text, sanitize};
+    let text = read_text(path, root).map_err(|e| Problem::file(path, e))?;
+    let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
+        Problem::file(
+            path,
+            format!("not valid YAML: {}", sanitize(&e.to_string())),
+        )
+    })?;
     match value {
         Value::Mapping(_) => Ok(value),
         Value::Null => Err(Problem::file(
@@ -217,9 +226,14 @@ fn parse_strict<T: DeserializeOwned>(
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
+            use crate::config::read::{sanitize, sanitize_field};
             let field = e.path().to_string();
             let field = if field == "." { String::new() } else { field };
-            problems.push(Problem::field(path, &field, e.into_inner().to_string()));
+            problems.push(Problem::field(
+                path,
+                &sanitize_field(&field),
+                sanitize(&e.into_inner().to_string()),
+            ));
             None
         }
     }

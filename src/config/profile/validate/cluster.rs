@@ -67,9 +67,14 @@ pub(in crate::config::profile) fn cross_checks(
         let kind = key.split_whitespace().next().unwrap_or("");
         let ok =
             (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
-                && key.split_whitespace().count() >= 2
-                && !key.contains('\n');
-        if !ok {
+                && key.split_whitespace().count() >= 2;
+        if let Some(e) = text_error(key) {
+            problems.push(Problem::field(
+                cf,
+                &format!("cluster.admin.ssh_authorized_keys[{i}]"),
+                e,
+            ));
+        } else if !ok {
             problems.push(Problem::field(
                 cf,
                 &format!("cluster.admin.ssh_authorized_keys[{i}]"),
@@ -78,10 +83,14 @@ pub(in crate::config::profile) fn cross_checks(
         }
     }
     if let Some(h) = &cluster.admin.password_hash {
+        // crypt(3) hashes use only this alphabet (the `$`-separated fields
+        // of SHA-crypt, yescrypt and bcrypt).
         let ok = ["$6$", "$5$", "$y$", "$2b$"]
             .iter()
             .any(|p| h.starts_with(p))
-            && !h.contains(char::is_whitespace);
+            && h.len() <= 512
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"$./=,-".contains(&b));
         if !ok {
             problems.push(Problem::field(
                 cf,
@@ -118,6 +127,23 @@ pub(in crate::config::profile) fn cross_checks(
                 format!("{:?} is defined twice", b.name),
             ));
         }
+    }
+    for (i, c) in cluster.k3s.disable.iter().enumerate() {
+        if !k3s_component_ok(c) {
+            problems.push(Problem::field(
+                cf,
+                &format!("cluster.k3s.disable[{i}]"),
+                format!(
+                    "{:?} is not a k3s packaged component name (lower-case letters, digits and '-', like traefik or servicelb)",
+                    crate::config::read::sanitize_field(c)
+                ),
+            ));
+        }
+    }
+    if let Some(m) = &cluster.k3s.mirror
+        && let Some(e) = url_error(m)
+    {
+        problems.push(Problem::field(cf, "cluster.k3s.mirror", e));
     }
     let v = &cluster.k3s.version;
     let version = crate::config::k3s::Version::parse(v);

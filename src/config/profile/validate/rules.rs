@@ -130,6 +130,45 @@ pub(super) fn taint_error(taint: &str) -> Option<String> {
         .or_else(|| label_value_error(value))
 }
 
+/// Free text that ends up in rendered files (key comments): one line of
+/// printable characters (and tabs). C0 and C1 controls and DEL make
+/// cloud-init reject the whole user-data; U+2028/2029 and U+0085 are line
+/// breaks to YAML.
+pub(super) fn text_error(s: &str) -> Option<String> {
+    let bad = s.chars().find(|&c| {
+        (c.is_control() && c != '\t')
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+            )
+    })?;
+    Some(format!(
+        "contains the control character U+{:04X}; only printable text on one line is allowed",
+        bad as u32
+    ))
+}
+
+/// k3s packaged component names (`--disable`): coredns, servicelb, traefik, ...
+pub(super) fn k3s_component_ok(c: &str) -> bool {
+    !c.is_empty()
+        && c.len() <= 63
+        && c.as_bytes()[0].is_ascii_lowercase()
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A mirror base URL: http(s), printable ASCII without spaces or quotes.
+pub(super) fn url_error(u: &str) -> Option<String> {
+    let ok = (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() <= 2048
+        && u.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"'`<>\\{}|^".contains(&b));
+    (!ok).then(|| {
+        "expected an http:// or https:// URL of printable characters (no spaces or quotes)"
+            .to_string()
+    })
+}
+
 pub(super) fn package_ok(p: &str) -> bool {
     p.len() >= 2
         && p.as_bytes()[0].is_ascii_alphanumeric()
