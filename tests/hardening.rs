@@ -328,6 +328,7 @@ fn spawn_bake(base: &Path, out: &Path, tmp: &Path, umask: &str, pause: f32) -> s
     .unwrap();
     sh(&format!("chmod 755 {}", q(&wrapper)));
     std::process::Command::new("bash")
+        .env_remove("CI")
         .arg("-c")
         .arg(format!(
             "umask {umask}; exec {} --profiles {} --base {} {}",
@@ -986,7 +987,7 @@ fn a_closed_stdout_ends_the_command_quietly() {
         vec!["inspect", s(&fx.rk1.path)],
     ] {
         let e = env();
-        let mut child = std::process::Command::new(bin())
+        let mut child = command()
             .args(&args)
             .current_dir(w.path())
             .env("IMGBUILD_SECRETS", e.secrets())
