@@ -783,42 +783,41 @@ fn fuzz_profiles_and_manifests() {
                 let text = lines.join("\n") + "\n";
                 std::fs::write(&files[which], &text).unwrap();
                 let p = paths.clone();
-                let outcome =
-                    bounded(
-                        Duration::from_secs(20),
-                        move || match imgbuild::commands::check::check(
-                            &p,
-                            imgbuild::plan::DEFAULT_BUILD_TIME,
-                        ) {
-                            Err(e) => Err(format!("{:#}", e.inner())),
-                            Ok(report) => {
-                                let mut bad = Vec::new();
-                                for node in &report.nodes {
-                                    let name = node.split('.').next().unwrap();
-                                    let files = imgbuild::commands::render::render(
-                                        &p,
-                                        name,
-                                        imgbuild::plan::DEFAULT_BUILD_TIME,
+                let outcome = bounded(Duration::from_secs(20), move || {
+                    match imgbuild::commands::check::check(&p, imgbuild::plan::DEFAULT_BUILD_TIME) {
+                        Err(e) => Err(format!("{:#}", e.inner())),
+                        Ok(report) => {
+                            let mut bad = Vec::new();
+                            for node in &report.nodes {
+                                let name = node.split('.').next().unwrap();
+                                let files = imgbuild::commands::render::render(
+                                    &p,
+                                    name,
+                                    imgbuild::plan::DEFAULT_BUILD_TIME,
+                                )
+                                .map_err(|e| format!("{e:#}"))?;
+                                for f in files {
+                                    let yaml = f.path.ends_with(".yaml")
+                                        || ["/user-data", "/meta-data", "/network-config"]
+                                            .contains(&f.path.as_str());
+                                    // Every document of a multi-document
+                                    // file (Kubernetes manifests) must parse.
+                                    let parses = serde_yaml_ng::Deserializer::from_slice(
+                                        &f.contents,
                                     )
-                                    .map_err(|e| format!("{e:#}"))?;
-                                    for f in files {
-                                        let yaml = f.path.ends_with(".yaml")
-                                            || ["/user-data", "/meta-data", "/network-config"]
-                                                .contains(&f.path.as_str());
-                                        if yaml
-                                            && serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(
-                                                &f.contents,
-                                            )
-                                            .is_err()
-                                        {
-                                            bad.push(format!("{node}: {}", f.path));
-                                        }
+                                    .all(|d| {
+                                        <serde_yaml_ng::Value as serde::Deserialize>::deserialize(d)
+                                            .is_ok()
+                                    });
+                                    if yaml && !parses {
+                                        bad.push(format!("{node}: {}", f.path));
                                     }
                                 }
-                                Ok(bad)
                             }
-                        },
-                    )?;
+                            Ok(bad)
+                        }
+                    }
+                })?;
                 std::fs::write(&files[which], &originals[which]).unwrap();
                 tally.cases.fetch_add(1, Ordering::Relaxed);
                 if let Ok(bad) = outcome {
