@@ -17,7 +17,21 @@ mirror=${BOOT_TEST_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # One package a line, '#' comments allowed.
 pkgs=$(sed -e 's/#.*//' "$here/packages-$arch.txt" | tr -s ' \n' ',' | sed -e 's/^,//' -e 's/,$//')
 
-tmp="$out.tmp.$$"
+# A foreign architecture's maintainer scripts run under qemu-user-static, found
+# through binfmt_misc: make sure it is mounted and the interpreter registered.
+host=$(dpkg --print-architecture)
+if [ "$arch" != "$host" ]; then
+  qarch=$arch
+  [ "$arch" = arm64 ] && qarch=aarch64
+  if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
+    mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  fi
+  if [ ! -e "/proc/sys/fs/binfmt_misc/qemu-$qarch" ]; then
+    update-binfmts --enable "qemu-$qarch"
+  fi
+fi
+
+tmp="$out.tmp.$$.tar"
 trap 'rm -f "$tmp"' EXIT
 # --variant=apt: only what --include names (and its dependencies), no Recommends,
 # so the package list is the whole recipe.

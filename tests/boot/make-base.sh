@@ -103,7 +103,7 @@ rk1)
     -n 2:40960:0 -t 2:C12A7328-F81F-11D2-BA4B-00A0C93EC93B "$tmpimg" >/dev/null
   last=$(sgdisk -i 2 "$tmpimg" | awk '/^Last sector/ {print $3}')
   cat >"$tree/etc/fstab" <<'FSTAB'
-LABEL=cloudimg-rootfs	/	ext4	defaults,x-systemd.growfs	0 1
+LABEL=cloudimg-rootfs	/	ext4	defaults	0 1
 FSTAB
   # The stock seed, as shipped.
   mkdir -p "$work/seed"
@@ -113,9 +113,9 @@ FSTAB
   # A 4 MiB FAT32 volume, as mkfs.vfat -F32 makes it (dosfstools warns: too few clusters).
   truncate -s 4M "$work/cidata.fat"
   mkfs.vfat -F 32 -n CIDATA "$work/cidata.fat" >/dev/null 2>&1
+  # mtools refuses this volume ("Error reading FAT"); pyfatfs goes by the BPB.
   for f in meta-data user-data network-config; do
-    mcopy -i "$work/cidata.fat" "$work/seed/$f" "::$f" 2>/dev/null ||
-      python3 "$here/../fixtures/fat.py" put "$work/cidata.fat" "/$f" "$work/seed/$f"
+    python3 "$here/../fixtures/fat.py" put "$work/cidata.fat" "/$f" "$work/seed/$f"
   done
   fsck.fat -a "$work/cidata.fat" >/dev/null 2>&1 || true
   dd if="$work/cidata.fat" of="$tmpimg" bs=1M seek=16 conv=notrunc,sparse status=none

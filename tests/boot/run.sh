@@ -166,6 +166,9 @@ boot_one() { # arch
   arm64) node=${BOOT_TEST_NODE_arm64:-node02} board=rk1 ;;
   *) die "unknown architecture $arch (amd64 or arm64)" ;;
   esac
+  if [ "$board" = rk1 ]; then
+    python3 -c 'import pyfatfs' 2>/dev/null || die "pyfatfs is missing (python3 -m pip install pyfatfs==1.1.0): it writes the stock seed to the RK1 CIDATA volume, which mtools refuses"
+  fi
   local d=$work/$arch
   mkdir -p "$d"
   local t0=$SECONDS
@@ -266,7 +269,9 @@ PY
       -serial "file:$serial" -display none -vga none -nodefaults -no-reboot)
     ;;
   arm64)
-    qemu=(qemu-system-aarch64 -M virt "${acc[@]}" -cpu max -smp 2 -m 2048
+    # pauth-impdef: QEMU's cheap pointer-authentication algorithm; the
+    # architected one makes TCG several times slower.
+    qemu=(qemu-system-aarch64 -M virt "${acc[@]}" -cpu max,pauth-impdef=on -smp 2 -m 2048
       -kernel "$d/vmlinuz" -initrd "$d/initrd"
       -append "root=LABEL=cloudimg-rootfs ro console=ttyAMA0 panic=-1"
       -drive "file=$out,format=raw,if=none,id=d0,cache=unsafe,discard=unmap" -device virtio-blk-pci,drive=d0
