@@ -111,8 +111,8 @@ class Checker:
             print(f"BOOT_TEST_EXPECT_FAIL names no such check: {', '.join(unknown)}")
         if unexpected:
             print(f"unexpected failures: {', '.join(unexpected)}")
-        if failed and keep_dir:
-            print(f"serial log, report and images kept in {keep_dir}")
+        if unexpected and keep_dir:
+            print(f"serial log, report and disk image kept in {keep_dir}")
         return 1 if unexpected else 0
 
 

@@ -329,7 +329,7 @@ if [ "${BOOT_TEST_KEEP:-0}" = 1 ] || [ "$overall" != 0 ]; then
   log "work directory kept: $work"
 elif grep -qs '^XFAIL' "$work"/*/checks.txt; then
   # Only known failures: keep the logs and reports, not the disk images.
-  find "$work" -name '*.img' -delete
+  find "$work" \( -name '*.img' -o -name vmlinuz -o -name initrd \) -delete
   rm -rf "$work/imgbuild-cache" "$work/mirror"
   log "known failures: serial logs and reports kept in $work"
 else
