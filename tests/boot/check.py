@@ -14,6 +14,7 @@ sha256), never from imgbuild's output. Prints one line per check, then
 
 import argparse
 import datetime
+import fnmatch
 import hashlib
 import os
 import re
@@ -359,15 +360,14 @@ def main():
         ck.check("net_up", any(l.split()[1] == "UP" for l in addrs if not l.startswith("lo ")),
                  "a DHCP interface is up", addrs)
     else:
-        match = (net.get("match") or {}).get("name")
-        if match and not any(c in match for c in "*?["):
-            names = [l.split()[0].split("@")[0] for l in links]
-            ck.check("net_interface", match in names, f"interface {match} " + ("exists" if match in names else "missing"),
-                     links)
-        iface = match or ""
+        match = (net.get("match") or {}).get("name") or "*"
+        names = [l.split()[0].split("@")[0] for l in links]
+        matching = [n for n in names if fnmatch.fnmatchcase(n, match) and n != "lo"]
+        ck.check("net_interface", bool(matching),
+                 f"interface matching {match!r}: " + (" ".join(matching) if matching else "none"), links)
         addr = net.get("address")
         have = [l for l in addrs if addr in l.split()[2:]]
-        ck.check("net_static_address", bool(have) and (not iface or have[0].split()[0] == iface),
+        ck.check("net_static_address", bool(have) and have[0].split()[0] in matching,
                  f"{addr} " + (f"on {have[0].split()[0]}" if have else "not configured"),
                  addrs + ["--- networkd files:"] + lines("networkd-files"))
         gw = net.get("gateway")
@@ -391,11 +391,12 @@ def main():
     fsb = int(one("root-fs-bytes") or 0)
     disk = int(one("disk-bytes") or 0)
     # growpart leaves at most the GPT backup (33 sectors) and alignment (1 MiB) unused.
-    slack = 2 * 1024 * 1024
-    starts = lines("block-devices")
-    grown = disk > 0 and part > 0 and part >= disk - slack - part_offset_guess(starts, disk, part)
+    start = int(one("root-part-start-sector") or 0) * 512
+    end = start + part
+    grown = disk > 0 and part > 0 and start > 0 and end >= disk - 2 * 1024 * 1024
     ck.check("root_partition_grown", grown,
-             f"root partition {part / 2**30:.2f} GiB on a {disk / 2**30:.2f} GiB disk", lines("block-devices"))
+             f"root partition {part / 2**30:.2f} GiB ending {(disk - end) / 2**20:.2f} MiB before the end of the "
+             f"{disk / 2**30:.2f} GiB disk", lines("block-devices"))
     ck.check("root_fs_grown", part > 0 and fsb >= 0.9 * part,
              f"root file system {fsb / 2**30:.2f} GiB in a {part / 2**30:.2f} GiB partition", lines("root-device"))
 
@@ -414,17 +415,6 @@ def main():
              "no failed units" if not lines("failed-units") else "failed units: "
              + " ".join(l.split()[0] for l in lines("failed-units")), lines("failed-units"))
     return ck.finish(a.keep_dir)
-
-
-def part_offset_guess(block_lines, disk, part):
-    """Bytes before the root partition that are not root: the other partitions."""
-    other = 0
-    for l in block_lines:
-        f = l.split()
-        if len(f) >= 3 and f[2] == "part" and int(f[1]) != part:
-            other += int(f[1])
-    # Partitions laid out before the root (rk1: seed; nuc: 14/15/16) plus the 1 MiB GPT area.
-    return other + 1024 * 1024
 
 
 if __name__ == "__main__":
