@@ -1,54 +1,6 @@
-// Output helpers first: the macros below replace std's `print!`,
-// `println!` and `eprintln!` in this file and in `cli`, which is declared
-// after them.
-
-/// Writes to standard output. When it was closed early (`imgbuild inspect
-/// --json IMG | head`), ends quietly the way other Unix tools do: by the
-/// default action of SIGPIPE, with no message and no panic.
-fn write_stdout(args: std::fmt::Arguments) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    let result = out.write_fmt(args).and_then(|()| out.flush());
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => stdout_closed(),
-        Err(e) => {
-            write_stderr(format_args!("error: writing to standard output: {e}\n"));
-            std::process::exit(imgbuild::commands::Exit::Failure as i32);
-        }
-    }
-}
-
-fn stdout_closed() -> ! {
-    imgbuild::util::cleanup::remove_all();
-    // SAFETY: restoring the default disposition and raising a signal are
-    // plain system calls; the default action ends the process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    std::process::exit(128 + libc::SIGPIPE)
-}
-
-/// Writes to standard error, ignoring a closed one (nothing else can be told).
-fn write_stderr(args: std::fmt::Arguments) {
-    use std::io::Write;
-    let _ = std::io::stderr().lock().write_fmt(args);
-}
-
-macro_rules! print {
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!($($arg)*)) };
-}
-
-macro_rules! println {
-    () => { $crate::write_stdout(format_args!("\n")) };
-    ($($arg:tt)*) => { $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
-macro_rules! eprintln {
-    ($($arg:tt)*) => { $crate::write_stderr(format_args!("{}\n", format_args!($($arg)*))) };
-}
-
+// The output macros first: they replace std's printing macros in `cli`.
+#[macro_use]
+mod output;
 mod cli;
 
 use std::process::ExitCode;

@@ -3,6 +3,7 @@
 //! record. Pure: reads templates, writes nothing.
 
 mod context;
+mod filters;
 pub mod provenance;
 pub mod render;
 
