@@ -36,6 +36,15 @@ redact() {
     echo "--- $f ($(stat -c '%a %U:%G' "$f"))"
     redact < "$f"
   done
+  # k3s reads `token-file` / `agent-token-file` as the token itself: show
+  # them as the `token` / `agent-token` they stand for.
+  for key in token-file agent-token-file; do
+    p=$(cat /etc/rancher/k3s/config.yaml /etc/rancher/k3s/config.yaml.d/* 2>/dev/null \
+        | sed -n "s/^$key: *//p" | tr -d '"' | tail -n 1)
+    [ -n "$p" ] && [ -e "$p" ] || continue
+    echo "--- $p ($(stat -c '%a %U:%G' "$p"))"
+    printf '%s: %s\n' "${key%-file}" "$(cat "$p")" | redact
+  done
   echo "images: $(ls /var/lib/rancher/k3s/agent/images/ 2>/dev/null | tr '\n' ' ')"
   echo "node-password: $(stat -c '%a %U:%G' /etc/rancher/node/password 2>/dev/null)"
   echo "=== end"
