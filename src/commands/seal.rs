@@ -38,6 +38,14 @@ pub struct SealReport {
     pub files: Vec<FileRecord>,
 }
 
+/// The image given to `seal` already holds its node's secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: already sealed (built with the secrets of node {node})", image.display())]
+pub struct AlreadySealed {
+    pub image: PathBuf,
+    pub node: String,
+}
+
 /// What an artifact says about itself: its provenance record, read from the
 /// image (raw or compressed).
 fn provenance_of(ws: &Workspace, raw: &Path) -> anyhow::Result<Option<Provenance>> {
@@ -127,11 +135,13 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
         ))
     })?;
     if !prov.unsealed {
-        return Err(CommandError::usage(format!(
-            "{}: already sealed (built with the secrets of node {})",
-            input.display(),
-            prov.node
-        )));
+        return Err(CommandError::Usage(
+            AlreadySealed {
+                image: input.to_owned(),
+                node: prov.node,
+            }
+            .into(),
+        ));
     }
     if let Some(want) = &settings.node
         && *want != prov.node
@@ -298,7 +308,9 @@ pub fn flashable(
     match seal(ws, image, &settings) {
         Ok(r) => Ok(r.output),
         // A compressed image that is already sealed only needs unpacking.
-        Err(CommandError::Usage(e)) if compressed && e.to_string().contains("already sealed") => {
+        Err(CommandError::Usage(e))
+            if compressed && e.downcast_ref::<AlreadySealed>().is_some() =>
+        {
             let pending = PendingOutput::empty(&out)?;
             let src = std::fs::File::open(image)
                 .with_context(|| format!("opening {}", image.display()))?;
