@@ -3,6 +3,7 @@
 //! what gets printed (`report`). Touches no image and no network itself.
 
 pub mod args;
+mod prompt;
 pub mod report;
 pub mod settings;
 
@@ -11,7 +12,7 @@ use std::collections::BTreeMap;
 use imgbuild::commands::{self, Result, Workspace};
 use imgbuild::config::profile::Role;
 
-use args::{BmcCommand, CacheCommand, Cli, Command, TokenRole};
+use args::{BmcCommand, CacheCommand, Cli, Command, OverlaysCommand, TokenRole};
 use settings::{Common, Environment};
 
 /// Runs the command `cli` names.
@@ -156,6 +157,18 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         }
         Some(Command::Cache(CacheCommand::Clean { all })) => {
             report::cache_cleaned(&commands::cache::clean(paths, &common.fetch, all)?);
+            Ok(())
+        }
+        Some(Command::Overlays(OverlaysCommand::Export { dir, force })) => {
+            report::exported(&dir, &commands::overlays::export(&dir, force)?);
+            Ok(())
+        }
+        Some(Command::Overlays(OverlaysCommand::List { json })) => {
+            report::overlay_list(json, &commands::overlays::list(paths)?)
+        }
+        Some(Command::Init(a)) => {
+            let s = settings::init(a, env)?;
+            report::initialised(&commands::init::init(&s, common.build_time)?);
             Ok(())
         }
         Some(Command::Check) => {

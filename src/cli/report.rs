@@ -8,6 +8,7 @@ use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::{CacheListing, Cleaned};
 use imgbuild::commands::check::CheckReport;
 use imgbuild::commands::kubeconfig::KubeconfigResult;
+use imgbuild::commands::overlays::Sourced;
 use imgbuild::commands::status::ClusterStatus;
 use imgbuild::commands::wait::WaitReport;
 use imgbuild::commands::{CommandError, Result};
@@ -191,6 +192,37 @@ pub fn checked(r: &CheckReport) {
         r.cluster,
         r.nodes.len(),
         r.nodes.join(", ")
+    );
+    let manifests: Vec<String> = r
+        .manifests
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.origin))
+        .collect();
+    println!("manifests: {}", manifests.join(", "));
+    print!("overlays: {} built-in file(s)", r.overlays_builtin);
+    if r.overlays_overridden.is_empty() {
+        println!(", no overrides");
+    } else {
+        println!(", {} overridden:", r.overlays_overridden.len());
+        for o in &r.overlays_overridden {
+            println!("  {}  from {}", o.name, o.origin);
+        }
+    }
+}
+
+pub fn overlay_list(as_json: bool, files: &[Sourced]) -> Result<()> {
+    either(as_json, &files, |files| {
+        for f in files.iter() {
+            println!("{:<72} {}", f.name, f.origin);
+        }
+    })
+}
+
+pub fn exported(dir: &Path, files: &[PathBuf]) {
+    println!(
+        "wrote {} overlay file(s) to {}; keep only the ones you change (the others stay built in)",
+        files.len(),
+        dir.display()
     );
 }
 
@@ -390,4 +422,18 @@ pub fn status(as_json: bool, s: &ClusterStatus) -> Result<()> {
             );
         }
     })
+}
+
+pub fn initialised(r: &imgbuild::commands::init::InitReport) {
+    for p in &r.written {
+        println!("wrote {}", p.display());
+    }
+    if !r.assumed.is_empty() {
+        println!("assumed (change the files, or pass the flag):");
+        for a in &r.assumed {
+            println!("  {a}");
+        }
+    }
+    checked(&r.check);
+    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
 }

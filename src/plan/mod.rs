@@ -3,10 +3,11 @@
 //! record. Pure: reads templates, writes nothing.
 
 mod context;
+pub mod overlay_source;
 pub mod provenance;
 pub mod render;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
@@ -162,7 +163,7 @@ pub struct NodePlan {
 pub struct PlanInputs<'a> {
     pub profiles: &'a ProfileSet,
     pub manifests: &'a Manifests,
-    pub overlays: &'a Path,
+    pub overlays: &'a overlay_source::OverlaySet,
     pub build_time: u64,
 }
 

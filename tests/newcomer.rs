@@ -1,0 +1,347 @@
+//! A new user's first steps, away from the repository: `init` in an empty
+//! directory, `check` and a bake with only the manifests and overlays built
+//! into the binary, local overrides file by file, `overlays export`.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use support::{fixtures::*, harness::*, mirror::env};
+
+/// imgbuild in `cwd` with HOME = `home`, nothing from the repository: no
+/// --manifests/--overlays/--secrets, so only built-ins and what is beside
+/// the profiles count (imgbuild never looks further up than that).
+fn run_in(cwd: &Path, home: &Path, args: &[&str]) -> Output {
+    command()
+        .args(args)
+        .current_dir(cwd)
+        .env("HOME", home)
+        .env_remove("XDG_CACHE_HOME")
+        .env("IMGBUILD_CACHE_DIR", env().cache())
+        .env("IMGBUILD_K3S_MIRROR", env().mirror_url())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("imgbuild runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// A HOME with an SSH key made by ssh-keygen; returns (home, public key line).
+fn home_with_key(dir: &Path) -> (PathBuf, String) {
+    let home = dir.join("home");
+    std::fs::create_dir_all(home.join(".ssh")).unwrap();
+    sh(&format!(
+        "ssh-keygen -q -t ed25519 -N '' -C newcomer@test -f {}",
+        q(&home.join(".ssh/id_ed25519"))
+    ));
+    let key = std::fs::read_to_string(home.join(".ssh/id_ed25519.pub")).unwrap();
+    (home, key.trim().to_string())
+}
+
+/// Every file of the ext4 partition `index` of `image` that `paths` names.
+fn root_files(image: &Path, paths: &[String], work: &Path) -> Vec<(String, Vec<u8>)> {
+    let part = fsck_ext4(&fixtures().rk1, image, 2, work);
+    let fs = ext4_view::Ext4::load_from_path(&part).unwrap();
+    let out = paths
+        .iter()
+        .map(|p| (p.clone(), fs.read(p.as_str()).unwrap_or_default()))
+        .collect();
+    std::fs::remove_file(part).unwrap();
+    out
+}
+
+#[test]
+fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
+    let w = scratch();
+    let (home, key) = home_with_key(w.path());
+    let proj = w.path().join("cluster");
+    let o = run_in(
+        w.path(),
+        &home,
+        &[
+            "init",
+            "cluster",
+            "--node",
+            "node01=rk1@1",
+            "--node",
+            "node02=rk1@2",
+        ],
+    );
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    // It says what it assumed, including which key it took.
+    assert!(out.contains("assumed"), "{out}");
+    assert!(out.contains("id_ed25519.pub"), "{out}");
+    assert!(out.contains("turingpi.local"), "{out}");
+    let cluster = std::fs::read_to_string(proj.join("profiles/cluster.yaml")).unwrap();
+    assert!(cluster.contains(&key), "{cluster}");
+    let ignore = std::fs::read_to_string(proj.join(".gitignore")).unwrap();
+    assert!(ignore.lines().any(|l| l == "/secrets/") && ignore.lines().any(|l| l == "/dist/"));
+    // git itself agrees that secrets/ and dist/ are ignored.
+    sh(&format!(
+        "cd {} && git init -q . && mkdir -p secrets dist && touch secrets/x dist/y && git check-ignore -q secrets/x && git check-ignore -q dist/y && rm -rf .git secrets dist",
+        q(&proj)
+    ));
+    assert!(!proj.join("firmware-manifests").exists() && !proj.join("overlays").exists());
+
+    let o = run_in(&proj, &home, &["check"]);
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("rk1 (built-in)"), "{out}");
+    assert!(out.contains("no overrides"), "{out}");
+
+    // A bake from a fixture base with built-in manifests and overlays only.
+    let base = format!("rk1={}", fixtures().rk1.path.display());
+    let o = run_in(&proj, &home, &["--base", &base, "dist/node02.rk1.img"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let render = run_in(&proj, &home, &["render", "node02", "--json"]);
+    assert_eq!(code(&render), 0, "{}", text(&render));
+    let listed: serde_json::Value = serde_json::from_slice(&render.stdout).unwrap();
+    let files = listed.as_array().unwrap();
+    assert!(files.iter().all(|f| f["origin"] == "built_in"), "{listed}");
+    let root_paths: Vec<String> = files
+        .iter()
+        .filter(|f| f["target"] == "root" && f["symlink"].is_null())
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect();
+    let before = root_files(&proj.join("dist/node02.rk1.img"), &root_paths, w.path());
+
+    // One local override replaces exactly that file.
+    let over = "common/root/etc/rancher/k3s/config.yaml.d/10-node.yaml.j2";
+    let local = proj.join("overlays").join(over);
+    std::fs::create_dir_all(local.parent().unwrap()).unwrap();
+    std::fs::write(&local, "# local override for {{ node.name }}\n").unwrap();
+    let o = run_in(&proj, &home, &["check"]);
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("1 overridden") && out.contains(over), "{out}");
+    let o = run_in(&proj, &home, &["render", "node02"]);
+    let out = text(&o);
+    let line = out
+        .lines()
+        .find(|l| l.contains("/etc/rancher/k3s/config.yaml.d/10-node.yaml"))
+        .unwrap();
+    assert!(line.contains(&format!("from ./overlays/{over}")), "{line}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains("<built-in>")).count(),
+        out.lines().count() - 1,
+        "{out}"
+    );
+    let o = run_in(&proj, &home, &["--base", &base, "dist2/node02.rk1.img"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let after = root_files(&proj.join("dist2/node02.rk1.img"), &root_paths, w.path());
+    let changed: Vec<&str> = before
+        .iter()
+        .zip(&after)
+        .filter(|(a, b)| a.1 != b.1)
+        .map(|(a, _)| a.0.as_str())
+        .collect();
+    assert_eq!(changed, ["/etc/rancher/k3s/config.yaml.d/10-node.yaml"]);
+    let (_, content) = after
+        .iter()
+        .find(|(p, _)| p == "/etc/rancher/k3s/config.yaml.d/10-node.yaml")
+        .unwrap();
+    assert_eq!(content, b"# local override for node02\n");
+}
+
+#[test]
+fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
+    let w = scratch();
+    let (home, _) = home_with_key(w.path());
+    let o = run_in(w.path(), &home, &["init", "a"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let before = std::fs::read(w.path().join("a/profiles/cluster.yaml")).unwrap();
+    let o = run_in(w.path(), &home, &["init", "a", "--name", "other"]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    assert_eq!(
+        std::fs::read(w.path().join("a/profiles/cluster.yaml")).unwrap(),
+        before
+    );
+
+    // No key anywhere.
+    let empty = w.path().join("empty-home");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = run_in(w.path(), &empty, &["init", "b"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("ssh-keygen"), "{}", text(&o));
+    assert!(!w.path().join("b/profiles").exists());
+    // A private key is refused by name, its content never echoed.
+    let priv_key = home.join(".ssh/id_ed25519");
+    let o = run_in(
+        w.path(),
+        &home,
+        &["init", "b", "--ssh-key", priv_key.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("is a private key"), "{}", text(&o));
+    assert!(!text(&o).contains("PRIVATE KEY"), "{}", text(&o));
+    // Bad node specs.
+    for (spec, msg) in [
+        ("node01", "expected NAME=BOARD[@SLOT]"),
+        ("node01=rk1@7", "the slot must be 1, 2, 3 or 4"),
+        ("node01=rk1", "sits in a Turing Pi slot"),
+        ("nuc1=nuc@1", "is not a Turing Pi module"),
+        ("x=pi5@1", "no board \"pi5\""),
+    ] {
+        let o = run_in(w.path(), &home, &["init", "c", "--node", spec]);
+        assert_eq!(code(&o), 2, "{spec}: {}", text(&o));
+        assert!(text(&o).contains(msg), "{spec}: {}", text(&o));
+    }
+    // A mixed cluster with a NUC and flags for everything: nothing assumed but the defaults' absence.
+    let o = run_in(
+        w.path(),
+        &home,
+        &[
+            "init",
+            "d",
+            "--name",
+            "lab",
+            "--server",
+            "10.0.0.5",
+            "--domain",
+            "lab.example",
+            "--admin-user",
+            "ops",
+            "--bmc",
+            "10.0.0.2",
+            "--node",
+            "cp=cm4@1",
+            "--node",
+            "gpu=nuc",
+            "--ssh-key",
+            home.join(".ssh/id_ed25519.pub").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert!(!text(&o).contains("assumed"), "{}", text(&o));
+    assert!(text(&o).contains("cp.cm4, gpu.nuc"), "{}", text(&o));
+}
+
+#[test]
+fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
+    let w = scratch();
+    let (home, _) = home_with_key(w.path());
+    let out_dir = w.path().join("exported");
+    let o = run_in(
+        w.path(),
+        &home,
+        &["overlays", "export", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    // Byte for byte (and mode for mode) the repository's overlays.
+    sh(&format!(
+        "diff -r {} {}",
+        q(&repo().join("overlays")),
+        q(&out_dir)
+    ));
+    let modes = |d: &Path| {
+        String::from_utf8(
+            sh(&format!(
+                "cd {} && find . -type f -printf '%P %m\\n' | sort",
+                q(d)
+            ))
+            .stdout,
+        )
+        .unwrap()
+    };
+    assert_eq!(modes(&repo().join("overlays")), modes(&out_dir));
+    let o = run_in(
+        w.path(),
+        &home,
+        &["overlays", "export", out_dir.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("--force"), "{}", text(&o));
+
+    // An exported copy used as the override directory changes nothing.
+    let o = run_in(w.path(), &home, &["init", "p"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let profiles = w.path().join("p/profiles");
+    let p = profiles.to_str().unwrap();
+    let builtin = run_in(w.path(), &home, &["render", "node01", "--profiles", p]);
+    let with_copy = run_in(
+        w.path(),
+        &home,
+        &[
+            "render",
+            "node01",
+            "--profiles",
+            p,
+            "--overlays",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&with_copy), 0, "{}", text(&with_copy));
+    let strip = |o: &Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(|l| l.split("  from ").next().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(strip(&builtin), strip(&with_copy));
+
+    // A file directly under a feature directory.
+    let bad = w.path().join("bad-overlays/common");
+    std::fs::create_dir_all(&bad).unwrap();
+    std::fs::write(bad.join("stray.j2"), "x").unwrap();
+    let o = run_in(
+        w.path(),
+        &home,
+        &[
+            "check",
+            "--profiles",
+            p,
+            "--overlays",
+            bad.parent().unwrap().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("bad-overlays/common/stray.j2"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("expected a directory named after its target"),
+        "{}",
+        text(&o)
+    );
+    // A missing override directory given by flag.
+    let o = run_in(
+        w.path(),
+        &home,
+        &["check", "--profiles", p, "--overlays", "nowhere"],
+    );
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("nowhere: the overlays directory does not exist"),
+        "{}",
+        text(&o)
+    );
+    // --no-builtin with no manifest directory has no boards at all.
+    let o = run_in(w.path(), &home, &["check", "--profiles", p, "--no-builtin"]);
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(text(&o).contains("no firmware manifests"), "{}", text(&o));
+    // A broken local manifest is named by its file, and replaces the built-in one.
+    let m = w.path().join("p/firmware-manifests");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("rk1.yaml"), "board: rk1\n").unwrap();
+    let o = run_in(w.path(), &home, &["check", "--profiles", p]);
+    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert!(
+        text(&o).contains("firmware-manifests/rk1.yaml"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("built-in, overridden by"), "{}", text(&o));
+}
