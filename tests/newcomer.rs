@@ -345,3 +345,107 @@ fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
     );
     assert!(text(&o).contains("built-in, overridden by"), "{}", text(&o));
 }
+
+#[test]
+fn bash_completion_offers_the_commands_and_the_profiles_node_names() {
+    let w = scratch();
+    let (home, _) = home_with_key(w.path());
+    let o = run_in(
+        w.path(),
+        &home,
+        &["init", "--node", "cp=rk1@1", "--node", "gpu=nuc"],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(w.path(), &home, &["completions", "bash"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let script = w.path().join("imgbuild.bash");
+    std::fs::write(&script, &o.stdout).unwrap();
+    // Real bash completes as it would on Tab: COMP_WORDS/COMP_CWORD, then the function.
+    let complete = |words: &str| -> String {
+        let out = sh(&format!(
+            "cd {} && source {} && COMP_WORDS=({words}) && COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)) && \
+             $(complete -p imgbuild | sed 's/.*-F \\([^ ]*\\).*/\\1/') imgbuild \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\" && \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            q(w.path()),
+            q(&script)
+        ));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let top = complete("imgbuild ''");
+    for cmd in [
+        "init",
+        "check",
+        "render",
+        "flash",
+        "completions",
+        "man",
+        "overlays",
+    ] {
+        assert!(top.lines().any(|l| l == cmd), "{cmd} missing:\n{top}");
+    }
+    assert_eq!(complete("imgbuild ini").trim(), "init");
+    let nodes = complete("imgbuild render ''");
+    assert_eq!(nodes.lines().collect::<Vec<_>>(), ["cp", "gpu"]);
+    assert_eq!(complete("imgbuild flash g").trim(), "gpu");
+    // Options still complete after a node command.
+    assert!(complete("imgbuild render --con").contains("--contents"));
+
+    // zsh parses its script (when zsh is installed).
+    let o = run_in(w.path(), &home, &["completions", "zsh"]);
+    assert_eq!(code(&o), 0);
+    let zsh = w.path().join("_imgbuild");
+    std::fs::write(&zsh, &o.stdout).unwrap();
+    if sh_status("command -v zsh").0 == 0 {
+        sh(&format!("zsh -n {}", q(&zsh)));
+    } else {
+        skipped("zsh -n on the zsh completion", "zsh is not installed");
+    }
+    for shell in ["fish", "powershell"] {
+        let o = run_in(w.path(), &home, &["completions", shell]);
+        assert_eq!(code(&o), 0);
+        assert!(String::from_utf8_lossy(&o.stdout).contains("imgbuild"));
+    }
+    let o = run_in(w.path(), &home, &["completions", "tcsh"]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("possible values"), "{}", text(&o));
+}
+
+#[test]
+fn the_man_page_renders_with_groff_without_warnings() {
+    let w = scratch();
+    let home = w.path();
+    let o = run_in(w.path(), home, &["man"]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let page = w.path().join("imgbuild.1");
+    std::fs::write(&page, &o.stdout).unwrap();
+    // groff with every warning enabled, as `man -l` would format it.
+    let out = sh(&format!("groff -man -Tutf8 -ww -z {} 2>&1", q(&page)));
+    assert!(
+        out.stdout.is_empty(),
+        "groff warns:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let shown =
+        String::from_utf8(sh(&format!("groff -man -Tutf8 -P-cbou {}", q(&page))).stdout).unwrap();
+    for word in [
+        "NAME",
+        "imgbuild",
+        "SUBCOMMANDS",
+        "init",
+        "completions",
+        "--overlays",
+        "--no-builtin",
+    ] {
+        assert!(shown.contains(word), "{word} missing:\n{shown}");
+    }
+    let dir = w.path().join("man1");
+    let o = run_in(w.path(), home, &["man", "--out-dir", dir.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    for f in [
+        "imgbuild.1",
+        "imgbuild-init.1",
+        "imgbuild-overlays-export.1",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} not written");
+    }
+}

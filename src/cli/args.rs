@@ -216,6 +216,18 @@ pub enum Command {
     /// The overlay files built into imgbuild.
     #[command(subcommand)]
     Overlays(OverlaysCommand),
+    /// Print a shell completion script (node names complete from the
+    /// profiles in bash and zsh). See README.md, "Shell completions".
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (imgbuild.1), or write one per command into --out-dir.
+    Man {
+        /// Write imgbuild.1 and imgbuild-<command>.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
     /// Start a cluster's profiles in DIR: profiles/cluster.yaml, a file per
     /// node and a .gitignore for secrets/ and dist/. Asks on a terminal;
     /// otherwise uses the flags and defaults, and says what it assumed.

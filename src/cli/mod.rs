@@ -3,6 +3,7 @@
 //! what gets printed (`report`). Touches no image and no network itself.
 
 pub mod args;
+mod docs;
 mod prompt;
 pub mod report;
 pub mod settings;
@@ -166,6 +167,8 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         Some(Command::Overlays(OverlaysCommand::List { json })) => {
             report::overlay_list(json, &commands::overlays::list(paths)?)
         }
+        Some(Command::Completions { shell }) => docs::completions(shell),
+        Some(Command::Man { out_dir }) => docs::man(out_dir.as_deref()),
         Some(Command::Init(a)) => {
             let s = settings::init(a, env)?;
             report::initialised(&commands::init::init(&s, common.build_time)?);
