@@ -449,3 +449,277 @@ fn the_man_page_renders_with_groff_without_warnings() {
         assert!(dir.join(f).is_file(), "{f} not written");
     }
 }
+
+const HOSTS_YML: &str = "\
+all:
+  children:
+    turing_pis:
+      hosts:
+        tp1:
+          ansible_host: turingpi.home.arpa
+    tp1_nodes:
+      hosts:
+        node01: {slot_num: 1, type: pi4, ansible_host: 192.168.1.101}
+        node02: {slot_num: 2, type: rk1}
+        node03: {slot_num: 3, type: rk1, root_dev: /dev/nvme0n1}
+    extra_nodes:
+      hosts:
+        nuc2: {node_ip: 192.168.1.120, flannel_iface: enp3s0}
+        ws03: {nvidia_gpu_node: true, workstation: true}
+";
+
+const HOSTS_INI: &str = "\
+# The same inventory in Ansible's INI form.
+[turing_pis]
+tp1 ansible_host=turingpi.home.arpa
+
+[tp1_nodes]
+node01 slot_num=1 type=pi4 ansible_host=192.168.1.101
+node02 slot_num=2 type=rk1
+node03 slot_num=3 type=rk1 root_dev=/dev/nvme0n1
+
+[extra_nodes]
+nuc2 node_ip=192.168.1.120 flannel_iface=enp3s0
+ws03 nvidia_gpu_node=True workstation=true
+";
+
+const GROUP_VARS: &str = "\
+control_plane: node01
+local_domain: home.arpa
+cluster_domain: apps.home.arpa
+k3s_version: v1.32.5+k3s1
+ansible_account: admin
+";
+
+/// A YAML text without the top-level `keys` (and their indented lines).
+fn without(text: &str, keys: &[&str]) -> String {
+    let mut out = String::new();
+    let mut skipping = false;
+    for l in text.lines() {
+        let top = !l.starts_with(' ') && !l.starts_with('#') && !l.is_empty();
+        let nested_key = l.trim_start();
+        if top {
+            skipping = keys.iter().any(|k| l.starts_with(&format!("{k}:")));
+        } else if keys.iter().any(|k| {
+            k.contains('.') && {
+                let leaf = k.rsplit('.').next().unwrap();
+                nested_key.starts_with(&format!("{leaf}:"))
+            }
+        }) {
+            continue;
+        }
+        if !skipping {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
+    let w = scratch();
+    let home = w.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let ans = w.path().join("ansible");
+    std::fs::create_dir_all(ans.join("group_vars")).unwrap();
+    std::fs::write(ans.join("hosts.yml"), HOSTS_YML).unwrap();
+    std::fs::write(ans.join("hosts.ini"), HOSTS_INI).unwrap();
+    std::fs::write(ans.join("group_vars/all.yml"), GROUP_VARS).unwrap();
+    // The example profiles' admin key, so that the cluster files can agree.
+    let example = std::fs::read_to_string(repo().join("profiles/cluster.yaml")).unwrap();
+    let key = example
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("- ssh-ed25519 "))
+        .map(|k| format!("ssh-ed25519 {k}"))
+        .unwrap();
+    let import = |inv: &str, out: &str| {
+        let o = run_in(
+            &ans,
+            &home,
+            &[
+                "import",
+                "ansible",
+                inv,
+                "-o",
+                out,
+                "--ssh-key",
+                &key,
+                "--name",
+                "homelab",
+                "--json",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let from_yaml = import("hosts.yml", "yaml");
+    let from_ini = import("hosts.ini", "ini");
+    // Every key of the inventory and group_vars is accounted for.
+    let notes = from_yaml["notes"].as_array().unwrap();
+    let noted = |k: &str| notes.iter().any(|n| n["key"] == k);
+    for k in [
+        "ansible_host",
+        "slot_num",
+        "type",
+        "root_dev",
+        "node_ip",
+        "flannel_iface",
+        "nvidia_gpu_node",
+        "workstation",
+        "control_plane",
+        "local_domain",
+        "cluster_domain",
+        "k3s_version",
+        "ansible_account",
+    ] {
+        assert!(noted(k), "{k} not in the notes: {notes:#?}");
+    }
+    let dropped: Vec<&str> = notes
+        .iter()
+        .filter(|n| n["to"].is_null())
+        .map(|n| n["key"].as_str().unwrap())
+        .collect();
+    assert!(
+        dropped.contains(&"root_dev") && dropped.contains(&"cluster_domain"),
+        "{dropped:?}"
+    );
+    assert!(notes.iter().all(|n| !n["why"].as_str().unwrap().is_empty()));
+    assert_eq!(from_yaml["notes"], from_ini["notes"]);
+    // YAML and INI give the same profiles (but for the header naming the source).
+    for f in [
+        "cluster.yaml",
+        "nodes/node01.yaml",
+        "nodes/node02.yaml",
+        "nodes/ws03.yaml",
+        "nodes/nuc2.yaml",
+    ] {
+        let read = |d: &str| {
+            let t = std::fs::read_to_string(ans.join(d).join("profiles").join(f)).unwrap();
+            t.lines().skip(1).collect::<Vec<_>>().join("\n")
+        };
+        assert_eq!(read("yaml"), read("ini"), "{f}");
+    }
+
+    // The hand-written examples, less what an inventory cannot say (static
+    // addresses, swap, time zone, DNS servers, extra packages).
+    let hand = w.path().join("hand/profiles");
+    std::fs::create_dir_all(hand.join("nodes")).unwrap();
+    std::fs::write(
+        hand.join("cluster.yaml"),
+        without(
+            &example,
+            &["cluster.timezone", "cluster.dns", "defaults.packages"],
+        ),
+    )
+    .unwrap();
+    for n in ["node01", "node02", "node03", "nuc2", "ws03"] {
+        let t = std::fs::read_to_string(repo().join(format!("profiles/nodes/{n}.yaml"))).unwrap();
+        std::fs::write(
+            hand.join(format!("nodes/{n}.yaml")),
+            without(&t, &["network", "swap"]),
+        )
+        .unwrap();
+    }
+    let render = |profiles: &Path, node: &str| {
+        let o = support::mirror::imgbuild(
+            w.path(),
+            &[
+                "render",
+                node,
+                "--contents",
+                "--profiles",
+                profiles.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        String::from_utf8(o.stdout).unwrap()
+    };
+    for node in ["node02", "node03", "nuc2", "ws03"] {
+        let imported = render(&ans.join("yaml/profiles"), node);
+        assert_eq!(imported, render(&hand, node), "{node} renders differently");
+        assert!(imported.contains("#cloud-config"));
+    }
+    // The control plane differs only by the taint the playbook added.
+    let cp = render(&ans.join("yaml/profiles"), "node01");
+    assert!(
+        cp.contains("node-role.kubernetes.io/control-plane=true:NoSchedule"),
+        "{cp}"
+    );
+
+    // Refuses to overwrite, and bad inventories are named with the reason.
+    let o = run_in(
+        &ans,
+        &home,
+        &[
+            "import",
+            "ansible",
+            "hosts.yml",
+            "-o",
+            "yaml",
+            "--ssh-key",
+            &key,
+        ],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    for (name, inv, gv, msg) in [
+        (
+            "no-bmcs.yml",
+            "all:\n  children:\n    extra_nodes:\n      hosts:\n        a: {}\n",
+            GROUP_VARS,
+            "no `turing_pis` group",
+        ),
+        (
+            "bad.ini",
+            "[turing_pis]\ntp1\n[tp1_nodes]\nn1 slot_num\n",
+            GROUP_VARS,
+            "bad.ini: line 4: \"slot_num\" must be key=value",
+        ),
+        (
+            "slot.ini",
+            "[turing_pis]\ntp1\n[tp1_nodes]\nn1 slot_num=9 type=rk1\n",
+            GROUP_VARS,
+            "`slot_num` must be 1, 2, 3 or 4",
+        ),
+        (
+            "type.ini",
+            "[turing_pis]\ntp1\n[tp1_nodes]\nn1 slot_num=1 type=pi5\n",
+            GROUP_VARS,
+            "type \"pi5\" is not rk1 or pi4",
+        ),
+        (
+            "cp.ini",
+            "[turing_pis]\ntp1\n[tp1_nodes]\nn1 slot_num=1 type=rk1\n",
+            "local_domain: x\n",
+            "no `control_plane`",
+        ),
+        (
+            "cp2.ini",
+            "[turing_pis]\ntp1\n[tp1_nodes]\nn1 slot_num=1 type=rk1\n",
+            "control_plane: n9\n",
+            "control_plane \"n9\" is not a node",
+        ),
+    ] {
+        std::fs::write(ans.join(name), inv).unwrap();
+        std::fs::write(ans.join("gv.yml"), gv).unwrap();
+        let o = run_in(
+            &ans,
+            &home,
+            &[
+                "import",
+                "ansible",
+                name,
+                "--group-vars",
+                "gv.yml",
+                "-o",
+                "never",
+                "--ssh-key",
+                &key,
+            ],
+        );
+        assert_eq!(code(&o), 3, "{name}: {}", text(&o));
+        assert!(text(&o).contains(msg), "{name}: {}", text(&o));
+        assert!(!ans.join("never").exists(), "{name} wrote files");
+    }
+}

@@ -189,6 +189,34 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// The reference Ansible project's inventory (hosts.yml or INI, with
+    /// group_vars/all.yml): every key is mapped or listed as not carried over.
+    Ansible {
+        /// The inventory file (YAML or INI).
+        inventory: PathBuf,
+        /// group_vars/all.yml [default: group_vars/all.yml beside the inventory, if any].
+        #[arg(long, value_name = "FILE")]
+        group_vars: Option<PathBuf>,
+        /// Where to write profiles/ and .gitignore.
+        #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+        /// Cluster name [default: homelab].
+        #[arg(long)]
+        name: Option<String>,
+        /// Admin user when group_vars has no ansible_account [default: admin].
+        #[arg(long)]
+        admin_user: Option<String>,
+        /// The admin's SSH public key: a file or the key line (repeatable)
+        /// [default: the first ~/.ssh/*.pub].
+        #[arg(long, value_name = "FILE|KEY")]
+        ssh_key: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum OverlaysCommand {
     /// Write the built-in overlays into DIR to edit them (only the files
     /// you change need to stay there); refuses to overwrite without --force.
@@ -233,6 +261,9 @@ pub enum Command {
     /// otherwise uses the flags and defaults, and says what it assumed.
     /// Never overwrites a file.
     Init(InitArgs),
+    /// Convert another tool's inventory into profiles.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Show an image's partitions, file systems, cloud-init seed and provenance.
     Inspect {
         /// The image file.

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use imgbuild::commands::{self, Result, Workspace};
 use imgbuild::config::profile::Role;
 
-use args::{BmcCommand, CacheCommand, Cli, Command, OverlaysCommand, TokenRole};
+use args::{BmcCommand, CacheCommand, Cli, Command, ImportCommand, OverlaysCommand, TokenRole};
 use settings::{Common, Environment};
 
 /// Runs the command `cli` names.
@@ -169,6 +169,28 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         }
         Some(Command::Completions { shell }) => docs::completions(shell),
         Some(Command::Man { out_dir }) => docs::man(out_dir.as_deref()),
+        Some(Command::Import(ImportCommand::Ansible {
+            inventory,
+            group_vars,
+            out_dir,
+            name,
+            admin_user,
+            ssh_key,
+            json,
+        })) => {
+            let s = commands::import::ImportSettings {
+                inventory,
+                group_vars,
+                out_dir,
+                name,
+                admin_user,
+                ssh_keys: settings::key_source(&ssh_key, env)?,
+            };
+            report::imported(
+                json,
+                &commands::import::import_ansible(&s, common.build_time)?,
+            )
+        }
         Some(Command::Init(a)) => {
             let s = settings::init(a, env)?;
             report::initialised(&commands::init::init(&s, common.build_time)?);

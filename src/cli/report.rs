@@ -437,3 +437,35 @@ pub fn initialised(r: &imgbuild::commands::init::InitReport) {
     checked(&r.check);
     println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
 }
+
+pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> Result<()> {
+    either(as_json, r, |r| {
+        for p in &r.written {
+            println!("wrote {}", p.display());
+        }
+        println!("carried over:");
+        for n in r.notes.iter().filter(|n| n.to.is_some()) {
+            println!(
+                "  {}: {} -> {}: {}",
+                n.scope,
+                n.key,
+                n.to.as_deref().unwrap_or_default(),
+                n.why
+            );
+        }
+        let dropped: Vec<_> = r.notes.iter().filter(|n| n.to.is_none()).collect();
+        if !dropped.is_empty() {
+            println!("not carried over:");
+            for n in dropped {
+                println!("  {}: {}: {}", n.scope, n.key, n.why);
+            }
+        }
+        if !r.assumed.is_empty() {
+            println!("assumed (change the files, or pass the flag):");
+            for a in &r.assumed {
+                println!("  {a}");
+            }
+        }
+        checked(&r.check);
+    })
+}

@@ -218,16 +218,7 @@ pub fn bmc_options(b: &BmcArgs, env: &Environment) -> BmcOptions {
 
 /// `init`'s settings: the flags, with `~/.ssh` as where to look for a key.
 pub fn init(a: super::args::InitArgs, env: &Environment) -> Result<InitSettings, CommandError> {
-    let ssh_keys = if a.ssh_key.is_empty() {
-        KeySource::Search(env.home.as_ref().map(|h| PathBuf::from(h).join(".ssh")))
-    } else {
-        KeySource::Given(
-            a.ssh_key
-                .iter()
-                .map(|k| imgbuild::commands::init::read_key_arg(k))
-                .collect::<Result<_, _>>()?,
-        )
-    };
+    let ssh_keys = key_source(&a.ssh_key, env)?;
     let mut s = InitSettings {
         dir: a.dir,
         name: a.name,
@@ -242,4 +233,18 @@ pub fn init(a: super::args::InitArgs, env: &Environment) -> Result<InitSettings,
         super::prompt::ask(&mut s)?;
     }
     Ok(s)
+}
+
+/// `--ssh-key` values, or where to look for one (`~/.ssh`).
+pub fn key_source(given: &[String], env: &Environment) -> Result<KeySource, CommandError> {
+    Ok(if given.is_empty() {
+        KeySource::Search(env.home.as_ref().map(|h| PathBuf::from(h).join(".ssh")))
+    } else {
+        KeySource::Given(
+            given
+                .iter()
+                .map(|k| imgbuild::commands::init::read_key_arg(k))
+                .collect::<Result<_, _>>()?,
+        )
+    })
 }

@@ -210,7 +210,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommandError + '_ {
     move |e| CommandError::Failed(anyhow!("{}: {e}", path.display()))
 }
 
-fn write_new(path: &Path, text: &str) -> Result<()> {
+pub(super) fn write_new(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io_err(d))?;
@@ -226,7 +226,7 @@ fn write_new(path: &Path, text: &str) -> Result<()> {
 
 /// Adds the lines that keep secrets and outputs out of Git to `.gitignore`
 /// (creating it, or appending what it lacks); `Some` when it changed it.
-fn gitignore(dir: &Path) -> Result<Option<PathBuf>> {
+pub(super) fn gitignore(dir: &Path) -> Result<Option<PathBuf>> {
     let path = dir.join(".gitignore");
     let old = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -255,7 +255,7 @@ fn gitignore(dir: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// The first `*.pub` (by name) in `dir`, read as one key line.
-fn first_public_key(dir: Option<&Path>) -> Result<(String, PathBuf)> {
+pub(super) fn first_public_key(dir: Option<&Path>) -> Result<(String, PathBuf)> {
     let none = || {
         CommandError::usage(
             "no SSH public key found in ~/.ssh; pass --ssh-key FILE (or the key itself), \

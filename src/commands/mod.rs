@@ -9,6 +9,7 @@ pub mod cache;
 pub mod check;
 pub mod fetch;
 pub mod flash;
+pub mod import;
 pub mod init;
 pub mod inspect;
 pub mod kubeconfig;
