@@ -723,3 +723,168 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
         assert!(!ans.join("never").exists(), "{name} wrote files");
     }
 }
+
+#[test]
+fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
+    let w = scratch();
+    let base = fixtures().rk1.path.clone();
+    let mut images = Vec::new();
+    for (dir, label) in [("p1", "rk1"), ("p2", "rk1-b")] {
+        let d = w.path().join(dir);
+        sh(&format!(
+            "mkdir -p {0} && cp -r {1} {0}/",
+            q(&d),
+            q(&repo().join("profiles"))
+        ));
+        let node = d.join("profiles/nodes/node02.yaml");
+        let t = std::fs::read_to_string(&node).unwrap();
+        std::fs::write(
+            &node,
+            t.replace("node-type: rk1", &format!("node-type: {label}")),
+        )
+        .unwrap();
+        let out = d.join("node02.rk1.img");
+        let o = support::mirror::imgbuild(
+            w.path(),
+            &[
+                "--profiles",
+                d.join("profiles").to_str().unwrap(),
+                "--base",
+                base.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", text(&o));
+        images.push(out);
+    }
+    let diff = |a: &Path, b: &Path| {
+        support::mirror::imgbuild(
+            w.path(),
+            &["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--json"],
+        )
+    };
+    // The same image: equal, exit 0.
+    let o = diff(&images[0], &images[0]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = support::mirror::imgbuild(
+        w.path(),
+        &[
+            "diff",
+            images[0].to_str().unwrap(),
+            images[0].to_str().unwrap(),
+        ],
+    );
+    assert!(text(&o).contains("images are equal"), "{}", text(&o));
+
+    // One label: that file, plus the seed's instance ID and provenance record,
+    // which change with any content by design.
+    let o = diff(&images[0], &images[1]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(d["partitions"], serde_json::json!([]));
+    let changed: Vec<(u64, String, String)> = d["file_systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            f["changes"].as_array().unwrap().iter().map(move |c| {
+                (
+                    f["partition"].as_u64().unwrap(),
+                    c["path"].as_str().unwrap().to_string(),
+                    c["change"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect();
+    let prov = "/imgbuild.json".to_string();
+    assert_eq!(
+        changed,
+        [
+            (1, prov.clone(), "changed".to_string()),
+            (1, "/meta-data".to_string(), "changed".to_string()),
+            (
+                2,
+                "/etc/rancher/k3s/config.yaml.d/10-node.yaml".to_string(),
+                "changed".to_string()
+            ),
+        ],
+        "{d:#}"
+    );
+    let label_change = &d["file_systems"][1]["changes"][0];
+    assert_ne!(
+        label_change["before"]["sha256"],
+        label_change["after"]["sha256"]
+    );
+    assert_eq!(label_change["after"]["mode"], 0o600);
+
+    // Against the stock base: every file the plan placed, secrets without content.
+    let o = diff(&base, &images[0]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let root = d["file_systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["partition"] == 2)
+        .unwrap()["changes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let render = support::mirror::imgbuild(
+        w.path(),
+        &[
+            "render",
+            "node02",
+            "--json",
+            "--profiles",
+            w.path().join("p1/profiles").to_str().unwrap(),
+        ],
+    );
+    let rendered: serde_json::Value = serde_json::from_slice(&render.stdout).unwrap();
+    for f in rendered
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["target"] == "root")
+    {
+        let path = f["path"].as_str().unwrap();
+        let c = root
+            .iter()
+            .find(|c| c["path"] == path)
+            .unwrap_or_else(|| panic!("{path} not in the diff"));
+        // The plan flags what depends on the secrets directory; of that,
+        // everything but public keys and certificates is confidential.
+        let public = path.ends_with(".pub") || path.ends_with(".crt");
+        if f["secret"] == true && !public {
+            assert_eq!(c["secret"], true, "{path}");
+            assert!(
+                c["after"].is_null() && c["before"].is_null(),
+                "{path} shows content: {c}"
+            );
+        } else if c["secret"] == false {
+            assert_eq!(c["after"]["mode"], f["mode"], "{path}");
+        }
+    }
+    assert!(
+        root.iter()
+            .any(|c| c["path"] == "/usr/local/bin/k3s" && c["change"] == "added")
+    );
+    // The text form never prints a secret file's digest.
+    let o = support::mirror::imgbuild(
+        w.path(),
+        &["diff", base.to_str().unwrap(), images[0].to_str().unwrap()],
+    );
+    let t = String::from_utf8(o.stdout).unwrap();
+    let token = t
+        .lines()
+        .find(|l| l.contains("/etc/rancher/k3s/token"))
+        .unwrap();
+    assert!(
+        token.contains("secret") && !token.contains("sha256"),
+        "{token}"
+    );
+    // A missing image is an error, not "different".
+    let o = support::mirror::imgbuild(w.path(), &["diff", "nope.img", images[0].to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    assert!(text(&o).contains("nope.img"), "{}", text(&o));
+}

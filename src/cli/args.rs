@@ -261,6 +261,15 @@ pub enum Command {
     /// otherwise uses the flags and defaults, and says what it assumed.
     /// Never overwrites a file.
     Init(InitArgs),
+    /// What differs between two images: the partition table, then per file
+    /// system the added, removed and changed files (mode, owner, size,
+    /// sha256; secret files only as changed). Exit 0 when equal, 1 when not.
+    Diff {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Convert another tool's inventory into profiles.
     #[command(subcommand)]
     Import(ImportCommand),

@@ -191,6 +191,17 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
                 &commands::import::import_ansible(&s, common.build_time)?,
             )
         }
+        Some(Command::Diff { a, b, json }) => {
+            let d = commands::diff::diff(&a, &b)?;
+            report::diffed(json, &d)?;
+            if !d.equal {
+                // Like diff(1): 1 means "different", not a failure worth a message.
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Some(Command::Init(a)) => {
             let s = settings::init(a, env)?;
             report::initialised(&commands::init::init(&s, common.build_time)?);

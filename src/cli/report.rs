@@ -469,3 +469,79 @@ pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> 
         checked(&r.check);
     })
 }
+
+pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<()> {
+    use imgbuild::artifact::diff::Entry;
+    let show = |e: &Entry| {
+        let mut s = e.kind.to_string();
+        if let Some(m) = e.mode {
+            s.push_str(&format!(" {m:04o}"));
+        }
+        if let (Some(u), Some(g)) = (e.uid, e.gid) {
+            s.push_str(&format!(" {u}:{g}"));
+        }
+        if let Some(n) = e.size {
+            s.push_str(&format!(" {n} bytes"));
+        }
+        if let Some(h) = &e.sha256 {
+            s.push_str(&format!(" sha256:{}", &h[..16]));
+        }
+        s
+    };
+    either(as_json, d, |d| {
+        if d.table_a != d.table_b {
+            println!("partition table: {} -> {}", d.table_a, d.table_b);
+        }
+        for (a, b) in &d.partitions {
+            let p = |x: &Option<imgbuild::artifact::diff::PartSummary>| match x {
+                Some(p) => format!(
+                    "start {} size {} type {} {} {}",
+                    p.start,
+                    p.size,
+                    p.type_id,
+                    p.fs.kind_name(),
+                    p.fs.label().unwrap_or("")
+                ),
+                None => "absent".into(),
+            };
+            let i = a.as_ref().or(b.as_ref()).map(|p| p.index).unwrap_or(0);
+            println!("p{i}: {} -> {}", p(a), p(b));
+        }
+        if d.partitions.is_empty() && d.table_a == d.table_b {
+            println!("partition table: same ({})", d.table_a);
+        }
+        for f in &d.file_systems {
+            let count = |c: &str| f.changes.iter().filter(|x| x.change == c).count();
+            println!(
+                "p{} ({}): {} added, {} removed, {} changed",
+                f.partition,
+                f.fs,
+                count("added"),
+                count("removed"),
+                count("changed")
+            );
+            for c in &f.changes {
+                let sign = match c.change {
+                    "added" => "+",
+                    "removed" => "-",
+                    _ => "~",
+                };
+                let detail = match (c.secret, &c.before, &c.after) {
+                    (true, _, _) => "(secret: content not shown)".to_string(),
+                    (false, None, Some(e)) | (false, Some(e), None) => show(e),
+                    (false, Some(x), Some(y)) => format!("{} -> {}", show(x), show(y)),
+                    (false, None, None) => String::new(),
+                };
+                println!("  {sign} {}  {detail}", c.path);
+            }
+        }
+        println!(
+            "{}",
+            if d.equal {
+                "images are equal"
+            } else {
+                "images differ"
+            }
+        );
+    })
+}

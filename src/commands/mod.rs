@@ -7,6 +7,7 @@ pub mod bmc;
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod diff;
 pub mod fetch;
 pub mod flash;
 pub mod import;
