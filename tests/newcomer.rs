@@ -888,3 +888,85 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
     assert_eq!(code(&o), 1);
     assert!(text(&o).contains("nope.img"), "{}", text(&o));
 }
+
+#[test]
+fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
+    let w = scratch();
+    let d = w.path();
+    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(d)));
+    // A local rk1 manifest (overriding the built-in one) pinning an xz of the fixture.
+    let xz = d.join("rk1.img.xz");
+    sh(&format!(
+        "xz -T0 -0 -c {} > {}",
+        q(&fixtures().rk1.path),
+        q(&xz)
+    ));
+    let sha =
+        String::from_utf8(sh(&format!("sha256sum {}", q(&xz))).stdout).unwrap()[..64].to_string();
+    let builtin = std::fs::read_to_string(repo().join("firmware-manifests/rk1.yaml")).unwrap();
+    let url_line = builtin
+        .lines()
+        .find(|l| l.trim_start().starts_with("url:"))
+        .unwrap();
+    let sha_line = builtin
+        .lines()
+        .find(|l| l.trim_start().starts_with("sha256:"))
+        .unwrap();
+    std::fs::create_dir_all(d.join("firmware-manifests")).unwrap();
+    std::fs::write(
+        d.join("firmware-manifests/rk1.yaml"),
+        builtin
+            .replace(url_line, &format!("  url: file://{}", xz.display()))
+            .replace(sha_line, &format!("  sha256: {sha}")),
+    )
+    .unwrap();
+    let p = d.join("profiles");
+    let ps = p.to_str().unwrap();
+    let o = support::mirror::imgbuild(d, &["check", "--profiles", ps]);
+    assert!(
+        text(&o).contains(&format!("rk1 ({})", d.join("firmware-manifests").display())),
+        "{}",
+        text(&o)
+    );
+    let out = d.join("node02.rk1.img");
+    let o = support::mirror::imgbuild(d, &["--profiles", ps, out.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = support::mirror::imgbuild(d, &["diff", out.to_str().unwrap(), "--json"]);
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["a"].as_str().unwrap().contains(&sha), "{}", v["a"]);
+    let root = v["file_systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["partition"] == 2)
+        .unwrap();
+    assert!(
+        root["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "/usr/local/bin/k3s" && c["change"] == "added")
+    );
+    // A stock image has no record to name its base.
+    let o = support::mirror::imgbuild(d, &["diff", fixtures().rk1.path.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        text(&o).contains("no imgbuild provenance record"),
+        "{}",
+        text(&o)
+    );
+    // Not in this cache: says what to run.
+    let o = command()
+        .args(["diff", out.to_str().unwrap()])
+        .current_dir(d)
+        .env("IMGBUILD_CACHE_DIR", d.join("empty-cache"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("is not in the cache") && text(&o).contains("imgbuild fetch rk1"),
+        "{}",
+        text(&o)
+    );
+}

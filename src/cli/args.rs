@@ -264,9 +264,11 @@ pub enum Command {
     /// What differs between two images: the partition table, then per file
     /// system the added, removed and changed files (mode, owner, size,
     /// sha256; secret files only as changed). Exit 0 when equal, 1 when not.
+    /// With one image: compare it with the stock image it was built from
+    /// (named by its provenance record, read from the cache).
     Diff {
         a: PathBuf,
-        b: PathBuf,
+        b: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },

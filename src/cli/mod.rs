@@ -192,6 +192,10 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
             )
         }
         Some(Command::Diff { a, b, json }) => {
+            let (a, b) = match b {
+                Some(b) => (a, b),
+                None => (commands::diff::base_of(&a, &common.fetch)?, a),
+            };
             let d = commands::diff::diff(&a, &b)?;
             report::diffed(json, &d)?;
             if !d.equal {
