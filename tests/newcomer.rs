@@ -970,3 +970,58 @@ fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
         text(&o)
     );
 }
+
+#[test]
+fn init_asks_on_a_terminal() {
+    let w = scratch();
+    let (home, _) = home_with_key(w.path());
+    // A real pseudo-terminal (Python's pty), answering each question as it comes.
+    let script = format!(
+        r#"
+import os, pty, sys
+pid, fd = pty.fork()
+if pid == 0:
+    os.chdir({cwd:?})
+    os.environ["HOME"] = {home:?}
+    os.execv({bin:?}, [{bin:?}, "init", "t"])
+answers = [b"lab", b"", b"cp=rk1@9 w1=nuc", b"cp=rk1@1 w1=nuc", b"10.0.0.9", b"", b"", b""]
+out = b""
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    while answers and out.rstrip().endswith(b":"):
+        os.write(fd, answers.pop(0) + b"\n")
+        out += b"\n"
+        break
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#,
+        cwd = w.path().display().to_string(),
+        home = home.display().to_string(),
+        bin = bin().display().to_string(),
+    );
+    let py = w.path().join("answer_init.py");
+    std::fs::write(&py, script).unwrap();
+    let o = std::process::Command::new("python3")
+        .arg(&py)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(code(&o), 0, "{out}");
+    assert!(out.contains("Cluster name [homelab]:"), "{out}");
+    // A bad answer is explained and asked again.
+    assert!(out.contains("the slot must be 1, 2, 3 or 4"), "{out}");
+    let cluster = std::fs::read_to_string(w.path().join("t/profiles/cluster.yaml")).unwrap();
+    assert!(
+        cluster.contains("name: \"lab\"") && cluster.contains("server: \"10.0.0.9\""),
+        "{cluster}"
+    );
+    assert!(w.path().join("t/profiles/nodes/w1.yaml").is_file());
+    assert!(out.contains("DNS domain (--domain): home.arpa"), "{out}");
+}
