@@ -950,10 +950,12 @@ fn write_manifest(
     d
 }
 
-/// `--manifests <dir>/manifests --cache-dir <dir>/cache` plus `args`.
+/// `--no-builtin --manifests <dir>/manifests --cache-dir <dir>/cache` plus
+/// `args` (only the test's manifests: the built-in ones point at the internet).
 fn with_cache(dir: &Path, args: &[&str]) -> Command {
     let mut c = cmd(dir);
-    c.arg("--manifests")
+    c.arg("--no-builtin")
+        .arg("--manifests")
         .arg(dir.join("manifests"))
         .arg("--cache-dir")
         .arg(dir.join("cache"))

@@ -2,6 +2,7 @@
 //! the target, renamed when complete), compression, `SHA256SUMS`, and reading
 //! an image back (`inspect`).
 
+pub mod diff;
 pub mod inspect;
 mod pending;
 pub mod statement;

@@ -51,15 +51,22 @@ pub struct GlobalArgs {
     )]
     pub profiles: PathBuf,
 
-    /// Firmware manifest directory [default: firmware-manifests beside the
-    /// profile directory, else ./firmware-manifests].
+    /// Firmware manifests overriding the built-in ones file by file (same
+    /// file name wins; other files add boards) [default: firmware-manifests
+    /// beside the profile directory, when it exists].
     #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_MANIFESTS")]
     pub manifests: Option<PathBuf>,
 
-    /// Overlay template directory [default: overlays beside the profile
-    /// directory, else ./overlays].
+    /// Overlay files overriding the built-in ones file by file (same relative
+    /// path wins) [default: overlays beside the profile directory, when it
+    /// exists]. `imgbuild overlays export DIR` writes the built-in ones out.
     #[arg(long, global = true, value_name = "DIR", env = "IMGBUILD_OVERLAYS")]
     pub overlays: Option<PathBuf>,
+
+    /// Use only the --manifests and --overlays directories, not the
+    /// manifests and overlays built into imgbuild.
+    #[arg(long, global = true)]
+    pub no_builtin: bool,
 
     /// Cluster secrets directory (tokens, CA, host keys) [default: secrets
     /// beside the profile directory]. Created with mode 0700 on first use.
@@ -148,12 +155,126 @@ pub struct BuildArgs {
     pub sealed: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to create the profiles in.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Cluster name [default: homelab].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address or DNS name of the cluster's API [default: <first node>.<domain>].
+    #[arg(long)]
+    pub server: Option<String>,
+    /// DNS domain of the nodes [default: home.arpa].
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Admin user created on every node [default: admin].
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// The admin's SSH public key: a file or the key line (repeatable)
+    /// [default: the first ~/.ssh/*.pub].
+    #[arg(long, value_name = "FILE|KEY")]
+    pub ssh_key: Vec<String>,
+    /// Turing Pi BMC host [default: turingpi.local].
+    #[arg(long)]
+    pub bmc: Option<String>,
+    /// A node as NAME=BOARD[@SLOT], e.g. node01=rk1@1 or nuc1=nuc (repeatable;
+    /// the first is the server) [default: node01..node04=rk1@1..4].
+    #[arg(long = "node", value_name = "NAME=BOARD[@SLOT]", value_parser = imgbuild::commands::init::parse_node)]
+    pub nodes: Vec<imgbuild::commands::init::InitNode>,
+    /// Never ask, even on a terminal.
+    #[arg(long)]
+    pub no_input: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// The reference Ansible project's inventory (hosts.yml or INI, with
+    /// group_vars/all.yml): every key is mapped or listed as not carried over.
+    Ansible {
+        /// The inventory file (YAML or INI).
+        inventory: PathBuf,
+        /// group_vars/all.yml [default: group_vars/all.yml beside the inventory, if any].
+        #[arg(long, value_name = "FILE")]
+        group_vars: Option<PathBuf>,
+        /// Where to write profiles/ and .gitignore.
+        #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+        /// Cluster name [default: homelab].
+        #[arg(long)]
+        name: Option<String>,
+        /// Admin user when group_vars has no ansible_account [default: admin].
+        #[arg(long)]
+        admin_user: Option<String>,
+        /// The admin's SSH public key: a file or the key line (repeatable)
+        /// [default: the first ~/.ssh/*.pub].
+        #[arg(long, value_name = "FILE|KEY")]
+        ssh_key: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OverlaysCommand {
+    /// Write the built-in overlays into DIR to edit them (only the files
+    /// you change need to stay there); refuses to overwrite without --force.
+    Export {
+        /// Where to write them, e.g. `overlays` beside the profiles.
+        dir: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List every overlay file and where it comes from.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build images (the same as giving targets without a command).
     Build(BuildArgs),
-    /// Validate all profiles and manifests; lists every problem.
+    /// Validate all profiles and manifests; lists every problem, and where
+    /// each manifest and overridden overlay file comes from.
     Check,
+    /// The overlay files built into imgbuild.
+    #[command(subcommand)]
+    Overlays(OverlaysCommand),
+    /// Print a shell completion script (node names complete from the
+    /// profiles in bash and zsh). See README.md, "Shell completions".
+    Completions {
+        /// bash, zsh, fish, powershell or elvish.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (imgbuild.1), or write one per command into --out-dir.
+    Man {
+        /// Write imgbuild.1 and imgbuild-<command>.1 here instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Start a cluster's profiles in DIR: profiles/cluster.yaml, a file per
+    /// node and a .gitignore for secrets/ and dist/. Asks on a terminal;
+    /// otherwise uses the flags and defaults, and says what it assumed.
+    /// Never overwrites a file.
+    Init(InitArgs),
+    /// What differs between two images: the partition table, then per file
+    /// system the added, removed and changed files (mode, owner, size,
+    /// sha256; secret files only as changed). Exit 0 when equal, 1 when not.
+    /// With one image: compare it with the stock image it was built from
+    /// (named by its provenance record, read from the cache).
+    Diff {
+        a: PathBuf,
+        b: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convert another tool's inventory into profiles.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Show an image's partitions, file systems, cloud-init seed and provenance.
     Inspect {
         /// The image file.

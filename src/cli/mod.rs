@@ -3,6 +3,8 @@
 //! what gets printed (`report`). Touches no image and no network itself.
 
 pub mod args;
+mod docs;
+mod prompt;
 pub mod report;
 pub mod settings;
 
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use imgbuild::commands::{self, Result, Workspace};
 use imgbuild::config::profile::Role;
 
-use args::{BmcCommand, CacheCommand, Cli, Command, TokenRole};
+use args::{BmcCommand, CacheCommand, Cli, Command, ImportCommand, OverlaysCommand, TokenRole};
 use settings::{Common, Environment};
 
 /// Runs the command `cli` names.
@@ -156,6 +158,57 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         }
         Some(Command::Cache(CacheCommand::Clean { all })) => {
             report::cache_cleaned(&commands::cache::clean(paths, &common.fetch, all)?);
+            Ok(())
+        }
+        Some(Command::Overlays(OverlaysCommand::Export { dir, force })) => {
+            report::exported(&dir, &commands::overlays::export(&dir, force)?);
+            Ok(())
+        }
+        Some(Command::Overlays(OverlaysCommand::List { json })) => {
+            report::overlay_list(json, &commands::overlays::list(paths)?)
+        }
+        Some(Command::Completions { shell }) => docs::completions(shell),
+        Some(Command::Man { out_dir }) => docs::man(out_dir.as_deref()),
+        Some(Command::Import(ImportCommand::Ansible {
+            inventory,
+            group_vars,
+            out_dir,
+            name,
+            admin_user,
+            ssh_key,
+            json,
+        })) => {
+            let s = commands::import::ImportSettings {
+                inventory,
+                group_vars,
+                out_dir,
+                name,
+                admin_user,
+                ssh_keys: settings::key_source(&ssh_key, env)?,
+            };
+            report::imported(
+                json,
+                &commands::import::import_ansible(&s, common.build_time)?,
+            )
+        }
+        Some(Command::Diff { a, b, json }) => {
+            let (a, b) = match b {
+                Some(b) => (a, b),
+                None => (commands::diff::base_of(&a, &common.fetch)?, a),
+            };
+            let d = commands::diff::diff(&a, &b)?;
+            report::diffed(json, &d)?;
+            if !d.equal {
+                // Like diff(1): 1 means "different", not a failure worth a message.
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Command::Init(a)) => {
+            let s = settings::init(a, env)?;
+            report::initialised(&commands::init::init(&s, common.build_time)?);
             Ok(())
         }
         Some(Command::Check) => {

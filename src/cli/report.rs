@@ -8,6 +8,7 @@ use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::{CacheListing, Cleaned};
 use imgbuild::commands::check::CheckReport;
 use imgbuild::commands::kubeconfig::KubeconfigResult;
+use imgbuild::commands::overlays::Sourced;
 use imgbuild::commands::status::ClusterStatus;
 use imgbuild::commands::wait::WaitReport;
 use imgbuild::commands::{CommandError, Result};
@@ -194,6 +195,37 @@ pub fn checked(r: &CheckReport) {
         r.cluster,
         r.nodes.len(),
         r.nodes.join(", ")
+    );
+    let manifests: Vec<String> = r
+        .manifests
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.origin))
+        .collect();
+    println!("manifests: {}", manifests.join(", "));
+    print!("overlays: {} built-in file(s)", r.overlays_builtin);
+    if r.overlays_overridden.is_empty() {
+        println!(", no overrides");
+    } else {
+        println!(", {} overridden:", r.overlays_overridden.len());
+        for o in &r.overlays_overridden {
+            println!("  {}  from {}", o.name, o.origin);
+        }
+    }
+}
+
+pub fn overlay_list(as_json: bool, files: &[Sourced]) -> Result<()> {
+    either(as_json, &files, |files| {
+        for f in files.iter() {
+            println!("{:<72} {}", f.name, f.origin);
+        }
+    })
+}
+
+pub fn exported(dir: &Path, files: &[PathBuf]) {
+    println!(
+        "wrote {} overlay file(s) to {}; keep only the ones you change (the others stay built in)",
+        files.len(),
+        dir.display()
     );
 }
 
@@ -392,5 +424,127 @@ pub fn status(as_json: bool, s: &ClusterStatus) -> Result<()> {
                 }
             );
         }
+    })
+}
+
+pub fn initialised(r: &imgbuild::commands::init::InitReport) {
+    for p in &r.written {
+        println!("wrote {}", p.display());
+    }
+    if !r.assumed.is_empty() {
+        println!("assumed (change the files, or pass the flag):");
+        for a in &r.assumed {
+            println!("  {a}");
+        }
+    }
+    checked(&r.check);
+    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
+}
+
+pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> Result<()> {
+    either(as_json, r, |r| {
+        for p in &r.written {
+            println!("wrote {}", p.display());
+        }
+        println!("carried over:");
+        for n in r.notes.iter().filter(|n| n.to.is_some()) {
+            println!(
+                "  {}: {} -> {}: {}",
+                n.scope,
+                n.key,
+                n.to.as_deref().unwrap_or_default(),
+                n.why
+            );
+        }
+        let dropped: Vec<_> = r.notes.iter().filter(|n| n.to.is_none()).collect();
+        if !dropped.is_empty() {
+            println!("not carried over:");
+            for n in dropped {
+                println!("  {}: {}: {}", n.scope, n.key, n.why);
+            }
+        }
+        if !r.assumed.is_empty() {
+            println!("assumed (change the files, or pass the flag):");
+            for a in &r.assumed {
+                println!("  {a}");
+            }
+        }
+        checked(&r.check);
+    })
+}
+
+pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<()> {
+    use imgbuild::artifact::diff::Entry;
+    let show = |e: &Entry| {
+        let mut s = e.kind.to_string();
+        if let Some(m) = e.mode {
+            s.push_str(&format!(" {m:04o}"));
+        }
+        if let (Some(u), Some(g)) = (e.uid, e.gid) {
+            s.push_str(&format!(" {u}:{g}"));
+        }
+        if let Some(n) = e.size {
+            s.push_str(&format!(" {n} bytes"));
+        }
+        if let Some(h) = &e.sha256 {
+            s.push_str(&format!(" sha256:{}", &h[..16]));
+        }
+        s
+    };
+    either(as_json, d, |d| {
+        if d.table_a != d.table_b {
+            println!("partition table: {} -> {}", d.table_a, d.table_b);
+        }
+        for (a, b) in &d.partitions {
+            let p = |x: &Option<imgbuild::artifact::diff::PartSummary>| match x {
+                Some(p) => format!(
+                    "start {} size {} type {} {} {}",
+                    p.start,
+                    p.size,
+                    p.type_id,
+                    p.fs.kind_name(),
+                    p.fs.label().unwrap_or("")
+                ),
+                None => "absent".into(),
+            };
+            let i = a.as_ref().or(b.as_ref()).map(|p| p.index).unwrap_or(0);
+            println!("p{i}: {} -> {}", p(a), p(b));
+        }
+        if d.partitions.is_empty() && d.table_a == d.table_b {
+            println!("partition table: same ({})", d.table_a);
+        }
+        for f in &d.file_systems {
+            let count = |c: &str| f.changes.iter().filter(|x| x.change == c).count();
+            println!(
+                "p{} ({}): {} added, {} removed, {} changed",
+                f.partition,
+                f.fs,
+                count("added"),
+                count("removed"),
+                count("changed")
+            );
+            for c in &f.changes {
+                let sign = match c.change {
+                    "added" => "+",
+                    "removed" => "-",
+                    _ => "~",
+                };
+                let detail = match (c.secret, &c.before, &c.after) {
+                    (true, _, _) => "(secret: content not shown)".to_string(),
+                    (false, None, Some(e)) | (false, Some(e), None) => show(e),
+                    (false, Some(x), Some(y)) => format!("{} -> {}", show(x), show(y)),
+                    (false, None, None) => String::new(),
+                };
+                println!("  {sign} {}  {detail}", c.path);
+            }
+        }
+        println!(
+            "{}",
+            if d.equal {
+                "images are equal"
+            } else {
+                "images differ"
+            }
+        );
     })
 }

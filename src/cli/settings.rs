@@ -15,6 +15,7 @@ use imgbuild::source::RetryPolicy;
 
 use super::args::{BmcArgs, BuildArgs, FlashArgs, GlobalArgs, OutputFormat, WaitArgs};
 use imgbuild::artifact::Format;
+use imgbuild::commands::init::{InitSettings, KeySource};
 use imgbuild::commands::kubeconfig::KubeconfigSettings;
 use imgbuild::commands::wait::WaitSettings;
 
@@ -92,8 +93,10 @@ impl Common {
             })?,
             None => DEFAULT_BUILD_TIME,
         };
+        let mut paths = Paths::resolve_with_secrets(g.profiles, g.manifests, g.overlays, g.secrets);
+        paths.builtin = !g.no_builtin;
         Ok(Common {
-            paths: Paths::resolve_with_secrets(g.profiles, g.manifests, g.overlays, g.secrets),
+            paths,
             fetch: FetchSettings {
                 cache_dir,
                 offline: g.offline,
@@ -211,4 +214,37 @@ pub fn bmc_options(b: &BmcArgs, env: &Environment) -> BmcOptions {
         insecure: b.insecure,
         timeout: std::time::Duration::from_secs(b.bmc_timeout),
     }
+}
+
+/// `init`'s settings: the flags, with `~/.ssh` as where to look for a key.
+pub fn init(a: super::args::InitArgs, env: &Environment) -> Result<InitSettings, CommandError> {
+    let ssh_keys = key_source(&a.ssh_key, env)?;
+    let mut s = InitSettings {
+        dir: a.dir,
+        name: a.name,
+        server: a.server,
+        domain: a.domain,
+        admin_user: a.admin_user,
+        ssh_keys,
+        bmc: a.bmc,
+        nodes: a.nodes,
+    };
+    if !a.no_input && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        super::prompt::ask(&mut s)?;
+    }
+    Ok(s)
+}
+
+/// `--ssh-key` values, or where to look for one (`~/.ssh`).
+pub fn key_source(given: &[String], env: &Environment) -> Result<KeySource, CommandError> {
+    Ok(if given.is_empty() {
+        KeySource::Search(env.home.as_ref().map(|h| PathBuf::from(h).join(".ssh")))
+    } else {
+        KeySource::Given(
+            given
+                .iter()
+                .map(|k| imgbuild::commands::init::read_key_arg(k))
+                .collect::<Result<_, _>>()?,
+        )
+    })
 }

@@ -208,7 +208,7 @@ pub fn build_targets(
     let inputs = PlanInputs {
         profiles: &ws.profiles,
         manifests: &ws.manifests,
-        overlays: &ws.paths.overlays,
+        overlays: &ws.overlays,
         build_time: settings.build_time,
     };
     let mut reports = Vec::new();
@@ -370,7 +370,7 @@ pub(super) fn provenance_statement(
     deps.push(ResourceDescriptor::sha256(
         Some("overlays"),
         None,
-        &crate::plan::render::tree_digest(inputs.overlays)?,
+        &inputs.overlays.digest(),
     ));
     deps.push(ResourceDescriptor::sha256(
         Some("profiles"),

@@ -12,6 +12,12 @@ pub struct CheckReport {
     pub cluster: String,
     pub nodes: Vec<String>,
     pub boards: Vec<String>,
+    /// Each board's manifest and where it comes from.
+    pub manifests: Vec<super::overlays::Sourced>,
+    /// How many overlay files in use are the built-in ones.
+    pub overlays_builtin: usize,
+    /// The overlay files an override directory provides.
+    pub overlays_overridden: Vec<super::overlays::Sourced>,
     /// Valid, but worth knowing: e.g. what an air-gapped node would still
     /// fetch from the internet at first boot.
     pub warnings: Vec<String>,
@@ -55,7 +61,7 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
     let inputs = PlanInputs {
         profiles: &ws.profiles,
         manifests: &ws.manifests,
-        overlays: &ws.paths.overlays,
+        overlays: &ws.overlays,
         build_time,
     };
     let mut problems = Vec::new();
@@ -82,5 +88,23 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
             .collect(),
         boards: ws.manifests.keys().cloned().collect(),
         warnings: network_needs(&ws),
+        manifests: ws
+            .manifests
+            .values()
+            .map(|m| super::overlays::Sourced {
+                name: m.board.clone(),
+                origin: m.origin.clone(),
+            })
+            .collect(),
+        overlays_builtin: ws.overlays.files().count() - ws.overlays.overridden().len(),
+        overlays_overridden: ws
+            .overlays
+            .overridden()
+            .into_iter()
+            .map(|f| super::overlays::Sourced {
+                name: f.rel.clone(),
+                origin: f.origin.clone(),
+            })
+            .collect(),
     })
 }

@@ -27,8 +27,12 @@ pub fn fetch(
     for b in &wanted {
         if !manifests.contains_key(b) {
             return Err(CommandError::usage(format!(
-                "no firmware manifest for board {b:?} in {} (boards: {})",
-                paths.manifests.display(),
+                "no firmware manifest for board {b:?} (built in{}; boards: {})",
+                paths
+                    .manifests
+                    .as_ref()
+                    .map(|d| format!(" or in {}", d.display()))
+                    .unwrap_or_default(),
                 known()
             )));
         }

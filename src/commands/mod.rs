@@ -7,10 +7,14 @@ pub mod bmc;
 pub mod build;
 pub mod cache;
 pub mod check;
+pub mod diff;
 pub mod fetch;
 pub mod flash;
+pub mod import;
+pub mod init;
 pub mod inspect;
 pub mod kubeconfig;
+pub mod overlays;
 pub mod render;
 pub mod seal;
 pub mod secrets;
@@ -25,6 +29,7 @@ use anyhow::anyhow;
 
 use crate::config::manifest::{self, Manifests};
 use crate::config::profile::{self, Node, ProfileSet};
+use crate::plan::overlay_source::OverlaySet;
 use crate::secrets::Secrets;
 use crate::source::{Cache, FetchOptions, RetryPolicy};
 
@@ -84,15 +89,21 @@ pub type Result<T, E = CommandError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Paths {
     pub profiles: PathBuf,
-    pub manifests: PathBuf,
-    pub overlays: PathBuf,
+    /// A directory of manifests laid over the built-in ones, if any.
+    pub manifests: Option<PathBuf>,
+    /// A directory of overlay files laid over the built-in ones, if any.
+    pub overlays: Option<PathBuf>,
     pub secrets: PathBuf,
+    /// Whether the built-in manifests and overlays are the bottom layer
+    /// (`--no-builtin` turns them off: only the directories count).
+    pub builtin: bool,
 }
 
 impl Paths {
-    /// Manifests and overlays default to the folders beside the profile
-    /// directory when they exist there, else to the current directory's;
-    /// secrets default to `secrets` beside the profile directory.
+    /// Override directories for manifests and overlays default to the
+    /// folders of those names beside the profile directory when they exist
+    /// (else only the built-in ones apply); secrets default to `secrets`
+    /// beside the profile directory.
     pub fn resolve(
         profiles: PathBuf,
         manifests: Option<PathBuf>,
@@ -112,19 +123,16 @@ impl Paths {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let beside = |name: &str| -> PathBuf {
+        let beside = |name: &str| -> Option<PathBuf> {
             let candidate = parent.join(name);
-            if candidate.is_dir() {
-                candidate
-            } else {
-                PathBuf::from(name)
-            }
+            candidate.is_dir().then_some(candidate)
         };
         Paths {
-            manifests: manifests.unwrap_or_else(|| beside("firmware-manifests")),
-            overlays: overlays.unwrap_or_else(|| beside("overlays")),
+            manifests: manifests.or_else(|| beside("firmware-manifests")),
+            overlays: overlays.or_else(|| beside("overlays")),
             secrets: secrets.unwrap_or_else(|| parent.join("secrets")),
             profiles,
+            builtin: true,
         }
     }
 }
@@ -157,7 +165,14 @@ impl FetchSettings {
 
 /// The manifests alone (commands that need no profiles).
 pub fn load_manifests(paths: &Paths) -> Result<Manifests> {
-    manifest::load_all(&paths.manifests).map_err(|e| CommandError::Invalid(e.into()))
+    manifest::load_layered(paths.manifests.as_deref(), paths.builtin)
+        .map_err(|e| CommandError::Invalid(e.into()))
+}
+
+/// The overlay files: built-in, with the override directory laid over them.
+pub fn load_overlays(paths: &Paths) -> Result<OverlaySet> {
+    OverlaySet::load(paths.overlays.as_deref(), paths.builtin)
+        .map_err(|e| CommandError::Invalid(e.into()))
 }
 
 /// Profiles and manifests, loaded and validated once per command.
@@ -165,6 +180,7 @@ pub struct Workspace {
     pub paths: Paths,
     pub profiles: ProfileSet,
     pub manifests: Manifests,
+    pub overlays: OverlaySet,
 }
 
 impl Workspace {
@@ -174,10 +190,12 @@ impl Workspace {
         let boards = manifest::board_infos(&manifests);
         let profiles =
             profile::load(&paths.profiles, &boards).map_err(|e| CommandError::Invalid(e.into()))?;
+        let overlays = load_overlays(paths)?;
         Ok(Workspace {
             paths: paths.clone(),
             profiles,
             manifests,
+            overlays,
         })
     }
 
@@ -204,4 +222,19 @@ impl Workspace {
     pub fn secrets(&self) -> Result<Secrets> {
         Ok(Secrets::open(&self.paths.secrets)?)
     }
+}
+
+/// The first few of a list of paths for a message, and how many more.
+fn shorten(items: &[String]) -> String {
+    const SHOWN: usize = 4;
+    let mut s = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        s.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    s
 }

@@ -10,7 +10,7 @@ pub fn render(paths: &Paths, node: &str, build_time: u64) -> Result<Vec<Rendered
     let inputs = PlanInputs {
         profiles: &ws.profiles,
         manifests: &ws.manifests,
-        overlays: &ws.paths.overlays,
+        overlays: &ws.overlays,
         build_time,
     };
     let values = super::build::secret_values(&secrets, n, build_time)?;

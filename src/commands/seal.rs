@@ -249,7 +249,7 @@ fn seal_raw(
     let inputs = PlanInputs {
         profiles: &ws.profiles,
         manifests: &ws.manifests,
-        overlays: &ws.paths.overlays,
+        overlays: &ws.overlays,
         build_time,
     };
     let values = super::build::secret_values(secrets, node, build_time)?;

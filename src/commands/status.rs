@@ -77,7 +77,7 @@ pub fn status(ws: &Workspace, settings: &WaitSettings, build_time: u64) -> Resul
     let inputs = PlanInputs {
         profiles: &ws.profiles,
         manifests: &ws.manifests,
-        overlays: &ws.paths.overlays,
+        overlays: &ws.overlays,
         build_time,
     };
     let hosts: Vec<String> = ws.profiles.nodes.iter().map(ssh_host).collect();

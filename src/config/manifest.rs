@@ -1,11 +1,12 @@
 //! Firmware manifests: what a board's stock image is and where its parts are.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use super::Problem;
+use super::layered::{self, DirFile, LayeredFile, Origin};
 use super::profile::BoardInfo;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -30,6 +31,9 @@ pub struct Manifest {
     /// The kernel command line file, when k3s needs arguments appended.
     #[serde(default)]
     pub kernel_cmdline: Option<KernelCmdline>,
+    /// Where this manifest comes from (built in, or an override directory).
+    #[serde(skip)]
+    pub origin: Origin,
 }
 
 /// A Debian architecture name.
@@ -216,36 +220,52 @@ pub struct KernelCmdline {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{} problem(s) in the firmware manifests under {}:\n{}", .problems.len(), .dir.display(),
+#[error("{} problem(s) in the firmware manifests ({}):\n{}", .problems.len(), .source_desc,
     .problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ManifestErrors {
-    pub dir: PathBuf,
+    /// Built-in, an override directory, or both.
+    pub source_desc: String,
     pub problems: Vec<Problem>,
 }
 
-/// Loads `<dir>/*.yaml`, one manifest per board.
+/// Loads `<dir>/*.yaml`, one manifest per board, and nothing built in.
 pub fn load_all(dir: &Path) -> Result<Manifests, ManifestErrors> {
+    load_layered(Some(dir), false)
+}
+
+/// The built-in manifests (unless `builtin` is false) with `<dir>/*.yaml`
+/// laid over them: a file of the same name replaces a built-in board, other
+/// files add boards.
+pub fn load_layered(dir: Option<&Path>, builtin: bool) -> Result<Manifests, ManifestErrors> {
+    let source_desc = match (dir, builtin) {
+        (Some(d), true) => format!("built-in, overridden by {}", d.display()),
+        (Some(d), false) => d.display().to_string(),
+        (None, _) => "built-in".to_string(),
+    };
+    let err = |problems| ManifestErrors {
+        source_desc: source_desc.clone(),
+        problems,
+    };
+    let listed = match dir {
+        Some(d) => Some((d, list_yaml(d).map_err(|p| err(vec![p]))?)),
+        None => None,
+    };
+    let files = layered::layer(layered::builtin::MANIFESTS, builtin, listed, |rel| {
+        rel.to_string()
+    })
+    .map_err(|e| {
+        err(vec![Problem::file(
+            &e.path,
+            format!("cannot read: {}", e.source),
+        )])
+    })?;
     let mut problems = Vec::new();
     let mut out = BTreeMap::new();
-    let entries = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) => {
-            return Err(ManifestErrors {
-                dir: dir.to_owned(),
-                problems: vec![Problem::file(
-                    dir,
-                    format!("cannot read the manifest directory: {e}"),
-                )],
-            });
+    for f in files.values() {
+        if !f.rel.ends_with(".yaml") && !f.rel.ends_with(".yml") {
+            continue;
         }
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-        .collect();
-    files.sort();
-    for path in files {
-        match load_one(&path, dir) {
+        match load_one(f) {
             Ok(m) => {
                 out.insert(m.board.clone(), m);
             }
@@ -254,25 +274,47 @@ pub fn load_all(dir: &Path) -> Result<Manifests, ManifestErrors> {
     }
     if out.is_empty() && problems.is_empty() {
         problems.push(Problem::file(
-            dir,
+            dir.unwrap_or(Path::new("<built-in>")),
             "no firmware manifests (*.yaml) found".into(),
         ));
     }
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(ManifestErrors {
-            dir: dir.to_owned(),
-            problems,
-        })
+        Err(err(problems))
     }
 }
 
-fn load_one(path: &Path, dir: &Path) -> Result<Manifest, Vec<Problem>> {
-    use crate::config::read::{read_text, sanitize, sanitize_field};
-    let text = read_text(path, dir).map_err(|e| vec![Problem::file(path, e)])?;
-    let de = serde_yaml_ng::Deserializer::from_str(&text);
-    let m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
+/// The `*.yaml` files of a manifest directory (not recursive).
+fn list_yaml(dir: &Path) -> Result<Vec<DirFile>, Problem> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Problem::file(dir, format!("cannot read the manifest directory: {e}")))?;
+    let mut files: Vec<DirFile> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .filter_map(|p| {
+            let rel = p.file_name()?.to_str()?.to_string();
+            // Same rules as for profiles: inside the directory, a regular
+            // file of bounded size (hostile symlinks are not followed out).
+            if let Err(e) = crate::config::read::read_text(&p, dir) {
+                tracing::warn!("{}: {e}; ignored", p.display());
+                return None;
+            }
+            Some(DirFile { rel, path: p })
+        })
+        .collect();
+    files.sort_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(files)
+}
+
+fn load_one(file: &LayeredFile) -> Result<Manifest, Vec<Problem>> {
+    use crate::config::read::{sanitize, sanitize_field};
+    let shown = file.display_path("firmware-manifests");
+    let path = shown.as_path();
+    let text = std::str::from_utf8(&file.data)
+        .map_err(|_| vec![Problem::file(path, "not UTF-8 text".into())])?;
+    let de = serde_yaml_ng::Deserializer::from_str(text);
+    let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         vec![Problem::field(
             path,
@@ -280,6 +322,7 @@ fn load_one(path: &Path, dir: &Path) -> Result<Manifest, Vec<Problem>> {
             sanitize(&e.into_inner().to_string()),
         )]
     })?;
+    m.origin = file.origin.clone();
     let mut problems = Vec::new();
     let stem = path
         .file_stem()

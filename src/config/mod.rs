@@ -1,7 +1,9 @@
 //! Configuration: profiles (cluster and nodes), board manifests and k3s
 //! release facts. Reads files and parses them into types; writes nothing.
 
+pub mod ansible;
 pub mod k3s;
+pub mod layered;
 pub mod manifest;
 mod problem;
 pub mod profile;

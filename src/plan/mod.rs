@@ -4,10 +4,11 @@
 
 mod context;
 mod filters;
+pub mod overlay_source;
 pub mod provenance;
 pub mod render;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
 use serde::Serialize;
@@ -175,7 +176,7 @@ pub struct Removal {
 pub struct PlanInputs<'a> {
     pub profiles: &'a ProfileSet,
     pub manifests: &'a Manifests,
-    pub overlays: &'a Path,
+    pub overlays: &'a overlay_source::OverlaySet,
     pub build_time: u64,
 }
 

@@ -21,6 +21,8 @@ use sha2::{Digest, Sha256};
 
 use super::PartitionTarget;
 use super::context::TemplateContext;
+use super::overlay_source::{self, OverlaySet};
+use crate::config::layered::Origin;
 use crate::config::profile::{Install, Role};
 
 const META_DATA: &str = "/meta-data";
@@ -60,6 +62,8 @@ pub struct RenderedFile {
     skip: bool,
     /// The overlay file it came from.
     pub source: PathBuf,
+    /// Built in, or which override directory.
+    pub origin: Origin,
 }
 
 /// Which overlay features apply to a node, lowest precedence first.
@@ -92,7 +96,12 @@ pub fn features_for(
 struct Source {
     target: PartitionTarget,
     path: String,
+    /// Where it comes from, for messages (`<built-in>/overlays/...` or a real path).
     file: PathBuf,
+    origin: Origin,
+    data: Vec<u8>,
+    /// Permission bits of the overlay file (its executable bit carries over).
+    file_mode: u32,
     template: bool,
 }
 
@@ -105,67 +114,45 @@ impl Source {
 
 /// Collects overlay files of `features` (later features override earlier ones).
 fn collect(
-    overlays: &Path,
+    overlays: &OverlaySet,
     features: &[String],
 ) -> Result<BTreeMap<(PartitionTarget, String), Source>, RenderError> {
-    if !overlays.is_dir() {
-        return Err(RenderError::Overlay {
-            path: overlays.to_owned(),
-            reason: "the overlays directory does not exist".into(),
-        });
-    }
     let mut out = BTreeMap::new();
     for feature in features {
-        let fdir = overlays.join(feature);
-        match std::fs::symlink_metadata(&fdir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(m) if m.file_type().is_symlink() => return Err(symlinked(fdir)),
-            _ => continue,
-        }
-        for target_entry in read_sorted(&fdir)? {
-            if is_symlink(&target_entry) {
-                return Err(symlinked(target_entry));
-            }
-            if !target_entry.is_dir() {
+        for f in overlays.feature(feature) {
+            let rest = &f.rel[feature.len() + 1..];
+            let Some((target_dir, rel)) = rest.split_once('/') else {
                 return Err(RenderError::Overlay {
-                    path: target_entry,
+                    path: overlay_source::display_path(f),
                     reason:
                         "expected a directory named after its target (`seed`, `root`, `boot`, ...)"
                             .into(),
                 });
+            };
+            let target = PartitionTarget::from_dir_name(target_dir);
+            let mut path = format!("/{rel}");
+            let template = path.ends_with(".j2");
+            if template {
+                path.truncate(path.len() - 3);
             }
-            let target = PartitionTarget::from_dir_name(
-                &target_entry.file_name().unwrap().to_string_lossy(),
+            if path.ends_with(".symlink") {
+                path.truncate(path.len() - ".symlink".len());
+            }
+            out.insert(
+                (target.clone(), path.clone()),
+                Source {
+                    target,
+                    path,
+                    file: overlay_source::display_path(f),
+                    origin: f.origin.clone(),
+                    data: f.data.clone(),
+                    file_mode: f.mode,
+                    template,
+                },
             );
-            let mut files = Vec::new();
-            walk(&target_entry, &mut files)?;
-            for file in files {
-                let rel = file.strip_prefix(&target_entry).unwrap();
-                let mut path = format!("/{}", rel.to_string_lossy());
-                let template = path.ends_with(".j2");
-                if template {
-                    path.truncate(path.len() - 3);
-                }
-                if path.ends_with(".symlink") {
-                    path.truncate(path.len() - ".symlink".len());
-                }
-                out.insert(
-                    (target.clone(), path.clone()),
-                    Source {
-                        target: target.clone(),
-                        path,
-                        file,
-                        template,
-                    },
-                );
-            }
         }
     }
     Ok(out)
-}
-
-fn is_symlink(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
 }
 
 /// Overlays are read only from inside the overlay tree: a symlinked directory
@@ -191,7 +178,7 @@ fn read_sorted(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
     Ok(v)
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
+pub(super) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
     for p in read_sorted(dir)? {
         let meta = std::fs::symlink_metadata(&p).map_err(|source| RenderError::Io {
             path: p.clone(),
@@ -211,32 +198,6 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
         }
     }
     Ok(())
-}
-
-/// A digest of the whole overlay tree (every file's relative path, mode and
-/// content), for provenance: any change to any overlay changes it.
-pub fn tree_digest(overlays: &Path) -> Result<String, RenderError> {
-    let mut files = Vec::new();
-    walk(overlays, &mut files)?;
-    files.sort();
-    let mut h = Sha256::new();
-    for f in files {
-        use std::os::unix::fs::PermissionsExt;
-        let io = |source| RenderError::Io {
-            path: f.clone(),
-            source,
-        };
-        let rel = f.strip_prefix(overlays).unwrap_or(&f);
-        let mode = std::fs::metadata(&f).map_err(io)?.permissions().mode() & 0o777;
-        let data = std::fs::read(&f).map_err(io)?;
-        h.update(rel.to_string_lossy().as_bytes());
-        h.update([0]);
-        h.update(format!("{mode:o}").as_bytes());
-        h.update([0]);
-        h.update((data.len() as u64).to_le_bytes());
-        h.update(&data);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// File metadata from a template's header line.
@@ -317,7 +278,7 @@ fn parse_header(
 /// image depends on, such as the base image digest), so changed content gives
 /// a new instance, and sealed and unsealed images of a node share it.
 pub fn render(
-    overlays: &Path,
+    overlays: &OverlaySet,
     features: &[String],
     context: &TemplateContext,
     probes: [&TemplateContext; 2],
@@ -382,14 +343,8 @@ fn render_contents(
     src: &Source,
     context: &TemplateContext,
 ) -> Result<RenderedFile, RenderError> {
-    let raw = std::fs::read(&src.file).map_err(|source| RenderError::Io {
-        path: src.file.clone(),
-        source,
-    })?;
-    use std::os::unix::fs::PermissionsExt;
-    let exec = std::fs::metadata(&src.file)
-        .map(|m| m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false);
+    let raw = src.data.clone();
+    let exec = src.file_mode & 0o111 != 0;
     let default_mode = if exec { 0o755 } else { 0o644 };
     if !src.template {
         return Ok(RenderedFile {
@@ -403,6 +358,7 @@ fn render_contents(
             secret: false,
             skip: false,
             source: src.file.clone(),
+            origin: src.origin.clone(),
         });
     }
     let text = String::from_utf8(raw).map_err(|_| RenderError::Overlay {
@@ -428,6 +384,7 @@ fn render_contents(
         symlink: None,
         secret: false,
         source: src.file.clone(),
+        origin: src.origin.clone(),
     })
 }
 

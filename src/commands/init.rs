@@ -1,0 +1,337 @@
+//! `imgbuild init [DIR]`: a new cluster's profiles (`profiles/cluster.yaml`
+//! and one file per node) plus a `.gitignore` for `secrets/` and `dist/`,
+//! from settings the CLI gathered (flags, or answers on a terminal). Never
+//! overwrites a file; what it assumed is part of its report; the result is
+//! checked like `imgbuild check` before it returns.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::anyhow;
+use serde::Serialize;
+
+use super::{CommandError, Paths, Result};
+
+/// A node to create.
+#[derive(Debug, Clone)]
+pub struct InitNode {
+    pub name: String,
+    pub board: String,
+    /// Turing Pi slot (1-4) for compute modules.
+    pub slot: Option<u8>,
+}
+
+/// Where the admin's SSH public key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Given on the command line (a key line or a file).
+    Given(Vec<String>),
+    /// The first `*.pub` in this directory (`~/.ssh`), if any.
+    Search(Option<PathBuf>),
+}
+
+#[derive(Debug, Clone)]
+pub struct InitSettings {
+    pub dir: PathBuf,
+    pub name: Option<String>,
+    pub server: Option<String>,
+    pub domain: Option<String>,
+    pub admin_user: Option<String>,
+    pub ssh_keys: KeySource,
+    pub bmc: Option<String>,
+    pub nodes: Vec<InitNode>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InitReport {
+    pub written: Vec<PathBuf>,
+    /// Defaults taken for what was not given, one sentence each.
+    pub assumed: Vec<String>,
+    pub check: super::check::CheckReport,
+}
+
+const GITIGNORE_LINES: [&str; 2] = ["/secrets/", "/dist/"];
+
+pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
+    let mut assumed = Vec::new();
+    fn take(assumed: &mut Vec<String>, v: &Option<String>, default: &str, what: &str) -> String {
+        v.clone().unwrap_or_else(|| {
+            assumed.push(format!("{what}: {default}"));
+            default.to_string()
+        })
+    }
+    let name = take(&mut assumed, &s.name, "homelab", "cluster name (--name)");
+    let domain = take(
+        &mut assumed,
+        &s.domain,
+        "home.arpa",
+        "DNS domain (--domain)",
+    );
+    let user = take(
+        &mut assumed,
+        &s.admin_user,
+        "admin",
+        "admin user (--admin-user)",
+    );
+    let nodes = if s.nodes.is_empty() {
+        assumed.push(
+            "nodes (--node NAME=BOARD[@SLOT]): node01..node04, RK1s in slots 1-4 of one Turing Pi; node01 is the server".into(),
+        );
+        (1..=4)
+            .map(|i| InitNode {
+                name: format!("node{i:02}"),
+                board: "rk1".into(),
+                slot: Some(i),
+            })
+            .collect()
+    } else {
+        s.nodes.clone()
+    };
+    let first = &nodes[0];
+    let server = take(
+        &mut assumed,
+        &s.server,
+        &format!("{}.{domain}", first.name),
+        "cluster API address (--server; nodes use DHCP, so your DNS must resolve it)",
+    );
+    let keys = match &s.ssh_keys {
+        KeySource::Given(k) => k.clone(),
+        KeySource::Search(dir) => {
+            let (key, file) = first_public_key(dir.as_deref())?;
+            assumed.push(format!("admin SSH key (--ssh-key): {}", file.display()));
+            vec![key]
+        }
+    };
+
+    // Boards: the manifests in use (built-in unless overridden).
+    let paths = Paths::resolve(s.dir.join("profiles"), None, None);
+    let manifests = super::load_manifests(&paths)?;
+    let mut uses_turing_pi = false;
+    for n in &nodes {
+        let Some(m) = manifests.get(&n.board) else {
+            return Err(CommandError::usage(format!(
+                "node {}: no board {:?} (boards: {})",
+                n.name,
+                n.board,
+                manifests.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        match (m.turing_pi_module, n.slot) {
+            (true, None) => {
+                return Err(CommandError::usage(format!(
+                    "node {}: a {} sits in a Turing Pi slot; write {}={}@SLOT (1-4)",
+                    n.name, n.board, n.name, n.board
+                )));
+            }
+            (false, Some(_)) => {
+                return Err(CommandError::usage(format!(
+                    "node {}: a {} is not a Turing Pi module; leave out @SLOT",
+                    n.name, n.board
+                )));
+            }
+            (true, Some(_)) => uses_turing_pi = true,
+            (false, None) => {}
+        }
+    }
+    let bmc = uses_turing_pi.then(|| {
+        take(
+            &mut assumed,
+            &s.bmc,
+            "turingpi.local",
+            "Turing Pi BMC host (--bmc)",
+        )
+    });
+
+    let q = |v: &str| serde_json::to_string(v).expect("strings serialise");
+    let mut cluster = format!(
+        "# Cluster-wide settings, written by `imgbuild init`; see README.md for every key.\n\
+         cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
+         server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
+        q(&name),
+        q(&server),
+        q(&domain),
+        q(&user)
+    );
+    for k in &keys {
+        cluster.push_str(&format!("      - {}\n", q(k.trim())));
+    }
+    if let Some(b) = &bmc {
+        cluster.push_str(&format!(
+            "  turing_pi_boards:\n    - name: tp1\n      bmc: {}\n",
+            q(b)
+        ));
+    }
+    cluster.push_str(
+        "\n# Node keys every node starts from; a node file overrides them.\ndefaults:\n  k3s:\n    role: agent\n  network:\n    dhcp: true\n",
+    );
+    let mut files = vec![(PathBuf::from("profiles/cluster.yaml"), cluster)];
+    for (i, n) in nodes.iter().enumerate() {
+        let mut text = format!("board: {}\n", q(&n.board));
+        if let Some(slot) = n.slot {
+            text.push_str(&format!("turing_pi: {{board: tp1, slot: {slot}}}\n"));
+        }
+        if i == 0 {
+            text.push_str("k3s:\n  role: server\n  cluster_init: true\n");
+        }
+        files.push((
+            PathBuf::from(format!("profiles/nodes/{}.yaml", n.name)),
+            text,
+        ));
+    }
+    let existing: Vec<String> = files
+        .iter()
+        .map(|(p, _)| s.dir.join(p))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() {
+        return Err(CommandError::usage(format!(
+            "refusing to overwrite {}; remove it or run init in another directory",
+            super::shorten(&existing)
+        )));
+    }
+    let mut written = Vec::new();
+    for (rel, text) in &files {
+        let path = s.dir.join(rel);
+        write_new(&path, text)?;
+        written.push(path);
+    }
+    if let Some(p) = gitignore(&s.dir)? {
+        written.push(p);
+    }
+    let check = super::check::check(&paths, build_time)?;
+    Ok(InitReport {
+        written,
+        assumed,
+        check,
+    })
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommandError + '_ {
+    move |e| CommandError::Failed(anyhow!("{}: {e}", path.display()))
+}
+
+pub(super) fn write_new(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io_err(d))?;
+    }
+    // create_new: a file that appeared since the check is not overwritten either.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(text.as_bytes()).map_err(io_err(path))
+}
+
+/// Adds the lines that keep secrets and outputs out of Git to `.gitignore`
+/// (creating it, or appending what it lacks); `Some` when it changed it.
+pub(super) fn gitignore(dir: &Path) -> Result<Option<PathBuf>> {
+    let path = dir.join(".gitignore");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let have = |l: &str| {
+        old.lines()
+            .any(|x| x.trim() == l || x.trim() == l.trim_start_matches('/'))
+    };
+    let missing: Vec<&str> = GITIGNORE_LINES.into_iter().filter(|l| !have(l)).collect();
+    if missing.is_empty() {
+        return Ok(None);
+    }
+    let mut text = old.clone();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str("# The cluster's identity (tokens, CA keys, host keys): never commit it.\n");
+    for l in missing {
+        text.push_str(l);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).map_err(io_err(&path))?;
+    Ok(Some(path))
+}
+
+/// The first `*.pub` (by name) in `dir`, read as one key line.
+pub(super) fn first_public_key(dir: Option<&Path>) -> Result<(String, PathBuf)> {
+    let none = || {
+        CommandError::usage(
+            "no SSH public key found in ~/.ssh; pass --ssh-key FILE (or the key itself), \
+             or create one with `ssh-keygen -t ed25519`"
+                .to_string(),
+        )
+    };
+    let dir = dir.ok_or_else(none)?;
+    let mut pubs: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "pub") && p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    pubs.sort();
+    let file = pubs.into_iter().next().ok_or_else(none)?;
+    let key = read_key(&file)?;
+    Ok((key, file))
+}
+
+/// A key given as `--ssh-key`: a file holding one, or the key line itself.
+pub fn read_key_arg(arg: &str) -> Result<String> {
+    if arg.starts_with("ssh-") || arg.starts_with("ecdsa-") || arg.starts_with("sk-") {
+        return Ok(arg.trim().to_string());
+    }
+    read_key(Path::new(arg))
+}
+
+fn read_key(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .ok_or_else(|| {
+            CommandError::usage(format!("{}: holds no SSH public key", file.display()))
+        })?;
+    if line.contains("PRIVATE KEY") {
+        return Err(CommandError::usage(format!(
+            "{}: is a private key; give the public one (.pub)",
+            file.display()
+        )));
+    }
+    Ok(line.to_string())
+}
+
+/// Parses `NAME=BOARD[@SLOT]`.
+pub fn parse_node(s: &str) -> std::result::Result<InitNode, String> {
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=BOARD[@SLOT], e.g. node01=rk1@1"))?;
+    let (board, slot) = match rest.split_once('@') {
+        Some((b, slot)) => {
+            let n: u8 = slot
+                .parse()
+                .ok()
+                .filter(|n| (1..=4).contains(n))
+                .ok_or_else(|| format!("{s:?}: the slot must be 1, 2, 3 or 4"))?;
+            (b, Some(n))
+        }
+        None => (rest, None),
+    };
+    let ok = |v: &str| {
+        !v.is_empty()
+            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !v.starts_with('-')
+    };
+    if !ok(name) || !ok(board) {
+        return Err(format!(
+            "{s:?}: node and board names are letters, digits and '-'"
+        ));
+    }
+    Ok(InitNode {
+        name: name.to_lowercase(),
+        board: board.to_string(),
+        slot,
+    })
+}

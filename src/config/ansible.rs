@@ -1,0 +1,662 @@
+//! The reference Ansible project's inventory (`hosts.yml` or INI) and
+//! `group_vars/all.yml`, read and mapped to imgbuild profile keys. Pure:
+//! text in, profile YAML and a note per inventory key out. Every key either
+//! maps to a profile key or is reported as not carried over, with why.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_yaml_ng::{Mapping, Value};
+
+/// One inventory key and what became of it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Note {
+    /// `host node02`, `group tp1_nodes`, `group_vars` ...
+    pub scope: String,
+    pub key: String,
+    /// `Some(profile key)` when carried over.
+    pub to: Option<String>,
+    /// Why it is not carried over, or how it maps.
+    pub why: String,
+}
+
+/// An inventory: groups with their hosts (and host variables), child groups and vars.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    pub groups: BTreeMap<String, Group>,
+}
+
+#[derive(Debug, Default)]
+pub struct Group {
+    pub hosts: BTreeMap<String, Mapping>,
+    pub children: Vec<String>,
+    pub vars: Mapping,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AnsibleError {
+    #[error("line {line}: {reason}")]
+    Ini { line: usize, reason: String },
+    #[error("not an Ansible YAML inventory: {0}")]
+    Yaml(String),
+    #[error("{0}")]
+    Layout(String),
+}
+
+/// Parses a YAML (`all: children: ...`) or INI inventory, told apart by content.
+pub fn parse_inventory(text: &str) -> Result<Inventory, AnsibleError> {
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'));
+    match first {
+        Some(l) if l.starts_with('[') => parse_ini(text),
+        _ => parse_yaml(text),
+    }
+}
+
+fn parse_yaml(text: &str) -> Result<Inventory, AnsibleError> {
+    let v: Value = serde_yaml_ng::from_str(text).map_err(|e| AnsibleError::Yaml(e.to_string()))?;
+    let top = v
+        .as_mapping()
+        .ok_or_else(|| AnsibleError::Yaml("the top level must be a map of groups".into()))?;
+    let mut inv = Inventory::default();
+    for (name, g) in top {
+        yaml_group(&mut inv, &key_str(name)?, g)?;
+    }
+    Ok(inv)
+}
+
+fn key_str(v: &Value) -> Result<String, AnsibleError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(AnsibleError::Yaml(format!("{v:?} is not a name"))),
+    }
+}
+
+fn yaml_group(inv: &mut Inventory, name: &str, g: &Value) -> Result<(), AnsibleError> {
+    let mut group = Group::default();
+    if let Some(m) = g.as_mapping() {
+        for (k, v) in m {
+            match key_str(k)?.as_str() {
+                "hosts" => {
+                    for (h, vars) in v.as_mapping().into_iter().flatten() {
+                        let vars = vars.as_mapping().cloned().unwrap_or_default();
+                        group.hosts.insert(key_str(h)?, vars);
+                    }
+                }
+                "vars" => group.vars = v.as_mapping().cloned().unwrap_or_default(),
+                "children" => {
+                    for (c, cg) in v.as_mapping().into_iter().flatten() {
+                        let c = key_str(c)?;
+                        group.children.push(c.clone());
+                        yaml_group(inv, &c, cg)?;
+                    }
+                }
+                other => {
+                    return Err(AnsibleError::Yaml(format!(
+                        "group {name}: unexpected key {other:?} (expected hosts, vars or children)"
+                    )));
+                }
+            }
+        }
+    }
+    let entry = inv.groups.entry(name.to_string()).or_default();
+    entry.hosts.extend(group.hosts);
+    entry.children.extend(group.children);
+    entry.vars.extend(group.vars);
+    Ok(())
+}
+
+/// INI values: `true`/`1`/numbers typed as YAML would, quotes removed.
+fn ini_value(v: &str) -> Value {
+    let unq = v
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .or_else(|| v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')));
+    match unq {
+        Some(s) => Value::String(s.to_string()),
+        None => serde_yaml_ng::from_str(v).unwrap_or_else(|_| Value::String(v.to_string())),
+    }
+}
+
+fn ini_pairs(words: &[&str], line: usize) -> Result<Mapping, AnsibleError> {
+    let mut m = Mapping::new();
+    for w in words {
+        let (k, v) = w.split_once('=').ok_or_else(|| AnsibleError::Ini {
+            line,
+            reason: format!("{w:?} must be key=value"),
+        })?;
+        m.insert(Value::String(k.to_string()), ini_value(v));
+    }
+    Ok(m)
+}
+
+fn parse_ini(text: &str) -> Result<Inventory, AnsibleError> {
+    let mut inv = Inventory::default();
+    let mut section: Option<(String, &str)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = raw.trim();
+        if l.is_empty() || l.starts_with('#') || l.starts_with(';') {
+            continue;
+        }
+        if let Some(h) = l.strip_prefix('[') {
+            let h = h.strip_suffix(']').ok_or_else(|| AnsibleError::Ini {
+                line,
+                reason: format!("{l:?}: a section header ends with ]"),
+            })?;
+            let (name, kind) = match h.split_once(':') {
+                Some((n, k @ ("vars" | "children"))) => (n, k),
+                Some((_, k)) => {
+                    return Err(AnsibleError::Ini {
+                        line,
+                        reason: format!("unknown section kind {k:?} (expected :vars or :children)"),
+                    });
+                }
+                None => (h, "hosts"),
+            };
+            inv.groups.entry(name.to_string()).or_default();
+            section = Some((name.to_string(), kind));
+            continue;
+        }
+        let Some((group, kind)) = &section else {
+            return Err(AnsibleError::Ini {
+                line,
+                reason: "a host line before any [group] header".into(),
+            });
+        };
+        // Shell-like words; values with spaces need quotes, which Ansible allows.
+        let words = split_words(l);
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        let g = inv.groups.get_mut(group).expect("inserted with its header");
+        match *kind {
+            "hosts" => {
+                let vars = ini_pairs(&words[1..], line)?;
+                g.hosts.insert(words[0].to_string(), vars);
+            }
+            "children" => g.children.push(words[0].to_string()),
+            _ => {
+                let (k, v) = l.split_once('=').ok_or_else(|| AnsibleError::Ini {
+                    line,
+                    reason: format!("{l:?} must be key=value"),
+                })?;
+                g.vars
+                    .insert(Value::String(k.trim().to_string()), ini_value(v.trim()));
+            }
+        }
+    }
+    Ok(inv)
+}
+
+fn split_words(l: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quote = None;
+    for c in l.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => {
+                quote = Some(c);
+                cur.push(c);
+            }
+            (Some(q), c) if c == q => {
+                quote = None;
+                cur.push(c);
+            }
+            (None, c) if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    out.push(std::mem::take(&mut cur));
+                }
+            }
+            (_, c) => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// What the import produces: profile YAML and the notes.
+#[derive(Debug)]
+pub struct Imported {
+    pub cluster: Mapping,
+    /// Node name -> its node file's keys.
+    pub nodes: BTreeMap<String, Mapping>,
+    pub notes: Vec<Note>,
+}
+
+/// What the inventory does not say, given by the user or defaulted.
+pub struct ImportChoices {
+    pub name: String,
+    pub admin_user: Option<String>,
+    pub ssh_keys: Vec<String>,
+}
+
+fn s(v: &str) -> Value {
+    Value::String(v.to_string())
+}
+
+fn as_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.to_lowercase().as_str(), "true" | "yes" | "1" | "on"),
+        Value::Number(n) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+fn map_at<'a>(m: &'a mut Mapping, key: &str) -> &'a mut Mapping {
+    let e = m
+        .entry(s(key))
+        .or_insert_with(|| Value::Mapping(Mapping::new()));
+    if !e.is_mapping() {
+        *e = Value::Mapping(Mapping::new());
+    }
+    e.as_mapping_mut().expect("made a mapping")
+}
+
+/// Maps the reference layout (REFERENCE §5) to profiles.
+pub fn import(
+    inv: &Inventory,
+    group_vars: &Mapping,
+    choices: &ImportChoices,
+) -> Result<Imported, AnsibleError> {
+    let mut notes = Vec::new();
+    let mut note = |scope: &str, key: &str, to: Option<&str>, why: &str| {
+        notes.push(Note {
+            scope: scope.into(),
+            key: key.into(),
+            to: to.map(str::to_string),
+            why: why.into(),
+        })
+    };
+    // group_vars/all.yml, with [all:vars] / all.vars of the inventory under it.
+    let mut gv = inv
+        .groups
+        .get("all")
+        .map(|g| g.vars.clone())
+        .unwrap_or_default();
+    gv.extend(group_vars.clone());
+    let var = |k: &str| gv.get(k).and_then(as_text);
+
+    let bmcs = inv.groups.get("turing_pis").ok_or_else(|| {
+        AnsibleError::Layout(
+            "no `turing_pis` group: this is not the reference layout (turing_pis, <bmc>_nodes, extra_nodes)".into(),
+        )
+    })?;
+    let mut boards = Vec::new();
+    let mut nodes: BTreeMap<String, Mapping> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, Mapping> = BTreeMap::new();
+    for (bmc, vars) in &bmcs.hosts {
+        let scope = format!("turing_pis host {bmc}");
+        let host = vars
+            .get("ansible_host")
+            .and_then(as_text)
+            .unwrap_or(bmc.clone());
+        let mut b = Mapping::new();
+        b.insert(s("name"), s(bmc));
+        b.insert(s("bmc"), s(&host));
+        boards.push(Value::Mapping(b));
+        for (k, _) in vars {
+            let k = as_text(k).unwrap_or_default();
+            match k.as_str() {
+                "ansible_host" => note(
+                    &scope,
+                    &k,
+                    Some("cluster.turing_pi_boards[].bmc"),
+                    "the BMC's address",
+                ),
+                _ => note(
+                    &scope,
+                    &k,
+                    None,
+                    "a BMC host variable imgbuild has no use for (it talks to bmcd's HTTPS API, not over SSH)",
+                ),
+            }
+        }
+        note(
+            &scope,
+            "(host name)",
+            Some("cluster.turing_pi_boards[].name"),
+            "the board's name; nodes of <name>_nodes sit in it",
+        );
+        let group = format!("{bmc}_nodes");
+        let Some(g) = inv.groups.get(&group) else {
+            note(
+                &scope,
+                &group,
+                None,
+                "no such group: this BMC has no nodes in the inventory",
+            );
+            continue;
+        };
+        for (name, vars) in &g.hosts {
+            let scope = format!("{group} host {name}");
+            let mut n = Mapping::new();
+            let board = match vars.get("type").and_then(as_text).as_deref() {
+                Some("rk1") => "rk1",
+                Some("pi4") | Some("cm4") => "cm4",
+                Some(other) => {
+                    return Err(AnsibleError::Layout(format!(
+                        "{scope}: type {other:?} is not rk1 or pi4"
+                    )));
+                }
+                None => {
+                    return Err(AnsibleError::Layout(format!(
+                        "{scope}: no `type` (rk1 or pi4)"
+                    )));
+                }
+            };
+            n.insert(s("board"), s(board));
+            let slot = vars
+                .get("slot_num")
+                .and_then(as_text)
+                .and_then(|v| v.parse::<u8>().ok())
+                .filter(|v| (1..=4).contains(v))
+                .ok_or_else(|| {
+                    AnsibleError::Layout(format!("{scope}: `slot_num` must be 1, 2, 3 or 4"))
+                })?;
+            let mut tp = Mapping::new();
+            tp.insert(s("board"), s(bmc));
+            tp.insert(s("slot"), Value::Number(slot.into()));
+            n.insert(s("turing_pi"), Value::Mapping(tp));
+            if board == "rk1" {
+                // The Ansible flow labels RK1 nodes so; so does the example profile.
+                map_at(map_at(&mut n, "k3s"), "labels").insert(s("node-type"), s("rk1"));
+            }
+            nodes.insert(name.clone(), n);
+            hosts.insert(name.clone(), vars.clone());
+            for (k, _) in vars {
+                let k = as_text(k).unwrap_or_default();
+                match k.as_str() {
+                    "type" => note(
+                        &scope,
+                        &k,
+                        Some("board"),
+                        &format!(
+                            "{board} (pi4 is the CM4 module); RK1 nodes also get the label node-type=rk1, as the playbook set"
+                        ),
+                    ),
+                    "slot_num" => note(&scope, &k, Some("turing_pi.slot"), "the same slot"),
+                    "root_dev" => note(
+                        &scope,
+                        &k,
+                        None,
+                        "moving the root file system to NVMe is not done by imgbuild: the image boots and runs from the module's own storage. Flash to the slot as before; to use the NVMe disk, mount it for data (e.g. /var/lib/rancher) with cloud-init `disk_setup`/`mounts` in an overlay",
+                    ),
+                    _ => other_host_key(&mut note, &scope, &k),
+                }
+            }
+        }
+    }
+    if let Some(g) = inv.groups.get("extra_nodes") {
+        for (name, vars) in &g.hosts {
+            let scope = format!("extra_nodes host {name}");
+            let mut n = Mapping::new();
+            n.insert(s("board"), s("nuc"));
+            note(
+                &scope,
+                "(group extra_nodes)",
+                Some("board"),
+                "nuc: extra nodes are taken to be x86 machines booting the Ubuntu cloud image; change `board:` otherwise",
+            );
+            for (k, v) in vars {
+                let k = as_text(k).unwrap_or_default();
+                match k.as_str() {
+                    "nvidia_gpu_node" => {
+                        if truthy(v) {
+                            n.insert(s("nvidia"), Value::Bool(true));
+                        }
+                        note(
+                            &scope,
+                            &k,
+                            Some("nvidia"),
+                            "the GPU runtime and the nvidia.com/gpu.present=true label",
+                        );
+                    }
+                    "workstation" => {
+                        if truthy(v) {
+                            let k3s = map_at(&mut n, "k3s");
+                            map_at(k3s, "labels").insert(s("node-role"), s("workstation"));
+                            k3s.insert(
+                                s("taints"),
+                                Value::Sequence(vec![s("workstation=true:NoSchedule")]),
+                            );
+                        }
+                        note(
+                            &scope,
+                            &k,
+                            Some("k3s.labels.node-role, k3s.taints"),
+                            "label node-role=workstation and taint workstation=true:NoSchedule, as the playbook set",
+                        );
+                    }
+                    "node_ip" => {
+                        if let Some(ip) = as_text(v) {
+                            map_at(&mut n, "k3s").insert(s("node_ip"), s(&ip));
+                        }
+                        note(&scope, &k, Some("k3s.node_ip"), "the same");
+                    }
+                    "flannel_iface" => {
+                        if let Some(i) = as_text(v) {
+                            map_at(&mut n, "k3s").insert(s("flannel_iface"), s(&i));
+                        }
+                        note(&scope, &k, Some("k3s.flannel_iface"), "the same");
+                    }
+                    _ => other_host_key(&mut note, &scope, &k),
+                }
+            }
+            nodes.insert(name.clone(), n);
+            hosts.insert(name.clone(), vars.clone());
+        }
+    }
+    for (gname, g) in &inv.groups {
+        let known = gname == "all"
+            || gname == "turing_pis"
+            || gname == "extra_nodes"
+            || gname
+                .strip_suffix("_nodes")
+                .is_some_and(|b| bmcs.hosts.contains_key(b));
+        if !known && !g.hosts.is_empty() {
+            note(
+                &format!("group {gname}"),
+                "(hosts)",
+                None,
+                "not a group of the reference layout: its hosts are not imported",
+            );
+        }
+        if gname != "all" {
+            for (k, _) in &g.vars {
+                note(
+                    &format!("group {gname} vars"),
+                    &as_text(k).unwrap_or_default(),
+                    None,
+                    "group variables other than all's are not part of the reference layout",
+                );
+            }
+        }
+    }
+    if nodes.is_empty() {
+        return Err(AnsibleError::Layout(
+            "no nodes: expected hosts in <bmc>_nodes or extra_nodes".into(),
+        ));
+    }
+
+    // The control plane: the server that creates the cluster.
+    let cp = var("control_plane").ok_or_else(|| {
+        AnsibleError::Layout(
+            "group_vars: no `control_plane` (the node that runs the k3s server)".into(),
+        )
+    })?;
+    if !nodes.contains_key(&cp) {
+        return Err(AnsibleError::Layout(format!(
+            "group_vars: control_plane {cp:?} is not a node of the inventory ({})",
+            nodes.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    let several = nodes.len() > 1;
+    {
+        let k3s = map_at(nodes.get_mut(&cp).expect("checked"), "k3s");
+        k3s.insert(s("role"), s("server"));
+        k3s.insert(s("cluster_init"), Value::Bool(true));
+        if several {
+            let taints = k3s
+                .entry(s("taints"))
+                .or_insert_with(|| Value::Sequence(Vec::new()));
+            if let Value::Sequence(t) = taints {
+                t.push(s("node-role.kubernetes.io/control-plane=true:NoSchedule"));
+            }
+        }
+    }
+    let domain = var("local_domain");
+    let server = hosts
+        .get(&cp)
+        .and_then(|h| h.get("ansible_host"))
+        .and_then(as_text)
+        .unwrap_or_else(|| match &domain {
+            Some(d) => format!("{cp}.{d}"),
+            None => cp.clone(),
+        });
+
+    let mut cluster = Mapping::new();
+    cluster.insert(s("name"), s(&choices.name));
+    cluster.insert(s("server"), s(&server));
+    if let Some(d) = &domain {
+        cluster.insert(s("domain"), s(d));
+    }
+    let mut admin = Mapping::new();
+    let user = var("ansible_account")
+        .or(choices.admin_user.clone())
+        .unwrap_or_else(|| "admin".into());
+    admin.insert(s("user"), s(&user));
+    admin.insert(
+        s("ssh_authorized_keys"),
+        Value::Sequence(choices.ssh_keys.iter().map(|k| s(k)).collect()),
+    );
+    cluster.insert(s("admin"), Value::Mapping(admin));
+    if !boards.is_empty() {
+        cluster.insert(s("turing_pi_boards"), Value::Sequence(boards));
+    }
+    if let Some(v) = var("k3s_version") {
+        map_at(&mut cluster, "k3s").insert(s("version"), s(&v));
+    }
+    for (k, _) in &gv {
+        let k = as_text(k).unwrap_or_default();
+        let scope = "group_vars";
+        match k.as_str() {
+            "control_plane" => note(
+                scope,
+                &k,
+                Some("k3s.role: server, k3s.cluster_init: true (its node file); cluster.server"),
+                &format!(
+                    "{cp} creates the cluster; cluster.server is {server}{}",
+                    if several {
+                        "; tainted NoSchedule for workloads, as the playbook did with more than one node"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            "local_domain" => note(scope, &k, Some("cluster.domain"), "the same"),
+            "cluster_domain" => note(
+                scope,
+                &k,
+                None,
+                "the ingress domain: imgbuild does not configure ingress (traefik is disabled, as in the playbook); set it where you deploy your ingress controller",
+            ),
+            "k3s_version" => note(
+                scope,
+                &k,
+                Some("cluster.k3s.version"),
+                "the same (imgbuild bakes that release in, air-gapped)",
+            ),
+            "ansible_account" => note(
+                scope,
+                &k,
+                Some("cluster.admin.user"),
+                "the admin user created on every node (its SSH key: --ssh-key or ~/.ssh/*.pub)",
+            ),
+            _ if k.starts_with("ansible_") => note(
+                scope,
+                &k,
+                None,
+                "Ansible connection setting: imgbuild does not log in to nodes",
+            ),
+            _ => note(scope, &k, None, "not part of the reference layout"),
+        }
+    }
+    if choices.admin_user.is_some() && var("ansible_account").is_some() {
+        note(
+            "flags",
+            "--admin-user",
+            None,
+            "ansible_account wins over --admin-user",
+        );
+    }
+    Ok(Imported {
+        cluster,
+        nodes,
+        notes,
+    })
+}
+
+fn other_host_key(note: &mut impl FnMut(&str, &str, Option<&str>, &str), scope: &str, k: &str) {
+    match k {
+        "ansible_host" => note(
+            scope,
+            k,
+            None,
+            "the address Ansible reached the node at; nodes keep DHCP as before (pin one with `network:` in the node file)",
+        ),
+        _ if k.starts_with("ansible_") => note(
+            scope,
+            k,
+            None,
+            "Ansible connection setting: imgbuild does not log in to nodes",
+        ),
+        _ => note(scope, k, None, "not part of the reference layout"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ini_and_yaml_inventories_parse_alike() {
+        let yaml = "all:\n  children:\n    turing_pis:\n      hosts:\n        tp1: {ansible_host: bmc.lan}\n    tp1_nodes:\n      hosts:\n        n1: {slot_num: 1, type: rk1}\n";
+        let ini = "[turing_pis]\ntp1 ansible_host=bmc.lan\n\n[tp1_nodes]\nn1 slot_num=1 type=rk1\n";
+        let (a, b) = (
+            parse_inventory(yaml).unwrap(),
+            parse_inventory(ini).unwrap(),
+        );
+        for inv in [&a, &b] {
+            assert_eq!(
+                inv.groups["tp1_nodes"].hosts["n1"]
+                    .get("slot_num")
+                    .and_then(as_text)
+                    .as_deref(),
+                Some("1")
+            );
+            assert_eq!(
+                inv.groups["turing_pis"].hosts["tp1"]
+                    .get("ansible_host")
+                    .and_then(as_text)
+                    .as_deref(),
+                Some("bmc.lan")
+            );
+        }
+        let e = parse_inventory("[tp1_nodes]\nn1 slot_num\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+}
