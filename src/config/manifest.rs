@@ -30,6 +30,20 @@ pub struct Manifest {
     /// The kernel command line file, when k3s needs arguments appended.
     #[serde(default)]
     pub kernel_cmdline: Option<KernelCmdline>,
+    /// Whether the root partition is the last one on the disk, so a baked
+    /// image can end right after a shrunk root (checked against the table).
+    #[serde(default)]
+    pub root_is_last: bool,
+    /// Shrinking defaults for this board's images.
+    #[serde(default)]
+    pub shrink: Option<ShrinkDefaults>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkDefaults {
+    /// Free space (MiB) left in the root for the first boot before it grows.
+    pub headroom_mib: Option<u32>,
 }
 
 /// A Debian architecture name.
@@ -337,6 +351,13 @@ fn load_one(path: &Path) -> Result<Manifest, Vec<Problem>> {
                 format!("{:?} is not a role in `partitions`", k.partition),
             )),
         }
+    }
+    if m.shrink.as_ref().and_then(|s| s.headroom_mib) == Some(0) {
+        problems.push(Problem::field(
+            path,
+            "shrink.headroom_mib",
+            "0 leaves the first boot no room; give at least 1 (MiB)".into(),
+        ));
     }
     let mut seen = BTreeMap::new();
     for (role, p) in &m.partitions {
