@@ -523,3 +523,75 @@ fn dirty_journal_is_refused_and_leaves_nothing() {
     assert!(text(&r).contains("journal"), "{}", text(&r));
     assert_no_output(&out);
 }
+
+/// Every shipped node's user-data keeps the first boot's growth on, as
+/// cloud-init itself reads it (strict schema), and cloud-init's own module
+/// order grows the root before the first module that needs space (`mounts`,
+/// which makes the swap file); k3s starts after network-online, i.e. after
+/// cloud-init's init stage.
+#[test]
+fn first_boot_grows_the_root_before_anything_needs_the_space() {
+    use imgbuild::commands::{self, Paths};
+    let paths =
+        Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()));
+    let mut swap_file_seen = false;
+    let mut units = 0;
+    for node in ["node01", "node02", "node03", "node04", "nuc2", "ws03"] {
+        let files =
+            commands::render::render(&paths, node, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+        let seed = |p: &str| {
+            files
+                .iter()
+                .find(|f| f.target == "seed" && f.path == p)
+                .unwrap_or_else(|| panic!("{node}: no seed {p}"))
+                .contents
+                .clone()
+        };
+        let parsed = cloud_init_seed(&seed("/meta-data"), &seed("/user-data"));
+        let ud = &parsed["user_data"];
+        assert_eq!(ud["growpart"]["mode"], "auto", "{node}: {ud}");
+        assert_eq!(
+            ud["growpart"]["devices"],
+            serde_json::json!(["/"]),
+            "{node}"
+        );
+        assert_eq!(ud["growpart"]["ignore_growroot_disabled"], false, "{node}");
+        assert_eq!(ud["resize_rootfs"], true, "{node}");
+        swap_file_seen |= ud.get("swap").is_some_and(|s| !s.is_null());
+        for f in &files {
+            if f.path.ends_with(".service") && f.target == "root" {
+                let unit = String::from_utf8_lossy(&f.contents);
+                if unit.contains("ExecStart") {
+                    units += 1;
+                    assert!(
+                        unit.contains("After=network-online.target"),
+                        "{node}: {}",
+                        f.path
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        swap_file_seen,
+        "no shipped node has a swap file: the order check checks nothing"
+    );
+    // cloud-init's shipped module list (Debian's cloud.cfg; Ubuntu's has the same order).
+    let cfg = std::fs::read_to_string("/etc/cloud/cloud.cfg").unwrap();
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&cfg).unwrap();
+    let init: Vec<String> = y["cloud_init_modules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap_or_default().replace('-', "_"))
+        .collect();
+    let at = |m: &str| {
+        init.iter()
+            .position(|x| x == m)
+            .unwrap_or_else(|| panic!("{m} not in {init:?}"))
+    };
+    assert!(
+        at("growpart") < at("resizefs") && at("resizefs") < at("mounts"),
+        "{init:?}"
+    );
+}
