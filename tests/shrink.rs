@@ -183,6 +183,33 @@ fn shrunk_vs_stock(
     assert_eq!(rn["flash_bytes"].as_u64(), Some(stock_len), "{rn}");
     assert_eq!(rs["shrink"]["shrunk"].as_bool(), Some(true), "{rs}");
     assert!(rn["shrink"].is_null(), "{rn}");
+    assert_eq!(
+        rs["shrink"]["stock_bytes"].as_u64(),
+        Some(stock_len),
+        "{rs}"
+    );
+    // inspect: the bytes a flash sends, and the root that grows on first boot.
+    let i = imgbuild(work.path(), &["inspect", "--json", small.to_str().unwrap()]);
+    assert!(i.status.success(), "{}", text(&i));
+    let i: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(i["flash_bytes"].as_u64(), Some(small_len), "{i}");
+    assert_eq!(
+        i["root"]["partition"].as_u64(),
+        Some(u64::from(root)),
+        "{i}"
+    );
+    assert_eq!(i["root"]["fs_bytes"], rs["shrink"]["root_bytes"], "{i}");
+    assert_eq!(
+        i["root"]["partition_bytes"], rs["shrink"]["root_bytes"],
+        "{i}"
+    );
+    let t = imgbuild(work.path(), &["inspect", small.to_str().unwrap()]);
+    let t = String::from_utf8_lossy(&t.stdout).into_owned();
+    assert!(
+        t.contains(&format!("a flash sends {small_len} bytes"))
+            && t.contains("grows both to the end of the device"),
+        "{t}"
+    );
 
     // The tables: the tools' own verifiers, and the root ending where the file does.
     let t = table(&small);
