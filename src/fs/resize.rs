@@ -154,11 +154,16 @@ pub fn minimum_blocks(image: &Path, offset: u64) -> Result<u64> {
         })
 }
 
-/// `resize2fs` to `bytes` (a multiple of 1 KiB and of the block size).
-pub fn resize(image: &Path, offset: u64, bytes: u64, now: u64) -> Result<()> {
+/// `resize2fs` to `bytes` (a multiple of 1 KiB and of the block size);
+/// `force` (-f) lets it go below its own estimate of the minimum.
+pub fn resize(image: &Path, offset: u64, bytes: u64, now: u64, force: bool) -> Result<()> {
     let s = spec(image, offset);
     let size = format!("{}K", bytes / 1024);
-    let r = run("resize2fs", &[&s, &size], Some(now))?;
+    let mut args = vec![s.as_str(), size.as_str()];
+    if force {
+        args.insert(0, "-f");
+    }
+    let r = run("resize2fs", &args, Some(now))?;
     if r.code != Some(0) {
         return Err(ResizeError::Failed {
             tool: "resize2fs",
