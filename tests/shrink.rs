@@ -640,3 +640,65 @@ fn shrunk_bakes_are_byte_identical() {
     assert_eq!(len, std::fs::metadata(&b).unwrap().len());
     assert_eq!(hash_range(&a, 0, len), hash_range(&b, 0, len));
 }
+
+/// What the first boot does on a device bigger than the image, with the
+/// tools cloud-init runs: `growpart` (cloud-guest-utils) grows the root
+/// partition to the device's end, moving a GPT's backup there, and
+/// `resize2fs` grows the file system into it. The table verifies clean and
+/// every file is still there.
+fn grows_back(base: &Layout, target: &str, root: u32) {
+    let work = scratch();
+    let (img, _) = bake(work.path(), target, &base.path, &[]);
+    let before = ext4_tree(&img, &part(&img, root));
+    // The device: 1 GiB bigger than the image.
+    sh(&format!("truncate -s +1G {}", q(&img)));
+    let (code, out) = sh_status(&format!("growpart {} {root}", q(&img)));
+    assert_eq!(code, 0, "growpart: {out}");
+    assert!(out.contains("CHANGED"), "{out}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    let p = part(&img, root);
+    match table(&img).kind {
+        imgbuild::image::TableKind::Gpt => {
+            let (code, out) = sh_status(&format!("sgdisk -v {}", q(&img)));
+            assert!(code == 0 && out.contains("No problems found"), "{out}");
+            // Backup entries and header at the device's end, the root right before.
+            assert_eq!(p.end() + 33 * 512, len);
+        }
+        imgbuild::image::TableKind::Mbr => {
+            let (code, out) = sh_status(&format!("sfdisk --verify {}", q(&img)));
+            assert_eq!(code, 0, "{out}");
+            assert!(
+                len - p.end() < (1 << 20),
+                "the root ends {} bytes before the end",
+                len - p.end()
+            );
+        }
+    }
+    let spec = format!("{}?offset={}", img.display(), p.start);
+    // On the node resize2fs sees the partition's block device; on a file with
+    // `?offset=` it would take the file's size, so the size is given.
+    sh(&format!("resize2fs '{spec}' {}K >/dev/null 2>&1", p.len / 1024));
+    e2fsck_clean(&img, &p);
+    let out = sh(&format!(
+        "dumpe2fs -h '{spec}' 2>/dev/null | sed -n 's/^Block count: *//p;s/^Block size: *//p'"
+    ));
+    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(
+        p.len - v[0] * v[1] < v[1],
+        "the file system did not grow into the partition"
+    );
+    assert!(ext4_tree(&img, &p) == before, "files changed while growing");
+}
+
+#[test]
+fn rk1_shrunk_image_grows_back_with_growpart() {
+    grows_back(&big().rk1, "node02.rk1.img", 2);
+}
+
+#[test]
+fn cm4_shrunk_image_grows_back_with_growpart() {
+    grows_back(&big().cm4, "node01.cm4.img", 2);
+}
