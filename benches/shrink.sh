@@ -81,9 +81,9 @@ printf '%-5s %12s %12s %8s %12s %12s %14s %7s %9s\n' board stock_MiB shrunk_MiB 
 for b in rk1:node02 cm4:node01 nuc:nuc2; do
   board=${b%%:*} node=${b##*:}
   rm -rf "$work/out"; mkdir -p "$work/out/stock"
-  "$bin" --profiles profiles --base "$work/$board.img" --json --no-shrink "$work/out/stock/$node.$board.img" > "$work/stock.json" 2>/dev/null
+  "$bin" --profiles profiles --base "$work/$board.img" --json --no-shrink "$work/out/stock/$node.$board.img" > "$work/stock.json" 2>"$work/stock.err" || { cat "$work/stock.err"; exit 1; }
   s=$(date +%s.%N)
-  "$bin" --profiles profiles --base "$work/$board.img" --json "$work/out/$node.$board.img" > "$work/small.json" 2>/dev/null
+  "$bin" --profiles profiles --base "$work/$board.img" --json "$work/out/$node.$board.img" > "$work/small.json" 2>"$work/small.err" || { cat "$work/small.err"; exit 1; }
   e=$(date +%s.%N)
   if [ "$board" = rk1 ]; then
     mv "$work/out/stock/$node.$board.img" "$work/rk1-stock-out.img"
