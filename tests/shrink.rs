@@ -677,7 +677,10 @@ fn grows_back(base: &Layout, target: &str, root: u32) {
     let spec = format!("{}?offset={}", img.display(), p.start);
     // On the node resize2fs sees the partition's block device; on a file with
     // `?offset=` it would take the file's size, so the size is given.
-    sh(&format!("resize2fs '{spec}' {}K >/dev/null 2>&1", p.len / 1024));
+    sh(&format!(
+        "resize2fs '{spec}' {}K >/dev/null 2>&1",
+        p.len / 1024
+    ));
     e2fsck_clean(&img, &p);
     let out = sh(&format!(
         "dumpe2fs -h '{spec}' 2>/dev/null | sed -n 's/^Block count: *//p;s/^Block size: *//p'"
