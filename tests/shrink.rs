@@ -705,3 +705,56 @@ fn rk1_shrunk_image_grows_back_with_growpart() {
 fn cm4_shrunk_image_grows_back_with_growpart() {
     grows_back(&big().cm4, "node01.cm4.img", 2);
 }
+
+/// A shrunk unsealed image (a CI artifact) is sealed on its way to the node:
+/// the secrets fit in the headroom, and the sealed image keeps the shrunk
+/// size and a clean root.
+#[test]
+fn a_shrunk_unsealed_image_seals() {
+    let work = scratch();
+    let (img, rep) = bake(
+        work.path(),
+        "node02.rk1.img",
+        &big().rk1.path,
+        &["--unsealed"],
+    );
+    assert_eq!(rep["shrink"]["shrunk"].as_bool(), Some(true), "{rep}");
+    let sealed = work.path().join("sealed.img");
+    let profiles = repo().join("profiles");
+    // Sealing never creates secrets: make them as an operator would.
+    let g = imgbuild(
+        work.path(),
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "secrets",
+            "--generate",
+        ],
+    );
+    assert!(g.status.success(), "{}", text(&g));
+    let r = imgbuild(
+        work.path(),
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "seal",
+            img.to_str().unwrap(),
+            "-o",
+            sealed.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(
+        std::fs::metadata(&sealed).unwrap().len(),
+        std::fs::metadata(&img).unwrap().len()
+    );
+    let p = part(&sealed, 2);
+    e2fsck_clean(&sealed, &p);
+    let (code, out) = sh_status(&format!("sgdisk -v {}", q(&sealed)));
+    assert!(code == 0 && out.contains("No problems found"), "{out}");
+    assert!(
+        ext4_tree(&sealed, &p)
+            .keys()
+            .any(|k| k.contains("ssh_host_ed25519_key"))
+    );
+}
