@@ -23,6 +23,22 @@ pub struct Inspection {
     pub seed: Option<SeedInfo>,
     /// What imgbuild recorded when it made the image; `None` for a stock image.
     pub provenance: Option<Provenance>,
+    /// Bytes a flash sends: the whole raw image, as the BMC writes every byte.
+    pub flash_bytes: u64,
+    /// The root file system in the last partition, which the first boot grows.
+    pub root: Option<RootGrowth>,
+}
+
+/// The last partition's ext4 file system: its size now, and where it grows.
+#[derive(Debug, Serialize)]
+pub struct RootGrowth {
+    pub partition: u32,
+    pub partition_bytes: u64,
+    pub fs_bytes: u64,
+    pub fs_used_bytes: u64,
+    /// Where the first boot grows partition and file system (cloud-init
+    /// growpart and resize_rootfs): the end of the device it is flashed to.
+    pub grows_to: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -88,8 +104,26 @@ pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
             fs,
         });
     }
+    // The partition that ends last, when it holds ext4, is the one growpart
+    // grows (the root on every board imgbuild knows).
+    let root = table
+        .partitions
+        .iter()
+        .max_by_key(|p| p.end())
+        .and_then(|p| {
+            let sb = ext4::Superblock::read(&Region::new(&file, p)).ok()?;
+            Some(RootGrowth {
+                partition: p.index,
+                partition_bytes: p.len,
+                fs_bytes: sb.blocks * sb.block_size,
+                fs_used_bytes: sb.blocks.saturating_sub(sb.free_blocks) * sb.block_size,
+                grows_to: "the end of the device it is flashed to",
+            })
+        });
     Ok(Inspection {
         image: image.display().to_string(),
+        flash_bytes: table.image_size,
+        root,
         size: table.image_size,
         table: table.kind.to_string(),
         partitions,

@@ -3,6 +3,7 @@
 //! through e2fsprogs). Knows no profiles: it sees a plan and a manifest.
 
 mod base;
+pub mod shrink;
 
 use std::fs::File;
 use std::path::Path;

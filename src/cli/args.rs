@@ -153,6 +153,12 @@ pub struct BuildArgs {
     /// environment, so that no CI job publishes a cluster's secrets by accident.
     #[arg(long)]
     pub sealed: bool,
+
+    /// Keep the stock image size. By default a raw output is shrunk to what
+    /// its root file system uses plus headroom (it grows back to the whole
+    /// device on first boot), so a flash sends fewer bytes.
+    #[arg(long)]
+    pub no_shrink: bool,
 }
 
 #[derive(Debug, Args)]

@@ -259,6 +259,21 @@ fn inspection_text(i: &Inspection) -> String {
         "{}: {} bytes, {} partition table\n",
         i.image, i.size, i.table
     ));
+    s.push_str(&format!(
+        "a flash sends {} bytes ({} MiB)\n",
+        i.flash_bytes,
+        i.flash_bytes.div_ceil(1 << 20)
+    ));
+    if let Some(r) = &i.root {
+        s.push_str(&format!(
+            "root on p{}: file system {} MiB ({} MiB used) in a {} MiB partition; the first boot grows both to {}\n",
+            r.partition,
+            r.fs_bytes >> 20,
+            r.fs_used_bytes >> 20,
+            r.partition_bytes >> 20,
+            r.grows_to
+        ));
+    }
     for p in &i.partitions {
         s.push_str(&format!(
             "  p{:<2} start {:>12}  size {:>12}  type {:<38} {}{}\n",

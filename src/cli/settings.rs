@@ -137,6 +137,7 @@ impl Common {
             bases: Bases::parse(&b.base)?,
             fetch: self.fetch.clone(),
             build_time: self.build_time,
+            shrink: !b.no_shrink,
         })
     }
 
@@ -156,6 +157,8 @@ impl Common {
                 build_time: self.build_time,
                 // Flashing is the operator's own act: what it builds is sealed.
                 sealing: Sealing::Sealed,
+                // A flash sends every byte: send the shrunk image.
+                shrink: true,
             },
         })
     }

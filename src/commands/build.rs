@@ -29,6 +29,8 @@ pub struct BuildSettings {
     /// Unix seconds stamped on every file written.
     pub build_time: u64,
     pub sealing: Sealing,
+    /// Shrink raw outputs to the root's use plus headroom (`--no-shrink` off).
+    pub shrink: bool,
 }
 
 /// Whether a build bakes the cluster's secrets.
@@ -93,6 +95,10 @@ pub struct BakeReport {
     pub copy: CopyMethod,
     /// Built without the cluster's secrets (to be sealed on delivery).
     pub unsealed: bool,
+    /// Bytes of the raw image: what a flash sends.
+    pub flash_bytes: u64,
+    /// What shrinking did (absent with `--no-shrink`).
+    pub shrink: Option<crate::bake::shrink::ShrinkReport>,
     pub files: Vec<FileRecord>,
 }
 
@@ -217,7 +223,15 @@ pub fn build_targets(
             warn_cluster_init(secrets, node)?;
         }
         let payload = k3s.get(&ws.manifests[&node.board].arch);
-        let r = bake_one(&inputs, secrets.as_ref(), node, target, &base, payload)?;
+        let r = bake_one(
+            &inputs,
+            secrets.as_ref(),
+            node,
+            target,
+            &base,
+            payload,
+            settings.shrink,
+        )?;
         tracing::info!(
             "built {} ({}, instance {})",
             r.output.display(),
@@ -262,6 +276,7 @@ fn bake_one(
     target: &Target,
     base: &std::path::Path,
     k3s: Option<&K3sPayload>,
+    shrink: bool,
 ) -> anyhow::Result<BakeReport> {
     let manifest = inputs.manifest(node)?;
     if same_file(base, &target.path) {
@@ -294,6 +309,25 @@ fn bake_one(
         &image,
         inputs.build_time,
     )?;
+    let shrink = if shrink {
+        let headroom = node
+            .shrink_headroom_mib
+            .or(manifest.shrink.as_ref().and_then(|s| s.headroom_mib));
+        Some(crate::bake::shrink::shrink(
+            manifest,
+            &table,
+            pending.path(),
+            &image,
+            headroom,
+            inputs.build_time,
+        )?)
+    } else {
+        None
+    };
+    let flash_bytes = image
+        .metadata()
+        .with_context(|| format!("reading the size of {}", pending.path().display()))?
+        .len();
     drop(image);
     let copy = pending.method;
     let (output, digest) = pending.finish(target.format)?;
@@ -314,6 +348,8 @@ fn bake_one(
         unsealed: plan.provenance.unsealed,
         instance_id: plan.instance_id,
         copy,
+        flash_bytes,
+        shrink,
         files,
     })
 }

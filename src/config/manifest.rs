@@ -34,6 +34,20 @@ pub struct Manifest {
     /// Where this manifest comes from (built in, or an override directory).
     #[serde(skip)]
     pub origin: Origin,
+    /// Whether the root partition is the last one on the disk, so a baked
+    /// image can end right after a shrunk root (checked against the table).
+    #[serde(default)]
+    pub root_is_last: bool,
+    /// Shrinking defaults for this board's images.
+    #[serde(default)]
+    pub shrink: Option<ShrinkDefaults>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkDefaults {
+    /// Free space (MiB) left in the root for the first boot before it grows.
+    pub headroom_mib: Option<u32>,
 }
 
 /// A Debian architecture name.
@@ -380,6 +394,13 @@ fn load_one(file: &LayeredFile) -> Result<Manifest, Vec<Problem>> {
                 format!("{:?} is not a role in `partitions`", k.partition),
             )),
         }
+    }
+    if m.shrink.as_ref().and_then(|s| s.headroom_mib) == Some(0) {
+        problems.push(Problem::field(
+            path,
+            "shrink.headroom_mib",
+            "0 leaves the first boot no room; give at least 1 (MiB)".into(),
+        ));
     }
     let mut seen = BTreeMap::new();
     for (role, p) in &m.partitions {

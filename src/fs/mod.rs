@@ -4,5 +4,6 @@
 pub mod ext4;
 pub mod fat;
 mod probe;
+pub mod resize;
 
 pub use probe::{FsProbe, probe};

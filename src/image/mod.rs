@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub mod resize;
+
 pub use crate::config::manifest::TableKind;
 
 pub const SECTOR: u64 = 512;

@@ -7,7 +7,7 @@ pub mod sparse;
 pub mod sums;
 
 pub use hash::{HashingReader, HashingWriter, sha256_sparse};
-pub use sparse::{CopyMethod, SparseWriter, copy_file, data_extents, stream_sparse};
+pub use sparse::{CopyMethod, SparseWriter, copy_extents, copy_file, data_extents, stream_sparse};
 
 use sha2::{Digest, Sha256};
 use std::fmt;

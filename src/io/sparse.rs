@@ -230,6 +230,68 @@ fn copy_range_plain(src: &File, dst: &File, start: u64, len: u64) -> std::io::Re
     Ok(())
 }
 
+/// Copies the data extents of `src` within `src_off..src_off + len` to `dst`
+/// at `dst_off` onward (holes are skipped: `dst` must read as zeros there).
+/// `copy_file_range` shares extents where the file system can.
+pub fn copy_extents(
+    src: &File,
+    src_off: u64,
+    len: u64,
+    dst: &File,
+    dst_off: u64,
+) -> std::io::Result<()> {
+    let end = src_off + len;
+    for (start, elen) in data_extents(src)? {
+        let (a, b) = (start.max(src_off), (start + elen).min(end));
+        if a >= b {
+            continue;
+        }
+        let mut done = 0u64;
+        while a + done < b {
+            let mut off_in = (a + done) as libc::loff_t;
+            let mut off_out = (dst_off + (a - src_off) + done) as libc::loff_t;
+            let chunk = (b - a - done).min(1 << 30) as usize;
+            // SAFETY: valid descriptors and offsets owned by this frame.
+            let n = unsafe {
+                libc::copy_file_range(
+                    src.as_raw_fd(),
+                    &mut off_in,
+                    dst.as_raw_fd(),
+                    &mut off_out,
+                    chunk,
+                    0,
+                )
+            };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if !matches!(
+                    err.raw_os_error(),
+                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
+                ) {
+                    return Err(err);
+                }
+                // No kernel copy here: read and write.
+                let mut buf = vec![0u8; 1 << 20];
+                while a + done < b {
+                    let k = ((b - a - done) as usize).min(buf.len());
+                    src.read_exact_at(&mut buf[..k], a + done)?;
+                    dst.write_all_at(&buf[..k], dst_off + (a - src_off) + done)?;
+                    done += k as u64;
+                }
+                break;
+            }
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while being copied",
+                ));
+            }
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,6 +129,16 @@ pub struct NodeSpec {
     pub nvidia: Option<bool>,
     pub swap: Option<SwapSpec>,
     pub packages: Option<Vec<String>>,
+    pub shrink: Option<ShrinkSpec>,
+}
+
+/// How a baked image is shrunk before it is written out (see `bake::shrink`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShrinkSpec {
+    /// Free space (MiB) left in the root file system for the first boot
+    /// before it grows to the whole device.
+    pub headroom_mib: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -212,6 +222,9 @@ pub struct Node {
     pub nvidia: bool,
     pub swap: Swap,
     pub packages: Vec<String>,
+    /// Headroom left in the root when the image is shrunk (MiB); `None` is
+    /// the board's or the built-in default.
+    pub shrink_headroom_mib: Option<u32>,
     #[serde(skip)]
     pub file: PathBuf,
 }

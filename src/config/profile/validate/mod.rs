@@ -292,6 +292,13 @@ pub(super) fn resolve_node(
         }
     }
 
+    let shrink_headroom_mib = spec.shrink.and_then(|s| s.headroom_mib);
+    if shrink_headroom_mib == Some(0) {
+        cx.bad(
+            "shrink.headroom_mib",
+            "0 leaves the first boot no room; give at least 1 (MiB)",
+        );
+    }
     let ok = cx.ok;
     ok.then(|| Node {
         name: stem.to_string(),
@@ -322,6 +329,7 @@ pub(super) fn resolve_node(
             swappiness: sw.swappiness,
         },
         packages,
+        shrink_headroom_mib,
         file: origin.node_file.to_owned(),
     })
 }

@@ -1,0 +1,760 @@
+//! Shrunk outputs: bakes of RK1, CM4 and NUC fixtures with much free space in
+//! the root, checked with e2fsck, sgdisk/sfdisk, debugfs and ext4-view against
+//! an unshrunk (`--no-shrink`) bake of the same inputs; and the inputs that
+//! must not be shrunk.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use imgbuild::image::{Partition, PartitionTable, Region};
+use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+
+/// Fixtures whose roots are mostly free (sparse files: little disk used).
+struct Big {
+    rk1: Layout,
+    cm4: Layout,
+    nuc: Layout,
+}
+
+fn big() -> &'static Big {
+    static B: OnceLock<Big> = OnceLock::new();
+    B.get_or_init(|| {
+        let dir = shared_scratch().join("big");
+        std::fs::create_dir_all(&dir).unwrap();
+        Big {
+            rk1: build_rk1(&dir, 2048),
+            cm4: build_cm4(&dir, 2048),
+            nuc: build_nuc(&dir, 2048),
+        }
+    })
+}
+
+fn bake_args(out_dir: &Path, target: &str, base: &Path, extra: &[&str]) -> std::process::Output {
+    let out = out_dir.join(target);
+    let profiles = repo().join("profiles");
+    let mut args = vec![
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--base",
+        base.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args.push(out.to_str().unwrap());
+    imgbuild(out_dir, &args)
+}
+
+fn bake(out_dir: &Path, target: &str, base: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let r = bake_args(out_dir, target, base, extra);
+    assert!(r.status.success(), "bake failed: {}", text(&r));
+    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    (out_dir.join(target), report[0].clone())
+}
+
+fn table(img: &Path) -> PartitionTable {
+    PartitionTable::read(img, None).unwrap()
+}
+
+fn part(img: &Path, index: u32) -> Partition {
+    table(img)
+        .partitions
+        .into_iter()
+        .find(|p| p.index == index)
+        .unwrap()
+}
+
+/// `e2fsck -fn` on the partition in place (the `?offset=` form).
+fn e2fsck_clean(img: &Path, p: &Partition) {
+    let (code, out) = sh_status(&format!(
+        "e2fsck -fn '{}?offset={}'",
+        img.display(),
+        p.start
+    ));
+    assert_eq!(code, 0, "e2fsck -fn on {}:\n{out}", img.display());
+}
+
+/// Every inode under / as ext4-view reads it: kind, mode, owner, size, and
+/// the bytes of regular files and symlink targets.
+fn ext4_tree(img: &Path, p: &Partition) -> BTreeMap<String, (u16, u32, u32, u64, Vec<u8>)> {
+    let file = File::open(img).unwrap();
+    let fs = imgbuild::fs::ext4::open_reader(Region::new(&file, p)).unwrap();
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![ext4_view::PathBuf::new("/")];
+    while let Some(dir) = dirs.pop() {
+        for e in fs.read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name();
+            if name.as_str() == Ok(".") || name.as_str() == Ok("..") {
+                continue;
+            }
+            let path = e.path();
+            let m = fs.symlink_metadata(&path).unwrap();
+            let body = if m.is_symlink() {
+                fs.read_link(&path).unwrap().as_ref().to_vec()
+            } else if m.file_type().is_regular_file() {
+                fs.read(&path).unwrap()
+            } else {
+                Vec::new()
+            };
+            if m.is_dir() {
+                dirs.push(path.clone());
+            }
+            out.insert(
+                path.display().to_string(),
+                (m.mode(), m.uid(), m.gid(), m.len(), body),
+            );
+        }
+    }
+    out
+}
+
+/// debugfs' own dump of the whole tree (`rdump / DIR`), then each file's bytes.
+fn debugfs_tree(img: &Path, p: &Partition, work: &Path, name: &str) -> BTreeMap<String, Vec<u8>> {
+    let dir = work.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    sh(&format!(
+        "debugfs -R 'rdump / {d}' '{i}?offset={o}' >/dev/null 2>&1",
+        d = dir.display(),
+        i = img.display(),
+        o = p.start
+    ));
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let rel = e.path().strip_prefix(&dir).unwrap().display().to_string();
+            if t.is_dir() {
+                stack.push(e.path());
+                out.insert(rel, b"<dir>".to_vec());
+            } else if t.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(e.path())
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                        .into_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    sh(&format!("chmod -R u+rwx {0}; rm -rf {0}", q(&dir)));
+    out
+}
+
+/// Bakes `target` shrunk and unshrunk and checks what the issue asks of a
+/// shrunk output. Returns (shrunk, stock) reports.
+fn shrunk_vs_stock(
+    base: &Layout,
+    target: &str,
+    seed: u32,
+    root: u32,
+) -> (serde_json::Value, serde_json::Value) {
+    let work = scratch();
+    let stock_dir = work.path().join("stock");
+    std::fs::create_dir_all(&stock_dir).unwrap();
+    let (small, rs) = bake(work.path(), target, &base.path, &[]);
+    let (stock, rn) = bake(&stock_dir, target, &base.path, &["--no-shrink"]);
+
+    let (small_len, stock_len) = (
+        std::fs::metadata(&small).unwrap().len(),
+        std::fs::metadata(&stock).unwrap().len(),
+    );
+    assert_eq!(stock_len, std::fs::metadata(&base.path).unwrap().len());
+    assert!(
+        small_len < stock_len / 2,
+        "{target}: shrunk to {small_len} of {stock_len} bytes only"
+    );
+    assert_eq!(rs["flash_bytes"].as_u64(), Some(small_len), "{rs}");
+    assert_eq!(rn["flash_bytes"].as_u64(), Some(stock_len), "{rn}");
+    assert_eq!(rs["shrink"]["shrunk"].as_bool(), Some(true), "{rs}");
+    assert!(rn["shrink"].is_null(), "{rn}");
+    assert_eq!(
+        rs["shrink"]["stock_bytes"].as_u64(),
+        Some(stock_len),
+        "{rs}"
+    );
+    // inspect: the bytes a flash sends, and the root that grows on first boot.
+    let i = imgbuild(work.path(), &["inspect", "--json", small.to_str().unwrap()]);
+    assert!(i.status.success(), "{}", text(&i));
+    let i: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    assert_eq!(i["flash_bytes"].as_u64(), Some(small_len), "{i}");
+    assert_eq!(
+        i["root"]["partition"].as_u64(),
+        Some(u64::from(root)),
+        "{i}"
+    );
+    assert_eq!(i["root"]["fs_bytes"], rs["shrink"]["root_bytes"], "{i}");
+    assert_eq!(
+        i["root"]["partition_bytes"], rs["shrink"]["root_bytes"],
+        "{i}"
+    );
+    let t = imgbuild(work.path(), &["inspect", small.to_str().unwrap()]);
+    let t = String::from_utf8_lossy(&t.stdout).into_owned();
+    assert!(
+        t.contains(&format!("a flash sends {small_len} bytes"))
+            && t.contains("grows both to the end of the device"),
+        "{t}"
+    );
+
+    // The tables: the tools' own verifiers, and the root ending where the file does.
+    let t = table(&small);
+    let r = part(&small, root);
+    match t.kind {
+        imgbuild::image::TableKind::Gpt => {
+            let (code, out) = sh_status(&format!("sgdisk -v {}", q(&small)));
+            assert_eq!(code, 0, "{out}");
+            assert!(out.contains("No problems found"), "sgdisk -v:\n{out}");
+            // Root, 32 sectors of backup entries, the backup header: nothing else.
+            assert_eq!(r.end() + 33 * 512, small_len);
+            let (_, pr) = sh_status(&format!("sgdisk -p {}", q(&small)));
+            assert!(
+                pr.contains(&format!("last usable sector is {}", r.end() / 512 - 1)),
+                "{pr}"
+            );
+        }
+        imgbuild::image::TableKind::Mbr => {
+            let (code, out) = sh_status(&format!("sfdisk --verify {}", q(&small)));
+            assert_eq!(code, 0, "sfdisk --verify:\n{out}");
+            assert!(
+                !out.to_lowercase().contains("warn"),
+                "sfdisk --verify:\n{out}"
+            );
+            assert_eq!(r.end(), small_len);
+        }
+    }
+    let rstock = part(&stock, root);
+    assert_eq!(r.start, rstock.start);
+    assert_eq!(rs["shrink"]["root_bytes"].as_u64(), Some(r.len));
+    let used = rs["shrink"]["root_used_bytes"].as_u64().unwrap();
+    let headroom = rs["shrink"]["headroom_bytes"].as_u64().unwrap();
+    assert_eq!(headroom, (used / 4).max(512 << 20), "default headroom");
+    // The target of the issue: no more than used + headroom + what precedes
+    // the root (plus rounding to a MiB and resize2fs' own minimum for metadata).
+    assert!(
+        small_len <= r.start + used + headroom + (8 << 20) + 33 * 512,
+        "{small_len} > {} + {used} + {headroom}",
+        r.start
+    );
+
+    // The file systems: clean, and every file the same as in the stock-size bake.
+    e2fsck_clean(&small, &r);
+    e2fsck_clean(&stock, &rstock);
+    let (a, b) = (ext4_tree(&small, &r), ext4_tree(&stock, &rstock));
+    assert!(a.len() > 100, "only {} inodes read", a.len());
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, v) in &a {
+        assert!(
+            b[k] == *v,
+            "{k} differs between the shrunk and stock-size bakes"
+        );
+    }
+    let (da, db) = (
+        debugfs_tree(&small, &r, work.path(), "dump-small"),
+        debugfs_tree(&stock, &rstock, work.path(), "dump-stock"),
+    );
+    assert!(da.len() > 100);
+    assert!(
+        da == db,
+        "debugfs rdump differs between the shrunk and stock-size bakes"
+    );
+    let fs_blocks = sh(&format!(
+        "dumpe2fs -h '{}?offset={}' 2>/dev/null | sed -n 's/^Block count: *//p;s/^Block size: *//p'",
+        small.display(),
+        r.start
+    ));
+    let v: Vec<u64> = String::from_utf8_lossy(&fs_blocks.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(v[0] * v[1], r.len, "the file system fills its partition");
+
+    // The seed partition and the raw areas before p1 are untouched by shrinking.
+    let s = part(&small, seed);
+    assert_eq!(s, part(&stock, seed));
+    assert_eq!(
+        hash_range(&small, s.start, s.len),
+        hash_range(&stock, s.start, s.len)
+    );
+    let first = t.partitions.iter().map(|p| p.start).min().unwrap();
+    // Boot code before the MBR's entries, then everything after the table
+    // sectors (LBA 0, plus the GPT header and 32 sectors of entries) up to p1.
+    assert_eq!(hash_range(&small, 0, 440), hash_range(&stock, 0, 440));
+    let table_end = match t.kind {
+        imgbuild::image::TableKind::Gpt => 34 * 512,
+        imgbuild::image::TableKind::Mbr => 512,
+    };
+    assert_eq!(
+        hash_range(&small, table_end, first - table_end),
+        hash_range(&stock, table_end, first - table_end),
+        "raw area before p1 differs"
+    );
+    // Partitions before the root (NUC: BIOS boot, ESP, /boot) are identical too.
+    for p in t.partitions.iter().filter(|p| p.index != root) {
+        assert_eq!(
+            hash_range(&small, p.start, p.len),
+            hash_range(&stock, p.start, p.len),
+            "partition {} differs",
+            p.index
+        );
+    }
+    (rs, rn)
+}
+
+#[test]
+fn rk1_shrunk_output_is_clean_and_equal_to_stock_size() {
+    shrunk_vs_stock(&big().rk1, "node02.rk1.img", 1, 2);
+}
+
+#[test]
+fn cm4_shrunk_output_is_clean_and_equal_to_stock_size() {
+    shrunk_vs_stock(&big().cm4, "node01.cm4.img", 1, 2);
+}
+
+#[test]
+fn nuc_shrunk_output_is_clean_and_equal_to_stock_size() {
+    shrunk_vs_stock(&big().nuc, "nuc2.nuc.img", 15, 1);
+}
+
+/// A copy of the shipped profiles with `extra` appended to node02's file, and
+/// the arguments that point imgbuild at it (and at the repository's
+/// manifests and overlays, or `manifests`).
+fn profiles_with(work: &Path, node02_extra: &str, manifests: Option<&Path>) -> Vec<String> {
+    let dir = work.join("profiles");
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(&dir)
+    ));
+    let node = dir.join("nodes/node02.yaml");
+    let mut text = std::fs::read_to_string(&node).unwrap();
+    text.push_str(node02_extra);
+    std::fs::write(&node, text).unwrap();
+    let manifests = manifests.map_or_else(|| repo().join("firmware-manifests"), Path::to_path_buf);
+    vec![
+        "--profiles".into(),
+        dir.display().to_string(),
+        "--manifests".into(),
+        manifests.display().to_string(),
+        "--overlays".into(),
+        repo().join("overlays").display().to_string(),
+    ]
+}
+
+fn run_in(
+    work: &Path,
+    args: &[String],
+    base: &Path,
+    extra: &[&str],
+    target: &str,
+) -> std::process::Output {
+    let out = work.join(target);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.extend_from_slice(&["--base", base.to_str().unwrap(), "--json"]);
+    a.extend_from_slice(extra);
+    a.push(out.to_str().unwrap());
+    imgbuild(work, &a)
+}
+
+fn assert_no_output(dir: &Path) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.ends_with(".img") && !name.ends_with(".partial"),
+            "left {name} behind"
+        );
+    }
+}
+
+#[test]
+fn node_headroom_setting_sizes_the_root() {
+    let work = scratch();
+    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 64\n", None);
+    let r = run_in(work.path(), &args, &big().rk1.path, &[], "node02.rk1.img");
+    assert!(r.status.success(), "{}", text(&r));
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let s = &rep[0]["shrink"];
+    assert_eq!(s["headroom_bytes"].as_u64(), Some(64 << 20), "{s}");
+    let img = work.path().join("node02.rk1.img");
+    let root = part(&img, 2);
+    let used = s["root_used_bytes"].as_u64().unwrap();
+    // used (or resize2fs' minimum, which adds some metadata) + 64 MiB, in MiB.
+    assert_eq!(root.len % (1 << 20), 0);
+    assert!(
+        root.len >= used + (64 << 20) && root.len <= used + (80 << 20),
+        "root of {} bytes for {used} used",
+        root.len
+    );
+    e2fsck_clean(&img, &root);
+    // The free space the first boot gets is at least the headroom.
+    let out = sh(&format!(
+        "dumpe2fs -h '{}?offset={}' 2>/dev/null | sed -n 's/^Free blocks: *//p;s/^Block size: *//p'",
+        img.display(),
+        root.start
+    ));
+    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(v[0] * v[1] >= 60 << 20, "only {} bytes free", v[0] * v[1]);
+}
+
+#[test]
+fn zero_headroom_is_refused_by_check() {
+    let work = scratch();
+    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 0\n", None);
+    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+    a.push("check");
+    let r = imgbuild(work.path(), &a);
+    assert_eq!(r.status.code(), Some(3), "{}", text(&r));
+    assert!(text(&r).contains("shrink.headroom_mib"), "{}", text(&r));
+}
+
+#[test]
+fn root_not_last_is_refused_and_no_shrink_still_builds() {
+    let work = scratch();
+    // An RK1 layout with a partition 3 behind the root.
+    let dir = work.path().join("fx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = build_rk1_with(&dir, "rk1-p3.img", 1024, 183, "24.04");
+    sh(&format!(
+        "truncate -s +64M {i}; sgdisk -e {i} >/dev/null; sgdisk -n 3:0:0 -t 3:8300 {i} >/dev/null",
+        i = q(&fx.path)
+    ));
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = bake_args(&out, "node02.rk1.img", &fx.path, &[]);
+    assert!(!r.status.success(), "a root that is not last was shrunk");
+    let msg = text(&r);
+    assert!(
+        msg.contains("partition 3 ends after it starts")
+            && msg.contains("root_is_last")
+            && msg.contains("--no-shrink"),
+        "{msg}"
+    );
+    assert_no_output(&out);
+    let (img, rep) = bake(&out, "node02.rk1.img", &fx.path, &["--no-shrink"]);
+    assert_eq!(
+        std::fs::metadata(&img).unwrap().len(),
+        std::fs::metadata(&fx.path).unwrap().len()
+    );
+    assert!(rep["shrink"].is_null());
+}
+
+#[test]
+fn manifest_without_root_is_last_keeps_the_stock_size_with_a_warning() {
+    let work = scratch();
+    let manifests = work.path().join("manifests");
+    sh(&format!(
+        "cp -r {} {m}; sed -i 's/^root_is_last: true$/root_is_last: false/' {m}/rk1.yaml; grep -q '^root_is_last: false' {m}/rk1.yaml",
+        q(&repo().join("firmware-manifests")),
+        m = q(&manifests)
+    ));
+    let args = profiles_with(work.path(), "", Some(&manifests));
+    let r = run_in(work.path(), &args, &big().rk1.path, &[], "node02.rk1.img");
+    assert!(r.status.success(), "{}", text(&r));
+    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    assert_eq!(rep[0]["shrink"]["shrunk"].as_bool(), Some(false));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("WARN") && err.contains("root_is_last: true"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(work.path().join("node02.rk1.img"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(&big().rk1.path).unwrap().len()
+    );
+}
+
+#[test]
+fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
+    let work = scratch();
+    let dir = work.path().join("fx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = build_rk1_with(&dir, "rk1-full.img", 200, 183, "24.04");
+    // Fill the root: a file as big as the free space leaves a few MiB.
+    let (start, _) = fx.part(2);
+    let spec = format!("{}?offset={start}", fx.path.display());
+    let free = sh(&format!(
+        "dumpe2fs -h '{spec}' 2>/dev/null | sed -n 's/^Free blocks: *//p;s/^Block size: *//p'"
+    ));
+    let v: Vec<u64> = String::from_utf8_lossy(&free.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    let filler = dir.join("filler");
+    sh(&format!(
+        "head -c {} /dev/urandom > {f}; debugfs -w -R 'write {f} /filler' '{spec}' >/dev/null 2>&1; e2fsck -fn '{spec}' >/dev/null",
+        v[0] * v[1] - (6 << 20),
+        f = q(&filler)
+    ));
+    std::fs::remove_file(&filler).unwrap();
+    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 8\n", None);
+    let r = run_in(work.path(), &args, &fx.path, &[], "node02.rk1.img");
+    assert!(r.status.success(), "{}", text(&r));
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        err.contains("keeping the stock size") && err.contains("nothing to cut"),
+        "{err}"
+    );
+    let stock = work.path().join("stock");
+    std::fs::create_dir_all(&stock).unwrap();
+    let r2 = run_in(&stock, &args, &fx.path, &["--no-shrink"], "node02.rk1.img");
+    assert!(r2.status.success(), "{}", text(&r2));
+    let (a, b) = (
+        work.path().join("node02.rk1.img"),
+        stock.join("node02.rk1.img"),
+    );
+    let len = std::fs::metadata(&a).unwrap().len();
+    assert_eq!(len, std::fs::metadata(&b).unwrap().len());
+    assert_eq!(
+        hash_range(&a, 0, len),
+        hash_range(&b, 0, len),
+        "an unshrunk output differs from --no-shrink"
+    );
+}
+
+#[test]
+fn dirty_journal_is_refused_and_leaves_nothing() {
+    let work = scratch();
+    let dir = work.path().join("fx");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx = build_rk1_with(&dir, "rk1-dirty.img", 1024, 183, "24.04");
+    let (start, _) = fx.part(2);
+    sh(&format!(
+        "debugfs -w -R 'feature needs_recovery' '{}?offset={start}' >/dev/null 2>&1",
+        fx.path.display()
+    ));
+    let out = work.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let r = bake_args(&out, "node02.rk1.img", &fx.path, &[]);
+    assert!(!r.status.success(), "a root with a dirty journal was baked");
+    // The base check refuses it before anything is copied (ext4-view will
+    // not read a file system whose journal needs replaying).
+    assert!(text(&r).contains("journal"), "{}", text(&r));
+    assert_no_output(&out);
+}
+
+/// Every shipped node's user-data keeps the first boot's growth on, as
+/// cloud-init itself reads it (strict schema), and cloud-init's own module
+/// order grows the root before the first module that needs space (`mounts`,
+/// which makes the swap file); k3s starts after network-online, i.e. after
+/// cloud-init's init stage.
+#[test]
+fn first_boot_grows_the_root_before_anything_needs_the_space() {
+    use imgbuild::commands::{self, Paths};
+    let paths =
+        Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()));
+    let mut swap_file_seen = false;
+    let mut units = 0;
+    for node in ["node01", "node02", "node03", "node04", "nuc2", "ws03"] {
+        let files =
+            commands::render::render(&paths, node, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+        let seed = |p: &str| {
+            files
+                .iter()
+                .find(|f| f.target == "seed" && f.path == p)
+                .unwrap_or_else(|| panic!("{node}: no seed {p}"))
+                .contents
+                .clone()
+        };
+        let parsed = cloud_init_seed(&seed("/meta-data"), &seed("/user-data"));
+        let ud = &parsed["user_data"];
+        assert_eq!(ud["growpart"]["mode"], "auto", "{node}: {ud}");
+        assert_eq!(
+            ud["growpart"]["devices"],
+            serde_json::json!(["/"]),
+            "{node}"
+        );
+        assert_eq!(ud["growpart"]["ignore_growroot_disabled"], false, "{node}");
+        assert_eq!(ud["resize_rootfs"], true, "{node}");
+        swap_file_seen |= ud.get("swap").is_some_and(|s| !s.is_null());
+        for f in &files {
+            if f.path.ends_with(".service") && f.target == "root" {
+                let unit = String::from_utf8_lossy(&f.contents);
+                if unit.contains("ExecStart") {
+                    units += 1;
+                    assert!(
+                        unit.contains("After=network-online.target"),
+                        "{node}: {}",
+                        f.path
+                    );
+                }
+            }
+        }
+    }
+    assert!(units >= 6, "only {units} k3s units checked");
+    assert!(
+        swap_file_seen,
+        "no shipped node has a swap file: the order check checks nothing"
+    );
+    // cloud-init's shipped module list (Debian's cloud.cfg; Ubuntu's has the same order).
+    let cfg = std::fs::read_to_string("/etc/cloud/cloud.cfg").unwrap();
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&cfg).unwrap();
+    let init: Vec<String> = y["cloud_init_modules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap_or_default().replace('-', "_"))
+        .collect();
+    let at = |m: &str| {
+        init.iter()
+            .position(|x| x == m)
+            .unwrap_or_else(|| panic!("{m} not in {init:?}"))
+    };
+    assert!(
+        at("growpart") < at("resizefs") && at("resizefs") < at("mounts"),
+        "{init:?}"
+    );
+}
+
+/// Shrinking keeps builds reproducible: e2fsck and resize2fs stamp the build
+/// time, not the clock, so two shrunk bakes a second apart are identical.
+#[test]
+fn shrunk_bakes_are_byte_identical() {
+    let work = scratch();
+    let (a_dir, b_dir) = (work.path().join("a"), work.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let (a, ra) = bake(&a_dir, "node02.rk1.img", &big().rk1.path, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (b, _) = bake(&b_dir, "node02.rk1.img", &big().rk1.path, &[]);
+    assert_eq!(ra["shrink"]["shrunk"].as_bool(), Some(true));
+    let len = std::fs::metadata(&a).unwrap().len();
+    assert_eq!(len, std::fs::metadata(&b).unwrap().len());
+    assert_eq!(hash_range(&a, 0, len), hash_range(&b, 0, len));
+}
+
+/// What the first boot does on a device bigger than the image, with the
+/// tools cloud-init runs: `growpart` (cloud-guest-utils) grows the root
+/// partition to the device's end, moving a GPT's backup there, and
+/// `resize2fs` grows the file system into it. The table verifies clean and
+/// every file is still there.
+fn grows_back(base: &Layout, target: &str, root: u32) {
+    let work = scratch();
+    let (img, _) = bake(work.path(), target, &base.path, &[]);
+    let before = ext4_tree(&img, &part(&img, root));
+    // The device: 1 GiB bigger than the image.
+    sh(&format!("truncate -s +1G {}", q(&img)));
+    let (code, out) = sh_status(&format!("growpart {} {root}", q(&img)));
+    assert_eq!(code, 0, "growpart: {out}");
+    assert!(out.contains("CHANGED"), "{out}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    let p = part(&img, root);
+    match table(&img).kind {
+        imgbuild::image::TableKind::Gpt => {
+            let (code, out) = sh_status(&format!("sgdisk -v {}", q(&img)));
+            assert!(code == 0 && out.contains("No problems found"), "{out}");
+            // Backup entries and header at the device's end, the root right before.
+            assert_eq!(p.end() + 33 * 512, len);
+        }
+        imgbuild::image::TableKind::Mbr => {
+            let (code, out) = sh_status(&format!("sfdisk --verify {}", q(&img)));
+            assert_eq!(code, 0, "{out}");
+            assert!(
+                len - p.end() < (1 << 20),
+                "the root ends {} bytes before the end",
+                len - p.end()
+            );
+        }
+    }
+    let spec = format!("{}?offset={}", img.display(), p.start);
+    // On the node resize2fs sees the partition's block device; on a file with
+    // `?offset=` it would take the file's size, so the size is given.
+    sh(&format!(
+        "resize2fs '{spec}' {}K >/dev/null 2>&1",
+        p.len / 1024
+    ));
+    e2fsck_clean(&img, &p);
+    let out = sh(&format!(
+        "dumpe2fs -h '{spec}' 2>/dev/null | sed -n 's/^Block count: *//p;s/^Block size: *//p'"
+    ));
+    let v: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(
+        p.len - v[0] * v[1] < v[1],
+        "the file system did not grow into the partition"
+    );
+    assert!(ext4_tree(&img, &p) == before, "files changed while growing");
+}
+
+#[test]
+fn rk1_shrunk_image_grows_back_with_growpart() {
+    grows_back(&big().rk1, "node02.rk1.img", 2);
+}
+
+#[test]
+fn cm4_shrunk_image_grows_back_with_growpart() {
+    grows_back(&big().cm4, "node01.cm4.img", 2);
+}
+
+/// A shrunk unsealed image (a CI artifact) is sealed on its way to the node:
+/// the secrets fit in the headroom, and the sealed image keeps the shrunk
+/// size and a clean root.
+#[test]
+fn a_shrunk_unsealed_image_seals() {
+    let work = scratch();
+    let (img, rep) = bake(
+        work.path(),
+        "node02.rk1.img",
+        &big().rk1.path,
+        &["--unsealed"],
+    );
+    assert_eq!(rep["shrink"]["shrunk"].as_bool(), Some(true), "{rep}");
+    let sealed = work.path().join("sealed.img");
+    let profiles = repo().join("profiles");
+    // Sealing never creates secrets: make them as an operator would.
+    let g = imgbuild(
+        work.path(),
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "secrets",
+            "--generate",
+        ],
+    );
+    assert!(g.status.success(), "{}", text(&g));
+    let r = imgbuild(
+        work.path(),
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "seal",
+            img.to_str().unwrap(),
+            "-o",
+            sealed.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(
+        std::fs::metadata(&sealed).unwrap().len(),
+        std::fs::metadata(&img).unwrap().len()
+    );
+    let p = part(&sealed, 2);
+    e2fsck_clean(&sealed, &p);
+    let (code, out) = sh_status(&format!("sgdisk -v {}", q(&sealed)));
+    assert!(code == 0 && out.contains("No problems found"), "{out}");
+    assert!(
+        ext4_tree(&sealed, &p)
+            .keys()
+            .any(|k| k.contains("ssh_host_ed25519_key"))
+    );
+}
