@@ -175,16 +175,18 @@ pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
     }
     dst.set_len(src.metadata()?.len())?;
     for (start, len) in data_extents(src)? {
-        copy_range(src, dst, start, len)?;
+        copy_range(src, start, dst, start, len)?;
     }
     Ok(CopyMethod::Sparse)
 }
 
-fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+/// Copies `len` bytes of `src` at `from` to `dst` at `to`: `copy_file_range`
+/// (extents shared where the file system can), else reading and writing.
+fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut done = 0u64;
     while done < len {
-        let mut off_in = (start + done) as libc::loff_t;
-        let mut off_out = off_in;
+        let mut off_in = (from + done) as libc::loff_t;
+        let mut off_out = (to + done) as libc::loff_t;
         let chunk = (len - done).min(1 << 30) as usize;
         // SAFETY: valid descriptors and offsets owned by this frame.
         let n = unsafe {
@@ -203,14 +205,14 @@ fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<(
                 err.raw_os_error(),
                 Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
             ) {
-                return copy_range_plain(src, dst, start + done, len - done);
+                return copy_range_plain(src, from + done, dst, to + done, len - done);
             }
             return Err(err);
         }
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
-                "the base image shrank while being copied",
+                "the file shrank while being copied",
             ));
         }
         done += n as u64;
@@ -218,13 +220,13 @@ fn copy_range(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<(
     Ok(())
 }
 
-fn copy_range_plain(src: &File, dst: &File, start: u64, len: u64) -> std::io::Result<()> {
+fn copy_range_plain(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut buf = vec![0u8; 1 << 20];
     let mut done = 0u64;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
-        src.read_exact_at(&mut buf[..n], start + done)?;
-        dst.write_all_at(&buf[..n], start + done)?;
+        src.read_exact_at(&mut buf[..n], from + done)?;
+        dst.write_all_at(&buf[..n], to + done)?;
         done += n as u64;
     }
     Ok(())
@@ -232,7 +234,6 @@ fn copy_range_plain(src: &File, dst: &File, start: u64, len: u64) -> std::io::Re
 
 /// Copies the data extents of `src` within `src_off..src_off + len` to `dst`
 /// at `dst_off` onward (holes are skipped: `dst` must read as zeros there).
-/// `copy_file_range` shares extents where the file system can.
 pub fn copy_extents(
     src: &File,
     src_off: u64,
@@ -243,50 +244,8 @@ pub fn copy_extents(
     let end = src_off + len;
     for (start, elen) in data_extents(src)? {
         let (a, b) = (start.max(src_off), (start + elen).min(end));
-        if a >= b {
-            continue;
-        }
-        let mut done = 0u64;
-        while a + done < b {
-            let mut off_in = (a + done) as libc::loff_t;
-            let mut off_out = (dst_off + (a - src_off) + done) as libc::loff_t;
-            let chunk = (b - a - done).min(1 << 30) as usize;
-            // SAFETY: valid descriptors and offsets owned by this frame.
-            let n = unsafe {
-                libc::copy_file_range(
-                    src.as_raw_fd(),
-                    &mut off_in,
-                    dst.as_raw_fd(),
-                    &mut off_out,
-                    chunk,
-                    0,
-                )
-            };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if !matches!(
-                    err.raw_os_error(),
-                    Some(libc::EXDEV | libc::ENOSYS | libc::EOPNOTSUPP | libc::EINVAL)
-                ) {
-                    return Err(err);
-                }
-                // No kernel copy here: read and write.
-                let mut buf = vec![0u8; 1 << 20];
-                while a + done < b {
-                    let k = ((b - a - done) as usize).min(buf.len());
-                    src.read_exact_at(&mut buf[..k], a + done)?;
-                    dst.write_all_at(&buf[..k], dst_off + (a - src_off) + done)?;
-                    done += k as u64;
-                }
-                break;
-            }
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the file shrank while being copied",
-                ));
-            }
-            done += n as u64;
+        if a < b {
+            copy_range(src, a, dst, dst_off + (a - src_off), b - a)?;
         }
     }
     Ok(())
