@@ -43,14 +43,8 @@ pub fn is_secret(path: &str) -> bool {
         )
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PartSummary {
-    pub index: u32,
-    pub start: u64,
-    pub size: u64,
-    pub type_id: String,
-    pub fs: FsProbe,
-}
+/// A partition as both images are compared by (the same record `inspect` shows).
+pub use super::inspect::PartitionInfo as PartSummary;
 
 #[derive(Debug, Serialize)]
 pub struct FileChange {
@@ -222,13 +216,7 @@ fn read(image: &Path) -> Result<Read> {
         if let Some(l) = listing {
             listings.insert(p.index, (fs.kind_name().to_string(), l));
         }
-        parts.push(PartSummary {
-            index: p.index,
-            start: p.start,
-            size: p.len,
-            type_id: p.type_id.clone(),
-            fs,
-        });
+        parts.push(PartSummary::new(p, fs));
     }
     Ok(Read {
         table: table.kind.to_string(),

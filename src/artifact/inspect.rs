@@ -41,13 +41,25 @@ pub struct RootGrowth {
     pub grows_to: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct PartitionInfo {
     pub index: u32,
     pub start: u64,
     pub size: u64,
     pub type_id: String,
     pub fs: FsProbe,
+}
+
+impl PartitionInfo {
+    pub fn new(p: &crate::image::Partition, fs: FsProbe) -> Self {
+        PartitionInfo {
+            index: p.index,
+            start: p.start,
+            size: p.len,
+            type_id: p.type_id.clone(),
+            fs,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -96,13 +108,7 @@ pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
                 provenance = prov;
             }
         }
-        partitions.push(PartitionInfo {
-            index: p.index,
-            start: p.start,
-            size: p.len,
-            type_id: p.type_id.clone(),
-            fs,
-        });
+        partitions.push(PartitionInfo::new(p, fs));
     }
     // The partition that ends last, when it holds ext4, is the one growpart
     // grows (the root on every board imgbuild knows).
