@@ -13,21 +13,7 @@ use std::path::{Path, PathBuf};
 
 use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
-struct Run {
-    code: i32,
-    text: String,
-}
-
-fn run(cwd: &Path, args: &[&str]) -> Run {
-    let profiles = repo().join("profiles");
-    let mut all = vec!["--profiles", profiles.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let out = imgbuild(cwd, &all);
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        text: text(&out),
-    }
-}
+use support::mirror::run_example as run;
 
 fn assert_clean(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {

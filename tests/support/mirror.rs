@@ -88,3 +88,21 @@ pub fn imgbuild(cwd: &Path, args: &[&str]) -> Output {
         .output()
         .expect("imgbuild runs")
 }
+
+/// The exit status and combined output of one imgbuild run.
+pub struct Run {
+    pub code: i32,
+    pub text: String,
+}
+
+/// imgbuild with the example profiles and `args`, in `cwd`.
+pub fn run_example(cwd: &Path, args: &[&str]) -> Run {
+    let profiles = super::harness::repo().join("profiles");
+    let mut all = vec!["--profiles", profiles.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = imgbuild(cwd, &all);
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        text: super::harness::text(&out),
+    }
+}
