@@ -11,10 +11,7 @@ rounds=${1:-5}
 source benches/lib.sh
 cargo build --release --quiet
 bin=$PWD/target/release/imgbuild
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-bench.XXXXXX")
-MIRROR_PID=""
-trap '[ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
-bench_env "$work"
+bench_setup
 base=$work/rk1-base.img
 
 # RK1 layout from shared/REFERENCE.md §1, 4 GiB, with 1 GiB of incompressible
@@ -27,7 +24,6 @@ sync
 rm -rf "$work/out"
 
 echo "base: $(du -h --apparent-size "$base" | cut -f1) apparent, $(du -h "$base" | cut -f1) allocated, on $(df -T "$work" | awk 'NR==2{print $2}')"
-time_of() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N); echo "$e - $s" | bc; }
 bake_t=(); cp_t=(); cps_t=()
 for i in $(seq "$rounds"); do
   rm -f "$work/out/node02.rk1.img" "$work/copy.img"; mkdir -p "$work/out"; sync
@@ -39,7 +35,6 @@ for i in $(seq "$rounds"); do
   cps_t+=("$(time_of sh -c 'cp --sparse=always "$1" "$2" && sync "$2"' sh "$base" "$work/copy.img")")
   sync
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 mb=$(median "${bake_t[@]}"); mc=$(median "${cp_t[@]}"); ms=$(median "${cps_t[@]}")
 echo "imgbuild bake (copy + seed + root edits incl. 220 MB of k3s): median ${mb}s over $rounds rounds (${bake_t[*]})"
 echo "cp --sparse=always (copy only):   median ${mc}s over $rounds rounds (${cp_t[*]})"

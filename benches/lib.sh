@@ -42,3 +42,18 @@ bench_env() {
   export IMGBUILD_SECRETS=$work/secrets IMGBUILD_CACHE_DIR=$work/cache IMGBUILD_K3S_MIRROR=http://127.0.0.1:$port
   sleep 1
 }
+
+# Creates the run's scratch directory $work (removed on exit, the mirror stopped)
+# and isolates the run in it with bench_env.
+bench_setup() {
+  work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-bench.XXXXXX")
+  MIRROR_PID=""
+  trap '[ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
+  bench_env "$work"
+}
+
+# Wall seconds of a command (its output discarded); a failure ends the run.
+time_of() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
+
+# The median of the numbers given.
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

@@ -12,10 +12,7 @@ rounds=${1:-5}
 source benches/lib.sh
 cargo build --release --quiet
 bin=$PWD/target/release/imgbuild
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-bench.XXXXXX")
-MIRROR_PID=""
-trap '[ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
-bench_env "$work"
+bench_setup
 base=$work/rk1-base.img
 payload() { head -c 1G /dev/urandom > "$1/var/lib/payload"; }
 make_rk1_base "$base" 4G "$work" payload
@@ -23,8 +20,6 @@ make_rk1_base "$base" 4G "$work" payload
 "$bin" --profiles profiles --base "$base" --unsealed "$work/ci/node02.rk1.img" >/dev/null 2>&1
 "$bin" --profiles profiles --base "$base" --unsealed "$work/ci/node02.rk1.img.zst" >/dev/null 2>&1
 sync
-time_of() { local s e; s=$(date +%s.%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s.%N); echo "$e - $s" | bc; }
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 seal_t=(); zst_t=(); build_t=(); r1=(); r2=()
 for i in $(seq "$rounds"); do
   rm -rf "$work/out"; mkdir -p "$work/out"; sync

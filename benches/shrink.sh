@@ -22,10 +22,7 @@ else
   cargo build --release --quiet
   bin=$PWD/target/release/imgbuild
 fi
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-bench.XXXXXX")
-MIRROR_PID=""
-trap '[ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
-bench_env "$work"
+bench_setup
 size_mib=$((payload_mib + 2048 + 256))
 
 payload() { head -c "${payload_mib}M" /dev/urandom > "$1/var/lib/payload"; }
