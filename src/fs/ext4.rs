@@ -670,7 +670,7 @@ impl Staging {
         }
         let (dir, _) = self.dir.as_ref().expect("created above");
         let path = dir.path().join(format!("f{}", self.files));
-        write_private(&path, data)?;
+        crate::util::create_private(&path, data)?;
         Ok((path, 0o600))
     }
 
@@ -679,18 +679,6 @@ impl Staging {
         use std::os::fd::AsRawFd;
         self.memfds.iter().map(|f| f.as_raw_fd()).collect()
     }
-}
-
-/// Writes a file only its owner can read and write (mode 0600, whatever the umask).
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)
 }
 
 fn run_debugfs(

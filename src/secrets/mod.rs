@@ -313,7 +313,8 @@ impl Secrets {
                     .mode(0o700)
                     .create(parent)?;
             }
-            write_new_private(&path, value.as_bytes())
+            crate::util::create_private(&path, value.as_bytes())
+                .and_then(|f| f.sync_all())
                 .with_context(|| format!("writing {}", path.display()))?;
         }
         std::fs::File::open(staging.path())?.sync_all()?;
@@ -421,19 +422,6 @@ fn read_secret(path: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
-}
-
-/// Creates `path` (which must not exist) with mode 0600 and `data`, synced.
-fn write_new_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)?;
-    f.sync_all()
 }
 
 /// Removes what runs killed while creating secrets left in `dir` (names

@@ -19,6 +19,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Creates `path`, which must not exist, readable and writable by its owner
+/// only (0600 whatever the umask), holding `data`; returns the open file.
+pub fn create_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(data)?;
+    Ok(f)
+}
+
 /// (year, month, day) of a day number counted from 1970-01-01 (proleptic Gregorian).
 pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
