@@ -147,9 +147,10 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
         seen["user_data"]["users"][0]["ssh_authorized_keys"][0],
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA admin@laptop"
     );
+    // RK1 examples match any wired name (e*): eth0 or en*, whichever udev gives.
     assert_networkd(
         &fat_cat(&part, "/network-config"),
-        "en*",
+        "Name=e*",
         "192.168.1.102/24",
         "192.168.1.1",
     );
@@ -228,9 +229,10 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
     let seen = cloud_init_seed(&mtype("meta-data"), &mtype("user-data"));
     assert_eq!(seen["meta_data"]["local-hostname"], "node01");
     assert_eq!(seen["user_data"]["hostname"], "node01");
+    // CM4 examples match the GENET driver, whatever the interface is named.
     assert_networkd(
         &mtype("network-config"),
-        "eth0",
+        "Driver=bcmgenet",
         "192.168.1.101/24",
         "192.168.1.1",
     );
@@ -388,12 +390,22 @@ fn nuc_seed_goes_into_the_root_file_system() {
 
 /// Checks what netplan renders from a static node's network-config: one
 /// systemd-networkd unit matching `name` with the address and default route.
-fn assert_networkd(network_config: &[u8], name: &str, address: &str, gateway: &str) {
+/// `match_line` is the one `[Match]` line netplan must write (`Name=...` or
+/// `Driver=...`).
+fn assert_networkd(network_config: &[u8], match_line: &str, address: &str, gateway: &str) {
     let units = netplan_generate(network_config);
     assert_eq!(units.len(), 1, "{units:?}");
     let unit = units.values().next().unwrap();
+    let match_section: Vec<&str> = unit
+        .split("\n\n")
+        .find(|s| s.starts_with("[Match]"))
+        .unwrap_or_else(|| panic!("no [Match] in\n{unit}"))
+        .lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(match_section, [match_line], "{unit}");
     for line in [
-        format!("Name={name}"),
         format!("Address={address}"),
         "Destination=0.0.0.0/0".to_string(),
         format!("Gateway={gateway}"),

@@ -122,6 +122,95 @@ fn every_problem_is_listed_with_file_and_field() {
     }
 }
 
+/// A network match the board's image can never satisfy (issue: first boot
+/// left without network) is refused, naming what would apply.
+#[test]
+fn network_matches_that_never_apply_are_refused() {
+    let node = |board: &str, slot: u8, m: &str| {
+        let tp = if board == "nuc" {
+            String::new()
+        } else {
+            format!("turing_pi: {{board: tp1, slot: {slot}}}\n")
+        };
+        format!(
+            "board: {board}\n{tp}network:\n  dhcp: false\n  match: {m}\n  address: 192.168.1.1{slot}/24\n  gateway: 192.168.1.1\n"
+        )
+    };
+    let (code, out, _d) = check_with(&[
+        // CM4's stock image names its port eth0: en* never matches it.
+        ("nodes/node01.yaml", &node("cm4", 1, "{name: \"en*\"}")),
+        // The CM4's Ethernet is GENET, not a Realtek.
+        ("nodes/node02.yaml", &node("cm4", 2, "{driver: r8169}")),
+        // Multicast and all-zero addresses belong to no interface.
+        (
+            "nodes/node03.yaml",
+            &node("rk1", 3, "{mac: \"01:00:5e:00:00:01\"}"),
+        ),
+        (
+            "nodes/node04.yaml",
+            &node("rk1", 4, "{mac: \"00:00:00:00:00:00\"}"),
+        ),
+        // Predictable names on the NUC cloud image: eth1 never appears.
+        ("nodes/nuc2.yaml", &node("nuc", 5, "{name: eth1}")),
+        ("nodes/ws03.yaml", &node("nuc", 6, "{driver: \"r8169 x\"}")),
+    ]);
+    assert_eq!(code, 3, "{out}");
+    for (file, field, reason) in [
+        (
+            "node01.yaml",
+            "network.match.name",
+            "\"en*\" never applies on cm4: its image names the wired interface eth0",
+        ),
+        (
+            "node02.yaml",
+            "network.match.driver",
+            "\"r8169\" never applies on cm4: its wired Ethernet uses the bcmgenet driver",
+        ),
+        ("node03.yaml", "network.match.mac", "is a multicast address"),
+        ("node04.yaml", "network.match.mac", "is all zeros"),
+        (
+            "nuc2.yaml",
+            "network.match.name",
+            "\"eth1\" never applies on nuc: its image names the wired interface en*",
+        ),
+        (
+            "ws03.yaml",
+            "network.match.driver",
+            "is not a kernel driver name or glob",
+        ),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(file) && l.contains(reason))
+            .unwrap_or_else(|| panic!("no problem for {file}: {reason}\n{out}"));
+        assert!(
+            line.contains(&format!(": {field}: ")),
+            "field {field} not named in {line}"
+        );
+    }
+
+    // The same boards accept matches that can apply: by driver on CM4, a
+    // pattern covering eth0 or en* on RK1, a unicast MAC, a PCI name on NUC.
+    let (code, out, _d) = check_with(&[
+        (
+            "nodes/node01.yaml",
+            &(node("cm4", 1, "{driver: \"bcm*\"}") + "k3s: {role: server, cluster_init: true}\n"),
+        ),
+        (
+            "nodes/node02.yaml",
+            &node("cm4", 2, "{name: \"eth?\", driver: bcmgenet}"),
+        ),
+        ("nodes/node03.yaml", &node("rk1", 3, "{name: \"e*\"}")),
+        (
+            "nodes/node04.yaml",
+            &node("rk1", 4, "{mac: \"02:00:5e:00:00:01\"}"),
+        ),
+        ("nodes/nuc2.yaml", &node("nuc", 5, "{name: enp3s0}")),
+        ("nodes/ws03.yaml", &node("nuc", 6, "{driver: igc}")),
+    ]);
+    assert_eq!(code, 0, "{out}");
+}
+
 #[test]
 fn duplicates_across_nodes_are_found() {
     let (code, out, _d) = check_with(&[

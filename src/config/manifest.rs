@@ -41,6 +41,23 @@ pub struct Manifest {
     /// Shrinking defaults for this board's images.
     #[serde(default)]
     pub shrink: Option<ShrinkDefaults>,
+    /// What the stock image makes of the board's wired Ethernet, so that a
+    /// profile's `network.match` that can never apply is refused.
+    #[serde(default)]
+    pub ethernet: Option<EthernetFacts>,
+}
+
+/// The wired interfaces of a board as its stock image sees them. Each list
+/// is optional; an empty one means "not known", so anything is accepted.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EthernetFacts {
+    /// Kernel drivers of the wired interfaces (netplan `match.driver`).
+    #[serde(default)]
+    pub drivers: Vec<String>,
+    /// Names (fnmatch patterns) the image gives them (netplan `match.name`).
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -425,6 +442,8 @@ pub fn board_infos(manifests: &Manifests) -> Vec<BoardInfo> {
         .map(|m| BoardInfo {
             name: m.board.clone(),
             turing_pi_module: m.turing_pi_module,
+            ethernet: m.ethernet.clone().unwrap_or_default(),
+            partition_labels: m.partitions.values().map(|p| p.label.clone()).collect(),
         })
         .collect()
 }

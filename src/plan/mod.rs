@@ -212,6 +212,7 @@ pub fn render_node(
         inputs.profiles.cluster.k3s.install,
         node.nvidia,
         node.swap.enabled(),
+        !node.storage.is_empty(),
     );
     let identity = format!(
         "{}:{}:{}",

@@ -74,6 +74,7 @@ pub fn features_for(
     k3s_install: Install,
     nvidia: bool,
     swap: bool,
+    storage: bool,
 ) -> Vec<String> {
     let mut f = vec![
         "common".to_string(),
@@ -89,6 +90,9 @@ pub fn features_for(
     }
     if swap {
         f.push("swap".into());
+    }
+    if storage {
+        f.push("storage".into());
     }
     f
 }

@@ -130,6 +130,18 @@ pub struct NodeSpec {
     pub swap: Option<SwapSpec>,
     pub packages: Option<Vec<String>>,
     pub shrink: Option<ShrinkSpec>,
+    pub storage: Option<Vec<DataDiskSpec>>,
+}
+
+/// A data disk: formatted on first boot only when blank, then mounted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDiskSpec {
+    pub device: Option<String>,
+    pub mount: Option<String>,
+    pub fs: Option<String>,
+    pub label: Option<String>,
+    pub options: Option<Vec<String>>,
 }
 
 /// How a baked image is shrunk before it is written out (see `bake::shrink`).
@@ -175,6 +187,7 @@ pub struct NetworkSpec {
 pub struct MatchSpec {
     pub name: Option<String>,
     pub mac: Option<String>,
+    pub driver: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -225,8 +238,25 @@ pub struct Node {
     /// Headroom left in the root when the image is shrunk (MiB); `None` is
     /// the board's or the built-in default.
     pub shrink_headroom_mib: Option<u32>,
+    /// Data disks, in profile order.
+    pub storage: Vec<DataDisk>,
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// A validated data disk (see `DataDiskSpec`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DataDisk {
+    /// The whole disk: `/dev/disk/by-id/...`, `/dev/nvme0n1`, `/dev/sdb`.
+    pub device: String,
+    pub mount: String,
+    /// `ext4` or `xfs`.
+    pub fs: String,
+    /// File system label: how the disk is mounted (`LABEL=`) and recognised
+    /// as already formatted on later boots.
+    pub label: String,
+    /// Mount options; always includes `nofail` so a missing disk never stops the boot.
+    pub options: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -249,9 +279,11 @@ pub struct K3sNode {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
-    /// netplan match: interface name (glob) or MAC address.
+    /// netplan match: interface name (glob) or MAC address, optionally
+    /// narrowed (or replaced) by the kernel driver (glob).
     pub match_name: Option<String>,
     pub match_mac: Option<String>,
+    pub match_driver: Option<String>,
     pub dhcp: bool,
     pub address: Option<IpNet>,
     pub gateway: Option<IpAddr>,
@@ -334,4 +366,8 @@ pub struct BoardInfo {
     pub name: String,
     /// A compute module that sits in a Turing Pi slot.
     pub turing_pi_module: bool,
+    /// The board's wired Ethernet as its image sees it.
+    pub ethernet: crate::config::manifest::EthernetFacts,
+    /// File system labels of the image's partitions (a data disk may not reuse one).
+    pub partition_labels: Vec<String>,
 }

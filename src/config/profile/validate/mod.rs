@@ -2,6 +2,7 @@
 
 mod cluster;
 mod rules;
+mod storage;
 
 pub(super) use cluster::cross_checks;
 use rules::*;
@@ -196,16 +197,53 @@ pub(super) fn resolve_node(
             format!("{name:?} is not an interface name or glob"),
         );
     }
-    if let Some(mac) = &m.mac
-        && !mac_ok(mac)
-    {
-        cx.bad(
-            "network.match.mac",
-            format!("{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"),
-        );
+    if let Some(e) = m.mac.as_deref().and_then(mac_error) {
+        cx.bad("network.match.mac", e);
     }
     if m.name.is_some() && m.mac.is_some() {
         cx.bad("network.match", "give either `name` or `mac`, not both");
+    }
+    if let Some(driver) = &m.driver
+        && !driver_ok(driver)
+    {
+        cx.bad(
+            "network.match.driver",
+            format!("{driver:?} is not a kernel driver name or glob, like bcmgenet or r81*"),
+        );
+    }
+    // A match the board's image can never satisfy leaves the node without
+    // its network on first boot: refuse it here, naming what would apply.
+    if let Some(eth) = board_info.map(|b| &b.ethernet) {
+        let board_name = &board;
+        if let Some(name) = m.name.as_deref().filter(|n| iface_ok(n))
+            && !eth.names.is_empty()
+            && !eth.names.iter().any(|known| globs_intersect(name, known))
+        {
+            cx.bad(
+                "network.match.name",
+                format!(
+                    "{name:?} never applies on {board_name}: its image names the wired interface {}; \
+                     match one of those, or by `driver` ({}) or `mac`",
+                    eth.names.join(" or "),
+                    if eth.drivers.is_empty() { "its kernel driver".to_string() } else { eth.drivers.join(", ") },
+                ),
+            );
+        }
+        if let Some(driver) = m.driver.as_deref().filter(|d| driver_ok(d))
+            && !eth.drivers.is_empty()
+            && !eth
+                .drivers
+                .iter()
+                .any(|known| globs_intersect(driver, known))
+        {
+            cx.bad(
+                "network.match.driver",
+                format!(
+                    "{driver:?} never applies on {board_name}: its wired Ethernet uses the {} driver",
+                    eth.drivers.join(" or ")
+                ),
+            );
+        }
     }
     let address = net.address.as_deref().and_then(|a| match IpNet::parse(a) {
         Ok(n) => Some(n),
@@ -299,6 +337,7 @@ pub(super) fn resolve_node(
             "0 leaves the first boot no room; give at least 1 (MiB)",
         );
     }
+    let storage = storage::storage(&mut cx, spec.storage.unwrap_or_default(), board_info);
     let ok = cx.ok;
     ok.then(|| Node {
         name: stem.to_string(),
@@ -317,6 +356,7 @@ pub(super) fn resolve_node(
         network: Network {
             match_name: m.name,
             match_mac: m.mac,
+            match_driver: m.driver,
             dhcp,
             address,
             gateway,
@@ -330,6 +370,7 @@ pub(super) fn resolve_node(
         },
         packages,
         shrink_headroom_mib,
+        storage,
         file: origin.node_file.to_owned(),
     })
 }

@@ -213,3 +213,239 @@ mod tests {
         assert!(z.contains(&"1.2.3.4".parse().unwrap()));
     }
 }
+
+/// One position of an fnmatch(3) pattern, as netplan uses for interface
+/// names and drivers.
+#[derive(Debug, Clone)]
+enum GlobAtom {
+    Any,
+    Star,
+    /// A set of bytes (a literal is a set of one); `negated` for `[!...]`.
+    Set {
+        bytes: Vec<u8>,
+        negated: bool,
+    },
+}
+
+impl GlobAtom {
+    fn single_char(&self) -> bool {
+        !matches!(self, GlobAtom::Star)
+    }
+}
+
+fn glob_atoms(pattern: &str) -> Vec<GlobAtom> {
+    let p = pattern.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            b'*' => out.push(GlobAtom::Star),
+            b'?' => out.push(GlobAtom::Any),
+            b'[' => {
+                // A bracket expression; without a closing `]` fnmatch takes
+                // `[` literally.
+                let mut j = i + 1;
+                let negated = matches!(p.get(j), Some(b'!' | b'^'));
+                if negated {
+                    j += 1;
+                }
+                let start = j;
+                if p.get(j) == Some(&b']') {
+                    j += 1;
+                }
+                while j < p.len() && p[j] != b']' {
+                    j += 1;
+                }
+                if j >= p.len() {
+                    out.push(GlobAtom::Set {
+                        bytes: vec![b'['],
+                        negated: false,
+                    });
+                } else {
+                    let body = &p[start..j];
+                    let mut bytes = Vec::new();
+                    let mut k = 0;
+                    while k < body.len() {
+                        if k + 2 < body.len() && body[k + 1] == b'-' {
+                            bytes.extend(body[k]..=body[k + 2]);
+                            k += 3;
+                        } else {
+                            bytes.push(body[k]);
+                            k += 1;
+                        }
+                    }
+                    out.push(GlobAtom::Set { bytes, negated });
+                    i = j;
+                }
+            }
+            b => out.push(GlobAtom::Set {
+                bytes: vec![b],
+                negated: false,
+            }),
+        }
+        i += 1;
+    }
+    out
+}
+
+fn atoms_overlap(a: &GlobAtom, b: &GlobAtom) -> bool {
+    use GlobAtom::*;
+    match (a, b) {
+        (Any, _) | (_, Any) => true,
+        (
+            Set {
+                bytes: x,
+                negated: nx,
+            },
+            Set {
+                bytes: y,
+                negated: ny,
+            },
+        ) => match (nx, ny) {
+            (false, false) => x.iter().any(|c| y.contains(c)),
+            (false, true) => x.iter().any(|c| !y.contains(c)),
+            (true, false) => y.iter().any(|c| !x.contains(c)),
+            // Two negated sets exclude at most 2 * 256 bytes between them
+            // only when they cover everything; in practice always overlap.
+            (true, true) => (0..=255u8).any(|c| !x.contains(&c) && !y.contains(&c)),
+        },
+        (Star, _) | (_, Star) => true,
+    }
+}
+
+/// Whether some string matches both fnmatch patterns (`*`, `?`, `[...]`):
+/// how a network match is checked against the interface names or drivers a
+/// board's image is known to have.
+pub fn globs_intersect(a: &str, b: &str) -> bool {
+    let (a, b) = (glob_atoms(a), glob_atoms(b));
+    // reach[i][j]: the first i atoms of `a` and the first j of `b` can match
+    // the same string.
+    let mut reach = vec![vec![false; b.len() + 1]; a.len() + 1];
+    reach[0][0] = true;
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            if !reach[i][j] {
+                continue;
+            }
+            // A star matches the empty string.
+            if i < a.len() && matches!(a[i], GlobAtom::Star) {
+                reach[i + 1][j] = true;
+            }
+            if j < b.len() && matches!(b[j], GlobAtom::Star) {
+                reach[i][j + 1] = true;
+            }
+            if i < a.len() && j < b.len() {
+                match (a[i].single_char(), b[j].single_char()) {
+                    (true, true) if atoms_overlap(&a[i], &b[j]) => reach[i + 1][j + 1] = true,
+                    // A star consumes the other side's character and stays.
+                    (false, true) => reach[i][j + 1] = true,
+                    (true, false) => reach[i + 1][j] = true,
+                    (false, false) => {
+                        reach[i + 1][j] = true;
+                        reach[i][j + 1] = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    reach[a.len()][b.len()]
+}
+
+/// A MAC address a network interface can have: unicast and not all zeros
+/// (a match on a multicast or zero address never applies).
+pub(super) fn mac_error(mac: &str) -> Option<String> {
+    if !mac_ok(mac) {
+        return Some(format!(
+            "{mac:?} is not a MAC address like aa:bb:cc:dd:ee:ff"
+        ));
+    }
+    let first = u8::from_str_radix(&mac[..2], 16).unwrap_or(0);
+    if first & 1 == 1 {
+        return Some(format!(
+            "{mac:?} is a multicast address (lowest bit of the first octet set): no interface has it"
+        ));
+    }
+    if mac.split(':').all(|p| p == "00") {
+        return Some(format!("{mac:?} is all zeros: no interface has it"));
+    }
+    None
+}
+
+/// A kernel driver name or fnmatch pattern, as netplan's `match.driver` takes.
+pub(super) fn driver_ok(driver: &str) -> bool {
+    !driver.is_empty()
+        && driver.len() <= 64
+        && driver
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_*?[]!".contains(&b))
+}
+
+#[cfg(test)]
+mod glob_tests {
+    use super::globs_intersect;
+
+    #[test]
+    fn intersections() {
+        for (a, b, want) in [
+            ("eth0", "eth0", true),
+            ("eth0", "en*", false),
+            ("en*", "e*", true),
+            ("enp3s0", "en*", true),
+            ("eth*", "en*", false),
+            ("*0", "eth*", true),
+            ("e?h0", "eth?", true),
+            ("end[0-1]", "end1", true),
+            ("end[!0-1]", "end1", false),
+            ("*", "", true),
+            ("a*b", "*c", false),
+            ("bcmgenet", "bcm*", true),
+            ("r8169", "igc", false),
+            ("[", "[", true),
+        ] {
+            assert_eq!(globs_intersect(a, b), want, "{a} vs {b}");
+            assert_eq!(globs_intersect(b, a), want, "{b} vs {a}");
+        }
+    }
+
+    fn fnmatch(pattern: &str, s: &str) -> bool {
+        let p = std::ffi::CString::new(pattern).unwrap();
+        let s = std::ffi::CString::new(s).unwrap();
+        // SAFETY: both are valid NUL-terminated strings for the call.
+        unsafe { libc::fnmatch(p.as_ptr(), s.as_ptr(), 0) == 0 }
+    }
+
+    /// Every string over {a, b, c} up to `max` long.
+    fn strings(max: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..max {
+            last = last
+                .iter()
+                .flat_map(|s| ["a", "b", "c"].map(|c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 300,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x6e65_7430),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        /// Checked against the C library's fnmatch(3) on every string a
+        /// witness could be (patterns of up to 4 atoms need at most 8 chars).
+        #[test]
+        fn agrees_with_libc_fnmatch(
+            a in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "*", "?", "[ab]", "[!a]", "[b-c]"]), 0..4),
+            b in proptest::collection::vec(proptest::sample::select(vec!["a", "c", "*", "?", "[ac]", "[!b]", "[a-b]"]), 0..4),
+        ) {
+            let (a, b) = (a.concat(), b.concat());
+            let witness = strings(8).into_iter().find(|s| fnmatch(&a, s) && fnmatch(&b, s));
+            proptest::prop_assert_eq!(globs_intersect(&a, &b), witness.is_some(), "{} vs {}: witness {:?}", a, b, witness);
+        }
+    }
+}
