@@ -393,7 +393,7 @@ pub fn import(
                         &scope,
                         &k,
                         None,
-                        "moving the root file system to NVMe is not done by imgbuild: the image boots and runs from the module's own storage. Flash to the slot as before; to use the NVMe disk, mount it for data (e.g. /var/lib/rancher) with cloud-init `disk_setup`/`mounts` in an overlay",
+                        "moving the root file system to NVMe is not done by imgbuild: the image boots and runs from the module's own eMMC, which the BMC flashes. To put k3s's data on the NVMe disk, add `storage: [{device: /dev/nvme0n1, mount: /var/lib/rancher}]` to the node (formatted on first boot only when blank: a disk still holding the old root is left alone until you wipe it)",
                     ),
                     _ => other_host_key(&mut note, &scope, &k),
                 }

@@ -17,6 +17,7 @@ import datetime
 import fnmatch
 import hashlib
 import os
+import json
 import re
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def main():
     ap.add_argument("--disk-bytes", type=int, help="size of the disk the VM booted from")
     ap.add_argument("--expect-fail", default=os.environ.get("BOOT_TEST_EXPECT_FAIL", ""))
     ap.add_argument("--keep-dir", help="printed when a check fails")
+    ap.add_argument("--storage", help="JSON facts the host read off the VM's data disks after it stopped")
     a = ap.parse_args()
     expect_fail = {x.strip() for x in a.expect_fail.split(",") if x.strip()}
     ck = Checker(expect_fail)
@@ -410,6 +412,37 @@ def main():
     if sw.get("swappiness") is not None:
         ck.check("swappiness", one("swappiness") == str(sw["swappiness"]),
                  f"vm.swappiness {one('swappiness')}, profile says {sw['swappiness']}")
+
+    # --- data disks (storage): a blank disk formatted, filled and mounted; a
+    # disk holding a file system never written to.
+    disks = node.get("storage") or []
+    if disks and a.storage:
+        with open(a.storage) as f:
+            facts = json.load(f)
+        mounts = {l.split()[0]: l.split() for l in lines("data-mounts")}
+        for d in disks:
+            mp = d["mount"]
+            label = d.get("label") or mp.rstrip("/").rsplit("/", 1)[-1][:16]
+            fact = facts.get(d["device"], {})
+            if fact.get("role") == "blank":
+                m = mounts.get(mp)
+                ck.check("storage_blank_mounted", m is not None and m[2] == d.get("fs", "ext4") and m[-1] == label,
+                         f"{mp}: " + (" ".join(m[1:]) if m else "not mounted") + f" (want {d.get('fs', 'ext4')} labelled {label})",
+                         lines("data-mounts") + lines("data-disks"))
+                ck.check("storage_blank_formatted", fact.get("table") == "gpt" and fact.get("label") == label
+                         and fact.get("fsck") == 0,
+                         f"blank disk now: table {fact.get('table')}, partition 1 {fact.get('fstype')} "
+                         f"labelled {fact.get('label')!r}, e2fsck -fn exit {fact.get('fsck')}", fact.get("evidence", []))
+                want = "k3s" in " ".join(fact.get("root_entries", []))
+                ck.check("storage_filled_before_k3s", want and "airgap" in " ".join(lines("rancher-on-disk"))
+                         and "Result=success" in lines("storage-fill-result"),
+                         f"new disk holds {fact.get('root_entries')}; k3s air-gap images seen: {lines('rancher-on-disk')}",
+                         lines("storage-fill") + lines("storage-fill-result"))
+            elif fact.get("role") == "used":
+                ck.check("storage_used_untouched", fact.get("sha256_before") == fact.get("sha256_after")
+                         and mp not in mounts,
+                         f"disk holding a file system: sha256 {'unchanged' if fact.get('sha256_before') == fact.get('sha256_after') else 'CHANGED'}, "
+                         f"{mp} {'mounted' if mp in mounts else 'not mounted'}", lines("data-mounts") + lines("storage-fill"))
 
     ck.check("no_failed_units", not lines("failed-units"),
              "no failed units" if not lines("failed-units") else "failed units: "

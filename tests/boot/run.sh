@@ -159,8 +159,39 @@ kvm_usable() { # kernel
 overall=0
 summary=()
 
+# What the VM's data disks hold after it stopped, read on the host with the
+# real tools (sgdisk, blkid, e2fsck, debugfs), as JSON keyed by the profile's
+# device path.
+storage_facts() { # dir
+  local d=$1 start table fstype label fsck=-1 entries evidence
+  table=$(sgdisk -p "$d/blank.img" >/dev/null 2>&1 && echo gpt || echo none)
+  start=$(sgdisk -i 1 "$d/blank.img" 2>/dev/null | awk '/^First sector/ {print $3}')
+  evidence=$(sgdisk -p "$d/blank.img" 2>&1 | tail -4)
+  if [ -n "$start" ]; then
+    dd if="$d/blank.img" of="$d/blank-p1.img" bs=512 skip="$start" status=none conv=sparse
+    fstype=$(blkid -p -o value -s TYPE "$d/blank-p1.img" 2>/dev/null || true)
+    label=$(blkid -p -o value -s LABEL "$d/blank-p1.img" 2>/dev/null || true)
+    fsck=0
+    e2fsck -fn "$d/blank-p1.img" >"$d/blank-fsck.txt" 2>&1 || fsck=$?
+    entries=$(debugfs -R "ls -p /" "$d/blank-p1.img" 2>/dev/null | awk -F/ 'NF > 5 && $6 != "." && $6 != ".." {print $6}' | tr '\n' ' ')
+    rm -f "$d/blank-p1.img"
+  fi
+  python3 - "$table" "${fstype:-}" "${label:-}" "$fsck" "${entries:-}" "$evidence" \
+    "$(cat "$d/used.sha256")" "$(sha256sum <"$d/used.img" | cut -d' ' -f1)" <<'PY'
+import json, sys
+table, fstype, label, fsck, entries, evidence, before, after = sys.argv[1:]
+print(json.dumps({
+    "/dev/disk/by-id/virtio-imgbuild-blank": {
+        "role": "blank", "table": table, "fstype": fstype, "label": label, "fsck": int(fsck),
+        "root_entries": entries.split(), "evidence": evidence.splitlines()},
+    "/dev/disk/by-id/virtio-imgbuild-used": {
+        "role": "used", "sha256_before": before, "sha256_after": after},
+}))
+PY
+}
+
 boot_one() { # arch
-  local arch=$1 node board base out disk kdir vmlinuz initrd append qemu rep serial
+  local arch=$1 node board base out disk kdir vmlinuz initrd append qemu rep serial profiles
   case "$arch" in
   amd64) node=${BOOT_TEST_NODE_amd64:-nuc2} board=nuc ;;
   arm64) node=${BOOT_TEST_NODE_arm64:-node02} board=rk1 ;;
@@ -175,11 +206,40 @@ boot_one() { # arch
   base=$(cached_base "$board" "$arch")
   log "$arch: base image $base ($((SECONDS - t0))s)"
 
+  # The profiles: the shipped ones; on amd64 the node also gets two data disks
+  # (profile key storage): a blank one that first boot must format, fill with
+  # what the image has under /var/lib/rancher and mount there before k3s, and
+  # one holding a file system that must never be written to.
+  profiles=$repo/profiles
+  local storage_disks=()
+  if [ "$arch" = amd64 ] && [ "${BOOT_TEST_STORAGE:-1}" = 1 ]; then
+    profiles=$d/profiles
+    rm -rf "$profiles"
+    cp -r "$repo/profiles" "$profiles"
+    cat >>"$profiles/nodes/$node.yaml" <<'YAML'
+storage:
+  - device: /dev/disk/by-id/virtio-imgbuild-blank
+    mount: /var/lib/rancher
+  - device: /dev/disk/by-id/virtio-imgbuild-used
+    mount: /var/lib/longhorn
+YAML
+    truncate -s 0 "$d/blank.img" && truncate -s 1G "$d/blank.img"
+    rm -f "$d/used.img" && truncate -s 256M "$d/used.img"
+    mkfs.ext4 -q -F -L olddata "$d/used.img"
+    printf 'data that must survive\n' >"$d/keep.txt"
+    debugfs -w -R "write $d/keep.txt keep.txt" "$d/used.img" >/dev/null 2>&1
+    sha256sum <"$d/used.img" | cut -d' ' -f1 >"$d/used.sha256"
+    storage_disks=(
+      -drive "file=$d/blank.img,format=raw,if=none,id=d1,cache=unsafe" -device virtio-blk-pci,drive=d1,serial=imgbuild-blank
+      -drive "file=$d/used.img,format=raw,if=none,id=d2,cache=unsafe" -device virtio-blk-pci,drive=d2,serial=imgbuild-used
+    )
+  fi
+
   # Bake with a fresh secrets directory and cache.
   out=$d/$node.$board.img
   local t=$SECONDS
   IMGBUILD_SECRETS=$work/secrets IMGBUILD_CACHE_DIR=$work/imgbuild-cache IMGBUILD_K3S_MIRROR=$mirror \
-    "$bin" --profiles "$repo/profiles" --base "$base" "$out" >"$d/imgbuild.log" 2>&1 ||
+    "$bin" --profiles "$profiles" --base "$base" "$out" >"$d/imgbuild.log" 2>&1 ||
     { cat "$d/imgbuild.log"; die "imgbuild failed for $node"; }
   log "$arch: baked $node in $((SECONDS - t))s"
 
@@ -208,7 +268,7 @@ boot_one() { # arch
   # static address, the user-mode network takes the node's subnet and its
   # gateway is the host side, so the configured default route leads somewhere.
   local netinfo net_opts nic_opts=() ifname
-  netinfo=$(python3 - "$repo/profiles" "$node" <<'PY'
+  netinfo=$(python3 - "$profiles" "$node" <<'PY'
 import ipaddress, os, sys, yaml
 c = yaml.safe_load(open(os.path.join(sys.argv[1], "cluster.yaml")))
 n = yaml.safe_load(open(os.path.join(sys.argv[1], "nodes", sys.argv[2] + ".yaml"))) or {}
@@ -264,7 +324,7 @@ PY
       -kernel "$d/vmlinuz" -initrd "$d/initrd"
       -append "root=LABEL=cloudimg-rootfs ro console=ttyS0 panic=-1"
       -drive "file=$out,format=raw,if=none,id=d0,cache=unsafe,discard=unmap" -device virtio-blk-pci,drive=d0
-      -netdev "user,id=n0,restrict=on$net_opts" "${nic_opts[@]}"
+      -netdev "user,id=n0,restrict=on$net_opts" "${nic_opts[@]}" "${storage_disks[@]}"
       -device virtio-serial-pci -chardev "file,id=probe,path=$rep" -device virtserialport,chardev=probe,name=org.imgbuild.probe
       -serial "file:$serial" -display none -vga none -nodefaults -no-reboot)
     ;;
@@ -308,9 +368,14 @@ PY
       [[ $x != *:* ]] && [ -n "$x" ] && expect+="$x,"
     fi
   done
+  local storage_args=()
+  if [ ${#storage_disks[@]} -gt 0 ]; then
+    storage_facts "$d" >"$d/storage.json"
+    storage_args=(--storage "$d/storage.json")
+  fi
   local crc=0
-  python3 "$here/check.py" --report "$rep" --serial "$serial" --profiles "$repo/profiles" \
-    --secrets "$work/secrets" --node "$node" --disk-bytes "$disk" --expect-fail "$expect" \
+  python3 "$here/check.py" --report "$rep" --serial "$serial" --profiles "$profiles" \
+    --secrets "$work/secrets" --node "$node" --disk-bytes "$disk" --expect-fail "$expect" "${storage_args[@]}" \
     --keep-dir "$d" | tee "$d/checks.txt" || crc=$?
   summary+=("$arch ($node): $(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$d/checks.txt" || echo 'no result'), VM ${boot_s}s")
   [ "$crc" = 0 ] || overall=1

@@ -162,7 +162,12 @@ pub(crate) struct Origin<'a> {
 impl Origin<'_> {
     pub fn file_for(&self, field: &str) -> PathBuf {
         let segments: Vec<&str> = field.split('.').collect();
-        if has_path(self.own, &segments) {
+        // Lists replace as a whole when merged, so anything under a list
+        // element the node sets (a missing `storage[0].device`, say) is the
+        // node file's.
+        let in_own_list = (1..segments.len())
+            .any(|n| segments[n - 1].ends_with(']') && has_path(self.own, &segments[..n]));
+        if in_own_list || has_path(self.own, &segments) {
             self.node_file.to_owned()
         } else {
             self.cluster_file.to_owned()

@@ -1,0 +1,263 @@
+//! Data disks (`storage` node key): what `check` refuses, and the cloud-config
+//! a node with disks gets, read by cloud-init itself (schema and NoCloud reader).
+//! The boot test (tests/boot) boots a node with a blank and a used disk.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+}
+
+use std::path::Path;
+
+use imgbuild::commands::{self, Paths};
+use support::{fixtures::*, harness::*};
+
+/// The shipped profiles copied into a scratch dir with `node`'s file extended by `extra`.
+fn profiles_with(node: &str, extra: &str) -> tempfile::TempDir {
+    let dir = scratch();
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(dir.path())
+    ));
+    let file = dir
+        .path()
+        .join("profiles/nodes")
+        .join(format!("{node}.yaml"));
+    let mut body = std::fs::read_to_string(&file).unwrap();
+    body.push_str(extra);
+    std::fs::write(&file, body).unwrap();
+    dir
+}
+
+fn check(dir: &Path) -> (i32, String) {
+    let out = command()
+        .args(["check", "--profiles", "profiles"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), text(&out))
+}
+
+fn user_data(dir: &Path, node: &str) -> Vec<u8> {
+    let paths =
+        Paths::resolve_with_secrets(dir.join("profiles"), None, None, Some(dir.join("secrets")));
+    commands::secrets::generate(&paths, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+    commands::render::render(&paths, node, imgbuild::plan::DEFAULT_BUILD_TIME)
+        .unwrap()
+        .into_iter()
+        .find(|f| f.target == "seed" && f.path == "/user-data")
+        .unwrap()
+        .contents
+}
+
+#[test]
+fn storage_renders_cloud_config_that_cloud_init_accepts() {
+    let dir = profiles_with(
+        "node02",
+        "storage:\n  - device: /dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456\n    mount: /var/lib/rancher\n  - device: /dev/sda\n    mount: /var/lib/longhorn\n    fs: xfs\n    label: lh\n    options: [noatime]\n",
+    );
+    let (code, out) = check(dir.path());
+    assert_eq!(code, 0, "{out}");
+    let ud = user_data(dir.path(), "node02");
+    let f = dir.path().join("user-data");
+    std::fs::write(&f, &ud).unwrap();
+    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
+    assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&ud));
+
+    // What cloud-init's NoCloud reader makes of it: each disk partitioned
+    // and formatted only when blank, mounted by label with nofail.
+    let seen = cloud_init_seed(b"instance-id: iid-x\n", &ud);
+    let u = &seen["user_data"];
+    let nvme = "/dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456";
+    assert_eq!(u["disk_setup"][nvme]["overwrite"], false, "{u}");
+    assert_eq!(u["disk_setup"][nvme]["table_type"], "gpt");
+    assert_eq!(u["disk_setup"]["/dev/sda"]["overwrite"], false);
+    let fs = u["fs_setup"].as_array().unwrap();
+    assert_eq!(fs.len(), 2);
+    for (entry, (label, fstype, dev)) in fs
+        .iter()
+        .zip([("rancher", "ext4", nvme), ("lh", "xfs", "/dev/sda")])
+    {
+        assert_eq!(entry["label"], label);
+        assert_eq!(entry["filesystem"], fstype);
+        assert_eq!(entry["device"], dev);
+        // `auto` looks for a file system with this label first and formats
+        // only a partition without any; `none` would mkfs the raw disk.
+        assert_eq!(entry["partition"], "auto");
+        assert_eq!(entry["overwrite"], false);
+    }
+    assert_eq!(
+        u["mounts"],
+        serde_json::json!([
+            [
+                "LABEL=rancher",
+                "/var/lib/rancher",
+                "ext4",
+                "nofail,x-systemd.device-timeout=30s",
+                "0",
+                "2"
+            ],
+            [
+                "LABEL=lh",
+                "/var/lib/longhorn",
+                "xfs",
+                "noatime,nofail,x-systemd.device-timeout=30s",
+                "0",
+                "2"
+            ]
+        ])
+    );
+
+    // The fill step runs after cloud-init and before k3s, for both mounts.
+    let paths = Paths::resolve_with_secrets(
+        dir.path().join("profiles"),
+        None,
+        None,
+        Some(dir.path().join("secrets")),
+    );
+    let files =
+        commands::render::render(&paths, "node02", imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+    let unit = files
+        .iter()
+        .find(|f| f.path == "/etc/systemd/system/imgbuild-storage-fill.service")
+        .expect("fill unit");
+    let unit = String::from_utf8(unit.contents.clone()).unwrap();
+    assert!(unit.contains("After=cloud-init.service"), "{unit}");
+    assert!(
+        unit.contains("Before=k3s.service k3s-agent.service"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("ExecStart=/usr/local/lib/imgbuild/storage-fill \"/var/lib/rancher\" \"/var/lib/longhorn\""),
+        "{unit}"
+    );
+    let script = files
+        .iter()
+        .find(|f| f.path == "/usr/local/lib/imgbuild/storage-fill")
+        .unwrap();
+    assert_eq!(script.mode, 0o755);
+    let s = dir.path().join("storage-fill");
+    std::fs::write(&s, &script.contents).unwrap();
+    let (code, out) = sh_status(&format!("sh -n {}", q(&s)));
+    assert_eq!(code, 0, "{out}");
+    // Nodes without disks get none of it.
+    let plain =
+        commands::render::render(&paths, "node03", imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+    assert!(plain.iter().all(|f| !f.path.contains("storage")));
+    let ud3 = String::from_utf8(
+        plain
+            .iter()
+            .find(|f| f.path == "/user-data")
+            .unwrap()
+            .contents
+            .clone(),
+    )
+    .unwrap();
+    assert!(
+        !ud3.contains("disk_setup") && !ud3.contains("mounts:"),
+        "{ud3}"
+    );
+}
+
+#[test]
+fn storage_entries_that_would_lose_data_or_never_work_are_refused() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "  - mount: /data\n",
+            "storage[0].device",
+            "missing; give the whole disk",
+        ),
+        (
+            "  - device: /dev/nvme0n1p1\n    mount: /data\n",
+            "storage[0].device",
+            "is a partition; give the whole disk",
+        ),
+        (
+            "  - device: /dev/disk/by-id/nvme-X-part2\n    mount: /data\n",
+            "storage[0].device",
+            "is a partition",
+        ),
+        (
+            "  - device: /dev/mmcblk0\n    mount: /data\n",
+            "storage[0].device",
+            "holds the root",
+        ),
+        (
+            "  - device: sda\n    mount: /data\n",
+            "storage[0].device",
+            "is not a device path",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /var\n",
+            "storage[0].mount",
+            "belongs to the system",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /etc/data\n",
+            "storage[0].mount",
+            "belongs to the system",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: data\n",
+            "storage[0].mount",
+            "is not an absolute directory path",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv/../etc\n",
+            "storage[0].mount",
+            "is not an absolute directory path",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n    fs: ntfs\n",
+            "storage[0].fs",
+            "expected ext4 or xfs",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n    fs: xfs\n    label: thirteen-char\n",
+            "storage[0].label",
+            "must be 1 to 12",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n    label: cloudimg-rootfs\n",
+            "storage[0].label",
+            "is the label of a partition of the rk1 image",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n    options: [\"rw,exec\"]\n",
+            "storage[0].options[0]",
+            "is not one mount option",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n  - device: /dev/sdb\n    mount: /srv/b\n",
+            "storage[1].mount",
+            "mount points may not nest",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv/a\n  - device: /dev/sda\n    mount: /srv/b\n",
+            "storage[1].device",
+            "already used by another storage entry",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv/data\n  - device: /dev/sdb\n    mount: /mnt/data\n",
+            "storage[1].label",
+            "\"data\" is already used",
+        ),
+        (
+            "  - device: /dev/sda\n    mount: /srv\n    colour: blue\n",
+            "storage[0]",
+            "unknown field `colour`",
+        ),
+    ];
+    for (entry, field, reason) in cases {
+        let dir = profiles_with("node02", &format!("storage:\n{entry}"));
+        let (code, out) = check(dir.path());
+        assert_eq!(code, 3, "{entry}\n{out}");
+        let line = out
+            .lines()
+            .find(|l| l.contains("node02.yaml") && l.contains(reason))
+            .unwrap_or_else(|| panic!("no problem {reason:?} for\n{entry}\n{out}"));
+        assert!(line.contains(field), "field {field} not named in {line}");
+    }
+}
