@@ -20,6 +20,7 @@
 #                          instead of now: a board whose clock is behind
 #   BOOT_TEST_WORKDIR      work directory (default: a new one under /tmp)
 #   BOOT_TEST_KEEP=1       keep the work directory after a passing run
+#   BOOT_TEST_STORAGE=0    no data disks (amd64 attaches a blank and a used one)
 #   IMGBUILD_BIN           imgbuild binary to test (default: cargo build, target/debug)
 #
 # Needs root (the root tarball's owners and device nodes), mmdebstrap, QEMU,
