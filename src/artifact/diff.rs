@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::fs::{FsProbe, ext4, fat::FatVolume, probe};
-use crate::image::{PartitionTable, Region};
+use crate::fs::{FsProbe, ext4, fat::FatVolume};
+use crate::image::Region;
 
 /// One entry of a file system.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -188,15 +188,11 @@ struct Read {
 }
 
 fn read(image: &Path) -> Result<Read> {
-    let table = PartitionTable::read(image, None)?;
-    let file =
-        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let probed = super::inspect::Probed::open(image)?;
     let mut parts = Vec::new();
     let mut listings = BTreeMap::new();
-    for p in &table.partitions {
-        let region = Region::new(&file, p);
-        let fs = probe(&region)?;
-        let listing = match &fs {
+    for (p, region, fs) in probed.partitions() {
+        let listing = match fs {
             FsProbe::Vfat { .. } => Some(list_fat(region).with_context(|| {
                 format!(
                     "{}: reading the FAT file system of partition {}",
@@ -216,10 +212,10 @@ fn read(image: &Path) -> Result<Read> {
         if let Some(l) = listing {
             listings.insert(p.index, (fs.kind_name().to_string(), l));
         }
-        parts.push(PartSummary::new(p, fs));
+        parts.push(PartSummary::new(p, fs.clone()));
     }
     Ok(Read {
-        table: table.kind.to_string(),
+        table: probed.table.kind.to_string(),
         parts,
         listings,
     })

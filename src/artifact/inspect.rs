@@ -78,16 +78,51 @@ pub struct SeedFile {
 
 /// Reads `image`; a NoCloud seed inside an ext4 file system is looked for in
 /// `ext4_seed_dirs` (FAT seeds are at the volume's root).
+/// An image opened for reading: its partition table and each partition's
+/// file system as probed; what `inspect` and `diff` both start from.
+pub(super) struct Probed {
+    pub table: PartitionTable,
+    pub file: std::fs::File,
+    pub filesystems: Vec<FsProbe>,
+}
+
+impl Probed {
+    pub fn open(image: &Path) -> Result<Probed> {
+        let table = PartitionTable::read(image, None)?;
+        let file =
+            std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+        let filesystems = table
+            .partitions
+            .iter()
+            .map(|p| probe(&Region::new(&file, p)))
+            .collect::<Result<_, _>>()?;
+        Ok(Probed {
+            table,
+            file,
+            filesystems,
+        })
+    }
+
+    /// Each partition with its bounds-checked region and probed file system.
+    pub fn partitions(
+        &self,
+    ) -> impl Iterator<Item = (&crate::image::Partition, Region<'_>, &FsProbe)> {
+        self.table
+            .partitions
+            .iter()
+            .zip(&self.filesystems)
+            .map(|(p, fs)| (p, Region::new(&self.file, p), fs))
+    }
+}
+
 pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
-    let table = PartitionTable::read(image, None)?;
-    let file =
-        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
+    let probed = Probed::open(image)?;
+    let (table, file) = (&probed.table, &probed.file);
     let mut partitions = Vec::new();
     let mut seed = None;
     let mut provenance = None;
-    for p in &table.partitions {
-        let region = Region::new(&file, p);
-        let fs = probe(&region)?;
+    for (p, region, fs) in probed.partitions() {
+        let fs = fs.clone();
         let found = match &fs {
             FsProbe::Vfat { .. } => read_fat_seed(region)?,
             FsProbe::Ext4 { .. } => ext4_seed_dirs
@@ -117,7 +152,7 @@ pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
         .iter()
         .max_by_key(|p| p.end())
         .and_then(|p| {
-            let sb = ext4::Superblock::read(&Region::new(&file, p)).ok()?;
+            let sb = ext4::Superblock::read(&Region::new(file, p)).ok()?;
             Some(RootGrowth {
                 partition: p.index,
                 partition_bytes: p.len,
