@@ -8,5 +8,6 @@ pub mod manifest;
 mod problem;
 pub mod profile;
 pub mod read;
+pub mod vip;
 
 pub use problem::Problem;

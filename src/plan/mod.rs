@@ -4,6 +4,7 @@
 
 mod context;
 mod filters;
+pub mod kube_vip;
 pub mod overlay_source;
 pub mod provenance;
 pub mod render;
@@ -205,7 +206,7 @@ pub fn render_node(
         Some(values) => context(values)?,
         None => probe_a.clone(),
     };
-    let features = render::features_for(
+    let mut features = render::features_for(
         &node.board,
         node.k3s.role,
         node.k3s.cluster_init,
@@ -213,6 +214,12 @@ pub fn render_node(
         node.nvidia,
         node.swap.enabled(),
     );
+    // kube-vip runs on every server; each applies the same manifest.
+    if inputs.profiles.cluster.vip.is_some()
+        && node.k3s.role == crate::config::profile::Role::Server
+    {
+        features.push("vip".into());
+    }
     let identity = format!(
         "{}:{}:{}",
         manifest.board,

@@ -141,6 +141,15 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
         }
     }
     validate::cross_checks(&cluster, &cluster_path, &resolved, &mut problems);
+    if let Some(vip) = &cluster.vip {
+        crate::config::vip::check(
+            vip,
+            &cluster.server,
+            &cluster_path,
+            &resolved,
+            &mut problems,
+        );
+    }
     if problems.is_empty() {
         Ok(ProfileSet {
             dir: dir.to_owned(),

@@ -37,6 +37,9 @@ pub struct Cluster {
     pub turing_pi_boards: Vec<TuringPiBoard>,
     #[serde(default)]
     pub k3s: K3sCluster,
+    /// A virtual IP for the control plane (kube-vip); see `config::vip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<crate::config::vip::Vip>,
 }
 
 fn default_timezone() -> String {

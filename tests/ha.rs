@@ -1,0 +1,411 @@
+//! HA and GitOps: the three-server VIP example (`examples/ha`), its
+//! pre-flight refusals and warnings, kube-vip's manifest checked with
+//! kubernetes-validate, and the tls-san and server URL read back from baked
+//! images with ext4-view after `e2fsck -fn`.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+}
+
+use std::path::{Path, PathBuf};
+
+use support::{fixtures::*, harness::*, mirror::*};
+
+/// A copy of `examples/ha` as `profiles/` in a scratch directory.
+struct Ws {
+    dir: tempfile::TempDir,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        let dir = scratch();
+        sh(&format!(
+            "cp -r {} {}",
+            q(&repo().join("examples/ha")),
+            q(&dir.path().join("profiles"))
+        ));
+        Ws { dir }
+    }
+    fn profiles(&self) -> PathBuf {
+        self.dir.path().join("profiles")
+    }
+    /// Replaces `from` (which must be there) by `to` in a profile file.
+    fn edit(&self, file: &str, from: &str, to: &str) -> &Self {
+        let p = self.profiles().join(file);
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.contains(from), "{file} has no {from:?}");
+        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
+        self
+    }
+    fn run(&self, args: &[&str]) -> Run {
+        let p = self.profiles();
+        let mut all = vec!["--profiles", p.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = imgbuild(self.dir.path(), &all);
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            text: text(&out),
+        }
+    }
+}
+
+/// A file of `node`'s rendered image as `render --contents` prints it.
+fn rendered(ws: &Ws, node: &str, path: &str) -> Option<String> {
+    let r = ws.run(&["render", node, "--contents"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let header = |l: &str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 7
+            && f[1].starts_with('/')
+            && f[3].contains(':')
+            && f[5] == "bytes"
+            && f[6] == "from"
+    };
+    let mut lines = r.text.lines();
+    lines.find(|l| header(l) && l.split_whitespace().nth(1) == Some(path))?;
+    let body: Vec<&str> = lines.take_while(|l| !header(l)).collect();
+    Some(body.join("\n"))
+}
+
+const KUBE_VIP: &str = "/var/lib/rancher/k3s/server/manifests/imgbuild-kube-vip.yaml";
+
+fn docs(yaml: &str) -> Vec<serde_yaml_ng::Value> {
+    serde_yaml_ng::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .filter(|v: &serde_yaml_ng::Value| !v.is_null())
+        .collect()
+}
+
+fn kubernetes_validate() -> PathBuf {
+    PathBuf::from(python().trim_matches('\''))
+        .parent()
+        .unwrap()
+        .join("kubernetes-validate")
+}
+
+/// Runs kubernetes-validate (strict, the schemas of Kubernetes 1.32, the
+/// minor of the example's k3s v1.32.5+k3s1) on `yaml`.
+fn validate(yaml: &str, work: &Path) -> (i32, String) {
+    let file = work.join("manifest.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    sh_status(&format!(
+        "{} --strict -k 1.32.0 {}",
+        q(&kubernetes_validate()),
+        q(&file)
+    ))
+}
+
+#[test]
+fn the_ha_example_checks_clean_and_warns_about_etcd_quorum_otherwise() {
+    let ws = Ws::new();
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(!r.text.contains("WARN"), "{}", r.text);
+    assert!(r.text.contains("4 node(s)"), "{}", r.text);
+
+    // Two servers: valid, but etcd then tolerates no failure.
+    ws.edit("nodes/node03.yaml", "role: server", "role: agent");
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text
+            .contains("cluster.vip: 2 server(s): embedded etcd needs a majority")
+            && r.text.contains("tolerates the loss of 0 server(s) (none)"),
+        "{}",
+        r.text
+    );
+    // Four servers: even, tolerates one, like three.
+    ws.edit("nodes/node03.yaml", "role: agent", "role: server")
+        .edit("nodes/node04.yaml", "role: agent", "role: server");
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("4 server(s)")
+            && r.text.contains("tolerates the loss of 1 server(s)")
+            && r.text.contains("use an odd number"),
+        "{}",
+        r.text
+    );
+    // One server on DHCP: the subnet check cannot be done; said so.
+    ws.edit(
+        "nodes/node02.yaml",
+        "  address: 192.168.1.102/24\n",
+        "  dhcp: true\n",
+    );
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text
+            .contains("node02.yaml: network.address: server node02 takes its address from DHCP"),
+        "{}",
+        r.text
+    );
+}
+
+/// Each refusal: the edit to the example, and what the message must say.
+#[test]
+fn contradictions_and_unreachable_vips_are_refused_with_file_and_field() {
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        (
+            "cluster.yaml",
+            "server: 192.168.1.100",
+            "server: 192.168.1.101",
+            &[
+                "cluster.yaml: cluster.server: 192.168.1.101 contradicts cluster.vip.address 192.168.1.100",
+                "set cluster.server to 192.168.1.100",
+            ],
+        ),
+        (
+            "cluster.yaml",
+            "address: 192.168.1.100\n",
+            "address: 192.168.1.103\n",
+            &[
+                "cluster.yaml: cluster.vip.address: 192.168.1.103 is the address of node node03",
+                "no node uses",
+            ],
+        ),
+        (
+            "cluster.yaml",
+            "address: 192.168.1.100\n",
+            "address: 192.168.2.100\n",
+            &[
+                "cluster.yaml: cluster.vip.address: 192.168.2.100 is not in server node01's subnet 192.168.1.101/24",
+                "ARP",
+            ],
+        ),
+        (
+            "cluster.yaml",
+            "services_range: 192.168.1.200-192.168.1.220",
+            "services_range: 192.168.1.90-192.168.1.99",
+            &[], // valid: below the VIP and the nodes
+        ),
+        (
+            "cluster.yaml",
+            "services_range: 192.168.1.200-192.168.1.220",
+            "services_range: 192.168.1.96/28",
+            &[
+                "cluster.vip.services_range: 192.168.1.96-192.168.1.111 contains the VIP 192.168.1.100",
+                "contains 192.168.1.101, the address of node node01",
+            ],
+        ),
+        (
+            "cluster.yaml",
+            "services_range: 192.168.1.200-192.168.1.220",
+            "services_range: 192.168.1.220-192.168.1.200",
+            &["cluster.vip.services_range: \"192.168.1.220-192.168.1.200\" ends before it starts"],
+        ),
+        (
+            "cluster.yaml",
+            "services_range: 192.168.1.200-192.168.1.220",
+            "services_range: 192.168.1.250-192.168.2.10",
+            &["is not inside server node01's subnet 192.168.1.101/24"],
+        ),
+        (
+            "cluster.yaml",
+            "# interface: eth0",
+            "interface: \"en*\"",
+            &[
+                "cluster.vip.interface: \"en*\" is not an interface name",
+                "no wildcard",
+            ],
+        ),
+        (
+            "cluster.yaml",
+            "address: 192.168.1.100\n",
+            "address: 192.168.1.300\n",
+            &["cluster.yaml: cluster.vip.address: invalid IP address syntax"],
+        ),
+        (
+            "cluster.yaml",
+            "services_range:",
+            "range:",
+            &["cluster.yaml: cluster.vip.range: unknown field `range`"],
+        ),
+    ];
+    for (file, from, to, wants) in cases {
+        let ws = Ws::new();
+        ws.edit(file, from, to);
+        let r = ws.run(&["check"]);
+        if wants.is_empty() {
+            assert_eq!(r.code, 0, "{to}: {}", r.text);
+            continue;
+        }
+        assert_eq!(r.code, 3, "{to} was accepted: {}", r.text);
+        for w in *wants {
+            assert!(r.text.contains(w), "{to}: expected {w:?} in:\n{}", r.text);
+        }
+    }
+}
+
+#[test]
+fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
+    let ws = Ws::new();
+    let manifest = rendered(&ws, "node01", KUBE_VIP).expect("no kube-vip on the first server");
+    for server in ["node02", "node03"] {
+        assert_eq!(
+            rendered(&ws, server, KUBE_VIP).as_deref(),
+            Some(manifest.as_str()),
+            "{server}: every server applies the same manifest"
+        );
+    }
+    assert!(
+        rendered(&ws, "node04", KUBE_VIP).is_none(),
+        "an agent got kube-vip"
+    );
+
+    let d = docs(&manifest);
+    let kinds: Vec<&str> = d.iter().map(|v| v["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "DaemonSet"
+        ]
+    );
+    assert_eq!(d[2]["roleRef"]["name"], d[1]["metadata"]["name"]);
+    assert_eq!(d[2]["subjects"][0]["name"], d[0]["metadata"]["name"]);
+    let leases = d[1]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|r| r["resources"][0].as_str() == Some("leases"));
+    assert!(leases, "leader election needs leases");
+    assert_eq!(
+        d[3]["data"]["range-global"].as_str(),
+        Some("192.168.1.200-192.168.1.220")
+    );
+    let spec = &d[4]["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["nodeSelector"]["node-role.kubernetes.io/control-plane"].as_str(),
+        Some("true")
+    );
+    assert_eq!(spec["hostNetwork"].as_bool(), Some(true));
+    assert_eq!(spec["serviceAccountName"], d[0]["metadata"]["name"]);
+    let c = &spec["containers"][0];
+    let image = c["image"].as_str().unwrap();
+    let digest = image.split_once("@sha256:").map(|(_, d)| d).unwrap_or("");
+    assert!(
+        digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not pinned by digest: {image}"
+    );
+    let env: std::collections::BTreeMap<&str, &str> = c["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    for (k, v) in [
+        ("vip_arp", "true"),
+        ("cp_enable", "true"),
+        ("svc_enable", "true"),
+        ("vip_leaderelection", "true"),
+        ("address", "192.168.1.100"),
+        ("vip_cidr", "32"),
+        ("port", "6443"),
+    ] {
+        assert_eq!(env.get(k), Some(&v), "{k}: {env:?}");
+    }
+    // Servers match different interface names (eth0, en*): kube-vip picks
+    // the default route's interface itself.
+    assert!(!env.contains_key("vip_interface"), "{env:?}");
+
+    let work = scratch();
+    let (rc, out) = validate(&manifest, work.path());
+    assert_eq!(rc, 0, "{out}");
+    for res in [
+        "serviceaccount/kube-vip",
+        "clusterrole/system:kube-vip-role",
+        "clusterrolebinding/system:kube-vip-binding",
+        "configmap/kubevip",
+        "daemonset/kube-vip-ds",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {res} against version 1.32")),
+            "{res}: {out}"
+        );
+    }
+    // The oracle can fail: a misspelt field is refused.
+    let (rc, out) = validate(
+        &manifest.replace("hostNetwork:", "hostNetwrk:"),
+        work.path(),
+    );
+    assert_ne!(
+        rc, 0,
+        "kubernetes-validate accepted a broken manifest: {out}"
+    );
+
+    // Without a range: no Services, no ConfigMap, servicelb stays.
+    ws.edit(
+        "cluster.yaml",
+        "services_range: 192.168.1.200-192.168.1.220",
+        "interface: eth1",
+    );
+    let manifest = rendered(&ws, "node02", KUBE_VIP).unwrap();
+    assert!(!manifest.contains("kind: ConfigMap"), "{manifest}");
+    assert!(manifest.contains("name: svc_enable\n              value: \"false\""));
+    assert!(manifest.contains("name: vip_interface\n              value: \"eth1\""));
+    let (rc, out) = validate(&manifest, work.path());
+    assert_eq!(rc, 0, "{out}");
+    let cfg = rendered(&ws, "node02", "/etc/rancher/k3s/config.yaml").unwrap();
+    assert!(cfg.contains("disable: [\"traefik\"]\n"), "{cfg}");
+}
+
+#[test]
+fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
+    let fx = fixtures();
+    let ws = Ws::new();
+    let w = ws.dir.path();
+    let bake = |target: &str, base: &Path| {
+        let out = w.join(target);
+        let r = ws.run(&["--base", base.to_str().unwrap(), out.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.text);
+        out
+    };
+    let read = |layout: &Layout, img: &Path, index: u32, sub: &str| {
+        let work = w.join(sub);
+        std::fs::create_dir(&work).unwrap();
+        let part = fsck_ext4(layout, img, index, &work);
+        ext4_view::Ext4::load_from_path(&part).unwrap()
+    };
+    let yaml = |fs: &ext4_view::Ext4, path: &str| -> serde_yaml_ng::Value {
+        serde_yaml_ng::from_slice(&fs.read(path).unwrap()).unwrap()
+    };
+    let sans = |v: &serde_yaml_ng::Value| -> Vec<String> {
+        v["tls-san"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let first = bake("node01.cm4.img", &fx.cm4.path);
+    let fs = read(&fx.cm4, &first, 2, "first");
+    let cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(cfg["cluster-init"].as_bool(), Some(true));
+    assert!(sans(&cfg).contains(&"192.168.1.100".to_string()), "{cfg:?}");
+    assert_eq!(cfg["disable"][1].as_str(), Some("servicelb"));
+    assert!(fs.exists(KUBE_VIP).unwrap());
+
+    let joiner = bake("node02.rk1.img", &fx.rk1.path);
+    let fs = read(&fx.rk1, &joiner, 2, "joiner");
+    let cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(cfg["server"].as_str(), Some("https://192.168.1.100:6443"));
+    assert!(cfg["cluster-init"].is_null());
+    let s = sans(&cfg);
+    assert!(s.contains(&"192.168.1.100".to_string()) && s.contains(&"192.168.1.102".to_string()));
+    assert!(fs.exists(KUBE_VIP).unwrap());
+
+    let agent = bake("node04.rk1.img", &fx.rk1.path);
+    let fs = read(&fx.rk1, &agent, 2, "agent");
+    let cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml");
+    assert_eq!(cfg["server"].as_str(), Some("https://192.168.1.100:6443"));
+    assert!(!fs.exists(KUBE_VIP).unwrap());
+}
