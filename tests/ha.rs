@@ -409,3 +409,324 @@ fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
     assert_eq!(cfg["server"].as_str(), Some("https://192.168.1.100:6443"));
     assert!(!fs.exists(KUBE_VIP).unwrap());
 }
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(b))
+}
+
+/// A real chart archive made with tar (Chart.yaml and one template).
+fn chart_tgz(work: &Path) -> Vec<u8> {
+    let dir = work.join("chart-src/demo");
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
+    )
+    .unwrap();
+    let tgz = work.join("demo-0.1.0.tgz");
+    sh(&format!(
+        "tar -C {} -czf {} demo",
+        q(&work.join("chart-src")),
+        q(&tgz)
+    ));
+    std::fs::read(tgz).unwrap()
+}
+
+const NAMESPACE_MANIFEST: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n  namespace: gitops\ndata:\n  from: imgbuild\n";
+
+/// Adds a bootstrap block with one manifest and one chart to the example.
+fn with_bootstrap(ws: &Ws, repo_url: &str, sha256: &str) {
+    let m = ws.profiles().join("manifests");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(m.join("gitops.yaml"), NAMESPACE_MANIFEST).unwrap();
+    std::fs::write(
+        m.join("demo-values.yaml"),
+        "greeting: hello from the profile\n",
+    )
+    .unwrap();
+    let p = ws.profiles().join("cluster.yaml");
+    let mut t = std::fs::read_to_string(&p).unwrap();
+    let defaults = t.find("\ndefaults:").unwrap() + 1;
+    t.insert_str(
+        defaults,
+        &format!(
+            "  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: {repo_url}\n        chart: demo\n        version: 0.1.0\n        sha256: {sha256}\n        namespace: demo\n        values: demo-values.yaml\n"
+        ),
+    );
+    std::fs::write(&p, t).unwrap();
+}
+
+#[test]
+fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
+    let fx = fixtures();
+    let ws = Ws::new();
+    let w = ws.dir.path();
+    let tgz = chart_tgz(w);
+    let digest = sha256_hex(&tgz);
+    let server = support::http::Server::start(Default::default());
+    server.put("/charts/demo-0.1.0.tgz", tgz.clone());
+    with_bootstrap(
+        &ws,
+        &format!("http://127.0.0.1:{}/charts", server.port),
+        &digest,
+    );
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+
+    let cache = w.join("cache");
+    let out = w.join("node01.cm4.img");
+    let r = ws.run(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--base",
+        fx.cm4.path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert_eq!(server.gets("/charts/demo-0.1.0.tgz").len(), 1);
+    assert_eq!(
+        std::fs::read(cache.join("assets").join(&digest)).unwrap(),
+        tgz
+    );
+
+    let work = w.join("read");
+    std::fs::create_dir(&work).unwrap();
+    let part = fsck_ext4(&fx.cm4, &out, 2, &work);
+    let fs = ext4_view::Ext4::load_from_path(&part).unwrap();
+    let manifests = "/var/lib/rancher/k3s/server/manifests";
+    let plain = fs
+        .read(format!("{manifests}/imgbuild-bootstrap-gitops.yaml").as_str())
+        .unwrap();
+    assert_eq!(plain, NAMESPACE_MANIFEST.as_bytes());
+    let (rc, o) = validate(NAMESPACE_MANIFEST, &work);
+    assert_eq!(rc, 0, "{o}");
+    assert!(o.contains("passed for resource namespace/gitops"), "{o}");
+
+    let hc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(
+        &fs.read(format!("{manifests}/imgbuild-chart-demo.yaml").as_str())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hc["apiVersion"].as_str(), Some("helm.cattle.io/v1"));
+    assert_eq!(hc["kind"].as_str(), Some("HelmChart"));
+    assert_eq!(hc["metadata"]["namespace"].as_str(), Some("kube-system"));
+    assert_eq!(hc["spec"]["targetNamespace"].as_str(), Some("demo"));
+    assert_eq!(
+        hc["spec"]["valuesContent"].as_str(),
+        Some("greeting: hello from the profile\n")
+    );
+    // The embedded archive: decoded by base64(1), same digest, and tar reads it.
+    let b64 = work.join("content.b64");
+    std::fs::write(&b64, hc["spec"]["chartContent"].as_str().unwrap()).unwrap();
+    let decoded = work.join("decoded.tgz");
+    sh(&format!("base64 -d {} > {}", q(&b64), q(&decoded)));
+    let sum = String::from_utf8(sh(&format!("sha256sum {}", q(&decoded))).stdout).unwrap();
+    assert_eq!(&sum[..64], digest);
+    let list = String::from_utf8(sh(&format!("tar -tzf {}", q(&decoded))).stdout).unwrap();
+    assert!(list.contains("demo/Chart.yaml"), "{list}");
+    assert!(
+        !fs.exists("/var/lib/rancher/k3s/server/manifests/imgbuild-chart-demo.yaml.j2")
+            .unwrap()
+    );
+
+    // Provenance: the chart's URL and digest, and the manifest's digest.
+    let statement = std::fs::read_to_string(format!("{}.intoto.json", out.display())).unwrap();
+    let st: serde_json::Value = serde_json::from_str(statement.trim()).unwrap();
+    let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    let chart = deps
+        .iter()
+        .find(|d| d["name"] == "helm chart demo 0.1.0")
+        .expect("the chart in resolvedDependencies");
+    assert_eq!(chart["digest"]["sha256"].as_str(), Some(digest.as_str()));
+    assert!(
+        chart["uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/charts/demo-0.1.0.tgz")
+    );
+    let m = deps
+        .iter()
+        .find(|d| d["name"] == "bootstrap manifest gitops.yaml")
+        .unwrap();
+    assert_eq!(
+        m["digest"]["sha256"].as_str(),
+        Some(sha256_hex(NAMESPACE_MANIFEST.as_bytes()).as_str())
+    );
+
+    // Agents and joining servers get none of it.
+    let agent = w.join("node04.rk1.img");
+    let r = ws.run(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--base",
+        fx.rk1.path.to_str().unwrap(),
+        agent.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let work = w.join("read-agent");
+    std::fs::create_dir(&work).unwrap();
+    let part = fsck_ext4(&fx.rk1, &agent, 2, &work);
+    let fs = ext4_view::Ext4::load_from_path(&part).unwrap();
+    assert!(
+        !fs.exists(format!("{manifests}/imgbuild-chart-demo.yaml").as_str())
+            .unwrap()
+    );
+}
+
+#[test]
+fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
+    let fx = fixtures();
+    let ws = Ws::new();
+    let w = ws.dir.path();
+    let tgz = chart_tgz(w);
+    let pinned = sha256_hex(b"some other archive");
+    let server = support::http::Server::start(Default::default());
+    server.put("/charts/demo-0.1.0.tgz", tgz.clone());
+    with_bootstrap(
+        &ws,
+        &format!("http://127.0.0.1:{}/charts/", server.port),
+        &pinned,
+    );
+    let cache = w.join("cache");
+    let out = w.join("node01.cm4.img");
+    let r = ws.run(&[
+        "--cache-dir",
+        cache.to_str().unwrap(),
+        "--base",
+        fx.cm4.path.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("chart demo (demo 0.1.0)")
+            && r.text.contains(&format!(
+                "sha256 mismatch: expected {pinned}, got {}",
+                sha256_hex(&tgz)
+            )),
+        "{}",
+        r.text
+    );
+    assert!(!out.exists());
+    // Neither digest is cached (the k3s assets are), and no partial is left.
+    assert!(!cache.join("assets").join(&pinned).exists());
+    assert!(!cache.join("assets").join(sha256_hex(&tgz)).exists());
+    let partial: Vec<_> = std::fs::read_dir(cache.join("partial"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(partial.is_empty(), "{partial:?}");
+}
+
+#[test]
+fn bootstrap_mistakes_are_refused_with_file_and_field() {
+    let ws = Ws::new();
+    with_bootstrap(&ws, "http://127.0.0.1:9/charts", &"ab".repeat(32));
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "manifests: [gitops.yaml]",
+            "manifests: [missing.yaml]",
+            "cluster.bootstrap.manifests[0]: ",
+        ),
+        (
+            "manifests: [gitops.yaml]",
+            "manifests: [../cluster.yaml]",
+            "cluster.bootstrap.manifests[0]: \"../cluster.yaml\" must be a file name in manifests/",
+        ),
+        (
+            "sha256: abab",
+            "sha256: zzab",
+            "cluster.bootstrap.charts[0].sha256: expected the chart archive's sha256, 64 hex digits",
+        ),
+        (
+            "version: 0.1.0",
+            "version: \">=0.1\"",
+            "cluster.bootstrap.charts[0].version: expected a pinned chart version",
+        ),
+        (
+            "name: demo\n",
+            "name: Demo\n",
+            "cluster.bootstrap.charts[0].name: \"Demo\" must be 1 to 53 lower-case",
+        ),
+        (
+            "repo: http://",
+            "repo: ftp://",
+            "cluster.bootstrap.charts[0].repo: expected an http:// or https:// URL",
+        ),
+    ];
+    let file = ws.profiles().join("cluster.yaml");
+    let original = std::fs::read_to_string(&file).unwrap();
+    for (from, to, want) in cases {
+        assert!(original.contains(from), "{from}");
+        std::fs::write(&file, original.replacen(from, to, 1)).unwrap();
+        let r = ws.run(&["check"]);
+        assert_eq!(r.code, 3, "{to}: {}", r.text);
+        assert!(
+            r.text.contains(want),
+            "{to}: expected {want:?} in\n{}",
+            r.text
+        );
+    }
+    // A manifest that is not Kubernetes objects.
+    std::fs::write(&file, &original).unwrap();
+    std::fs::write(ws.profiles().join("manifests/gitops.yaml"), "just: data\n").unwrap();
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(
+        r.text
+            .contains("gitops.yaml: document 1 has no apiVersion and kind"),
+        "{}",
+        r.text
+    );
+}
+
+#[test]
+fn the_commented_argocd_bootstrap_is_valid_once_uncommented() {
+    let ws = Ws::new();
+    let p = ws.profiles().join("cluster.yaml");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let mut inside = false;
+    let mut out = String::new();
+    for line in t.lines() {
+        if line == "  # bootstrap:" {
+            inside = true;
+        } else if inside && !line.starts_with("  #") {
+            inside = false;
+        }
+        let line = if inside {
+            format!("  {}", &line[4..])
+        } else {
+            line.to_string()
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    let digest = "0".repeat(64);
+    let out = out
+        .replace("<64 hex digits of argo-cd-7.7.0.tgz>", &digest)
+        .replace("<64 hex digits of argocd-apps-2.0.2.tgz>", &digest);
+    assert!(out.contains("\n  bootstrap:\n    manifests: []"), "{out}");
+    std::fs::write(&p, out).unwrap();
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    // The check read the values files: break one and it is refused.
+    std::fs::write(
+        ws.profiles().join("manifests/argocd-apps-values.yaml"),
+        "applications: [unclosed\n",
+    )
+    .unwrap();
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(
+        r.text.contains("cluster.bootstrap.charts[1].values: ")
+            && r.text.contains("argocd-apps-values.yaml: not valid YAML"),
+        "{}",
+        r.text
+    );
+}

@@ -3,6 +3,7 @@
 //! sequences the stages: load the workspace once, plan, fetch, bake, write
 //! artifacts, deliver.
 
+pub mod additions;
 pub mod bmc;
 pub mod build;
 pub mod cache;

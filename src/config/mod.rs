@@ -2,6 +2,7 @@
 //! release facts. Reads files and parses them into types; writes nothing.
 
 pub mod ansible;
+pub mod bootstrap;
 pub mod k3s;
 pub mod layered;
 pub mod manifest;

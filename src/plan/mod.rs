@@ -2,6 +2,7 @@
 //! secret values become a typed plan of files to place, plus the provenance
 //! record. Pure: reads templates, writes nothing.
 
+pub mod bootstrap;
 mod context;
 mod filters;
 pub mod kube_vip;

@@ -2,6 +2,7 @@
 //! the k3s release assets. Never looks inside an image.
 
 pub mod cache;
+pub mod chart;
 pub mod download;
 pub mod k3s;
 pub mod qcow2;

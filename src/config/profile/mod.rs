@@ -150,6 +150,9 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
             &mut problems,
         );
     }
+    if let Some(b) = &cluster.bootstrap {
+        crate::config::bootstrap::check(b, dir, &cluster_path, &mut problems);
+    }
     if problems.is_empty() {
         Ok(ProfileSet {
             dir: dir.to_owned(),

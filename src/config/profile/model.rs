@@ -40,6 +40,10 @@ pub struct Cluster {
     /// A virtual IP for the control plane (kube-vip); see `config::vip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<crate::config::vip::Vip>,
+    /// Manifests and Helm charts the cluster-init server applies at its
+    /// first start; see `config::bootstrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<crate::config::bootstrap::Bootstrap>,
 }
 
 fn default_timezone() -> String {
