@@ -147,6 +147,8 @@ pub struct FetchSettings {
     pub retry: RetryPolicy,
     /// Overrides the profiles' `k3s.mirror` (`IMGBUILD_K3S_MIRROR`).
     pub k3s_mirror: Option<String>,
+    /// Registry credentials file for air-gapped images (`IMGBUILD_REGISTRY_AUTH`).
+    pub registry_auth: Option<PathBuf>,
 }
 
 impl FetchSettings {

@@ -3,6 +3,7 @@
 
 pub mod ansible;
 pub mod bootstrap;
+pub mod images;
 pub mod k3s;
 pub mod layered;
 pub mod manifest;

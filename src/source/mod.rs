@@ -5,6 +5,7 @@ pub mod cache;
 pub mod chart;
 pub mod download;
 pub mod k3s;
+pub mod oci;
 pub mod qcow2;
 pub mod unpack;
 

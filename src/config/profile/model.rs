@@ -44,6 +44,10 @@ pub struct Cluster {
     /// first start; see `config::bootstrap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<crate::config::bootstrap::Bootstrap>,
+    /// Container images every node gets as archives k3s imports at start,
+    /// each pinned by digest; see `config::images`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 fn default_timezone() -> String {
@@ -137,6 +141,8 @@ pub struct NodeSpec {
     pub swap: Option<SwapSpec>,
     pub packages: Option<Vec<String>>,
     pub shrink: Option<ShrinkSpec>,
+    /// Container images for this node besides `cluster.images`.
+    pub images: Option<Vec<String>>,
 }
 
 /// How a baked image is shrunk before it is written out (see `bake::shrink`).
@@ -229,6 +235,9 @@ pub struct Node {
     pub nvidia: bool,
     pub swap: Swap,
     pub packages: Vec<String>,
+    /// Container images baked for this node besides `cluster.images`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     /// Headroom left in the root when the image is shrunk (MiB); `None` is
     /// the board's or the built-in default.
     pub shrink_headroom_mib: Option<u32>,
