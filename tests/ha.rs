@@ -9,6 +9,7 @@ mod support {
     pub mod harness;
     pub mod http;
     pub mod mirror;
+    pub mod registry;
 }
 
 use std::path::{Path, PathBuf};
@@ -42,14 +43,40 @@ impl Ws {
         self
     }
     fn run(&self, args: &[&str]) -> Run {
+        self.run_with(args, &[])
+    }
+    fn run_with(&self, args: &[&str], envs: &[(&str, &Path)]) -> Run {
+        let e = env();
         let p = self.profiles();
-        let mut all = vec!["--profiles", p.to_str().unwrap()];
-        all.extend_from_slice(args);
-        let out = imgbuild(self.dir.path(), &all);
+        let out = command()
+            .args(["--profiles", p.to_str().unwrap()])
+            .args(args)
+            .current_dir(self.dir.path())
+            .env_remove("IMGBUILD_PROFILES")
+            .env_remove("IMGBUILD_REGISTRY_AUTH")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("IMGBUILD_SECRETS", e.secrets())
+            .env("IMGBUILD_CACHE_DIR", e.cache())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .envs(envs.iter().map(|(k, v)| (*k, *v)))
+            .output()
+            .unwrap();
         Run {
             code: out.status.code().unwrap_or(-1),
             text: text(&out),
         }
+    }
+    /// A fake registry serving kube-vip, which the servers' `cluster.vip.image` then names
+    /// (air-gapped servers get kube-vip's image baked in).
+    fn with_registry(&self) -> (support::registry::Registry, support::registry::ServedImage) {
+        let reg = support::registry::Registry::start();
+        let kv = reg.serve_image("kube-vip/kube-vip", false);
+        self.edit(
+            "cluster.yaml",
+            "  vip:\n",
+            &format!("  vip:\n    image: {}\n", kv.reference),
+        );
+        (reg, kv)
     }
 }
 
@@ -361,6 +388,7 @@ fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
 fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
     let fx = fixtures();
     let ws = Ws::new();
+    let _registry = ws.with_registry();
     let w = ws.dir.path();
     let bake = |target: &str, base: &Path| {
         let out = w.join(target);
@@ -466,6 +494,7 @@ fn with_bootstrap(ws: &Ws, repo_url: &str, sha256: &str) {
 fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
     let fx = fixtures();
     let ws = Ws::new();
+    let _registry = ws.with_registry();
     let w = ws.dir.path();
     let tgz = chart_tgz(w);
     let digest = sha256_hex(&tgz);
@@ -585,6 +614,7 @@ fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
 fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
     let fx = fixtures();
     let ws = Ws::new();
+    let _registry = ws.with_registry();
     let w = ws.dir.path();
     let tgz = chart_tgz(w);
     let pinned = sha256_hex(b"some other archive");
@@ -729,4 +759,270 @@ fn the_commented_argocd_bootstrap_is_valid_once_uncommented() {
         "{}",
         r.text
     );
+}
+
+fn oci_read(archive: &Path, arch: &str) -> serde_json::Value {
+    let out = sh(&format!(
+        "{} {} {} {arch}",
+        python(),
+        q(&repo().join("tests/fixtures/oci_layout.py")),
+        q(archive)
+    ));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The archive baked at `/var/lib/rancher/k3s/agent/images/<name>`, copied out.
+fn baked_archive(fs: &ext4_view::Ext4, name_prefix: &str, out: &Path) -> Option<PathBuf> {
+    let dir = "/var/lib/rancher/k3s/agent/images";
+    let entry = fs
+        .read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
+        .find(|n| n.starts_with(name_prefix))?;
+    std::fs::write(out, fs.read(format!("{dir}/{entry}").as_str()).unwrap()).unwrap();
+    Some(out.to_path_buf())
+}
+
+#[test]
+fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
+    let fx = fixtures();
+    let ws = Ws::new();
+    let (reg, kv) = ws.with_registry();
+    let app = reg.serve_image("team/app", false);
+    ws.edit(
+        "cluster.yaml",
+        "\ndefaults:",
+        &format!("  images: [\"{}\"]\n\ndefaults:", app.reference),
+    );
+    std::fs::write(
+        ws.profiles().join("nodes/nuc5.yaml"),
+        "board: nuc\nk3s: {role: agent}\nnetwork:\n  match: {name: \"en*\"}\n  address: 192.168.1.105/24\n",
+    )
+    .unwrap();
+    let w = ws.dir.path();
+    let cache = w.join("cache");
+    let bake = |target: &str, base: &Path| {
+        let out = w.join(target);
+        let r = ws.run(&[
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base",
+            base.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.text);
+        out
+    };
+    // An arm64 server: the app and kube-vip, both arm64.
+    let server = bake("node01.cm4.img", &fx.cm4.path);
+    let work = w.join("server");
+    std::fs::create_dir(&work).unwrap();
+    let fs = ext4_view::Ext4::load_from_path(fsck_ext4(&fx.cm4, &server, 2, &work)).unwrap();
+    let a = baked_archive(&fs, "imgbuild-app-", &work.join("app.tar")).expect("app archive");
+    let got = oci_read(&a, "arm64");
+    assert_eq!(got["architecture"], "arm64");
+    assert_eq!(got["name"], format!("{}/team/app:1.0", reg.host()));
+    let names: Vec<String> = fs
+        .read_dir("/var/lib/rancher/k3s/agent/images")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_str().unwrap().to_string())
+        .collect();
+    let k = baked_archive(&fs, "imgbuild-kube-vip-", &work.join("kv.tar"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert_eq!(oci_read(&k, "arm64")["architecture"], "arm64");
+    // The reader can fail: a blob changed inside the archive is caught.
+    let mut bytes = std::fs::read(&a).unwrap();
+    let at = bytes.len() - 1024 - 600;
+    bytes[at] ^= 0x55;
+    let broken = work.join("broken.tar");
+    std::fs::write(&broken, bytes).unwrap();
+    let (rc, o) = sh_status(&format!(
+        "{} {} {} arm64",
+        python(),
+        q(&repo().join("tests/fixtures/oci_layout.py")),
+        q(&broken)
+    ));
+    assert_ne!(rc, 0, "the layout reader accepted a damaged blob: {o}");
+    // Only the arm64 blobs were fetched.
+    let log = reg.log();
+    let (_, amd_layer) = &app.per_arch["amd64"];
+    assert!(
+        !log.iter().any(|l| l.contains(amd_layer.as_str())),
+        "{log:?}"
+    );
+    // Anonymous token auth was used (a token request per repository).
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("GET /token?") && l.contains("team%2Fapp")),
+        "{log:?}"
+    );
+    // Recorded in the provenance.
+    let st: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{}.intoto.json", server.display())).unwrap(),
+    )
+    .unwrap();
+    let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    for (image, digest) in [(&app, &app.index_digest), (&kv, &kv.index_digest)] {
+        let d = deps
+            .iter()
+            .find(|d| d["name"] == format!("container image {} (arm64)", image.reference))
+            .unwrap_or_else(|| panic!("{deps:?}"));
+        assert_eq!(d["digest"]["sha256"].as_str(), Some(digest.as_str()));
+    }
+
+    // An amd64 agent: the app for amd64, no kube-vip.
+    let agent = bake("nuc5.nuc.img", &fx.nuc.path);
+    let work = w.join("agent");
+    std::fs::create_dir(&work).unwrap();
+    let fs = ext4_view::Ext4::load_from_path(fsck_ext4(&fx.nuc, &agent, 1, &work)).unwrap();
+    let a = baked_archive(&fs, "imgbuild-app-", &work.join("app.tar")).unwrap();
+    assert_eq!(oci_read(&a, "amd64")["architecture"], "amd64");
+    assert!(baked_archive(&fs, "imgbuild-kube-vip-", &work.join("kv.tar")).is_none());
+
+    // A second build comes from the cache: no blob is fetched again.
+    let before = reg.log().len();
+    bake("again/node01.cm4.img", &fx.cm4.path);
+    assert_eq!(reg.log().len(), before, "{:?}", &reg.log()[before..]);
+}
+
+#[test]
+fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
+    let fx = fixtures();
+    let ws = Ws::new();
+    let (reg, _) = ws.with_registry();
+    let bad = reg.serve_image("bad/app", true);
+    let private = reg.serve_image("private/app", false);
+    let w = ws.dir.path();
+    let cache = w.join("cache");
+    let base = fx.cm4.path.to_str().unwrap().to_string();
+    let out = w.join("node01.cm4.img");
+    let images = |list: &str| {
+        let p = ws.profiles().join("cluster.yaml");
+        let t = std::fs::read_to_string(&p).unwrap();
+        let t = match t.find("  images: ") {
+            Some(i) => {
+                let end = i + t[i..].find('\n').unwrap() + 1;
+                format!("{}{}", &t[..i], &t[end..])
+            }
+            None => t,
+        };
+        std::fs::write(
+            &p,
+            t.replacen(
+                "\ndefaults:",
+                &format!("  images: [{list}]\n\ndefaults:"),
+                1,
+            ),
+        )
+        .unwrap();
+    };
+    let bake = |envs: &[(&str, &Path)]| {
+        ws.run_with(
+            &[
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--base",
+                &base,
+                out.to_str().unwrap(),
+            ],
+            envs,
+        )
+    };
+
+    // A blob whose bytes do not match its digest: refused, not cached.
+    images(&format!("\"{}\"", bad.reference));
+    let r = bake(&[]);
+    let (_, layer) = &bad.per_arch["arm64"];
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains(&format!(
+            "{} blob sha256:{layer}: sha256 mismatch: expected {layer}",
+            bad.reference
+        )) && r.text.contains("nothing was cached"),
+        "{}",
+        r.text
+    );
+    assert!(!cache.join("assets").join(layer).exists());
+    assert!(!out.exists());
+
+    // A digest the registry does not have: 404, named.
+    let missing = format!("{}/team/none@sha256:{}", reg.host(), "1".repeat(64));
+    images(&format!("\"{missing}\""));
+    let r = bake(&[]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("HTTP 404")
+            && r.text
+                .contains(&format!("({missing} has no such manifest or blob)")),
+        "{}",
+        r.text
+    );
+
+    // A private repository: 401 without credentials, with a pointer.
+    images(&format!("\"{}\"", private.reference));
+    let r = bake(&[]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("HTTP 401") && r.text.contains("needs credentials: name a Docker config.json-style file with IMGBUILD_REGISTRY_AUTH"),
+        "{}",
+        r.text
+    );
+    // With a credentials file: pulled; the password is never printed.
+    let creds = w.join("auth.json");
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        support::registry::USER,
+        support::registry::PASSWORD
+    ));
+    std::fs::write(
+        &creds,
+        serde_json::json!({"auths": {reg.host(): {"auth": token}}}).to_string(),
+    )
+    .unwrap();
+    let r = bake(&[("IMGBUILD_REGISTRY_AUTH", &creds)]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(!r.text.contains(support::registry::PASSWORD));
+    // A wrong password: refused, still never printed.
+    let wrong = base64::engine::general_purpose::STANDARD.encode("robot:not-it");
+    std::fs::write(
+        &creds,
+        serde_json::json!({"auths": {reg.host(): {"auth": wrong}}}).to_string(),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(cache.join("oci")).unwrap();
+    let r = bake(&[("IMGBUILD_REGISTRY_AUTH", &creds)]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("HTTP 401") && r.text.contains("credentials for"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("not-it"), "{}", r.text);
+}
+
+#[test]
+fn image_references_without_a_digest_are_refused() {
+    let ws = Ws::new();
+    ws.edit(
+        "cluster.yaml",
+        "\ndefaults:",
+        "  images: [\"nginx:1.27\"]\n\ndefaults:",
+    );
+    ws.edit(
+        "nodes/node04.yaml",
+        "board: rk1",
+        "images: [\"ghcr.io/x/y@sha256:abc\"]\nboard: rk1",
+    );
+    let r = ws.run(&["check"]);
+    assert_eq!(r.code, 3, "{}", r.text);
+    for want in [
+        "cluster.yaml: cluster.images[0]: \"nginx:1.27\" has no digest: pin it as name:tag@sha256:",
+        "a tag alone can move, so imgbuild refuses it",
+        "node04.yaml: images[0]: \"ghcr.io/x/y@sha256:abc\": the digest must be sha256: followed by 64 hex digits",
+    ] {
+        assert!(r.text.contains(want), "{want:?} in\n{}", r.text);
+    }
 }

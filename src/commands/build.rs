@@ -218,7 +218,13 @@ pub fn build_targets(
         build_time: settings.build_time,
     };
     let nodes: Vec<&Node> = resolved.iter().map(|(_, n, _)| *n).collect();
-    let additions = super::additions::Additions::prepare(ws, &nodes, &cache, &options)?;
+    let additions = super::additions::Additions::prepare(
+        ws,
+        &nodes,
+        &cache,
+        &options,
+        settings.fetch.registry_auth.as_deref(),
+    )?;
     let mut reports = Vec::new();
     for (target, node, base) in resolved {
         if let Some(secrets) = &secrets {

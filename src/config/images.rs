@@ -56,9 +56,8 @@ impl ImageRef {
         };
         let component_ok = |c: &str| {
             !c.is_empty()
-                && c.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)
-                })
+                && c.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
                 && c.as_bytes()[0].is_ascii_alphanumeric()
         };
         if !repository.split('/').all(component_ok) || repository.len() > 255 {
@@ -98,9 +97,7 @@ impl ImageRef {
             .rsplit_once(':')
             .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
             .map_or(self.registry.as_str(), |(h, _)| h);
-        let loopback = host == "localhost"
-            || host.starts_with("127.")
-            || host == "[::1]";
+        let loopback = host == "localhost" || host.starts_with("127.") || host == "[::1]";
         let scheme = if loopback { "http" } else { "https" };
         format!("{scheme}://{}", self.registry)
     }
@@ -115,7 +112,11 @@ impl ImageRef {
 
     /// The full reference with Docker Hub's implicit parts spelt out.
     pub fn containerd_name(&self) -> String {
-        let tag = self.tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default();
+        let tag = self
+            .tag
+            .as_ref()
+            .map(|t| format!(":{t}"))
+            .unwrap_or_default();
         format!(
             "{}/{}{tag}@sha256:{}",
             self.registry_name(),
@@ -152,14 +153,21 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
             (DOCKER_HUB, "library/nginx", Some("1.27"))
         );
-        assert_eq!(r.containerd_name(), format!("docker.io/library/nginx:1.27@sha256:{d}"));
+        assert_eq!(
+            r.containerd_name(),
+            format!("docker.io/library/nginx:1.27@sha256:{d}")
+        );
         let r = ImageRef::parse(&format!("127.0.0.1:5000/team/app@sha256:{d}")).unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.base_url(), "http://127.0.0.1:5000");
         assert_eq!(r.tag, None);
         let r = ImageRef::parse(&format!("ghcr.io/kube-vip/kube-vip:v1.2.1@sha256:{d}")).unwrap();
         assert_eq!(r.base_url(), "https://ghcr.io");
-        assert!(ImageRef::parse("nginx:1.27").unwrap_err().contains("has no digest"));
+        assert!(
+            ImageRef::parse("nginx:1.27")
+                .unwrap_err()
+                .contains("has no digest")
+        );
         assert!(ImageRef::parse("nginx@sha256:abc").is_err());
         assert!(ImageRef::parse(&format!("Nginx@sha256:{d}")).is_err());
     }

@@ -27,6 +27,10 @@ pub struct Vip {
     /// on kube-vip's Services mode and turns off k3s's servicelb.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services_range: Option<String>,
+    /// kube-vip's image, pinned by digest (default: the one imgbuild pins),
+    /// e.g. from a registry mirror of your own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// An inclusive range of addresses of one family.
@@ -197,6 +201,11 @@ pub fn check(
         && let Some(e) = interface_error(i)
     {
         problems.push(Problem::field(cf, "cluster.vip.interface", e));
+    }
+    if let Some(i) = &vip.image
+        && let Err(e) = crate::config::images::ImageRef::parse(i)
+    {
+        problems.push(Problem::field(cf, "cluster.vip.image", e));
     }
     if let Some(r) = &vip.services_range {
         match AddrRange::parse(r) {

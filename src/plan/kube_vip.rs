@@ -18,7 +18,7 @@ pub struct VipValues {
     pub interface: Option<String>,
     /// `FIRST-LAST` of the Services' range, when kube-vip serves them.
     pub services_range: Option<String>,
-    pub image: &'static str,
+    pub image: String,
 }
 
 /// The values, when the cluster has a VIP.
@@ -33,6 +33,9 @@ pub fn values(profiles: &ProfileSet) -> Option<VipValues> {
             .as_deref()
             .and_then(|r| crate::config::vip::AddrRange::parse(r).ok())
             .map(|r| r.to_string()),
-        image: KUBE_VIP_IMAGE,
+        image: vip
+            .image
+            .clone()
+            .unwrap_or_else(|| KUBE_VIP_IMAGE.to_string()),
     })
 }

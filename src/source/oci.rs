@@ -36,9 +36,7 @@ pub enum OciError {
         status: u16,
         hint: String,
     },
-    #[error(
-        "{what}: sha256 mismatch: expected {expected}, got {actual}; nothing was cached"
-    )]
+    #[error("{what}: sha256 mismatch: expected {expected}, got {actual}; nothing was cached")]
     Mismatch {
         what: String,
         expected: Sha256Digest,
@@ -110,14 +108,20 @@ impl RegistryAuth {
                         .decode(a.trim())
                         .ok()
                         .and_then(|b| String::from_utf8(b).ok())
-                        .ok_or_else(|| bad(&format!("auths.{host}.auth is not base64 of user:password")))?;
-                    let (u, p) = raw
-                        .split_once(':')
-                        .ok_or_else(|| bad(&format!("auths.{host}.auth is not base64 of user:password")))?;
+                        .ok_or_else(|| {
+                            bad(&format!("auths.{host}.auth is not base64 of user:password"))
+                        })?;
+                    let (u, p) = raw.split_once(':').ok_or_else(|| {
+                        bad(&format!("auths.{host}.auth is not base64 of user:password"))
+                    })?;
                     (u.to_string(), p.to_string())
                 }
                 (None, Some(u), Some(p)) => (u, p),
-                _ => return Err(bad(&format!("auths.{host}: needs auth, or username and password"))),
+                _ => {
+                    return Err(bad(&format!(
+                        "auths.{host}: needs auth, or username and password"
+                    )));
+                }
             };
             let host = host
                 .trim_start_matches("https://")
@@ -186,7 +190,14 @@ pub fn ensure_image(
     let archive = cache
         .root
         .join("oci")
-        .join(format!("{}-{}.tar", image.digest, arch.as_str()));
+        // The name is in the archive's index.json: two names for one digest
+        // are two archives (the blobs are shared in the cache).
+        .join(format!(
+            "{}-{}-{}.tar",
+            image.digest,
+            arch.as_str(),
+            &hex::encode(Sha256::digest(image.stored_name().as_bytes()))[..12]
+        ));
     let done = PulledImage {
         reference: image.clone(),
         arch,
@@ -215,20 +226,32 @@ pub fn ensure_image(
     } else {
         (top.clone(), image.digest)
     };
-    let parsed: ImageManifest = serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
-        what: what(&manifest_digest),
-        detail: format!("not an image manifest: {e}"),
-    })?;
+    let parsed: ImageManifest =
+        serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
+            what: what(&manifest_digest),
+            detail: format!("not an image manifest: {e}"),
+        })?;
     let mut layer_paths = Vec::new();
     for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
         let digest = parse_digest(&d.digest, &what(&manifest_digest))?;
         let path = s.blob(&digest, d.size, cache)?;
         layer_paths.push((digest, path));
     }
+    let _lock = cache.lock(&manifest_digest.to_string())?;
+    if archive.is_file() {
+        return Ok(done); // Another run wrote it while we waited.
+    }
     let temp = cache.temp_in("oci", &manifest_digest)?;
     let _cleanup = crate::util::cleanup::register(temp.path());
-    write_layout(temp.as_file(), image, &top_type, top.len() as u64, &blobs, &layer_paths)
-        .map_err(io_err(temp.path()))?;
+    write_layout(
+        temp.as_file(),
+        image,
+        &top_type,
+        top.len() as u64,
+        &blobs,
+        &layer_paths,
+    )
+    .map_err(io_err(temp.path()))?;
     super::cache::commit(temp, &archive)?;
     Ok(done)
 }
@@ -346,7 +369,11 @@ impl<'a> Session<'a> {
         })
     }
 
-    fn send(&self, url: &str, accept: Option<&str>) -> Result<reqwest::blocking::Response, OciError> {
+    fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::blocking::Response, OciError> {
         let mut req = self.client.get(url);
         if let Some(a) = accept {
             req = req.header(reqwest::header::ACCEPT, a);
@@ -364,7 +391,11 @@ impl<'a> Session<'a> {
 
     /// GET with the token dance: on a 401 with a Bearer challenge, fetch a
     /// token (anonymously, or with the credentials) and try once more.
-    fn get(&mut self, url: &str, accept: Option<&str>) -> Result<reqwest::blocking::Response, OciError> {
+    fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::blocking::Response, OciError> {
         let resp = self.send(url, accept)?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED || self.token.is_some() {
             return self.check(url, resp);
@@ -439,7 +470,8 @@ impl<'a> Session<'a> {
             what: url.to_string(),
             detail: "the registry's token realm is not a URL".into(),
         })?;
-        u.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        u.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         let mut req = self.client.get(u);
         if let Some((u, p)) = self.creds {
             req = req.basic_auth(u, Some(p));
@@ -469,7 +501,11 @@ impl<'a> Session<'a> {
     }
 
     /// A manifest or index by digest, checked; with its media type.
-    fn manifest(&mut self, digest: &Sha256Digest, what: &str) -> Result<(Vec<u8>, String), OciError> {
+    fn manifest(
+        &mut self,
+        digest: &Sha256Digest,
+        what: &str,
+    ) -> Result<(Vec<u8>, String), OciError> {
         let url = format!(
             "{}/v2/{}/manifests/sha256:{digest}",
             self.base, self.image.repository
@@ -500,16 +536,13 @@ impl<'a> Session<'a> {
             what: what.to_string(),
             detail: format!("not JSON: {e}"),
         })?;
-        let media = typed
-            .media_type
-            .or(header_type)
-            .unwrap_or_else(|| {
-                if typed.manifests.is_some() {
-                    OCI_INDEX.into()
-                } else {
-                    OCI_MANIFEST.into()
-                }
-            });
+        let media = typed.media_type.or(header_type).unwrap_or_else(|| {
+            if typed.manifests.is_some() {
+                OCI_INDEX.into()
+            } else {
+                OCI_MANIFEST.into()
+            }
+        });
         Ok((body, media))
     }
 
@@ -561,7 +594,9 @@ impl<'a> Session<'a> {
             if n_total != size {
                 return Err(OciError::Format {
                     what,
-                    detail: format!("{n_total} bytes where the manifest says {size}; nothing was cached"),
+                    detail: format!(
+                        "{n_total} bytes where the manifest says {size}; nothing was cached"
+                    ),
                 });
             }
             Ok(())

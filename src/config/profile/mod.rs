@@ -152,7 +152,11 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
     }
     for (i, r) in cluster.images.iter().enumerate() {
         if let Err(e) = crate::config::images::ImageRef::parse(r) {
-            problems.push(Problem::field(&cluster_path, &format!("cluster.images[{i}]"), e));
+            problems.push(Problem::field(
+                &cluster_path,
+                &format!("cluster.images[{i}]"),
+                e,
+            ));
         }
     }
     if let Some(b) = &cluster.bootstrap {
