@@ -30,6 +30,7 @@ pub struct Environment {
     pub home: Option<OsString>,
     /// `IMGBUILD_K3S_MIRROR`: overrides the profiles' k3s mirror.
     pub k3s_mirror: Option<String>,
+    pub registry_auth: Option<String>,
     /// `IMGBUILD_BMC_PASSWORD`.
     pub bmc_password: Option<String>,
     /// `SOURCE_DATE_EPOCH`: the build time stamped on written files.
@@ -58,6 +59,7 @@ impl Environment {
                 .filter(|v| std::path::Path::new(v).is_absolute()),
             home: std::env::var_os("HOME"),
             k3s_mirror: non_empty("IMGBUILD_K3S_MIRROR"),
+            registry_auth: non_empty("IMGBUILD_REGISTRY_AUTH"),
             bmc_password,
             source_date_epoch: var("SOURCE_DATE_EPOCH"),
         }
@@ -105,6 +107,7 @@ impl Common {
                     ..Default::default()
                 },
                 k3s_mirror: env.k3s_mirror.clone(),
+                registry_auth: env.registry_auth.clone().map(PathBuf::from),
             },
             build_time,
         })

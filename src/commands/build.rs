@@ -217,6 +217,14 @@ pub fn build_targets(
         overlays: &ws.overlays,
         build_time: settings.build_time,
     };
+    let nodes: Vec<&Node> = resolved.iter().map(|(_, n, _)| *n).collect();
+    let additions = super::additions::Additions::prepare(
+        ws,
+        &nodes,
+        &cache,
+        &options,
+        settings.fetch.registry_auth.as_deref(),
+    )?;
     let mut reports = Vec::new();
     for (target, node, base) in resolved {
         if let Some(secrets) = &secrets {
@@ -231,6 +239,7 @@ pub fn build_targets(
             &base,
             payload,
             settings.shrink,
+            &additions,
         )?;
         tracing::info!(
             "built {} ({}, instance {})",
@@ -269,6 +278,8 @@ pub(super) fn secret_values(
     ))
 }
 
+// One bake's inputs are many but distinct; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn bake_one(
     inputs: &PlanInputs,
     secrets: Option<&Secrets>,
@@ -277,6 +288,7 @@ fn bake_one(
     base: &std::path::Path,
     k3s: Option<&K3sPayload>,
     shrink: bool,
+    additions: &super::additions::Additions,
 ) -> anyhow::Result<BakeReport> {
     let manifest = inputs.manifest(node)?;
     if same_file(base, &target.path) {
@@ -296,7 +308,9 @@ fn bake_one(
         }
         _ => plan::Payload::None,
     };
-    let plan = plan::plan_node(inputs, node, values, payload)?;
+    let mut plan = plan::plan_node(inputs, node, values, payload)?;
+    let (extra_files, extra_deps) = additions.for_node(node);
+    plan.files.extend(extra_files);
     let table = crate::bake::check_base(base, manifest)?;
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
     let pending = PendingOutput::from_base(base, &target.path)?;
@@ -333,7 +347,8 @@ fn bake_one(
     let (output, digest) = pending.finish(target.format)?;
     provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
         .and_then(|deps| {
-            let (params, deps) = deps;
+            let (params, mut deps) = deps;
+            deps.extend(extra_deps);
             Statement::new(&output, &digest, params, deps).write(&output)
         })
         .with_context(|| format!("writing the provenance of {}", output.display()))?;

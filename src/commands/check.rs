@@ -54,6 +54,25 @@ fn network_needs(ws: &Workspace) -> Vec<String> {
     out
 }
 
+/// The VIP's risks (etcd quorum, subnets imgbuild cannot see).
+fn vip_warnings(ws: &Workspace) -> Vec<String> {
+    let p = &ws.profiles;
+    p.cluster
+        .vip
+        .as_ref()
+        .map(|vip| {
+            crate::config::vip::warnings(
+                vip,
+                &p.dir.join(crate::config::profile::CLUSTER_FILE),
+                &p.nodes,
+            )
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
     let ws = Workspace::load(paths)?;
     // Render every node too: template errors are profile-set errors. Secrets
@@ -87,7 +106,10 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
             .map(|n| format!("{}.{}", n.name, n.board))
             .collect(),
         boards: ws.manifests.keys().cloned().collect(),
-        warnings: network_needs(&ws),
+        warnings: network_needs(&ws)
+            .into_iter()
+            .chain(vip_warnings(&ws))
+            .collect(),
         manifests: ws
             .manifests
             .values()

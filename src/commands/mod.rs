@@ -3,6 +3,7 @@
 //! sequences the stages: load the workspace once, plan, fetch, bake, write
 //! artifacts, deliver.
 
+pub mod additions;
 pub mod bmc;
 pub mod build;
 pub mod cache;
@@ -146,6 +147,8 @@ pub struct FetchSettings {
     pub retry: RetryPolicy,
     /// Overrides the profiles' `k3s.mirror` (`IMGBUILD_K3S_MIRROR`).
     pub k3s_mirror: Option<String>,
+    /// Registry credentials file for air-gapped images (`IMGBUILD_REGISTRY_AUTH`).
+    pub registry_auth: Option<PathBuf>,
 }
 
 impl FetchSettings {

@@ -19,6 +19,8 @@ pub struct TemplateContext<'a> {
     pub is_server: bool,
     pub k3s: K3sValues,
     pub secrets: SecretValues,
+    /// The control plane's virtual IP (kube-vip), when `cluster.vip` is set.
+    pub vip: Option<super::kube_vip::VipValues>,
     /// Set only while `meta-data` is rendered (it is a digest of the other files).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
@@ -54,6 +56,9 @@ pub struct K3sValues {
     /// Some node has an NVIDIA GPU (the cluster needs the RuntimeClass and
     /// the device plugin).
     pub has_nvidia: bool,
+    /// Packaged components servers disable: `cluster.k3s.disable`, plus
+    /// servicelb when kube-vip serves `LoadBalancer` Services.
+    pub disable: Vec<String>,
     /// `k3s` or `k3s-agent`.
     pub unit: &'static str,
     /// `server` or `agent`.
@@ -162,7 +167,25 @@ impl<'a> TemplateContext<'a> {
                 cluster.k3s.version
             )
         })?;
+        let vip = super::kube_vip::values(profiles);
         let mut tls_san = vec![cluster.server.clone()];
+        // Agents and joining servers reach the API at the VIP: every
+        // server's certificate must name it.
+        if let Some(v) = &vip
+            && !tls_san.contains(&v.address)
+        {
+            tls_san.push(v.address.clone());
+        }
+        let mut disable = cluster.k3s.disable.clone();
+        if vip.as_ref().is_some_and(|v| v.services_range.is_some())
+            && !disable.iter().any(|d| d == "servicelb")
+        {
+            disable.push("servicelb".into());
+        }
+        let server_host = vip
+            .as_ref()
+            .map(|v| v.address.clone())
+            .unwrap_or_else(|| cluster.server.clone());
         for name in [
             Some(node.hostname.clone()),
             node.fqdn.clone(),
@@ -197,8 +220,9 @@ impl<'a> TemplateContext<'a> {
                 minor: version.minor,
                 patch: version.patch,
                 install: cluster.k3s.install,
-                server_url: format!("https://{}:6443", bracket_ipv6(&cluster.server)),
+                server_url: format!("https://{}:6443", bracket_ipv6(&server_host)),
                 tls_san,
+                disable,
                 has_agents: profiles.nodes.iter().any(|n| n.k3s.role == Role::Agent),
                 has_nvidia: profiles.nodes.iter().any(|n| n.nvidia),
                 unit: match role {
@@ -209,6 +233,7 @@ impl<'a> TemplateContext<'a> {
                 node_reader: crate::secrets::client::NODE_READER_USER,
             },
             secrets,
+            vip,
             instance_id: None,
         })
     }

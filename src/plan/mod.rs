@@ -2,8 +2,10 @@
 //! secret values become a typed plan of files to place, plus the provenance
 //! record. Pure: reads templates, writes nothing.
 
+pub mod bootstrap;
 mod context;
 mod filters;
+pub mod kube_vip;
 pub mod overlay_source;
 pub mod provenance;
 pub mod render;
@@ -205,7 +207,7 @@ pub fn render_node(
         Some(values) => context(values)?,
         None => probe_a.clone(),
     };
-    let features = render::features_for(
+    let mut features = render::features_for(
         &node.board,
         node.k3s.role,
         node.k3s.cluster_init,
@@ -214,6 +216,12 @@ pub fn render_node(
         node.swap.enabled(),
         !node.storage.is_empty(),
     );
+    // kube-vip runs on every server; each applies the same manifest.
+    if inputs.profiles.cluster.vip.is_some()
+        && node.k3s.role == crate::config::profile::Role::Server
+    {
+        features.push("vip".into());
+    }
     let identity = format!(
         "{}:{}:{}",
         manifest.board,

@@ -2,8 +2,10 @@
 //! the k3s release assets. Never looks inside an image.
 
 pub mod cache;
+pub mod chart;
 pub mod download;
 pub mod k3s;
+pub mod oci;
 pub mod qcow2;
 pub mod unpack;
 

@@ -141,6 +141,27 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
         }
     }
     validate::cross_checks(&cluster, &cluster_path, &resolved, &mut problems);
+    if let Some(vip) = &cluster.vip {
+        crate::config::vip::check(
+            vip,
+            &cluster.server,
+            &cluster_path,
+            &resolved,
+            &mut problems,
+        );
+    }
+    for (i, r) in cluster.images.iter().enumerate() {
+        if let Err(e) = crate::config::images::ImageRef::parse(r) {
+            problems.push(Problem::field(
+                &cluster_path,
+                &format!("cluster.images[{i}]"),
+                e,
+            ));
+        }
+    }
+    if let Some(b) = &cluster.bootstrap {
+        crate::config::bootstrap::check(b, dir, &cluster_path, &mut problems);
+    }
     if problems.is_empty() {
         Ok(ProfileSet {
             dir: dir.to_owned(),

@@ -37,6 +37,17 @@ pub struct Cluster {
     pub turing_pi_boards: Vec<TuringPiBoard>,
     #[serde(default)]
     pub k3s: K3sCluster,
+    /// A virtual IP for the control plane (kube-vip); see `config::vip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<crate::config::vip::Vip>,
+    /// Manifests and Helm charts the cluster-init server applies at its
+    /// first start; see `config::bootstrap`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<crate::config::bootstrap::Bootstrap>,
+    /// Container images every node gets as archives k3s imports at start,
+    /// each pinned by digest; see `config::images`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
 }
 
 fn default_timezone() -> String {
@@ -131,6 +142,8 @@ pub struct NodeSpec {
     pub packages: Option<Vec<String>>,
     pub shrink: Option<ShrinkSpec>,
     pub storage: Option<Vec<DataDiskSpec>>,
+    /// Container images for this node besides `cluster.images`.
+    pub images: Option<Vec<String>>,
 }
 
 /// A data disk: formatted on first boot only when blank, then mounted.
@@ -235,6 +248,9 @@ pub struct Node {
     pub nvidia: bool,
     pub swap: Swap,
     pub packages: Vec<String>,
+    /// Container images baked for this node besides `cluster.images`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     /// Headroom left in the root when the image is shrunk (MiB); `None` is
     /// the board's or the built-in default.
     pub shrink_headroom_mib: Option<u32>,

@@ -330,6 +330,13 @@ pub(super) fn resolve_node(
         }
     }
 
+    let images = spec.images.unwrap_or_default();
+    for (i, r) in images.iter().enumerate() {
+        if let Err(e) = crate::config::images::ImageRef::parse(r) {
+            cx.bad(&format!("images[{i}]"), e);
+        }
+    }
+
     let shrink_headroom_mib = spec.shrink.and_then(|s| s.headroom_mib);
     if shrink_headroom_mib == Some(0) {
         cx.bad(
@@ -369,6 +376,7 @@ pub(super) fn resolve_node(
             swappiness: sw.swappiness,
         },
         packages,
+        images,
         shrink_headroom_mib,
         storage,
         file: origin.node_file.to_owned(),

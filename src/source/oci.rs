@@ -1,0 +1,761 @@
+//! Container images for air-gapped nodes, pulled over the OCI distribution
+//! API with the project's blocking HTTP client (rustls with the process's
+//! one crypto provider, system proxies): anonymous bearer tokens from the
+//! registry's `WWW-Authenticate` challenge, or credentials from a Docker
+//! `config.json`-style file; the node's architecture picked from a
+//! multi-arch index; every manifest and blob checked against its digest and
+//! cached by digest; one OCI image layout tar per image and architecture,
+//! which containerd (and so k3s, from `agent/images/`) imports.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{Cache, FetchOptions};
+use crate::config::images::ImageRef;
+use crate::config::manifest::Arch;
+use crate::io::Sha256Digest;
+
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Manifests and token answers are small; anything bigger is not one.
+const MAX_DOCUMENT: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{url}: HTTP {status}{hint}")]
+    Status {
+        url: String,
+        status: u16,
+        hint: String,
+    },
+    #[error("{what}: sha256 mismatch: expected {expected}, got {actual}; nothing was cached")]
+    Mismatch {
+        what: String,
+        expected: Sha256Digest,
+        actual: Sha256Digest,
+    },
+    #[error("{image}: no linux/{arch} image in its index (it has: {available})")]
+    NoPlatform {
+        image: String,
+        arch: &'static str,
+        available: String,
+    },
+    #[error("{what}: {detail}")]
+    Format { what: String, detail: String },
+    #[error("{url}: {detail}")]
+    Http { url: String, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+    move |source| OciError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Registry credentials by host, from a file in Docker's `config.json`
+/// format (`{"auths": {"ghcr.io": {"auth": base64("user:password")}}}` or
+/// `username`/`password`). [`std::fmt::Debug`] never shows them.
+#[derive(Clone, Default)]
+pub struct RegistryAuth {
+    by_host: BTreeMap<String, (String, String)>,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RegistryAuth {{ hosts: {:?} }}", self.by_host.keys())
+    }
+}
+
+impl RegistryAuth {
+    pub fn load(path: &Path) -> anyhow::Result<RegistryAuth> {
+        #[derive(Deserialize)]
+        struct Config {
+            #[serde(default)]
+            auths: BTreeMap<String, Entry>,
+        }
+        #[derive(Deserialize)]
+        struct Entry {
+            auth: Option<String>,
+            username: Option<String>,
+            password: Option<String>,
+        }
+        let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
+        let text = std::fs::read(path).map_err(|e| bad(&format!("cannot read: {e}")))?;
+        // Never echo the parser's message: it could quote a password.
+        let cfg: Config = serde_json::from_slice(&text)
+            .map_err(|_| bad("not a registry credentials file (JSON with an \"auths\" map)"))?;
+        let mut by_host = BTreeMap::new();
+        for (host, e) in cfg.auths {
+            let pair = match (e.auth, e.username, e.password) {
+                (Some(a), _, _) => {
+                    use base64::Engine;
+                    let raw = base64::engine::general_purpose::STANDARD
+                        .decode(a.trim())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                        .ok_or_else(|| {
+                            bad(&format!("auths.{host}.auth is not base64 of user:password"))
+                        })?;
+                    let (u, p) = raw.split_once(':').ok_or_else(|| {
+                        bad(&format!("auths.{host}.auth is not base64 of user:password"))
+                    })?;
+                    (u.to_string(), p.to_string())
+                }
+                (None, Some(u), Some(p)) => (u, p),
+                _ => {
+                    return Err(bad(&format!(
+                        "auths.{host}: needs auth, or username and password"
+                    )));
+                }
+            };
+            let host = host
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            by_host.insert(host, pair);
+        }
+        Ok(RegistryAuth { by_host })
+    }
+
+    fn for_registry(&self, registry: &str) -> Option<&(String, String)> {
+        let hub = registry == crate::config::images::DOCKER_HUB;
+        self.by_host.get(registry).or_else(|| {
+            hub.then(|| {
+                self.by_host
+                    .get("docker.io")
+                    .or_else(|| self.by_host.get("index.docker.io/v1"))
+            })
+            .flatten()
+        })
+    }
+}
+
+/// An image in the cache as an archive for one architecture.
+#[derive(Debug, Clone)]
+pub struct PulledImage {
+    pub reference: ImageRef,
+    pub arch: Arch,
+    /// The OCI layout tar.
+    pub archive: PathBuf,
+}
+
+impl PulledImage {
+    /// The archive's name in `/var/lib/rancher/k3s/agent/images/`.
+    pub fn file_name(&self) -> String {
+        let last = self
+            .reference
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or("image");
+        format!(
+            "imgbuild-{last}-{}.tar",
+            &self.reference.digest.to_string()[..12]
+        )
+    }
+}
+
+fn oci_arch(arch: Arch) -> (&'static str, Option<&'static str>) {
+    match arch {
+        Arch::Arm64 => ("arm64", None),
+        Arch::Amd64 => ("amd64", None),
+        Arch::Armhf => ("arm", Some("v7")),
+    }
+}
+
+/// Makes sure `image` for `arch` is in the cache as an archive.
+pub fn ensure_image(
+    image: &ImageRef,
+    arch: Arch,
+    cache: &Cache,
+    opts: &FetchOptions,
+    auth: Option<&RegistryAuth>,
+) -> anyhow::Result<PulledImage> {
+    let archive = cache
+        .root
+        .join("oci")
+        // The name is in the archive's index.json: two names for one digest
+        // are two archives (the blobs are shared in the cache).
+        .join(format!(
+            "{}-{}-{}.tar",
+            image.digest,
+            arch.as_str(),
+            &hex::encode(Sha256::digest(image.stored_name().as_bytes()))[..12]
+        ));
+    let done = PulledImage {
+        reference: image.clone(),
+        arch,
+        archive: archive.clone(),
+    };
+    if archive.is_file() {
+        return Ok(done);
+    }
+    if opts.offline {
+        anyhow::bail!(
+            "--offline: the image {} ({}) is not in the cache {}; build once with network access",
+            image.original,
+            arch.as_str(),
+            cache.root.display()
+        );
+    }
+    let mut s = Session::new(image, auth)?;
+    let what = |d: &Sha256Digest| format!("{} (manifest sha256:{d})", image.original);
+    let (top, top_type) = s.manifest(&image.digest, &what(&image.digest))?;
+    let mut blobs: Vec<(Sha256Digest, Vec<u8>)> = vec![(image.digest, top.clone())];
+    let (manifest, manifest_digest) = if top_type == OCI_INDEX || top_type == DOCKER_LIST {
+        let chosen = select_platform(image, arch, &top)?;
+        let (m, _) = s.manifest(&chosen, &what(&chosen))?;
+        blobs.push((chosen, m.clone()));
+        (m, chosen)
+    } else {
+        (top.clone(), image.digest)
+    };
+    let parsed: ImageManifest =
+        serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
+            what: what(&manifest_digest),
+            detail: format!("not an image manifest: {e}"),
+        })?;
+    let mut layer_paths = Vec::new();
+    for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
+        let digest = parse_digest(&d.digest, &what(&manifest_digest))?;
+        let path = s.blob(&digest, d.size, cache)?;
+        layer_paths.push((digest, path));
+    }
+    let _lock = cache.lock(&manifest_digest.to_string())?;
+    if archive.is_file() {
+        return Ok(done); // Another run wrote it while we waited.
+    }
+    let temp = cache.temp_in("oci", &manifest_digest)?;
+    let _cleanup = crate::util::cleanup::register(temp.path());
+    write_layout(
+        temp.as_file(),
+        image,
+        &top_type,
+        top.len() as u64,
+        &blobs,
+        &layer_paths,
+    )
+    .map_err(io_err(temp.path()))?;
+    super::cache::commit(temp, &archive)?;
+    Ok(done)
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+    size: u64,
+    #[serde(default)]
+    platform: Option<Platform>,
+}
+
+#[derive(Deserialize)]
+struct Platform {
+    os: String,
+    architecture: String,
+    #[serde(default)]
+    variant: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ImageManifest {
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+}
+
+fn parse_digest(s: &str, what: &str) -> Result<Sha256Digest, OciError> {
+    s.strip_prefix("sha256:")
+        .and_then(Sha256Digest::parse)
+        .ok_or_else(|| OciError::Format {
+            what: what.to_string(),
+            detail: format!(
+                "digest {:?} is not sha256:<64 hex digits>",
+                crate::config::read::sanitize_field(s)
+            ),
+        })
+}
+
+fn select_platform(image: &ImageRef, arch: Arch, index: &[u8]) -> Result<Sha256Digest, OciError> {
+    #[derive(Deserialize)]
+    struct Index {
+        manifests: Vec<Descriptor>,
+    }
+    let what = format!("{} (index)", image.original);
+    let idx: Index = serde_json::from_slice(index).map_err(|e| OciError::Format {
+        what: what.clone(),
+        detail: format!("not an image index: {e}"),
+    })?;
+    let (want, variant) = oci_arch(arch);
+    let found = idx.manifests.iter().find(|m| {
+        m.platform.as_ref().is_some_and(|p| {
+            p.os == "linux"
+                && p.architecture == want
+                && (variant.is_none() || p.variant.as_deref() == variant)
+        })
+    });
+    match found {
+        Some(m) => parse_digest(&m.digest, &what),
+        None => Err(OciError::NoPlatform {
+            image: image.original.clone(),
+            arch: arch.as_str(),
+            available: idx
+                .manifests
+                .iter()
+                .filter_map(|m| m.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+/// One registry conversation: the client and the bearer token once issued.
+struct Session<'a> {
+    client: reqwest::blocking::Client,
+    image: &'a ImageRef,
+    base: String,
+    creds: Option<&'a (String, String)>,
+    token: Option<String>,
+}
+
+impl<'a> Session<'a> {
+    fn new(image: &'a ImageRef, auth: Option<&'a RegistryAuth>) -> Result<Session<'a>, OciError> {
+        crate::util::tls::install_provider();
+        let base = image.base_url();
+        // Blobs are often redirected to storage hosts; never to plain http
+        // from https. reqwest drops the Authorization header on another host.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.url().scheme() == "http"
+                && attempt.previous().iter().any(|u| u.scheme() == "https");
+            if downgrade {
+                attempt.error("refusing a redirect from https to plain http")
+            } else if attempt.previous().len() > 10 {
+                attempt.error("more than 10 redirects")
+            } else {
+                attempt.follow()
+            }
+        });
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(None)
+            .redirect(redirects)
+            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OciError::Http {
+                url: base.clone(),
+                detail: format!("cannot set up the HTTP client: {e}"),
+            })?;
+        Ok(Session {
+            client,
+            image,
+            creds: auth.and_then(|a| a.for_registry(&image.registry)),
+            base,
+            token: None,
+        })
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::blocking::Response, OciError> {
+        let mut req = self.client.get(url);
+        if let Some(a) = accept {
+            req = req.header(reqwest::header::ACCEPT, a);
+        }
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        } else if let Some((u, p)) = self.creds {
+            req = req.basic_auth(u, Some(p));
+        }
+        req.send().map_err(|e| OciError::Http {
+            url: url.to_string(),
+            detail: crate::util::error_chain(&e),
+        })
+    }
+
+    /// GET with the token dance: on a 401 with a Bearer challenge, fetch a
+    /// token (anonymously, or with the credentials) and try once more.
+    fn get(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::blocking::Response, OciError> {
+        let resp = self.send(url, accept)?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED || self.token.is_some() {
+            return self.check(url, resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Some(params) = challenge
+            .strip_prefix("Bearer ")
+            .or_else(|| challenge.strip_prefix("bearer "))
+        else {
+            return self.check(url, resp);
+        };
+        self.token = Some(self.fetch_token(url, &parse_challenge(params))?);
+        let resp = self.send(url, accept)?;
+        self.check(url, resp)
+    }
+
+    fn check(
+        &self,
+        url: &str,
+        resp: reqwest::blocking::Response,
+    ) -> Result<reqwest::blocking::Response, OciError> {
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let hint = match status {
+            401 | 403 if self.creds.is_none() => format!(
+                " ({} needs credentials: name a Docker config.json-style file with IMGBUILD_REGISTRY_AUTH)",
+                self.image.registry
+            ),
+            401 | 403 => format!(
+                " (the credentials for {} were refused)",
+                self.image.registry
+            ),
+            404 => format!(" ({} has no such manifest or blob)", self.image.original),
+            _ => String::new(),
+        };
+        Err(OciError::Status {
+            url: url.to_string(),
+            status,
+            hint,
+        })
+    }
+
+    fn fetch_token(&self, url: &str, c: &BTreeMap<String, String>) -> Result<String, OciError> {
+        let realm = c.get("realm").ok_or_else(|| OciError::Format {
+            what: url.to_string(),
+            detail: "the registry's Bearer challenge names no realm".into(),
+        })?;
+        if !(realm.starts_with("https://") || realm.starts_with("http://")) {
+            return Err(OciError::Format {
+                what: url.to_string(),
+                detail: "the registry's token realm is not an http(s) URL".into(),
+            });
+        }
+        let mut query = Vec::new();
+        if let Some(s) = c.get("service") {
+            query.push(("service", s.clone()));
+        }
+        query.push((
+            "scope",
+            c.get("scope")
+                .cloned()
+                .unwrap_or_else(|| format!("repository:{}:pull", self.image.repository)),
+        ));
+        let mut u = reqwest::Url::parse(realm).map_err(|_| OciError::Format {
+            what: url.to_string(),
+            detail: "the registry's token realm is not a URL".into(),
+        })?;
+        u.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut req = self.client.get(u);
+        if let Some((u, p)) = self.creds {
+            req = req.basic_auth(u, Some(p));
+        }
+        let resp = req.send().map_err(|e| OciError::Http {
+            url: realm.clone(),
+            detail: crate::util::error_chain(&e),
+        })?;
+        let resp = self.check(realm, resp)?;
+        #[derive(Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let body = read_bounded(resp, realm)?;
+        let t: Token = serde_json::from_slice(&body).map_err(|_| OciError::Format {
+            what: realm.clone(),
+            detail: "the token answer is not JSON with a token".into(),
+        })?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| OciError::Format {
+                what: realm.clone(),
+                detail: "the token answer holds no token".into(),
+            })
+    }
+
+    /// A manifest or index by digest, checked; with its media type.
+    fn manifest(
+        &mut self,
+        digest: &Sha256Digest,
+        what: &str,
+    ) -> Result<(Vec<u8>, String), OciError> {
+        let url = format!(
+            "{}/v2/{}/manifests/sha256:{digest}",
+            self.base, self.image.repository
+        );
+        let accept = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
+        let resp = self.get(&url, Some(&accept))?;
+        let header_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
+        let body = read_bounded(resp, &url)?;
+        let actual = Sha256Digest(Sha256::digest(&body).into());
+        if actual != *digest {
+            return Err(OciError::Mismatch {
+                what: what.to_string(),
+                expected: *digest,
+                actual,
+            });
+        }
+        #[derive(Deserialize)]
+        struct Typed {
+            #[serde(rename = "mediaType")]
+            media_type: Option<String>,
+            manifests: Option<serde_json::Value>,
+        }
+        let typed: Typed = serde_json::from_slice(&body).map_err(|e| OciError::Format {
+            what: what.to_string(),
+            detail: format!("not JSON: {e}"),
+        })?;
+        let media = typed.media_type.or(header_type).unwrap_or_else(|| {
+            if typed.manifests.is_some() {
+                OCI_INDEX.into()
+            } else {
+                OCI_MANIFEST.into()
+            }
+        });
+        Ok((body, media))
+    }
+
+    /// A blob in the cache, downloaded and checked when missing; a blob whose
+    /// bytes do not match its digest (or size) is deleted, never cached.
+    fn blob(&mut self, digest: &Sha256Digest, size: u64, cache: &Cache) -> anyhow::Result<PathBuf> {
+        let path = cache.asset_path(digest);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let _lock = cache.lock(&digest.to_string())?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        let url = format!(
+            "{}/v2/{}/blobs/sha256:{digest}",
+            self.base, self.image.repository
+        );
+        let partial = cache.partial_path(digest)?;
+        let result = (|| {
+            let resp = self.get(&url, None)?;
+            let mut f = File::create(&partial).map_err(io_err(&partial))?;
+            let mut hasher = Sha256::new();
+            let mut reader = resp.take(size.saturating_add(1));
+            let mut buf = vec![0u8; 1 << 16];
+            let mut n_total = 0u64;
+            loop {
+                let n = reader.read(&mut buf).map_err(|e| OciError::Http {
+                    url: url.clone(),
+                    detail: e.to_string(),
+                })?;
+                if n == 0 {
+                    break;
+                }
+                n_total += n as u64;
+                hasher.update(&buf[..n]);
+                f.write_all(&buf[..n]).map_err(io_err(&partial))?;
+            }
+            f.sync_all().map_err(io_err(&partial))?;
+            let actual = Sha256Digest::of(hasher);
+            let what = format!("{} blob sha256:{digest}", self.image.original);
+            if actual != *digest {
+                return Err(OciError::Mismatch {
+                    what,
+                    expected: *digest,
+                    actual,
+                });
+            }
+            if n_total != size {
+                return Err(OciError::Format {
+                    what,
+                    detail: format!(
+                        "{n_total} bytes where the manifest says {size}; nothing was cached"
+                    ),
+                });
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e.into());
+        }
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        std::fs::rename(&partial, &path)?;
+        Ok(path)
+    }
+}
+
+fn read_bounded(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>, OciError> {
+    let mut body = Vec::new();
+    resp.take(MAX_DOCUMENT + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| OciError::Http {
+            url: url.to_string(),
+            detail: e.to_string(),
+        })?;
+    if body.len() as u64 > MAX_DOCUMENT {
+        return Err(OciError::Format {
+            what: url.to_string(),
+            detail: format!("larger than {MAX_DOCUMENT} bytes; not a manifest"),
+        });
+    }
+    Ok(body)
+}
+
+/// `realm="...",service="...",scope="..."` as a map.
+fn parse_challenge(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s.trim();
+    while let Some((k, v)) = rest.split_once('=') {
+        let k = k.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (value, after) = if let Some(q) = v.strip_prefix('"') {
+            match q.find('"') {
+                Some(end) => (&q[..end], &q[end + 1..]),
+                None => (q, ""),
+            }
+        } else {
+            match v.find(',') {
+                Some(end) => (&v[..end], &v[end..]),
+                None => (v, ""),
+            }
+        };
+        out.insert(k, value.to_string());
+        rest = after.trim_start_matches(',').trim();
+    }
+    out
+}
+
+/// Writes the OCI image layout as a tar: `oci-layout`, `index.json` naming
+/// the pinned digest (so the image is found by the reference pods use), and
+/// every blob the node needs under `blobs/sha256/`. An index keeps the other
+/// architectures' entries; containerd's import skips their missing blobs.
+fn write_layout(
+    out: &File,
+    image: &ImageRef,
+    top_type: &str,
+    top_size: u64,
+    docs: &[(Sha256Digest, Vec<u8>)],
+    blobs: &[(Sha256Digest, PathBuf)],
+) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(out);
+    let name = image.stored_name();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": top_type,
+            "digest": format!("sha256:{}", image.digest),
+            "size": top_size,
+            "annotations": {
+                "io.containerd.image.name": name,
+                "org.opencontainers.image.ref.name": image.tag.clone().unwrap_or_else(|| format!("sha256:{}", image.digest)),
+            }
+        }]
+    });
+    tar_entry(&mut w, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    tar_entry(&mut w, "index.json", &serde_json::to_vec(&index)?)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (d, bytes) in docs {
+        if seen.insert(*d) {
+            tar_entry(&mut w, &format!("blobs/sha256/{d}"), bytes)?;
+        }
+    }
+    for (d, path) in blobs {
+        if seen.insert(*d) {
+            let mut f = File::open(path)?;
+            let len = f.metadata()?.len();
+            tar_header(&mut w, &format!("blobs/sha256/{d}"), len)?;
+            let copied = std::io::copy(&mut f, &mut w)?;
+            if copied != len {
+                return Err(std::io::Error::other(format!(
+                    "{} changed while it was archived",
+                    path.display()
+                )));
+            }
+            pad(&mut w, len)?;
+        }
+    }
+    w.write_all(&[0u8; 1024])?;
+    w.flush()
+}
+
+fn tar_entry(w: &mut impl Write, name: &str, data: &[u8]) -> std::io::Result<()> {
+    tar_header(w, name, data.len() as u64)?;
+    w.write_all(data)?;
+    pad(w, data.len() as u64)
+}
+
+fn pad(w: &mut impl Write, len: u64) -> std::io::Result<()> {
+    let rem = (512 - len % 512) % 512;
+    w.write_all(&vec![0u8; rem as usize])
+}
+
+/// A ustar header for a regular file (names here are under 100 bytes).
+fn tar_header(w: &mut impl Write, name: &str, size: u64) -> std::io::Result<()> {
+    if name.len() >= 100 || size >= 8 << 30 {
+        return Err(std::io::Error::other(format!(
+            "{name}: too long a name or too large for the archive"
+        )));
+    }
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |h: &mut [u8], at: usize, width: usize, v: u64| {
+        let s = format!("{v:0w$o}", w = width - 1);
+        h[at..at + width - 1].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, 0o644);
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, size);
+    octal(&mut h, 136, 12, 0);
+    h[156] = b'0';
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    let s = format!("{sum:06o}\0 ");
+    h[148..156].copy_from_slice(s.as_bytes());
+    w.write_all(&h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let c = parse_challenge(
+            r#"realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(c["realm"], "https://auth.example/token");
+        assert_eq!(c["service"], "registry.example");
+        assert_eq!(c["scope"], "repository:a/b:pull");
+    }
+}
