@@ -13,6 +13,7 @@ pub mod flash;
 pub mod import;
 pub mod init;
 pub mod inspect;
+pub mod iso;
 pub mod kubeconfig;
 pub mod overlays;
 pub mod render;

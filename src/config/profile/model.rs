@@ -130,6 +130,34 @@ pub struct NodeSpec {
     pub swap: Option<SwapSpec>,
     pub packages: Option<Vec<String>>,
     pub shrink: Option<ShrinkSpec>,
+    /// How the bare-metal installer (`<node>.<board>.iso`) installs the node.
+    pub install: Option<InstallSpec>,
+}
+
+/// The `install` key of a node: which disk the unattended installer wipes
+/// and what it does when done.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSpec {
+    pub disk: Option<DiskMatch>,
+    /// `poweroff` (default) or `reboot` after the installation.
+    pub shutdown: Option<String>,
+}
+
+/// The disk to install to, as subiquity's `storage.layout.match` selects it:
+/// every key given must match (serial, model and path take shell globs);
+/// `size` is `largest` or `smallest`. None given: the largest disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 /// How a baked image is shrunk before it is written out (see `bake::shrink`).
@@ -225,8 +253,19 @@ pub struct Node {
     /// Headroom left in the root when the image is shrunk (MiB); `None` is
     /// the board's or the built-in default.
     pub shrink_headroom_mib: Option<u32>,
+    /// The unattended installer's disk and end action (`.iso` targets).
+    pub install: InstallTarget,
     #[serde(skip)]
     pub file: PathBuf,
+}
+
+/// A node's validated `install` key.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallTarget {
+    /// Never empty: `{size: largest}` when the profile names no disk.
+    pub disk: DiskMatch,
+    /// `poweroff` or `reboot`.
+    pub shutdown: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
