@@ -391,3 +391,361 @@ fn iso_targets_refused_where_they_cannot_be_built() {
     assert!(t.contains("--unsealed is not supported for .iso"), "{t}");
     assert!(!dir.path().join("dist").exists());
 }
+
+// ---- `imgbuild usb`: a regular file stands in for the stick, with a fake
+// sysfs tree and mount table (IMGBUILD_SYSFS_ROOT, IMGBUILD_MOUNTINFO).
+
+/// A fake `/sys` and `/proc/self/mountinfo` with one disk `name`.
+struct FakeSystem {
+    sysfs: PathBuf,
+    mountinfo: PathBuf,
+    device: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+enum Bus {
+    Usb,
+    /// An internal NVMe disk (not removable).
+    Internal,
+    /// A removable disk on an internal card reader (not USB).
+    Removable,
+}
+
+const ROOT_ON_NVME: &str = "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n";
+
+fn fake_system(dir: &Path, name: &str, bus: Bus, sectors: u64, mountinfo: &str) -> FakeSystem {
+    let sysfs = dir.join("sys");
+    let host = match bus {
+        Bus::Usb => "devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0",
+        Bus::Internal => "devices/pci0000:00/0000:00:1d.0/0000:3a:00.0/nvme/nvme0",
+        Bus::Removable => "devices/pci0000:00/0000:00:1c.0/mmc_host/mmc0/mmc0:aaaa",
+    };
+    let disk = sysfs.join(host).join("block").join(name);
+    std::fs::create_dir_all(disk.join(format!("{name}1"))).unwrap();
+    std::fs::create_dir_all(disk.join("holders")).unwrap();
+    std::fs::create_dir_all(disk.join(format!("{name}1/holders"))).unwrap();
+    let w = |p: PathBuf, s: &str| std::fs::write(p, s).unwrap();
+    w(disk.join("dev"), "8:16\n");
+    w(disk.join("size"), &format!("{sectors}\n"));
+    w(
+        disk.join("removable"),
+        if matches!(bus, Bus::Internal) {
+            "0\n"
+        } else {
+            "1\n"
+        },
+    );
+    w(disk.join(format!("{name}1/partition")), "1\n");
+    w(disk.join(format!("{name}1/dev")), "8:17\n");
+    w(sysfs.join(host).join("model"), "Cruzer Blade    \n");
+    w(sysfs.join(host).join("vendor"), "SanDisk \n");
+    if matches!(bus, Bus::Usb) {
+        w(
+            sysfs.join("devices/pci0000:00/0000:00:14.0/usb2/2-1/serial"),
+            "4C530001231107115485\n",
+        );
+    }
+    std::os::unix::fs::symlink("../..", disk.join("device")).unwrap();
+    for (link, up) in [("block", ".."), ("class/block", "../..")] {
+        std::fs::create_dir_all(sysfs.join(link)).unwrap();
+        std::os::unix::fs::symlink(
+            format!("{up}/{host}/block/{name}"),
+            sysfs.join(link).join(name),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            format!("{up}/{host}/block/{name}/{name}1"),
+            sysfs.join(link).join(format!("{name}1")),
+        )
+        .unwrap();
+    }
+    let mountinfo_path = dir.join("mountinfo");
+    std::fs::write(&mountinfo_path, mountinfo).unwrap();
+    let devdir = dir.join("dev");
+    std::fs::create_dir_all(&devdir).unwrap();
+    let device = devdir.join(name);
+    std::fs::write(&device, b"").unwrap();
+    std::fs::write(devdir.join(format!("{name}1")), b"").unwrap();
+    FakeSystem {
+        sysfs,
+        mountinfo: mountinfo_path,
+        device,
+    }
+}
+
+fn usb_command(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> std::process::Command {
+    let e = env();
+    let mut c = command();
+    c.arg("--profiles")
+        .arg(repo().join("profiles"))
+        .arg("usb")
+        .args(args)
+        .current_dir(cwd)
+        .env("IMGBUILD_SECRETS", e.secrets())
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .env("IMGBUILD_SYSFS_ROOT", &sys.sysfs)
+        .env("IMGBUILD_MOUNTINFO", &sys.mountinfo);
+    c
+}
+
+fn usb(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> Output {
+    usb_command(cwd, sys, args).output().expect("imgbuild runs")
+}
+
+const GIB_SECTORS: u64 = 2 * 1024 * 1024;
+
+/// What is refused, the disk's bus and size (sectors), the mount table, the
+/// device-name suffix given (`1`: a partition) and what the message says.
+type RefusalCase = (&'static str, Bus, u64, String, &'static str, &'static [&'static str]);
+
+#[test]
+fn usb_writes_and_verifies() {
+    let s = stock();
+    let dir = scratch();
+    let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    let dev = sys.device.to_str().unwrap();
+    let out = usb(
+        dir.path(),
+        &sys,
+        &[
+            "ws03",
+            "--device",
+            dev,
+            "--iso",
+            s.iso.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("flashed") && t.contains("wrote and verified"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(&sys.device).unwrap(),
+        std::fs::read(&s.iso).unwrap()
+    );
+
+    // Without --iso the node's installer is built into --out-dir first, then written.
+    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let out = usb(
+        dir.path(),
+        &sys,
+        &[
+            "--manifests",
+            m.to_str().unwrap(),
+            "ws03",
+            "--device",
+            dev,
+            "--yes",
+            "--json",
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let built = dir.path().join("dist/ws03.nuc.iso");
+    assert_eq!(
+        std::fs::read(&sys.device).unwrap(),
+        std::fs::read(&built).unwrap()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report[0]["result"], "flashed", "{report}");
+    assert_eq!(report[0]["sha256"], sha256_file(&built));
+
+    // No terminal and no --yes: refused before a byte is written.
+    std::fs::write(&sys.device, b"").unwrap();
+    let out = usb(
+        dir.path(),
+        &sys,
+        &["ws03", "--device", dev, "--iso", s.iso.to_str().unwrap()],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.contains("without confirmation") && t.contains("--yes"),
+        "{t}"
+    );
+    assert!(
+        t.contains("SanDisk Cruzer Blade") && t.contains("4C530001231107115485"),
+        "the question names model and serial: {t}"
+    );
+    assert_eq!(std::fs::metadata(&sys.device).unwrap().len(), 0);
+}
+
+#[test]
+fn usb_refuses_the_wrong_disks() {
+    let s = stock();
+    let iso = s.iso.to_str().unwrap();
+    let cases: [RefusalCase; 6] = [
+        (
+            "internal",
+            Bus::Internal,
+            8 * GIB_SECTORS,
+            ROOT_ON_NVME.into(),
+            "",
+            &["neither removable nor attached over USB"],
+        ),
+        (
+            "mounted",
+            Bus::Usb,
+            8 * GIB_SECTORS,
+            format!(
+                "{ROOT_ON_NVME}40 22 8:17 / /media/admin/STICK rw,nosuid - vfat /dev/sdx1 rw\n"
+            ),
+            "",
+            &["/dev/sdx1 is mounted at /media/admin/STICK", "umount"],
+        ),
+        (
+            "root",
+            Bus::Usb,
+            8 * GIB_SECTORS,
+            "22 1 8:17 / / rw - ext4 /dev/sdx1 rw\n".into(),
+            "",
+            &["holds the running system's root file system"],
+        ),
+        (
+            "small",
+            Bus::Usb,
+            2048,
+            ROOT_ON_NVME.into(),
+            "",
+            &["the stick has 1048576 bytes", "larger stick"],
+        ),
+        (
+            "partition",
+            Bus::Usb,
+            8 * GIB_SECTORS,
+            ROOT_ON_NVME.into(),
+            "1",
+            &["is a partition", "/dev/sdx"],
+        ),
+        // A removable card reader disk that is not USB is fine; it is refused
+        // here only because something holds it (see below).
+        (
+            "held",
+            Bus::Removable,
+            8 * GIB_SECTORS,
+            ROOT_ON_NVME.into(),
+            "",
+            &["in use by dm-0"],
+        ),
+    ];
+    for (what, bus, sectors, mountinfo, suffix, needles) in cases {
+        let dir = scratch();
+        let sys = fake_system(dir.path(), "sdx", bus, sectors, &mountinfo);
+        if what == "held" {
+            std::fs::write(sys.sysfs.join("block/sdx/sdx1/holders/dm-0"), b"").unwrap();
+        }
+        let dev = format!("{}{suffix}", sys.device.display());
+        let out = usb(
+            dir.path(),
+            &sys,
+            &["ws03", "--device", &dev, "--iso", iso, "--yes"],
+        );
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{what}: {t}");
+        for n in needles {
+            assert!(t.contains(n), "{what}: expected {n:?} in: {t}");
+        }
+        assert_eq!(
+            std::fs::metadata(&dev).unwrap().len(),
+            0,
+            "{what}: the device was written"
+        );
+        assert!(
+            !dir.path().join("dist").exists(),
+            "{what}: built before refusing"
+        );
+    }
+}
+
+#[test]
+fn usb_write_failure_is_not_reported_done() {
+    let s = stock();
+    let dir = scratch();
+    // /dev/full fails every write with ENOSPC, as a stick that dies would.
+    let sys = fake_system(dir.path(), "full", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    let out = usb(
+        dir.path(),
+        &sys,
+        &[
+            "ws03",
+            "--device",
+            "/dev/full",
+            "--iso",
+            s.iso.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("writing failed after 0 of") && t.contains("incomplete installer"),
+        "{t}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("flashed"),
+        "{t}"
+    );
+}
+
+#[test]
+fn usb_interrupted_write_is_not_reported_done() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = stock();
+    let dir = scratch();
+    let sys = fake_system(dir.path(), "sdy", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    // A FIFO for the device: writes block once its buffer is full, so the
+    // interrupt lands in the middle of the write.
+    std::fs::remove_file(&sys.device).unwrap();
+    sh(&format!("mkfifo {}", q(&sys.device)));
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&sys.device)
+        .unwrap();
+    let child = usb_command(
+        dir.path(),
+        &sys,
+        &[
+            "ws03",
+            "--device",
+            sys.device.to_str().unwrap(),
+            "--iso",
+            s.iso.to_str().unwrap(),
+            "--yes",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // Wait until the first bytes arrive: the write has started.
+    let mut buf = [0u8; 4096];
+    let started = std::time::Instant::now();
+    loop {
+        match reader.read(&mut buf) {
+            Ok(n) if n > 0 => break,
+            _ if started.elapsed() > std::time::Duration::from_secs(60) => {
+                panic!("no write started")
+            }
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(
+        t.contains("interrupted while writing") && t.contains("incomplete installer"),
+        "{t}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("flashed"),
+        "{t}"
+    );
+    drop(reader);
+}

@@ -21,6 +21,7 @@ pub mod seal;
 pub mod secrets;
 pub mod status;
 pub mod unpack;
+pub mod usb;
 pub mod verify;
 pub mod wait;
 
