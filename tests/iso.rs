@@ -497,7 +497,14 @@ const GIB_SECTORS: u64 = 2 * 1024 * 1024;
 
 /// What is refused, the disk's bus and size (sectors), the mount table, the
 /// device-name suffix given (`1`: a partition) and what the message says.
-type RefusalCase = (&'static str, Bus, u64, String, &'static str, &'static [&'static str]);
+type RefusalCase = (
+    &'static str,
+    Bus,
+    u64,
+    String,
+    &'static str,
+    &'static [&'static str],
+);
 
 #[test]
 fn usb_writes_and_verifies() {
@@ -748,4 +755,67 @@ fn usb_interrupted_write_is_not_reported_done() {
         "{t}"
     );
     drop(reader);
+}
+
+#[test]
+fn interrupted_iso_build_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let s = stock();
+    let dir = scratch();
+    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    // An xorriso that hangs when asked to write the remastered ISO, so the
+    // interrupt lands while the partial output and staging exist.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let marker = dir.path().join("remastering");
+    let real = String::from_utf8(sh("command -v xorriso").stdout).unwrap();
+    std::fs::write(
+        bin.join("xorriso"),
+        format!(
+            "#!/bin/sh\ncase \" $* \" in *\" -outdev \"*) : > {}; exec sleep 60;; esac\nexec {} \"$@\"\n",
+            q(&marker),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    sh(&format!("chmod +x {}", q(&bin.join("xorriso"))));
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let e = env();
+    let child = command()
+        .arg("--profiles")
+        .arg(repo().join("profiles"))
+        .args(["--manifests", m.to_str().unwrap(), "dist/ws03.nuc.iso"])
+        .current_dir(dir.path())
+        .env("IMGBUILD_SECRETS", e.secrets())
+        .env("IMGBUILD_CACHE_DIR", e.cache())
+        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+        .env("PATH", path)
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "the remaster never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dist = dir.path().join("dist");
+    assert!(
+        std::fs::read_dir(&dist).unwrap().count() >= 2,
+        "no partial output or staging to clean up"
+    );
+    // Ctrl-C reaches the whole process group, as on a terminal.
+    unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    only_left(&dist, &[]);
 }
