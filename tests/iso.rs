@@ -819,3 +819,149 @@ fn interrupted_iso_build_leaves_nothing() {
     assert_eq!(out.status.code(), Some(130), "{t}");
     only_left(&dist, &[]);
 }
+
+/// A kernel for the boot test: `IMGBUILD_TEST_KERNEL`, else the host's newest
+/// `/boot/vmlinuz-*`.
+fn test_kernel() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("IMGBUILD_TEST_KERNEL") {
+        return Some(PathBuf::from(k)).filter(|p| p.is_file());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Boots `iso` as a disk (the way a stick boots) under QEMU with SeaBIOS or
+/// OVMF; returns the serial console's output.
+fn boot(iso: &Path, work: &Path, ovmf: Option<&Path>) -> String {
+    let log = work.join(if ovmf.is_some() {
+        "serial-uefi.log"
+    } else {
+        "serial-bios.log"
+    });
+    let mut args = vec![
+        "-accel".to_string(),
+        "tcg".into(),
+        "-m".into(),
+        "512".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-snapshot".into(),
+        "-serial".into(),
+        format!("file:{}", log.display()),
+        "-drive".into(),
+        format!("file={},format=raw,media=disk", iso.display()),
+    ];
+    if let Some(code) = ovmf {
+        let vars = work.join("OVMF_VARS.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+        args.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,readonly=on,file={}", code.display()),
+            "-drive".into(),
+            format!("if=pflash,format=raw,file={}", vars.display()),
+        ]);
+    }
+    let out = std::process::Command::new("timeout")
+        .arg("300")
+        .arg("qemu-system-x86_64")
+        .args(&args)
+        .output()
+        .expect("qemu runs");
+    let serial = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    assert!(
+        out.status.success(),
+        "qemu failed ({}): {}\nserial:\n{serial}",
+        out.status,
+        text(&out)
+    );
+    serial
+}
+
+#[test]
+fn remastered_installer_boots_with_autoinstall_bios_and_uefi() {
+    let Some(kernel) = test_kernel() else {
+        skipped(
+            "booting the installer under QEMU",
+            "no kernel: set IMGBUILD_TEST_KERNEL or install one in /boot",
+        );
+        return;
+    };
+    if std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skipped(
+            "booting the installer under QEMU",
+            "qemu-system-x86_64 is not installed",
+        );
+        return;
+    }
+    let dir = scratch();
+    let initrd = dir.path().join("initrd");
+    sh(&format!(
+        "bash {} {} {}",
+        q(&repo().join("tests/fixtures/cmdline-initrd.sh")),
+        q(&initrd),
+        q(&dir.path().join("initrd-work"))
+    ));
+    let stock = dir.path().join("bootable-live.iso");
+    sh(&format!(
+        "bash {} {} {} {} {}",
+        q(&repo().join("tests/fixtures/live-iso.sh")),
+        q(&stock),
+        q(&dir.path().join("live")),
+        q(&kernel),
+        q(&initrd)
+    ));
+    let sha = sha256_file(&stock);
+    env().mirror.put(
+        "/releases/bootable-live.iso",
+        std::fs::read(&stock).unwrap(),
+    );
+    let m = manifests(dir.path(), "/releases/bootable-live.iso", &sha);
+    let out = build(dir.path(), &m, "dist/ws03.nuc.iso");
+    assert!(out.status.success(), "{}", text(&out));
+    let iso = dir.path().join("dist/ws03.nuc.iso");
+
+    let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
+    let uefi = ovmf.is_file();
+    if !uefi {
+        skipped(
+            "booting the installer under OVMF (UEFI)",
+            "package ovmf is not installed",
+        );
+    }
+    // Both firmwares at once: TCG boots take tens of seconds each.
+    let (bios_log, uefi_log) = std::thread::scope(|s| {
+        let work = dir.path();
+        let b = s.spawn(|| boot(&iso, work, None));
+        let u = s.spawn(|| uefi.then(|| boot(&iso, work, Some(ovmf))));
+        (b.join().unwrap(), u.join().unwrap())
+    });
+    for (firmware, log) in [("SeaBIOS", Some(bios_log)), ("OVMF", uefi_log)] {
+        let Some(log) = log else { continue };
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("IMGBUILD-CMDLINE:"))
+            .unwrap_or_else(|| panic!("{firmware}: the fixture kernel never ran:\n{log}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let auto = words.iter().position(|w| *w == "autoinstall");
+        let sep = words.iter().position(|w| *w == "---");
+        assert!(auto.is_some() && auto < sep, "{firmware}: {line}");
+        assert!(
+            words.contains(&"BOOT_IMAGE=/casper/vmlinuz"),
+            "{firmware}: {line}"
+        );
+    }
+}
