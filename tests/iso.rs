@@ -384,11 +384,6 @@ fn iso_targets_refused_where_they_cannot_be_built() {
         t.contains("no `installer`") && t.contains("node02.rk1.img"),
         "{t}"
     );
-    // Unsealed installers are not supported yet: refused before any work.
-    let out = run(dir.path(), &["--unsealed", "dist/ws03.nuc.iso"], None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
-    assert!(t.contains("--unsealed is not supported for .iso"), "{t}");
     assert!(!dir.path().join("dist").exists());
 }
 
@@ -473,6 +468,22 @@ fn fake_system(dir: &Path, name: &str, bus: Bus, sectors: u64, mountinfo: &str) 
     }
 }
 
+/// ws03's installer, built once per test binary (sealed).
+fn installer() -> &'static Stock {
+    static I: OnceLock<Stock> = OnceLock::new();
+    I.get_or_init(|| {
+        let s = stock();
+        let dir = shared_scratch().join("installer");
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
+        let out = build(&dir, &m, "dist/ws03.nuc.iso");
+        assert!(out.status.success(), "{}", text(&out));
+        let iso = dir.join("dist/ws03.nuc.iso");
+        let sha256 = sha256_file(&iso);
+        Stock { iso, sha256 }
+    })
+}
+
 fn usb_command(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> std::process::Command {
     let e = env();
     let mut c = command();
@@ -508,7 +519,7 @@ type RefusalCase = (
 
 #[test]
 fn usb_writes_and_verifies() {
-    let s = stock();
+    let s = installer();
     let dir = scratch();
     let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let dev = sys.device.to_str().unwrap();
@@ -536,7 +547,7 @@ fn usb_writes_and_verifies() {
     );
 
     // Without --iso the node's installer is built into --out-dir first, then written.
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let m = manifests(dir.path(), "/releases/live-server.iso", &stock().sha256);
     let out = usb(
         dir.path(),
         &sys,
@@ -583,7 +594,7 @@ fn usb_writes_and_verifies() {
 
 #[test]
 fn usb_refuses_the_wrong_disks() {
-    let s = stock();
+    let s = installer();
     let iso = s.iso.to_str().unwrap();
     let cases: [RefusalCase; 6] = [
         (
@@ -661,16 +672,36 @@ fn usb_refuses_the_wrong_disks() {
             0,
             "{what}: the device was written"
         );
-        assert!(
-            !dir.path().join("dist").exists(),
-            "{what}: built before refusing"
-        );
+        only_left(&dir.path().join("dist"), &[]);
     }
 }
 
 #[test]
+fn usb_refuses_an_iso_imgbuild_did_not_build() {
+    let dir = scratch();
+    let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    let out = usb(
+        dir.path(),
+        &sys,
+        &[
+            "ws03",
+            "--device",
+            sys.device.to_str().unwrap(),
+            "--iso",
+            stock().iso.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("not an installer imgbuild built"), "{t}");
+    assert_eq!(std::fs::metadata(&sys.device).unwrap().len(), 0);
+    only_left(&dir.path().join("dist"), &[]);
+}
+
+#[test]
 fn usb_write_failure_is_not_reported_done() {
-    let s = stock();
+    let s = installer();
     let dir = scratch();
     // /dev/full fails every write with ENOSPC, as a stick that dies would.
     let sys = fake_system(dir.path(), "full", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
@@ -702,7 +733,7 @@ fn usb_write_failure_is_not_reported_done() {
 fn usb_interrupted_write_is_not_reported_done() {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
-    let s = stock();
+    let s = installer();
     let dir = scratch();
     let sys = fake_system(dir.path(), "sdy", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     // A FIFO for the device: writes block once its buffer is full, so the
@@ -964,4 +995,154 @@ fn remastered_installer_boots_with_autoinstall_bios_and_uefi() {
             "{firmware}: {line}"
         );
     }
+}
+
+/// `imgbuild render NODE` as (target, path, mode, uid, gid, secret, contents):
+/// headers from `--json`, contents from `--contents` (header line, exactly
+/// `bytes` bytes, newline).
+fn rendered(cwd: &Path) -> Vec<serde_json::Value> {
+    let json = run(cwd, &["render", NODE, "--json"], None);
+    assert!(json.status.success(), "{}", text(&json));
+    let textual = run(cwd, &["render", NODE, "--contents"], None);
+    assert!(textual.status.success(), "{}", text(&textual));
+    let mut listed: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    let raw = &textual.stdout;
+    let mut pos = 0;
+    for item in &mut listed {
+        let end = pos + raw[pos..].iter().position(|b| *b == b'\n').unwrap();
+        let header = String::from_utf8_lossy(&raw[pos..end]).into_owned();
+        let size: usize = header
+            .split(" bytes")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap();
+        item["contents_hex"] = hex::encode(&raw[end + 1..end + 1 + size]).into();
+        pos = end + 1 + size + 1;
+    }
+    listed
+}
+
+#[test]
+fn unsealed_installer_carries_no_secrets_and_usb_seals_it() {
+    let s = stock();
+    let dir = scratch();
+    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let out = run(
+        dir.path(),
+        &[
+            "--manifests",
+            m.to_str().unwrap(),
+            "--unsealed",
+            "dist/ws03.nuc.iso",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let iso = dir.path().join("dist/ws03.nuc.iso");
+    let before = sha256_file(&iso);
+    let files = rendered(dir.path());
+    let secret: Vec<&serde_json::Value> = files.iter().filter(|f| f["secret"] == true).collect();
+    assert!(
+        secret.len() >= 4,
+        "ws03 renders too few secret files: {secret:?}"
+    );
+    // Not one secret file's contents anywhere in the ISO's bytes.
+    let bytes = std::fs::read(&iso).unwrap();
+    for f in &secret {
+        let c = hex::decode(f["contents_hex"].as_str().unwrap()).unwrap();
+        if c.len() >= 16 {
+            assert!(
+                !bytes.windows(c.len()).any(|w| w == c.as_slice()),
+                "the unsealed ISO holds {}",
+                f["path"]
+            );
+        }
+    }
+    // Booted as it is, the installer stops before touching a disk.
+    let yaml = dir.path().join("unsealed.yaml");
+    sh(&format!(
+        "osirrox -indev {} -extract /autoinstall.yaml {} 2>/dev/null",
+        q(&iso),
+        q(&yaml)
+    ));
+    let t = std::fs::read_to_string(&yaml).unwrap();
+    assert!(
+        t.contains("early-commands") && t.contains("unsealed") && t.contains("exit 1"),
+        "{t}"
+    );
+
+    // `usb` seals it on the way to the stick; the artifact is not modified.
+    let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    let out = usb(
+        dir.path(),
+        &sys,
+        &[
+            "ws03",
+            "--device",
+            sys.device.to_str().unwrap(),
+            "--iso",
+            iso.to_str().unwrap(),
+            "--yes",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sha256_file(&iso), before, "the unsealed ISO was modified");
+    only_left(
+        &dir.path().join("dist"),
+        &["ws03.nuc.iso", "SHA256SUMS", "ws03.nuc.iso.intoto.json"],
+    );
+    let tree = dir.path().join("stick");
+    sh(&format!(
+        "osirrox -indev {} -extract / {} 2>/dev/null && chmod -R u+w {}",
+        q(&sys.device),
+        q(&tree),
+        q(&tree)
+    ));
+    let expected = dir.path().join("secret-files.json");
+    std::fs::write(&expected, serde_json::to_vec(&secret).unwrap()).unwrap();
+    let schema = repo().join("../shared/oracles/subiquity-autoinstall-schema.json");
+    let check = r#"
+import hashlib, json, sys, tarfile, jsonschema, yaml
+tree, expected, schema, seed = sys.argv[1:5]
+auto = yaml.safe_load(open(tree + "/autoinstall.yaml"))
+jsonschema.validate(auto, json.load(open(schema)))
+assert "early-commands" not in auto, auto.get("early-commands")
+digest = hashlib.sha256(open(tree + "/imgbuild/secrets.tar", "rb").read()).hexdigest()
+late = auto["late-commands"]
+assert any(digest in c and "sha256sum -c" in c for c in late), late
+assert late[-1].startswith("tar -x") and "/cdrom/imgbuild/secrets.tar" in late[-1], late
+want = {}
+for f in json.load(open(expected)):
+    path = (seed + f["path"]) if f["target"] == "seed" else f["path"]
+    want[path.lstrip("/")] = f
+with tarfile.open(tree + "/imgbuild/secrets.tar") as t:
+    got = {m.name: m for m in t.getmembers()}
+    extra = set(got) - set(want) - {seed.lstrip("/") + "/imgbuild.json"}
+    assert not extra, extra
+    assert set(want) <= set(got), set(want) - set(got)
+    for name, f in want.items():
+        m = got[name]
+        assert (m.mode & 0o7777, m.uid, m.gid) == (f["mode"], f["uid"], f["gid"]), name
+        assert t.extractfile(m).read() == bytes.fromhex(f["contents_hex"]), name
+    prov = json.loads(t.extractfile(got[seed.lstrip("/") + "/imgbuild.json"]).read())
+    assert prov["unsealed"] is False, prov
+assert json.load(open(tree + "/imgbuild/provenance.json"))["unsealed"] is False
+print(len(want))
+"#;
+    let out = sh(&format!(
+        "{} -c {} {} {} {} {SEED_DIR}",
+        python(),
+        q(Path::new(check)),
+        q(&tree),
+        q(&expected),
+        q(&schema)
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        secret.len().to_string()
+    );
 }

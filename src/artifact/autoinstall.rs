@@ -15,6 +15,12 @@ pub const CDROM: &str = "/cdrom";
 pub const PAYLOAD_PATH: &str = "/imgbuild/root.tar";
 /// Where subiquity looks for the configuration on the medium.
 pub const AUTOINSTALL_PATH: &str = "/autoinstall.yaml";
+/// The secret files an unsealed installer lacks, added when it is sealed.
+pub const SECRETS_PATH: &str = "/imgbuild/secrets.tar";
+
+/// The early command of an unsealed installer: it stops before any disk is
+/// touched, since the node it would install could not join the cluster.
+const UNSEALED_GUARD: &str = "echo 'imgbuild: this installer is unsealed (it lacks the cluster secrets); write it with `imgbuild usb`, which seals it' >&2; exit 1";
 
 /// What goes into a node's autoinstall configuration.
 pub struct Inputs<'a> {
@@ -27,6 +33,8 @@ pub struct Inputs<'a> {
     pub payload_sha256: Sha256Digest,
     /// Stock files the bake would delete (e.g. host keys the installer makes).
     pub removals: &'a [Removal],
+    /// Built without the secrets: refuses to install until sealed.
+    pub unsealed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +60,66 @@ fn parse_yaml(what: &str, bytes: &[u8]) -> Result<Value, AutoinstallError> {
     })
 }
 
+fn sha_check(sha256: &Sha256Digest, path: &str) -> String {
+    format!(
+        "echo {} | sha256sum -c -",
+        shell_quote(&format!("{sha256}  {path}"))
+    )
+}
+
+fn untar(path: &str) -> String {
+    format!(
+        "tar -x -p --numeric-owner --same-owner -f {} -C /target",
+        shell_quote(path)
+    )
+}
+
+/// The configuration of an unsealed installer, sealed: the guard removed,
+/// and late commands that check and unpack the secrets archive (sha256
+/// `secrets_sha256`) after the root payload, so its files win.
+pub fn seal(yaml: &str, secrets_sha256: &Sha256Digest) -> Result<String, AutoinstallError> {
+    let bad = |detail: &str| AutoinstallError {
+        what: "autoinstall.yaml".into(),
+        detail: detail.to_string(),
+    };
+    let mut v = parse_yaml("autoinstall.yaml", yaml.as_bytes())?;
+    let root = v.as_mapping_mut().ok_or_else(|| bad("is not a mapping"))?;
+    match root.get("early-commands").and_then(Value::as_sequence) {
+        Some(cmds) if cmds.len() == 1 && cmds[0].as_str() == Some(UNSEALED_GUARD) => {
+            root.remove("early-commands");
+        }
+        _ => {
+            return Err(bad(
+                "is not the configuration of an unsealed imgbuild installer",
+            ));
+        }
+    }
+    let late = root
+        .get_mut("late-commands")
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| bad("has no late-commands"))?;
+    let path = format!("{CDROM}{SECRETS_PATH}");
+    late.push(Value::String(sha_check(secrets_sha256, &path)));
+    late.push(Value::String(untar(&path)));
+    let header: String = yaml
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let text = serde_yaml_ng::to_string(&v).map_err(|e| bad(&e.to_string()))?;
+    Ok(format!("{header}{text}"))
+}
+
 /// The configuration as YAML text.
 pub fn render(i: &Inputs) -> Result<String, AutoinstallError> {
     let mut root = Mapping::new();
     root.insert(key("version"), Value::Number(1.into()));
+    if i.unsealed {
+        root.insert(
+            key("early-commands"),
+            Value::Sequence(vec![key(UNSEALED_GUARD)]),
+        );
+    }
 
     // Storage: the whole selected disk, the installer's default (direct)
     // layout; `match` is subiquity's disk selector.
@@ -109,10 +173,7 @@ pub fn render(i: &Inputs) -> Result<String, AutoinstallError> {
     root.insert(key("user-data"), user_data);
 
     let payload = format!("{CDROM}{PAYLOAD_PATH}");
-    let mut late = vec![format!(
-        "echo {} | sha256sum -c -",
-        shell_quote(&format!("{}  {payload}", i.payload_sha256))
-    )];
+    let mut late = vec![sha_check(&i.payload_sha256, &payload)];
     for r in i.removals.iter().filter(|r| r.partition == "root") {
         let dir = r.dir.trim_end_matches('/');
         late.push(format!(
@@ -121,10 +182,7 @@ pub fn render(i: &Inputs) -> Result<String, AutoinstallError> {
             shell_quote(&r.prefix)
         ));
     }
-    late.push(format!(
-        "tar -x -p --numeric-owner --same-owner -f {} -C /target",
-        shell_quote(&payload)
-    ));
+    late.push(untar(&payload));
     root.insert(
         key("late-commands"),
         Value::Sequence(late.into_iter().map(Value::String).collect()),

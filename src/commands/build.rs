@@ -164,7 +164,7 @@ pub fn build_targets(
     for t in targets {
         let node = resolve(ws, t)?;
         if t.format == Format::Iso {
-            super::iso::check_target(ws, t, node, settings)?;
+            super::iso::check_target(ws, t, node)?;
             jobs.push((t, node, None));
             continue;
         }

@@ -8,29 +8,23 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 
 use super::build::BakeReport;
-use crate::artifact::autoinstall::{self, AUTOINSTALL_PATH, PAYLOAD_PATH};
+use crate::artifact::autoinstall::{self, AUTOINSTALL_PATH, PAYLOAD_PATH, SECRETS_PATH};
 use crate::artifact::iso;
 use crate::artifact::statement::Statement;
 use crate::artifact::{Format, PendingOutput, Target};
 use crate::config::profile::{Install, Node};
-use crate::plan::{self, Content, FileKind, K3sPayload, PlanInputs, SecretValues};
+use crate::plan::{self, Content, FileKind, K3sPayload, PlanInputs, Provenance, SecretValues};
+
+/// The provenance record's path on an installer ISO.
+pub const PROVENANCE_PATH: &str = "/imgbuild/provenance.json";
 
 /// Refuses what an `.iso` target cannot be, before anything is fetched.
 pub(super) fn check_target(
     ws: &super::Workspace,
     target: &Target,
     node: &Node,
-    settings: &super::build::BuildSettings,
 ) -> super::Result<()> {
     let usage = |m: String| super::CommandError::Usage(anyhow!(m));
-    if settings.sealing == super::build::Sealing::Unsealed {
-        // Sealing an installer means remastering it again with the secret
-        // files; until then an installer is always built sealed.
-        return Err(usage(format!(
-            "{}: --unsealed is not supported for .iso installers yet (an installer carries the node's secrets); build it with --sealed and keep it private",
-            target.path.display()
-        )));
-    }
     match ws.manifests.get(&node.board) {
         Some(m) if m.installer.is_none() => Err(usage(format!(
             "{}: board {} has no `installer` in its firmware manifest ({}), so it has no .iso target; build {}.{}.img instead",
@@ -119,12 +113,19 @@ pub(super) fn build_iso(
         network_config: seed_file("/network-config"),
         payload_sha256,
         removals: &plan.removals,
+        unsealed: plan.provenance.unsealed,
     })
     .with_context(|| format!("writing the autoinstall configuration of {}", node.name))?;
     let yaml_path = stage.path().join("autoinstall.yaml");
     crate::util::create_private(&yaml_path, yaml.as_bytes())
         .with_context(|| format!("writing {}", yaml_path.display()))?;
     maps.push((yaml_path, AUTOINSTALL_PATH.to_string()));
+    // The provenance record, readable without unpacking the payload: `usb`
+    // reads it to tell an unsealed installer and whom it is for.
+    let prov_path = stage.path().join("provenance.json");
+    crate::util::create_private(&prov_path, &serde_json::to_vec_pretty(&plan.provenance)?)
+        .with_context(|| format!("writing {}", prov_path.display()))?;
+    maps.push((prov_path, PROVENANCE_PATH.to_string()));
 
     let mut replaced = Vec::new();
     for (i, cfg) in iso::GRUB_CONFIGS.iter().enumerate() {
@@ -193,4 +194,96 @@ pub(super) fn build_iso(
         shrink: None,
         files: plan.files.iter().map(|f| f.record()).collect(),
     })
+}
+
+/// The provenance record of an installer ISO imgbuild built; `dir` holds
+/// the extracted copy briefly.
+pub fn provenance_of(iso: &Path, dir: &Path) -> anyhow::Result<Provenance> {
+    iso::check_iso9660(iso)?;
+    let host = dir.join("provenance.json");
+    iso::extract(iso, PROVENANCE_PATH, &host).map_err(|e| {
+        anyhow!(
+            "{}: not an installer imgbuild built (no {PROVENANCE_PATH}): {e}",
+            iso.display()
+        )
+    })?;
+    let text = std::fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
+    std::fs::remove_file(&host).ok();
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{}: {PROVENANCE_PATH} is not a provenance record",
+            iso.display()
+        )
+    })
+}
+
+/// Writes `output`: the unsealed installer `iso` (built for `node`, whose
+/// record is `prov`) with the node's secret files and sealed provenance
+/// added as a second archive that the installer unpacks after the first.
+/// `iso` itself is only read.
+pub fn seal_iso(
+    ws: &super::Workspace,
+    node: &Node,
+    iso: &Path,
+    prov: &Provenance,
+    output: &Path,
+    stage: &Path,
+) -> anyhow::Result<()> {
+    if prov.node != node.name || prov.board != node.board {
+        bail!(
+            "{}: an installer for {} ({}), not {} ({})",
+            iso.display(),
+            prov.node,
+            prov.board,
+            node.name,
+            node.board
+        );
+    }
+    let inputs = PlanInputs {
+        profiles: &ws.profiles,
+        manifests: &ws.manifests,
+        overlays: &ws.overlays,
+        build_time: prov.build_time,
+    };
+    let secrets = ws.secrets()?;
+    let values = super::build::secret_values(&secrets, node, prov.build_time)?;
+    let plan = plan::plan_node(&inputs, node, Some(values), plan::Payload::None)?;
+    if plan.instance_id != prov.instance_id {
+        bail!(
+            "{}: built as instance {}, but the current profiles and overlays give {}; rebuild it",
+            iso.display(),
+            prov.instance_id,
+            plan.instance_id
+        );
+    }
+    let only = plan.seal_only();
+    super::build::warn_cluster_init(&secrets, node)?;
+    let tar_path = stage.join("secrets.tar");
+    let tar = crate::util::create_private(&tar_path, b"")
+        .with_context(|| format!("creating {}", tar_path.display()))?;
+    let files: Vec<&plan::PlannedFile> = only.files.iter().collect();
+    let sha = iso::write_payload(&files, &tar, &tar_path, prov.build_time)?;
+    drop(tar);
+    let yaml_path = stage.join("autoinstall.yaml");
+    iso::extract(iso, AUTOINSTALL_PATH, &yaml_path)?;
+    let yaml = std::fs::read_to_string(&yaml_path)
+        .with_context(|| format!("reading {AUTOINSTALL_PATH} of {}", iso.display()))?;
+    std::fs::remove_file(&yaml_path).ok();
+    let sealed = autoinstall::seal(&yaml, &sha)
+        .with_context(|| format!("sealing {AUTOINSTALL_PATH} of {}", iso.display()))?;
+    crate::util::create_private(&yaml_path, sealed.as_bytes())
+        .with_context(|| format!("writing {}", yaml_path.display()))?;
+    let prov_path = stage.join("provenance.json");
+    crate::util::create_private(&prov_path, &serde_json::to_vec_pretty(&plan.provenance)?)
+        .with_context(|| format!("writing {}", prov_path.display()))?;
+    iso::remaster(
+        iso,
+        output,
+        &[
+            (tar_path, SECRETS_PATH.to_string()),
+            (yaml_path, AUTOINSTALL_PATH.to_string()),
+            (prov_path, PROVENANCE_PATH.to_string()),
+        ],
+    )?;
+    Ok(())
 }

@@ -30,6 +30,9 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
     // fails in a second, not after a remaster.
     let stick = usb::probe(&settings.device, &settings.system)
         .map_err(|e| CommandError::Usage(anyhow!(e)))?;
+    // Mounted, root and held disks are refused before anything is built too
+    // (the size once the ISO is known; all checked again right before writing).
+    usb::check_free(&stick, 0, &settings.system).map_err(|e| CommandError::Usage(anyhow!(e)))?;
     let iso = match &settings.iso {
         Some(p) => p.clone(),
         None => {
@@ -40,6 +43,25 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
             }
             t.path
         }
+    };
+    // An unsealed installer (a published artifact) is sealed on its way to
+    // the stick, into a private directory beside the outputs; the artifact
+    // itself is never modified.
+    let out_dir = &settings.build.out_dir;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let temp = tempfile::Builder::new()
+        .prefix(".imgbuild-usb-")
+        .tempdir_in(out_dir)
+        .with_context(|| format!("creating a directory in {}", out_dir.display()))?;
+    let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
+    let prov = super::iso::provenance_of(&iso, temp.path())?;
+    let iso = if prov.unsealed {
+        let sealed = temp.path().join(format!("{}.{}.iso", n.name, n.board));
+        tracing::info!("{} is unsealed; sealing it for the stick", iso.display());
+        super::iso::seal_iso(ws, n, &iso, &prov, &sealed, temp.path())?;
+        sealed
+    } else {
+        iso
     };
     let file = std::fs::File::open(&iso).with_context(|| format!("opening {}", iso.display()))?;
     let need = file
