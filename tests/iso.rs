@@ -487,9 +487,10 @@ fn installer() -> &'static Stock {
 fn usb_command(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> std::process::Command {
     let e = env();
     let mut c = command();
-    c.arg("--profiles")
-        .arg(repo().join("profiles"))
-        .arg("usb")
+    if !args.contains(&"--profiles") {
+        c.arg("--profiles").arg(repo().join("profiles"));
+    }
+    c.arg("usb")
         .args(args)
         .current_dir(cwd)
         .env("IMGBUILD_SECRETS", e.secrets())
@@ -697,6 +698,58 @@ fn usb_refuses_an_iso_imgbuild_did_not_build() {
     assert!(t.contains("not an installer imgbuild built"), "{t}");
     assert_eq!(std::fs::metadata(&sys.device).unwrap().len(), 0);
     only_left(&dir.path().join("dist"), &[]);
+}
+
+#[test]
+fn usb_rebuilds_an_installer_made_from_other_profiles() {
+    let dir = scratch();
+    let m = manifests(dir.path(), "/releases/live-server.iso", &stock().sha256);
+    let profiles = dir.path().join("profiles");
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(&profiles)
+    ));
+    let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
+    let args = [
+        "--profiles",
+        profiles.to_str().unwrap(),
+        "--manifests",
+        m.to_str().unwrap(),
+        "ws03",
+        "--device",
+        sys.device.to_str().unwrap(),
+        "--yes",
+    ];
+    let out = usb(dir.path(), &sys, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    let iso = dir.path().join("dist/ws03.nuc.iso");
+    let first = sha256_file(&iso);
+    // Reused while the profiles are the same.
+    let out = usb(dir.path(), &sys, &args);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!text(&out).contains("rebuilding"), "{}", text(&out));
+    assert_eq!(sha256_file(&iso), first);
+    // A changed profile: the stale installer is rebuilt, not written.
+    let node = profiles.join("nodes/ws03.yaml");
+    let yaml = std::fs::read_to_string(&node).unwrap();
+    std::fs::write(
+        &node,
+        yaml.replace(
+            "node-role: workstation",
+            "node-role: workstation\n    zone: attic",
+        ),
+    )
+    .unwrap();
+    let out = usb(dir.path(), &sys, &args);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("built from other profiles; rebuilding"), "{t}");
+    assert_ne!(sha256_file(&iso), first);
+    assert_eq!(
+        std::fs::read(&sys.device).unwrap(),
+        std::fs::read(&iso).unwrap()
+    );
 }
 
 #[test]

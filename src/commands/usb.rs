@@ -54,7 +54,28 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
         .tempdir_in(out_dir)
         .with_context(|| format!("creating a directory in {}", out_dir.display()))?;
     let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
-    let prov = super::iso::provenance_of(&iso, temp.path())?;
+    let mut prov = super::iso::provenance_of(&iso, temp.path())?;
+    let digest = crate::config::profile::profile_digest(&ws.profiles.cluster, n);
+    if prov.profile_digest != digest {
+        if settings.iso.is_some() {
+            tracing::warn!(
+                "{} was built from other profiles than the current ones of {} (profile digest {} now {})",
+                iso.display(),
+                n.name,
+                prov.profile_digest,
+                digest
+            );
+        } else {
+            // A reused installer must be what a build would make now.
+            tracing::info!(
+                "{} was built from other profiles; rebuilding it",
+                iso.display()
+            );
+            let t = Target::in_dir(&settings.build.out_dir, &n.name, &n.board, Format::Iso);
+            build_targets(ws, std::slice::from_ref(&t), &settings.build)?;
+            prov = super::iso::provenance_of(&iso, temp.path())?;
+        }
+    }
     let iso = if prov.unsealed {
         let sealed = temp.path().join(format!("{}.{}.iso", n.name, n.board));
         tracing::info!("{} is unsealed; sealing it for the stick", iso.display());
