@@ -17,8 +17,8 @@ if [ ! -x "$venv/bin/python3" ]; then
 fi
 "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 # Fail loudly here rather than in every test that needs it.
-"$venv/bin/python3" -c 'import pyfatfs, yaml' || {
-  echo "error: pyfatfs or PyYAML did not install into $venv" >&2
+"$venv/bin/python3" -c 'import pyfatfs, yaml, jsonschema' || {
+  echo "error: pyfatfs, PyYAML or jsonschema did not install into $venv" >&2
   exit 1
 }
 # kubernetes-validate bundles the API schemas, so it works offline.

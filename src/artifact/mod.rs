@@ -2,8 +2,10 @@
 //! the target, renamed when complete), compression, `SHA256SUMS`, and reading
 //! an image back (`inspect`).
 
+pub mod autoinstall;
 pub mod diff;
 pub mod inspect;
+pub mod iso;
 mod pending;
 pub mod statement;
 pub mod sums;
@@ -23,10 +25,13 @@ pub enum Format {
     Xz,
     /// `.img.zst`: multithreaded zstd.
     Zstd,
+    /// `.iso`: the board's vendor installer, remastered to install the node
+    /// unattended (bare metal; see `artifact::iso`).
+    Iso,
 }
 
 impl Format {
-    pub const ALL: [Format; 3] = [Format::Raw, Format::Xz, Format::Zstd];
+    pub const ALL: [Format; 4] = [Format::Raw, Format::Xz, Format::Zstd, Format::Iso];
 
     /// Splits a file name into its stem (without `.img...`) and format.
     pub fn from_name(name: &str) -> Option<(&str, Format)> {
@@ -43,6 +48,7 @@ impl Format {
             Format::Raw => "img",
             Format::Xz => "img.xz",
             Format::Zstd => "img.zst",
+            Format::Iso => "iso",
         }
     }
 
@@ -51,6 +57,7 @@ impl Format {
             Format::Raw => "copy",
             Format::Xz => "xz",
             Format::Zstd => "zstd",
+            Format::Iso => "installer",
         }
     }
 }
@@ -72,7 +79,7 @@ impl Target {
             .unwrap_or_default();
         let usage = || {
             format!(
-                "{}: the target must be named <node>.<board>.img (or .img.xz, .img.zst), like node02.rk1.img",
+                "{}: the target must be named <node>.<board>.img (or .img.xz, .img.zst, or .iso for a bare-metal installer), like node02.rk1.img",
                 path.display()
             )
         };
@@ -125,6 +132,12 @@ mod tests {
             ("a.b", "cm4", Format::Zstd)
         );
         assert!(Target::parse(Path::new(".rk1.img")).is_err());
+        let t = Target::parse(Path::new("dist/ws03.nuc.iso")).unwrap();
+        assert_eq!(
+            (t.node.as_str(), t.board.as_str(), t.format),
+            ("ws03", "nuc", Format::Iso)
+        );
+        assert!(Target::parse(Path::new("ws03.iso")).is_err());
         assert!(Target::parse(Path::new("x.rk1img")).is_err());
     }
 }

@@ -86,7 +86,7 @@ impl PendingOutput {
     /// its sha256 in `SHA256SUMS` beside it. Returns the final path and digest.
     pub fn finish(self, format: Format) -> Result<(PathBuf, Sha256Digest)> {
         let (path, digest) = match format {
-            Format::Raw => {
+            Format::Raw | Format::Iso => {
                 let digest = crate::io::sha256_sparse(self.temp.as_file())
                     .with_context(|| format!("hashing {}", self.temp.path().display()))?;
                 (self.commit()?, digest)
@@ -140,7 +140,7 @@ impl PendingOutput {
                 .map_err(write_err)?;
                 enc.finish().map_err(write_err)?
             }
-            Format::Raw => unreachable!(),
+            Format::Raw | Format::Iso => unreachable!(),
         };
         progress.finish();
         let (inner, digest) = hashing.finish();

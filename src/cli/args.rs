@@ -349,6 +349,29 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a NUC node's unattended installer (<out-dir>/<node>.<board>.iso,
+    /// built first when missing) to a USB stick: only a whole removable or
+    /// USB-attached disk that is not mounted; asks first (--yes for scripts),
+    /// then writes, syncs and verifies the read-back's sha256.
+    Usb {
+        /// Node name.
+        node: String,
+        /// The stick's whole-disk device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
+        #[arg(long, value_name = "PATH")]
+        device: PathBuf,
+        /// Write this ISO instead of <out-dir>/<node>.<board>.iso.
+        #[arg(long, value_name = "FILE")]
+        iso: Option<PathBuf>,
+        /// Do not ask for confirmation before erasing the stick.
+        #[arg(long)]
+        yes: bool,
+        /// Where the ISO is found and built.
+        #[arg(long, value_name = "DIR", default_value = "dist")]
+        out_dir: PathBuf,
+        /// Print a JSON report.
+        #[arg(long)]
+        json: bool,
+    },
     /// Flash a node's image onto its Turing Pi slot through the BMC and power it on
     /// (the image is built first when missing).
     Flash {

@@ -12,7 +12,7 @@ use imgbuild::commands::{CommandError, Result};
 use super::args::Cli;
 
 /// Commands whose first argument is a node name.
-const NODE_COMMANDS: &str = "render flash wait";
+const NODE_COMMANDS: &str = "render flash usb wait";
 
 /// Node names: the stems of `<profiles>/nodes/*.yaml`, where `<profiles>` is
 /// `--profiles`, `$IMGBUILD_PROFILES` or `profiles` (read by the shell at

@@ -72,6 +72,18 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         Some(Command::Verify { image, json }) => {
             report::verified(json, &commands::verify::verify(&image)?)
         }
+        Some(Command::Usb {
+            node,
+            device,
+            iso,
+            yes,
+            out_dir,
+            json,
+        }) => {
+            let settings = common.usb(device, iso, yes, out_dir, env);
+            let ws = Workspace::load(paths)?;
+            report::delivered(json, &commands::usb::usb(&ws, &node, &settings)?)
+        }
         Some(Command::Flash { node, image, flash }) => {
             let settings = common.flash(&flash, env)?;
             let ws = Workspace::load(paths)?;

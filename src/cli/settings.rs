@@ -17,7 +17,9 @@ use super::args::{BmcArgs, BuildArgs, FlashArgs, GlobalArgs, OutputFormat, WaitA
 use imgbuild::artifact::Format;
 use imgbuild::commands::init::{InitSettings, KeySource};
 use imgbuild::commands::kubeconfig::KubeconfigSettings;
+use imgbuild::commands::usb::UsbSettings;
 use imgbuild::commands::wait::WaitSettings;
+use imgbuild::deliver::usb::SystemPaths;
 
 /// The environment variables imgbuild reads, read once at start.
 #[derive(Debug, Default)]
@@ -35,6 +37,10 @@ pub struct Environment {
     pub bmc_password: Option<String>,
     /// `SOURCE_DATE_EPOCH`: the build time stamped on written files.
     pub source_date_epoch: Option<String>,
+    /// `IMGBUILD_SYSFS_ROOT`, `IMGBUILD_MOUNTINFO`: where `usb` reads the
+    /// disks and mounts from (tests point them at fake trees).
+    pub sysfs_root: Option<PathBuf>,
+    pub mountinfo: Option<PathBuf>,
 }
 
 impl Environment {
@@ -62,6 +68,12 @@ impl Environment {
             registry_auth: non_empty("IMGBUILD_REGISTRY_AUTH"),
             bmc_password,
             source_date_epoch: var("SOURCE_DATE_EPOCH"),
+            sysfs_root: std::env::var_os("IMGBUILD_SYSFS_ROOT")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            mountinfo: std::env::var_os("IMGBUILD_MOUNTINFO")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
         }
     }
 }
@@ -142,6 +154,38 @@ impl Common {
             build_time: self.build_time,
             shrink: !b.no_shrink,
         })
+    }
+
+    pub fn usb(
+        &self,
+        device: PathBuf,
+        iso: Option<PathBuf>,
+        yes: bool,
+        out_dir: PathBuf,
+        env: &Environment,
+    ) -> UsbSettings {
+        let defaults = SystemPaths::default();
+        UsbSettings {
+            device,
+            iso,
+            yes,
+            system: SystemPaths {
+                sysfs: env.sysfs_root.clone().unwrap_or(defaults.sysfs),
+                mountinfo: env.mountinfo.clone().unwrap_or(defaults.mountinfo),
+            },
+            build: BuildSettings {
+                targets: Vec::new(),
+                all: false,
+                out_dir,
+                all_format: Format::Iso,
+                bases: Bases::default(),
+                fetch: self.fetch.clone(),
+                build_time: self.build_time,
+                // Writing a stick is the operator's own act: what it builds is sealed.
+                sealing: Sealing::Sealed,
+                shrink: false,
+            },
+        }
     }
 
     pub fn flash(&self, f: &FlashArgs, env: &Environment) -> Result<FlashSettings, CommandError> {

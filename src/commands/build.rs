@@ -163,6 +163,11 @@ pub fn build_targets(
     let mut jobs = Vec::new();
     for t in targets {
         let node = resolve(ws, t)?;
+        if t.format == Format::Iso {
+            super::iso::check_target(ws, t, node)?;
+            jobs.push((t, node, None));
+            continue;
+        }
         jobs.push((t, node, settings.bases.for_board(&node.board)?));
     }
     let cache = settings.fetch.cache()?;
@@ -171,6 +176,10 @@ pub fn build_targets(
     let mut resolved = Vec::new();
     for (t, node, given) in jobs {
         let base = match given {
+            // An installer ISO is kept as downloaded (and cached by digest).
+            None if t.format == Format::Iso => {
+                crate::source::ensure_installer(&ws.manifests[&node.board], &cache, &options)?
+            }
             Some(b) => b,
             None => match fetched.get(&node.board) {
                 Some(b) => b.clone(),
@@ -231,6 +240,16 @@ pub fn build_targets(
             warn_cluster_init(secrets, node)?;
         }
         let payload = k3s.get(&ws.manifests[&node.board].arch);
+        if target.format == Format::Iso {
+            let values = match &secrets {
+                Some(s) => Some(secret_values(s, node, inputs.build_time)?),
+                None => None,
+            };
+            let r = super::iso::build_iso(&inputs, values, node, target, &base, payload)?;
+            tracing::info!("built {} (instance {})", r.output.display(), r.instance_id);
+            reports.push(r);
+            continue;
+        }
         let r = bake_one(
             &inputs,
             secrets.as_ref(),
@@ -371,7 +390,7 @@ fn bake_one(
 
 /// The build parameters and resolved dependencies of a node's artifact, for
 /// its provenance statement.
-pub(super) fn provenance_statement(
+pub(crate) fn provenance_statement(
     inputs: &PlanInputs,
     node: &Node,
     provenance: &Provenance,

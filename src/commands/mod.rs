@@ -14,6 +14,7 @@ pub mod flash;
 pub mod import;
 pub mod init;
 pub mod inspect;
+pub mod iso;
 pub mod kubeconfig;
 pub mod overlays;
 pub mod render;
@@ -21,6 +22,7 @@ pub mod seal;
 pub mod secrets;
 pub mod status;
 pub mod unpack;
+pub mod usb;
 pub mod verify;
 pub mod wait;
 

@@ -23,6 +23,10 @@ pub struct Manifest {
     /// What /etc/os-release of the stock image says.
     pub os: OsRelease,
     pub source: Source,
+    /// The vendor installer ISO a bare-metal `<node>.<board>.iso` is
+    /// remastered from (x86 NUCs: Ubuntu's live-server ISO).
+    #[serde(default)]
+    pub installer: Option<InstallerSource>,
     pub partition_table: TableKind,
     /// Partitions by role (`seed`, `boot`, `root`, ...); overlays target roles.
     pub partitions: BTreeMap<String, PartitionSpec>,
@@ -140,6 +144,14 @@ pub struct Source {
     /// unpacks to more is refused, not written until the disk is full.
     #[serde(default)]
     pub max_size: Option<ByteSize>,
+}
+
+/// A file kept as downloaded (not unpacked), pinned by its sha256.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallerSource {
+    pub url: String,
+    pub sha256: String,
 }
 
 /// A size in bytes, written as a number of bytes or with a binary unit
@@ -411,6 +423,15 @@ fn load_one(file: &LayeredFile) -> Result<Manifest, Vec<Problem>> {
                 format!("{:?} is not a role in `partitions`", k.partition),
             )),
         }
+    }
+    if let Some(i) = &m.installer
+        && (i.sha256.len() != 64 || !i.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        problems.push(Problem::field(
+            path,
+            "installer.sha256",
+            format!("{:?} is not 64 hex digits", i.sha256),
+        ));
     }
     if m.shrink.as_ref().and_then(|s| s.headroom_mib) == Some(0) {
         problems.push(Problem::field(

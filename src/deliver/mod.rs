@@ -6,6 +6,7 @@
 
 pub mod state;
 pub mod turing_pi;
+pub mod usb;
 
 use std::path::PathBuf;
 
@@ -37,6 +38,10 @@ pub trait Destination {
     fn name(&self) -> String;
     /// For the confirmation question: `slot 2 of Turing Pi tp1 (bmc.local)`.
     fn describe(&self) -> String;
+    /// What a successful write did, for the log.
+    fn finished(&self) -> String {
+        format!("flashed {} and powered it on", self.name())
+    }
     /// Writes `image` (whose sha256 is `sha256`) and makes the node start from
     /// it; `progress` gets (phase, done, total) as the work goes on.
     fn write(
@@ -161,7 +166,7 @@ pub fn deliver_all(
             continue;
         }
         confirm.ask(&format!(
-            "Flash {} ({}) onto {}, erasing the module?",
+            "Flash {} ({}) onto {}, erasing everything on it?",
             job.node,
             job.image.display(),
             job.destination.describe()
@@ -186,11 +191,7 @@ pub fn deliver_all(
         }
         match result {
             Ok(()) => {
-                tracing::info!(
-                    "{}: flashed {} and powered it on",
-                    job.node,
-                    report.destination
-                );
+                tracing::info!("{}: {}", job.node, job.destination.finished());
                 if let Some(s) = state.as_deref_mut() {
                     s.record(&job.node, &job.sha256)
                         .map_err(DeliverError::State)?;

@@ -185,3 +185,32 @@ pub fn ensure_asset(
         .with_context(|| format!("moving the download to {}", path.display()))?;
     Ok(path)
 }
+
+/// Makes sure the board's installer ISO (manifest `installer`) is in the
+/// cache, verified, and returns its path: kept as downloaded, like k3s assets.
+pub fn ensure_installer(
+    manifest: &Manifest,
+    cache: &Cache,
+    opts: &FetchOptions,
+) -> Result<PathBuf> {
+    let installer = manifest.installer.as_ref().ok_or_else(|| {
+        anyhow!(
+            "board {} has no `installer` in its firmware manifest ({}): .iso targets need the vendor installer ISO's url and sha256",
+            manifest.board,
+            manifest.origin
+        )
+    })?;
+    let digest = Sha256Digest::parse(&installer.sha256).ok_or_else(|| {
+        anyhow!(
+            "manifest {}: installer.sha256 is not 64 hex digits",
+            manifest.board
+        )
+    })?;
+    ensure_asset(
+        &installer.url,
+        &digest,
+        cache,
+        opts,
+        &format!("{} installer download", manifest.board),
+    )
+}

@@ -144,6 +144,8 @@ pub struct NodeSpec {
     pub storage: Option<Vec<DataDiskSpec>>,
     /// Container images for this node besides `cluster.images`.
     pub images: Option<Vec<String>>,
+    /// How the bare-metal installer (`<node>.<board>.iso`) installs the node.
+    pub install: Option<InstallSpec>,
 }
 
 /// A data disk: formatted on first boot only when blank, then mounted.
@@ -155,6 +157,32 @@ pub struct DataDiskSpec {
     pub fs: Option<String>,
     pub label: Option<String>,
     pub options: Option<Vec<String>>,
+}
+
+/// The `install` key of a node: which disk the unattended installer wipes
+/// and what it does when done.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallSpec {
+    pub disk: Option<DiskMatch>,
+    /// `poweroff` (default) or `reboot` after the installation.
+    pub shutdown: Option<String>,
+}
+
+/// The disk to install to, as subiquity's `storage.layout.match` selects it:
+/// every key given must match (serial, model and path take shell globs);
+/// `size` is `largest` or `smallest`. None given: the largest disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
 }
 
 /// How a baked image is shrunk before it is written out (see `bake::shrink`).
@@ -256,6 +284,8 @@ pub struct Node {
     pub shrink_headroom_mib: Option<u32>,
     /// Data disks, in profile order.
     pub storage: Vec<DataDisk>,
+    /// The unattended installer's disk and end action (`.iso` targets).
+    pub install: InstallTarget,
     #[serde(skip)]
     pub file: PathBuf,
 }
@@ -273,6 +303,15 @@ pub struct DataDisk {
     pub label: String,
     /// Mount options; always includes `nofail` so a missing disk never stops the boot.
     pub options: String,
+}
+
+/// A node's validated `install` key.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallTarget {
+    /// Never empty: `{size: largest}` when the profile names no disk.
+    pub disk: DiskMatch,
+    /// `poweroff` or `reboot`.
+    pub shutdown: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -345,6 +345,7 @@ pub(super) fn resolve_node(
         );
     }
     let storage = storage::storage(&mut cx, spec.storage.unwrap_or_default(), board_info);
+    let install = install_target(spec.install.unwrap_or_default(), &mut cx);
     let ok = cx.ok;
     ok.then(|| Node {
         name: stem.to_string(),
@@ -379,6 +380,55 @@ pub(super) fn resolve_node(
         images,
         shrink_headroom_mib,
         storage,
+        install,
         file: origin.node_file.to_owned(),
     })
+}
+
+/// Checks the `install` key: a disk match subiquity understands, and the end
+/// action. Values go into the installer's YAML, so control characters are refused.
+fn install_target(spec: InstallSpec, cx: &mut Ctx) -> InstallTarget {
+    let mut disk = spec.disk.unwrap_or_default();
+    for (field, value) in [
+        ("install.disk.serial", &disk.serial),
+        ("install.disk.model", &disk.model),
+        ("install.disk.path", &disk.path),
+    ] {
+        if let Some(v) = value
+            && (v.is_empty() || v.chars().any(char::is_control))
+        {
+            cx.bad(
+                field,
+                format!("{v:?} must be a non-empty single-line value (shell globs allowed)"),
+            );
+        }
+    }
+    if let Some(p) = &disk.path
+        && !p.starts_with("/dev/")
+    {
+        cx.bad(
+            "install.disk.path",
+            format!("{p:?} must be a device path such as /dev/nvme0n1 or /dev/disk/by-id/*"),
+        );
+    }
+    if let Some(s) = &disk.size
+        && s != "largest"
+        && s != "smallest"
+    {
+        cx.bad(
+            "install.disk.size",
+            format!("{s:?} must be `largest` or `smallest` (the installer matches no other sizes)"),
+        );
+    }
+    if disk == DiskMatch::default() {
+        disk.size = Some("largest".into());
+    }
+    let shutdown = spec.shutdown.unwrap_or_else(|| "poweroff".into());
+    if shutdown != "poweroff" && shutdown != "reboot" {
+        cx.bad(
+            "install.shutdown",
+            format!("{shutdown:?} must be `poweroff` or `reboot`"),
+        );
+    }
+    InstallTarget { disk, shutdown }
 }
