@@ -66,28 +66,34 @@ fn storage_renders_cloud_config_that_cloud_init_accepts() {
     let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
     assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&ud));
 
-    // What cloud-init's NoCloud reader makes of it: each disk partitioned
-    // and formatted only when blank, mounted by label with nofail.
+    // What cloud-init's NoCloud reader makes of it: each disk prepared by
+    // imgbuild's own script in bootcmd (cloud-init's fs_setup `auto` formats
+    // a partition it cannot identify, so it is not used), mounted by label
+    // with nofail.
     let seen = cloud_init_seed(b"instance-id: iid-x\n", &ud);
     let u = &seen["user_data"];
     let nvme = "/dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456";
-    assert_eq!(u["disk_setup"][nvme]["overwrite"], false, "{u}");
-    assert_eq!(u["disk_setup"][nvme]["table_type"], "gpt");
-    assert_eq!(u["disk_setup"]["/dev/sda"]["overwrite"], false);
-    let fs = u["fs_setup"].as_array().unwrap();
-    assert_eq!(fs.len(), 2);
-    for (entry, (label, fstype, dev)) in fs
-        .iter()
-        .zip([("rancher", "ext4", nvme), ("lh", "xfs", "/dev/sda")])
-    {
-        assert_eq!(entry["label"], label);
-        assert_eq!(entry["filesystem"], fstype);
-        assert_eq!(entry["device"], dev);
-        // `auto` looks for a file system with this label first and formats
-        // only a partition without any; `none` would mkfs the raw disk.
-        assert_eq!(entry["partition"], "auto");
-        assert_eq!(entry["overwrite"], false);
-    }
+    assert!(
+        u.get("disk_setup").is_none() && u.get("fs_setup").is_none(),
+        "{u}"
+    );
+    assert_eq!(
+        u["bootcmd"],
+        serde_json::json!([
+            [
+                "/usr/local/lib/imgbuild/storage-prepare",
+                nvme,
+                "ext4",
+                "rancher"
+            ],
+            [
+                "/usr/local/lib/imgbuild/storage-prepare",
+                "/dev/sda",
+                "xfs",
+                "lh"
+            ]
+        ])
+    );
     assert_eq!(
         u["mounts"],
         serde_json::json!([
@@ -110,7 +116,8 @@ fn storage_renders_cloud_config_that_cloud_init_accepts() {
         ])
     );
 
-    // The fill step runs after cloud-init and before k3s, for both mounts.
+    // The fill step runs after cloud-init and before k3s, for both mounts;
+    // k3s requires it, and it requires the disk that holds k3s's data.
     let paths = Paths::resolve_with_secrets(
         dir.path().join("profiles"),
         None,

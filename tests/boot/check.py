@@ -413,36 +413,51 @@ def main():
         ck.check("swappiness", one("swappiness") == str(sw["swappiness"]),
                  f"vm.swappiness {one('swappiness')}, profile says {sw['swappiness']}")
 
-    # --- data disks (storage): a blank disk formatted, filled and mounted; a
-    # disk holding a file system never written to.
+    # --- data disks (storage): a blank disk formatted, filled and mounted
+    # before k3s; disks holding anything (a file system, a partition without
+    # one, data that is not zeros) never written to.
     disks = node.get("storage") or []
-    if disks and a.storage:
-        with open(a.storage) as f:
-            facts = json.load(f)
+    if disks:
+        facts = {}
+        if a.storage and os.path.exists(a.storage):
+            with open(a.storage) as f:
+                facts = json.load(f)
+        ck.check("storage_facts", bool(facts), "the host read the data disks after the VM stopped"
+                 if facts else "no facts about the data disks (--storage missing)")
         mounts = {l.split()[0]: l.split() for l in lines("data-mounts")}
+        props = lambda name: dict(l.split("=", 1) for l in lines(name) if "=" in l)
         for d in disks:
             mp = d["mount"]
             label = d.get("label") or mp.rstrip("/").rsplit("/", 1)[-1][:16]
             fact = facts.get(d["device"], {})
-            if fact.get("role") == "blank":
+            role = fact.get("role")
+            if role == "blank":
                 m = mounts.get(mp)
                 ck.check("storage_blank_mounted", m is not None and m[2] == d.get("fs", "ext4") and m[-1] == label,
                          f"{mp}: " + (" ".join(m[1:]) if m else "not mounted") + f" (want {d.get('fs', 'ext4')} labelled {label})",
                          lines("data-mounts") + lines("data-disks"))
                 ck.check("storage_blank_formatted", fact.get("table") == "gpt" and fact.get("label") == label
-                         and fact.get("fsck") == 0,
-                         f"blank disk now: table {fact.get('table')}, partition 1 {fact.get('fstype')} "
-                         f"labelled {fact.get('label')!r}, e2fsck -fn exit {fact.get('fsck')}", fact.get("evidence", []))
-                want = "k3s" in " ".join(fact.get("root_entries", []))
-                ck.check("storage_filled_before_k3s", want and "airgap" in " ".join(lines("rancher-on-disk"))
-                         and "Result=success" in lines("storage-fill-result"),
-                         f"new disk holds {fact.get('root_entries')}; k3s air-gap images seen: {lines('rancher-on-disk')}",
-                         lines("storage-fill") + lines("storage-fill-result"))
-            elif fact.get("role") == "used":
-                ck.check("storage_used_untouched", fact.get("sha256_before") == fact.get("sha256_after")
-                         and mp not in mounts,
-                         f"disk holding a file system: sha256 {'unchanged' if fact.get('sha256_before') == fact.get('sha256_after') else 'CHANGED'}, "
-                         f"{mp} {'mounted' if mp in mounts else 'not mounted'}", lines("data-mounts") + lines("storage-fill"))
+                         and fact.get("fsck") == 0 and fact.get("partlabel") == f"imgbuild-{label}",
+                         f"blank disk now: table {fact.get('table')}, partition 1 {fact.get('partlabel')!r} "
+                         f"{fact.get('fstype')} labelled {fact.get('label')!r}, e2fsck -fn exit {fact.get('fsck')}",
+                         fact.get("evidence", []))
+                fill = props("storage-fill-result")
+                k3s = props("k3s-show")
+                fill_t = int(fill.get("ActiveEnterTimestampMonotonic") or 0)
+                k3s_t = int(k3s.get("ExecMainStartTimestampMonotonic") or 0)
+                filled = "k3s" in fact.get("root_entries", []) and any("airgap" in l for l in lines("rancher-on-disk"))
+                ck.check("storage_filled_before_k3s", filled and fill.get("Result") == "success" and 0 < fill_t < k3s_t,
+                         f"new disk holds {fact.get('root_entries')}; fill done at {fill_t} us, k3s started at {k3s_t} us; "
+                         f"air-gap images seen by k3s: {lines('rancher-on-disk')}",
+                         lines("storage-fill") + lines("storage-fill-result") + lines("k3s-show"))
+            elif role in ("used", "opaque-table", "opaque-raw"):
+                same = fact.get("sha256_before") == fact.get("sha256_after")
+                ck.check(f"storage_{role.replace('-', '_')}_untouched", same and mp not in mounts,
+                         f"{fact.get('what')}: sha256 {'unchanged' if same else 'CHANGED'}, "
+                         f"{mp} {'mounted' if mp in mounts else 'not mounted'}",
+                         lines("data-mounts") + lines("storage-prepare"))
+            else:
+                ck.check("storage_facts", False, f"no facts for {d['device']}")
 
     ck.check("no_failed_units", not lines("failed-units"),
              "no failed units" if not lines("failed-units") else "failed units: "

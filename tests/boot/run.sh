@@ -164,9 +164,10 @@ summary=()
 # real tools (sgdisk, blkid, e2fsck, debugfs), as JSON keyed by the profile's
 # device path.
 storage_facts() { # dir
-  local d=$1 start table fstype label fsck=-1 entries evidence
+  local d=$1 start table partlabel fstype label fsck=-1 entries evidence
   table=$(sgdisk -p "$d/blank.img" >/dev/null 2>&1 && echo gpt || echo none)
   start=$(sgdisk -i 1 "$d/blank.img" 2>/dev/null | awk '/^First sector/ {print $3}')
+  partlabel=$(sgdisk -i 1 "$d/blank.img" 2>/dev/null | sed -n "s/^Partition name: '\(.*\)'$/\1/p")
   evidence=$(sgdisk -p "$d/blank.img" 2>&1 | tail -4)
   if [ -n "$start" ]; then
     dd if="$d/blank.img" of="$d/blank-p1.img" bs=512 skip="$start" status=none conv=sparse
@@ -177,17 +178,21 @@ storage_facts() { # dir
     entries=$(debugfs -R "ls -p /" "$d/blank-p1.img" 2>/dev/null | awk -F/ 'NF > 5 && $6 != "." && $6 != ".." {print $6}' | tr '\n' ' ')
     rm -f "$d/blank-p1.img"
   fi
-  python3 - "$table" "${fstype:-}" "${label:-}" "$fsck" "${entries:-}" "$evidence" \
-    "$(cat "$d/used.sha256")" "$(sha256sum <"$d/used.img" | cut -d' ' -f1)" <<'PY'
-import json, sys
-table, fstype, label, fsck, entries, evidence, before, after = sys.argv[1:]
-print(json.dumps({
-    "/dev/disk/by-id/virtio-imgbuild-blank": {
-        "role": "blank", "table": table, "fstype": fstype, "label": label, "fsck": int(fsck),
-        "root_entries": entries.split(), "evidence": evidence.splitlines()},
-    "/dev/disk/by-id/virtio-imgbuild-used": {
-        "role": "used", "sha256_before": before, "sha256_after": after},
-}))
+  python3 - "$d" "$table" "${partlabel:-}" "${fstype:-}" "${label:-}" "$fsck" "${entries:-}" "$evidence" <<'PY'
+import hashlib, json, os, sys
+d, table, partlabel, fstype, label, fsck, entries, evidence = sys.argv[1:]
+out = {"/dev/disk/by-id/virtio-imgbuild-blank": {
+    "role": "blank", "table": table, "partlabel": partlabel, "fstype": fstype, "label": label,
+    "fsck": int(fsck), "root_entries": entries.split(), "evidence": evidence.splitlines()}}
+for role, what in [("used", "whole-disk ext4 'olddata'"),
+                   ("opaque-table", "GPT with an unrecognised partition"),
+                   ("opaque-raw", "no table, data in the first MiB")]:
+    with open(os.path.join(d, role + ".img"), "rb") as f:
+        h = hashlib.file_digest(f, "sha256").hexdigest()
+    before = open(os.path.join(d, role + ".sha256")).read().strip()
+    out["/dev/disk/by-id/virtio-imgbuild-" + role] = {
+        "role": role, "what": what, "sha256_before": before, "sha256_after": h}
+print(json.dumps(out))
 PY
 }
 
@@ -223,16 +228,33 @@ storage:
     mount: /var/lib/rancher
   - device: /dev/disk/by-id/virtio-imgbuild-used
     mount: /var/lib/longhorn
+  - device: /dev/disk/by-id/virtio-imgbuild-opaque-table
+    mount: /srv/opaque-table
+  - device: /dev/disk/by-id/virtio-imgbuild-opaque-raw
+    mount: /srv/opaque-raw
 YAML
     truncate -s 0 "$d/blank.img" && truncate -s 1G "$d/blank.img"
+    # A whole-disk ext4 with a file on it.
     rm -f "$d/used.img" && truncate -s 256M "$d/used.img"
     mkfs.ext4 -q -F -L olddata "$d/used.img"
     printf 'data that must survive\n' >"$d/keep.txt"
     debugfs -w -R "write $d/keep.txt keep.txt" "$d/used.img" >/dev/null 2>&1
-    sha256sum <"$d/used.img" | cut -d' ' -f1 >"$d/used.sha256"
+    # A GPT whose one partition holds data no tool recognises (plain dm-crypt,
+    # a raw database volume): cloud-init's fs_setup `auto` would format it.
+    rm -f "$d/opaque-table.img" && truncate -s 64M "$d/opaque-table.img"
+    printf 'label: gpt\ntype=L\n' | sfdisk --quiet "$d/opaque-table.img" >/dev/null
+    dd if=/dev/urandom of="$d/opaque-table.img" bs=1M seek=1 count=8 conv=notrunc status=none
+    # No table and no signature, but data at its start.
+    rm -f "$d/opaque-raw.img" && truncate -s 64M "$d/opaque-raw.img"
+    dd if=/dev/urandom of="$d/opaque-raw.img" bs=1M count=4 conv=notrunc status=none
+    for x in used opaque-table opaque-raw; do
+      sha256sum <"$d/$x.img" | cut -d' ' -f1 >"$d/$x.sha256"
+    done
     storage_disks=(
       -drive "file=$d/blank.img,format=raw,if=none,id=d1,cache=unsafe" -device virtio-blk-pci,drive=d1,serial=imgbuild-blank
       -drive "file=$d/used.img,format=raw,if=none,id=d2,cache=unsafe" -device virtio-blk-pci,drive=d2,serial=imgbuild-used
+      -drive "file=$d/opaque-table.img,format=raw,if=none,id=d3,cache=unsafe" -device virtio-blk-pci,drive=d3,serial=imgbuild-opaque-table
+      -drive "file=$d/opaque-raw.img,format=raw,if=none,id=d4,cache=unsafe" -device virtio-blk-pci,drive=d4,serial=imgbuild-opaque-raw
     )
   fi
 
@@ -371,7 +393,7 @@ PY
   done
   local storage_args=()
   if [ ${#storage_disks[@]} -gt 0 ]; then
-    storage_facts "$d" >"$d/storage.json"
+    storage_facts "$d" >"$d/storage.json" || die "could not read the data disks"
     storage_args=(--storage "$d/storage.json")
   fi
   local crc=0

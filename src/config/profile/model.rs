@@ -303,6 +303,9 @@ pub struct DataDisk {
     pub label: String,
     /// Mount options; always includes `nofail` so a missing disk never stops the boot.
     pub options: String,
+    /// Whether it holds k3s's data directory (/var/lib/rancher or below):
+    /// then k3s must not start without it.
+    pub k3s_data: bool,
 }
 
 /// A node's validated `install` key.

@@ -229,8 +229,10 @@ pub(super) fn storage(
             }
         }
         if ok {
+            let k3s_data = mount == "/var/lib/rancher" || mount.starts_with("/var/lib/rancher/");
             out.push(DataDisk {
                 device,
+                k3s_data,
                 mount,
                 fs,
                 label,
