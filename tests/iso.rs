@@ -296,9 +296,11 @@ fn install_disk_and_shutdown_come_from_the_profile() {
         q(&yaml)
     ));
     let v: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+    // `size` is always there: subiquity keeps its own boot medium out of a
+    // match only when the match has one.
     assert_eq!(
         v["storage"]["layout"]["match"],
-        serde_json::json!({"serial": "S4EVNX0N*", "model": "Samsung SSD 980*"})
+        serde_json::json!({"serial": "S4EVNX0N*", "model": "Samsung SSD 980*", "size": "largest"})
     );
     assert_eq!(v["shutdown"], "reboot");
 
@@ -323,6 +325,84 @@ fn install_disk_and_shutdown_come_from_the_profile() {
         t.contains("install.shutdown") && t.contains("poweroff"),
         "{t}"
     );
+
+    // Matches that never apply or that would wipe a data disk are refused.
+    for (install, storage, field, reason) in [
+        (
+            "install:\n  disk: {path: /dev/disk/by-id/nvme-X}\n",
+            "",
+            "install.disk.path",
+            "compares `path` with the kernel's name",
+        ),
+        (
+            "install:\n  disk: {path: \"/dev/sd*\"}\n",
+            "storage:\n  - {device: /dev/sdb, mount: /var/lib/longhorn}\n",
+            "install.disk.path",
+            "matches the data disk \"/dev/sdb\"",
+        ),
+    ] {
+        std::fs::write(
+            profiles.join("nodes/ws03.yaml"),
+            format!("board: nuc\n{install}{storage}"),
+        )
+        .unwrap();
+        let out = run(
+            dir.path(),
+            &["--profiles", profiles.to_str().unwrap(), "check"],
+            None,
+        );
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(3), "{t}");
+        let line = t
+            .lines()
+            .find(|l| l.contains("ws03.yaml") && l.contains(reason))
+            .unwrap_or_else(|| panic!("no {reason:?} in\n{t}"));
+        assert!(line.contains(&format!(": {field}: ")), "{line}");
+    }
+    // A node with data disks passes check (its .img needs no install disk),
+    // but its installer is refused until it names the disk to wipe.
+    std::fs::write(
+        profiles.join("nodes/ws03.yaml"),
+        std::fs::read_to_string(repo().join("profiles/nodes/ws03.yaml")).unwrap()
+            + "storage:\n  - {device: /dev/sdb, mount: /var/lib/longhorn}\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &["--profiles", profiles.to_str().unwrap(), "check"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let iso = dir.path().join("dist/ws03.nuc.iso");
+    let before = std::fs::metadata(&iso).unwrap().modified().unwrap();
+    let out = run(
+        dir.path(),
+        &[
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--manifests",
+            m.to_str().unwrap(),
+            "dist/ws03.nuc.iso",
+        ],
+        None,
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{t}");
+    assert!(t.contains("install.disk: node ws03 has data disks"), "{t}");
+    let after = std::fs::metadata(&iso).unwrap().modified().unwrap();
+    assert_eq!(after, before, "the ISO was replaced");
+    // Naming the system disk next to data disks is accepted.
+    std::fs::write(
+        profiles.join("nodes/ws03.yaml"),
+        "board: nuc\ninstall:\n  disk: {serial: \"*S64DNX0R123456\"}\nstorage:\n  - {device: /dev/sdb, mount: /var/lib/longhorn}\n",
+    )
+    .unwrap();
+    let out = run(
+        dir.path(),
+        &["--profiles", profiles.to_str().unwrap(), "check"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

@@ -34,7 +34,25 @@ pub(super) fn check_target(
             node.name,
             node.board
         ))),
-        _ => Ok(()),
+        _ => {
+            // The installer wipes the disk `install.disk` matches, by default
+            // the largest one, which on a node with data disks is often one
+            // of them: such a node must name its system disk.
+            let d = &node.install.disk;
+            if !node.storage.is_empty()
+                && d.serial.is_none()
+                && d.model.is_none()
+                && d.path.is_none()
+            {
+                return Err(super::CommandError::Invalid(anyhow!(
+                    "{}: install.disk: node {} has data disks (`storage`); name the disk the installer wipes \
+                     with `install.disk` (`serial`, `model` or `path`), or the largest disk, which may be a data disk, is wiped",
+                    node.file.display(),
+                    node.name
+                )));
+            }
+            Ok(())
+        }
     }
 }
 

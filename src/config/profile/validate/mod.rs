@@ -345,7 +345,7 @@ pub(super) fn resolve_node(
         );
     }
     let storage = storage::storage(&mut cx, spec.storage.unwrap_or_default(), board_info);
-    let install = install_target(spec.install.unwrap_or_default(), &mut cx);
+    let install = install_target(spec.install.unwrap_or_default(), &storage, &mut cx);
     let ok = cx.ok;
     ok.then(|| Node {
         name: stem.to_string(),
@@ -387,7 +387,7 @@ pub(super) fn resolve_node(
 
 /// Checks the `install` key: a disk match subiquity understands, and the end
 /// action. Values go into the installer's YAML, so control characters are refused.
-fn install_target(spec: InstallSpec, cx: &mut Ctx) -> InstallTarget {
+fn install_target(spec: InstallSpec, storage: &[DataDisk], cx: &mut Ctx) -> InstallTarget {
     let mut disk = spec.disk.unwrap_or_default();
     for (field, value) in [
         ("install.disk.serial", &disk.serial),
@@ -403,13 +403,23 @@ fn install_target(spec: InstallSpec, cx: &mut Ctx) -> InstallTarget {
             );
         }
     }
-    if let Some(p) = &disk.path
-        && !p.starts_with("/dev/")
-    {
-        cx.bad(
-            "install.disk.path",
-            format!("{p:?} must be a device path such as /dev/nvme0n1 or /dev/disk/by-id/*"),
-        );
+    if let Some(p) = &disk.path {
+        if !p.starts_with("/dev/") {
+            cx.bad(
+                "install.disk.path",
+                format!("{p:?} must be a kernel device path such as /dev/nvme0n1 or /dev/sd*"),
+            );
+        } else if p.starts_with("/dev/disk/") {
+            // subiquity compares `path` with the kernel's name of the disk;
+            // a by-id link never matches and the install stops.
+            cx.bad(
+                "install.disk.path",
+                format!(
+                    "{p:?} never matches: the installer compares `path` with the kernel's name (/dev/nvme0n1); \
+                     match by `serial` (udev's ID_SERIAL, e.g. \"*S64DNX0R123456\") or `model` instead"
+                ),
+            );
+        }
     }
     if let Some(s) = &disk.size
         && s != "largest"
@@ -420,8 +430,25 @@ fn install_target(spec: InstallSpec, cx: &mut Ctx) -> InstallTarget {
             format!("{s:?} must be `largest` or `smallest` (the installer matches no other sizes)"),
         );
     }
-    if disk == DiskMatch::default() {
+    // The installer keeps its own boot medium out of a match only when the
+    // match has a `size`: without one, `model: SanDisk*` could pick the stick.
+    if disk.size.is_none() {
         disk.size = Some("largest".into());
+    }
+    // The installer must not pick one of the node's data disks (an `.iso`
+    // build also requires a node with data disks to name its disk).
+    if !storage.is_empty() {
+        if let Some(p) = &disk.path
+            && let Some(d) = storage.iter().find(|d| globs_intersect(p, &d.device))
+        {
+            cx.bad(
+                "install.disk.path",
+                format!(
+                    "{p:?} matches the data disk {:?} (`storage`); the installer would wipe it",
+                    d.device
+                ),
+            );
+        }
     }
     let shutdown = spec.shutdown.unwrap_or_else(|| "poweroff".into());
     if shutdown != "poweroff" && shutdown != "reboot" {
