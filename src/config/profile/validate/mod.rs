@@ -437,18 +437,16 @@ fn install_target(spec: InstallSpec, storage: &[DataDisk], cx: &mut Ctx) -> Inst
     }
     // The installer must not pick one of the node's data disks (an `.iso`
     // build also requires a node with data disks to name its disk).
-    if !storage.is_empty() {
-        if let Some(p) = &disk.path
-            && let Some(d) = storage.iter().find(|d| globs_intersect(p, &d.device))
-        {
-            cx.bad(
-                "install.disk.path",
-                format!(
-                    "{p:?} matches the data disk {:?} (`storage`); the installer would wipe it",
-                    d.device
-                ),
-            );
-        }
+    if let Some(p) = &disk.path
+        && let Some(d) = storage.iter().find(|d| globs_intersect(p, &d.device))
+    {
+        cx.bad(
+            "install.disk.path",
+            format!(
+                "{p:?} matches the data disk {:?} (`storage`); the installer would wipe it",
+                d.device
+            ),
+        );
     }
     let shutdown = spec.shutdown.unwrap_or_else(|| "poweroff".into());
     if shutdown != "poweroff" && shutdown != "reboot" {
