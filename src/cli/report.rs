@@ -86,8 +86,8 @@ pub fn verified(as_json: bool, r: &imgbuild::commands::verify::VerifyReport) -> 
     })
 }
 
-pub fn fetched(fetched: &[(String, PathBuf)]) {
-    for (board, path) in fetched {
+pub fn fetched(fetched: &imgbuild::commands::fetch::Fetched) {
+    for (board, path) in fetched.boards.iter().chain(&fetched.extras) {
         println!("{board}: {}", path.display());
     }
 }

@@ -23,6 +23,9 @@ pub struct Additions {
     pub cluster_init_deps: Vec<ResourceDescriptor>,
     /// Image archives (and their provenance) by node name.
     pub images: BTreeMap<String, (Vec<PlannedFile>, Vec<ResourceDescriptor>)>,
+    /// What is in the cache for them, by what it is (`chart NAME VERSION`,
+    /// `image REF (ARCH)`), for `imgbuild fetch` to report.
+    pub fetched: Vec<(String, std::path::PathBuf)>,
 }
 
 /// The images `node` gets: `cluster.images`, its own `images`, and on
@@ -87,6 +90,8 @@ impl Additions {
         let mut fetched = Vec::new();
         for c in &b.charts {
             let f = crate::source::chart::ensure_chart(c, cache, opts)?;
+            out.fetched
+                .push((format!("chart {} {}", c.chart, c.version), f.path.clone()));
             let archive =
                 std::fs::read(&f.path).with_context(|| format!("reading {}", f.path.display()))?;
             let values = c.values.as_deref().map(read).transpose()?;
@@ -150,6 +155,10 @@ impl Additions {
                                     image.original, node.name
                                 )
                             })?;
+                        self.fetched.push((
+                            format!("image {} ({})", image.original, arch.as_str()),
+                            p.archive.clone(),
+                        ));
                         pulled.entry(key).or_insert(p)
                     }
                 };

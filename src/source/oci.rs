@@ -208,7 +208,7 @@ pub fn ensure_image(
     }
     if opts.offline {
         anyhow::bail!(
-            "--offline: the image {} ({}) is not in the cache {}; build once with network access",
+            "--offline: the image {} ({}) is not in the cache {}; run `imgbuild fetch` for the node's board (or `imgbuild fetch --all`) with network access first",
             image.original,
             arch.as_str(),
             cache.root.display()

@@ -1,0 +1,255 @@
+//! Air-gapped builds of the HA example: `imgbuild fetch` fetches what the
+//! builds of a board's nodes need (stock image, k3s, bootstrap charts,
+//! container images) so that `--offline` builds work afterwards with no
+//! request to the registry or the chart server; registry downloads retry
+//! transient failures like release downloads do; `cache list|clean` know
+//! image archives, blobs and charts; `render` and `check` show what a build
+//! adds.
+
+mod support {
+    pub mod bytes;
+    pub mod fixtures;
+    pub mod harness;
+    pub mod http;
+    pub mod mirror;
+    pub mod registry;
+}
+
+use std::path::{Path, PathBuf};
+
+use support::{fixtures::*, harness::*, mirror::*};
+
+/// A copy of `docs/examples/ha` as `profiles/` in a scratch directory, with
+/// a cm4 manifest whose stock image is the test fixture (a file:// URL).
+struct Ws {
+    dir: tempfile::TempDir,
+}
+
+impl Ws {
+    fn new() -> Ws {
+        let dir = scratch();
+        sh(&format!(
+            "cp -r {} {}",
+            q(&repo().join("docs/examples/ha")),
+            q(&dir.path().join("profiles"))
+        ));
+        let ws = Ws { dir };
+        let fx = fixtures();
+        let sum = String::from_utf8(sh(&format!("sha256sum {}", q(&fx.cm4.path))).stdout).unwrap();
+        let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+            &std::fs::read_to_string(repo().join("firmware-manifests/cm4.yaml")).unwrap(),
+        )
+        .unwrap();
+        let mut source = serde_yaml_ng::Mapping::new();
+        source.insert(
+            "url".into(),
+            format!("file://{}", fx.cm4.path.display()).into(),
+        );
+        source.insert("sha256".into(), sum[..64].into());
+        v["source"] = source.into();
+        std::fs::create_dir_all(ws.manifests()).unwrap();
+        std::fs::write(
+            ws.manifests().join("cm4.yaml"),
+            serde_yaml_ng::to_string(&v).unwrap(),
+        )
+        .unwrap();
+        ws
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn profiles(&self) -> PathBuf {
+        self.path().join("profiles")
+    }
+    fn manifests(&self) -> PathBuf {
+        self.path().join("firmware-manifests")
+    }
+    fn cache(&self) -> PathBuf {
+        self.path().join("cache")
+    }
+    fn edit(&self, file: &str, from: &str, to: &str) {
+        let p = self.profiles().join(file);
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.contains(from), "{file} has no {from:?}");
+        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
+    }
+    /// imgbuild with the test's profiles, manifests, cache and k3s mirror.
+    fn run(&self, args: &[&str]) -> Run {
+        let e = env();
+        let out = command()
+            .args(["--profiles", self.profiles().to_str().unwrap()])
+            .args(["--manifests", self.manifests().to_str().unwrap()])
+            .args(["--cache-dir", self.cache().to_str().unwrap()])
+            .args(args)
+            .current_dir(self.path())
+            .env_remove("IMGBUILD_PROFILES")
+            .env_remove("IMGBUILD_REGISTRY_AUTH")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env("IMGBUILD_SECRETS", e.secrets())
+            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .output()
+            .unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            text: text(&out),
+        }
+    }
+}
+
+/// A real chart archive made with tar (Chart.yaml and one template).
+fn chart_tgz(work: &Path) -> Vec<u8> {
+    let dir = work.join("chart-src/demo");
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    std::fs::write(
+        dir.join("Chart.yaml"),
+        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/cm.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n",
+    )
+    .unwrap();
+    let tgz = work.join("demo-0.1.0.tgz");
+    sh(&format!(
+        "tar -C {} -czf {} demo",
+        q(&work.join("chart-src")),
+        q(&tgz)
+    ));
+    let b = std::fs::read(&tgz).unwrap();
+    std::fs::remove_dir_all(work.join("chart-src")).unwrap();
+    std::fs::remove_file(tgz).unwrap();
+    b
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(b))
+}
+
+/// The HA example with kube-vip and an app image from the fake registry, and
+/// a bootstrap manifest and chart (served by `charts`).
+struct Served {
+    reg: support::registry::Registry,
+    kv: support::registry::ServedImage,
+    app: support::registry::ServedImage,
+    charts: support::http::Server,
+    chart_digest: String,
+}
+
+fn serve(ws: &Ws) -> Served {
+    let reg = support::registry::Registry::start();
+    let kv = reg.serve_image("kube-vip/kube-vip", false);
+    let app = reg.serve_image("team/app", false);
+    ws.edit(
+        "cluster.yaml",
+        "  vip:\n",
+        &format!("  vip:\n    image: {}\n", kv.reference),
+    );
+    let tgz = chart_tgz(ws.path());
+    let chart_digest = sha256_hex(&tgz);
+    let charts = support::http::Server::start(Default::default());
+    charts.put("/charts/demo-0.1.0.tgz", tgz);
+    let m = ws.profiles().join("manifests");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("gitops.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n",
+    )
+    .unwrap();
+    ws.edit(
+        "cluster.yaml",
+        "\ndefaults:",
+        &format!(
+            "  images: [\"{}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: http://127.0.0.1:{}/charts\n        chart: demo\n        version: 0.1.0\n        sha256: {chart_digest}\n        namespace: demo\n\ndefaults:",
+            app.reference, charts.port
+        ),
+    );
+    Served {
+        reg,
+        kv,
+        app,
+        charts,
+        chart_digest,
+    }
+}
+
+#[test]
+fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_missing() {
+    let ws = Ws::new();
+    let s = serve(&ws);
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    for want in [
+        "cm4: ".to_string(),
+        format!("k3s {K3S_VERSION} arm64: "),
+        "chart demo 0.1.0: ".to_string(),
+        format!("image {} (arm64): ", s.app.reference),
+        format!("image {} (arm64): ", s.kv.reference),
+    ] {
+        assert!(r.text.contains(&want), "{want:?} in\n{}", r.text);
+    }
+    assert_eq!(s.charts.gets("/charts/demo-0.1.0.tgz").len(), 1);
+    let registry_before = s.reg.log().len();
+    let charts_before = s.charts.requests().len();
+
+    // Offline, from the cache alone (the stock image too: no --base).
+    let out = ws.path().join("node01.cm4.img");
+    let r = ws.run(&["--offline", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert_eq!(s.reg.log().len(), registry_before, "{:?}", s.reg.log());
+    assert_eq!(s.charts.requests().len(), charts_before);
+    let st: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(format!("{}.intoto.json", out.display()))
+            .unwrap()
+            .trim(),
+    )
+    .unwrap();
+    let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"].to_string();
+    for want in [
+        s.chart_digest.as_str(),
+        s.app.index_digest.as_str(),
+        s.kv.index_digest.as_str(),
+    ] {
+        assert!(deps.contains(want), "{want} in {deps}");
+    }
+    // A second fetch finds everything in the cache.
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert_eq!(s.reg.log().len(), registry_before);
+    assert_eq!(s.charts.requests().len(), charts_before);
+
+    // Without the image archive: refused offline, naming it and `fetch`.
+    let oci = ws.cache().join("oci");
+    let aside = ws.path().join("oci-aside");
+    std::fs::rename(&oci, &aside).unwrap();
+    let again = ws.path().join("again/node01.cm4.img");
+    let r = ws.run(&["--offline", again.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    for want in [
+        format!(
+            "--offline: the image {} (arm64) is not in the cache",
+            s.app.reference
+        ),
+        "run `imgbuild fetch`".to_string(),
+    ] {
+        assert!(r.text.contains(&want), "{want:?} in\n{}", r.text);
+    }
+    assert!(!again.exists());
+    std::fs::rename(&aside, &oci).unwrap();
+
+    // Without the chart: the same, naming the chart.
+    std::fs::remove_file(ws.cache().join("assets").join(&s.chart_digest)).unwrap();
+    let r = ws.run(&["--offline", again.to_str().unwrap()]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    for want in [
+        "--offline: chart demo (demo 0.1.0, http://127.0.0.1:",
+        "is not in the cache",
+        "run `imgbuild fetch`",
+    ] {
+        assert!(r.text.contains(want), "{want:?} in\n{}", r.text);
+    }
+    assert!(!again.exists());
+    assert_eq!(s.reg.log().len(), registry_before);
+    assert_eq!(s.charts.requests().len(), charts_before);
+}
