@@ -253,3 +253,60 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     assert_eq!(s.reg.log().len(), registry_before);
     assert_eq!(s.charts.requests().len(), charts_before);
 }
+
+#[test]
+fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
+    let ws = Ws::new();
+    let s = serve(&ws);
+    let (_, layer) = &s.app.per_arch["arm64"];
+    let blob = format!("/v2/team/app/blobs/sha256:{layer}");
+    let gets = || {
+        s.reg
+            .log()
+            .iter()
+            .filter(|l| **l == format!("GET {blob}"))
+            .count()
+    };
+    let cached = ws.cache().join("assets").join(layer);
+
+    // One 503: retried after a pause, and the blob lands verified.
+    s.reg.fail(&blob, 503, 1);
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text.contains("HTTP 503") && r.text.contains("retrying in 0.5 s (attempt 2 of 6)"),
+        "{}",
+        r.text
+    );
+    assert_eq!(gets(), 2);
+    let sum = String::from_utf8(sh(&format!("sha256sum {}", q(&cached))).stdout).unwrap();
+    assert_eq!(&sum[..64], layer.as_str());
+
+    // Always 503: gives up after --retries attempts, nothing cached.
+    std::fs::remove_dir_all(ws.cache().join("oci")).unwrap();
+    std::fs::remove_file(&cached).unwrap();
+    s.reg.fail(&blob, 503, 100);
+    let r = ws.run(&["--retries", "2", "fetch", "cm4"]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text
+            .contains(&format!("{blob}: gave up after 2 attempt(s): HTTP 503")),
+        "{}",
+        r.text
+    );
+    assert_eq!(gets(), 4);
+    assert!(!cached.exists());
+
+    // A 4xx is an answer: no retry.
+    s.reg.fail(&blob, 403, 100);
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(r.text.contains("HTTP 403"), "{}", r.text);
+    assert!(!r.text.contains("retrying"), "{}", r.text);
+    assert_eq!(gets(), 5);
+    assert!(!cached.exists());
+    let partial: Vec<_> = std::fs::read_dir(ws.cache().join("partial"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(partial.is_empty(), "{partial:?}");
+}
