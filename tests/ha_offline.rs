@@ -213,6 +213,48 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     ] {
         assert!(deps.contains(want), "{want} in {deps}");
     }
+    // What `render` plans (offline, from the profiles) is what the build
+    // baked: the same paths, read back with ext4-view after `e2fsck -fn`.
+    let r = ws.run(&["--offline", "render", "node01", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let json_start = r.text.find('[').unwrap();
+    let entries: serde_json::Value = serde_json::Deserializer::from_str(&r.text[json_start..])
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let mut planned: Vec<String> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e.get("added_by_build").is_some())
+        .map(|e| e["path"].as_str().unwrap().to_string())
+        .collect();
+    planned.sort();
+    let work = ws.path().join("read");
+    std::fs::create_dir(&work).unwrap();
+    let fx = fixtures();
+    let fs = ext4_view::Ext4::load_from_path(fsck_ext4(&fx.cm4, &out, 2, &work)).unwrap();
+    let mut baked = Vec::new();
+    for dir in [
+        "/var/lib/rancher/k3s/server/manifests",
+        "/var/lib/rancher/k3s/agent/images",
+    ] {
+        for e in fs.read_dir(dir).unwrap() {
+            let name = e.unwrap().file_name().as_str().unwrap().to_string();
+            let from_additions = name.starts_with("imgbuild-bootstrap-")
+                || name.starts_with("imgbuild-chart-")
+                || dir.ends_with("/images") && name.starts_with("imgbuild-");
+            if from_additions {
+                baked.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    baked.sort();
+    assert_eq!(planned, baked);
+    assert_eq!(planned.len(), 4, "{planned:?}");
+    std::fs::remove_dir_all(&work).unwrap();
+
     // A second fetch finds everything in the cache.
     let r = ws.run(&["fetch", "cm4"]);
     assert_eq!(r.code, 0, "{}", r.text);
@@ -309,4 +351,104 @@ fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(partial.is_empty(), "{partial:?}");
+}
+
+#[test]
+fn render_and_check_list_what_the_build_adds_without_downloading() {
+    let ws = Ws::new();
+    let s = serve(&ws);
+    let manifest_sum = String::from_utf8(
+        sh(&format!(
+            "sha256sum {}",
+            q(&ws.profiles().join("manifests/gitops.yaml"))
+        ))
+        .stdout,
+    )
+    .unwrap();
+    let auto = "/var/lib/rancher/k3s/server/manifests";
+    let images = "/var/lib/rancher/k3s/agent/images";
+    let app = format!("imgbuild-app-{}.tar", &s.app.index_digest[..12]);
+    let kv = format!("imgbuild-kube-vip-{}.tar", &s.kv.index_digest[..12]);
+
+    // The cluster-init server: the manifest, the chart and both images, with
+    // their digests; offline, with an empty cache.
+    let r = ws.run(&["--offline", "render", "node01"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let line = |path: &str| {
+        r.text
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(path))
+            .unwrap_or_else(|| panic!("{path} in\n{}", r.text))
+            .to_string()
+    };
+    let l = line(&format!("{auto}/imgbuild-bootstrap-gitops.yaml"));
+    assert!(
+        l.contains("from bootstrap manifest gitops.yaml")
+            && l.contains(&format!("sha256:{}", &manifest_sum[..64])),
+        "{l}"
+    );
+    let l = line(&format!("{auto}/imgbuild-chart-demo.yaml"));
+    assert!(
+        l.contains("from helm chart demo (demo 0.1.0)")
+            && l.contains(&format!(
+                "/charts/demo-0.1.0.tgz> sha256:{}",
+                s.chart_digest
+            )),
+        "{l}"
+    );
+    let l = line(&format!("{images}/{app}"));
+    assert!(
+        l.contains(&format!("from container image {} (arm64)", s.app.reference))
+            && l.contains(&format!("sha256:{}", s.app.index_digest)),
+        "{l}"
+    );
+    line(&format!("{images}/{kv}"));
+    assert!(s.reg.log().is_empty(), "{:?}", s.reg.log());
+    assert!(s.charts.requests().is_empty());
+    assert!(!ws.cache().join("oci").exists() && !ws.cache().join("assets").exists());
+
+    // An agent: only the app image, for its own architecture.
+    let r = ws.run(&["--offline", "render", "node04"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(r.text.contains(&format!("{images}/{app}")), "{}", r.text);
+    assert!(
+        !r.text.contains("imgbuild-chart-") && !r.text.contains(&kv),
+        "{}",
+        r.text
+    );
+
+    // `check` lists the same per node.
+    let r = ws.run(&["--offline", "check"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let has = |node: &str, path: &str| {
+        r.text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[0] == node && f[1] == path
+        })
+    };
+    assert!(r.text.contains("added by builds"), "{}", r.text);
+    assert!(
+        has("node01", &format!("{auto}/imgbuild-chart-demo.yaml")),
+        "{}",
+        r.text
+    );
+    assert!(has("node01", &format!("{images}/{kv}")), "{}", r.text);
+    assert!(has("node04", &format!("{images}/{app}")), "{}", r.text);
+    assert!(
+        r.text.contains("container image") && r.text.contains("(arm64)"),
+        "{}",
+        r.text
+    );
+    assert!(
+        !has("node04", &format!("{auto}/imgbuild-chart-demo.yaml")),
+        "{}",
+        r.text
+    );
+    assert!(
+        !has("node02", &format!("{auto}/imgbuild-chart-demo.yaml")),
+        "{}",
+        r.text
+    );
+    assert!(s.reg.log().is_empty());
+    assert!(s.charts.requests().is_empty());
 }
