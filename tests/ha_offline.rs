@@ -452,3 +452,127 @@ fn render_and_check_list_what_the_build_adds_without_downloading() {
     assert!(s.reg.log().is_empty());
     assert!(s.charts.requests().is_empty());
 }
+
+#[test]
+fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
+    let ws = Ws::new();
+    let s = serve(&ws);
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let cache = ws.cache();
+    let list = || {
+        let r = ws.run(&["cache", "list", "--json"]);
+        assert_eq!(r.code, 0, "{}", r.text);
+        let v: serde_json::Value = serde_json::from_str(&r.text[r.text.find('{').unwrap()..])
+            .unwrap_or_else(|e| panic!("{e}: {}", r.text));
+        v["entries"].as_array().unwrap().clone()
+    };
+    let entries = list();
+    let find = |entries: &[serde_json::Value], key: &str| {
+        entries
+            .iter()
+            .find(|e| e["key"] == key)
+            .unwrap_or_else(|| panic!("no {key} in {entries:#?}"))
+            .clone()
+    };
+    // Every entry's size is the file's.
+    for e in &entries {
+        let m = std::fs::metadata(e["path"].as_str().unwrap()).unwrap();
+        assert_eq!(e["apparent"], m.len(), "{e}");
+    }
+    let app = find(&entries, &s.app.index_digest);
+    assert_eq!(app["kind"], "oci");
+    assert_eq!(app["used_by"], format!("image {}", s.app.reference));
+    let app_archive = PathBuf::from(app["path"].as_str().unwrap());
+    assert!(app_archive.starts_with(cache.join("oci")));
+    let kv = find(&entries, &s.kv.index_digest);
+    let kv_archive = PathBuf::from(kv["path"].as_str().unwrap());
+    let chart = find(&entries, &s.chart_digest);
+    assert_eq!(chart["kind"], "asset");
+    assert_eq!(chart["used_by"], "chart demo (demo 0.1.0)");
+    let (_, app_layer) = &s.app.per_arch["arm64"];
+    let (_, kv_layer) = &s.kv.per_arch["arm64"];
+    assert_eq!(
+        find(&entries, app_layer)["used_by"],
+        format!("blob of {}", s.app.reference)
+    );
+    assert_eq!(
+        find(&entries, kv_layer)["used_by"],
+        format!("blob of {}", s.kv.reference)
+    );
+    let k3s: Vec<_> = entries.iter().filter(|e| e["board"] == "k3s").collect();
+    assert_eq!(k3s.len(), 2, "{entries:#?}");
+    // The text listing shows them too, with readable sizes.
+    let r = ws.run(&["cache", "list"]);
+    let line = r
+        .text
+        .lines()
+        .find(|l| l.trim_start().starts_with("oci ") && l.contains(&s.app.index_digest))
+        .unwrap_or_else(|| panic!("{}", r.text));
+    assert!(
+        line.contains(" kB ") && line.ends_with(&format!("image {}", s.app.reference)),
+        "{line}"
+    );
+
+    // Profiles that cannot be read: nothing of theirs is unreferenced.
+    let hidden = ws.path().join("profiles-hidden");
+    std::fs::rename(ws.profiles(), &hidden).unwrap();
+    let r = ws.run(&["cache", "clean"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(r.text.contains("0 entries removed"), "{}", r.text);
+    std::fs::rename(&hidden, ws.profiles()).unwrap();
+
+    // The app and the chart leave the profiles: clean removes the app's
+    // archive and blobs and the chart archive, nothing else.
+    let p = ws.profiles().join("cluster.yaml");
+    let t = std::fs::read_to_string(&p).unwrap();
+    let (from, to) = (
+        t.find("  images: ").unwrap(),
+        t.find("\ndefaults:").unwrap(),
+    );
+    std::fs::write(&p, format!("{}{}", &t[..from], &t[to + 1..])).unwrap();
+    let before: Vec<PathBuf> = entries
+        .iter()
+        .map(|e| PathBuf::from(e["path"].as_str().unwrap()))
+        .collect();
+    let r = ws.run(&["cache", "clean"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let gone: Vec<PathBuf> = before.iter().filter(|p| !p.exists()).cloned().collect();
+    let app_blobs: Vec<PathBuf> = entries
+        .iter()
+        .filter(|e| e["used_by"] == format!("blob of {}", s.app.reference))
+        .map(|e| PathBuf::from(e["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(app_blobs.len(), 2, "config and layer: {entries:#?}");
+    let mut want = vec![
+        app_archive.clone(),
+        cache.join("assets").join(&s.chart_digest),
+    ];
+    want.extend(app_blobs);
+    want.sort();
+    let mut gone_sorted = gone.clone();
+    gone_sorted.sort();
+    assert_eq!(gone_sorted, want, "{}", r.text);
+    assert!(r.text.contains("4 entries removed"), "{}", r.text);
+    assert!(kv_archive.is_file());
+    assert!(cache.join("assets").join(kv_layer).is_file());
+    // The kube-vip archive still reads back whole (its blobs are all there).
+    let out = sh(&format!(
+        "{} {} {} arm64",
+        python(),
+        q(&repo().join("tests/fixtures/oci_layout.py")),
+        q(&kv_archive)
+    ));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["architecture"], "arm64");
+
+    // --all: nothing is left.
+    let r = ws.run(&["cache", "clean", "--all"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -156,20 +156,34 @@ pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
     either(as_json, l, |l| {
         println!("cache: {}", l.root.display());
         for listed in &l.entries {
-            let (e, board) = (&listed.entry, &listed.board);
+            let e = &listed.entry;
             println!(
-                "  {:<8} {:<5} {:>10} MB ({:>6} MB on disk)  {}",
+                "  {:<8} {:<5} {:>10} ({:>10} on disk)  {}{}",
                 format!("{:?}", e.kind).to_lowercase(),
-                board.as_deref().unwrap_or("-"),
-                e.apparent / 1_000_000,
-                e.allocated / 1_000_000,
-                e.key
+                listed.board.as_deref().unwrap_or("-"),
+                size(e.apparent),
+                size(e.allocated),
+                e.key,
+                listed
+                    .used_by
+                    .as_deref()
+                    .map(|u| format!("  {u}"))
+                    .unwrap_or_default()
             );
         }
         if l.entries.is_empty() {
             println!("  (empty)");
         }
     })
+}
+
+/// A size for people: bytes, kB or MB (decimal, as `cache list` always showed MB).
+fn size(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{} MB", n / 1_000_000),
+    }
 }
 
 pub fn cache_cleaned(c: &Cleaned) {

@@ -808,6 +808,56 @@ fn write_layout(
     w.flush()
 }
 
+/// What an image archive in the cache holds: the name its `index.json`
+/// gives the image and the digests of its blobs (read from the tar headers,
+/// skipping the data).
+#[derive(Debug, Default)]
+pub struct ArchiveContents {
+    pub name: Option<String>,
+    pub blobs: Vec<Sha256Digest>,
+}
+
+pub fn archive_contents(path: &Path) -> Result<ArchiveContents, OciError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut out = ArchiveContents::default();
+    let bad = |detail: &str| OciError::Format {
+        what: path.display().to_string(),
+        detail: format!("{detail}; not an image archive imgbuild wrote (remove it)"),
+    };
+    loop {
+        let mut h = [0u8; 512];
+        f.read_exact(&mut h).map_err(|_| bad("truncated"))?;
+        if h.iter().all(|&b| b == 0) {
+            return Ok(out);
+        }
+        let name_end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = std::str::from_utf8(&h[..name_end]).map_err(|_| bad("a bad entry name"))?;
+        let size = std::str::from_utf8(&h[124..135])
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim_matches(|c| c == '\0' || c == ' '), 8).ok())
+            .ok_or_else(|| bad("a bad entry size"))?;
+        if name == "index.json" && size <= MAX_DOCUMENT {
+            let mut body = vec![0u8; size as usize];
+            f.read_exact(&mut body).map_err(|_| bad("truncated"))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| bad("index.json is not JSON"))?;
+            out.name = v["manifests"][0]["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .map(str::to_string);
+            f.seek(SeekFrom::Current(((512 - size % 512) % 512) as i64))
+                .map_err(io_err(path))?;
+            continue;
+        }
+        if let Some(d) = name.strip_prefix("blobs/sha256/") {
+            out.blobs
+                .push(Sha256Digest::parse(d).ok_or_else(|| bad("a blob name is not a digest"))?);
+        }
+        f.seek(SeekFrom::Current(size.div_ceil(512) as i64 * 512))
+            .map_err(io_err(path))?;
+    }
+}
+
 fn tar_entry(w: &mut impl Write, name: &str, data: &[u8]) -> std::io::Result<()> {
     tar_header(w, name, data.len() as u64)?;
     w.write_all(data)?;
