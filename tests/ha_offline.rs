@@ -297,6 +297,17 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 }
 
 #[test]
+fn fetch_refuses_profiles_that_do_not_load() {
+    let ws = Ws::new();
+    ws.edit("nodes/node02.yaml", "role: server", "role: boss");
+    let r = ws.run(&["fetch", "cm4"]);
+    assert_eq!(r.code, 3, "{}", r.text);
+    assert!(r.text.contains("node02.yaml"), "{}", r.text);
+    assert!(r.text.contains("boss"), "{}", r.text);
+    assert!(!ws.cache().join("images").exists());
+}
+
+#[test]
 fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
     let ws = Ws::new();
     let s = serve(&ws);
@@ -565,6 +576,33 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
     ));
     let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["architecture"], "arm64");
+
+    // A damaged archive is unusable: clean removes it and the blobs only it held.
+    let len = std::fs::metadata(&kv_archive).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&kv_archive)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let r = ws.run(&["cache", "clean"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text
+            .contains("truncated; not an image archive imgbuild wrote"),
+        "{}",
+        r.text
+    );
+    assert!(r.text.contains("3 entries removed"), "{}", r.text);
+    assert!(!kv_archive.exists());
+    assert!(!cache.join("assets").join(kv_layer).exists());
+    let entries = list();
+    assert_eq!(
+        entries.iter().filter(|e| e["board"] == "k3s").count(),
+        2,
+        "{entries:#?}"
+    );
+    assert!(entries.iter().any(|e| e["board"] == "cm4"), "{entries:#?}");
 
     // --all: nothing is left.
     let r = ws.run(&["cache", "clean", "--all"]);

@@ -122,9 +122,15 @@ pub fn list(paths: &Paths, settings: &FetchSettings) -> Result<CacheListing> {
             .ok()
             .and_then(|c| c.name.clone())
             .unwrap_or_else(|| format!("sha256:{}", e.key));
-        let used_by = match &profile {
-            Some(p) => p.images.get(&e.key.to_string()).cloned(),
-            None => Some(format!("image {name} (profiles not read)")),
+        let used_by = match (&profile, &contents) {
+            // Unreadable (truncated, not ours): unusable, so unreferenced;
+            // the next build or fetch pulls the image again.
+            (_, Err(err)) => {
+                tracing::warn!("{err}");
+                None
+            }
+            (Some(p), _) => p.images.get(&e.key.to_string()).cloned(),
+            (None, _) => Some(format!("image {name} (profiles not read)")),
         };
         if let (Some(u), Ok(c)) = (&used_by, &contents) {
             for b in &c.blobs {
