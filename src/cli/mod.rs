@@ -237,7 +237,7 @@ pub fn run(cli: Cli, env: &Environment) -> Result<()> {
         }) => report::rendered(
             json,
             contents,
-            &commands::render::render(paths, &node, common.build_time)?,
+            &commands::render::render_with_additions(paths, &node, common.build_time)?,
         ),
     }
 }

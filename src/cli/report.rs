@@ -86,8 +86,8 @@ pub fn verified(as_json: bool, r: &imgbuild::commands::verify::VerifyReport) -> 
     })
 }
 
-pub fn fetched(fetched: &[(String, PathBuf)]) {
-    for (board, path) in fetched {
+pub fn fetched(fetched: &imgbuild::commands::fetch::Fetched) {
+    for (board, path) in fetched.boards.iter().chain(&fetched.extras) {
         println!("{board}: {}", path.display());
     }
 }
@@ -156,20 +156,34 @@ pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
     either(as_json, l, |l| {
         println!("cache: {}", l.root.display());
         for listed in &l.entries {
-            let (e, board) = (&listed.entry, &listed.board);
+            let e = &listed.entry;
             println!(
-                "  {:<8} {:<5} {:>10} MB ({:>6} MB on disk)  {}",
+                "  {:<8} {:<5} {:>10} ({:>10} on disk)  {}{}",
                 format!("{:?}", e.kind).to_lowercase(),
-                board.as_deref().unwrap_or("-"),
-                e.apparent / 1_000_000,
-                e.allocated / 1_000_000,
-                e.key
+                listed.board.as_deref().unwrap_or("-"),
+                size(e.apparent),
+                size(e.allocated),
+                e.key,
+                listed
+                    .used_by
+                    .as_deref()
+                    .map(|u| format!("  {u}"))
+                    .unwrap_or_default()
             );
         }
         if l.entries.is_empty() {
             println!("  (empty)");
         }
     })
+}
+
+/// A size for people: bytes, kB or MB (decimal, as `cache list` always showed MB).
+fn size(n: u64) -> String {
+    match n {
+        0..1_000 => format!("{n} B"),
+        1_000..1_000_000 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{} MB", n / 1_000_000),
+    }
 }
 
 pub fn cache_cleaned(c: &Cleaned) {
@@ -211,6 +225,17 @@ pub fn checked(r: &CheckReport) {
             println!("  {}  from {}", o.name, o.origin);
         }
     }
+    if !r.added.is_empty() {
+        println!("added by builds (fetched by the build or `imgbuild fetch`):");
+    }
+    for n in &r.added {
+        for a in &n.files {
+            println!(
+                "  {:<8} {:<64} {} {} sha256:{}",
+                n.node, a.path, a.kind, a.what, a.sha256
+            );
+        }
+    }
 }
 
 pub fn overlay_list(as_json: bool, files: &[Sourced]) -> Result<()> {
@@ -229,8 +254,49 @@ pub fn exported(dir: &Path, files: &[PathBuf]) {
     );
 }
 
-pub fn rendered(as_json: bool, contents: bool, files: &[RenderedFile]) -> Result<()> {
-    either(as_json, &files, |files| {
+pub fn rendered(
+    as_json: bool,
+    contents: bool,
+    r: &imgbuild::commands::render::Rendered,
+) -> Result<()> {
+    if as_json {
+        // One array: the rendered files, then the build's additions.
+        let mut all = serde_json::to_value(&r.files).map_err(anyhow::Error::from)?;
+        let added = serde_json::to_value(r.added_entries()).map_err(anyhow::Error::from)?;
+        if let (Some(a), serde_json::Value::Array(b)) = (all.as_array_mut(), added) {
+            a.extend(b);
+        }
+        return json(&all);
+    }
+    rendered_files(contents, &r.files);
+    // Same columns; the size and contents exist only once the build has
+    // fetched the chart or image.
+    for (a, e) in r.added.iter().zip(r.added_entries()) {
+        println!(
+            "{:<5} {:<48} {:04o} {}:{} {:>7} bytes  from {} {}{} sha256:{}",
+            e.target,
+            a.path,
+            e.mode,
+            e.uid,
+            e.gid,
+            "-",
+            a.kind,
+            a.what,
+            a.uri
+                .as_deref()
+                .map(|u| format!(" <{u}>"))
+                .unwrap_or_default(),
+            a.sha256
+        );
+        if contents {
+            println!("(added by the build)");
+        }
+    }
+    Ok(())
+}
+
+fn rendered_files(contents: bool, files: &[RenderedFile]) {
+    {
         for f in files.iter() {
             println!(
                 "{:<5} {:<48} {:04o} {}:{} {:>7} bytes  from {}",
@@ -246,7 +312,7 @@ pub fn rendered(as_json: bool, contents: bool, files: &[RenderedFile]) -> Result
                 println!("{}", String::from_utf8_lossy(&f.contents));
             }
         }
-    })
+    }
 }
 
 pub fn inspection(as_json: bool, i: &Inspection) -> Result<()> {

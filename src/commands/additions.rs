@@ -23,6 +23,9 @@ pub struct Additions {
     pub cluster_init_deps: Vec<ResourceDescriptor>,
     /// Image archives (and their provenance) by node name.
     pub images: BTreeMap<String, (Vec<PlannedFile>, Vec<ResourceDescriptor>)>,
+    /// What is in the cache for them, by what it is (`chart NAME VERSION`,
+    /// `image REF (ARCH)`), for `imgbuild fetch` to report.
+    pub fetched: Vec<(String, std::path::PathBuf)>,
 }
 
 /// The images `node` gets: `cluster.images`, its own `images`, and on
@@ -49,6 +52,76 @@ pub fn images_for(profiles: &crate::config::profile::ProfileSet, node: &Node) ->
         }
     }
     out
+}
+
+/// One file a build adds to a node, as planned from the profiles alone
+/// (nothing downloaded): for `render` and `check`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Added {
+    /// Absolute path in the root file system.
+    pub path: String,
+    /// `bootstrap manifest`, `helm chart` or `container image`.
+    pub kind: &'static str,
+    /// Which: the manifest's file name, `NAME (CHART VERSION)`, `REF (ARCH)`.
+    pub what: String,
+    /// Where it is fetched from (charts and images).
+    pub uri: Option<String>,
+    /// The manifest's, chart archive's or image index's sha256.
+    pub sha256: String,
+}
+
+/// What a build adds to `node` beyond its rendered files: the bootstrap
+/// manifests and HelmChart files (cluster-init server) and the image
+/// archives, with their digests from the profiles (reads only local files).
+pub fn planned(ws: &Workspace, node: &Node) -> Result<Vec<Added>> {
+    use crate::config::images::ImageRef;
+    use crate::plan::bootstrap::AUTO_DEPLOY;
+    let profiles = &ws.profiles;
+    let mut out = Vec::new();
+    if node.k3s.cluster_init
+        && let Some(b) = &profiles.cluster.bootstrap
+    {
+        for name in &b.manifests {
+            let path = file_path(&profiles.dir, name);
+            let text = crate::config::read::read_text(&path, &profiles.dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            out.push(Added {
+                path: format!("{AUTO_DEPLOY}/imgbuild-bootstrap-{name}"),
+                kind: "bootstrap manifest",
+                what: name.clone(),
+                uri: None,
+                sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+            });
+        }
+        for c in &b.charts {
+            out.push(Added {
+                path: format!("{AUTO_DEPLOY}/imgbuild-chart-{}.yaml", c.name),
+                kind: "helm chart",
+                what: format!("{} ({} {})", c.name, c.chart, c.version),
+                uri: Some(c.archive_url()),
+                sha256: c.sha256.clone(),
+            });
+        }
+    }
+    let arch = ws
+        .manifests
+        .get(&node.board)
+        .map(|m| m.arch)
+        .ok_or_else(|| anyhow::anyhow!("no firmware manifest for board {:?}", node.board))?;
+    for r in images_for(profiles, node) {
+        let image = ImageRef::parse(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.push(Added {
+            path: format!(
+                "/var/lib/rancher/k3s/agent/images/{}",
+                crate::source::oci::archive_file_name(&image)
+            ),
+            kind: "container image",
+            what: format!("{} ({})", image.original, arch.as_str()),
+            uri: Some(format!("oci://{}/{}", image.registry, image.repository)),
+            sha256: image.digest.to_string(),
+        });
+    }
+    Ok(out)
 }
 
 impl Additions {
@@ -87,6 +160,8 @@ impl Additions {
         let mut fetched = Vec::new();
         for c in &b.charts {
             let f = crate::source::chart::ensure_chart(c, cache, opts)?;
+            out.fetched
+                .push((format!("chart {} {}", c.chart, c.version), f.path.clone()));
             let archive =
                 std::fs::read(&f.path).with_context(|| format!("reading {}", f.path.display()))?;
             let values = c.values.as_deref().map(read).transpose()?;
@@ -150,6 +225,10 @@ impl Additions {
                                     image.original, node.name
                                 )
                             })?;
+                        self.fetched.push((
+                            format!("image {} ({})", image.original, arch.as_str()),
+                            p.archive.clone(),
+                        ));
                         pulled.entry(key).or_insert(p)
                     }
                 };

@@ -21,6 +21,16 @@ pub struct CheckReport {
     /// Valid, but worth knowing: e.g. what an air-gapped node would still
     /// fetch from the internet at first boot.
     pub warnings: Vec<String>,
+    /// What builds add to each node beyond its rendered files (bootstrap
+    /// manifests, HelmChart files, image archives), from the profiles'
+    /// digests: nothing is downloaded.
+    pub added: Vec<NodeAdded>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeAdded {
+    pub node: String,
+    pub files: Vec<super::additions::Added>,
 }
 
 /// What an air-gapped (`k3s.install: airgap`) node would still fetch from
@@ -84,10 +94,19 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
         build_time,
     };
     let mut problems = Vec::new();
+    let mut added = Vec::new();
     for node in &ws.profiles.nodes {
         let rendered = crate::plan::render_node(&inputs, node, None);
         if let Err(e) = rendered {
             problems.push(format!("  - node {}: {e:#}", node.name));
+        }
+        match super::additions::planned(&ws, node) {
+            Ok(files) if files.is_empty() => {}
+            Ok(files) => added.push(NodeAdded {
+                node: node.name.clone(),
+                files,
+            }),
+            Err(e) => problems.push(format!("  - node {}: {e:#}", node.name)),
         }
     }
     if !problems.is_empty() {
@@ -98,6 +117,7 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
         )));
     }
     Ok(CheckReport {
+        added,
         cluster: ws.profiles.cluster.name.clone(),
         nodes: ws
             .profiles

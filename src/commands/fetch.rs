@@ -1,16 +1,33 @@
-//! `imgbuild fetch BOARD...`: download, verify and unpack stock images ahead of time.
+//! `imgbuild fetch BOARD...`: download, verify and unpack stock images ahead
+//! of time, and with a profile set, everything else the builds of those
+//! boards' nodes download (k3s air-gap assets, bootstrap Helm charts,
+//! air-gapped container images), so `--offline` builds work afterwards.
 
 use std::path::PathBuf;
 
-use super::{CommandError, FetchSettings, Paths, Result, load_manifests};
+use serde::Serialize;
 
-/// Downloads and unpacks the stock images of `boards` (every board with `all`).
+use super::{CommandError, FetchSettings, Paths, Result, Workspace, load_manifests};
+
+/// What `fetch` put in (or found in) the cache.
+#[derive(Debug, Default, Serialize)]
+pub struct Fetched {
+    /// Unpacked stock images by board.
+    pub boards: Vec<(String, PathBuf)>,
+    /// Everything else, by what it is (`k3s arm64`, `chart NAME ...`,
+    /// `image REF (ARCH)`).
+    pub extras: Vec<(String, PathBuf)>,
+}
+
+/// Downloads and unpacks the stock images of `boards` (every board with
+/// `all`); when the profile directory exists, also what its nodes on those
+/// boards need beyond the stock image.
 pub fn fetch(
     paths: &Paths,
     boards: &[String],
     all: bool,
     settings: &FetchSettings,
-) -> Result<Vec<(String, PathBuf)>> {
+) -> Result<Fetched> {
     let manifests = load_manifests(paths)?;
     let known = || manifests.keys().cloned().collect::<Vec<_>>().join(", ");
     let wanted: Vec<String> = if all {
@@ -37,11 +54,56 @@ pub fn fetch(
             )));
         }
     }
+    // Profiles that exist but do not load are an error here too: what they
+    // name could not be fetched, and the offline build would fail later.
+    let ws = if paths.profiles.is_dir() {
+        Some(Workspace::load(paths)?)
+    } else {
+        None
+    };
     let cache = settings.cache()?;
-    let mut out = Vec::new();
-    for b in wanted {
-        let p = crate::source::ensure_base(&manifests[&b], &cache, &settings.options())?;
-        out.push((b, p));
+    let options = settings.options();
+    let mut out = Fetched::default();
+    for b in &wanted {
+        let p = crate::source::ensure_base(&manifests[b], &cache, &options)?;
+        out.boards.push((b.clone(), p));
     }
+    let Some(ws) = ws else {
+        return Ok(out);
+    };
+    let nodes: Vec<&crate::config::profile::Node> = ws
+        .profiles
+        .nodes
+        .iter()
+        .filter(|n| wanted.contains(&n.board))
+        .collect();
+    let k3s = &ws.profiles.cluster.k3s;
+    if k3s.install == crate::config::profile::Install::Airgap {
+        let mirror = settings
+            .k3s_mirror
+            .clone()
+            .or_else(|| k3s.mirror.clone())
+            .unwrap_or_else(|| crate::config::k3s::DEFAULT_MIRROR.to_string());
+        let mut archs: Vec<_> = nodes
+            .iter()
+            .filter_map(|n| ws.manifests.get(&n.board).map(|m| m.arch))
+            .collect();
+        archs.sort();
+        archs.dedup();
+        for arch in archs {
+            let p =
+                crate::source::k3s::ensure_assets(&k3s.version, arch, &mirror, &cache, &options)?;
+            out.extras
+                .push((format!("k3s {} {}", k3s.version, arch.as_str()), p.binary));
+        }
+    }
+    let additions = super::additions::Additions::prepare(
+        &ws,
+        &nodes,
+        &cache,
+        &options,
+        settings.registry_auth.as_deref(),
+    )?;
+    out.extras.extend(additions.fetched);
     Ok(out)
 }

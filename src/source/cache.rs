@@ -5,7 +5,9 @@
 //! ```text
 //! <cache>/images/<sha256>.img   unpacked raw image (sparse)
 //! <cache>/downloads/<sha256>    verified download, until unpacked
-//! <cache>/assets/<sha256>       verified file used as is (k3s binary, air-gap images)
+//! <cache>/assets/<sha256>       verified file used as is (k3s binary, air-gap images,
+//!                               bootstrap chart archives, container image blobs)
+//! <cache>/oci/<index sha256>-<arch>-<name hash>.tar  a container image's OCI layout tar
 //! <cache>/partial/<sha256>.part download in progress (resumable)
 //! <cache>/sums/<sha256 of URL>  digest learnt from a checksum file (for --offline)
 //! <cache>/locks/<key>.lock
@@ -190,6 +192,17 @@ impl Cache {
             .with_context(|| format!("writing {}", path.display()))
     }
 
+    /// Every digest learnt from checksum files (whatever the URL).
+    pub fn remembered_digests(&self) -> std::collections::BTreeSet<Sha256Digest> {
+        let Ok(rd) = std::fs::read_dir(self.root.join("sums")) else {
+            return Default::default();
+        };
+        rd.flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .filter_map(|t| Sha256Digest::parse(t.trim()))
+            .collect()
+    }
+
     pub fn remembered_digest(&self, url: &str) -> Option<Sha256Digest> {
         let text = std::fs::read_to_string(self.root.join("sums").join(Self::url_key(url))).ok()?;
         Sha256Digest::parse(&text)
@@ -203,6 +216,7 @@ impl Cache {
             ("assets", EntryKind::Asset),
             ("downloads", EntryKind::Download),
             ("partial", EntryKind::Partial),
+            ("oci", EntryKind::Oci),
         ] {
             let Ok(rd) = std::fs::read_dir(self.root.join(dir)) else {
                 continue;
@@ -211,6 +225,8 @@ impl Cache {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let (kind, key) = match name.strip_prefix(INCOMING) {
                     Some(rest) => (EntryKind::Incoming, rest.get(..64)),
+                    // `<index digest>-<arch>-<name hash>.tar`
+                    None if kind == EntryKind::Oci => (kind, name.get(..64)),
                     None => (kind, name.split('.').next()),
                 };
                 let Some(key) = key.and_then(Sha256Digest::parse) else {
@@ -241,13 +257,24 @@ pub enum EntryKind {
     Partial,
     /// An unpack in progress, or left by a killed run.
     Incoming,
+    /// A container image's archive (its key is the pinned index digest;
+    /// its blobs are assets).
+    Oci,
 }
 
 /// Name prefix of temporary files in the cache.
 const INCOMING: &str = ".incoming-";
 
 /// Every subdirectory the cache may have.
-const DIRS: [&str; 6] = ["images", "assets", "downloads", "partial", "sums", "locks"];
+const DIRS: [&str; 7] = [
+    "images",
+    "assets",
+    "downloads",
+    "partial",
+    "sums",
+    "locks",
+    "oci",
+];
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Entry {

@@ -28,6 +28,16 @@ pub fn ensure_chart(chart: &Chart, cache: &Cache, opts: &FetchOptions) -> Result
         )
     })?;
     let url = chart.archive_url();
+    // Named here: the generic message would give the URL alone.
+    if opts.offline && !cache.asset_path(&digest).is_file() {
+        return Err(anyhow!(
+            "--offline: chart {} ({} {}, {url}) is not in the cache {}; run `imgbuild fetch` for the cluster-init server's board (or `imgbuild fetch --all`) with network access first",
+            chart.name,
+            chart.chart,
+            chart.version,
+            cache.root.display()
+        ));
+    }
     let path = super::ensure_asset(&url, &digest, cache, opts, &format!("chart {}", chart.name))
         .map_err(|e| {
             anyhow!(

@@ -50,8 +50,21 @@ pub enum OciError {
     },
     #[error("{what}: {detail}")]
     Format { what: String, detail: String },
+    /// A transport failure; `transient` ones (connection refused or
+    /// broken, timeouts) are retried, others (an untrusted certificate, a
+    /// refused redirect) are not.
     #[error("{url}: {detail}")]
-    Http { url: String, detail: String },
+    Http {
+        url: String,
+        detail: String,
+        transient: bool,
+    },
+    #[error("{url}: gave up after {attempts} attempt(s): {last}")]
+    GaveUp {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -158,17 +171,15 @@ pub struct PulledImage {
 impl PulledImage {
     /// The archive's name in `/var/lib/rancher/k3s/agent/images/`.
     pub fn file_name(&self) -> String {
-        let last = self
-            .reference
-            .repository
-            .rsplit('/')
-            .next()
-            .unwrap_or("image");
-        format!(
-            "imgbuild-{last}-{}.tar",
-            &self.reference.digest.to_string()[..12]
-        )
+        archive_file_name(&self.reference)
     }
+}
+
+/// The name `image`'s archive gets in `/var/lib/rancher/k3s/agent/images/`
+/// (known from the reference alone, so `render` can show it offline).
+pub fn archive_file_name(image: &ImageRef) -> String {
+    let last = image.repository.rsplit('/').next().unwrap_or("image");
+    format!("imgbuild-{last}-{}.tar", &image.digest.to_string()[..12])
 }
 
 fn oci_arch(arch: Arch) -> (&'static str, Option<&'static str>) {
@@ -208,13 +219,13 @@ pub fn ensure_image(
     }
     if opts.offline {
         anyhow::bail!(
-            "--offline: the image {} ({}) is not in the cache {}; build once with network access",
+            "--offline: the image {} ({}) is not in the cache {}; run `imgbuild fetch` for the node's board (or `imgbuild fetch --all`) with network access first",
             image.original,
             arch.as_str(),
             cache.root.display()
         );
     }
-    let mut s = Session::new(image, auth)?;
+    let mut s = Session::new(image, auth, opts.retry)?;
     let what = |d: &Sha256Digest| format!("{} (manifest sha256:{d})", image.original);
     let (top, top_type) = s.manifest(&image.digest, &what(&image.digest))?;
     let mut blobs: Vec<(Sha256Digest, Vec<u8>)> = vec![(image.digest, top.clone())];
@@ -331,10 +342,48 @@ struct Session<'a> {
     base: String,
     creds: Option<&'a (String, String)>,
     token: Option<String>,
+    retry: super::RetryPolicy,
+}
+
+/// Whether another attempt may succeed: the release downloads' rule (5xx,
+/// 408 and 429, and transport failures that are not a refused certificate
+/// or redirect); other 4xx are answers, not accidents.
+fn retryable(e: &OciError) -> bool {
+    match e {
+        OciError::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
+        OciError::Http { transient, .. } => *transient,
+        _ => false,
+    }
+}
+
+/// Whether a request error is worth retrying (see [`retryable`]).
+fn transient(e: &reqwest::Error) -> bool {
+    if e.is_redirect() || e.is_builder() {
+        return false;
+    }
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = src {
+        if let Some(rustls::Error::InvalidCertificate(_)) = err.downcast_ref::<rustls::Error>() {
+            return false;
+        }
+        // io::Error hides what it wraps from source(): look inside.
+        src = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    true
 }
 
 impl<'a> Session<'a> {
-    fn new(image: &'a ImageRef, auth: Option<&'a RegistryAuth>) -> Result<Session<'a>, OciError> {
+    fn new(
+        image: &'a ImageRef,
+        auth: Option<&'a RegistryAuth>,
+        retry: super::RetryPolicy,
+    ) -> Result<Session<'a>, OciError> {
         crate::util::tls::install_provider();
         let base = image.base_url();
         // Blobs are often redirected to storage hosts; never to plain http
@@ -359,6 +408,7 @@ impl<'a> Session<'a> {
             .map_err(|e| OciError::Http {
                 url: base.clone(),
                 detail: format!("cannot set up the HTTP client: {e}"),
+                transient: false,
             })?;
         Ok(Session {
             client,
@@ -366,6 +416,7 @@ impl<'a> Session<'a> {
             creds: auth.and_then(|a| a.for_registry(&image.registry)),
             base,
             token: None,
+            retry,
         })
     }
 
@@ -386,6 +437,7 @@ impl<'a> Session<'a> {
         req.send().map_err(|e| OciError::Http {
             url: url.to_string(),
             detail: crate::util::error_chain(&e),
+            transient: transient(&e),
         })
     }
 
@@ -479,6 +531,7 @@ impl<'a> Session<'a> {
         let resp = req.send().map_err(|e| OciError::Http {
             url: realm.clone(),
             detail: crate::util::error_chain(&e),
+            transient: transient(&e),
         })?;
         let resp = self.check(realm, resp)?;
         #[derive(Deserialize)]
@@ -500,6 +553,44 @@ impl<'a> Session<'a> {
             })
     }
 
+    /// Runs `once` until it succeeds, fails for good, or the retry policy
+    /// runs out, with the release downloads' capped exponential backoff.
+    fn retrying<T>(
+        &mut self,
+        url: &str,
+        mut once: impl FnMut(&mut Self) -> Result<T, OciError>,
+    ) -> Result<T, OciError> {
+        let policy = self.retry;
+        let attempts = policy.attempts.max(1);
+        let mut delay = policy.first_delay;
+        let mut attempt = 1;
+        loop {
+            match once(self) {
+                Err(e) if retryable(&e) && attempt < attempts => {
+                    tracing::warn!(
+                        "{e}; retrying in {:.1} s (attempt {} of {attempts})",
+                        delay.as_secs_f64(),
+                        attempt + 1
+                    );
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(policy.max_delay);
+                    attempt += 1;
+                }
+                Err(e) if retryable(&e) && attempts > 1 => {
+                    return Err(OciError::GaveUp {
+                        url: url.to_string(),
+                        attempts,
+                        last: match e {
+                            OciError::Status { status, .. } => format!("HTTP {status}"),
+                            e => e.to_string(),
+                        },
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A manifest or index by digest, checked; with its media type.
     fn manifest(
         &mut self,
@@ -510,14 +601,23 @@ impl<'a> Session<'a> {
             "{}/v2/{}/manifests/sha256:{digest}",
             self.base, self.image.repository
         );
+        self.retrying(&url, |s| s.manifest_once(&url, digest, what))
+    }
+
+    fn manifest_once(
+        &mut self,
+        url: &str,
+        digest: &Sha256Digest,
+        what: &str,
+    ) -> Result<(Vec<u8>, String), OciError> {
         let accept = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
-        let resp = self.get(&url, Some(&accept))?;
+        let resp = self.get(url, Some(&accept))?;
         let header_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-        let body = read_bounded(resp, &url)?;
+        let body = read_bounded(resp, url)?;
         let actual = Sha256Digest(Sha256::digest(&body).into());
         if actual != *digest {
             return Err(OciError::Mismatch {
@@ -562,8 +662,8 @@ impl<'a> Session<'a> {
             self.base, self.image.repository
         );
         let partial = cache.partial_path(digest)?;
-        let result = (|| {
-            let resp = self.get(&url, None)?;
+        let result = self.retrying(&url.clone(), |s| {
+            let resp = s.get(&url, None)?;
             let mut f = File::create(&partial).map_err(io_err(&partial))?;
             let mut hasher = Sha256::new();
             let mut reader = resp.take(size.saturating_add(1));
@@ -572,7 +672,8 @@ impl<'a> Session<'a> {
             loop {
                 let n = reader.read(&mut buf).map_err(|e| OciError::Http {
                     url: url.clone(),
-                    detail: e.to_string(),
+                    detail: format!("the connection broke after {n_total} bytes: {e}"),
+                    transient: true,
                 })?;
                 if n == 0 {
                     break;
@@ -583,7 +684,7 @@ impl<'a> Session<'a> {
             }
             f.sync_all().map_err(io_err(&partial))?;
             let actual = Sha256Digest::of(hasher);
-            let what = format!("{} blob sha256:{digest}", self.image.original);
+            let what = format!("{} blob sha256:{digest}", s.image.original);
             if actual != *digest {
                 return Err(OciError::Mismatch {
                     what,
@@ -600,7 +701,7 @@ impl<'a> Session<'a> {
                 });
             }
             Ok(())
-        })();
+        });
         if let Err(e) = result {
             let _ = std::fs::remove_file(&partial);
             return Err(e.into());
@@ -617,7 +718,8 @@ fn read_bounded(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>,
         .read_to_end(&mut body)
         .map_err(|e| OciError::Http {
             url: url.to_string(),
-            detail: e.to_string(),
+            detail: format!("the connection broke: {e}"),
+            transient: true,
         })?;
     if body.len() as u64 > MAX_DOCUMENT {
         return Err(OciError::Format {
@@ -704,6 +806,56 @@ fn write_layout(
     }
     w.write_all(&[0u8; 1024])?;
     w.flush()
+}
+
+/// What an image archive in the cache holds: the name its `index.json`
+/// gives the image and the digests of its blobs (read from the tar headers,
+/// skipping the data).
+#[derive(Debug, Default)]
+pub struct ArchiveContents {
+    pub name: Option<String>,
+    pub blobs: Vec<Sha256Digest>,
+}
+
+pub fn archive_contents(path: &Path) -> Result<ArchiveContents, OciError> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let mut out = ArchiveContents::default();
+    let bad = |detail: &str| OciError::Format {
+        what: path.display().to_string(),
+        detail: format!("{detail}; not an image archive imgbuild wrote (remove it)"),
+    };
+    loop {
+        let mut h = [0u8; 512];
+        f.read_exact(&mut h).map_err(|_| bad("truncated"))?;
+        if h.iter().all(|&b| b == 0) {
+            return Ok(out);
+        }
+        let name_end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        let name = std::str::from_utf8(&h[..name_end]).map_err(|_| bad("a bad entry name"))?;
+        let size = std::str::from_utf8(&h[124..135])
+            .ok()
+            .and_then(|s| u64::from_str_radix(s.trim_matches(|c| c == '\0' || c == ' '), 8).ok())
+            .ok_or_else(|| bad("a bad entry size"))?;
+        if name == "index.json" && size <= MAX_DOCUMENT {
+            let mut body = vec![0u8; size as usize];
+            f.read_exact(&mut body).map_err(|_| bad("truncated"))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|_| bad("index.json is not JSON"))?;
+            out.name = v["manifests"][0]["annotations"]["io.containerd.image.name"]
+                .as_str()
+                .map(str::to_string);
+            f.seek(SeekFrom::Current(((512 - size % 512) % 512) as i64))
+                .map_err(io_err(path))?;
+            continue;
+        }
+        if let Some(d) = name.strip_prefix("blobs/sha256/") {
+            out.blobs
+                .push(Sha256Digest::parse(d).ok_or_else(|| bad("a blob name is not a digest"))?);
+        }
+        f.seek(SeekFrom::Current(size.div_ceil(512) as i64 * 512))
+            .map_err(io_err(path))?;
+    }
 }
 
 fn tar_entry(w: &mut impl Write, name: &str, data: &[u8]) -> std::io::Result<()> {

@@ -22,6 +22,8 @@ struct State {
     /// path -> (content type, body)
     content: BTreeMap<String, (String, Vec<u8>)>,
     log: Vec<String>,
+    /// path -> (status, how many more requests get it) for authorised requests.
+    faults: BTreeMap<String, (u16, u32)>,
 }
 
 pub struct Registry {
@@ -66,6 +68,15 @@ impl Registry {
             .unwrap()
             .content
             .insert(path.to_string(), (content_type.to_string(), body));
+    }
+
+    /// Answers the next `times` authorised requests for `path` with `status`.
+    pub fn fail(&self, path: &str, status: u16, times: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .faults
+            .insert(path.to_string(), (status, times));
     }
 
     /// Request lines served so far (`GET /v2/...`), token requests included.
@@ -271,6 +282,25 @@ fn serve(mut c: TcpStream, port: u16, state: &Mutex<State>) -> std::io::Result<(
             "401 Unauthorized",
             &[("WWW-Authenticate", challenge)],
             b"{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+        );
+        return Ok(());
+    }
+    let fault = {
+        let mut st = state.lock().unwrap();
+        match st.faults.get_mut(&target) {
+            Some((status, n)) if *n > 0 => {
+                *n -= 1;
+                Some(*status)
+            }
+            _ => None,
+        }
+    };
+    if let Some(status) = fault {
+        respond(
+            &mut c,
+            &format!("{status} Injected"),
+            &[],
+            b"{\"errors\":[{\"code\":\"INJECTED\"}]}",
         );
         return Ok(());
     }
