@@ -822,6 +822,16 @@ fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
     let got = oci_read(&a, "arm64");
     assert_eq!(got["architecture"], "arm64");
     assert_eq!(got["name"], format!("{}/team/app:1.0", reg.host()));
+    // Also by digest: pods ask for `repo:tag@sha256:...`, which containerd
+    // looks up by the digest name.
+    let digest = &app.index_digest;
+    assert_eq!(
+        got["names"],
+        serde_json::json!([
+            format!("{}/team/app:1.0", reg.host()),
+            format!("{}/team/app@sha256:{digest}", reg.host())
+        ])
+    );
     let names: Vec<String> = fs
         .read_dir("/var/lib/rancher/k3s/agent/images")
         .unwrap()
@@ -1001,6 +1011,17 @@ fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
         r.text
     );
     assert!(!r.text.contains("not-it"), "{}", r.text);
+
+    // A token endpoint over plain http elsewhere: credentials are never sent.
+    reg.set_realm("http://registry.invalid/token");
+    let r = bake(&[("IMGBUILD_REGISTRY_AUTH", &creds)]);
+    assert_ne!(r.code, 0, "{}", r.text);
+    assert!(
+        r.text
+            .contains("token realm http://registry.invalid/token is plain http"),
+        "{}",
+        r.text
+    );
 }
 
 #[test]

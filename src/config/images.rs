@@ -102,7 +102,7 @@ impl ImageRef {
         format!("{scheme}://{}", self.registry)
     }
 
-    fn registry_name(&self) -> &str {
+    pub fn registry_name(&self) -> &str {
         if self.registry == DOCKER_HUB {
             "docker.io"
         } else {

@@ -508,6 +508,16 @@ impl<'a> Session<'a> {
                 detail: "the registry's token realm is not an http(s) URL".into(),
             });
         }
+        // Credentials (and tokens) travel over TLS only; plain http is for a
+        // registry on this machine, as with the registry itself.
+        if realm.starts_with("http://") && !is_loopback_url(realm) {
+            return Err(OciError::Format {
+                what: url.to_string(),
+                detail: format!(
+                    "the registry's token realm {realm} is plain http; imgbuild asks for tokens over https only"
+                ),
+            });
+        }
         let mut query = Vec::new();
         if let Some(s) = c.get("service") {
             query.push(("service", s.clone()));
@@ -754,6 +764,21 @@ fn parse_challenge(s: &str) -> BTreeMap<String, String> {
     out
 }
 
+/// Whether `url` points at this machine (`localhost`, 127.0.0.0/8, ::1).
+fn is_loopback_url(url: &str) -> bool {
+    let Some(host) = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+    else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback())
+}
+
 /// Writes the OCI image layout as a tar: `oci-layout`, `index.json` naming
 /// the pinned digest (so the image is found by the reference pods use), and
 /// every blob the node needs under `blobs/sha256/`. An index keeps the other
@@ -767,19 +792,37 @@ fn write_layout(
     blobs: &[(Sha256Digest, PathBuf)],
 ) -> std::io::Result<()> {
     let mut w = std::io::BufWriter::new(out);
-    let name = image.stored_name();
+    // A tagged image is stored under its tag and under its digest: a pod
+    // asking for `repo:tag@sha256:...` is looked up by the digest name, and
+    // k3s before late 2025 adds no digest name on import.
+    let digest_name = format!(
+        "{}/{}@sha256:{}",
+        image.registry_name(),
+        image.repository,
+        image.digest
+    );
+    let mut names = vec![(image.stored_name(), image.tag.clone())];
+    if image.tag.is_some() {
+        names.push((digest_name, None));
+    }
+    let entries: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|(name, tag)| {
+            serde_json::json!({
+                "mediaType": top_type,
+                "digest": format!("sha256:{}", image.digest),
+                "size": top_size,
+                "annotations": {
+                    "io.containerd.image.name": name,
+                    "org.opencontainers.image.ref.name": tag.unwrap_or_else(|| format!("sha256:{}", image.digest)),
+                }
+            })
+        })
+        .collect();
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": top_type,
-            "digest": format!("sha256:{}", image.digest),
-            "size": top_size,
-            "annotations": {
-                "io.containerd.image.name": name,
-                "org.opencontainers.image.ref.name": image.tag.clone().unwrap_or_else(|| format!("sha256:{}", image.digest)),
-            }
-        }]
+        "manifests": entries,
     });
     tar_entry(&mut w, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     tar_entry(&mut w, "index.json", &serde_json::to_vec(&index)?)?;

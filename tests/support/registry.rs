@@ -24,6 +24,8 @@ struct State {
     log: Vec<String>,
     /// path -> (status, how many more requests get it) for authorised requests.
     faults: BTreeMap<String, (u16, u32)>,
+    /// Token realm announced in challenges instead of this registry's own.
+    realm: Option<String>,
 }
 
 pub struct Registry {
@@ -71,6 +73,11 @@ impl Registry {
     }
 
     /// Answers the next `times` authorised requests for `path` with `status`.
+    /// Announces `realm` as the token endpoint (e.g. a plain-http one elsewhere).
+    pub fn set_realm(&self, realm: &str) {
+        self.state.lock().unwrap().realm = Some(realm.to_string());
+    }
+
     pub fn fail(&self, path: &str, status: u16, times: u32) {
         self.state
             .lock()
@@ -274,8 +281,14 @@ fn serve(mut c: TcpStream, port: u16, state: &Mutex<State>) -> std::io::Result<(
         .map(|(r, _)| r)
         .unwrap_or("");
     if auth.as_deref() != Some(format!("Bearer tok-{repo}").as_str()) {
+        let realm = state
+            .lock()
+            .unwrap()
+            .realm
+            .clone()
+            .unwrap_or_else(|| format!("http://127.0.0.1:{port}/token"));
         let challenge = format!(
-            "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake-registry\",scope=\"repository:{repo}:pull\""
+            "Bearer realm=\"{realm}\",service=\"fake-registry\",scope=\"repository:{repo}:pull\""
         );
         respond(
             &mut c,
