@@ -90,6 +90,18 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
         .with_context(|| format!("reading {}", iso.display()))?
         .len();
     crate::artifact::iso::check_iso9660(&iso).map_err(anyhow::Error::from)?;
+    // Building and sealing take a while: probe again, so the confirmation
+    // shows the disk as it is now, and refuse one that changed.
+    let now = usb::probe(&settings.device, &settings.system)
+        .map_err(|e| CommandError::Usage(anyhow!(e)))?;
+    if !stick.same_disk(&now) {
+        return Err(CommandError::Usage(anyhow!(usb::UsbError::Changed {
+            path: settings.device.clone(),
+            was: stick.describe(),
+            now: now.describe(),
+        })));
+    }
+    let stick = now;
     usb::check_free(&stick, need, &settings.system).map_err(|e| CommandError::Usage(anyhow!(e)))?;
     let sha256 =
         crate::io::sha256_sparse(&file).with_context(|| format!("hashing {}", iso.display()))?;
@@ -97,7 +109,10 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
         node: n.name.clone(),
         image: iso,
         sha256,
-        destination: Box::new(UsbStick { stick }),
+        destination: Box::new(UsbStick {
+            stick,
+            system: settings.system.clone(),
+        }),
     };
     Ok(deliver_all(vec![job], Confirm { yes: settings.yes }, None)?)
 }

@@ -98,6 +98,14 @@ pub enum UsbError {
         expected: Sha256Digest,
         actual: Sha256Digest,
     },
+    #[error(
+        "{path}: the device changed since it was checked (was {was}, now {now}); check which stick is plugged in and run again"
+    )]
+    Changed {
+        path: PathBuf,
+        was: String,
+        now: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -124,9 +132,23 @@ pub struct Stick {
     pub size: u64,
     pub removable: bool,
     pub usb: bool,
+    /// `major:minor` from sysfs: the opened device must have these numbers.
+    pub dev: Option<String>,
 }
 
 impl Stick {
+    /// Whether `other` (a later probe of the same path) is still this disk.
+    pub fn same_disk(&self, other: &Stick) -> bool {
+        (&self.name, &self.model, &self.serial, self.size, &self.dev)
+            == (
+                &other.name,
+                &other.model,
+                &other.serial,
+                other.size,
+                &other.dev,
+            )
+    }
+
     pub fn describe(&self) -> String {
         format!(
             "{} ({}, serial {}, {:.1} GB{})",
@@ -234,6 +256,7 @@ pub fn probe(device: &Path, sys: &SystemPaths) -> Result<Stick, UsbError> {
         size: sectors.saturating_mul(512),
         removable,
         usb,
+        dev: dev_numbers(&dir),
     };
     if !stick.removable && !stick.usb {
         return Err(UsbError::NotRemovable {
@@ -341,10 +364,11 @@ pub fn check_free(stick: &Stick, need: u64, sys: &SystemPaths) -> Result<(), Usb
 /// the read-back digest (checked against `expected`).
 pub fn write_and_verify(
     image: &Path,
-    device: &Path,
+    stick: &Stick,
     expected: &Sha256Digest,
     progress: &mut dyn FnMut(Phase, u64, u64),
 ) -> Result<(), UsbError> {
+    let device = stick.path.as_path();
     let mut src = File::open(image).map_err(io(image))?;
     let total = src.metadata().map_err(io(image))?.len();
     // O_EXCL on a block device fails while the kernel has it in use
@@ -360,10 +384,25 @@ pub fn write_and_verify(
             },
             _ => io(device)(e),
         })?;
-    let is_block = dev
-        .metadata()
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false);
+    let opened = dev.metadata().map_err(io(device))?;
+    let is_block = opened.file_type().is_block_device();
+    if is_block {
+        // The descriptor must be the disk sysfs described (a swapped stick
+        // or a fake sysfs tree would not match).
+        use std::os::unix::fs::MetadataExt;
+        let rdev = opened.rdev();
+        let now = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+        if stick.dev.as_deref() != Some(now.as_str()) {
+            return Err(UsbError::Changed {
+                path: device.to_owned(),
+                was: stick
+                    .dev
+                    .clone()
+                    .unwrap_or_else(|| "no device numbers in sysfs".into()),
+                now: format!("device {now}"),
+            });
+        }
+    }
     let mut buf = vec![0u8; BLOCK];
     let mut done = 0u64;
     let failed = |done: u64, source: std::io::Error| UsbError::WriteFailed {
@@ -420,6 +459,7 @@ pub fn write_and_verify(
 /// A stick that passed [`probe`] and [`check_free`], as a delivery destination.
 pub struct UsbStick {
     pub stick: Stick,
+    pub system: SystemPaths,
 }
 
 impl Destination for UsbStick {
@@ -451,7 +491,20 @@ impl Destination for UsbStick {
                 path.display()
             );
         }));
-        let r = write_and_verify(image, &self.stick.path, sha256, progress);
+        // Probed again right before writing: still the disk the user
+        // confirmed, still free.
+        let now = probe(&self.stick.path, &self.system)?;
+        if !self.stick.same_disk(&now) {
+            return Err(UsbError::Changed {
+                path: self.stick.path.clone(),
+                was: self.stick.describe(),
+                now: now.describe(),
+            }
+            .into());
+        }
+        let need = std::fs::metadata(image).map(|m| m.len()).unwrap_or(0);
+        check_free(&now, need, &self.system)?;
+        let r = write_and_verify(image, &self.stick, sha256, progress);
         crate::util::cleanup::clear_interrupt_hook();
         Ok(r?)
     }
@@ -459,11 +512,72 @@ impl Destination for UsbStick {
 
 #[cfg(test)]
 mod tests {
-    use super::mounts;
+    use super::*;
+
+    /// A USB stick `sdz` in a fake sysfs tree, its device a regular file.
+    fn fake(dir: &Path) -> (SystemPaths, PathBuf) {
+        let host = "devices/pci0000:00/0000:00:14.0/usb2/2-1/2-1:1.0/host6/target6:0:0/6:0:0:0";
+        let sysfs = dir.join("sys");
+        let disk = sysfs.join(host).join("block/sdz");
+        std::fs::create_dir_all(disk.join("holders")).unwrap();
+        for (f, v) in [("dev", "8:16"), ("size", "4194304"), ("removable", "1")] {
+            std::fs::write(disk.join(f), v).unwrap();
+        }
+        std::fs::write(sysfs.join(host).join("model"), "Cruzer").unwrap();
+        std::fs::write(
+            sysfs.join("devices/pci0000:00/0000:00:14.0/usb2/2-1/serial"),
+            "AAA",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../..", disk.join("device")).unwrap();
+        for (link, up) in [("block", ".."), ("class/block", "../..")] {
+            std::fs::create_dir_all(sysfs.join(link)).unwrap();
+            std::os::unix::fs::symlink(
+                format!("{up}/{host}/block/sdz"),
+                sysfs.join(link).join("sdz"),
+            )
+            .unwrap();
+        }
+        let mountinfo = dir.join("mountinfo");
+        std::fs::write(&mountinfo, "22 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\n").unwrap();
+        std::fs::create_dir_all(dir.join("dev")).unwrap();
+        let device = dir.join("dev/sdz");
+        std::fs::write(&device, b"").unwrap();
+        (SystemPaths { sysfs, mountinfo }, device)
+    }
+
+    #[test]
+    fn a_stick_swapped_after_the_checks_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (system, device) = fake(dir.path());
+        let stick = probe(&device, &system).unwrap();
+        assert_eq!(
+            (stick.serial.as_str(), stick.dev.as_deref()),
+            ("AAA", Some("8:16"))
+        );
+        let image = dir.path().join("image.iso");
+        std::fs::write(&image, vec![7u8; 4096]).unwrap();
+        let digest = crate::io::sha256_sparse(&File::open(&image).unwrap()).unwrap();
+        // Another stick now answers to the same name.
+        std::fs::write(
+            system
+                .sysfs
+                .join("devices/pci0000:00/0000:00:14.0/usb2/2-1/serial"),
+            "BBB",
+        )
+        .unwrap();
+        let mut dest = UsbStick { stick, system };
+        let err = dest.write(&image, &digest, &mut |_, _, _| {}).unwrap_err();
+        assert!(
+            format!("{err}").contains("the device changed since it was checked"),
+            "{err}"
+        );
+        assert_eq!(std::fs::metadata(&device).unwrap().len(), 0, "written to");
+    }
 
     #[test]
     fn mountinfo_fields() {
-        let m = mounts(
+        let m = super::mounts(
             "36 35 8:17 / /media/usb rw,nosuid shared:1 - vfat /dev/sdb1 rw\n22 1 259:2 / / rw - ext4 /dev/nvme0n1p2 rw\nbad line\n",
         );
         assert_eq!(m.len(), 2);
