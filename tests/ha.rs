@@ -334,7 +334,7 @@ fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
         ("svc_enable", "true"),
         ("vip_leaderelection", "true"),
         ("address", "192.168.1.100"),
-        ("vip_cidr", "32"),
+        ("vip_subnet", "32"),
         ("port", "6443"),
     ] {
         assert_eq!(env.get(k), Some(&v), "{k}: {env:?}");
