@@ -85,13 +85,34 @@ impl PendingOutput {
     /// Finishes the output in `format`, renames it into place and records
     /// its sha256 in `SHA256SUMS` beside it. Returns the final path and digest.
     pub fn finish(self, format: Format) -> Result<(PathBuf, Sha256Digest)> {
-        let (path, digest) = match format {
-            Format::Raw => {
-                let digest = crate::io::sha256_sparse(self.temp.as_file())
-                    .with_context(|| format!("hashing {}", self.temp.path().display()))?;
+        self.finish_with(format, None)
+    }
+
+    /// [`Self::finish`] with the raw image's digest when a pass that
+    /// happened anyway computed it (shrinking), so the image is not read again.
+    pub fn finish_with(
+        self,
+        format: Format,
+        raw_digest: Option<Sha256Digest>,
+    ) -> Result<(PathBuf, Sha256Digest)> {
+        let (path, digest) = match (format, raw_digest) {
+            (Format::Raw, Some(d)) => (self.commit()?, d),
+            (Format::Raw, None) => {
+                // Hash (holes not read) while the image is flushed to disk.
+                let file = self.temp.as_file();
+                let (digest, synced) = std::thread::scope(|s| {
+                    let sync = s.spawn(|| file.sync_all());
+                    let digest = crate::io::sha256_sparse(file);
+                    (digest, sync.join())
+                });
+                let digest =
+                    digest.with_context(|| format!("hashing {}", self.temp.path().display()))?;
+                synced
+                    .map_err(|_| anyhow::anyhow!("syncing {} failed", self.temp.path().display()))?
+                    .with_context(|| format!("syncing {}", self.temp.path().display()))?;
                 (self.commit()?, digest)
             }
-            c => self.compress(c)?,
+            (c, _) => self.compress(c)?,
         };
         sums::record(&path, &digest)?;
         Ok((path, digest))

@@ -251,6 +251,85 @@ pub fn copy_extents(
     Ok(())
 }
 
+/// The pieces of `file` within `off..off + len`, in order: `(pos, n, true)`
+/// for data, `(pos, n, false)` for a hole (and for anything past the end).
+fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+    let end = off.checked_add(len).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "range past the largest offset")
+    })?;
+    let mut out = Vec::new();
+    let mut pos = off;
+    for (start, elen) in data_extents(file)? {
+        let (a, b) = (start.max(pos), (start + elen).min(end));
+        if a >= b {
+            continue;
+        }
+        if a > pos {
+            out.push((pos, a - pos, false));
+        }
+        out.push((a, b - a, true));
+        pos = b;
+    }
+    if pos < end {
+        out.push((pos, end - pos, false));
+    }
+    Ok(out)
+}
+
+/// Feeds `off..off + len` of `file` to `hasher`: data extents are read,
+/// holes hashed as zero runs without a read.
+pub fn hash_range(
+    file: &File,
+    off: u64,
+    len: u64,
+    hasher: &mut super::hash::BackgroundHasher,
+) -> io::Result<()> {
+    for (pos, n, data) in pieces(file, off, len)? {
+        if !data {
+            hasher.zeros(n);
+            continue;
+        }
+        let mut done = 0;
+        while done < n {
+            let mut buf = hasher.buffer();
+            let k = ((n - done) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..k], pos + done)?;
+            hasher.data(buf, k);
+            done += k as u64;
+        }
+    }
+    Ok(())
+}
+
+/// [`copy_extents`] that also feeds what the destination range holds
+/// afterwards to `hasher` (holes as zero runs), so an output is hashed in
+/// the pass that writes it rather than read again.
+pub fn copy_extents_hashing(
+    src: &File,
+    src_off: u64,
+    len: u64,
+    dst: &File,
+    dst_off: u64,
+    hasher: &mut super::hash::BackgroundHasher,
+) -> io::Result<()> {
+    for (pos, n, data) in pieces(src, src_off, len)? {
+        if !data {
+            hasher.zeros(n);
+            continue;
+        }
+        let mut done = 0;
+        while done < n {
+            let mut buf = hasher.buffer();
+            let k = ((n - done) as usize).min(buf.len());
+            src.read_exact_at(&mut buf[..k], pos + done)?;
+            dst.write_all_at(&buf[..k], dst_off + (pos - src_off) + done)?;
+            hasher.data(buf, k);
+            done += k as u64;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +360,35 @@ mod tests {
         let mut h = Sha256::new();
         h.update(&expect);
         assert_eq!(sha256_sparse(&f).unwrap(), Sha256Digest::of(h));
+    }
+
+    #[test]
+    fn hashing_copy_matches_the_bytes_of_the_range() {
+        use crate::io::hash::BackgroundHasher;
+        // Data, a hole, data across chunk boundaries, a trailing hole.
+        let src = tempfile::tempfile().unwrap();
+        src.set_len(9 << 20).unwrap();
+        src.write_all_at(&vec![3u8; 1_500_000], 100).unwrap();
+        src.write_all_at(&vec![5u8; 2_300_000], 5 << 20).unwrap();
+        let mut all = Vec::new();
+        (&src).read_to_end(&mut all).unwrap();
+        for (off, len) in [(0u64, 9u64 << 20), (4096, 7 << 20), (6 << 20, 3 << 20)] {
+            let range = &all[off as usize..(off + len) as usize];
+            let dst = tempfile::tempfile().unwrap();
+            dst.set_len(len + 512).unwrap();
+            let mut h = BackgroundHasher::new();
+            copy_extents_hashing(&src, off, len, &dst, 512, &mut h).unwrap();
+            let mut want = Sha256::new();
+            want.update(range);
+            assert_eq!(h.finish(), Sha256Digest::of(want));
+            let mut got = vec![0u8; len as usize];
+            dst.read_exact_at(&mut got, 512).unwrap();
+            assert!(got == range, "copied bytes differ at {off}+{len}");
+            let mut h = BackgroundHasher::new();
+            hash_range(&src, off, len, &mut h).unwrap();
+            let mut want = Sha256::new();
+            want.update(range);
+            assert_eq!(h.finish(), Sha256Digest::of(want));
+        }
     }
 }
