@@ -182,7 +182,7 @@ pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
 
 /// Copies `len` bytes of `src` at `from` to `dst` at `to`: `copy_file_range`
 /// (extents shared where the file system can), else reading and writing.
-fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
+pub fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut done = 0u64;
     while done < len {
         let mut off_in = (from + done) as libc::loff_t;
