@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{Format, sums};
-use crate::io::{CopyMethod, HashingWriter, Sha256Digest, copy_file};
+use crate::io::{CopyMethod, HashingWriter, Sha256Digest, copy_file_with_progress};
 
 /// An output being written. Dropping it without [`PendingOutput::commit`] deletes it.
 pub struct PendingOutput {
@@ -43,7 +43,7 @@ impl PendingOutput {
         let (temp, cleanup) = partial_beside(final_path, &dir)?;
         let src = File::open(base)
             .with_context(|| format!("opening the base image {}", base.display()))?;
-        let method = copy_file(&src, temp.as_file())
+        let method = copy_file_with_progress(&src, temp.as_file(), "copy")
             .with_context(|| format!("copying {} to {}", base.display(), temp.path().display()))?;
         Ok(PendingOutput {
             final_path: final_path.to_owned(),

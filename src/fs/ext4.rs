@@ -686,12 +686,17 @@ pub fn apply_with(
     }
     let (mark_path, _) = staging.stage(mark.as_bytes()).map_err(Ext4Error::Temp)?;
     run_debugfs(image, part.start, &mark_path, timestamp, &staging)?;
+    let total = direct_files.iter().map(|f| f.2).sum();
+    let mut progress = crate::io::progress::Progress::new("payload", Some(total));
     for ((path, host, len), map) in direct_files.iter().zip(&extents) {
-        write_extents(&region, bs, host, *len, map).map_err(|e| Ext4Error::Path {
-            path: path.clone(),
-            reason: format!("writing its data from {}: {e}", host.display()),
+        write_extents(&region, bs, host, *len, map, &mut progress).map_err(|e| {
+            Ext4Error::Path {
+                path: path.clone(),
+                reason: format!("writing its data from {}: {e}", host.display()),
+            }
         })?;
     }
+    progress.finish();
     Ok(())
 }
 
@@ -704,6 +709,7 @@ fn write_extents(
     host: &Path,
     len: u64,
     map: &[super::extents::Extent],
+    progress: &mut crate::io::progress::Progress,
 ) -> std::io::Result<()> {
     let src = std::fs::File::open(host)?;
     if src.metadata()?.len() != len {
@@ -721,6 +727,7 @@ fn write_extents(
         // write at its end), the copy goes to its absolute offset.
         region.write_at(to + e.len * bs, &[]).map_err(outside)?;
         crate::io::copy_range(&src, from, &image, region.offset() + to, n)?;
+        progress.inc(n);
         let tail = e.len * bs - n;
         if tail > 0 {
             region

@@ -167,6 +167,12 @@ impl std::fmt::Display for CopyMethod {
 /// Copies `src` into the empty `dst`: a reflink where the file system can,
 /// else only the data extents (holes stay holes), each byte read once.
 pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
+    copy_file_with_progress(src, dst, "copy")
+}
+
+/// [`copy_file`] showing progress under `label` (bytes of data copied) when
+/// it has to copy.
+pub fn copy_file_with_progress(src: &File, dst: &File, label: &str) -> std::io::Result<CopyMethod> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source descriptor as its argument; both are open files.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
@@ -174,9 +180,20 @@ pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
         return Ok(CopyMethod::Reflink);
     }
     dst.set_len(src.metadata()?.len())?;
-    for (start, len) in data_extents(src)? {
-        copy_range(src, start, dst, start, len)?;
+    let extents = data_extents(src)?;
+    let total = extents.iter().map(|e| e.1).sum();
+    let mut progress = super::progress::Progress::new(label, Some(total));
+    for (start, len) in extents {
+        // 256 MiB steps so the progress moves on large extents.
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(256 << 20);
+            copy_range(src, start + done, dst, start + done, n)?;
+            progress.inc(n);
+            done += n;
+        }
     }
+    progress.finish();
     Ok(CopyMethod::Sparse)
 }
 
