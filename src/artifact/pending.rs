@@ -85,19 +85,8 @@ impl PendingOutput {
     /// Finishes the output in `format`, renames it into place and records
     /// its sha256 in `SHA256SUMS` beside it. Returns the final path and digest.
     pub fn finish(self, format: Format) -> Result<(PathBuf, Sha256Digest)> {
-        self.finish_with(format, None)
-    }
-
-    /// [`Self::finish`] with the raw image's digest when a pass that
-    /// happened anyway computed it (shrinking), so the image is not read again.
-    pub fn finish_with(
-        self,
-        format: Format,
-        raw_digest: Option<Sha256Digest>,
-    ) -> Result<(PathBuf, Sha256Digest)> {
-        let (path, digest) = match (format, raw_digest) {
-            (Format::Raw, Some(d)) => (self.commit()?, d),
-            (Format::Raw, None) => {
+        let (path, digest) = match format {
+            Format::Raw => {
                 // Hash (holes not read) while the image is flushed to disk.
                 let file = self.temp.as_file();
                 let (digest, synced) = std::thread::scope(|s| {
@@ -112,7 +101,7 @@ impl PendingOutput {
                     .with_context(|| format!("syncing {}", self.temp.path().display()))?;
                 (self.commit()?, digest)
             }
-            (c, _) => self.compress(c)?,
+            c => self.compress(c)?,
         };
         sums::record(&path, &digest)?;
         Ok((path, digest))

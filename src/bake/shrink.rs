@@ -53,15 +53,10 @@ pub struct ShrinkReport {
     /// Bytes of the root file system in use (blocks), and the headroom asked for.
     pub root_used_bytes: u64,
     pub headroom_bytes: u64,
-    /// The sha256 of the whole shrunk image, when asked for: hashed while the
-    /// root was put back, so a raw output needs no further read.
-    #[serde(skip)]
-    pub digest: Option<crate::io::Sha256Digest>,
 }
 
 /// Shrinks the root of `image` (the working copy at `path`, whose table is
 /// `table`), leaving `headroom_mib` (or [`default_headroom`]) free in it.
-/// With `hash`, a shrunk image's sha256 is computed on the way (in the report).
 pub fn shrink(
     manifest: &Manifest,
     table: &PartitionTable,
@@ -69,7 +64,6 @@ pub fn shrink(
     image: &File,
     headroom_mib: Option<u32>,
     build_time: u64,
-    hash: bool,
 ) -> Result<ShrinkReport> {
     let root = &manifest.partitions["root"];
     let part = table.get(path, root.index)?.clone();
@@ -87,7 +81,6 @@ pub fn shrink(
         root_bytes: part.len,
         root_used_bytes: used,
         headroom_bytes: headroom,
-        digest: None,
     };
     let keep = |mut r: ShrinkReport, reason: String| {
         tracing::warn!("{}: keeping the stock size: {reason}", path.display());
@@ -223,31 +216,10 @@ pub fn shrink(
         bail!("{what}: resize2fs left a file system of another size than {target} bytes");
     }
     // The root is the last partition: drop it (and the old backup GPT behind
-    // it), end the table after where the shrunk one goes (which touches only
-    // the table's sectors), then put the root back; with `hash` the whole
-    // image is hashed in that pass: the table sectors before the root, the
-    // root as it is written, the backup table after it.
+    // it), put the shrunk one in its place, then end the table after it.
     image.set_len(part.start).map_err(copy_err)?;
     image.set_len(part.start + target).map_err(copy_err)?;
-    let size = crate::image::resize::truncate_after(
-        path,
-        image,
-        manifest.partition_table,
-        part.index,
-        part.start + target,
-    )
-    .with_context(|| format!("cutting {} after its root", path.display()))?;
-    if hash {
-        let mut h = crate::io::BackgroundHasher::new();
-        let end = part.start + target;
-        crate::io::hash_range(image, 0, part.start, &mut h).map_err(copy_err)?;
-        crate::io::copy_extents_hashing(root_file, 0, target, image, part.start, &mut h)
-            .map_err(copy_err)?;
-        crate::io::hash_range(image, end, size.saturating_sub(end), &mut h).map_err(copy_err)?;
-        report.digest = Some(h.finish());
-    } else {
-        crate::io::copy_extents(root_file, 0, target, image, part.start).map_err(copy_err)?;
-    }
+    crate::io::copy_extents(root_file, 0, target, image, part.start).map_err(copy_err)?;
     drop(temp);
     let after = resize::check(path, part.start)?;
     if !after.clean {
@@ -256,6 +228,14 @@ pub fn shrink(
             after.output
         );
     }
+    let size = crate::image::resize::truncate_after(
+        path,
+        image,
+        manifest.partition_table,
+        part.index,
+        part.start + target,
+    )
+    .with_context(|| format!("cutting {} after its root", path.display()))?;
     // Read back what was written, as every later stage will.
     let reread = PartitionTable::read(path, Some(manifest.partition_table))
         .with_context(|| format!("reading back the table of {}", path.display()))?;

@@ -320,7 +320,6 @@ fn bake_one(
             &image,
             headroom,
             inputs.build_time,
-            target.format == crate::artifact::Format::Raw,
         )?)
     } else {
         None
@@ -331,8 +330,7 @@ fn bake_one(
         .len();
     drop(image);
     let copy = pending.method;
-    let raw_digest = shrink.as_ref().and_then(|s| s.digest);
-    let (output, digest) = pending.finish_with(target.format, raw_digest)?;
+    let (output, digest) = pending.finish(target.format)?;
     provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
         .and_then(|deps| {
             let (params, deps) = deps;
