@@ -258,7 +258,7 @@ pub fn unpack(
 /// What liblzma's threaded decoder may hold (its input and output queues per
 /// thread); above it liblzma uses fewer threads, down to one, which needs
 /// only the dictionary. Keeps an unpack within ~100 MiB whatever the image.
-const XZ_THREADS_MEMLIMIT: u64 = 64 << 20;
+const XZ_THREADS_MEMLIMIT: u64 = 80 << 20;
 
 /// Decodes every xz stream in `src` (multithreaded where a stream has several
 /// blocks), allowing stream padding between and after streams and nothing else.
