@@ -180,6 +180,12 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
         fs.read_to_string("/etc/os-release").unwrap().lines().nth(2),
         Some("VERSION_ID=\"24.04\"")
     );
+    // The air-gap tarball (over 1 MiB: written straight into its blocks)
+    // reads back as served, with the mode and owner a debugfs write gives.
+    let images = "/var/lib/rancher/k3s/agent/images/k3s-airgap-images-arm64.tar.zst";
+    assert!(fs.read(images).unwrap() == images_stand_in("arm64"));
+    let m = fs.metadata(images).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o644, 0, 0));
 
     let insp = imgbuild(work.path(), &["inspect", out.to_str().unwrap()]);
     let t = text(&insp);

@@ -886,3 +886,72 @@ fn fuzz_yaml_filter_against_pyyaml() {
         total.load(Ordering::Relaxed)
     );
 }
+
+#[test]
+fn fuzz_debugfs_extent_maps() {
+    // The extent map read from debugfs (`ex`) before data is written into
+    // the blocks it names: arbitrary lines never panic the parser, and
+    // whatever it accepts, `check` holds to the file's blocks and the file
+    // system's size, so no write can land outside them.
+    use imgbuild::fs::extents::{check, parse};
+    let word = prop_oneof![
+        "[0-9]{1,12}".prop_map(|s| s),
+        Just("-".to_string()),
+        Just("Uninit".to_string()),
+        "[0-9]{1,2}/ {0,2}[0-9]{1,2}".prop_map(|s| s),
+        "[ -~]{0,6}".prop_map(|s| s),
+    ];
+    let line = prop::collection::vec(word, 0..12).prop_map(|w| w.join(" "));
+    runner("extent maps", cases(2000))
+        .run(
+            &(prop::collection::vec(line, 0..8), 0u64..200, 1u64..1000),
+            |(lines, blocks, fs_blocks)| {
+                if let Ok(map) = parse(&lines)
+                    && check(&map, blocks, fs_blocks).is_ok()
+                {
+                    let mut next = 0;
+                    for e in &map {
+                        prop_assert_eq!(e.logical, next);
+                        prop_assert!(e.physical > 0 && e.physical + e.len <= fs_blocks);
+                        next += e.len;
+                    }
+                    prop_assert_eq!(next, blocks);
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    // Maps printed the way debugfs prints them read back as they were.
+    runner("extent maps printed", cases(500))
+        .run(
+            &prop::collection::vec((1u64..40_000, 1u64..32_768, any::<bool>()), 1..6),
+            |runs| {
+                let mut lines =
+                    vec!["Level Entries       Logical        Physical Length Flags".to_string()];
+                let (mut l, mut p) = (0u64, 1u64);
+                for (i, (gap, len, uninit)) in runs.iter().enumerate() {
+                    p += gap;
+                    lines.push(format!(
+                        " 0/ 0 {:>3}/{:>3} {:>5} - {:>5} {:>6} - {:>6} {:>6} {}",
+                        i + 1,
+                        runs.len(),
+                        l,
+                        l + len - 1,
+                        p,
+                        p + len - 1,
+                        len,
+                        if *uninit { "Uninit" } else { "" }
+                    ));
+                    l += len;
+                    p += len;
+                }
+                let map = parse(&lines).map_err(TestCaseError::fail)?;
+                prop_assert_eq!(map.len(), runs.len());
+                prop_assert!(check(&map, l, p).is_ok());
+                prop_assert!(check(&map, l + 1, p).is_err());
+                prop_assert!(check(&map, l, p - 1).is_err());
+                Ok(())
+            },
+        )
+        .unwrap();
+}

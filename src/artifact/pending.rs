@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::{Format, sums};
-use crate::io::{CopyMethod, HashingWriter, Sha256Digest, copy_file};
+use crate::io::{CopyMethod, HashingWriter, Sha256Digest, copy_file_with_progress};
 
 /// An output being written. Dropping it without [`PendingOutput::commit`] deletes it.
 pub struct PendingOutput {
@@ -43,7 +43,7 @@ impl PendingOutput {
         let (temp, cleanup) = partial_beside(final_path, &dir)?;
         let src = File::open(base)
             .with_context(|| format!("opening the base image {}", base.display()))?;
-        let method = copy_file(&src, temp.as_file())
+        let method = copy_file_with_progress(&src, temp.as_file(), "copy")
             .with_context(|| format!("copying {} to {}", base.display(), temp.path().display()))?;
         Ok(PendingOutput {
             final_path: final_path.to_owned(),
@@ -87,8 +87,18 @@ impl PendingOutput {
     pub fn finish(self, format: Format) -> Result<(PathBuf, Sha256Digest)> {
         let (path, digest) = match format {
             Format::Raw | Format::Iso => {
-                let digest = crate::io::sha256_sparse(self.temp.as_file())
-                    .with_context(|| format!("hashing {}", self.temp.path().display()))?;
+                // Hash (holes not read) while the image is flushed to disk.
+                let file = self.temp.as_file();
+                let (digest, synced) = std::thread::scope(|s| {
+                    let sync = s.spawn(|| file.sync_all());
+                    let digest = crate::io::sha256_sparse(file);
+                    (digest, sync.join())
+                });
+                let digest =
+                    digest.with_context(|| format!("hashing {}", self.temp.path().display()))?;
+                synced
+                    .map_err(|_| anyhow::anyhow!("syncing {} failed", self.temp.path().display()))?
+                    .with_context(|| format!("syncing {}", self.temp.path().display()))?;
                 (self.commit()?, digest)
             }
             c => self.compress(c)?,

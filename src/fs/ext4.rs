@@ -368,12 +368,36 @@ fn kind_of(fs: &ext4_view::Ext4, path: &str) -> Result<Option<Kind>> {
 ///
 /// `timestamp` (Unix seconds) becomes every touched inode's time, so identical
 /// inputs give identical bytes.
+///
+/// Host files of [`DIRECT_MIN`] bytes or more (the k3s binary, image
+/// tarballs, any large payload) are not pushed through debugfs's block-sized
+/// I/O: debugfs creates the inode, allocates its blocks (`fallocate`), sets
+/// its size and marks the extents written, and the bytes are then copied
+/// straight into those blocks with large sequential writes. Data blocks carry
+/// no checksums; everything that does (inode, extent tree, bitmaps, group
+/// descriptors) is written by libext2fs.
 pub fn apply(
     image: &Path,
     image_file: &std::fs::File,
     part: &Partition,
     ops: &[Op],
     timestamp: u64,
+) -> Result<()> {
+    apply_with(image, image_file, part, ops, timestamp, true)
+}
+
+/// Host files at least this large are written straight into their blocks.
+pub const DIRECT_MIN: u64 = 1 << 20;
+
+/// [`apply`], with `direct` false writing every file through debugfs
+/// (the reference the direct path is tested against).
+pub fn apply_with(
+    image: &Path,
+    image_file: &std::fs::File,
+    part: &Partition,
+    ops: &[Op],
+    timestamp: u64,
+    direct: bool,
 ) -> Result<()> {
     let region = Region::new(image_file, part);
     let sb = Superblock::read(&region)?;
@@ -429,6 +453,9 @@ pub fn apply(
         }
     };
     let mut touched_parents: BTreeSet<String> = BTreeSet::new();
+    // Extents (incompat 0x40) and no inline data (0x8000): what the direct path needs.
+    let direct = direct && sb.features.incompat & 0x40 != 0 && sb.features.incompat & 0x8000 == 0;
+    let mut direct_files: Vec<(String, PathBuf, u64)> = Vec::new();
     for op in ops {
         let path = op.path();
         let make_parents = !matches!(op, Op::Remove { .. } | Op::SetOwner { .. });
@@ -507,6 +534,20 @@ pub fn apply(
                 // Extent tree: one index block per ~340 extents; assume 128 MiB extents at worst.
                 need_blocks += data_blocks + data_blocks / (bs * 8) + 1;
                 need_inodes += 1;
+                if let (true, Contents::File(p)) = (direct && len >= DIRECT_MIN, contents) {
+                    check_host_path(p)?;
+                    // An empty inode from debugfs, then its blocks; the data follows later.
+                    let (empty, empty_mode) = staging.stage(&[]).map_err(Ext4Error::Temp)?;
+                    script.push_str(&format!("write \"{}\" \"{path}\"\n", empty.display()));
+                    script.push_str(&format!(
+                        "fallocate \"{path}\" 0 {}\nsif \"{path}\" size {len}\n",
+                        data_blocks - 1
+                    ));
+                    own(&mut script, path, 0o100000, Some(empty_mode), owner);
+                    state.insert(path.to_string(), Some(Kind::File));
+                    direct_files.push((path.to_string(), p.clone(), len));
+                    continue;
+                }
                 let (host, host_mode) = match contents {
                     Contents::File(p) => {
                         use std::os::unix::fs::PermissionsExt;
@@ -607,8 +648,93 @@ pub fn apply(
         });
     }
     drop(fs);
+    for (path, _, _) in &direct_files {
+        script.push_str(&format!("ex \"{path}\"\n"));
+    }
     let (script_path, _) = staging.stage(script.as_bytes()).map_err(Ext4Error::Temp)?;
-    run_debugfs(image, part.start, &script_path, timestamp, &staging)?;
+    let maps = run_debugfs(image, part.start, &script_path, timestamp, &staging)?;
+    if direct_files.is_empty() {
+        return Ok(());
+    }
+    // Mark the allocated extents written, then fill them.
+    let mut extents = Vec::new();
+    let mut mark = String::new();
+    for (path, _, len) in &direct_files {
+        let command = format!("ex \"{path}\"");
+        let lines = maps
+            .iter()
+            .find(|(c, _)| *c == command)
+            .map(|(_, l)| l.as_slice())
+            .unwrap_or_default();
+        let bad = |reason: String| Ext4Error::Debugfs {
+            command: command.clone(),
+            message: reason,
+        };
+        let map = super::extents::parse(lines).map_err(bad)?;
+        super::extents::check(&map, len.div_ceil(bs), sb.blocks).map_err(bad)?;
+        mark.push_str(&format!("eo \"{path}\"\n"));
+        for e in map.iter().filter(|e| e.uninit) {
+            mark.push_str(&format!(
+                "goto {l}\nreplace {l} {n} {p}\n",
+                l = e.logical,
+                n = e.len,
+                p = e.physical
+            ));
+        }
+        mark.push_str("ec\n");
+        extents.push(map);
+    }
+    let (mark_path, _) = staging.stage(mark.as_bytes()).map_err(Ext4Error::Temp)?;
+    run_debugfs(image, part.start, &mark_path, timestamp, &staging)?;
+    let total = direct_files.iter().map(|f| f.2).sum();
+    let mut progress = crate::io::progress::Progress::new("payload", Some(total));
+    for ((path, host, len), map) in direct_files.iter().zip(&extents) {
+        write_extents(&region, bs, host, *len, map, &mut progress).map_err(|e| {
+            Ext4Error::Path {
+                path: path.clone(),
+                reason: format!("writing its data from {}: {e}", host.display()),
+            }
+        })?;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Copies `len` bytes of `host` into the blocks `map` gives (block size
+/// `bs`) in `region`, with large sequential copies; the last block's tail is
+/// zeroed so identical inputs give identical bytes.
+fn write_extents(
+    region: &Region,
+    bs: u64,
+    host: &Path,
+    len: u64,
+    map: &[super::extents::Extent],
+    progress: &mut crate::io::progress::Progress,
+) -> std::io::Result<()> {
+    let src = std::fs::File::open(host)?;
+    if src.metadata()?.len() != len {
+        return Err(std::io::Error::other(
+            "the file changed size while being written",
+        ));
+    }
+    let outside = |_| std::io::Error::other("an extent lies outside the partition");
+    let image = region.try_clone_file()?;
+    for e in map {
+        let from = e.logical * bs;
+        let n = (e.len * bs).min(len - from);
+        let to = e.physical * bs;
+        // Bounds: the region checks the extent's last byte (a zero-length
+        // write at its end), the copy goes to its absolute offset.
+        region.write_at(to + e.len * bs, &[]).map_err(outside)?;
+        crate::io::copy_range(&src, from, &image, region.offset() + to, n)?;
+        progress.inc(n);
+        let tail = e.len * bs - n;
+        if tail > 0 {
+            region
+                .write_at(to + n, &vec![0u8; tail as usize])
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
+    }
     Ok(())
 }
 
@@ -681,13 +807,14 @@ impl Staging {
     }
 }
 
+/// Runs a debugfs script; returns the output of its `ex` commands (command, lines).
 fn run_debugfs(
     image: &Path,
     offset: u64,
     script_path: &Path,
     timestamp: u64,
     staging: &Staging,
-) -> Result<()> {
+) -> Result<Vec<(String, Vec<String>)>> {
     let spec = format!("{}?offset={offset}", image.display());
     let (reader, writer) = std::io::pipe().map_err(Ext4Error::Temp)?;
     let writer2 = writer.try_clone().map_err(Ext4Error::Temp)?;
@@ -719,10 +846,25 @@ fn run_debugfs(
     drop(command);
     let mut current = String::from("(opening the file system)");
     let mut failure: Option<(String, String)> = None;
+    let mut maps: Vec<(String, Vec<String>)> = Vec::new();
     for line in BufReader::new(reader).lines() {
         let line = line.map_err(Ext4Error::Temp)?;
         if let Some(cmd) = line.strip_prefix("debugfs: ") {
             current = cmd.to_string();
+            if current.starts_with("ex ") {
+                maps.push((current.clone(), Vec::new()));
+            }
+        } else if current.starts_with("ex ")
+            && (line.starts_with("Level ")
+                || line.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        {
+            if let Some((_, lines)) = maps.last_mut() {
+                lines.push(line);
+            }
+        } else if ["goto ", "replace "].iter().any(|c| current.starts_with(c))
+            && line.starts_with("extent: ")
+        {
+            // `goto` and `replace` print the extent they are on.
         } else if line.starts_with("debugfs ")
             || line.starts_with("Allocated inode:")
             || line.trim().is_empty()
@@ -742,7 +884,7 @@ fn run_debugfs(
             message: format!("exited with {status}"),
         });
     }
-    Ok(())
+    Ok(maps)
 }
 
 #[cfg(test)]

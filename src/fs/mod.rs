@@ -2,6 +2,7 @@
 //! of nodes or profiles.
 
 pub mod ext4;
+pub mod extents;
 pub mod fat;
 mod probe;
 pub mod resize;

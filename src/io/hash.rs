@@ -6,7 +6,7 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::{Sha256Digest, stream_sparse};
+use super::Sha256Digest;
 
 /// Hashes what passes through it into `inner`.
 pub struct HashingWriter<W: Write> {
@@ -74,9 +74,100 @@ pub fn sha256_reader(r: impl Read) -> io::Result<Sha256Digest> {
     Ok(h.digest())
 }
 
-/// sha256 of a (sparse) file's full contents.
+/// sha256 of a (sparse) file's full contents: data extents are read on this
+/// thread and hashed on another; holes are hashed without being read.
 pub fn sha256_sparse(file: &File) -> io::Result<Sha256Digest> {
-    let mut h = HashingWriter::new(io::sink());
-    stream_sparse(file, |b| h.write_all(b))?;
-    Ok(h.finish().1)
+    let mut h = BackgroundHasher::new();
+    let len = file.metadata()?.len();
+    super::sparse::hash_range(file, 0, len, &mut h)?;
+    Ok(h.finish())
+}
+
+/// sha256 on a thread of its own, fed chunks and zero runs in order, so the
+/// caller's I/O and the hashing overlap (on two cores) with at most a few
+/// chunks in flight (bounded memory). Zero runs are hashed from a static
+/// block: holes are never read.
+pub struct BackgroundHasher {
+    tx: std::sync::mpsc::SyncSender<Piece>,
+    free: std::sync::mpsc::Receiver<Vec<u8>>,
+    handle: std::thread::JoinHandle<Sha256Digest>,
+}
+
+enum Piece {
+    Data(Vec<u8>),
+    Zeros(u64),
+}
+
+/// The size of the chunks a [`BackgroundHasher`] lends.
+pub const HASH_CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 3;
+static ZERO_BLOCK: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Feeds `n` zero bytes to `h` from a static block (nothing is read).
+pub fn update_zeros(h: &mut Sha256, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZERO_BLOCK.len() as u64) as usize;
+        h.update(&ZERO_BLOCK[..k]);
+        n -= k as u64;
+    }
+}
+
+impl Default for BackgroundHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BackgroundHasher {
+    pub fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(IN_FLIGHT);
+        let (free_tx, free) = std::sync::mpsc::sync_channel::<Vec<u8>>(IN_FLIGHT + 1);
+        for _ in 0..=IN_FLIGHT {
+            // Cannot fail: the channel has room for every buffer.
+            let _ = free_tx.send(vec![0u8; HASH_CHUNK]);
+        }
+        let handle = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for piece in rx {
+                match piece {
+                    Piece::Data(b) => {
+                        h.update(&b);
+                        // The lender may have gone (an error ended the copy).
+                        let _ = free_tx.send(b);
+                    }
+                    Piece::Zeros(n) => update_zeros(&mut h, n),
+                }
+            }
+            Sha256Digest::of(h)
+        });
+        BackgroundHasher { tx, free, handle }
+    }
+
+    /// A buffer of [`HASH_CHUNK`] bytes to fill and pass to [`Self::data`].
+    pub fn buffer(&mut self) -> Vec<u8> {
+        let mut b = self.free.recv().unwrap_or_default();
+        b.resize(HASH_CHUNK, 0);
+        b
+    }
+
+    /// Hashes the first `len` bytes of `buf` (from [`Self::buffer`]).
+    pub fn data(&mut self, mut buf: Vec<u8>, len: usize) {
+        buf.truncate(len);
+        // The hashing thread only ends when `tx` is dropped.
+        let _ = self.tx.send(Piece::Data(buf));
+    }
+
+    /// Hashes `n` zero bytes.
+    pub fn zeros(&mut self, n: u64) {
+        if n > 0 {
+            let _ = self.tx.send(Piece::Zeros(n));
+        }
+    }
+
+    /// The digest of everything fed, in order.
+    pub fn finish(self) -> Sha256Digest {
+        drop(self.tx);
+        // sha2 does not panic; a panic there would be a bug worth surfacing.
+        self.handle.join().expect("the hashing thread panicked")
+    }
 }

@@ -6,8 +6,11 @@ pub mod progress;
 pub mod sparse;
 pub mod sums;
 
-pub use hash::{HashingReader, HashingWriter, sha256_sparse};
-pub use sparse::{CopyMethod, SparseWriter, copy_extents, copy_file, data_extents, stream_sparse};
+pub use hash::{BackgroundHasher, HashingReader, HashingWriter, sha256_sparse};
+pub use sparse::{
+    CopyMethod, SparseWriter, copy_extents, copy_file, copy_file_with_progress, copy_range,
+    data_extents, hash_range, stream_sparse,
+};
 
 use sha2::{Digest, Sha256};
 use std::fmt;

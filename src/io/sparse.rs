@@ -167,6 +167,12 @@ impl std::fmt::Display for CopyMethod {
 /// Copies `src` into the empty `dst`: a reflink where the file system can,
 /// else only the data extents (holes stay holes), each byte read once.
 pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
+    copy_file_with_progress(src, dst, "copy")
+}
+
+/// [`copy_file`] showing progress under `label` (bytes of data copied) when
+/// it has to copy.
+pub fn copy_file_with_progress(src: &File, dst: &File, label: &str) -> std::io::Result<CopyMethod> {
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source descriptor as its argument; both are open files.
     let rc = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
@@ -174,15 +180,26 @@ pub fn copy_file(src: &File, dst: &File) -> std::io::Result<CopyMethod> {
         return Ok(CopyMethod::Reflink);
     }
     dst.set_len(src.metadata()?.len())?;
-    for (start, len) in data_extents(src)? {
-        copy_range(src, start, dst, start, len)?;
+    let extents = data_extents(src)?;
+    let total = extents.iter().map(|e| e.1).sum();
+    let mut progress = super::progress::Progress::new(label, Some(total));
+    for (start, len) in extents {
+        // 256 MiB steps so the progress moves on large extents.
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(256 << 20);
+            copy_range(src, start + done, dst, start + done, n)?;
+            progress.inc(n);
+            done += n;
+        }
     }
+    progress.finish();
     Ok(CopyMethod::Sparse)
 }
 
 /// Copies `len` bytes of `src` at `from` to `dst` at `to`: `copy_file_range`
 /// (extents shared where the file system can), else reading and writing.
-fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
+pub fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
     let mut done = 0u64;
     while done < len {
         let mut off_in = (from + done) as libc::loff_t;
@@ -251,6 +268,56 @@ pub fn copy_extents(
     Ok(())
 }
 
+/// The pieces of `file` within `off..off + len`, in order: `(pos, n, true)`
+/// for data, `(pos, n, false)` for a hole (and for anything past the end).
+fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+    let end = off.checked_add(len).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "range past the largest offset")
+    })?;
+    let mut out = Vec::new();
+    let mut pos = off;
+    for (start, elen) in data_extents(file)? {
+        let (a, b) = (start.max(pos), (start + elen).min(end));
+        if a >= b {
+            continue;
+        }
+        if a > pos {
+            out.push((pos, a - pos, false));
+        }
+        out.push((a, b - a, true));
+        pos = b;
+    }
+    if pos < end {
+        out.push((pos, end - pos, false));
+    }
+    Ok(out)
+}
+
+/// Feeds `off..off + len` of `file` to `hasher`: data extents are read,
+/// holes hashed as zero runs without a read.
+pub fn hash_range(
+    file: &File,
+    off: u64,
+    len: u64,
+    hasher: &mut super::hash::BackgroundHasher,
+) -> io::Result<()> {
+    for (pos, n, data) in pieces(file, off, len)? {
+        if !data {
+            hasher.zeros(n);
+            continue;
+        }
+        let mut done = 0;
+        while done < n {
+            let mut buf = hasher.buffer();
+            let k = ((n - done) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..k], pos + done)?;
+            hasher.data(buf, k);
+            done += k as u64;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +348,25 @@ mod tests {
         let mut h = Sha256::new();
         h.update(&expect);
         assert_eq!(sha256_sparse(&f).unwrap(), Sha256Digest::of(h));
+    }
+
+    #[test]
+    fn hashing_a_range_matches_its_bytes() {
+        use crate::io::hash::BackgroundHasher;
+        // Data, a hole, data across chunk boundaries, a trailing hole.
+        let src = tempfile::tempfile().unwrap();
+        src.set_len(9 << 20).unwrap();
+        src.write_all_at(&vec![3u8; 1_500_000], 100).unwrap();
+        src.write_all_at(&vec![5u8; 2_300_000], 5 << 20).unwrap();
+        let mut all = Vec::new();
+        (&src).read_to_end(&mut all).unwrap();
+        for (off, len) in [(0u64, 9u64 << 20), (4096, 7 << 20), (6 << 20, 3 << 20)] {
+            let range = &all[off as usize..(off + len) as usize];
+            let mut h = BackgroundHasher::new();
+            hash_range(&src, off, len, &mut h).unwrap();
+            let mut want = Sha256::new();
+            want.update(range);
+            assert_eq!(h.finish(), Sha256Digest::of(want), "{off}+{len}");
+        }
     }
 }

@@ -255,6 +255,11 @@ pub fn unpack(
     Ok((format, size))
 }
 
+/// What liblzma's threaded decoder may hold (its input and output queues per
+/// thread); above it liblzma uses fewer threads, down to one, which needs
+/// only the dictionary. Keeps an unpack within ~100 MiB whatever the image.
+const XZ_THREADS_MEMLIMIT: u64 = 80 << 20;
+
 /// Decodes every xz stream in `src` (multithreaded where a stream has several
 /// blocks), allowing stream padding between and after streams and nothing else.
 fn unpack_xz(
@@ -268,7 +273,7 @@ fn unpack_xz(
     loop {
         let stream = liblzma::stream::MtStreamBuilder::new()
             .threads(threads())
-            .memlimit_threading(physmem / 4)
+            .memlimit_threading((physmem / 4).min(XZ_THREADS_MEMLIMIT))
             .memlimit_stop(u64::MAX)
             .decoder()
             .map_err(|e| corrupt(Format::Xz, e))?;

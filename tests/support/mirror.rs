@@ -57,7 +57,7 @@ pub fn serve_k3s_release(mirror: &http::Server) -> (Vec<u8>, Vec<u8>) {
     let mut assets = Vec::new();
     for (arch, bin) in [("arm64", "k3s-arm64"), ("amd64", "k3s")] {
         let binary = format!("#!/bin/sh\n# stand-in for the k3s {arch} binary\n").into_bytes();
-        let images = format!("stand-in for k3s-airgap-images-{arch}.tar.zst").into_bytes();
+        let images = images_stand_in(arch);
         let images_name = format!("k3s-airgap-images-{arch}.tar.zst");
         let sums = format!(
             "{}  {bin}\n{}  {images_name}\n{}  k3s-images.txt\n",
@@ -72,6 +72,21 @@ pub fn serve_k3s_release(mirror: &http::Server) -> (Vec<u8>, Vec<u8>) {
     }
     let amd64 = assets.pop().unwrap();
     (assets.pop().unwrap(), amd64)
+}
+
+/// The stand-in air-gap image tarball for `arch`: 2 MiB and 123 bytes of
+/// incompressible, reproducible bytes, large enough that a bake writes it
+/// straight into its blocks (not through debugfs), ending mid-block.
+pub fn images_stand_in(arch: &str) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut out = Vec::with_capacity((2 << 20) + 123);
+    let mut block = Sha256::digest(format!("k3s-airgap-images-{arch}"));
+    while out.len() < (2 << 20) + 123 {
+        out.extend_from_slice(&block);
+        block = Sha256::digest(block);
+    }
+    out.truncate((2 << 20) + 123);
+    out
 }
 
 /// Runs imgbuild with `args` in `cwd`, with this test binary's secrets, cache and k3s mirror.
