@@ -258,11 +258,12 @@ YAML
     )
   fi
 
-  # Bake with a fresh secrets directory and cache.
+  # Bake with a fresh secrets directory and cache. --sealed: the image never
+  # leaves this machine (under CI=true imgbuild refuses to bake secrets without it).
   out=$d/$node.$board.img
   local t=$SECONDS
   IMGBUILD_SECRETS=$work/secrets IMGBUILD_CACHE_DIR=$work/imgbuild-cache IMGBUILD_K3S_MIRROR=$mirror \
-    "$bin" --profiles "$profiles" --base "$base" "$out" >"$d/imgbuild.log" 2>&1 ||
+    "$bin" --profiles "$profiles" --base "$base" --sealed "$out" >"$d/imgbuild.log" 2>&1 ||
     { cat "$d/imgbuild.log"; die "imgbuild failed for $node"; }
   log "$arch: baked $node in $((SECONDS - t))s"
 
