@@ -990,6 +990,12 @@ fn unpack_command_writes_a_sparse_raw_and_refuses_bad_input() {
     ));
     let huge = dir.join("huge.qcow2");
     sh(&format!("qemu-img create -q -f qcow2 {} 100T", q(&huge)));
+    // An xz file whose magic was damaged (the fuzz finding): by content it
+    // is raw, but its name says xz, so it is refused, not copied as raw.
+    let damaged = dir.join("damaged.img.xz");
+    let mut bytes = std::fs::read(packed("multi.xz")).unwrap();
+    bytes[1] ^= 0xff;
+    std::fs::write(&damaged, &bytes).unwrap();
     let outs = dir.join("outs");
     std::fs::create_dir_all(&outs).unwrap();
     for (input, extra, code, needle) in [
@@ -1012,6 +1018,12 @@ fn unpack_command_writes_a_sparse_raw_and_refuses_bad_input() {
             "exceed the limit of 64 GiB (the qcow2 header declares a 100 TiB disk)",
         ),
         (&bomb, Some("lots"), 2, "\"lots\" is not a size"),
+        (
+            &damaged,
+            None,
+            1,
+            "its name says Xz but it does not start like Xz data",
+        ),
         (&dir.join("missing.xz"), None, 1, "opening"),
     ] {
         let mut c = cmd(dir);

@@ -34,6 +34,20 @@ pub fn unpack(input: &Path, output: &Path, max_size: u64) -> Result<(Format, u64
             e => anyhow!("{}: {e}", input.display()),
         },
     )?;
+    // Unpacking goes by content; a file named as packed that unpacked as
+    // raw has a damaged header (its bytes were copied as they are).
+    if let Some(promised) = input
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(Format::promised_by)
+        && r.0 == Format::Raw
+    {
+        return Err(CommandError::Failed(anyhow!(
+            "{}: {}",
+            input.display(),
+            UnpackError::NotAsNamed { promised }
+        )));
+    }
     crate::source::cache::commit(temp, output)?;
     Ok(r)
 }

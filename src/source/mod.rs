@@ -133,6 +133,15 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
         e => anyhow!("{}: {e}", download.display()),
     })
     .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
+    if let Some(promised) = unpack::Format::promised_by(basename(&manifest.source.url))
+        && format == unpack::Format::Raw
+    {
+        bail!(
+            "{}: {}",
+            download.display(),
+            unpack::UnpackError::NotAsNamed { promised }
+        );
+    }
     cache::commit(temp, &image)?;
     tracing::info!(
         "unpacked {} ({format:?}) to {} ({} MB)",

@@ -41,6 +41,22 @@ impl Format {
             .map(|(_, f)| *f)
     }
 
+    /// The packed format a file name promises (`.xz`, `.gz`, `.zst`,
+    /// `.qcow2`), if any: a file so named whose content is not that format
+    /// has a damaged header, and is refused rather than copied as raw.
+    pub fn promised_by(name: &str) -> Option<Format> {
+        let lower = name.to_ascii_lowercase();
+        [
+            (".xz", Format::Xz),
+            (".gz", Format::Gzip),
+            (".zst", Format::Zstd),
+            (".qcow2", Format::Qcow2),
+        ]
+        .into_iter()
+        .find(|(ext, _)| lower.ends_with(ext))
+        .map(|(_, f)| f)
+    }
+
     pub fn sniff(head: &[u8]) -> Format {
         MAGICS
             .iter()
@@ -59,6 +75,10 @@ pub enum UnpackError {
     Qcow2(#[from] qcow2::Qcow2Error),
     #[error("the file is empty")]
     Empty,
+    #[error(
+        "its name says {promised:?} but it does not start like {promised:?} data (a damaged or wrong file)"
+    )]
+    NotAsNamed { promised: Format },
     #[error("truncated: the whole file is {len} byte(s), the start of a {format:?} header")]
     CutMagic { format: Format, len: u64 },
     #[error("the unpacked image would exceed the limit of {} ({what})", human(*limit))]
