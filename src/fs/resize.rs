@@ -85,6 +85,20 @@ fn run(tool: &'static str, args: &[&str], now: Option<u64>) -> Result<Run> {
     })
 }
 
+/// Runs `tool` on the file system `spec` and requires exit status 0.
+fn run_ok(tool: &'static str, spec: &str, args: &[&str], now: Option<u64>) -> Result<Run> {
+    let r = run(tool, args, now)?;
+    if r.code != Some(0) {
+        return Err(ResizeError::Failed {
+            tool,
+            spec: spec.to_string(),
+            status: r.status,
+            output: r.output,
+        });
+    }
+    Ok(r)
+}
+
 /// What a read-only `e2fsck -fn` found.
 #[derive(Debug)]
 pub struct Check {
@@ -120,30 +134,14 @@ pub fn check(image: &Path, offset: u64) -> Result<Check> {
 /// error, since a clean file system leaves it nothing to fix.
 pub fn record_check(image: &Path, offset: u64, now: u64) -> Result<()> {
     let s = spec(image, offset);
-    let r = run("e2fsck", &["-fp", &s], Some(now))?;
-    if r.code != Some(0) {
-        return Err(ResizeError::Failed {
-            tool: "e2fsck",
-            spec: s,
-            status: r.status,
-            output: r.output,
-        });
-    }
+    run_ok("e2fsck", &s, &["-fp", &s], Some(now))?;
     Ok(())
 }
 
 /// `resize2fs -P`: the smallest size (in file-system blocks) it could shrink to.
 pub fn minimum_blocks(image: &Path, offset: u64) -> Result<u64> {
     let s = spec(image, offset);
-    let r = run("resize2fs", &["-P", &s], None)?;
-    if r.code != Some(0) {
-        return Err(ResizeError::Failed {
-            tool: "resize2fs",
-            spec: s,
-            status: r.status,
-            output: r.output,
-        });
-    }
+    let r = run_ok("resize2fs", &s, &["-P", &s], None)?;
     r.output
         .lines()
         .find_map(|l| l.split_once("minimum size of the filesystem:"))
@@ -163,15 +161,7 @@ pub fn resize(image: &Path, offset: u64, bytes: u64, now: u64, force: bool) -> R
     if force {
         args.insert(0, "-f");
     }
-    let r = run("resize2fs", &args, Some(now))?;
-    if r.code != Some(0) {
-        return Err(ResizeError::Failed {
-            tool: "resize2fs",
-            spec: s,
-            status: r.status,
-            output: r.output,
-        });
-    }
+    run_ok("resize2fs", &s, &args, Some(now))?;
     Ok(())
 }
 
