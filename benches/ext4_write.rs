@@ -5,28 +5,15 @@
 //!
 //!   cargo bench --bench ext4_write [-- ROUNDS]
 
+mod common;
+
+use common::{median, sh};
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use imgbuild::fs::ext4::{self, Contents, Op, Owner};
 use imgbuild::image::Partition;
-
-fn sh(cmd: &str) {
-    let st = Command::new("bash").arg("-ec").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 fn main() {
     let rounds: usize = std::env::args()

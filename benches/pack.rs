@@ -13,24 +13,12 @@
 //!
 //!   cargo bench --bench pack [-- ROUNDS]   (IMGBUILD_BENCH_BIN=path: unpack with that binary)
 
+mod common;
+
+use common::{median, sh};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
-
-fn sh(cmd: &str) {
-    let st = Command::new("bash").arg("-ec").arg(cmd).status().unwrap();
-    assert!(st.success(), "{cmd}");
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// Runs `cmd` through bash; wall seconds and peak RSS in MiB.
 // Children are reaped with wait4 (to read their peak RSS), which clippy cannot see.

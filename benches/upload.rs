@@ -7,24 +7,12 @@
 #[path = "../tests/support/bmc.rs"]
 mod bmc;
 
+mod common;
+
+use common::{median, sh_out};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-
-fn sh(cmd: &str) -> String {
-    let out = Command::new("bash").arg("-ec").arg(cmd).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 // Children are reaped with wait4 (to read their peak RSS), which clippy cannot see.
 #[allow(clippy::zombie_processes)]
@@ -43,7 +31,7 @@ fn main() {
         .unwrap();
     let d = w.path();
     let fake = bmc::FakeBmc::start("turing");
-    sh(&format!(
+    sh_out(&format!(
         "cp -r {}/profiles {}/",
         repo.display(),
         d.display()
@@ -54,12 +42,12 @@ fn main() {
     std::fs::write(d.join("profiles/cluster.yaml"), cluster).unwrap();
     std::fs::create_dir_all(d.join("dist")).unwrap();
     let image = d.join("dist/node02.rk1.img");
-    sh(&format!(
+    sh_out(&format!(
         "head -c {size_mib}M /dev/urandom > {}",
         image.display()
     ));
     // A SHA256SUMS line, as a bake leaves, so flash does not re-hash the image.
-    sh(&format!(
+    sh_out(&format!(
         "cd {}/dist && sha256sum node02.rk1.img > SHA256SUMS",
         d.display()
     ));
@@ -89,16 +77,16 @@ fn main() {
         // curl: log in and start a flash with its own requests, time only the upload.
         let host = fake.host();
         // bmcd returns the session token in X-Auth-Token (authentication_service.rs:167-180).
-        let token = sh(&format!(
+        let token = sh_out(&format!(
             "curl -sk -D - -o /dev/null -X POST -d '{{\"username\":\"root\",\"password\":\"turing\"}}' https://{host}/api/bmc/authenticate | sed -n 's/^X-Auth-Token: //p'"
         ));
         let token = token.trim();
         let len = std::fs::metadata(&image).unwrap().len();
-        let handle = sh(&format!(
+        let handle = sh_out(&format!(
             "curl -sk -H 'Authorization: Bearer {token}' 'https://{host}/api/bmc?opt=set&type=flash&file=node02.rk1.img&length={len}&node=1' | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"handle\"])'"
         ));
         let t = Instant::now();
-        sh(&format!(
+        sh_out(&format!(
             "curl -sk -o /dev/null -H 'Authorization: Bearer {token}' -F file=@{} https://{host}/api/bmc/upload/{}",
             image.display(),
             handle.trim()
