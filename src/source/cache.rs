@@ -82,6 +82,35 @@ impl Cache {
         self.root.join("assets").join(key.to_string())
     }
 
+    /// The asset `key`, made by `fetch` into a partial file when missing:
+    /// checked again under the key's lock (another run may have made it
+    /// meanwhile) and renamed into place when `fetch` succeeds. `fetch` must
+    /// verify what it wrote and decides what a failure leaves (a release
+    /// download keeps its partial file to resume; a bad one is removed).
+    pub fn fill_asset<E>(
+        &self,
+        key: &Sha256Digest,
+        fetch: impl FnOnce(&Path) -> std::result::Result<(), E>,
+    ) -> Result<PathBuf>
+    where
+        anyhow::Error: From<E>,
+    {
+        let path = self.asset_path(key);
+        if path.is_file() {
+            return Ok(path);
+        }
+        let _lock = self.lock(&key.to_string())?;
+        if path.is_file() {
+            return Ok(path);
+        }
+        let partial = self.partial_path(key)?;
+        fetch(&partial)?;
+        std::fs::create_dir_all(path.parent().unwrap_or(&self.root))?;
+        std::fs::rename(&partial, &path)
+            .with_context(|| format!("moving the download to {}", path.display()))?;
+        Ok(path)
+    }
+
     pub fn download_path(&self, key: &Sha256Digest) -> PathBuf {
         self.root.join("downloads").join(key.to_string())
     }

@@ -163,36 +163,26 @@ pub fn ensure_asset(
     opts: &FetchOptions,
     label: &str,
 ) -> Result<PathBuf> {
-    let path = cache.asset_path(digest);
-    if path.is_file() {
-        return Ok(path);
-    }
-    let _lock = cache.lock(&digest.to_string())?;
-    if path.is_file() {
-        return Ok(path);
-    }
-    if opts.offline {
-        bail!(
-            "--offline: {url} is not in the cache {}",
-            cache.root.display()
-        );
-    }
-    let partial = cache.partial_path(digest)?;
-    tracing::info!("downloading {url}");
-    let actual = download::download(url, &partial, opts.retry, label)?;
-    if actual != *digest {
-        let _ = std::fs::remove_file(&partial);
-        return Err(download::DownloadError::Mismatch {
-            url: url.to_string(),
-            expected: *digest,
-            actual,
+    cache.fill_asset(digest, |partial| -> Result<()> {
+        if opts.offline {
+            bail!(
+                "--offline: {url} is not in the cache {}",
+                cache.root.display()
+            );
         }
-        .into());
-    }
-    std::fs::create_dir_all(path.parent().unwrap())?;
-    std::fs::rename(&partial, &path)
-        .with_context(|| format!("moving the download to {}", path.display()))?;
-    Ok(path)
+        tracing::info!("downloading {url}");
+        let actual = download::download(url, partial, opts.retry, label)?;
+        if actual != *digest {
+            let _ = std::fs::remove_file(partial);
+            return Err(download::DownloadError::Mismatch {
+                url: url.to_string(),
+                expected: *digest,
+                actual,
+            }
+            .into());
+        }
+        Ok(())
+    })
 }
 
 /// Makes sure the board's installer ISO (manifest `installer`) is in the

@@ -659,66 +659,52 @@ impl<'a> Session<'a> {
     /// A blob in the cache, downloaded and checked when missing; a blob whose
     /// bytes do not match its digest (or size) is deleted, never cached.
     fn blob(&mut self, digest: &Sha256Digest, size: u64, cache: &Cache) -> anyhow::Result<PathBuf> {
-        let path = cache.asset_path(digest);
-        if path.is_file() {
-            return Ok(path);
-        }
-        let _lock = cache.lock(&digest.to_string())?;
-        if path.is_file() {
-            return Ok(path);
-        }
         let url = format!(
             "{}/v2/{}/blobs/sha256:{digest}",
             self.base, self.image.repository
         );
-        let partial = cache.partial_path(digest)?;
-        let result = self.retrying(&url.clone(), |s| {
-            let resp = s.get(&url, None)?;
-            let mut f = File::create(&partial).map_err(io_err(&partial))?;
-            let mut hasher = Sha256::new();
-            let mut reader = resp.take(size.saturating_add(1));
-            let mut buf = vec![0u8; 1 << 16];
-            let mut n_total = 0u64;
-            loop {
-                let n = reader.read(&mut buf).map_err(|e| OciError::Http {
-                    url: url.clone(),
-                    detail: format!("the connection broke after {n_total} bytes: {e}"),
-                    transient: true,
-                })?;
-                if n == 0 {
-                    break;
+        cache.fill_asset(digest, |partial| {
+            self.retrying(&url.clone(), |s| {
+                let resp = s.get(&url, None)?;
+                let mut f = File::create(partial).map_err(io_err(partial))?;
+                let mut hasher = Sha256::new();
+                let mut reader = resp.take(size.saturating_add(1));
+                let mut buf = vec![0u8; 1 << 16];
+                let mut n_total = 0u64;
+                loop {
+                    let n = reader.read(&mut buf).map_err(|e| OciError::Http {
+                        url: url.clone(),
+                        detail: format!("the connection broke after {n_total} bytes: {e}"),
+                        transient: true,
+                    })?;
+                    if n == 0 {
+                        break;
+                    }
+                    n_total += n as u64;
+                    hasher.update(&buf[..n]);
+                    f.write_all(&buf[..n]).map_err(io_err(partial))?;
                 }
-                n_total += n as u64;
-                hasher.update(&buf[..n]);
-                f.write_all(&buf[..n]).map_err(io_err(&partial))?;
-            }
-            f.sync_all().map_err(io_err(&partial))?;
-            let actual = Sha256Digest::of(hasher);
-            let what = format!("{} blob sha256:{digest}", s.image.original);
-            if actual != *digest {
-                return Err(OciError::Mismatch {
-                    what,
-                    expected: *digest,
-                    actual,
-                });
-            }
-            if n_total != size {
-                return Err(OciError::Format {
-                    what,
-                    detail: format!(
-                        "{n_total} bytes where the manifest says {size}; nothing was cached"
-                    ),
-                });
-            }
-            Ok(())
-        });
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e.into());
-        }
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-        std::fs::rename(&partial, &path)?;
-        Ok(path)
+                f.sync_all().map_err(io_err(partial))?;
+                let actual = Sha256Digest::of(hasher);
+                let what = format!("{} blob sha256:{digest}", s.image.original);
+                if actual != *digest {
+                    return Err(OciError::Mismatch {
+                        what,
+                        expected: *digest,
+                        actual,
+                    });
+                }
+                if n_total != size {
+                    return Err(OciError::Format {
+                        what,
+                        detail: format!(
+                            "{n_total} bytes where the manifest says {size}; nothing was cached"
+                        ),
+                    });
+                }
+                Ok(())
+            })
+        })
     }
 }
 
