@@ -5,6 +5,9 @@
 #
 #   tests/boot/run.sh            # amd64 NUC node (nuc2)
 #   BOOT_TEST_ARCHES="amd64 arm64" tests/boot/run.sh
+#   tests/boot/run.sh --prepare  # only build the cached roots and base images
+#                                # (.ci/run does this in the background while
+#                                # the crate compiles and its tests run)
 #
 # Environment:
 #   IMGBUILD_BOOT_CACHE    where built roots and base images are kept between runs
@@ -27,6 +30,12 @@
 # gdisk, e2fsprogs, dosfstools, mtools, openssh-client, openssl, python3-yaml
 # (.ci/run installs them).
 set -euo pipefail
+prepare_only=0
+case "${1:-}" in
+--prepare) prepare_only=1 ;;
+"") ;;
+*) echo "usage: tests/boot/run.sh [--prepare]" >&2; exit 2 ;;
+esac
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 here=$repo/tests/boot
 cache=${IMGBUILD_BOOT_CACHE:-/var/cache/imgbuild-boot}
@@ -99,6 +108,24 @@ cached_base() { # board arch -> path of the base image
   fi
   echo "$path"
 }
+
+board_of() { # arch -> the board its boot test lays out
+  case "$1" in
+  amd64) echo nuc ;;
+  arm64) echo rk1 ;;
+  *) die "unknown architecture $1 (amd64 or arm64)" ;;
+  esac
+}
+
+if [ "$prepare_only" = 1 ]; then
+  for arch in $arches; do
+    t0=$SECONDS
+    base=$(cached_base "$(board_of "$arch")" "$arch")
+    log "$arch: base image ready: $base ($((SECONDS - t0))s)"
+  done
+  rm -rf "$work"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- imgbuild
 if [ -n "${IMGBUILD_BIN:-}" ]; then
