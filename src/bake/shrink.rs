@@ -167,15 +167,12 @@ pub fn shrink(
         );
     }
     let fs_bytes = sb.blocks * sb.block_size;
-    let minimum = resize::minimum_blocks(path, part.start)
-        .with_context(|| format!("estimating the smallest size of {what}"))?
-        * sb.block_size;
     // Whole MiB keep the partition's end aligned, and a multiple of any block size.
     // `resize2fs -P` overestimates (with flex_bg it reserved ~2 GiB for a
     // root using 1.1 GiB in the benchmark), so the used blocks, which include
-    // all metadata, are the target, and its estimate only the fallback.
+    // all metadata, are the target, and its estimate (a pass over all
+    // metadata) is only asked for when resize2fs finds the target too small.
     let wanted = (used + headroom).div_ceil(MIB) * MIB;
-    let fallback = (minimum.max(used) + headroom).div_ceil(MIB) * MIB;
     let limit = fs_bytes.min(part.len);
     if wanted >= limit {
         return keep(
@@ -214,7 +211,10 @@ pub fn shrink(
     let now = options.build_time.max(resize::latest_time(&region)?);
     let sizes = Sizes {
         wanted,
-        fallback: (fallback < limit && fallback > wanted).then_some(fallback),
+        used,
+        headroom,
+        limit,
+        block_size: sb.block_size,
         now,
     };
     let io_err =
@@ -317,8 +317,11 @@ pub fn shrink(
 struct Sizes {
     /// The root's use plus headroom.
     wanted: u64,
-    /// resize2fs' own estimate plus headroom, when it is bigger and still a cut.
-    fallback: Option<u64>,
+    used: u64,
+    headroom: u64,
+    /// The stock size of the file system (or of its partition, if smaller).
+    limit: u64,
+    block_size: u64,
     now: u64,
 }
 
@@ -326,20 +329,16 @@ impl Sizes {
     /// Resizes the file system at offset 0 of `file` to `wanted`; when
     /// resize2fs runs out of room there, `restore` (which brings back the
     /// stock root where it can) runs, and the file system, checked clean, is
-    /// resized to the fallback. Returns the size it has now.
+    /// resized to resize2fs' own minimum plus headroom, if that is still a
+    /// cut. Returns the size it has now.
     fn resize(&self, file: &Path, what: &str, restore: impl Fn() -> Result<()>) -> Result<u64> {
         let e = match resize::resize(file, 0, self.wanted, self.now, true) {
             Ok(()) => return Ok(self.wanted),
             Err(e) => e,
         };
-        let Some(fallback) = self.fallback else {
-            return Err(anyhow::Error::new(e)
-                .context(format!("shrinking {what} to {} MiB", self.wanted / MIB)));
+        let failed = |e: resize::ResizeError| {
+            anyhow::Error::new(e).context(format!("shrinking {what} to {} MiB", self.wanted / MIB))
         };
-        tracing::debug!(
-            "resize2fs to {} MiB failed ({e}); trying its own minimum",
-            self.wanted / MIB
-        );
         restore()?;
         let check = resize::check(file, 0)?;
         if !check.clean {
@@ -348,6 +347,18 @@ impl Sizes {
                 check.output
             );
         }
+        let minimum = resize::minimum_blocks(file, 0)
+            .with_context(|| format!("estimating the smallest size of {what}"))?
+            * self.block_size;
+        let fallback = (minimum.max(self.used) + self.headroom).div_ceil(MIB) * MIB;
+        if fallback >= self.limit || fallback <= self.wanted {
+            return Err(failed(e));
+        }
+        tracing::debug!(
+            "resize2fs to {} MiB failed ({e}); trying its own minimum, {} MiB",
+            self.wanted / MIB,
+            fallback / MIB
+        );
         resize::resize(file, 0, fallback, self.now, true)
             .with_context(|| format!("shrinking {what} to {} MiB", fallback / MIB))?;
         Ok(fallback)
