@@ -11,8 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 source benches/lib.sh
-cargo build --release --quiet
-bin=${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}
+# A given binary is used as is (no build that would compete with the rounds).
+[ -n "${IMGBUILD_BENCH_BIN:-}" ] || cargo build --release --quiet
+bin=$(realpath "${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}")
 bench_setup
 base=$work/rk1-base.img
 

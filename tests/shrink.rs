@@ -182,6 +182,9 @@ fn shrunk_vs_stock(
     assert_eq!(rs["flash_bytes"].as_u64(), Some(small_len), "{rs}");
     assert_eq!(rn["flash_bytes"].as_u64(), Some(stock_len), "{rn}");
     assert_eq!(rs["shrink"]["shrunk"].as_bool(), Some(true), "{rs}");
+    if collapses(work.path()) {
+        assert_eq!(rs["shrink"]["method"].as_str(), Some("in-place"), "{rs}");
+    }
     assert!(rn["shrink"].is_null(), "{rn}");
     assert_eq!(
         rs["shrink"]["stock_bytes"].as_u64(),
@@ -313,6 +316,99 @@ fn shrunk_vs_stock(
         );
     }
     (rs, rn)
+}
+
+/// Whether the file system holding `dir` can collapse and insert ranges
+/// (ext4, XFS), as `stat -f` names it.
+fn collapses(dir: &Path) -> bool {
+    let out = sh(&format!("stat -f -c %T {}", q(dir)));
+    let kind = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    kind == "ext2/ext3" || kind == "xfs"
+}
+
+/// Both ways of bringing the root to offset 0 for resize2fs, collapsing the
+/// image in place and copying the root out and back, give the same bytes;
+/// e2fsck and the table verifiers find them clean, everything before the
+/// root but the table is the base's, and the copy leaves no file behind.
+fn methods_agree(base: &Layout, board: &str, root: u32) {
+    use imgbuild::bake::shrink::{Method, Options, shrink};
+    let work = scratch();
+    let manifests =
+        imgbuild::config::manifest::load_all(&repo().join("firmware-manifests")).unwrap();
+    let m = &manifests[board];
+    let stock = File::open(&base.path).unwrap();
+    let mut images = Vec::new();
+    for in_place in [true, false] {
+        let img = work.path().join(format!("in-place-{in_place}.img"));
+        sh(&format!("cp --sparse=always {} {}", q(&base.path), q(&img)));
+        let t = PartitionTable::read(&img, Some(m.partition_table)).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let options = Options {
+            headroom_mib: None,
+            build_time: 1_714_003_200,
+            in_place,
+        };
+        let r = shrink(m, &t, &img, &f, &stock, &options).unwrap();
+        assert!(r.shrunk, "{r:?}");
+        let want = if !in_place {
+            Some(Method::Copy)
+        } else if collapses(work.path()) {
+            Some(Method::InPlace)
+        } else {
+            r.method
+        };
+        assert_eq!(r.method, want, "{r:?}");
+        let p = part(&img, root);
+        e2fsck_clean(&img, &p);
+        let verify = match t.kind {
+            imgbuild::image::TableKind::Gpt => format!("sgdisk -v {}", q(&img)),
+            imgbuild::image::TableKind::Mbr => format!("sfdisk --verify {}", q(&img)),
+        };
+        let (code, out) = sh_status(&verify);
+        assert_eq!(code, 0, "{verify}:\n{out}");
+        let table_end = match t.kind {
+            imgbuild::image::TableKind::Gpt => 34 * 512,
+            imgbuild::image::TableKind::Mbr => 512,
+        };
+        assert_eq!(
+            hash_range(&img, table_end, p.start - table_end),
+            hash_range(&base.path, table_end, p.start - table_end),
+            "{board}: bytes before the root differ from the base (in place: {in_place})"
+        );
+        images.push(img);
+    }
+    let len = std::fs::metadata(&images[0]).unwrap().len();
+    assert_eq!(len, std::fs::metadata(&images[1]).unwrap().len());
+    assert_eq!(
+        hash_range(&images[0], 0, len),
+        hash_range(&images[1], 0, len),
+        "{board}: shrinking in place and by copy give different images"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["in-place-false.img", "in-place-true.img"]);
+}
+
+#[test]
+fn rk1_shrinks_the_same_in_place_and_by_copy() {
+    methods_agree(&big().rk1, "rk1", 2);
+}
+
+#[test]
+fn cm4_shrinks_the_same_in_place_and_by_copy() {
+    methods_agree(&big().cm4, "cm4", 2);
+}
+
+#[test]
+fn nuc_shrinks_the_same_in_place_and_by_copy() {
+    methods_agree(&big().nuc, "nuc", 1);
 }
 
 #[test]

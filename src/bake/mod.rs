@@ -29,8 +29,29 @@ pub fn apply(
     image: &File,
     build_time: u64,
 ) -> Result<Vec<FileRecord>> {
+    apply_roles(
+        plan,
+        manifest,
+        table,
+        image_path,
+        image,
+        build_time,
+        &|_| true,
+    )
+}
+
+/// [`apply`] to the partitions whose role `roles` accepts only.
+pub fn apply_roles(
+    plan: &NodePlan,
+    manifest: &Manifest,
+    table: &PartitionTable,
+    image_path: &Path,
+    image: &File,
+    build_time: u64,
+    roles: &dyn Fn(&str) -> bool,
+) -> Result<Vec<FileRecord>> {
     let mut edited = Vec::new();
-    for (role, spec) in &manifest.partitions {
+    for (role, spec) in manifest.partitions.iter().filter(|(r, _)| roles(r)) {
         let part = table.get(image_path, spec.index)?;
         let files: Vec<&PlannedFile> = plan.files.iter().filter(|f| &f.partition == role).collect();
         let cmdline = manifest

@@ -5,6 +5,10 @@
 //! ends there and the image right after it; cloud-init's growpart and
 //! resize_rootfs grow both back to the whole device on first boot.
 //!
+//! resize2fs works on the root at offset 0 of a file (see [`shrink`]): the
+//! image itself with the bytes before the root collapsed out of it where the
+//! file system can (ext4, XFS), which moves no data, else a copy of the root.
+//!
 //! Anything that makes shrinking unsafe before the first write (a root that is
 //! not the last partition per the manifest, recorded errors, a check that is
 //! not clean, too little free space) leaves the stock size with a warning;
@@ -53,17 +57,50 @@ pub struct ShrinkReport {
     /// Bytes of the root file system in use (blocks), and the headroom asked for.
     pub root_used_bytes: u64,
     pub headroom_bytes: u64,
+    /// How the root was resized (absent when it was not).
+    pub method: Option<Method>,
+}
+
+/// How the root file system was brought to offset 0 of a file for resize2fs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The bytes before the root were collapsed out of the image itself
+    /// (`FALLOC_FL_COLLAPSE_RANGE`) and put back after resizing: no data copied.
+    InPlace,
+    /// The root was copied into a file of its own and back (shared extents
+    /// where the file system can, else a data copy): file systems that cannot
+    /// collapse a range (tmpfs, btrfs, NFS) or a root not aligned to their blocks.
+    Copy,
+}
+
+/// How [`shrink`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Free space to leave in the root, in MiB; [`default_headroom`] when `None`.
+    pub headroom_mib: Option<u32>,
+    /// Unix seconds e2fsprogs stamps instead of the clock.
+    pub build_time: u64,
+    /// Try [`Method::InPlace`] first (tests turn it off to exercise the copy).
+    pub in_place: bool,
 }
 
 /// Shrinks the root of `image` (the working copy at `path`, whose table is
-/// `table`), leaving `headroom_mib` (or [`default_headroom`]) free in it.
+/// `table`), leaving the headroom of `options` free in it.
+///
+/// `stock` is the base `image` was copied from, and everything before the
+/// root must still be as in `stock`: the partitions before the root are
+/// edited after shrinking. The in-place method puts those bytes back from
+/// `stock` (shared extents where the file system can) instead of saving them
+/// first: nothing is copied twice, and the seed's secrets never sit in a
+/// temporary file.
 pub fn shrink(
     manifest: &Manifest,
     table: &PartitionTable,
     path: &Path,
     image: &File,
-    headroom_mib: Option<u32>,
-    build_time: u64,
+    stock: &File,
+    options: &Options,
 ) -> Result<ShrinkReport> {
     let root = &manifest.partitions["root"];
     let part = table.get(path, root.index)?.clone();
@@ -71,7 +108,9 @@ pub fn shrink(
     let region = Region::new(image, &part);
     let sb = ext4::Superblock::read(&region).with_context(|| format!("reading {what}"))?;
     let used = (sb.blocks.saturating_sub(sb.free_blocks)) * sb.block_size;
-    let headroom = headroom_mib.map_or_else(|| default_headroom(used), |m| u64::from(m) * MIB);
+    let headroom = options
+        .headroom_mib
+        .map_or_else(|| default_headroom(used), |m| u64::from(m) * MIB);
     let mut report = ShrinkReport {
         shrunk: false,
         reason: None,
@@ -81,6 +120,7 @@ pub fn shrink(
         root_bytes: part.len,
         root_used_bytes: used,
         headroom_bytes: headroom,
+        method: None,
     };
     let keep = |mut r: ShrinkReport, reason: String| {
         tracing::warn!("{}: keeping the stock size: {reason}", path.display());
@@ -127,15 +167,12 @@ pub fn shrink(
         );
     }
     let fs_bytes = sb.blocks * sb.block_size;
-    let minimum = resize::minimum_blocks(path, part.start)
-        .with_context(|| format!("estimating the smallest size of {what}"))?
-        * sb.block_size;
     // Whole MiB keep the partition's end aligned, and a multiple of any block size.
     // `resize2fs -P` overestimates (with flex_bg it reserved ~2 GiB for a
     // root using 1.1 GiB in the benchmark), so the used blocks, which include
-    // all metadata, are the target, and its estimate only the fallback.
+    // all metadata, are the target, and its estimate (a pass over all
+    // metadata) is only asked for when resize2fs finds the target too small.
     let wanted = (used + headroom).div_ceil(MIB) * MIB;
-    let fallback = (minimum.max(used) + headroom).div_ceil(MIB) * MIB;
     let limit = fs_bytes.min(part.len);
     if wanted >= limit {
         return keep(
@@ -161,70 +198,80 @@ pub fn shrink(
     // resize2fs takes `image?offset=N`, but after shrinking a regular file it
     // truncates the file to the new file-system size without the offset
     // (e2fsprogs 1.47, resize/main.c), which would cut the last N bytes off
-    // the shrunk file system. So the root is resized in a file of its own:
-    // its data extents are copied out (shared where the file system can),
-    // resized at offset 0, where that truncation is right, and copied back.
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::Builder::new()
-        .prefix(".imgbuild-root.")
-        .suffix(".partial")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot write in {}", dir.display()))?;
-    let _cleanup = crate::util::cleanup::register(temp.path());
-    let root_file = temp.as_file();
-    let copy_err = |e| anyhow::anyhow!("copying the root of {}: {e}", path.display());
-    let now = build_time.max(resize::latest_time(&region)?);
-    let copy_out = || -> Result<()> {
-        root_file.set_len(0).map_err(copy_err)?;
-        root_file.set_len(fs_bytes).map_err(copy_err)?;
-        crate::io::copy_extents(image, part.start, fs_bytes, root_file, 0).map_err(copy_err)?;
-        resize::record_check(temp.path(), 0, now)
-            .with_context(|| format!("checking {what} before resizing it"))?;
-        Ok(())
+    // the shrunk file system. So the root is resized at offset 0 of a file,
+    // where that truncation is right: the image itself with the bytes before
+    // the root collapsed out, else a copy of the root.
+    //
+    // resize2fs runs with -f: it would otherwise want a check recorded after
+    // the last mount (an `e2fsck -fp` that rewrites the superblock, a second
+    // full pass) and refuse sizes below its own estimate of the minimum. The
+    // clean `e2fsck -fn` above is that check, and a size too small fails
+    // resize2fs before it commits anything, which the retry below handles
+    // and the final `e2fsck -fn` verifies.
+    let now = options.build_time.max(resize::latest_time(&region)?);
+    let sizes = Sizes {
+        wanted,
+        used,
+        headroom,
+        limit,
+        block_size: sb.block_size,
+        now,
     };
-    copy_out()?;
-    // Below its own estimate resize2fs needs -f (which skips only that and
-    // the fresh-check test, both covered here); if it then runs out of room,
-    // the copy is discarded and its estimate used, the image being untouched.
-    let target = match resize::resize(temp.path(), 0, wanted, now, wanted < minimum) {
-        Ok(()) => wanted,
-        Err(e) if fallback < limit && fallback > wanted => {
-            tracing::debug!(
-                "resize2fs to {} MiB failed ({e}); trying its own minimum",
-                wanted / MIB
-            );
-            copy_out()?;
-            resize::resize(temp.path(), 0, fallback, now, false)
-                .with_context(|| format!("shrinking {what} to {} MiB", fallback / MIB))?;
-            fallback
-        }
-        Err(e) => {
-            return Err(
-                anyhow::Error::new(e).context(format!("shrinking {what} to {} MiB", wanted / MIB))
+    let io_err =
+        |e: std::io::Error| anyhow::anyhow!("shrinking the root of {}: {e}", path.display());
+    // Whatever lies between the file system's end and the partition's (and
+    // the backup GPT behind) is cut: the partition ends at the new size.
+    image.set_len(part.start + fs_bytes).map_err(io_err)?;
+    let in_place =
+        options.in_place && crate::io::collapse_start(image, part.start).map_err(io_err)?;
+    let (target, method) = if in_place {
+        // The image now starts with the root; it is the file resize2fs cuts.
+        let target = sizes.resize(path, &what, || Ok(()))?;
+        if !crate::io::insert_start(image, part.start).map_err(io_err)? {
+            bail!(
+                "{}: the file system collapsed the bytes before the root but cannot insert them back; the image is not written",
+                path.display()
             );
         }
-    };
-    let after = resize::check(temp.path(), 0)?;
-    if !after.clean {
-        bail!(
-            "{what}: e2fsck -fn finds problems after resize2fs; the image is not written:\n{}",
-            after.output
+        crate::io::copy_extents(stock, 0, part.start, image, 0).map_err(io_err)?;
+        (target, Method::InPlace)
+    } else {
+        tracing::debug!(
+            "{}: the file system cannot collapse the {} bytes before the root; copying the root out to resize it",
+            path.display(),
+            part.start
         );
-    }
-    if root_file.metadata().map_err(copy_err)?.len() != target {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let temp = tempfile::Builder::new()
+            .prefix(".imgbuild-root.")
+            .suffix(".partial")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot write in {}", dir.display()))?;
+        let _cleanup = crate::util::cleanup::register(temp.path());
+        let root_file = temp.as_file();
+        let copy_out = || -> Result<()> {
+            root_file.set_len(0).map_err(io_err)?;
+            root_file.set_len(fs_bytes).map_err(io_err)?;
+            crate::io::copy_extents(image, part.start, fs_bytes, root_file, 0).map_err(io_err)?;
+            Ok(())
+        };
+        copy_out()?;
+        let target = sizes.resize(temp.path(), &what, copy_out)?;
+        // The root is the last partition: drop it and put the shrunk one in its place.
+        image.set_len(part.start).map_err(io_err)?;
+        image.set_len(part.start + target).map_err(io_err)?;
+        crate::io::copy_extents(root_file, 0, target, image, part.start).map_err(io_err)?;
+        (target, Method::Copy)
+    };
+    if image.metadata().map_err(io_err)?.len() != part.start + target {
         bail!("{what}: resize2fs left a file system of another size than {target} bytes");
     }
-    // The root is the last partition: drop it (and the old backup GPT behind
-    // it), put the shrunk one in its place, then end the table after it.
-    image.set_len(part.start).map_err(copy_err)?;
-    image.set_len(part.start + target).map_err(copy_err)?;
-    crate::io::copy_extents(root_file, 0, target, image, part.start).map_err(copy_err)?;
-    drop(temp);
+    tracing::debug!("{}: root resized ({method:?})", path.display());
     let after = resize::check(path, part.start)?;
     if !after.clean {
         bail!(
-            "{what}: e2fsck -fn finds problems in the shrunk root put back; the image is not written:\n{}",
+            "{what}: e2fsck -fn finds problems after resize2fs; the image is not written:\n{}",
             after.output
         );
     }
@@ -252,6 +299,7 @@ pub fn shrink(
     report.shrunk = true;
     report.image_bytes = size;
     report.root_bytes = target;
+    report.method = Some(method);
     tracing::info!(
         "{}: root shrunk from {} MiB to {} MiB ({} MiB used + {} MiB headroom); the image is {} MiB instead of {} MiB",
         path.display(),
@@ -263,4 +311,56 @@ pub fn shrink(
         table.image_size.div_ceil(MIB)
     );
     Ok(report)
+}
+
+/// The sizes to try, at the build time.
+struct Sizes {
+    /// The root's use plus headroom.
+    wanted: u64,
+    used: u64,
+    headroom: u64,
+    /// The stock size of the file system (or of its partition, if smaller).
+    limit: u64,
+    block_size: u64,
+    now: u64,
+}
+
+impl Sizes {
+    /// Resizes the file system at offset 0 of `file` to `wanted`; when
+    /// resize2fs runs out of room there, `restore` (which brings back the
+    /// stock root where it can) runs, and the file system, checked clean, is
+    /// resized to resize2fs' own minimum plus headroom, if that is still a
+    /// cut. Returns the size it has now.
+    fn resize(&self, file: &Path, what: &str, restore: impl Fn() -> Result<()>) -> Result<u64> {
+        let e = match resize::resize(file, 0, self.wanted, self.now, true) {
+            Ok(()) => return Ok(self.wanted),
+            Err(e) => e,
+        };
+        let failed = |e: resize::ResizeError| {
+            anyhow::Error::new(e).context(format!("shrinking {what} to {} MiB", self.wanted / MIB))
+        };
+        restore()?;
+        let check = resize::check(file, 0)?;
+        if !check.clean {
+            bail!(
+                "{what}: e2fsck -fn finds problems after resize2fs failed ({e}); the image is not written:\n{}",
+                check.output
+            );
+        }
+        let minimum = resize::minimum_blocks(file, 0)
+            .with_context(|| format!("estimating the smallest size of {what}"))?
+            * self.block_size;
+        let fallback = (minimum.max(self.used) + self.headroom).div_ceil(MIB) * MIB;
+        if fallback >= self.limit || fallback <= self.wanted {
+            return Err(failed(e));
+        }
+        tracing::debug!(
+            "resize2fs to {} MiB failed ({e}); trying its own minimum, {} MiB",
+            self.wanted / MIB,
+            fallback / MIB
+        );
+        resize::resize(file, 0, fallback, self.now, true)
+            .with_context(|| format!("shrinking {what} to {} MiB", fallback / MIB))?;
+        Ok(fallback)
+    }
 }

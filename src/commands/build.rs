@@ -334,28 +334,42 @@ fn bake_one(
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
     let pending = PendingOutput::from_base(base, &target.path)?;
     let image = pending.open()?;
-    let edited = crate::bake::apply(
-        &plan,
-        manifest,
-        &table,
-        pending.path(),
-        &image,
-        inputs.build_time,
-    )?;
-    let shrink = if shrink {
-        let headroom = node
-            .shrink_headroom_mib
-            .or(manifest.shrink.as_ref().and_then(|s| s.headroom_mib));
-        Some(crate::bake::shrink::shrink(
+    let apply = |roles: &dyn Fn(&str) -> bool| {
+        crate::bake::apply_roles(
+            &plan,
             manifest,
             &table,
             pending.path(),
             &image,
-            headroom,
             inputs.build_time,
-        )?)
+            roles,
+        )
+    };
+    let (edited, shrink) = if shrink {
+        // The root first: shrinking puts the base's bytes before the root
+        // back (bake::shrink), so the partitions there are edited after it.
+        let mut edited = apply(&|role| role == "root")?;
+        let headroom = node
+            .shrink_headroom_mib
+            .or(manifest.shrink.as_ref().and_then(|s| s.headroom_mib));
+        let stock = std::fs::File::open(base)
+            .with_context(|| format!("opening the base image {}", base.display()))?;
+        let report = crate::bake::shrink::shrink(
+            manifest,
+            &table,
+            pending.path(),
+            &image,
+            &stock,
+            &crate::bake::shrink::Options {
+                headroom_mib: headroom,
+                build_time: inputs.build_time,
+                in_place: true,
+            },
+        )?;
+        edited.extend(apply(&|role| role != "root")?);
+        (edited, Some(report))
     } else {
-        None
+        (apply(&|_| true)?, None)
     };
     let flash_bytes = image
         .metadata()

@@ -73,9 +73,16 @@ fn run(tool: &'static str, args: &[&str], now: Option<u64>) -> Result<Run> {
         cmd.env("E2FSPROGS_FAKE_TIME", t.to_string())
             .env("E2FSCK_TIME", t.to_string());
     }
+    let started = std::time::Instant::now();
     let out = cmd
         .output()
         .map_err(|source| ResizeError::NoTool { tool, source })?;
+    tracing::debug!(
+        "{tool} {} took {:.2} s ({})",
+        args.join(" "),
+        started.elapsed().as_secs_f64(),
+        out.status
+    );
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
     Ok(Run {

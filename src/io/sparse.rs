@@ -268,6 +268,39 @@ pub fn copy_extents(
     Ok(())
 }
 
+/// Removes `0..len` from the start of `file`, shifting the rest down
+/// (`FALLOC_FL_COLLAPSE_RANGE`: extents are renumbered, no data moves).
+/// `Ok(false)` when the file system cannot (tmpfs, btrfs, NFS, a `len` that
+/// is not a multiple of its block size): the file is then unchanged.
+pub fn collapse_start(file: &File, len: u64) -> io::Result<bool> {
+    shift(file, libc::FALLOC_FL_COLLAPSE_RANGE, len)
+}
+
+/// Inserts a hole of `len` bytes at the start of `file`, shifting its
+/// contents up (`FALLOC_FL_INSERT_RANGE`); `Ok(false)` as for [`collapse_start`].
+pub fn insert_start(file: &File, len: u64) -> io::Result<bool> {
+    shift(file, libc::FALLOC_FL_INSERT_RANGE, len)
+}
+
+fn shift(file: &File, mode: libc::c_int, len: u64) -> io::Result<bool> {
+    let len = libc::off_t::try_from(len).map_err(|_| {
+        io::Error::new(io::ErrorKind::InvalidInput, "range past the largest offset")
+    })?;
+    // SAFETY: fallocate on an open descriptor; no memory is passed.
+    if unsafe { libc::fallocate(file.as_raw_fd(), mode, 0, len) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    // These say "not here" before anything is changed; anything else (EIO,
+    // ENOSPC) may have happened half-way and is the caller's failure.
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::ENOTTY | libc::ENODEV) => {
+            Ok(false)
+        }
+        _ => Err(e),
+    }
+}
+
 /// The pieces of `file` within `off..off + len`, in order: `(pos, n, true)`
 /// for data, `(pos, n, false)` for a hole (and for anything past the end).
 fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
