@@ -27,51 +27,9 @@ size_mib=$((payload_mib + 2048 + 256))
 
 payload() { head -c "${payload_mib}M" /dev/urandom > "$1/var/lib/payload"; }
 
-# CM4: MBR, 512 MiB FAT32 system-boot at sector 2048 with the stock seed, ext4 writable.
-make_cm4_base() {
-  local base=$1 w=$work/cm4w
-  mkdir -p "$w/tree/etc" "$w/tree/usr/bin" "$w/tree/var/lib"
-  truncate -s "${size_mib}M" "$base"
-  printf 'label: dos\nstart=2048, size=%d, type=c, bootable\nstart=%d, type=83\n' $((512*2048)) $((513*2048)) | sfdisk -q "$base"
-  truncate -s 512M "$w/boot"; mkfs.vfat -S 512 -s 1 -F 32 -n system-boot "$w/boot" >/dev/null
-  printf 'console=serial0,115200 console=tty1 root=LABEL=writable rootfstype=ext4 rootwait fixrtc\n' > "$w/cmdline.txt"
-  printf 'instance_id: cloud-image\n' > "$w/meta-data"; printf '#cloud-config\n' > "$w/user-data"
-  printf 'network:\n  version: 2\n' > "$w/network-config"
-  for f in cmdline.txt meta-data user-data network-config; do mcopy -i "$w/boot" "$w/$f" ::$f; done
-  printf 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n' > "$w/tree/etc/os-release"
-  printf '\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xb7\x00' > "$w/tree/usr/bin/dash"
-  payload "$w/tree"
-  truncate -s $(( (size_mib - 513) * 1024 * 1024 )) "$w/root"
-  mkfs.ext4 -q -L writable -d "$w/tree" "$w/root"
-  dd if="$w/boot" of="$base" bs=1M seek=1 conv=notrunc,sparse status=none
-  dd if="$w/root" of="$base" bs=1M seek=513 conv=notrunc,sparse status=none
-  rm -rf "$w"
-}
-
-# NUC: GPT, p14 BIOS boot 4 MiB, p15 ESP 106 MiB, p16 ext4 BOOT 1 GiB, p1 ext4 root last.
-make_nuc_base() {
-  local base=$1 w=$work/nucw p1=$(( (1 + 4 + 106 + 1024) * 2048 ))
-  mkdir -p "$w/tree/etc" "$w/tree/usr/bin" "$w/tree/var/lib" "$w/boot/grub"
-  truncate -s "$((size_mib + 1135))M" "$base"
-  sgdisk -a 1 -n 14:2048:10239 -t 14:EF02 -n 15:10240:227327 -t 15:EF00 \
-    -n 16:227328:$((p1 - 1)) -t 16:BC13C2FF-59E6-4262-A352-B275FD6F7172 -n 1:$p1:0 -t 1:8300 "$base" >/dev/null
-  truncate -s 106M "$w/esp"; mkfs.vfat -F 32 -n UEFI "$w/esp" >/dev/null 2>&1
-  echo '# grub' > "$w/boot/grub/grub.cfg"
-  truncate -s 1G "$w/bootfs"; mkfs.ext4 -q -L BOOT -d "$w/boot" "$w/bootfs"
-  printf 'NAME="Ubuntu"\nVERSION_ID="24.04"\nID=ubuntu\n' > "$w/tree/etc/os-release"
-  printf '\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x3e\x00' > "$w/tree/usr/bin/dash"
-  payload "$w/tree"
-  truncate -s $(( ($(stat -c %s "$base") - 34*512 - p1*512) / 4096 * 4096 )) "$w/root"
-  mkfs.ext4 -q -L cloudimg-rootfs -d "$w/tree" "$w/root"
-  dd if="$w/esp" of="$base" bs=512 seek=10240 conv=notrunc,sparse status=none
-  dd if="$w/bootfs" of="$base" bs=512 seek=227328 conv=notrunc,sparse status=none
-  dd if="$w/root" of="$base" bs=512 seek=$p1 conv=notrunc,sparse status=none
-  rm -rf "$w"
-}
-
 make_rk1_base "$work/rk1.img" "$((size_mib + 20))M" "$work" payload
-make_cm4_base "$work/cm4.img"
-make_nuc_base "$work/nuc.img"
+make_cm4_base "$work/cm4.img" "$size_mib" "$work" payload
+make_nuc_base "$work/nuc.img" "$((size_mib + 1135))" "$work" payload
 
 mib() { echo $(( ($1 + 1048575) / 1048576 )); }
 printf '%-5s %12s %12s %8s %12s %12s %14s %7s %9s\n' board stock_MiB shrunk_MiB ratio used_MiB headroom_MiB before_root_MiB share bake_s
