@@ -41,12 +41,16 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 mkdir -p "$mnt"
 
-used() { sync; df -B1 --output=used "$mnt" | tail -1 | tr -d ' '; }
+used() {
+  sync
+  # btrfs frees and accounts extents at its transaction commit.
+  [ "$fs" != btrfs ] || btrfs filesystem sync "$mnt" >/dev/null
+  df -B1 --output=used "$mnt" | tail -1 | tr -d ' '; }
 # "shared exclusive" bytes of a file's data extents, by filefrag's flags.
 extents() {
-  filefrag -v "$1" | awk '
-    /blocks of/ { for (i = 1; i <= NF; i++) if ($i == "blocks") bs = $(i + 3) }
-    /^ *[0-9]+:/ { n = $4; sub(":", "", n); if ($0 ~ /shared/) s += n * bs; else x += n * bs }
+  filefrag -v "$1" | awk -F: '
+    /blocks of/ { n = split($0, w, " "); for (i = 1; i < n; i++) if (w[i] == "blocks") bs = w[i + 2] }
+    /^ *[0-9]+:/ { if ($NF ~ /shared/) s += $4 * bs; else x += $4 * bs }
     END { printf "%d %d\n", s, x }'
 }
 mib() { echo "scale=1; $1 / 1048576" | bc; }
