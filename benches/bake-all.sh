@@ -32,6 +32,7 @@ ls "$work/out"
 rm -rf "$work/out"
 
 echo "$nodes nodes; bases 4 GiB apparent, 1 GiB data each, on $(df -T "$work" | awk 'NR==2{print $2}'); 2 cores shared with other work"
+echo "load average before the rounds: $(cut -d" " -f1-3 /proc/loadavg)"
 all_t=(); cp_t=(); r_t=()
 for i in $(seq "$rounds"); do
   rm -rf "$work/out" "$work/copy.img"; sync

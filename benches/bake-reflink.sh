@@ -71,14 +71,17 @@ for fs in "${filesystems[@]}"; do
   loopdev=$(losetup -f --show "$scratch/$fs.img")
   mount "$loopdev" "$mnt"
   [ -n "${KEEP_CACHE_OFF_FS:-}" ] || export IMGBUILD_CACHE_DIR=$mnt/cache
-  mkdir -p "$mnt/scratch" "$mnt/out"
-  make_rk1_base "$mnt/base.img" 4G "$mnt/scratch" payload
+  mkdir -p "$mnt/out"
+  # Scratch files off the mount: btrfs accounts a large delete late, which would
+  # show in the first round's df figure.
+  make_rk1_base "$mnt/base.img" 4G "$work" payload
   base=$mnt/base.img
   # Warm the asset cache (on $mnt unless KEEP_CACHE_OFF_FS) so rounds time the bake.
   "$bin" --profiles profiles --base "$base" "$mnt/out/node02.rk1.img" >/dev/null 2>&1
   rm -f "$mnt/out/node02.rk1.img"
   read -r _ bx < <(extents "$base")
   echo "== $fs: base $(mib "$(stat -c %s "$base")") MiB apparent, $(mib "$bx") MiB data; 2 shared cores, rounds interleaved"
+  echo "load average before the rounds: $(cut -d" " -f1-3 /proc/loadavg)"
   printf '%-10s %5s %8s %8s %8s %10s %10s %10s %8s %8s\n' \
     mode round bake_s cp_s ratio df_MiB shared_MiB excl_MiB copy shrink
   for i in $(seq "$rounds"); do
