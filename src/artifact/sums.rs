@@ -103,6 +103,10 @@ pub fn forget(path: &Path) -> Result<()> {
         .filter(|l| crate::io::sums::line_name(l) != Some(name.as_str()))
         .map(|l| format!("{l}\n"))
         .collect();
+    if kept.trim().is_empty() {
+        // An empty list would make `sha256sum -c` fail: none at all instead.
+        return std::fs::remove_file(&sums).with_context(|| format!("removing {}", sums.display()));
+    }
     let mut tmp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("writing {}", sums.display()))?;
     tmp.write_all(kept.as_bytes())?;
@@ -305,5 +309,8 @@ mod tests {
         forget(&a).unwrap();
         forget(&dir.path().join("none.rk1.img")).unwrap();
         assert_eq!(recorded(&b), Some(Sha256Digest([2; 32])));
+        forget(&b).unwrap();
+        assert!(!dir.path().join(SUMS_FILE).exists());
+        forget(&b).unwrap();
     }
 }
