@@ -39,7 +39,7 @@ fn timed(cmd: &str) -> (f64, i64) {
 fn worker(raw: &Path, out: &Path) {
     let format = imgbuild::artifact::Target::parse(out).unwrap().format;
     let pending = imgbuild::artifact::PendingOutput::from_base(raw, out).unwrap();
-    pending.finish(format).unwrap();
+    pending.finish(format, true).unwrap();
 }
 
 fn main() {

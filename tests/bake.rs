@@ -300,6 +300,7 @@ fn all_builds_every_node_with_per_board_bases() {
             &format!("nuc={}", fx.nuc.path.display()),
             "--out-dir",
             "out",
+            "--sums",
         ],
     );
     assert!(r.status.success(), "{}", text(&r));
@@ -337,6 +338,92 @@ fn all_builds_every_node_with_per_board_bases() {
             .count(),
         6
     );
+}
+
+/// `sha256sum`'s digest of `path`.
+fn sha256sum(path: &Path) -> String {
+    let out = sh(&format!("sha256sum {}", q(path)));
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn raw_bakes_record_a_digest_only_with_sums_or_unsealed() {
+    let fx = fixtures();
+    let work = scratch();
+    let profiles = repo().join("profiles");
+    let dir = work.path().join("out");
+    let sums = dir.join("SHA256SUMS");
+    let node03 = dir.join("node03.rk1.img");
+    let statement = dir.join("node03.rk1.img.intoto.json");
+    let build = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "--profiles",
+            profiles.to_str().unwrap(),
+            "--base",
+            fx.rk1.path.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let r = imgbuild(work.path(), &args);
+        assert!(r.status.success(), "{}", text(&r));
+        serde_json::from_slice::<serde_json::Value>(&r.stdout).unwrap()[0].clone()
+    };
+    let subject = || -> String {
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&statement).unwrap()).unwrap();
+        st["subject"][0]["digest"]["sha256"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // --sums: the digest sha256sum computes, in the report, SHA256SUMS and the statement.
+    let r = build(&["--sums", node03.to_str().unwrap()]);
+    let want = sha256sum(&node03);
+    assert_eq!(r["sha256"].as_str(), Some(want.as_str()));
+    assert_eq!(subject(), want);
+    let check = sh(&format!("cd {} && sha256sum -c SHA256SUMS", q(&dir)));
+    assert_eq!(
+        String::from_utf8(check.stdout).unwrap(),
+        "node03.rk1.img: OK\n"
+    );
+    build(&["--sums", dir.join("node04.rk1.img").to_str().unwrap()]);
+
+    // The everyday bake hashes nothing, and the older node03's line and
+    // statement go: nothing describes the new image wrongly.
+    let r = build(&[node03.to_str().unwrap()]);
+    assert!(r["sha256"].is_null(), "{r}");
+    assert!(!statement.exists(), "a stale statement survived");
+    let list = std::fs::read_to_string(&sums).unwrap();
+    assert!(!list.contains("node03"), "{list}");
+    let check = sh(&format!("cd {} && sha256sum -c SHA256SUMS", q(&dir)));
+    assert_eq!(
+        String::from_utf8(check.stdout).unwrap(),
+        "node04.rk1.img: OK\n",
+        "another output's line must stay"
+    );
+    let v = imgbuild(work.path(), &["verify", node03.to_str().unwrap()]);
+    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    assert!(
+        text(&v).contains("rebuild it with one of them") && text(&v).contains("--sums"),
+        "{}",
+        text(&v)
+    );
+
+    // --unsealed (a CI artifact, checked by seal and verify): recorded too.
+    let r = build(&["--unsealed", node03.to_str().unwrap()]);
+    let want = sha256sum(&node03);
+    assert_eq!(r["sha256"].as_str(), Some(want.as_str()));
+    assert_eq!(subject(), want);
+    let check = sh(&format!("cd {} && sha256sum -c SHA256SUMS", q(&dir)));
+    assert_eq!(
+        String::from_utf8(check.stdout)
+            .unwrap()
+            .matches(": OK")
+            .count(),
+        2
+    );
+    let v = imgbuild(work.path(), &["verify", node03.to_str().unwrap()]);
+    assert!(v.status.success(), "{}", text(&v));
 }
 
 #[test]

@@ -682,15 +682,127 @@ fn flash_skip_crc_skips_the_read_back_but_not_the_sha256() {
         "read back despite --skip-crc"
     );
     assert_eq!(s.bmc.lock().flashed, [2]);
-    // A stale SHA256SUMS line: the BMC still checks the digest.
-    std::fs::write(
-        s.dir().join("dist/SHA256SUMS"),
-        format!("{}  node03.rk1.img\n", "ab".repeat(32)),
-    )
-    .unwrap();
+    // A wrong digest (a forged cache): the BMC still checks it.
+    let node03 = s.image("node03.rk1.img");
+    age(&node03);
+    set_cached_digest(&node03, &"ab".repeat(32));
     let t = expect(&s.run(&["flash", "node03", "--yes", "--skip-crc"]), 1);
     assert!(t.contains("sha256 checksum failed. Expected: abab"), "{t}");
     assert_eq!(s.bmc.lock().flashed, [2]);
+}
+
+/// The image's mtime a minute back: written long enough ago for its digest
+/// to be cached (a write in the same clock tick could go unseen).
+fn age(path: &Path) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+}
+
+/// The cache key imgbuild documents: `v1 <size> <mtime_ns> <inode>`.
+fn cache_key(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    let ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    format!("v1 {} {ns} {}", m.len(), m.ino())
+}
+
+const CACHE_ATTR: &std::ffi::CStr = c"user.imgbuild.sha256";
+
+fn set_cached_digest(path: &Path, hex: &str) {
+    let value = format!("{} {hex}", cache_key(path));
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: NUL-terminated strings and a value valid for its length.
+    let r = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            CACHE_ATTR.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn cached_digest(path: &Path) -> Option<String> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut buf = [0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer valid for its length.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            CACHE_ATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| String::from_utf8(buf[..n as usize].to_vec()).unwrap())
+}
+
+/// `sha256sum`'s digest of `path`.
+fn sha256sum(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
+    let s = Setup::new();
+    s.images();
+    let img = s.image("node02.rk1.img");
+    // A stale SHA256SUMS line is never what the BMC gets.
+    std::fs::write(
+        s.dir().join("dist/SHA256SUMS"),
+        format!("{}  node02.rk1.img\n", "ab".repeat(32)),
+    )
+    .unwrap();
+    age(&img);
+    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    let first = sha256sum(&img);
+    assert_eq!(s.requests(&format!("sha256={first}")).len(), 1);
+    // The digest is cached on the image, keyed by what it is now.
+    assert_eq!(
+        cached_digest(&img),
+        Some(format!("{} {first}", cache_key(&img)))
+    );
+    // The cache is what the next flash sends: a forged one is sent as is
+    // (and the BMC, which hashes what it receives, refuses it).
+    set_cached_digest(&img, &"cd".repeat(32));
+    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    assert!(t.contains("sha256 checksum failed. Expected: cdcd"), "{t}");
+    // Appending a byte changes size and mtime: the cache is ignored and the
+    // digest computed afresh.
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&img)
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    let second = sha256sum(&img);
+    assert_ne!(first, second);
+    assert_eq!(s.requests(&format!("sha256={second}")).len(), 1);
+    assert_eq!(
+        std::fs::read(s.bmc.slot_file(2)).unwrap(),
+        std::fs::read(&img).unwrap()
+    );
+    // `touch` alone (same bytes, new mtime) also drops the cache: the
+    // forged digest set now is not used once the image is touched.
+    age(&img);
+    set_cached_digest(&img, &"cd".repeat(32));
+    let touched = std::process::Command::new("touch")
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    assert_eq!(s.requests(&format!("sha256={second}")).len(), 2);
 }
 
 #[test]
@@ -836,21 +948,23 @@ fn a_missed_upload_window_is_explained() {
 fn upload_faults_are_explained_from_the_flash_state() {
     let s = Setup::new();
     s.images();
-    // A stale SHA256SUMS line: bmcd answers the upload 200 and fails the
-    // digest afterwards, in the flash state (io.rs:88-96).
-    std::fs::write(
-        s.dir().join("dist/SHA256SUMS"),
-        format!("{}  node02.rk1.img\n", "ab".repeat(32)),
-    )
-    .unwrap();
+    // A wrong digest (a forged cache on the image): bmcd answers the upload
+    // 200 and fails the digest afterwards, in the flash state (io.rs:88-96).
+    let img = s.image("node02.rk1.img");
+    age(&img);
+    set_cached_digest(&img, &"ab".repeat(32));
     let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
     assert!(
         t.contains("sha256 checksum failed. Expected: abab")
-            && t.contains("SHA256SUMS beside the image is stale")
+            && t.contains("`touch` it")
             && t.contains("not usable until it is flashed again"),
         "{t}"
     );
-    std::fs::remove_file(s.dir().join("dist/SHA256SUMS")).unwrap();
+    let touched = std::process::Command::new("touch")
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(touched.success());
     // The connection drops mid-upload: bmcd cancels ("cancelled by user").
     s.bmc.lock().drop_upload_after = Some(1 << 20);
     let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);

@@ -1535,6 +1535,7 @@ fn bake_without_base_downloads_then_outputs_compress_with_sums() {
         run(c, work)
     };
     let out = run_args(&[
+        "--sums",
         "dist/node02.rk1.img",
         "dist/node02.rk1.img.xz",
         "dist/node02.rk1.img.zst",

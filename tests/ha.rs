@@ -515,6 +515,8 @@ fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
         cache.to_str().unwrap(),
         "--base",
         fx.cm4.path.to_str().unwrap(),
+        // The provenance statement is read below.
+        "--sums",
         out.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 0, "{}", r.text);
@@ -808,6 +810,8 @@ fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
             cache.to_str().unwrap(),
             "--base",
             base.to_str().unwrap(),
+            // The provenance statement is read below.
+            "--sums",
             out.to_str().unwrap(),
         ]);
         assert_eq!(r.code, 0, "{}", r.text);

@@ -195,7 +195,7 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 
     // Offline, from the cache alone (the stock image too: no --base).
     let out = ws.path().join("node01.cm4.img");
-    let r = ws.run(&["--offline", out.to_str().unwrap()]);
+    let r = ws.run(&["--offline", "--sums", out.to_str().unwrap()]);
     assert_eq!(r.code, 0, "{}", r.text);
     assert_eq!(s.reg.log().len(), registry_before, "{:?}", s.reg.log());
     assert_eq!(s.charts.requests().len(), charts_before);

@@ -1,6 +1,7 @@
 //! Outputs being written: a temporary `.partial` file beside the target, mode
 //! 0600, deleted on failure or interrupt, renamed into place only when
-//! complete (raw or compressed), with its line in `SHA256SUMS`.
+//! complete (raw or compressed), with its line in `SHA256SUMS` when it was
+//! hashed (see [`PendingOutput::finish`]).
 //!
 //! A run killed outright (`kill -9`, power loss) cannot delete its partial
 //! file, so every partial is locked (flock) by the process writing it, and a
@@ -82,11 +83,16 @@ impl PendingOutput {
             .with_context(|| format!("opening {}", self.temp.path().display()))
     }
 
-    /// Finishes the output in `format`, renames it into place and records
-    /// its sha256 in `SHA256SUMS` beside it. Returns the final path and digest.
-    pub fn finish(self, format: Format) -> Result<(PathBuf, Sha256Digest)> {
+    /// Finishes the output in `format` and renames it into place. A
+    /// compressed output is hashed in its compression pass and its sha256
+    /// recorded in `SHA256SUMS` beside it. A raw one (or an `.iso`) is hashed
+    /// only with `hash_raw` (a pass over its data, holes not read): then its
+    /// digest is recorded, and cached on the file for `sums::digest_of`;
+    /// without, any line or provenance statement left by an older file of
+    /// that name is removed, and no digest is returned.
+    pub fn finish(self, format: Format, hash_raw: bool) -> Result<(PathBuf, Option<Sha256Digest>)> {
         let (path, digest) = match format {
-            Format::Raw | Format::Iso => {
+            Format::Raw | Format::Iso if hash_raw => {
                 // Hash (holes not read) while the image is flushed to disk.
                 let file = self.temp.as_file();
                 let (digest, synced) = std::thread::scope(|s| {
@@ -99,12 +105,30 @@ impl PendingOutput {
                 synced
                     .map_err(|_| anyhow::anyhow!("syncing {} failed", self.temp.path().display()))?
                     .with_context(|| format!("syncing {}", self.temp.path().display()))?;
+                // Nothing else writes the partial file: the digest is its own.
+                sums::cache::set(file, &digest);
                 (self.commit()?, digest)
+            }
+            Format::Raw | Format::Iso => {
+                // Before the rename: a crash in between leaves the old image
+                // without its records, never the new one with the old records.
+                sums::forget(&self.final_path)?;
+                let statement = super::statement::path_for(&self.final_path);
+                match std::fs::remove_file(&statement) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("removing the stale {}", statement.display())
+                        });
+                    }
+                }
+                return Ok((self.commit()?, None));
             }
             c => self.compress(c)?,
         };
         sums::record(&path, &digest)?;
-        Ok((path, digest))
+        Ok((path, Some(digest)))
     }
 
     /// Streams the raw image through the compressor into a second temporary

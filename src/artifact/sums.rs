@@ -82,11 +82,235 @@ pub fn recorded(path: &Path) -> Option<Sha256Digest> {
     find_digest(&text, &name_of(path))
 }
 
-/// The sha256 of an image: recorded in `SHA256SUMS` beside it, else computed.
-pub fn digest_of(path: &Path) -> Result<Sha256Digest> {
-    if let Some(d) = recorded(path) {
-        return Ok(d);
+/// Removes the line for `path` from the `SHA256SUMS` beside it, if any: an
+/// output written without a digest must not inherit the line of an older
+/// file of the same name.
+pub fn forget(path: &Path) -> Result<()> {
+    let dir = parent_dir(path);
+    let sums = dir.join(SUMS_FILE);
+    let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    // SAFETY: flock on an open descriptor; released when `lock` is dropped.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    let Some(old) = read_sums(&sums)? else {
+        return Ok(());
+    };
+    let name = name_of(path);
+    if find_digest(&old, &name).is_none() {
+        return Ok(());
     }
+    let kept: String = old
+        .lines()
+        .filter(|l| crate::io::sums::line_name(l) != Some(name.as_str()))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    if kept.trim().is_empty() {
+        // An empty list would make `sha256sum -c` fail: none at all instead.
+        return std::fs::remove_file(&sums).with_context(|| format!("removing {}", sums.display()));
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("writing {}", sums.display()))?;
+    tmp.write_all(kept.as_bytes())?;
+    tmp.persist(&sums)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", sums.display()))?;
+    Ok(())
+}
+
+/// The sha256 of an image, for the BMC or whoever needs it now: the digest
+/// cached on the file (see [`cache`]) while the file is the one it was
+/// computed for, else computed (holes not read) and cached.
+///
+/// A `SHA256SUMS` line is never taken on its own: it cannot tell whether the
+/// image changed after it was written (another output's line rewrites the
+/// file, so its mtime says nothing about this image). It is only compared,
+/// to warn that it no longer matches. Nor is a computed digest written into
+/// `SHA256SUMS`: a line there attests what a build wrote, and one taken from
+/// a modified image would make `verify` pass on it.
+pub fn digest_of(path: &Path) -> Result<Sha256Digest> {
     let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    crate::io::sha256_sparse(&f).with_context(|| format!("hashing {}", path.display()))
+    let digest = match cache::get(&f) {
+        Some(d) => d,
+        None => {
+            let started = std::time::SystemTime::now();
+            let before = f
+                .metadata()
+                .with_context(|| format!("reading {}", path.display()))?;
+            let d = crate::io::sha256_sparse(&f)
+                .with_context(|| format!("hashing {}", path.display()))?;
+            cache::set_if_settled(&f, &before, started, &d);
+            d
+        }
+    };
+    if let Some(line) = recorded(path)
+        && line != digest
+    {
+        tracing::warn!(
+            "{}: SHA256SUMS records sha256 {line}, but the file now has {digest}: it was modified after it was built",
+            path.display()
+        );
+    }
+    Ok(digest)
+}
+
+/// A digest cached on the image itself, in the extended attribute
+/// `user.imgbuild.sha256` = `v1 <size> <mtime_ns> <inode> <hex>`: valid
+/// while the file keeps that size, mtime and inode (a write changes the
+/// mtime; a copy that keeps attributes gets another inode). Best effort:
+/// a file system without user attributes, or any error, means no cache.
+pub mod cache {
+    use std::fs::{File, Metadata};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    use std::time::{Duration, SystemTime};
+
+    use crate::io::Sha256Digest;
+
+    const NAME: &std::ffi::CStr = c"user.imgbuild.sha256";
+
+    fn key(m: &Metadata) -> String {
+        let mtime_ns = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+        format!("{} {mtime_ns} {}", m.len(), m.ino())
+    }
+
+    /// The cached digest of `f`, if one is stored and still describes it.
+    pub fn get(f: &File) -> Option<Sha256Digest> {
+        let meta = f.metadata().ok()?;
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; the name is NUL-terminated.
+        let n = unsafe {
+            libc::fgetxattr(
+                f.as_raw_fd(),
+                NAME.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        let value = std::str::from_utf8(buf.get(..usize::try_from(n).ok()?)?).ok()?;
+        let (k, hex) = value.strip_prefix("v1 ")?.rsplit_once(' ')?;
+        (k == key(&meta))
+            .then(|| Sha256Digest::parse(hex))
+            .flatten()
+    }
+
+    /// Caches `digest` for `f` as it is now. Best effort.
+    pub fn set(f: &File, digest: &Sha256Digest) {
+        let Ok(meta) = f.metadata() else { return };
+        let value = format!("v1 {} {digest}", key(&meta));
+        // SAFETY: the value is valid for its length; the name is NUL-terminated.
+        let r = unsafe {
+            libc::fsetxattr(
+                f.as_raw_fd(),
+                NAME.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if r != 0 {
+            tracing::debug!("no digest cache: {}", std::io::Error::last_os_error());
+        }
+    }
+
+    /// Caches `digest`, computed from `f` as `before` described it when
+    /// hashing `started`, unless the file changed meanwhile or may change
+    /// unseen: file times come from a coarse clock (a jiffy), so a write
+    /// just after `before` was read could keep the same mtime; a file last
+    /// written more than a second before hashing started cannot.
+    pub fn set_if_settled(f: &File, before: &Metadata, started: SystemTime, digest: &Sha256Digest) {
+        let Ok(now) = f.metadata() else { return };
+        let settled = before
+            .modified()
+            .is_ok_and(|m| m + Duration::from_secs(1) < started);
+        if settled && key(&now) == key(before) {
+            set(f, digest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn scratch() -> tempfile::TempDir {
+        // Under target/, not /tmp: a tmpfs may lack user attributes.
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        tempfile::tempdir_in(base).unwrap()
+    }
+
+    fn sha(b: &[u8]) -> Sha256Digest {
+        use sha2::Digest;
+        Sha256Digest::of(sha2::Sha256::new_with_prefix(b))
+    }
+
+    /// Sets the file's mtime `secs` seconds back, as if written long ago.
+    fn age(path: &Path, secs: u64) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        let t = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+        f.set_modified(t).unwrap();
+    }
+
+    fn xattrs_work(path: &Path) -> bool {
+        let f = File::open(path).unwrap();
+        cache::set(&f, &Sha256Digest([0; 32]));
+        cache::get(&f).is_some()
+    }
+
+    #[test]
+    fn digest_of_caches_and_notices_changes() {
+        let dir = scratch();
+        let img = dir.path().join("n.rk1.img");
+        std::fs::write(&img, b"first").unwrap();
+        if !xattrs_work(&img) {
+            eprintln!("skipped: no user xattrs on {}", dir.path().display());
+            return;
+        }
+        age(&img, 10);
+        let first = digest_of(&img).unwrap();
+        assert_eq!(first, sha(b"first"));
+        // The cache is what is used now: a forged cache value with the
+        // right key is returned without reading the file.
+        let forged = Sha256Digest([9; 32]);
+        cache::set(&File::open(&img).unwrap(), &forged);
+        assert_eq!(digest_of(&img).unwrap(), forged);
+        // Any write changes the key: the cache is ignored.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&img)
+            .unwrap()
+            .write_all(b"!")
+            .unwrap();
+        assert_eq!(digest_of(&img).unwrap(), sha(b"first!"));
+        // Fresh file: not cached (a same-jiffy write could go unseen).
+        assert!(cache::get(&File::open(&img).unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_stale_sums_line_is_not_trusted() {
+        let dir = scratch();
+        let img = dir.path().join("n.rk1.img");
+        std::fs::write(&img, b"new contents").unwrap();
+        record(&img, &sha(b"old contents")).unwrap();
+        assert_eq!(recorded(&img), Some(sha(b"old contents")));
+        assert_eq!(digest_of(&img).unwrap(), sha(b"new contents"));
+    }
+
+    #[test]
+    fn forget_removes_only_that_line() {
+        let dir = scratch();
+        let a = dir.path().join("a.rk1.img");
+        let b = dir.path().join("b.rk1.img");
+        record(&a, &Sha256Digest([1; 32])).unwrap();
+        record(&b, &Sha256Digest([2; 32])).unwrap();
+        forget(&a).unwrap();
+        assert_eq!(recorded(&a), None);
+        assert_eq!(recorded(&b), Some(Sha256Digest([2; 32])));
+        forget(&a).unwrap();
+        forget(&dir.path().join("none.rk1.img")).unwrap();
+        assert_eq!(recorded(&b), Some(Sha256Digest([2; 32])));
+        forget(&b).unwrap();
+        assert!(!dir.path().join(SUMS_FILE).exists());
+        forget(&b).unwrap();
+    }
 }

@@ -159,6 +159,14 @@ pub struct BuildArgs {
     /// device on first boot), so a flash sends fewer bytes.
     #[arg(long)]
     pub no_shrink: bool,
+
+    /// Record the sha256 in SHA256SUMS and write the provenance statement
+    /// (<image>.intoto.json) for raw outputs too. Compressed outputs always
+    /// get both (hashed while compressing); a raw one is otherwise not hashed
+    /// at bake time (`flash` computes its digest when it needs it). On by
+    /// default with --unsealed and when CI is set.
+    #[arg(long)]
+    pub sums: bool,
 }
 
 #[derive(Debug, Args)]

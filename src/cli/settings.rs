@@ -24,7 +24,7 @@ use imgbuild::deliver::usb::SystemPaths;
 /// The environment variables imgbuild reads, read once at start.
 #[derive(Debug, Default)]
 pub struct Environment {
-    /// `CI`: progress as plain lines.
+    /// `CI`: progress as plain lines; raw outputs hashed into `SHA256SUMS`.
     pub ci: bool,
     /// `IMGBUILD_LOG`: a tracing filter.
     pub log: Option<String>,
@@ -153,6 +153,8 @@ impl Common {
             fetch: self.fetch.clone(),
             build_time: self.build_time,
             shrink: !b.no_shrink,
+            // CI artifacts are checked against their records.
+            sums: b.sums || env.ci,
         })
     }
 
@@ -184,6 +186,7 @@ impl Common {
                 // Writing a stick is the operator's own act: what it builds is sealed.
                 sealing: Sealing::Sealed,
                 shrink: false,
+                sums: false,
             },
         }
     }
@@ -206,6 +209,8 @@ impl Common {
                 sealing: Sealing::Sealed,
                 // A flash sends every byte: send the shrunk image.
                 shrink: true,
+                // The flash computes the digest it sends, once, as it needs it.
+                sums: false,
             },
         })
     }

@@ -31,6 +31,10 @@ pub struct BuildSettings {
     pub sealing: Sealing,
     /// Shrink raw outputs to the root's use plus headroom (`--no-shrink` off).
     pub shrink: bool,
+    /// Hash raw outputs at bake time to record them in `SHA256SUMS` and a
+    /// provenance statement (`--sums`, or CI). Unsealed builds always do:
+    /// `seal` and `verify` check their artifacts against those records.
+    pub sums: bool,
 }
 
 /// Whether a build bakes the cluster's secrets.
@@ -87,7 +91,9 @@ impl Bases {
 #[derive(Debug, Serialize)]
 pub struct BakeReport {
     pub output: PathBuf,
-    pub sha256: String,
+    /// `None` for a raw output baked without `--sums`: it was not hashed
+    /// (`flash` computes the digest when it needs it).
+    pub sha256: Option<String>,
     pub compression: Format,
     pub node: String,
     pub board: String,
@@ -258,6 +264,7 @@ pub fn build_targets(
             &base,
             payload,
             settings.shrink,
+            settings.sums || settings.sealing == Sealing::Unsealed,
             &additions,
         )?;
         tracing::info!(
@@ -307,6 +314,7 @@ fn bake_one(
     base: &std::path::Path,
     k3s: Option<&K3sPayload>,
     shrink: bool,
+    hash_raw: bool,
     additions: &super::additions::Additions,
 ) -> anyhow::Result<BakeReport> {
     let manifest = inputs.manifest(node)?;
@@ -377,19 +385,22 @@ fn bake_one(
         .len();
     drop(image);
     let copy = pending.method;
-    let (output, digest) = pending.finish(target.format)?;
-    provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
-        .and_then(|deps| {
-            let (params, mut deps) = deps;
-            deps.extend(extra_deps);
-            Statement::new(&output, &digest, params, deps).write(&output)
-        })
-        .with_context(|| format!("writing the provenance of {}", output.display()))?;
+    let (output, digest) = pending.finish(target.format, hash_raw)?;
+    // The statement's subject is the digest: without one there is none.
+    if let Some(digest) = &digest {
+        provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
+            .and_then(|deps| {
+                let (params, mut deps) = deps;
+                deps.extend(extra_deps);
+                Statement::new(&output, digest, params, deps).write(&output)
+            })
+            .with_context(|| format!("writing the provenance of {}", output.display()))?;
+    }
     let mut files: Vec<FileRecord> = plan.files.iter().map(|f| f.record()).collect();
     files.extend(edited);
     Ok(BakeReport {
         output,
-        sha256: digest.to_string(),
+        sha256: digest.map(|d| d.to_string()),
         compression: target.format,
         node: node.name.clone(),
         board: node.board.clone(),

@@ -185,7 +185,9 @@ pub(super) fn build_iso(
         .with_context(|| format!("reading the size of {}", pending.path().display()))?
         .len();
     let copy = pending.method;
-    let (output, digest) = pending.finish(Format::Iso)?;
+    // An installer is always hashed: `usb` checks the stick against it.
+    let (output, digest) = pending.finish(Format::Iso, true)?;
+    let digest = digest.context("the installer was not hashed")?;
     super::build::provenance_statement(inputs, node, &plan.provenance, Format::Iso, k3s)
         .and_then(|(params, mut deps)| {
             // The stock input of an installer is the installer ISO.
@@ -201,7 +203,7 @@ pub(super) fn build_iso(
         .with_context(|| format!("writing the provenance of {}", output.display()))?;
     Ok(BakeReport {
         output,
-        sha256: digest.to_string(),
+        sha256: Some(digest.to_string()),
         compression: Format::Iso,
         node: node.name.clone(),
         board: node.board.clone(),

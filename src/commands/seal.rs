@@ -81,7 +81,8 @@ fn check_recorded_digest(image: &Path) -> anyhow::Result<()> {
     let statement = crate::artifact::statement::recorded_subject(image)?;
     if recorded.is_none() && statement.is_none() {
         tracing::warn!(
-            "{}: no SHA256SUMS line or provenance statement beside it; cannot check that it was not modified",
+            "{}: no SHA256SUMS line or provenance statement beside it; cannot check that it was not modified \
+             (build it with --unsealed or --sums to have them)",
             image.display()
         );
         return Ok(());
@@ -271,7 +272,10 @@ fn seal_raw(
     let image = pending.open()?;
     crate::bake::apply(&only, manifest, &table, pending.path(), &image, build_time)?;
     drop(image);
-    let (output, digest): (PathBuf, Sha256Digest) = pending.finish(format)?;
+    // A sealed image is hashed (and the digest cached on it): the input was
+    // read whole to check it anyway, and `flash` needs the digest next.
+    let (output, digest): (PathBuf, Option<Sha256Digest>) = pending.finish(format, true)?;
+    let digest = digest.context("the sealed image was not hashed")?;
     Ok(SealReport {
         input: raw.to_owned(),
         output,

@@ -33,7 +33,8 @@ pub fn verify(artifact: &Path) -> Result<VerifyReport> {
     let st = statement::read(artifact)?;
     if recorded.is_none() && st.is_none() {
         return Err(CommandError::Failed(anyhow!(
-            "{}: neither SHA256SUMS nor {} beside it records a digest; nothing to verify against",
+            "{}: neither SHA256SUMS nor {} beside it records a digest; nothing to verify against \
+             (a raw image is hashed at bake time only with --sums or --unsealed: rebuild it with one of them)",
             artifact.display(),
             statement::path_for(artifact).display()
         )));

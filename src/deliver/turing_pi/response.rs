@@ -303,7 +303,7 @@ pub fn explain_flash_error(slot: u8, msg: &str) -> String {
     if msg.starts_with("sha256 checksum failed") {
         // io.rs:49-58: the digest of the bytes received differs from the one sent.
         return format!(
-            "the BMC received other bytes than the image's sha256 says ({msg}): if SHA256SUMS beside the image is stale, rebuild the image or remove its line, then flash again; {again}"
+            "the BMC received other bytes than the image's sha256 says ({msg}): the image changed while it was sent, or was modified in place without its time changing (then `touch` it, so that its digest is computed afresh); flash again; {again}"
         );
     }
     if msg.starts_with("crc error") {
