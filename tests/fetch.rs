@@ -685,6 +685,85 @@ fn a_digest_mismatch_deletes_the_partial_and_names_both_digests() {
     no_entries(cache_dir.path(), "images");
 }
 
+#[test]
+fn a_download_is_unpacked_while_it_arrives_into_the_same_bytes() {
+    let xz = packed("multi.xz");
+    let body = std::fs::read(&xz).unwrap();
+    // The body stops halfway until released: by then the first blocks
+    // (1 MiB of random data) must already be unpacked in the cache.
+    let server = Server::start(Faults {
+        ranges: true,
+        hold_after: Some(body.len() as u64 / 2),
+        ..Default::default()
+    });
+    server.put("/rk1.img.xz", body);
+    let cache_dir = scratch();
+    let m = manifest_for(&server.url("/rk1.img.xz"), &sha_of(&xz));
+    let image = std::thread::scope(|s| {
+        let fetching = s.spawn(|| fetch::ensure_base(&m, &cache_at(cache_dir.path()), &quick()));
+        wait_for("unpacked data while the download is held", || {
+            std::fs::read_dir(cache_dir.path().join("images"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.blocks() > 0))
+        });
+        assert_eq!(server.holding(), 1, "the download is not held");
+        server.release();
+        fetching.join().unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_sparse_copy_of_raw(&image);
+    for dir in ["partial", "downloads"] {
+        no_entries(cache_dir.path(), dir);
+    }
+    assert_eq!(files_under(&cache_dir.path().join("images")).len(), 1);
+}
+
+#[test]
+fn a_corrupted_download_leaves_no_image_even_when_it_unpacks() {
+    let xz = packed("multi.xz");
+    let good = std::fs::read(&xz).unwrap();
+    // A flipped byte (the decoder fails midway) and another valid xz file
+    // (it unpacks fine, to other bytes): both are refused by the digest,
+    // and neither leaves anything in the cache.
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    let d = scratch();
+    let other = d.path().join("other.xz");
+    sh(&format!(
+        "head -c 3M /dev/urandom | xz -T2 --block-size=1MiB -c > {}",
+        q(&other)
+    ));
+    let other = std::fs::read(&other).unwrap();
+    for (name, body) in [("flipped", flipped), ("another file", other)] {
+        let server = Server::start(Faults {
+            ranges: true,
+            ..Default::default()
+        });
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        server.put("/rk1.img.xz", body);
+        let cache_dir = scratch();
+        let m = manifest_for(&server.url("/rk1.img.xz"), &sha_of(&xz));
+        let e = err_of(fetch::ensure_base(
+            &m,
+            &cache_at(cache_dir.path()),
+            &quick(),
+        ));
+        assert!(
+            e.contains("sha256 mismatch")
+                && e.contains(&format!("expected {}", sha_of(&xz)))
+                && e.contains(&format!("got {actual}"))
+                && e.contains("the partial download was deleted"),
+            "{name}: {e}"
+        );
+        for dir in ["images", "partial", "downloads"] {
+            no_entries(cache_dir.path(), dir);
+        }
+    }
+}
+
 fn corrupt_case(name: &str, bytes: &[u8], expect: &str) {
     let d = scratch();
     let f = d.path().join(name);
