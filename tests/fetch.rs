@@ -61,6 +61,14 @@ fn packed(kind: &str) -> PathBuf {
         let cmd = match kind {
             "multi.xz" => format!("xz -T2 --block-size=1MiB -c {} > {}", q(&r.raw), q(&tmp)),
             "single.xz" => format!("xz -T1 -c {} > {}", q(&r.raw), q(&tmp)),
+            // Two streams (as `cat a.xz b.xz` makes), the first in blocks with
+            // sizes (decoded in parallel), the second one block without (in order),
+            // with stream padding between them.
+            "multi-stream.xz" => format!(
+                "{{ head -c 40M {r} | xz -T2 --block-size=1MiB -c; printf '\\0\\0\\0\\0'; tail -c +$((40*1024*1024 + 1)) {r} | xz -T1 -c; }} > {t}",
+                r = q(&r.raw),
+                t = q(&tmp)
+            ),
             "gz" => format!("gzip -c {} > {}", q(&r.raw), q(&tmp)),
             // Two gzip members back to back (as `cat a.gz b.gz` makes): one file.
             "multi.gz" => format!(
@@ -277,6 +285,7 @@ fn every_format_unpacks_to_the_same_sparse_raw() {
     for kind in [
         "multi.xz",
         "single.xz",
+        "multi-stream.xz",
         "gz",
         "multi.gz",
         "zst",

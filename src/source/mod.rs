@@ -9,6 +9,7 @@ pub mod k3s;
 pub mod oci;
 pub mod qcow2;
 pub mod unpack;
+mod xz;
 
 use std::path::PathBuf;
 

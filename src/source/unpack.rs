@@ -346,88 +346,18 @@ pub fn unpack_from(
                 "zstd frames",
             )?;
         }
-        Format::Xz => unpack_xz(src, &mut out, &mut progress)?,
+        Format::Xz => {
+            let size = super::xz::decode(src, dst, max_size, threads() as usize, &mut |p| {
+                progress.set_position(p)
+            })?;
+            out.out.skip_zeros(size)?;
+        }
     }
     let size = writer.finish()?;
     if let Some(p) = progress.0 {
         p.finish();
     }
     Ok((format, size))
-}
-
-/// What liblzma's threaded decoder may hold (its input and output queues per
-/// thread); above it liblzma uses fewer threads, down to one, which needs
-/// only the dictionary. Keeps an unpack within ~100 MiB whatever the image.
-const XZ_THREADS_MEMLIMIT: u64 = 80 << 20;
-
-/// Decodes every xz stream in `src` (multithreaded where a stream has several
-/// blocks), allowing stream padding between and after streams and nothing else.
-fn unpack_xz(src: &dyn Input, out: &mut Sink, progress: &mut Meter) -> Result<(), UnpackError> {
-    let (mut reader, read) = counting(src);
-    let physmem = physical_memory();
-    loop {
-        let stream = liblzma::stream::MtStreamBuilder::new()
-            .threads(threads())
-            .memlimit_threading((physmem / 4).min(XZ_THREADS_MEMLIMIT))
-            .memlimit_stop(u64::MAX)
-            .decoder()
-            .map_err(|e| corrupt(Format::Xz, e))?;
-        let mut d = liblzma::bufread::XzDecoder::new_stream(&mut reader, stream);
-        drain(Format::Xz, &mut d, out, progress, &read)?;
-        if d.total_in() == 0 {
-            return Err(corrupt(Format::Xz, "truncated: the stream ended early"));
-        }
-        drop(d);
-        // Skip stream padding (NUL bytes in multiples of four).
-        let mut padding = 0u64;
-        loop {
-            let avail = reader.fill_buf()?;
-            if avail.is_empty() {
-                break;
-            }
-            let zeros = avail.iter().take_while(|&&b| b == 0).count();
-            padding += zeros as u64;
-            let done = zeros < avail.len();
-            reader.consume(zeros);
-            if done {
-                break;
-            }
-        }
-        let rest_len = reader.fill_buf()?.len();
-        let rest_is_xz = reader
-            .fill_buf()?
-            .starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]);
-        if rest_len == 0 {
-            if !padding.is_multiple_of(4) {
-                return Err(corrupt(
-                    Format::Xz,
-                    "stream padding is not a multiple of four bytes",
-                ));
-            }
-            return Ok(());
-        }
-        if !rest_is_xz || !padding.is_multiple_of(4) {
-            let consumed = read.get() - rest_len as u64;
-            return Err(corrupt(
-                Format::Xz,
-                format!(
-                    "{} bytes of trailing data after the xz stream",
-                    src.total_len()? - consumed
-                ),
-            ));
-        }
-    }
-}
-
-fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if pages > 0 && size > 0 {
-        pages as u64 * size as u64
-    } else {
-        1 << 30
-    }
 }
 
 /// Reads the first `buf.len()` bytes (fewer only when the input is shorter).
