@@ -806,6 +806,26 @@ fn corrupt_truncated_and_padded_streams_are_refused() {
     let image = fetch::ensure_base(&m, &cache_at(&d.path().join("c")), &quick()).unwrap();
     assert_sparse_copy_of_raw(&image);
 
+    // A damaged check field (xz -t agrees: "Compressed data is corrupt").
+    let d = scratch();
+    let small = d.path().join("small.xz");
+    sh(&format!(
+        "printf 'hello world, hello world' | xz -T2 -c > {}",
+        q(&small)
+    ));
+    let mut bad_check = std::fs::read(&small).unwrap();
+    // One block: ... check (8) | index (8) | footer (12).
+    let at = bad_check.len() - 28;
+    bad_check[at] ^= 1;
+    std::fs::write(&small, &bad_check).unwrap();
+    let (code, _) = sh_status(&format!("xz -t {}", q(&small)));
+    assert_ne!(code, 0, "xz -t accepts the damaged check");
+    corrupt_case(
+        "bad-check.xz",
+        &bad_check,
+        "a block's CRC64 does not match its data",
+    );
+
     let gz = std::fs::read(packed("gz")).unwrap();
     corrupt_case("truncated.gz", &gz[..gz.len() / 2], "corrupt Gzip data");
     let mut gzg = gz.clone();
