@@ -61,6 +61,14 @@ fn packed(kind: &str) -> PathBuf {
         let cmd = match kind {
             "multi.xz" => format!("xz -T2 --block-size=1MiB -c {} > {}", q(&r.raw), q(&tmp)),
             "single.xz" => format!("xz -T1 -c {} > {}", q(&r.raw), q(&tmp)),
+            // Two streams (as `cat a.xz b.xz` makes), the first in blocks with
+            // sizes (decoded in parallel), the second one block without (in order),
+            // with stream padding between them.
+            "multi-stream.xz" => format!(
+                "{{ head -c 40M {r} | xz -T2 --block-size=1MiB -c; printf '\\0\\0\\0\\0'; tail -c +$((40*1024*1024 + 1)) {r} | xz -T1 -c; }} > {t}",
+                r = q(&r.raw),
+                t = q(&tmp)
+            ),
             "gz" => format!("gzip -c {} > {}", q(&r.raw), q(&tmp)),
             // Two gzip members back to back (as `cat a.gz b.gz` makes): one file.
             "multi.gz" => format!(
@@ -277,6 +285,7 @@ fn every_format_unpacks_to_the_same_sparse_raw() {
     for kind in [
         "multi.xz",
         "single.xz",
+        "multi-stream.xz",
         "gz",
         "multi.gz",
         "zst",
@@ -685,6 +694,85 @@ fn a_digest_mismatch_deletes_the_partial_and_names_both_digests() {
     no_entries(cache_dir.path(), "images");
 }
 
+#[test]
+fn a_download_is_unpacked_while_it_arrives_into_the_same_bytes() {
+    let xz = packed("multi.xz");
+    let body = std::fs::read(&xz).unwrap();
+    // The body stops halfway until released: by then the first blocks
+    // (1 MiB of random data) must already be unpacked in the cache.
+    let server = Server::start(Faults {
+        ranges: true,
+        hold_after: Some(body.len() as u64 / 2),
+        ..Default::default()
+    });
+    server.put("/rk1.img.xz", body);
+    let cache_dir = scratch();
+    let m = manifest_for(&server.url("/rk1.img.xz"), &sha_of(&xz));
+    let image = std::thread::scope(|s| {
+        let fetching = s.spawn(|| fetch::ensure_base(&m, &cache_at(cache_dir.path()), &quick()));
+        wait_for("unpacked data while the download is held", || {
+            std::fs::read_dir(cache_dir.path().join("images"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| e.metadata().is_ok_and(|m| m.blocks() > 0))
+        });
+        assert_eq!(server.holding(), 1, "the download is not held");
+        server.release();
+        fetching.join().unwrap()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_sparse_copy_of_raw(&image);
+    for dir in ["partial", "downloads"] {
+        no_entries(cache_dir.path(), dir);
+    }
+    assert_eq!(files_under(&cache_dir.path().join("images")).len(), 1);
+}
+
+#[test]
+fn a_corrupted_download_leaves_no_image_even_when_it_unpacks() {
+    let xz = packed("multi.xz");
+    let good = std::fs::read(&xz).unwrap();
+    // A flipped byte (the decoder fails midway) and another valid xz file
+    // (it unpacks fine, to other bytes): both are refused by the digest,
+    // and neither leaves anything in the cache.
+    let mut flipped = good.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 0x55;
+    let d = scratch();
+    let other = d.path().join("other.xz");
+    sh(&format!(
+        "head -c 3M /dev/urandom | xz -T2 --block-size=1MiB -c > {}",
+        q(&other)
+    ));
+    let other = std::fs::read(&other).unwrap();
+    for (name, body) in [("flipped", flipped), ("another file", other)] {
+        let server = Server::start(Faults {
+            ranges: true,
+            ..Default::default()
+        });
+        let actual = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body));
+        server.put("/rk1.img.xz", body);
+        let cache_dir = scratch();
+        let m = manifest_for(&server.url("/rk1.img.xz"), &sha_of(&xz));
+        let e = err_of(fetch::ensure_base(
+            &m,
+            &cache_at(cache_dir.path()),
+            &quick(),
+        ));
+        assert!(
+            e.contains("sha256 mismatch")
+                && e.contains(&format!("expected {}", sha_of(&xz)))
+                && e.contains(&format!("got {actual}"))
+                && e.contains("the partial download was deleted"),
+            "{name}: {e}"
+        );
+        for dir in ["images", "partial", "downloads"] {
+            no_entries(cache_dir.path(), dir);
+        }
+    }
+}
+
 fn corrupt_case(name: &str, bytes: &[u8], expect: &str) {
     let d = scratch();
     let f = d.path().join(name);
@@ -717,6 +805,26 @@ fn corrupt_truncated_and_padded_streams_are_refused() {
     let m = manifest_for(&format!("file://{}", f.display()), &sha_of(&f));
     let image = fetch::ensure_base(&m, &cache_at(&d.path().join("c")), &quick()).unwrap();
     assert_sparse_copy_of_raw(&image);
+
+    // A damaged check field (xz -t agrees: "Compressed data is corrupt").
+    let d = scratch();
+    let small = d.path().join("small.xz");
+    sh(&format!(
+        "printf 'hello world, hello world' | xz -T2 -c > {}",
+        q(&small)
+    ));
+    let mut bad_check = std::fs::read(&small).unwrap();
+    // One block: ... check (8) | index (8) | footer (12).
+    let at = bad_check.len() - 28;
+    bad_check[at] ^= 1;
+    std::fs::write(&small, &bad_check).unwrap();
+    let (code, _) = sh_status(&format!("xz -t {}", q(&small)));
+    assert_ne!(code, 0, "xz -t accepts the damaged check");
+    corrupt_case(
+        "bad-check.xz",
+        &bad_check,
+        "a block's CRC64 does not match its data",
+    );
 
     let gz = std::fs::read(packed("gz")).unwrap();
     corrupt_case("truncated.gz", &gz[..gz.len() / 2], "corrupt Gzip data");

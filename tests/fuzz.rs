@@ -569,6 +569,8 @@ fn compressed_fixtures(dir: &Path) -> (Vec<u8>, Vec<(&'static str, Vec<u8>)>) {
     let mut out = Vec::new();
     for (name, cmd) in [
         ("xz", "xz -T1 -c"),
+        // Blocks with sizes in their headers: decoded in parallel.
+        ("xz blocks", "xz -T2 --block-size=256KiB -c"),
         ("gzip", "gzip -c"),
         ("zstd", "zstd -q -c"),
     ] {

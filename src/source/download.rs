@@ -7,9 +7,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::io::HashingWriter;
+use sha2::{Digest, Sha256};
+
+use super::follow::Growing;
 use crate::io::Sha256Digest;
-use crate::io::hash::sha256_reader;
 use crate::io::progress::Progress;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,27 +146,88 @@ fn retrying<T>(
     })
 }
 
+/// The sha256 of the partial file, computed as it is written: bytes
+/// appended are hashed on the way, and bytes on disk the hash has not seen
+/// (a partial file from an interrupted run) are read once when needed, so a
+/// download costs no second pass over the file.
+struct RunningHash {
+    sha: Sha256,
+    /// Bytes of the file hashed so far.
+    pos: u64,
+}
+
+impl RunningHash {
+    fn new() -> Self {
+        RunningHash {
+            sha: Sha256::new(),
+            pos: 0,
+        }
+    }
+
+    /// Makes the hash cover exactly the first `len` bytes of `file`.
+    fn catch_up(&mut self, file: &File, len: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.pos > len {
+            *self = RunningHash::new();
+        }
+        let mut buf = vec![0u8; (len - self.pos).min(1 << 20) as usize];
+        while self.pos < len {
+            let k = ((len - self.pos) as usize).min(buf.len());
+            file.read_exact_at(&mut buf[..k], self.pos)?;
+            self.sha.update(&buf[..k]);
+            self.pos += k as u64;
+        }
+        Ok(())
+    }
+
+    /// `data` was written at `at`.
+    fn wrote(&mut self, file: &File, at: u64, data: &[u8]) -> io::Result<()> {
+        if self.pos != at {
+            self.catch_up(file, at)?;
+        }
+        self.sha.update(data);
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+}
+
 /// Downloads `url` into `partial` (appending to what is there when the server
-/// can resume) and returns the sha256 of the complete file.
+/// can resume) and returns the sha256 of the complete file. With `follow`,
+/// reports the file's growth to it (an unpacker reading along) and says when
+/// the download starts over.
 pub fn download(
     url: &str,
     partial: &Path,
     policy: RetryPolicy,
     label: &str,
+    follow: Option<&Growing>,
 ) -> Result<Sha256Digest, DownloadError> {
     let local = |source| DownloadError::Local {
         path: partial.to_owned(),
         source,
     };
+    let mut hash = RunningHash::new();
     if let Some(src) = local_path(url) {
         let mut input = File::open(&src).map_err(|source| DownloadError::Local {
             path: src.clone(),
             source,
         })?;
         let total = input.metadata().ok().map(|m| m.len());
-        let mut out = HashingWriter::new(File::create(partial).map_err(local)?);
+        if let Some(g) = follow
+            && std::fs::metadata(partial).is_ok_and(|m| m.len() > 0)
+        {
+            g.restart();
+        }
+        let mut out = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(true)
+            .open(partial)
+            .map_err(local)?;
         let mut progress = Progress::new(label, total);
         let mut buf = vec![0u8; 1 << 20];
+        let mut done = 0u64;
         loop {
             let n = input
                 .read(&mut buf)
@@ -177,21 +239,26 @@ pub fn download(
                 break;
             }
             out.write_all(&buf[..n]).map_err(local)?;
+            hash.wrote(&out, done, &buf[..n]).map_err(local)?;
+            done += n as u64;
+            if let Some(g) = follow {
+                g.grew(done);
+            }
             progress.inc(n as u64);
         }
-        let (file, digest) = out.finish();
-        file.sync_all().map_err(local)?;
+        out.sync_all().map_err(local)?;
         progress.finish();
-        return Ok(digest);
+        return Ok(Sha256Digest::of(hash.sha));
     }
 
     let client = client()?;
-    retrying(url, policy, || try_once(&client, url, partial, label))?;
-    hash_file(partial).map_err(local)
-}
-
-fn hash_file(path: &Path) -> io::Result<Sha256Digest> {
-    sha256_reader(File::open(path)?)
+    retrying(url, policy, || {
+        try_once(&client, url, partial, label, &mut hash, follow)
+    })?;
+    let file = File::open(partial).map_err(local)?;
+    let len = file.metadata().map_err(local)?.len();
+    hash.catch_up(&file, len).map_err(local)?;
+    Ok(Sha256Digest::of(hash.sha))
 }
 
 /// `first` and `total` of a `Content-Range: bytes first-last/total` (or `*/total`).
@@ -214,10 +281,18 @@ fn try_once(
     url: &str,
     partial: &Path,
     label: &str,
+    hash: &mut RunningHash,
+    follow: Option<&Growing>,
 ) -> Result<Attempt<()>, DownloadError> {
     let local = |source| DownloadError::Local {
         path: partial.to_owned(),
         source,
+    };
+    // Whatever throws away bytes already written tells the follower first.
+    let restart = || {
+        if let Some(g) = follow {
+            g.restart();
+        }
     };
     let have = std::fs::metadata(partial).map(|m| m.len()).unwrap_or(0);
     let mut req = client.get(url);
@@ -236,6 +311,7 @@ fn try_once(
             Some(first) if first <= have => first,
             other => {
                 // A gap (or no range at all): what we have cannot be continued.
+                restart();
                 std::fs::remove_file(partial).map_err(local)?;
                 return Ok(Attempt::Retry(format!(
                     "the server answered a range starting at {} instead of {have}; starting over",
@@ -250,6 +326,7 @@ fn try_once(
             None => return Ok(Attempt::Done(())),
             Some(total) => {
                 // Longer than the file itself: not a prefix of it, so useless.
+                restart();
                 std::fs::remove_file(partial).map_err(local)?;
                 return Ok(Attempt::Retry(format!(
                     "the partial download ({have} bytes) is longer than the file on the server ({total} bytes); starting over"
@@ -271,9 +348,14 @@ fn try_once(
         }
     };
     let append = first > 0;
+    if !append && have > 0 {
+        restart();
+    }
     let expected = resp.content_length().map(|n| first + n);
+    // Readable too: the running hash may need to read what is already there.
     let mut out = OpenOptions::new()
         .create(true)
+        .read(true)
         .write(true)
         .append(append)
         .truncate(!append)
@@ -300,7 +382,11 @@ fn try_once(
         let dropped = skip.min(n as u64) as usize;
         skip -= dropped as u64;
         out.write_all(&buf[dropped..n]).map_err(local)?;
+        hash.wrote(&out, done, &buf[dropped..n]).map_err(local)?;
         done += (n - dropped) as u64;
+        if let Some(g) = follow {
+            g.grew(done);
+        }
         progress.set_position(done);
     }
     out.sync_all().map_err(local)?;

@@ -4,10 +4,12 @@
 pub mod cache;
 pub mod chart;
 pub mod download;
+pub mod follow;
 pub mod k3s;
 pub mod oci;
 pub mod qcow2;
 pub mod unpack;
+mod xz;
 
 use std::path::PathBuf;
 
@@ -68,6 +70,13 @@ pub fn expected_digest(
 }
 
 /// Makes sure the board's unpacked stock image is in the cache and returns its path.
+///
+/// A download is unpacked while it arrives (the unpacker follows the partial
+/// file) into a temporary image that becomes the cache entry only when the
+/// whole download has the expected sha256; a wrong digest deletes both. A
+/// download that has to start over midway (the server cannot resume) is
+/// unpacked in a second pass once complete; one resumed from an interrupted
+/// run is still unpacked in the same pass (its first part is read from disk).
 pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> Result<PathBuf> {
     let key = expected_digest(manifest, cache, opts)?;
     let image = cache.image_path(&key);
@@ -79,7 +88,15 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
         return Ok(image); // Another run finished it while we waited.
     }
     let download = cache.download_path(&key);
-    if !download.is_file() {
+    let max_size = manifest
+        .source
+        .max_size
+        .map_or(unpack::DEFAULT_MAX_SIZE, |s| s.0);
+    let temp = cache.temp_in("images", &key)?;
+    let _cleanup = crate::util::cleanup::register(temp.path());
+    let unpacked = if download.is_file() {
+        None
+    } else {
         if opts.offline {
             bail!(
                 "--offline: the {} stock image ({}) is not in the cache {}; run `imgbuild fetch {}` with network access first",
@@ -90,13 +107,38 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
             );
         }
         let partial = cache.partial_path(&key)?;
+        let follow = follow::Growing::open(&partial)
+            .with_context(|| format!("opening {}", partial.display()))?;
         tracing::info!("downloading {}", manifest.source.url);
-        let actual = download::download(
-            &manifest.source.url,
-            &partial,
-            opts.retry,
-            &format!("{} download", manifest.board),
-        )?;
+        let (fetched, unpacked) = std::thread::scope(|s| {
+            let unpacker = s.spawn(|| unpack::unpack_from(&follow, temp.as_file(), None, max_size));
+            let fetched = download::download(
+                &manifest.source.url,
+                &partial,
+                opts.retry,
+                &format!("{} download", manifest.board),
+                Some(&follow),
+            );
+            match &fetched {
+                Ok(actual) if *actual == key => {
+                    if !follow.restarted() {
+                        let len = std::fs::metadata(&partial).map_or(0, |m| m.len());
+                        follow.complete(len);
+                    }
+                }
+                _ => follow.abandon(),
+            }
+            let unpacked = unpacker
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the unpacker panicked").into()));
+            (fetched, unpacked)
+        });
+        let actual = fetched.inspect_err(|_| {
+            // Keep a partial download to resume, but not an empty file.
+            if std::fs::metadata(&partial).is_ok_and(|m| m.len() == 0) {
+                let _ = std::fs::remove_file(&partial);
+            }
+        })?;
         if actual != key {
             let _ = std::fs::remove_file(&partial);
             return Err(download::DownloadError::Mismatch {
@@ -109,30 +151,33 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
         std::fs::create_dir_all(download.parent().unwrap())?;
         std::fs::rename(&partial, &download)
             .with_context(|| format!("moving the download to {}", download.display()))?;
-    }
-    let src = std::fs::File::open(&download)
-        .with_context(|| format!("opening {}", download.display()))?;
-    let temp = cache.temp_in("images", &key)?;
-    let _cleanup = crate::util::cleanup::register(temp.path());
-    let max_size = manifest
-        .source
-        .max_size
-        .map_or(unpack::DEFAULT_MAX_SIZE, |s| s.0);
-    let (format, size) = unpack::unpack(
-        &src,
-        temp.as_file(),
-        &format!("{} unpack", manifest.board),
-        max_size,
-    )
-    .map_err(|e| match e {
-        unpack::UnpackError::TooLarge { .. } => anyhow!(
-            "{}: {e}; if the image really is that large, raise source.max_size in the {} manifest",
-            download.display(),
-            manifest.board
-        ),
-        e => anyhow!("{}: {e}", download.display()),
-    })
-    .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
+        // Started over midway: what was unpacked along is not this file.
+        (!follow.restarted()).then_some(unpacked)
+    };
+    let unpacked = match unpacked {
+        Some(r) => r,
+        None => {
+            let src = std::fs::File::open(&download)
+                .with_context(|| format!("opening {}", download.display()))?;
+            temp.as_file().set_len(0)?;
+            unpack::unpack(
+                &src,
+                temp.as_file(),
+                &format!("{} unpack", manifest.board),
+                max_size,
+            )
+        }
+    };
+    let (format, size) = unpacked
+        .map_err(|e| match e {
+            unpack::UnpackError::TooLarge { .. } => anyhow!(
+                "{}: {e}; if the image really is that large, raise source.max_size in the {} manifest",
+                download.display(),
+                manifest.board
+            ),
+            e => anyhow!("{}: {e}", download.display()),
+        })
+        .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
     if let Some(promised) = unpack::Format::promised_by(basename(&manifest.source.url))
         && format == unpack::Format::Raw
     {
@@ -171,7 +216,7 @@ pub fn ensure_asset(
             );
         }
         tracing::info!("downloading {url}");
-        let actual = download::download(url, partial, opts.retry, label)?;
+        let actual = download::download(url, partial, opts.retry, label, None)?;
         if actual != *digest {
             let _ = std::fs::remove_file(partial);
             return Err(download::DownloadError::Mismatch {

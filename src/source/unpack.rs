@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 use super::qcow2;
@@ -123,6 +124,55 @@ fn corrupt(format: Format, detail: impl std::fmt::Display) -> UnpackError {
     }
 }
 
+/// The packed input: a complete file, or a download still being written
+/// ([`super::follow::Growing`]).
+pub trait Input: Sync {
+    /// Reads at `off`, waiting for bytes still to come; 0 only at the end.
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;
+    /// The whole input's length (waits for the end of a download).
+    fn total_len(&self) -> io::Result<u64>;
+    /// The complete file, for formats read out of order (qcow2); waits for
+    /// the end of a download.
+    fn whole_file(&self) -> io::Result<&File>;
+}
+
+impl Input for File {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, off)
+    }
+    fn total_len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+    fn whole_file(&self) -> io::Result<&File> {
+        Ok(self)
+    }
+}
+
+/// An [`Input`] read in order.
+struct InputReader<'a> {
+    src: &'a dyn Input,
+    pos: u64,
+}
+
+impl Read for InputReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.src.read_at(buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// Progress of an unpack, or none (a download being unpacked shows its own).
+struct Meter(Option<Progress>);
+
+impl Meter {
+    fn set_position(&mut self, pos: u64) {
+        if let Some(p) = &mut self.0 {
+            p.set_position(pos);
+        }
+    }
+}
+
 /// Counts bytes taken from the compressed input, for progress and for the
 /// trailing-data check; the count is shared so it stays readable while a
 /// decoder owns the reader.
@@ -139,12 +189,12 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
-fn counting(src: &File) -> (BufReader<Counting<&File>>, Rc<Cell<u64>>) {
+fn counting(src: &dyn Input) -> (BufReader<Counting<InputReader<'_>>>, Rc<Cell<u64>>) {
     let count = Rc::new(Cell::new(0));
     let reader = BufReader::with_capacity(
         1 << 20,
         Counting {
-            inner: src,
+            inner: InputReader { src, pos: 0 },
             count: count.clone(),
         },
     );
@@ -156,7 +206,7 @@ fn drain(
     format: Format,
     mut decoder: impl Read,
     out: &mut Sink,
-    progress: &mut Progress,
+    progress: &mut Meter,
     read: &Cell<u64>,
 ) -> Result<(), UnpackError> {
     let mut buf = vec![0u8; 1 << 20];
@@ -201,9 +251,18 @@ pub fn unpack(
     label: &str,
     max_size: u64,
 ) -> Result<(Format, u64), UnpackError> {
-    let len = src.metadata()?.len();
+    unpack_from(src, dst, Some(label), max_size)
+}
+
+/// [`unpack`] from any [`Input`], with a progress display when `label` is given.
+pub fn unpack_from(
+    src: &dyn Input,
+    dst: &File,
+    label: Option<&str>,
+    max_size: u64,
+) -> Result<(Format, u64), UnpackError> {
     let mut head = [0u8; 8];
-    let n = src.read_at_start(&mut head)?;
+    let n = read_at_start(src, &mut head)?;
     if n == 0 {
         return Err(UnpackError::Empty);
     }
@@ -221,7 +280,7 @@ pub fn unpack(
         limit: max_size,
     };
     let virtual_size = if format == Format::Qcow2 {
-        let v = qcow2::virtual_size(src)?;
+        let v = qcow2::virtual_size(src.whole_file()?)?;
         // Checked before writing anything: the header says how big it gets.
         if v > max_size {
             return Err(UnpackError::TooLarge {
@@ -233,14 +292,20 @@ pub fn unpack(
     } else {
         None
     };
-    let mut progress = Progress::new(label, Some(virtual_size.unwrap_or(len)));
+    // The input's length is known up front only for a complete file.
+    let total = match (virtual_size, label) {
+        (Some(v), _) => Some(v),
+        (None, Some(_)) => Some(src.total_len()?),
+        (None, None) => None,
+    };
+    let mut progress = Meter(label.map(|l| Progress::new(l, total)));
     match format {
         Format::Raw => {
             let (reader, read) = counting(src);
             drain(format, reader, &mut out, &mut progress, &read)?;
         }
         Format::Qcow2 => {
-            qcow2::convert(src, out.out, |p| progress.set_position(p))?;
+            qcow2::convert(src.whole_file()?, out.out, |p| progress.set_position(p))?;
         }
         Format::Gzip => {
             // Multi-member gzip is valid; anything after the last member must be
@@ -257,7 +322,13 @@ pub fn unpack(
                 // One byte 0x1F at the buffer's end may begin the next member.
                 if !(rest.starts_with(&[0x1F, 0x8B]) || rest == [0x1F]) {
                     let buffered = rest.len();
-                    no_trailing(format, len, read.get(), buffered, "gzip stream")?;
+                    no_trailing(
+                        format,
+                        src.total_len()?,
+                        read.get(),
+                        buffered,
+                        "gzip stream",
+                    )?;
                 }
             }
         }
@@ -266,110 +337,38 @@ pub fn unpack(
             let mut d = zstd::stream::read::Decoder::with_buffer(reader)?;
             drain(format, &mut d, &mut out, &mut progress, &read)?;
             let r = d.finish();
-            no_trailing(format, len, read.get(), r.buffer().len(), "zstd frames")?;
+            let buffered = r.buffer().len();
+            no_trailing(
+                format,
+                src.total_len()?,
+                read.get(),
+                buffered,
+                "zstd frames",
+            )?;
         }
-        Format::Xz => unpack_xz(src, len, &mut out, &mut progress)?,
+        Format::Xz => {
+            let size = super::xz::decode(src, dst, max_size, threads() as usize, &mut |p| {
+                progress.set_position(p)
+            })?;
+            out.out.skip_zeros(size)?;
+        }
     }
     let size = writer.finish()?;
-    progress.finish();
+    if let Some(p) = progress.0 {
+        p.finish();
+    }
     Ok((format, size))
 }
 
-/// What liblzma's threaded decoder may hold (its input and output queues per
-/// thread); above it liblzma uses fewer threads, down to one, which needs
-/// only the dictionary. Keeps an unpack within ~100 MiB whatever the image.
-const XZ_THREADS_MEMLIMIT: u64 = 80 << 20;
-
-/// Decodes every xz stream in `src` (multithreaded where a stream has several
-/// blocks), allowing stream padding between and after streams and nothing else.
-fn unpack_xz(
-    src: &File,
-    len: u64,
-    out: &mut Sink,
-    progress: &mut Progress,
-) -> Result<(), UnpackError> {
-    let (mut reader, read) = counting(src);
-    let physmem = physical_memory();
-    loop {
-        let stream = liblzma::stream::MtStreamBuilder::new()
-            .threads(threads())
-            .memlimit_threading((physmem / 4).min(XZ_THREADS_MEMLIMIT))
-            .memlimit_stop(u64::MAX)
-            .decoder()
-            .map_err(|e| corrupt(Format::Xz, e))?;
-        let mut d = liblzma::bufread::XzDecoder::new_stream(&mut reader, stream);
-        drain(Format::Xz, &mut d, out, progress, &read)?;
-        if d.total_in() == 0 {
-            return Err(corrupt(Format::Xz, "truncated: the stream ended early"));
+/// Reads the first `buf.len()` bytes (fewer only when the input is shorter).
+fn read_at_start(src: &dyn Input, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        let k = src.read_at(&mut buf[n..], n as u64)?;
+        if k == 0 {
+            break;
         }
-        drop(d);
-        // Skip stream padding (NUL bytes in multiples of four).
-        let mut padding = 0u64;
-        loop {
-            let avail = reader.fill_buf()?;
-            if avail.is_empty() {
-                break;
-            }
-            let zeros = avail.iter().take_while(|&&b| b == 0).count();
-            padding += zeros as u64;
-            let done = zeros < avail.len();
-            reader.consume(zeros);
-            if done {
-                break;
-            }
-        }
-        let rest_len = reader.fill_buf()?.len();
-        let rest_is_xz = reader
-            .fill_buf()?
-            .starts_with(&[0xFD, b'7', b'z', b'X', b'Z', 0x00]);
-        if rest_len == 0 {
-            if !padding.is_multiple_of(4) {
-                return Err(corrupt(
-                    Format::Xz,
-                    "stream padding is not a multiple of four bytes",
-                ));
-            }
-            return Ok(());
-        }
-        if !rest_is_xz || !padding.is_multiple_of(4) {
-            let consumed = read.get() - rest_len as u64;
-            return Err(corrupt(
-                Format::Xz,
-                format!(
-                    "{} bytes of trailing data after the xz stream",
-                    len - consumed
-                ),
-            ));
-        }
+        n += k;
     }
-}
-
-fn physical_memory() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if pages > 0 && size > 0 {
-        pages as u64 * size as u64
-    } else {
-        1 << 30
-    }
-}
-
-trait ReadAtStart {
-    fn read_at_start(&self, buf: &mut [u8]) -> io::Result<usize>;
-}
-
-impl ReadAtStart for File {
-    fn read_at_start(&self, buf: &mut [u8]) -> io::Result<usize> {
-        use std::os::unix::fs::FileExt;
-        let mut n = 0;
-        while n < buf.len() {
-            let k = self.read_at(&mut buf[n..], n as u64)?;
-            if k == 0 {
-                break;
-            }
-            n += k;
-        }
-        Ok(n)
-    }
+    Ok(n)
 }
