@@ -177,10 +177,11 @@ pub(super) fn build_iso(
 
     tracing::info!(node = %node.name, output = %target.path.display(), "remastering {}", stock.display());
     iso::remaster(stock, pending.path(), &maps)?;
-    drop(_stage_cleanup);
+    // Removed while still registered: an interrupt now still removes it.
     stage
         .close()
         .with_context(|| format!("removing the staging directory in {}", out_dir.display()))?;
+    drop(_stage_cleanup);
     let flash_bytes = std::fs::metadata(pending.path())
         .with_context(|| format!("reading the size of {}", pending.path().display()))?
         .len();

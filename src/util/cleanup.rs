@@ -9,7 +9,14 @@ use std::sync::Mutex;
 /// (path, is a directory to remove with everything in it)
 static PATHS: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 
-/// Unregisters its path when dropped.
+/// Deletes its path (if it is still there) and unregisters it when dropped.
+///
+/// Deleting here, under the list's lock, rather than leaving it to the
+/// temporary file or directory that owns the path closes a window: a guard
+/// dropped before its owner would unregister the path, and an interrupt
+/// arriving before the owner's own delete would then exit with the path left
+/// behind. Every registered path is a temporary one: a path that was renamed
+/// into place (a finished output) is simply not there any more.
 pub struct Registered(PathBuf);
 
 fn add(path: &Path, dir: bool) -> Registered {
@@ -34,7 +41,12 @@ impl Drop for Registered {
     fn drop(&mut self) {
         let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = paths.iter().position(|(p, _)| *p == self.0) {
-            paths.swap_remove(i);
+            let (path, dir) = paths.swap_remove(i);
+            let _ = if dir {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
         }
     }
 }
@@ -73,5 +85,44 @@ pub fn clear_interrupt_hook() {
 pub fn run_interrupt_hook() {
     if let Some(h) = HOOK.lock().unwrap_or_else(|e| e.into_inner()).take() {
         h();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registered(path: &Path) -> bool {
+        PATHS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(p, _)| p == path)
+    }
+
+    #[test]
+    fn dropping_a_guard_deletes_its_path_and_unregisters_it() {
+        // Under target/, never /tmp (CI checks that tests leave nothing there).
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let file = dir.path().join("partial");
+        let stage = dir.path().join("stage");
+        std::fs::write(&file, b"half").unwrap();
+        std::fs::create_dir_all(stage.join("sub")).unwrap();
+        std::fs::write(stage.join("sub/f"), b"x").unwrap();
+        let (f, d) = (register(&file), register_dir(&stage));
+        assert!(registered(&file) && registered(&stage));
+        drop(f);
+        drop(d);
+        assert!(!file.exists() && !stage.exists());
+        assert!(!registered(&file) && !registered(&stage));
+        // A path renamed away (a finished output) is not there: nothing happens.
+        let done = dir.path().join("done");
+        std::fs::write(&file, b"whole").unwrap();
+        let f = register(&file);
+        std::fs::rename(&file, &done).unwrap();
+        drop(f);
+        assert_eq!(std::fs::read(&done).unwrap(), b"whole");
     }
 }

@@ -159,7 +159,14 @@ print(server.server_address[1])
 server.serve_forever()
 PY
 mirror_pid=$!
-for _ in $(seq 50); do [ -s "$work/mirror.port" ] && break; sleep 0.1; done
+# Python can take seconds to start on a loaded machine (CI runs this after
+# the test suite, with the roots still building): wait up to a minute.
+for _ in $(seq 600); do
+  [ -s "$work/mirror.port" ] && break
+  kill -0 "$mirror_pid" 2>/dev/null || die "the loopback k3s mirror exited: $(tail -3 "$work/mirror.log")"
+  sleep 0.1
+done
+[ -s "$work/mirror.port" ] || die "the loopback k3s mirror did not start within a minute"
 mirror=http://127.0.0.1:$(cat "$work/mirror.port")
 esc=${k3s_version//+/%2B}
 python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1]).read()' "$mirror/$esc/sha256sum-amd64.txt" ||
