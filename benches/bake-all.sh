@@ -14,8 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 source benches/lib.sh
-[ -n "${IMGBUILD_BENCH_BIN:-}" ] || cargo build --release --quiet
-bin=$(realpath "${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}")
+bench_bin
 bench_setup
 
 payload() { head -c 1G /dev/urandom > "$1/var/lib/payload"; }

@@ -23,8 +23,7 @@ filesystems=("$@")
 [ ${#filesystems[@]} -gt 0 ] || filesystems=(xfs btrfs)
 [ "$(id -u)" = 0 ] || { echo "needs root (mkfs, losetup, mount)" >&2; exit 1; }
 source benches/lib.sh
-[ -n "${IMGBUILD_BENCH_BIN:-}" ] || cargo build --release --quiet
-bin=$(realpath "${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}")
+bench_bin
 
 scratch=$PWD/target/bench-reflink.$$
 mnt=$scratch/mnt

@@ -11,9 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-5}
 source benches/lib.sh
-# A given binary is used as is (no build that would compete with the rounds).
-[ -n "${IMGBUILD_BENCH_BIN:-}" ] || cargo build --release --quiet
-bin=$(realpath "${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}")
+bench_bin
 bench_setup
 base=$work/rk1-base.img
 

@@ -89,6 +89,13 @@ bench_env() {
   sleep 1
 }
 
+# The imgbuild binary a bench runs, in $bin: IMGBUILD_BENCH_BIN as given (no
+# build that would compete with the rounds), else a fresh release build.
+bench_bin() {
+  [ -n "${IMGBUILD_BENCH_BIN:-}" ] || cargo build --release --quiet
+  bin=$(realpath "${IMGBUILD_BENCH_BIN:-$PWD/target/release/imgbuild}")
+}
+
 # Creates the run's scratch directory $work (removed on exit, the mirror stopped)
 # and isolates the run in it with bench_env.
 bench_setup() {
