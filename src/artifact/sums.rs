@@ -19,23 +19,46 @@ fn name_of(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Sets the line for `path` in the `SHA256SUMS` file beside it (sha256sum format).
-pub fn record(path: &Path, digest: &Sha256Digest) -> Result<()> {
+/// What a change does to a `SHA256SUMS` file.
+enum Change {
+    Keep,
+    Write(String),
+    Remove,
+}
+
+/// Reads the `SHA256SUMS` beside `path` (if any) and applies `change`, given
+/// its text and `path`'s name, under a lock on the directory itself (no lock
+/// file left beside the outputs), so concurrent runs do not lose each
+/// other's lines; a new text replaces the file atomically.
+fn change_sums(path: &Path, change: impl FnOnce(Option<&str>, &str) -> Change) -> Result<()> {
     let dir = parent_dir(path);
     let sums = dir.join(SUMS_FILE);
-    // Lock the directory itself (no lock file left beside the outputs) so
-    // concurrent runs do not lose each other's lines.
     let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
     // SAFETY: flock on an open descriptor; released when `lock` is dropped.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    let old = read_sums(&sums)?.unwrap_or_default();
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("writing {}", sums.display()))?;
-    tmp.write_all(set_line(&old, &name_of(path), digest).as_bytes())?;
-    tmp.persist(&sums)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", sums.display()))?;
-    Ok(())
+    let old = read_sums(&sums)?;
+    match change(old.as_deref(), &name_of(path)) {
+        Change::Keep => Ok(()),
+        Change::Remove => {
+            std::fs::remove_file(&sums).with_context(|| format!("removing {}", sums.display()))
+        }
+        Change::Write(text) => {
+            let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+                .with_context(|| format!("writing {}", sums.display()))?;
+            tmp.write_all(text.as_bytes())?;
+            tmp.persist(&sums)
+                .map_err(|e| e.error)
+                .with_context(|| format!("writing {}", sums.display()))?;
+            Ok(())
+        }
+    }
+}
+
+/// Sets the line for `path` in the `SHA256SUMS` file beside it (sha256sum format).
+pub fn record(path: &Path, digest: &Sha256Digest) -> Result<()> {
+    change_sums(path, |old, name| {
+        Change::Write(set_line(old.unwrap_or_default(), name, digest))
+    })
 }
 
 /// `SHA256SUMS` files larger than this are refused (a line per output is ~100 bytes).
@@ -86,34 +109,22 @@ pub fn recorded(path: &Path) -> Option<Sha256Digest> {
 /// output written without a digest must not inherit the line of an older
 /// file of the same name.
 pub fn forget(path: &Path) -> Result<()> {
-    let dir = parent_dir(path);
-    let sums = dir.join(SUMS_FILE);
-    let lock = File::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-    // SAFETY: flock on an open descriptor; released when `lock` is dropped.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    let Some(old) = read_sums(&sums)? else {
-        return Ok(());
-    };
-    let name = name_of(path);
-    if find_digest(&old, &name).is_none() {
-        return Ok(());
-    }
-    let kept: String = old
-        .lines()
-        .filter(|l| crate::io::sums::line_name(l) != Some(name.as_str()))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    if kept.trim().is_empty() {
-        // An empty list would make `sha256sum -c` fail: none at all instead.
-        return std::fs::remove_file(&sums).with_context(|| format!("removing {}", sums.display()));
-    }
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("writing {}", sums.display()))?;
-    tmp.write_all(kept.as_bytes())?;
-    tmp.persist(&sums)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", sums.display()))?;
-    Ok(())
+    change_sums(path, |old, name| {
+        let Some(old) = old.filter(|old| find_digest(old, name).is_some()) else {
+            return Change::Keep;
+        };
+        let kept: String = old
+            .lines()
+            .filter(|l| crate::io::sums::line_name(l) != Some(name))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.trim().is_empty() {
+            // An empty list would make `sha256sum -c` fail: none at all instead.
+            Change::Remove
+        } else {
+            Change::Write(kept)
+        }
+    })
 }
 
 /// The sha256 of an image, for the BMC or whoever needs it now: the digest
