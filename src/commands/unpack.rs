@@ -36,18 +36,12 @@ pub fn unpack(input: &Path, output: &Path, max_size: u64) -> Result<(Format, u64
     )?;
     // Unpacking goes by content; a file named as packed that unpacked as
     // raw has a damaged header (its bytes were copied as they are).
-    if let Some(promised) = input
+    let name = input
         .file_name()
         .and_then(|n| n.to_str())
-        .and_then(Format::promised_by)
-        && r.0 == Format::Raw
-    {
-        return Err(CommandError::Failed(anyhow!(
-            "{}: {}",
-            input.display(),
-            UnpackError::NotAsNamed { promised }
-        )));
-    }
+        .unwrap_or_default();
+    r.0.check_named(name)
+        .map_err(|e| CommandError::Failed(anyhow!("{}: {e}", input.display())))?;
     crate::source::cache::commit(temp, output)?;
     Ok(r)
 }

@@ -178,15 +178,9 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
             e => anyhow!("{}: {e}", download.display()),
         })
         .with_context(|| format!("unpacking the {} stock image", manifest.board))?;
-    if let Some(promised) = unpack::Format::promised_by(basename(&manifest.source.url))
-        && format == unpack::Format::Raw
-    {
-        bail!(
-            "{}: {}",
-            download.display(),
-            unpack::UnpackError::NotAsNamed { promised }
-        );
-    }
+    format
+        .check_named(basename(&manifest.source.url))
+        .map_err(|e| anyhow!("{}: {e}", download.display()))?;
     cache::commit(temp, &image)?;
     tracing::info!(
         "unpacked {} ({format:?}) to {} ({} MB)",

@@ -58,6 +58,16 @@ impl Format {
         .map(|(_, f)| f)
     }
 
+    /// Checks what unpacking a file called `name` found: raw content under a
+    /// name that promises a packed format is a damaged header (its bytes were
+    /// copied as they are), refused.
+    pub fn check_named(self, name: &str) -> Result<(), UnpackError> {
+        match Format::promised_by(name) {
+            Some(promised) if self == Format::Raw => Err(UnpackError::NotAsNamed { promised }),
+            _ => Ok(()),
+        }
+    }
+
     pub fn sniff(head: &[u8]) -> Format {
         MAGICS
             .iter()
