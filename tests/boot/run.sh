@@ -232,10 +232,10 @@ PY
 
 boot_one() { # arch
   local arch=$1 node board base out disk kdir vmlinuz initrd append qemu rep serial profiles
+  board=$(board_of "$arch")
   case "$arch" in
-  amd64) node=${BOOT_TEST_NODE_amd64:-nuc2} board=nuc ;;
-  arm64) node=${BOOT_TEST_NODE_arm64:-node02} board=rk1 ;;
-  *) die "unknown architecture $arch (amd64 or arm64)" ;;
+  amd64) node=${BOOT_TEST_NODE_amd64:-nuc2} ;;
+  arm64) node=${BOOT_TEST_NODE_arm64:-node02} ;;
   esac
   if [ "$board" = rk1 ]; then
     python3 -c 'import pyfatfs' 2>/dev/null || die "pyfatfs is missing (python3 -m pip install pyfatfs==1.1.0): it writes the stock seed to the RK1 CIDATA volume, which mtools refuses"
