@@ -727,6 +727,7 @@ fn write_extents(
         // write at its end), the copy goes to its absolute offset.
         region.write_at(to + e.len * bs, &[]).map_err(outside)?;
         crate::io::copy_range(&src, from, &image, region.offset() + to, n)?;
+        crate::io::start_writeback(&image, region.offset() + to, n);
         progress.inc(n);
         let tail = e.len * bs - n;
         if tail > 0 {

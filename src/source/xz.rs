@@ -195,6 +195,8 @@ fn write_sparse(
     if let Some(s) = run {
         out.write_all_at(&data[s..], off + s as u64)?;
     }
+    // The output is fsynced before its rename: let the disk start now.
+    crate::io::start_writeback(out, off, data.len() as u64);
     Ok(())
 }
 
