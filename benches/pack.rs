@@ -6,9 +6,10 @@
 //!   dense image (1 GiB holding 400 MB of incompressible data, `xz -1` with
 //!   32 MiB blocks) and a sparse one (4 GiB holding 200 MB);
 //! - compress: imgbuild's `.img.xz` and `.img.zst` outputs (the artifact code
-//!   path: a copy of the raw image, then the encoder; preset 6 / level 3) vs
-//!   `xz -T0 -6 -c` and `zstd -T0 -3 -c` of the same raw image; the ratio is
-//!   of the encoding (with its sha256 and rename), the copy reported beside it.
+//!   path: a copy of the raw image, then the encoder; xz preset
+//!   `artifact::XZ_PRESET` / zstd level 3) vs `xz -T0 -<preset> -c` and
+//!   `zstd -T0 -3 -c` of the same raw image; the ratio is of the encoding
+//!   (with its sha256, fsync and rename), the copy reported beside it.
 //!
 //! The ratio printed is imgbuild's time over the tool's (below 1.0: faster).
 //!
@@ -144,7 +145,8 @@ fn main() {
         if name != "dense" {
             continue;
         }
-        for (ext, tool) in [("img.xz", "xz -T0 -6 -c"), ("img.zst", "zstd -q -T0 -3 -c")] {
+        let xz = format!("xz -T0 -{} -c", imgbuild::artifact::XZ_PRESET);
+        for (ext, tool) in [("img.xz", xz.as_str()), ("img.zst", "zstd -q -T0 -3 -c")] {
             let (mut ratios, mut whole_ratios, mut ours, mut theirs) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let target: PathBuf = d.join(format!("outs/node02.rk1.{ext}"));

@@ -12,7 +12,7 @@ pub mod sums;
 
 use std::path::{Path, PathBuf};
 
-pub use pending::PendingOutput;
+pub use pending::{PendingOutput, XZ_PRESET};
 
 /// How an output image is stored; told by its file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

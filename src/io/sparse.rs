@@ -228,6 +228,45 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// A new file written front to back from offset 0 (a compressed output) that asks the disk to
+/// start on every [`WRITEBACK_STEP`] written, so the fsync before its rename
+/// finds little left to do.
+pub struct WritebackFile {
+    file: File,
+    pos: u64,
+    written_back: u64,
+}
+
+impl WritebackFile {
+    pub fn new(file: File) -> Self {
+        WritebackFile {
+            file,
+            pos: 0,
+            written_back: 0,
+        }
+    }
+
+    pub fn into_inner(self) -> File {
+        self.file
+    }
+}
+
+impl Write for WritebackFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.pos += n as u64;
+        if self.pos - self.written_back >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.written_back, self.pos - self.written_back);
+            self.written_back = self.pos;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
 /// Copies `len` bytes of `src` at `from` to `dst` at `to`: `copy_file_range`
 /// (extents shared where the file system can), else reading and writing.
 pub fn copy_range(src: &File, from: u64, dst: &File, to: u64, len: u64) -> std::io::Result<()> {
