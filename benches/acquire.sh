@@ -8,12 +8,12 @@
 #   4. peak RSS of imgbuild unpack at two image sizes (must stay flat)
 #
 #   benches/acquire.sh [SIZE_MIB] [ROUNDS]     (defaults 1024 and 3)
+#   IMGBUILD_BENCH_BIN=path: run that binary (no build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-size=${1:-1024}; rounds=${2:-3}
+mib=${1:-1024}; rounds=${2:-3}
 source benches/lib.sh
-cargo build --release --quiet
-bin=$PWD/target/release/imgbuild
+bench_bin
 m=benches/measure.py
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/imgbuild-acq.XXXXXX")
 server=""
@@ -21,16 +21,16 @@ MIRROR_PID=""
 trap '[ -n "$server" ] && kill $server 2>/dev/null; [ -n "$MIRROR_PID" ] && kill $MIRROR_PID 2>/dev/null; rm -rf "$work"' EXIT
 bench_env "$work"
 
-# An RK1-layout image of $size MiB whose root holds compressible text (like
+# An RK1-layout image of $mib MiB whose root holds compressible text (like
 # an OS image) and incompressible data, with free space left as holes.
 base=$work/rk1.img
 payload() {
-  (base64 -w 100 /dev/urandom || true) | head -c $((size * 1024 * 1024 * 4 / 10)) > "$1/var/lib/text"
-  head -c $((size * 1024 * 1024 / 10)) /dev/urandom > "$1/var/lib/random"
+  (base64 -w 100 /dev/urandom || true) | head -c $((mib * 1024 * 1024 * 4 / 10)) > "$1/var/lib/text"
+  head -c $((mib * 1024 * 1024 / 10)) /dev/urandom > "$1/var/lib/random"
 }
-make_rk1_base "$base" "${size}M" "$work" payload
+make_rk1_base "$base" "${mib}M" "$work" payload
 xz -T0 -k -c "$base" > "$work/rk1.img.xz"
-echo "image: ${size} MiB raw ($(du -m "$base" | cut -f1) MiB allocated), $(du -m "$work/rk1.img.xz" | cut -f1) MiB as multi-block xz ($(xz -l "$work/rk1.img.xz" | awk 'NR==2{print $2}') blocks), $(nproc) cores"
+echo "image: ${mib} MiB raw ($(du -m "$base" | cut -f1) MiB allocated), $(du -m "$work/rk1.img.xz" | cut -f1) MiB as multi-block xz ($(xz -l "$work/rk1.img.xz" | awk 'NR==2{print $2}') blocks), $(nproc) cores"
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 report() { printf '  %-34s median %7.3f s  peak RSS %6s MiB  (%s)\n' "$1" "$2" "$3" "$4"; }
 run() { python3 $m "$rounds" "$1" "$2"; }
@@ -82,6 +82,6 @@ rm -rf "$work/cache" "$work/dl.xz"
 
 echo "4. peak RSS of imgbuild unpack as the image grows"
 half=$work/half.img.xz
-head -c $((size * 1024 * 1024 / 2)) "$base" | xz -T0 > "$half"
+head -c $((mib * 1024 * 1024 / 2)) "$base" | xz -T0 > "$half"
 read -r _ r_half _ < <(python3 $m 1 "rm -f $work/h.img" "$bin unpack $half $work/h.img >/dev/null")
-echo "  $((size / 2)) MiB: ${r_half} MiB   ${size} MiB: ${r_ours} MiB"
+echo "  $((mib / 2)) MiB: ${r_half} MiB   ${mib} MiB: ${r_ours} MiB"
