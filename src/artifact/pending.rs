@@ -357,23 +357,20 @@ fn remove_stale_partials(dir: &Path) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn xz_encoder_fits_the_memory_budget_on_any_machine() {
         for threads in [1, 2, 3, 4, 8, 16, 64, 256] {
-            let (builder, t, block) = super::xz_fitted(threads);
+            let (builder, t, block) = xz_fitted(threads);
             let mem = builder.memusage();
-            assert!(
-                mem <= super::XZ_MEMORY_BUDGET,
-                "{threads} cores: {mem} bytes"
-            );
+            assert!(mem <= XZ_MEMORY_BUDGET, "{threads} cores: {mem} bytes");
             assert!(t >= 1 && t <= threads, "{threads} cores: {t} threads");
             assert!(block >= 4 << 20, "{threads} cores: {block}-byte blocks");
         }
         // Two cores (the machines this runs on) keep both threads.
-        assert_eq!(super::xz_fitted(2).1, 2);
+        assert_eq!(xz_fitted(2).1, 2);
     }
-
-    use super::*;
 
     #[test]
     fn partial_names() {

@@ -228,9 +228,9 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// A new file written front to back from offset 0 (a compressed output) that asks the disk to
-/// start on every [`WRITEBACK_STEP`] written, so the fsync before its rename
-/// finds little left to do.
+/// A new file written front to back from offset 0 (a compressed output)
+/// that asks the disk to start on every [`WRITEBACK_STEP`] written, so the
+/// fsync before its rename finds little left to do.
 pub struct WritebackFile {
     file: File,
     pos: u64,
