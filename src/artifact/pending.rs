@@ -217,8 +217,9 @@ const XZ_MEMORY_BUDGET: u64 = 88 << 20;
 /// The multithreaded xz encoder for `threads` cores within
 /// [`XZ_MEMORY_BUDGET`]: xz's default block size (3 dictionaries) and all the
 /// threads when they fit, else smaller blocks (down to one dictionary: the
-/// output barely changes) and then fewer threads. Each thread holds its block
-/// twice (in and out) besides its encoder, so memory never grows with the image.
+/// output barely changes) and then fewer threads. Each thread holds about
+/// three blocks (its input and liblzma's output buffers) besides its encoder,
+/// so memory never grows with the image.
 fn xz_encoder(threads: u32) -> Result<liblzma::stream::Stream> {
     let (builder, threads, block_size) = xz_fitted(threads);
     tracing::debug!(

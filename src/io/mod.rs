@@ -8,9 +8,9 @@ pub mod sums;
 
 pub use hash::{BackgroundHasher, HashingReader, HashingWriter, sha256_sparse};
 pub use sparse::{
-    CopyMethod, SparseWriter, WritebackFile, collapse_start, copy_extents, copy_file,
-    copy_file_with_progress, copy_range, data_extents, hash_range, insert_start, start_writeback,
-    stream_sparse,
+    CopyMethod, SparseWriter, WRITEBACK_STEP, WritebackFile, collapse_start, copy_extents,
+    copy_file, copy_file_with_progress, copy_range, data_extents, hash_range, insert_start,
+    start_writeback, stream_sparse,
 };
 
 use sha2::{Digest, Sha256};

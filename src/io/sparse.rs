@@ -18,8 +18,8 @@ pub struct SparseWriter<'f> {
     written_back: u64,
 }
 
-/// How much a [`SparseWriter`] writes before it asks the disk to start.
-const WRITEBACK_STEP: u64 = 32 << 20;
+/// How much a writer writes before it asks the disk to start on it.
+pub const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl<'f> SparseWriter<'f> {
     pub fn new(file: &'f File) -> Self {
@@ -217,12 +217,19 @@ pub fn copy_file_with_progress(src: &File, dst: &File, label: &str) -> std::io::
 /// instead of following it. Only a hint: errors are ignored, and the fsync
 /// that makes the data durable still comes later.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    // Whole pages only: a page cut at the end is written again by the next
+    // write (and waits for this I/O on file systems with stable pages). A
+    // length of 0 would mean "to the end of the file".
+    let end = offset.saturating_add(len) & !4095;
+    if end <= offset {
+        return;
+    }
     // SAFETY: sync_file_range on an open descriptor; no memory is passed.
     unsafe {
         libc::sync_file_range(
             file.as_raw_fd(),
             offset as libc::off64_t,
-            len as libc::off64_t,
+            (end - offset) as libc::off64_t,
             libc::SYNC_FILE_RANGE_WRITE,
         );
     }

@@ -195,8 +195,6 @@ fn write_sparse(
     if let Some(s) = run {
         out.write_all_at(&data[s..], off + s as u64)?;
     }
-    // The output is fsynced before its rename: let the disk start now.
-    crate::io::start_writeback(out, off, data.len() as u64);
     Ok(())
 }
 
@@ -257,6 +255,7 @@ fn decode_block(
     let mut outbuf = vec![0u8; BUF];
     let mut fed = at;
     let mut produced = 0u64;
+    let mut written_back = 0u64;
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("stopped").into());
@@ -289,6 +288,11 @@ fn decode_block(
         if k > 0 {
             write_sparse(out, &outbuf[..k], out_off + produced, crc.as_mut())?;
             produced += k as u64;
+            if produced - written_back >= crate::io::WRITEBACK_STEP {
+                // The output is fsynced before its rename: let the disk start now.
+                crate::io::start_writeback(out, out_off + written_back, produced - written_back);
+                written_back = produced;
+            }
         }
         match ret {
             sys::LZMA_OK => {}
@@ -296,6 +300,7 @@ fn decode_block(
             e => return Err(lzma_error("block", e)),
         }
     }
+    crate::io::start_writeback(out, out_off + written_back, produced - written_back);
     let consumed = fed - strm.0.avail_in as u64 - at;
     drop(strm);
     // The decoder copied the stored check into raw_check (little-endian).
