@@ -8,7 +8,7 @@ pub mod sums;
 
 pub use hash::{BackgroundHasher, HashingReader, HashingWriter, sha256_sparse};
 pub use sparse::{
-    CopyMethod, SparseWriter, WRITEBACK_STEP, WritebackFile, collapse_start, copy_extents,
+    CopyMethod, SparseWriter, WritebackFile, WritebackTrail, collapse_start, copy_extents,
     copy_file, copy_file_with_progress, copy_range, data_extents, hash_range, insert_start,
     start_writeback, stream_sparse,
 };

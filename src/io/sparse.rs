@@ -14,12 +14,8 @@ pub struct SparseWriter<'f> {
     file: &'f File,
     pos: u64,
     buf: Vec<u8>,
-    /// Where the last [`start_writeback`] ended.
-    written_back: u64,
+    writeback: WritebackTrail,
 }
-
-/// How much a writer writes before it asks the disk to start on it.
-pub const WRITEBACK_STEP: u64 = 32 << 20;
 
 impl<'f> SparseWriter<'f> {
     pub fn new(file: &'f File) -> Self {
@@ -27,7 +23,7 @@ impl<'f> SparseWriter<'f> {
             file,
             pos: 0,
             buf: Vec::with_capacity(SPARSE_BLOCK),
-            written_back: 0,
+            writeback: WritebackTrail::new(0),
         }
     }
 
@@ -36,11 +32,7 @@ impl<'f> SparseWriter<'f> {
             self.file.write_all_at(block, self.pos)?;
         }
         self.pos += block.len() as u64;
-        if self.pos - self.written_back >= WRITEBACK_STEP {
-            // Outputs are fsynced before their rename: let the disk start now.
-            start_writeback(self.file, self.written_back, self.pos - self.written_back);
-            self.written_back = self.pos;
-        }
+        self.writeback.advance(self.file, self.pos);
         Ok(())
     }
 
@@ -235,13 +227,44 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
+/// How much a writer writes before it asks the disk to start on it.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// Follows a writer moving forward through a file and starts the writeback
+/// of what it wrote, a [`WRITEBACK_STEP`] at a time: outputs are fsynced
+/// before their rename, so the disk may as well start now.
+pub struct WritebackTrail {
+    /// Where the last [`start_writeback`] ended.
+    from: u64,
+}
+
+impl WritebackTrail {
+    /// A trail starting at `offset` of the file.
+    pub fn new(offset: u64) -> Self {
+        WritebackTrail { from: offset }
+    }
+
+    /// The writer has written everything up to `offset`.
+    pub fn advance(&mut self, file: &File, offset: u64) {
+        if offset - self.from >= WRITEBACK_STEP {
+            self.finish(file, offset);
+        }
+    }
+
+    /// The writer stopped at `offset`: start on what is left.
+    pub fn finish(&mut self, file: &File, offset: u64) {
+        start_writeback(file, self.from, offset - self.from);
+        self.from = offset;
+    }
+}
+
 /// A new file written front to back from offset 0 (a compressed output)
-/// that asks the disk to start on every [`WRITEBACK_STEP`] written, so the
-/// fsync before its rename finds little left to do.
+/// whose writeback follows the writes ([`WritebackTrail`]), so the fsync
+/// before its rename finds little left to do.
 pub struct WritebackFile {
     file: File,
     pos: u64,
-    written_back: u64,
+    writeback: WritebackTrail,
 }
 
 impl WritebackFile {
@@ -249,7 +272,7 @@ impl WritebackFile {
         WritebackFile {
             file,
             pos: 0,
-            written_back: 0,
+            writeback: WritebackTrail::new(0),
         }
     }
 
@@ -262,10 +285,7 @@ impl Write for WritebackFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
         self.pos += n as u64;
-        if self.pos - self.written_back >= WRITEBACK_STEP {
-            start_writeback(&self.file, self.written_back, self.pos - self.written_back);
-            self.written_back = self.pos;
-        }
+        self.writeback.advance(&self.file, self.pos);
         Ok(n)
     }
 

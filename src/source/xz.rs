@@ -114,6 +114,26 @@ fn read_exact(src: &dyn Input, buf: &mut [u8], off: u64) -> Result<(), UnpackErr
     Ok(())
 }
 
+/// Reads the 12-byte stream header or footer at `pos` and decodes its flags
+/// with `decode` (`lzma_stream_header_decode` or `lzma_stream_footer_decode`).
+fn stream_flags(
+    src: &dyn Input,
+    pos: u64,
+    decode: unsafe extern "C" fn(*mut sys::lzma_stream_flags, *const u8) -> sys::lzma_ret,
+    what: &str,
+) -> Result<sys::lzma_stream_flags, UnpackError> {
+    let mut bytes = [0u8; 12];
+    read_exact(src, &mut bytes, pos)?;
+    // SAFETY: all-zero is a valid lzma_stream_flags; `bytes` has the 12
+    // bytes both functions read.
+    let mut flags: sys::lzma_stream_flags = unsafe { std::mem::zeroed() };
+    let ret = unsafe { decode(&mut flags, bytes.as_ptr()) };
+    if ret != sys::LZMA_OK {
+        return Err(lzma_error(what, ret));
+    }
+    Ok(flags)
+}
+
 /// A block header decoded into a `Block` with its own filter array.
 struct Header {
     block: Box<Block>,
@@ -255,7 +275,7 @@ fn decode_block(
     let mut outbuf = vec![0u8; BUF];
     let mut fed = at;
     let mut produced = 0u64;
-    let mut written_back = 0u64;
+    let mut writeback = crate::io::WritebackTrail::new(out_off);
     loop {
         if stop.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("stopped").into());
@@ -288,11 +308,7 @@ fn decode_block(
         if k > 0 {
             write_sparse(out, &outbuf[..k], out_off + produced, crc.as_mut())?;
             produced += k as u64;
-            if produced - written_back >= crate::io::WRITEBACK_STEP {
-                // The output is fsynced before its rename: let the disk start now.
-                crate::io::start_writeback(out, out_off + written_back, produced - written_back);
-                written_back = produced;
-            }
+            writeback.advance(out, out_off + produced);
         }
         match ret {
             sys::LZMA_OK => {}
@@ -300,7 +316,7 @@ fn decode_block(
             e => return Err(lzma_error("block", e)),
         }
     }
-    crate::io::start_writeback(out, out_off + written_back, produced - written_back);
+    writeback.finish(out, out_off + produced);
     let consumed = fed - strm.0.avail_in as u64 - at;
     drop(strm);
     // The decoder copied the stored check into raw_check (little-endian).
@@ -436,15 +452,7 @@ fn dispatch(
     let mut pos = 0u64;
     let mut opos = 0u64;
     loop {
-        // Stream header.
-        let mut head = [0u8; 12];
-        read_exact(src, &mut head, pos)?;
-        // SAFETY: all-zero is a valid lzma_stream_flags; head has 12 bytes.
-        let mut flags: sys::lzma_stream_flags = unsafe { std::mem::zeroed() };
-        let ret = unsafe { sys::lzma_stream_header_decode(&mut flags, head.as_ptr()) };
-        if ret != sys::LZMA_OK {
-            return Err(lzma_error("stream header", ret));
-        }
+        let flags = stream_flags(src, pos, sys::lzma_stream_header_decode, "stream header")?;
         pos += 12;
         let index =
             IndexGuard(unsafe { lzma_index_hash_init(std::ptr::null_mut(), std::ptr::null()) });
@@ -520,14 +528,8 @@ fn dispatch(
         }
         // SAFETY: a decoded index hash.
         let index_size = unsafe { lzma_index_hash_size(index.0) };
-        let mut foot = [0u8; 12];
-        read_exact(src, &mut foot, pos)?;
-        let mut footer: sys::lzma_stream_flags = unsafe { std::mem::zeroed() };
-        // SAFETY: foot has 12 bytes; both flags are initialised.
-        let ret = unsafe { sys::lzma_stream_footer_decode(&mut footer, foot.as_ptr()) };
-        if ret != sys::LZMA_OK {
-            return Err(lzma_error("stream footer", ret));
-        }
+        let footer = stream_flags(src, pos, sys::lzma_stream_footer_decode, "stream footer")?;
+        // SAFETY: both flags were filled in by liblzma.
         if footer.backward_size != index_size
             || unsafe { sys::lzma_stream_flags_compare(&flags, &footer) } != sys::LZMA_OK
         {
