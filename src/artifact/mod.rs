@@ -1,11 +1,8 @@
-//! Artifacts: the files imgbuild hands out. Pending outputs (written beside
-//! the target, renamed when complete), compression, `SHA256SUMS`, and reading
-//! an image back (`inspect`).
+//! Artifacts: the files imgbuild hands out. Output names and formats,
+//! pending outputs (written beside the target, renamed when complete),
+//! compression, `SHA256SUMS` and provenance statements. Reading an image
+//! back is `readback`'s; building installers is `installer`'s.
 
-pub mod autoinstall;
-pub mod diff;
-pub mod inspect;
-pub mod iso;
 mod pending;
 pub mod statement;
 pub mod sums;
@@ -26,7 +23,7 @@ pub enum Format {
     /// `.img.zst`: multithreaded zstd.
     Zstd,
     /// `.iso`: the board's vendor installer, remastered to install the node
-    /// unattended (bare metal; see `artifact::iso`).
+    /// unattended (bare metal; see `installer`).
     Iso,
 }
 

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use imgbuild::artifact::inspect::Inspection;
 use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::{CacheListing, Cleaned};
 use imgbuild::commands::check::CheckReport;
@@ -15,6 +14,7 @@ use imgbuild::commands::{CommandError, Result};
 use imgbuild::deliver::Report;
 use imgbuild::deliver::turing_pi::Status;
 use imgbuild::plan::RenderedFile;
+use imgbuild::readback::inspect::Inspection;
 use imgbuild::source::unpack::Format as PackFormat;
 
 pub fn json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -554,8 +554,8 @@ pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> 
     })
 }
 
-pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<()> {
-    use imgbuild::artifact::diff::Entry;
+pub fn diffed(as_json: bool, d: &imgbuild::readback::diff::ImageDiff) -> Result<()> {
+    use imgbuild::readback::diff::Entry;
     let show = |e: &Entry| {
         let mut s = e.kind.to_string();
         if let Some(m) = e.mode {
@@ -577,7 +577,7 @@ pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<
             println!("partition table: {} -> {}", d.table_a, d.table_b);
         }
         for (a, b) in &d.partitions {
-            let p = |x: &Option<imgbuild::artifact::diff::PartSummary>| match x {
+            let p = |x: &Option<imgbuild::readback::diff::PartSummary>| match x {
                 Some(p) => format!(
                     "start {} size {} type {} {} {}",
                     p.start,

@@ -82,7 +82,7 @@ fn profile_keys(paths: &Paths) -> Option<ProfileKeys> {
         );
     }
     for n in &p.nodes {
-        for r in super::additions::images_for(p, n) {
+        for r in crate::config::images::images_for(p, n) {
             if let Ok(i) = crate::config::images::ImageRef::parse(&r) {
                 keys.images
                     .insert(i.digest.to_string(), format!("image {}", i.original));

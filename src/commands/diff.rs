@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 
 use super::{CommandError, FetchSettings, Result};
-use crate::artifact::diff::{self, ImageDiff};
 use crate::io::Sha256Digest;
+use crate::readback::diff::{self, ImageDiff};
 
 pub fn diff(a: &Path, b: &Path) -> Result<ImageDiff> {
     diff::diff(a, b).map_err(CommandError::Failed)
@@ -16,7 +16,7 @@ pub fn diff(a: &Path, b: &Path) -> Result<ImageDiff> {
 
 /// The cached stock image `image` was built from.
 pub fn base_of(image: &Path, fetch: &FetchSettings) -> Result<PathBuf> {
-    let seen = crate::artifact::inspect::inspect(image, &["/var/lib/cloud/seed/nocloud".into()])
+    let seen = crate::readback::inspect::inspect(image, &["/var/lib/cloud/seed/nocloud".into()])
         .map_err(CommandError::Failed)?;
     let prov = seen.provenance.ok_or_else(|| {
         CommandError::usage(format!(

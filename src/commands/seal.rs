@@ -12,7 +12,7 @@ use crate::artifact::{Format, PendingOutput, Target, sums};
 use crate::config::profile::Node;
 use crate::image::PartitionTable;
 use crate::io::Sha256Digest;
-use crate::plan::{self, FileRecord, PlanInputs, Provenance};
+use crate::plan::{FileRecord, Provenance};
 use crate::secrets::Secrets;
 use crate::source::unpack;
 
@@ -50,7 +50,7 @@ pub struct AlreadySealed {
 /// image (raw or compressed).
 fn provenance_of(ws: &Workspace, raw: &Path) -> anyhow::Result<Option<Provenance>> {
     let dirs: Vec<String> = ws.manifests.values().map(|m| m.seed.dir.clone()).collect();
-    Ok(crate::artifact::inspect::inspect(raw, &dirs)?.provenance)
+    Ok(crate::readback::inspect::inspect(raw, &dirs)?.provenance)
 }
 
 /// Whether `image` must be sealed (or unpacked) before it can be flashed.
@@ -247,14 +247,8 @@ fn seal_raw(
     build_time: u64,
 ) -> Result<SealReport> {
     let manifest = &ws.manifests[&node.board];
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
-    };
-    let values = super::build::secret_values(secrets, node, build_time)?;
-    let plan = plan::plan_node(&inputs, node, Some(values), plan::Payload::None)?;
+    let supplies = crate::source::supplies::Supplies::preview(&ws.profiles)?;
+    let plan = ws.plan(node, Some(secrets), &supplies, build_time)?;
     let built = provenance_of(ws, raw)?.map(|p| p.instance_id);
     if built.as_deref() != Some(plan.instance_id.as_str()) {
         return Err(CommandError::Failed(anyhow!(
@@ -265,7 +259,7 @@ fn seal_raw(
         )));
     }
     let only = plan.seal_only();
-    super::build::warn_cluster_init(secrets, node)?;
+    super::warn_cluster_init(secrets, node)?;
     let pending = PendingOutput::from_base(raw, output)?;
     let table = PartitionTable::read(pending.path(), Some(manifest.partition_table))
         .map_err(anyhow::Error::from)?;

@@ -11,7 +11,6 @@ use super::wait::{WaitSettings, reader_api, ssh_host};
 use super::{Result, Workspace};
 use crate::deliver::state::DeployState;
 use crate::kube::{ApiError, Health};
-use crate::plan::PlanInputs;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeRow {
@@ -74,12 +73,7 @@ fn reachable(hosts: &[String], timeout: Duration) -> Vec<bool> {
 
 pub fn status(ws: &Workspace, settings: &WaitSettings, build_time: u64) -> Result<ClusterStatus> {
     let state = DeployState::load(&settings.out_dir);
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
-    };
+    let inputs = ws.plan_inputs(build_time);
     let hosts: Vec<String> = ws.profiles.nodes.iter().map(ssh_host).collect();
     let probe = settings.timeout.min(Duration::from_secs(3));
     let up = reachable(&hosts, probe);

@@ -8,6 +8,7 @@ pub mod follow;
 pub mod k3s;
 pub mod oci;
 pub mod qcow2;
+pub mod supplies;
 pub mod unpack;
 mod xz;
 
