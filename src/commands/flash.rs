@@ -100,8 +100,14 @@ pub fn flash(
     let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
     let mut jobs = Vec::new();
     for (node, slot, image) in planned {
-        let image =
-            super::seal::flashable(ws, node, &image, temp.path(), settings.build.build_time)?;
+        let image = super::seal::flashable(
+            ws,
+            node,
+            &image,
+            temp.path(),
+            settings.build.build_time,
+            None,
+        )?;
         jobs.push(Job {
             node: node.name.clone(),
             sha256: sums::digest_of(&image)?,

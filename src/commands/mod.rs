@@ -238,6 +238,16 @@ impl Workspace {
         Ok(Secrets::open(&self.paths.secrets)?)
     }
 
+    /// An artifact's packing and provenance record, read once.
+    pub fn open_artifact(&self, path: &Path) -> anyhow::Result<crate::readback::Artifact> {
+        crate::readback::Artifact::open(path, &self.seed_dirs())
+    }
+
+    /// The boards' seed directories, where an image's provenance record is.
+    pub fn seed_dirs(&self) -> Vec<String> {
+        self.manifests.values().map(|m| m.seed.dir.clone()).collect()
+    }
+
     /// What planning reads besides a node, its secrets and the supplies.
     pub fn plan_inputs(&self, build_time: u64) -> PlanInputs<'_> {
         PlanInputs {
@@ -245,6 +255,7 @@ impl Workspace {
             manifests: &self.manifests,
             overlays: &self.overlays,
             build_time,
+            join: None,
         }
     }
 

@@ -164,6 +164,35 @@ pub struct NodePlan {
     pub unfetched: Vec<Unfetched>,
     /// The inputs besides the stock image, for the provenance statement.
     pub dependencies: Vec<Dependency>,
+    /// Set when the plan is a server's image re-made to join a running
+    /// cluster instead of founding one.
+    pub join: Option<Join>,
+}
+
+/// Stock files a plan deletes: the base image's SSH host keys (every node
+/// flashed from it would share them) and, for a server that joins instead
+/// of founding, the CA set an image built to found the cluster holds.
+fn removals(joining: bool) -> Vec<Removal> {
+    let mut out = vec![Removal {
+        partition: "root".into(),
+        dir: "/etc/ssh".into(),
+        prefix: "ssh_host_".into(),
+    }];
+    if joining {
+        for (dir, prefixes) in [
+            (SERVER_TLS.to_string(), &["server-ca", "client-ca", "request-header-ca", "service.key"][..]),
+            (format!("{SERVER_TLS}/etcd"), &["server-ca", "peer-ca"][..]),
+        ] {
+            for prefix in prefixes {
+                out.push(Removal {
+                    partition: "root".into(),
+                    dir: dir.clone(),
+                    prefix: prefix.to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Every entry of `dir` in a partition whose name starts with `prefix`, except
@@ -182,6 +211,9 @@ pub struct PlanInputs<'a> {
     pub manifests: &'a Manifests,
     pub overlays: &'a overlay_source::OverlaySet,
     pub build_time: u64,
+    /// For a server: join the running cluster at this API URL instead of
+    /// founding it (see [`Join`]).
+    pub join: Option<String>,
 }
 
 impl PlanInputs<'_> {
@@ -200,9 +232,34 @@ pub fn render_node(
     node: &Node,
     secrets: Option<SecretValues>,
 ) -> Result<(Vec<RenderedFile>, String)> {
+    render_variant(inputs, node, secrets, None)
+}
+
+/// Renders `node`, or (with `join`) the variant of a server that joins the
+/// running cluster at `join.server_url` instead of founding it: the same
+/// overlays (the cluster-init server's auto-deploy manifests stay, so k3s's
+/// deploy controller deletes nothing), `server:` instead of `cluster-init`,
+/// no CA set (a joining server gets the cluster's from its peers), and the
+/// instance ID of the node as profiled.
+fn render_variant(
+    inputs: &PlanInputs,
+    node: &Node,
+    secrets: Option<SecretValues>,
+    join: Option<(&str, &str)>,
+) -> Result<(Vec<RenderedFile>, String)> {
     let manifest = inputs.manifest(node)?;
-    let context =
-        |values| TemplateContext::new(inputs.profiles, node, manifest, inputs.build_time, values);
+    let mut joining = node.clone();
+    if join.is_some() {
+        joining.k3s.cluster_init = false;
+    }
+    let context = |values| -> Result<TemplateContext> {
+        let mut ctx =
+            TemplateContext::new(inputs.profiles, &joining, manifest, inputs.build_time, values)?;
+        if let Some((url, _)) = join {
+            ctx.k3s.server_url = url.to_string();
+        }
+        Ok(ctx)
+    };
     let probe_a = context(SecretValues::placeholder("a"))?;
     let probe_b = context(SecretValues::placeholder("b"))?;
     let ctx = match secrets {
@@ -234,20 +291,40 @@ pub fn render_node(
             .unwrap_or(&manifest.source.url),
         profile_digest(&inputs.profiles.cluster, node)
     );
-    let (files, instance_id) = render::render(
+    let identity = match join {
+        Some((_, id)) => render::Identity::Fixed(id),
+        None => render::Identity::Derive(&identity),
+    };
+    let (mut files, instance_id) = render::render(
         inputs.overlays,
         &features,
         &ctx,
         [&probe_a, &probe_b],
         &node.name,
-        &identity,
+        identity,
     )?;
+    if join.is_some() {
+        files.retain(|f| !(f.target == "root" && f.path.starts_with(&format!("{SERVER_TLS}/"))));
+    }
     // Placing checks targets and names against the partition's writer, so
     // `check` and `render` refuse what the bake would.
     for f in &files {
         place(manifest, f)?;
     }
     Ok((files, instance_id))
+}
+
+/// Where the cluster-init server's CA set lives.
+pub const SERVER_TLS: &str = "/var/lib/rancher/k3s/server/tls";
+
+/// A server image re-made to join a running cluster (decided at flash time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The API server it joins through (`server:` in its k3s config).
+    pub server_url: String,
+    /// Public files that differ from the image as built (its k3s config):
+    /// what a flash writes into the copy besides the secrets.
+    pub changed: Vec<String>,
 }
 
 /// The complete plan for `node`: its rendered files placed in partitions,
@@ -263,7 +340,31 @@ pub fn plan_node(
 ) -> Result<NodePlan> {
     let manifest = inputs.manifest(node)?;
     let unsealed = secrets.is_none();
-    let (rendered, instance_id) = render_node(inputs, node, secrets)?;
+    let (rendered, instance_id, join) = match inputs.join.as_deref() {
+        Some(url) if node.k3s.role == crate::config::profile::Role::Server => {
+            let (profiled, id) = render_node(inputs, node, None)?;
+            let (rendered, id) = render_variant(inputs, node, secrets, Some((url, &id)))?;
+            let changed = rendered
+                .iter()
+                .filter(|f| !f.secret)
+                .filter(|f| {
+                    !profiled.iter().any(|p| {
+                        p.target == f.target && p.path == f.path && p.contents == f.contents
+                    })
+                })
+                .filter_map(|f| place(manifest, f).ok().map(|p| p.path))
+                .collect();
+            let join = Join {
+                server_url: url.to_string(),
+                changed,
+            };
+            (rendered, id, Some(join))
+        }
+        _ => {
+            let (rendered, id) = render_node(inputs, node, secrets)?;
+            (rendered, id, None)
+        }
+    };
     let mut files = Vec::new();
     for f in rendered.iter().filter(|f| !(unsealed && f.secret)) {
         files.push(place(manifest, f)?);
@@ -279,6 +380,7 @@ pub fn plan_node(
         node: node.name.clone(),
         profile_digest: profile_digest(&inputs.profiles.cluster, node),
         unsealed,
+        joined: join.as_ref().map(|j| j.server_url.clone()),
     };
     files.push(provenance_file(manifest, &provenance)?);
     let extra = additions::extra_files(inputs.profiles, node, manifest.arch, supplies)?;
@@ -290,11 +392,8 @@ pub fn plan_node(
         instance_id,
         files,
         provenance,
-        removals: vec![Removal {
-            partition: "root".into(),
-            dir: "/etc/ssh".into(),
-            prefix: "ssh_host_".into(),
-        }],
+        removals: removals(join.is_some()),
+        join,
         rendered,
         unfetched: extra.unfetched,
         dependencies,
@@ -410,8 +509,10 @@ impl NodePlan {
     /// files that depend on secrets, and the provenance record (now sealed).
     pub fn seal_only(&self) -> NodePlan {
         let mut only = self.clone();
-        only.files
-            .retain(|f| f.secret || f.path.ends_with(&format!("/{PROVENANCE_FILE}")));
+        let changed: &[String] = self.join.as_ref().map_or(&[], |j| &j.changed);
+        only.files.retain(|f| {
+            f.secret || f.path.ends_with(&format!("/{PROVENANCE_FILE}")) || changed.contains(&f.path)
+        });
         only.unfetched.clear();
         only
     }

@@ -287,7 +287,7 @@ pub fn render(
     context: &TemplateContext,
     probes: [&TemplateContext; 2],
     node_name: &str,
-    identity: &str,
+    identity: Identity,
 ) -> Result<(Vec<RenderedFile>, String), RenderError> {
     let sources = collect(overlays, features)?;
     let env = environment();
@@ -307,7 +307,10 @@ pub fn render(
         files.push(file);
     }
     let public: Vec<RenderedFile> = files.iter().filter(|f| !f.secret).cloned().collect();
-    let instance_id = instance_id(node_name, identity, &public);
+    let instance_id = match identity {
+        Identity::Derive(identity) => instance_id(node_name, identity, &public),
+        Identity::Fixed(id) => id.to_string(),
+    };
     let mut ctx = context.clone();
     ctx.instance_id = Some(instance_id.clone());
     for src in deferred {
@@ -315,6 +318,16 @@ pub fn render(
     }
     files.sort_by(|a, b| (&a.target, &a.path).cmp(&(&b.target, &b.path)));
     Ok((files, instance_id))
+}
+
+/// Where a rendering's instance ID comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// Derived from this identity string and the public files rendered.
+    Derive(&'a str),
+    /// Given: a variant of a node's files (a server re-flashed to join)
+    /// keeps the instance ID of the node as profiled.
+    Fixed(&'a str),
 }
 
 /// Renders one overlay file; `None` when a `skip_if_empty` template renders to nothing.
