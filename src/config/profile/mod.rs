@@ -10,6 +10,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use crate::config::Problem;
+use crate::config::manifest::BoardInfo;
 pub use model::*;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;

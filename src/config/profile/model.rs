@@ -417,15 +417,3 @@ impl Serialize for IpNet {
         s.collect_str(self)
     }
 }
-
-/// Facts about a board that validation needs, taken from its firmware manifest.
-#[derive(Debug, Clone)]
-pub struct BoardInfo {
-    pub name: String,
-    /// A compute module that sits in a Turing Pi slot.
-    pub turing_pi_module: bool,
-    /// The board's wired Ethernet as its image sees it.
-    pub ethernet: crate::config::manifest::EthernetFacts,
-    /// File system labels of the image's partitions (a data disk may not reuse one).
-    pub partition_labels: Vec<String>,
-}

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use super::Origin;
 use super::model::*;
 use crate::config::Problem;
+use crate::config::manifest::BoardInfo;
 
 struct Ctx<'a, 'o> {
     origin: &'a Origin<'o>,

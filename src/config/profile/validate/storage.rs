@@ -1,7 +1,8 @@
 //! Data disks (`storage`): formatted on first boot only when blank, mounted by label.
 
 use super::Ctx;
-use crate::config::profile::model::{BoardInfo, DataDisk, DataDiskSpec};
+use crate::config::manifest::BoardInfo;
+use crate::config::profile::model::{DataDisk, DataDiskSpec};
 
 /// Directories a data disk may not be mounted on (or under, for the ones
 /// the system itself manages): the node would not boot, or would lose files
