@@ -143,7 +143,7 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
     }
     validate::cross_checks(&cluster, &cluster_path, &resolved, &mut problems);
     if let Some(vip) = &cluster.vip {
-        crate::config::vip::check(
+        validate::vip_checks(
             vip,
             &cluster.server,
             &cluster_path,

@@ -3,10 +3,12 @@
 mod cluster;
 mod rules;
 mod storage;
+mod vip;
 
 pub(super) use cluster::cross_checks;
 use rules::*;
 pub use rules::{hostname_error, label_key_error};
+pub(super) use vip::vip_checks;
 
 use std::net::IpAddr;
 
