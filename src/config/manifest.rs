@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::Problem;
 use super::layered::{self, DirFile, LayeredFile, Origin};
-use super::profile::BoardInfo;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -455,6 +454,18 @@ fn load_one(file: &LayeredFile) -> Result<Manifest, Vec<Problem>> {
     } else {
         Err(problems)
     }
+}
+
+/// Facts about a board that validation needs, taken from its firmware manifest.
+#[derive(Debug, Clone)]
+pub struct BoardInfo {
+    pub name: String,
+    /// A compute module that sits in a Turing Pi slot.
+    pub turing_pi_module: bool,
+    /// The board's wired Ethernet as its image sees it.
+    pub ethernet: EthernetFacts,
+    /// File system labels of the image's partitions (a data disk may not reuse one).
+    pub partition_labels: Vec<String>,
 }
 
 pub fn board_infos(manifests: &Manifests) -> Vec<BoardInfo> {

@@ -6,11 +6,11 @@ pub mod progress;
 pub mod sparse;
 pub mod sums;
 
-pub use hash::{BackgroundHasher, HashingReader, HashingWriter, sha256_sparse};
+pub use hash::{BackgroundHasher, HashingReader, HashingWriter, hash_range, sha256_sparse};
 pub use sparse::{
     CopyMethod, SparseWriter, WritebackFile, WritebackTrail, collapse_start, copy_extents,
-    copy_file, copy_file_with_progress, copy_range, data_extents, hash_range, insert_start,
-    start_writeback, stream_sparse,
+    copy_file, copy_file_with_progress, copy_range, data_extents, insert_start, start_writeback,
+    stream_sparse,
 };
 
 use sha2::{Digest, Sha256};

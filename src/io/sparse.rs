@@ -400,7 +400,7 @@ fn shift(file: &File, mode: libc::c_int, len: u64) -> io::Result<bool> {
 
 /// The pieces of `file` within `off..off + len`, in order: `(pos, n, true)`
 /// for data, `(pos, n, false)` for a hole (and for anything past the end).
-fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+pub(crate) fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
     let end = off.checked_add(len).ok_or_else(|| {
         io::Error::new(io::ErrorKind::InvalidInput, "range past the largest offset")
     })?;
@@ -421,31 +421,6 @@ fn pieces(file: &File, off: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> 
         out.push((pos, end - pos, false));
     }
     Ok(out)
-}
-
-/// Feeds `off..off + len` of `file` to `hasher`: data extents are read,
-/// holes hashed as zero runs without a read.
-pub fn hash_range(
-    file: &File,
-    off: u64,
-    len: u64,
-    hasher: &mut super::hash::BackgroundHasher,
-) -> io::Result<()> {
-    for (pos, n, data) in pieces(file, off, len)? {
-        if !data {
-            hasher.zeros(n);
-            continue;
-        }
-        let mut done = 0;
-        while done < n {
-            let mut buf = hasher.buffer();
-            let k = ((n - done) as usize).min(buf.len());
-            file.read_exact_at(&mut buf[..k], pos + done)?;
-            hasher.data(buf, k);
-            done += k as u64;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -478,25 +453,5 @@ mod tests {
         let mut h = Sha256::new();
         h.update(&expect);
         assert_eq!(sha256_sparse(&f).unwrap(), Sha256Digest::of(h));
-    }
-
-    #[test]
-    fn hashing_a_range_matches_its_bytes() {
-        use crate::io::hash::BackgroundHasher;
-        // Data, a hole, data across chunk boundaries, a trailing hole.
-        let src = tempfile::tempfile().unwrap();
-        src.set_len(9 << 20).unwrap();
-        src.write_all_at(&vec![3u8; 1_500_000], 100).unwrap();
-        src.write_all_at(&vec![5u8; 2_300_000], 5 << 20).unwrap();
-        let mut all = Vec::new();
-        (&src).read_to_end(&mut all).unwrap();
-        for (off, len) in [(0u64, 9u64 << 20), (4096, 7 << 20), (6 << 20, 3 << 20)] {
-            let range = &all[off as usize..(off + len) as usize];
-            let mut h = BackgroundHasher::new();
-            hash_range(&src, off, len, &mut h).unwrap();
-            let mut want = Sha256::new();
-            want.update(range);
-            assert_eq!(h.finish(), Sha256Digest::of(want), "{off}+{len}");
-        }
     }
 }

@@ -122,7 +122,7 @@ impl Growing {
     }
 }
 
-impl super::unpack::Input for Growing {
+impl super::packed::Input for Growing {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize> {
         let avail = self.available(off)?;
         let n = (buf.len() as u64).min(avail) as usize;

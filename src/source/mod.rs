@@ -7,6 +7,7 @@ pub mod download;
 pub mod follow;
 pub mod k3s;
 pub mod oci;
+mod packed;
 pub mod qcow2;
 pub mod supplies;
 pub mod unpack;

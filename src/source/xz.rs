@@ -19,7 +19,7 @@ use std::sync::{Condvar, Mutex, mpsc};
 
 use liblzma_sys as sys;
 
-use super::unpack::{Format, Input, UnpackError};
+use super::packed::{Format, Input, UnpackError};
 
 const MAGIC: [u8; 6] = [0xFD, b'7', b'z', b'X', b'Z', 0x00];
 

@@ -10,6 +10,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use crate::config::Problem;
+use crate::config::manifest::BoardInfo;
 pub use model::*;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
@@ -60,21 +61,60 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
     };
     let cluster: Option<ClusterFile> =
         parse_strict(&cluster_path, cluster_value.clone(), &mut problems);
-    let defaults = match &cluster_value {
+    let files = node_files(dir, &mut problems).map_err(|p| fail(vec![p]))?;
+    let defaults = defaults(&cluster_value);
+    let nodes = parse_nodes(&files, dir, &cluster_path, &defaults, &mut problems);
+
+    let Some(cluster) = cluster else {
+        return Err(fail(problems));
+    };
+    let cluster = cluster.cluster;
+    let mut resolved = Vec::new();
+    for n in nodes {
+        let origin = Origin {
+            node_file: &n.path,
+            cluster_file: &cluster_path,
+            own: &n.own,
+        };
+        if let Some(node) =
+            validate::resolve_node(&cluster, &n.stem, n.spec, &origin, boards, &mut problems)
+        {
+            resolved.push(node);
+        }
+    }
+    check_set(&cluster, dir, &cluster_path, &resolved, &mut problems);
+    if problems.is_empty() {
+        Ok(ProfileSet {
+            dir: dir.to_owned(),
+            cluster,
+            nodes: resolved,
+        })
+    } else {
+        Err(fail(problems))
+    }
+}
+
+/// The `defaults:` map of `cluster.yaml` (empty when absent).
+fn defaults(cluster_value: &Value) -> Value {
+    let defaults = match cluster_value {
         Value::Mapping(m) => m.get("defaults").cloned().unwrap_or(Value::Null),
         _ => Value::Null,
     };
-    let defaults = if defaults.is_null() {
+    if defaults.is_null() {
         Value::Mapping(Default::default())
     } else {
         defaults
-    };
+    }
+}
 
+/// The node files (`nodes/*.yaml`, `*.yml`) in name order; an unreadable or
+/// empty directory is a problem, one outside the profiles' tree ends loading.
+fn node_files(dir: &Path, problems: &mut Vec<Problem>) -> Result<Vec<PathBuf>, Problem> {
     let nodes_dir = dir.join(NODES_DIR);
     if let Err(e) = crate::config::read::check_dir(&nodes_dir, dir)
         && nodes_dir.exists()
     {
-        return Err(fail(vec![Problem::file(&nodes_dir, e)]));
+        return Err(Problem::file(&nodes_dir, e));
     }
     let mut files: Vec<PathBuf> = match std::fs::read_dir(&nodes_dir) {
         Ok(rd) => rd
@@ -96,9 +136,27 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
             "no node profiles (*.yaml) found".into(),
         ));
     }
+    Ok(files)
+}
 
+/// A node file read and merged over the defaults, not yet validated.
+struct ParsedNode {
+    path: PathBuf,
+    stem: String,
+    /// The node file's own keys, to tell which file a field came from.
+    own: Value,
+    spec: NodeSpec,
+}
+
+fn parse_nodes(
+    files: &[PathBuf],
+    dir: &Path,
+    cluster_path: &Path,
+    defaults: &Value,
+    problems: &mut Vec<Problem>,
+) -> Vec<ParsedNode> {
     let mut nodes = Vec::new();
-    for path in &files {
+    for path in files {
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -112,64 +170,48 @@ pub fn load(dir: &Path, boards: &[BoardInfo]) -> Result<ProfileSet, ProfileError
             }
         };
         // Check the node file on its own first, so an unknown key names this file.
-        let own: Option<NodeSpec> = parse_strict(path, value.clone(), &mut problems);
+        let own: Option<NodeSpec> = parse_strict(path, value.clone(), problems);
         if own.is_none() {
             continue;
         }
         let merged = merge(defaults.clone(), value.clone());
-        let Some(spec) = parse_strict::<NodeSpec>(&cluster_path, merged, &mut problems) else {
+        let Some(spec) = parse_strict::<NodeSpec>(cluster_path, merged, problems) else {
             continue;
         };
-        nodes.push((path.clone(), stem, value, spec));
+        nodes.push(ParsedNode {
+            path: path.clone(),
+            stem,
+            own: value,
+            spec,
+        });
     }
+    nodes
+}
 
-    let Some(cluster) = cluster else {
-        return Err(fail(problems));
-    };
-    let cluster = cluster.cluster;
-    let mut resolved = Vec::new();
-    for (path, stem, own, spec) in nodes {
-        let origin = Origin {
-            node_file: &path,
-            cluster_file: &cluster_path,
-            own: &own,
-        };
-        if let Some(node) =
-            validate::resolve_node(&cluster, &stem, spec, &origin, boards, &mut problems)
-        {
-            resolved.push(node);
-        }
-    }
-    validate::cross_checks(&cluster, &cluster_path, &resolved, &mut problems);
+/// The checks across the resolved set: cluster fields and nodes against
+/// each other, the VIP, the cluster's images and its bootstrap files.
+fn check_set(
+    cluster: &Cluster,
+    dir: &Path,
+    cluster_path: &Path,
+    resolved: &[Node],
+    problems: &mut Vec<Problem>,
+) {
+    validate::cross_checks(cluster, cluster_path, resolved, problems);
     if let Some(vip) = &cluster.vip {
-        crate::config::vip::check(
-            vip,
-            &cluster.server,
-            &cluster_path,
-            &resolved,
-            &mut problems,
-        );
+        validate::vip_checks(vip, &cluster.server, cluster_path, resolved, problems);
     }
     for (i, r) in cluster.images.iter().enumerate() {
         if let Err(e) = crate::config::images::ImageRef::parse(r) {
             problems.push(Problem::field(
-                &cluster_path,
+                cluster_path,
                 &format!("cluster.images[{i}]"),
                 e,
             ));
         }
     }
     if let Some(b) = &cluster.bootstrap {
-        crate::config::bootstrap::check(b, dir, &cluster_path, &mut problems);
-    }
-    if problems.is_empty() {
-        Ok(ProfileSet {
-            dir: dir.to_owned(),
-            cluster,
-            nodes: resolved,
-        })
-    } else {
-        Err(fail(problems))
+        crate::config::bootstrap::check(b, dir, cluster_path, problems);
     }
 }
 

@@ -37,9 +37,9 @@ pub struct Cluster {
     pub turing_pi_boards: Vec<TuringPiBoard>,
     #[serde(default)]
     pub k3s: K3sCluster,
-    /// A virtual IP for the control plane (kube-vip); see `config::vip`.
+    /// A virtual IP for the control plane (kube-vip); see [`Vip`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vip: Option<crate::config::vip::Vip>,
+    pub vip: Option<Vip>,
     /// Manifests and Helm charts the cluster-init server applies at its
     /// first start; see `config::bootstrap`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -290,6 +290,12 @@ pub struct Node {
     pub file: PathBuf,
 }
 
+impl Node {
+    pub fn is_server(&self) -> bool {
+        self.k3s.role == Role::Server
+    }
+}
+
 /// A validated data disk (see `DataDiskSpec`).
 #[derive(Debug, Clone, Serialize)]
 pub struct DataDisk {
@@ -418,14 +424,126 @@ impl Serialize for IpNet {
     }
 }
 
-/// Facts about a board that validation needs, taken from its firmware manifest.
-#[derive(Debug, Clone)]
-pub struct BoardInfo {
-    pub name: String,
-    /// A compute module that sits in a Turing Pi slot.
-    pub turing_pi_module: bool,
-    /// The board's wired Ethernet as its image sees it.
-    pub ethernet: crate::config::manifest::EthernetFacts,
-    /// File system labels of the image's partitions (a data disk may not reuse one).
-    pub partition_labels: Vec<String>,
+/// `cluster.vip` as written.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Vip {
+    /// The control plane's virtual address; agents and joining servers use it.
+    pub address: IpAddr,
+    /// The interface kube-vip announces the address on, the same name on every
+    /// server. Without it: the servers' `network.match.name` when they all
+    /// share one literal name, else kube-vip's own choice (the interface of the
+    /// default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Addresses for `LoadBalancer` Services (`FIRST-LAST` or a CIDR); turns
+    /// on kube-vip's Services mode and turns off k3s's servicelb.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services_range: Option<String>,
+    /// kube-vip's image, pinned by digest (default: the one imgbuild pins),
+    /// e.g. from a registry mirror of your own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// kube-vip's image, pinned by the digest of its multi-arch index (the
+/// reference a node pulls, or imports from an air-gapped archive).
+pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v1.2.1@sha256:44035f68040c9eb99103c65f1f9ab9698d93f9f272110825705338ac1926f3d9";
+
+impl Vip {
+    /// The image the servers run: the profile's, else the one imgbuild pins.
+    pub fn image_ref(&self) -> String {
+        self.image
+            .clone()
+            .unwrap_or_else(|| KUBE_VIP_IMAGE.to_string())
+    }
+}
+
+/// An inclusive range of addresses of one family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrRange {
+    pub first: IpAddr,
+    pub last: IpAddr,
+}
+
+impl AddrRange {
+    /// `192.168.1.200-192.168.1.220` or `192.168.1.208/28`.
+    pub fn parse(s: &str) -> Result<AddrRange, String> {
+        let s = s.trim();
+        if let Some((a, b)) = s.split_once('-') {
+            let ip = |t: &str| {
+                t.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{:?} is not an IP address", t.trim()))
+            };
+            let (first, last) = (ip(a)?, ip(b)?);
+            if first.is_ipv4() != last.is_ipv4() {
+                return Err(format!("{s:?} mixes IPv4 and IPv6"));
+            }
+            if num(first) > num(last) {
+                return Err(format!("{s:?} ends before it starts"));
+            }
+            return Ok(AddrRange { first, last });
+        }
+        if s.contains('/') {
+            let net = IpNet::parse(s)?;
+            let bits = if net.addr.is_ipv4() { 32 } else { 128 };
+            let host_bits = bits - u32::from(net.prefix);
+            let mask = u128::MAX.checked_shl(host_bits).unwrap_or(0);
+            let base = num(net.addr) & mask;
+            let top = base | !mask & (u128::MAX >> (128 - bits));
+            return Ok(AddrRange {
+                first: from_num(base, net.addr.is_ipv4()),
+                last: from_num(top, net.addr.is_ipv4()),
+            });
+        }
+        Err(format!(
+            "{s:?} is not a range: write FIRST-LAST (192.168.1.200-192.168.1.220) or a CIDR (192.168.1.208/28)"
+        ))
+    }
+
+    pub fn contains(&self, ip: &IpAddr) -> bool {
+        ip.is_ipv4() == self.first.is_ipv4()
+            && (num(self.first)..=num(self.last)).contains(&num(*ip))
+    }
+}
+
+impl std::fmt::Display for AddrRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+fn num(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u32::from(a).into(),
+        IpAddr::V6(a) => a.into(),
+    }
+}
+
+fn from_num(n: u128, v4: bool) -> IpAddr {
+    if v4 {
+        IpAddr::V4(std::net::Ipv4Addr::from(n as u32))
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::from(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = AddrRange::parse("192.168.1.208/28").unwrap();
+        assert_eq!(r.to_string(), "192.168.1.208-192.168.1.223");
+        let r = AddrRange::parse("10.0.0.5 - 10.0.0.9").unwrap();
+        assert!(r.contains(&"10.0.0.9".parse().unwrap()));
+        assert!(!r.contains(&"10.0.0.10".parse().unwrap()));
+        assert!(AddrRange::parse("10.0.0.9-10.0.0.5").is_err());
+        assert!(AddrRange::parse("10.0.0.1-::1").is_err());
+        assert!(AddrRange::parse("10.0.0.1").is_err());
+        let r = AddrRange::parse("fd00::/126").unwrap();
+        assert_eq!(r.to_string(), "fd00::-fd00::3");
+    }
 }

@@ -16,6 +16,17 @@ pub(in crate::config::profile) fn cross_checks(
     problems: &mut Vec<Problem>,
 ) {
     let cf = cluster_file;
+    names_and_time_zone(cluster, cf, problems);
+    admin(cluster, cf, problems);
+    turing_pi_boards(cluster, cf, problems);
+    let version = k3s_settings(cluster, cf, problems);
+    nothing_twice(nodes, problems);
+    servers_and_reach(cluster, cf, nodes, problems);
+    nvidia_runtime(cluster, version, nodes, problems);
+}
+
+/// `cluster.name`, `server`, `domain` and `timezone`.
+fn names_and_time_zone(cluster: &Cluster, cf: &Path, problems: &mut Vec<Problem>) {
     if let Some(e) = dns_name_error(&cluster.name) {
         problems.push(Problem::field(cf, "cluster.name", e));
     }
@@ -42,6 +53,10 @@ pub(in crate::config::profile) fn cross_checks(
             ),
         ));
     }
+}
+
+/// `cluster.admin`: a login name, and a way to log in (keys or a password hash).
+fn admin(cluster: &Cluster, cf: &Path, problems: &mut Vec<Problem>) {
     let user = &cluster.admin.user;
     let user_ok = !user.is_empty()
         && user.len() <= 32
@@ -99,6 +114,10 @@ pub(in crate::config::profile) fn cross_checks(
             ));
         }
     }
+}
+
+/// `cluster.turing_pi_boards`: names (each once) and BMC hosts.
+fn turing_pi_boards(cluster: &Cluster, cf: &Path, problems: &mut Vec<Problem>) {
     let mut tp_names = HashMap::new();
     for (i, b) in cluster.turing_pi_boards.iter().enumerate() {
         if let Some(e) = hostname_error(&b.name) {
@@ -128,6 +147,15 @@ pub(in crate::config::profile) fn cross_checks(
             ));
         }
     }
+}
+
+/// `cluster.k3s`: disabled components, the mirror and the release, which
+/// later checks compare against (`None` when it does not parse).
+fn k3s_settings(
+    cluster: &Cluster,
+    cf: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<crate::config::k3s::Version> {
     for (i, c) in cluster.k3s.disable.iter().enumerate() {
         if !k3s_component_ok(c) {
             problems.push(Problem::field(
@@ -154,7 +182,11 @@ pub(in crate::config::profile) fn cross_checks(
             format!("{v:?} is not a k3s release like v1.31.4+k3s1"),
         ));
     }
+    version
+}
 
+/// Host names, Turing Pi slots and addresses that two nodes claim.
+fn nothing_twice(nodes: &[Node], problems: &mut Vec<Problem>) {
     let mut hostnames: BTreeMap<&str, &Node> = BTreeMap::new();
     let mut slots: BTreeMap<(String, u8), &Node> = BTreeMap::new();
     let mut addresses: BTreeMap<IpAddr, &Node> = BTreeMap::new();
@@ -205,6 +237,11 @@ pub(in crate::config::profile) fn cross_checks(
             }
         }
     }
+}
+
+/// One cluster-init server, at least one server, and a cluster address and
+/// agent subnets that reach a server.
+fn servers_and_reach(cluster: &Cluster, cf: &Path, nodes: &[Node], problems: &mut Vec<Problem>) {
     let inits: Vec<&Node> = nodes.iter().filter(|n| n.k3s.cluster_init).collect();
     if inits.len() > 1 {
         for n in &inits[1..] {
@@ -267,7 +304,15 @@ pub(in crate::config::profile) fn cross_checks(
             ));
         }
     }
-    // default-runtime (used for NVIDIA nodes) exists since k3s v1.29.0.
+}
+
+/// default-runtime (used for NVIDIA nodes) exists since k3s v1.29.0.
+fn nvidia_runtime(
+    cluster: &Cluster,
+    version: Option<crate::config::k3s::Version>,
+    nodes: &[Node],
+    problems: &mut Vec<Problem>,
+) {
     if let Some(v) = version
         && !v.at_least(1, 29)
     {

@@ -3,16 +3,19 @@
 mod cluster;
 mod rules;
 mod storage;
+mod vip;
 
 pub(super) use cluster::cross_checks;
 use rules::*;
 pub use rules::{hostname_error, label_key_error};
+pub(super) use vip::vip_checks;
 
 use std::net::IpAddr;
 
 use super::Origin;
 use super::model::*;
 use crate::config::Problem;
+use crate::config::manifest::{BoardInfo, EthernetFacts};
 
 struct Ctx<'a, 'o> {
     origin: &'a Origin<'o>,
@@ -44,18 +47,73 @@ pub(super) fn resolve_node(
         problems,
         ok: true,
     };
+    let hostname = hostname(&mut cx, stem, spec.hostname);
+    let (board, board_info) = board(&mut cx, spec.board, boards);
+    let turing_pi = turing_pi_slot(&mut cx, cluster, spec.turing_pi, board_info);
+    let k3s = k3s_node(&mut cx, spec.k3s.unwrap_or_default());
+    let network = network(
+        &mut cx,
+        spec.network.unwrap_or_default(),
+        &board,
+        board_info,
+        cluster,
+    );
+    let swap = swap(&mut cx, spec.swap.unwrap_or_default());
+    let packages = packages(&mut cx, spec.packages.unwrap_or_default());
+    let images = images(&mut cx, spec.images.unwrap_or_default());
+    let shrink_headroom_mib = spec.shrink.and_then(|s| s.headroom_mib);
+    if shrink_headroom_mib == Some(0) {
+        cx.bad(
+            "shrink.headroom_mib",
+            "0 leaves the first boot no room; give at least 1 (MiB)",
+        );
+    }
+    let storage = storage::storage(&mut cx, spec.storage.unwrap_or_default(), board_info);
+    let install = install_target(spec.install.unwrap_or_default(), &storage, &mut cx);
+    let ok = cx.ok;
+    ok.then(|| Node {
+        name: stem.to_string(),
+        fqdn: cluster.domain.as_ref().map(|d| format!("{hostname}.{d}")),
+        hostname,
+        board,
+        turing_pi,
+        k3s,
+        network,
+        nvidia: spec.nvidia.unwrap_or(false),
+        swap,
+        packages,
+        images,
+        shrink_headroom_mib,
+        storage,
+        install,
+        file: origin.node_file.to_owned(),
+    })
+}
+
+/// The node's name comes from its file name; `hostname` may override the
+/// host name it gets. Both must be valid host names.
+fn hostname(cx: &mut Ctx, stem: &str, hostname: Option<String>) -> String {
     if let Some(e) = hostname_error(stem) {
         cx.problems.push(Problem::file(
-            origin.node_file,
+            cx.origin.node_file,
             format!("the file name gives the node name, and {e}"),
         ));
         cx.ok = false;
     }
-    let hostname = spec.hostname.unwrap_or_else(|| stem.to_string());
+    let hostname = hostname.unwrap_or_else(|| stem.to_string());
     if let Some(e) = hostname_error(&hostname) {
         cx.bad("hostname", e);
     }
-    let board = match spec.board {
+    hostname
+}
+
+/// The `board`, which must have a firmware manifest; empty when missing.
+fn board<'b>(
+    cx: &mut Ctx,
+    board: Option<String>,
+    boards: &'b [BoardInfo],
+) -> (String, Option<&'b BoardInfo>) {
+    let board = match board {
         Some(b) => b,
         None => {
             let known: Vec<&str> = boards.iter().map(|b| b.name.as_str()).collect();
@@ -77,10 +135,19 @@ pub(super) fn resolve_node(
             ),
         );
     }
+    (board, board_info)
+}
 
-    let turing_pi = match (spec.turing_pi, board_info) {
-        (Some(s), Some(b)) if !b.turing_pi_module => {
-            let _ = s;
+/// `turing_pi`: required for a compute module, refused for any other board,
+/// and naming one of `cluster.turing_pi_boards` (the only one may go unnamed).
+fn turing_pi_slot(
+    cx: &mut Ctx,
+    cluster: &Cluster,
+    spec: Option<SlotSpec>,
+    board_info: Option<&BoardInfo>,
+) -> Option<Slot> {
+    match (spec, board_info) {
+        (Some(_), Some(b)) if !b.turing_pi_module => {
             cx.bad(
                 "turing_pi",
                 format!("board {:?} does not sit in a Turing Pi slot", b.name),
@@ -148,9 +215,11 @@ pub(super) fn resolve_node(
             }
         }
         (None, _) => None,
-    };
+    }
+}
 
-    let k = spec.k3s.unwrap_or_default();
+/// `k3s`: the role, labels, taints and the addresses k3s is told to use.
+fn k3s_node(cx: &mut Ctx, k: K3sNodeSpec) -> K3sNode {
     let role = k.role.unwrap_or(Role::Agent);
     let cluster_init = k.cluster_init.unwrap_or(false);
     if cluster_init && role != Role::Server {
@@ -186,64 +255,29 @@ pub(super) fn resolve_node(
             format!("{i:?} is not an interface name"),
         );
     }
+    K3sNode {
+        role,
+        cluster_init,
+        labels,
+        taints,
+        node_ip,
+        flannel_iface: k.flannel_iface,
+    }
+}
 
-    let net = spec.network.unwrap_or_default();
+/// `network`: which interface (`match`), and DHCP or a static address with
+/// its gateway and DNS servers (the cluster's when the node names none).
+fn network(
+    cx: &mut Ctx,
+    net: NetworkSpec,
+    board: &str,
+    board_info: Option<&BoardInfo>,
+    cluster: &Cluster,
+) -> Network {
     let m = net.match_.unwrap_or_default();
-    if let Some(name) = &m.name
-        && !iface_ok(name)
-    {
-        cx.bad(
-            "network.match.name",
-            format!("{name:?} is not an interface name or glob"),
-        );
-    }
-    if let Some(e) = m.mac.as_deref().and_then(mac_error) {
-        cx.bad("network.match.mac", e);
-    }
-    if m.name.is_some() && m.mac.is_some() {
-        cx.bad("network.match", "give either `name` or `mac`, not both");
-    }
-    if let Some(driver) = &m.driver
-        && !driver_ok(driver)
-    {
-        cx.bad(
-            "network.match.driver",
-            format!("{driver:?} is not a kernel driver name or glob, like bcmgenet or r81*"),
-        );
-    }
-    // A match the board's image can never satisfy leaves the node without
-    // its network on first boot: refuse it here, naming what would apply.
+    interface_match(cx, &m);
     if let Some(eth) = board_info.map(|b| &b.ethernet) {
-        let board_name = &board;
-        if let Some(name) = m.name.as_deref().filter(|n| iface_ok(n))
-            && !eth.names.is_empty()
-            && !eth.names.iter().any(|known| globs_intersect(name, known))
-        {
-            cx.bad(
-                "network.match.name",
-                format!(
-                    "{name:?} never applies on {board_name}: its image names the wired interface {}; \
-                     match one of those, or by `driver` ({}) or `mac`",
-                    eth.names.join(" or "),
-                    if eth.drivers.is_empty() { "its kernel driver".to_string() } else { eth.drivers.join(", ") },
-                ),
-            );
-        }
-        if let Some(driver) = m.driver.as_deref().filter(|d| driver_ok(d))
-            && !eth.drivers.is_empty()
-            && !eth
-                .drivers
-                .iter()
-                .any(|known| globs_intersect(driver, known))
-        {
-            cx.bad(
-                "network.match.driver",
-                format!(
-                    "{driver:?} never applies on {board_name}: its wired Ethernet uses the {} driver",
-                    eth.drivers.join(" or ")
-                ),
-            );
-        }
+        match_applies(cx, &m, board, eth);
     }
     let address = net.address.as_deref().and_then(|a| match IpNet::parse(a) {
         Ok(n) => Some(n),
@@ -296,8 +330,84 @@ pub(super) fn resolve_node(
     if dns.is_empty() {
         dns = cluster.dns.clone();
     }
+    Network {
+        match_name: m.name,
+        match_mac: m.mac,
+        match_driver: m.driver,
+        dhcp,
+        address,
+        gateway,
+        dns,
+    }
+}
 
-    let sw = spec.swap.unwrap_or_default();
+/// `network.match` on its own: a name (glob) or a MAC, and a driver (glob).
+fn interface_match(cx: &mut Ctx, m: &MatchSpec) {
+    if let Some(name) = &m.name
+        && !iface_ok(name)
+    {
+        cx.bad(
+            "network.match.name",
+            format!("{name:?} is not an interface name or glob"),
+        );
+    }
+    if let Some(e) = m.mac.as_deref().and_then(mac_error) {
+        cx.bad("network.match.mac", e);
+    }
+    if m.name.is_some() && m.mac.is_some() {
+        cx.bad("network.match", "give either `name` or `mac`, not both");
+    }
+    if let Some(driver) = &m.driver
+        && !driver_ok(driver)
+    {
+        cx.bad(
+            "network.match.driver",
+            format!("{driver:?} is not a kernel driver name or glob, like bcmgenet or r81*"),
+        );
+    }
+}
+
+/// A match the board's image can never satisfy leaves the node without
+/// its network on first boot: refuse it here, naming what would apply.
+fn match_applies(cx: &mut Ctx, m: &MatchSpec, board_name: &str, eth: &EthernetFacts) {
+    if let Some(name) = m.name.as_deref().filter(|n| iface_ok(n))
+        && !eth.names.is_empty()
+        && !eth.names.iter().any(|known| globs_intersect(name, known))
+    {
+        cx.bad(
+            "network.match.name",
+            format!(
+                "{name:?} never applies on {board_name}: its image names the wired interface {}; \
+                 match one of those, or by `driver` ({}) or `mac`",
+                eth.names.join(" or "),
+                if eth.drivers.is_empty() {
+                    "its kernel driver".to_string()
+                } else {
+                    eth.drivers.join(", ")
+                },
+            ),
+        );
+    }
+    if let Some(driver) = m.driver.as_deref().filter(|d| driver_ok(d))
+        && !eth.drivers.is_empty()
+        && !eth
+            .drivers
+            .iter()
+            .any(|known| globs_intersect(driver, known))
+    {
+        cx.bad(
+            "network.match.driver",
+            format!(
+                "{driver:?} never applies on {board_name}: its wired Ethernet uses the {} driver",
+                eth.drivers.join(" or ")
+            ),
+        );
+    }
+}
+
+/// `swap`: zram (a share of memory, a kernel compressor), a swap file and
+/// the kernel's swappiness.
+fn swap(cx: &mut Ctx, sw: SwapSpec) -> Swap {
     let zram = sw.zram.map(|z| {
         let percent = z.percent.unwrap_or(50);
         if !(1..=100).contains(&percent) {
@@ -320,7 +430,15 @@ pub(super) fn resolve_node(
     {
         cx.bad("swap.swappiness", format!("{s} must be from 0 to 200"));
     }
-    let packages = spec.packages.unwrap_or_default();
+    Swap {
+        zram,
+        file_mib: sw.file_mib.unwrap_or(0),
+        swappiness: sw.swappiness,
+    }
+}
+
+/// `packages`: Debian package names.
+fn packages(cx: &mut Ctx, packages: Vec<String>) -> Vec<String> {
     for (i, p) in packages.iter().enumerate() {
         if !package_ok(p) {
             cx.bad(
@@ -329,60 +447,17 @@ pub(super) fn resolve_node(
             );
         }
     }
+    packages
+}
 
-    let images = spec.images.unwrap_or_default();
+/// `images`: container image references, each pinned by digest.
+fn images(cx: &mut Ctx, images: Vec<String>) -> Vec<String> {
     for (i, r) in images.iter().enumerate() {
         if let Err(e) = crate::config::images::ImageRef::parse(r) {
             cx.bad(&format!("images[{i}]"), e);
         }
     }
-
-    let shrink_headroom_mib = spec.shrink.and_then(|s| s.headroom_mib);
-    if shrink_headroom_mib == Some(0) {
-        cx.bad(
-            "shrink.headroom_mib",
-            "0 leaves the first boot no room; give at least 1 (MiB)",
-        );
-    }
-    let storage = storage::storage(&mut cx, spec.storage.unwrap_or_default(), board_info);
-    let install = install_target(spec.install.unwrap_or_default(), &storage, &mut cx);
-    let ok = cx.ok;
-    ok.then(|| Node {
-        name: stem.to_string(),
-        fqdn: cluster.domain.as_ref().map(|d| format!("{hostname}.{d}")),
-        hostname,
-        board,
-        turing_pi,
-        k3s: K3sNode {
-            role,
-            cluster_init,
-            labels,
-            taints,
-            node_ip,
-            flannel_iface: k.flannel_iface,
-        },
-        network: Network {
-            match_name: m.name,
-            match_mac: m.mac,
-            match_driver: m.driver,
-            dhcp,
-            address,
-            gateway,
-            dns,
-        },
-        nvidia: spec.nvidia.unwrap_or(false),
-        swap: Swap {
-            zram,
-            file_mib: sw.file_mib.unwrap_or(0),
-            swappiness: sw.swappiness,
-        },
-        packages,
-        images,
-        shrink_headroom_mib,
-        storage,
-        install,
-        file: origin.node_file.to_owned(),
-    })
+    images
 }
 
 /// Checks the `install` key: a disk match subiquity understands, and the end

@@ -1,7 +1,8 @@
 //! Data disks (`storage`): formatted on first boot only when blank, mounted by label.
 
 use super::Ctx;
-use crate::config::profile::model::{BoardInfo, DataDisk, DataDiskSpec};
+use crate::config::manifest::BoardInfo;
+use crate::config::profile::model::{DataDisk, DataDiskSpec};
 
 /// Directories a data disk may not be mounted on (or under, for the ones
 /// the system itself manages): the node would not boot, or would lose files
@@ -80,35 +81,7 @@ pub(super) fn storage(
             );
             continue;
         };
-        let mut ok = true;
-        if !device.starts_with("/dev/")
-            || device.contains("/../")
-            || device.ends_with("/..")
-            || !path_chars_ok(&device)
-        {
-            cx.bad(
-                &field("device"),
-                format!("{device:?} is not a device path; expected /dev/disk/by-id/..., /dev/nvme0n1 or /dev/sdb"),
-            );
-            ok = false;
-        } else if is_partition(&device) {
-            cx.bad(
-                &field("device"),
-                format!("{device:?} is a partition; give the whole disk (imgbuild partitions a blank disk itself)"),
-            );
-            ok = false;
-        } else if board.is_some_and(|b| b.turing_pi_module)
-            && device
-                .rsplit('/')
-                .next()
-                .is_some_and(|n| n.starts_with("mmcblk"))
-        {
-            cx.bad(
-                &field("device"),
-                format!("{device:?} is the module's eMMC or SD card, which holds the root; data disks are NVMe, SATA or USB"),
-            );
-            ok = false;
-        }
+        let mut ok = device_ok(cx, &field("device"), &device, board);
         let fs = spec.fs.unwrap_or_else(|| "ext4".into());
         if fs != "ext4" && fs != "xfs" {
             cx.bad(
@@ -124,123 +97,205 @@ pub(super) fn storage(
             );
             continue;
         };
-        let mount_ok = mount.starts_with('/')
-            && mount.len() > 1
-            && !mount.ends_with('/')
-            && path_chars_ok(&mount)
-            && !mount
-                .split('/')
-                .skip(1)
-                .any(|c| c.is_empty() || c == "." || c == "..");
-        if !mount_ok {
-            cx.bad(
-                &field("mount"),
-                format!("{mount:?} is not an absolute directory path like /var/lib/longhorn"),
-            );
-            ok = false;
-        } else if SYSTEM_DIRS.contains(&mount.as_str())
-            || SYSTEM_TREES
-                .iter()
-                .any(|t| mount.starts_with(&format!("{t}/")))
-        {
-            cx.bad(
-                &field("mount"),
-                format!("{mount:?} belongs to the system; mount data disks on their own directory, e.g. /var/lib/rancher"),
-            );
-            ok = false;
-        }
-        let label = match spec.label {
-            Some(l) => {
-                let fits = !l.is_empty()
-                    && l.len() <= label_limit(&fs)
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-                if !fits {
-                    cx.bad(
-                        &field("label"),
-                        format!(
-                            "{l:?} must be 1 to {} letters, digits, '-' or '_' ({fs} label)",
-                            label_limit(&fs)
-                        ),
-                    );
-                    ok = false;
-                }
-                l
-            }
-            None => default_label(&mount, &fs),
+        ok &= mount_ok(cx, &field("mount"), &mount);
+        let (label, label_ok) = label(cx, &field("label"), spec.label, &mount, &fs, board);
+        ok &= label_ok;
+        let (options, options_ok) = mount_options(cx, i, spec.options.unwrap_or_default());
+        ok &= options_ok;
+        let disk = DataDisk {
+            k3s_data: mount == "/var/lib/rancher" || mount.starts_with("/var/lib/rancher/"),
+            device,
+            mount,
+            fs,
+            label,
+            options: options.join(","),
         };
-        if let Some(b) = board
-            && b.partition_labels
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(&label))
-        {
-            cx.bad(
-                &field("label"),
-                format!("{label:?} is the label of a partition of the {} image; LABEL= would be ambiguous", b.name),
-            );
-            ok = false;
+        ok &= apart_from_others(cx, i, &disk, &out);
+        if ok {
+            out.push(disk);
         }
-        let mut options: Vec<String> = Vec::new();
-        for (j, o) in spec.options.unwrap_or_default().into_iter().enumerate() {
-            if o.is_empty()
-                || !o
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_=.:-".contains(&b))
-            {
+    }
+    out
+}
+
+/// A whole disk's device path, and not the root's eMMC or SD card on a
+/// Turing Pi module.
+fn device_ok(cx: &mut Ctx, field: &str, device: &str, board: Option<&BoardInfo>) -> bool {
+    if !device.starts_with("/dev/")
+        || device.contains("/../")
+        || device.ends_with("/..")
+        || !path_chars_ok(device)
+    {
+        cx.bad(
+            field,
+            format!("{device:?} is not a device path; expected /dev/disk/by-id/..., /dev/nvme0n1 or /dev/sdb"),
+        );
+        false
+    } else if is_partition(device) {
+        cx.bad(
+            field,
+            format!("{device:?} is a partition; give the whole disk (imgbuild partitions a blank disk itself)"),
+        );
+        false
+    } else if board.is_some_and(|b| b.turing_pi_module)
+        && device
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| n.starts_with("mmcblk"))
+    {
+        cx.bad(
+            field,
+            format!("{device:?} is the module's eMMC or SD card, which holds the root; data disks are NVMe, SATA or USB"),
+        );
+        false
+    } else {
+        true
+    }
+}
+
+/// An absolute directory of its own, not one the system manages.
+fn mount_ok(cx: &mut Ctx, field: &str, mount: &str) -> bool {
+    let mount_ok = mount.starts_with('/')
+        && mount.len() > 1
+        && !mount.ends_with('/')
+        && path_chars_ok(mount)
+        && !mount
+            .split('/')
+            .skip(1)
+            .any(|c| c.is_empty() || c == "." || c == "..");
+    if !mount_ok {
+        cx.bad(
+            field,
+            format!("{mount:?} is not an absolute directory path like /var/lib/longhorn"),
+        );
+        false
+    } else if SYSTEM_DIRS.contains(&mount)
+        || SYSTEM_TREES
+            .iter()
+            .any(|t| mount.starts_with(&format!("{t}/")))
+    {
+        cx.bad(
+            field,
+            format!("{mount:?} belongs to the system; mount data disks on their own directory, e.g. /var/lib/rancher"),
+        );
+        false
+    } else {
+        true
+    }
+}
+
+/// The file system label (given, or made from the mount point): it must fit
+/// the file system and differ from the image's own partition labels.
+fn label(
+    cx: &mut Ctx,
+    field: &str,
+    given: Option<String>,
+    mount: &str,
+    fs: &str,
+    board: Option<&BoardInfo>,
+) -> (String, bool) {
+    let mut ok = true;
+    let label = match given {
+        Some(l) => {
+            let fits = !l.is_empty()
+                && l.len() <= label_limit(fs)
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !fits {
                 cx.bad(
-                    &format!("storage[{i}].options[{j}]"),
+                    field,
                     format!(
-                        "{o:?} is not one mount option like noatime or x-systemd.device-timeout=30s"
+                        "{l:?} must be 1 to {} letters, digits, '-' or '_' ({fs} label)",
+                        label_limit(fs)
                     ),
                 );
                 ok = false;
             }
-            options.push(o);
+            l
         }
-        // A missing or dead disk must never stop the boot.
-        for required in ["nofail", "x-systemd.device-timeout=30s"] {
-            let key = required.split('=').next().unwrap_or(required);
-            if !options.iter().any(|o| o.split('=').next() == Some(key)) {
-                options.push(required.to_string());
-            }
+        None => default_label(mount, fs),
+    };
+    if let Some(b) = board
+        && b.partition_labels
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(&label))
+    {
+        cx.bad(
+            field,
+            format!(
+                "{label:?} is the label of a partition of the {} image; LABEL= would be ambiguous",
+                b.name
+            ),
+        );
+        ok = false;
+    }
+    (label, ok)
+}
+
+/// The mount options as given, each one option, plus those that keep a
+/// missing or dead disk from stopping the boot.
+fn mount_options(cx: &mut Ctx, i: usize, given: Vec<String>) -> (Vec<String>, bool) {
+    let mut ok = true;
+    let mut options: Vec<String> = Vec::new();
+    for (j, o) in given.into_iter().enumerate() {
+        if o.is_empty()
+            || !o
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_=.:-".contains(&b))
+        {
+            cx.bad(
+                &format!("storage[{i}].options[{j}]"),
+                format!(
+                    "{o:?} is not one mount option like noatime or x-systemd.device-timeout=30s"
+                ),
+            );
+            ok = false;
         }
-        for other in &out {
-            if other.device == device {
-                cx.bad(
-                    &field("device"),
-                    format!("{device:?} is already used by another storage entry"),
-                );
-                ok = false;
-            }
-            if other.label == label {
-                cx.bad(
-                    &field("label"),
-                    format!("{label:?} is already used by another storage entry"),
-                );
-                ok = false;
-            }
-            let nested = |a: &str, b: &str| a == b || b.starts_with(&format!("{a}/"));
-            if nested(&other.mount, &mount) || nested(&mount, &other.mount) {
-                cx.bad(
-                    &field("mount"),
-                    format!("{mount:?} overlaps {:?} of another storage entry; mount points may not nest", other.mount),
-                );
-                ok = false;
-            }
-        }
-        if ok {
-            let k3s_data = mount == "/var/lib/rancher" || mount.starts_with("/var/lib/rancher/");
-            out.push(DataDisk {
-                device,
-                k3s_data,
-                mount,
-                fs,
-                label,
-                options: options.join(","),
-            });
+        options.push(o);
+    }
+    for required in ["nofail", "x-systemd.device-timeout=30s"] {
+        let key = required.split('=').next().unwrap_or(required);
+        if !options.iter().any(|o| o.split('=').next() == Some(key)) {
+            options.push(required.to_string());
         }
     }
-    out
+    (options, ok)
+}
+
+/// Entry `i` shares no device or label with an earlier entry, and their
+/// mount points do not nest.
+fn apart_from_others(cx: &mut Ctx, i: usize, disk: &DataDisk, others: &[DataDisk]) -> bool {
+    let field = |k: &str| format!("storage[{i}].{k}");
+    let (device, label, mount) = (&disk.device, &disk.label, &disk.mount);
+    let mut ok = true;
+    for other in others {
+        if &other.device == device {
+            cx.bad(
+                &field("device"),
+                format!("{device:?} is already used by another storage entry"),
+            );
+            ok = false;
+        }
+        if &other.label == label {
+            cx.bad(
+                &field("label"),
+                format!("{label:?} is already used by another storage entry"),
+            );
+            ok = false;
+        }
+        let nested = |a: &str, b: &str| a == b || b.starts_with(&format!("{a}/"));
+        if nested(&other.mount, mount) || nested(mount, &other.mount) {
+            cx.bad(
+                &field("mount"),
+                format!(
+                    "{mount:?} overlaps {:?} of another storage entry; mount points may not nest",
+                    other.mount
+                ),
+            );
+            ok = false;
+        }
+    }
+    ok
 }
 
 #[cfg(test)]
