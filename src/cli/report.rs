@@ -28,6 +28,12 @@ fn json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// `v` with the members of every object in name order: `render` and
+/// `deploy --wait` have always printed theirs so.
+fn sorted<V: serde::Serialize>(v: &V) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(v).map_err(anyhow::Error::from)?)
+}
+
 /// Prints `v` as JSON (its view, see `json.rs`) when asked, else as `text`
 /// renders it.
 fn either<'a, T: ?Sized, V: serde::Serialize>(
@@ -295,7 +301,7 @@ pub fn rendered(
     r: &imgbuild::commands::render::Rendered,
 ) -> Result<()> {
     if as_json {
-        return json(&view::rendered(r));
+        return json(&sorted(&view::rendered(r))?);
     }
     rendered_files(contents, &r.files);
     // Same columns; the size and contents exist only once the build has
@@ -488,7 +494,7 @@ pub fn deployed(as_json: bool, d: &Deployed) -> Result<()> {
         return delivered(as_json, &d.delivered);
     };
     if as_json {
-        json(&view::DeployWait::new(&d.delivered, r))?;
+        json(&sorted(&view::DeployWait::new(&d.delivered, r))?)?;
     } else {
         wait_text(r);
     }
