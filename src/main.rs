@@ -29,7 +29,9 @@ fn main() -> ExitCode {
     imgbuild::io::progress::set_plain(env.ci);
     watch_signals();
     match cli::run(parsed, &env) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(cli::Outcome::Success) => ExitCode::SUCCESS,
+        // Like diff(1): 1 means "different", not a failure worth a message.
+        Ok(cli::Outcome::Differ) => ExitCode::from(imgbuild::commands::Exit::Failure as u8),
         Err(e) => {
             cli::report::error(&e);
             ExitCode::from(e.exit() as u8)

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use super::bmc::BmcOptions;
 use super::build::{BuildSettings, build_targets};
-use super::{CommandError, Result, Workspace};
+use super::wait::WaitReport;
+use super::{CommandError, Paths, Result, Workspace};
 use crate::artifact::{Format, Target, sums};
 use crate::deliver::{self, Confirm, DeployState, Job, Report, turing_pi};
 
@@ -19,6 +20,68 @@ pub struct FlashSettings {
     pub build: BuildSettings,
     /// `deploy --wait`: ask the cluster about each node before flashing it.
     pub wait: Option<super::wait::WaitSettings>,
+}
+
+/// `imgbuild flash NODE [--image FILE]`.
+#[derive(Debug, Clone)]
+pub struct FlashNode {
+    pub node: String,
+    /// Flash this image instead of the node's output (built when missing).
+    pub image: Option<PathBuf>,
+    pub flash: FlashSettings,
+}
+
+/// `imgbuild deploy [--nodes ...] [--wait]`.
+#[derive(Debug, Clone)]
+pub struct DeploySettings {
+    /// Only these nodes; every Turing Pi node when empty.
+    pub nodes: Vec<String>,
+    /// With `flash.wait` set, the deploy waits for the nodes afterwards.
+    pub flash: FlashSettings,
+}
+
+/// What a deploy did: each node's delivery, then the wait when asked for.
+#[derive(Debug)]
+pub struct Deployed {
+    pub delivered: Vec<Report>,
+    pub waited: Option<WaitReport>,
+}
+
+/// Flashes one node: its own output (built when missing) or the image given.
+pub fn flash_node(paths: &Paths, s: &FlashNode) -> Result<Vec<Report>> {
+    let ws = Workspace::load(paths)?;
+    let images: BTreeMap<_, _> = s
+        .image
+        .clone()
+        .map(|i| (s.node.clone(), i))
+        .into_iter()
+        .collect();
+    flash(&ws, std::slice::from_ref(&s.node), &images, &s.flash, false)
+}
+
+/// Flashes the nodes (skipping those a resumed run already did), then, with
+/// `--wait`, waits until they are Ready. `delivered` is told the deliveries
+/// before the wait starts, so they can be shown while it runs.
+pub fn deploy(
+    paths: &Paths,
+    s: &DeploySettings,
+    delivered: &mut dyn FnMut(&[Report]) -> Result<()>,
+) -> Result<Deployed> {
+    let ws = Workspace::load(paths)?;
+    let names = deploy_nodes(&ws, &s.nodes)?;
+    let reports = flash(&ws, &names, &BTreeMap::new(), &s.flash, true)?;
+    let Some(w) = &s.flash.wait else {
+        return Ok(Deployed {
+            delivered: reports,
+            waited: None,
+        });
+    };
+    delivered(&reports)?;
+    let waited = super::wait::wait(&ws, &names, w)?;
+    Ok(Deployed {
+        delivered: reports,
+        waited: Some(waited),
+    })
 }
 
 /// Every Turing Pi node of the profiles, for deploy; or the nodes named, each
