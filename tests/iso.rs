@@ -1390,9 +1390,9 @@ fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
     .unwrap();
     edit(
         "cluster.yaml",
-        "\ndefaults:",
+        "    disable: [traefik]\n",
         &format!(
-            "  images: [\"{}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: http://127.0.0.1:{}/charts\n        chart: demo\n        version: 0.1.0\n        sha256: {}\n        namespace: demo\n\ndefaults:",
+            "    disable: [traefik]\n  images: [\"{}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: http://127.0.0.1:{}/charts\n        chart: demo\n        version: 0.1.0\n        sha256: {}\n        namespace: demo\n",
             app.reference,
             charts.port,
             sha256_hex(&tgz)

@@ -428,6 +428,33 @@ pub struct FlashArgs {
     /// Base images for builds, as for the build command.
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
+    /// Re-flash nodes that are Ready and already run their image's instance
+    /// (they are skipped otherwise).
+    #[arg(long)]
+    pub force: bool,
+    /// The cluster was up before but its API does not answer: flash its
+    /// servers anyway and start a new, empty cluster.
+    #[arg(long)]
+    pub new_cluster: bool,
+    /// Re-flash the cluster's only server although its datastore (every API
+    /// object) is lost; asks for confirmation.
+    #[arg(long)]
+    pub reset_cluster: bool,
+    /// Drain: evict pods with emptyDir volumes too (their data is deleted),
+    /// as kubectl drain --delete-emptydir-data.
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// Drain: evict pods no controller recreates, as kubectl drain --force.
+    #[arg(long)]
+    pub drain_unmanaged: bool,
+    /// Drain: give up when pods are still there after this long (e.g. a
+    /// PodDisruptionBudget that never allows the eviction).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// How long a flashed node of a running cluster may take to be Ready
+    /// (and a voting etcd member, for a server) before the deploy stops.
+    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = duration)]
+    pub node_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -498,6 +525,8 @@ pub struct FlashNodeArgs {
     pub image: Option<PathBuf>,
     #[command(flatten)]
     pub flash: FlashArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Args)]

@@ -9,11 +9,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use imgbuild::artifact::Format;
-use imgbuild::readback::diff::{Entry as DiffEntry, FileChange, FsDiff, ImageDiff};
-use imgbuild::readback::inspect::{Inspection, PartitionInfo, RootGrowth, SeedInfo};
 use imgbuild::artifact::statement::ResourceDescriptor;
 use imgbuild::bake::shrink::{Method, ShrinkReport};
-use imgbuild::plan::Added;
 use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::{CacheListing, Cleaned, Listed};
 use imgbuild::commands::check::CheckReport;
@@ -34,7 +31,10 @@ use imgbuild::deliver::{Outcome, Report};
 use imgbuild::fs::FsProbe;
 use imgbuild::io::sparse::CopyMethod;
 use imgbuild::kube::wait::NodeState;
+use imgbuild::plan::Added;
 use imgbuild::plan::{FileRecord, Provenance, RenderedFile};
+use imgbuild::readback::diff::{Entry as DiffEntry, FileChange, FsDiff, ImageDiff};
+use imgbuild::readback::inspect::{Inspection, PartitionInfo, RootGrowth, SeedInfo};
 use imgbuild::source::cache::EntryKind;
 
 /// `build --json`: one per output.

@@ -24,12 +24,14 @@ use imgbuild::commands::flash::{DeploySettings, FlashNode};
 use imgbuild::commands::import::ImportSettings;
 use imgbuild::commands::init::{InitSettings, KeySource};
 use imgbuild::commands::kubeconfig::KubeconfigSettings;
+use imgbuild::commands::rollout::RolloutSettings;
 use imgbuild::commands::seal::SealSettings;
 use imgbuild::commands::secrets::{SecretsSettings, Show};
 use imgbuild::commands::usb::UsbSettings;
 use imgbuild::commands::wait::WaitSettings;
 use imgbuild::config::profile::Role;
 use imgbuild::deliver::usb::SystemPaths;
+use imgbuild::kube::drain::DrainOptions;
 
 /// The environment variables imgbuild reads, read once at start.
 #[derive(Debug, Default)]
@@ -226,6 +228,19 @@ impl Common {
     pub fn flash(&self, f: &FlashArgs, env: &Environment) -> Result<FlashSettings, CommandError> {
         Ok(FlashSettings {
             wait: None,
+            rollout: RolloutSettings {
+                force: f.force,
+                new_cluster: f.new_cluster,
+                reset_cluster: f.reset_cluster,
+                drain: DrainOptions {
+                    delete_emptydir_data: f.delete_emptydir_data,
+                    force: f.drain_unmanaged,
+                    timeout: f.drain_timeout,
+                    ..DrainOptions::default()
+                },
+                node_timeout: f.node_timeout,
+                ..RolloutSettings::default()
+            },
             bmc: bmc_options(&f.bmc, env),
             yes: f.yes,
             skip_crc: f.skip_crc,
@@ -252,10 +267,12 @@ impl Common {
         a: &FlashNodeArgs,
         env: &Environment,
     ) -> Result<FlashNode, CommandError> {
+        let mut flash = self.flash(&a.flash, env)?;
+        flash.rollout.server = a.api.server.clone();
         Ok(FlashNode {
             node: a.node.clone(),
             image: a.image.clone(),
-            flash: self.flash(&a.flash, env)?,
+            flash,
         })
     }
 
@@ -266,6 +283,8 @@ impl Common {
         env: &Environment,
     ) -> Result<DeploySettings, CommandError> {
         let mut flash = self.flash(&a.flash, env)?;
+        flash.rollout.server = a.wait_args.api.server.clone();
+        flash.rollout.interval = a.wait_args.interval;
         flash.wait = a.wait.then(|| wait(&a.wait_args, &a.flash.out_dir));
         Ok(DeploySettings {
             nodes: a.nodes.clone(),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::bmc::BmcOptions;
 use super::build::{BuildSettings, build_targets};
 use super::wait::WaitReport;
-use super::{CommandError, Paths, Result, Workspace};
+use super::{CommandError, Paths, Result, Workspace, rollout};
 use crate::artifact::{Format, Target, sums};
 use crate::deliver::{self, Confirm, DeployState, Job, Report, turing_pi};
 
@@ -20,6 +20,8 @@ pub struct FlashSettings {
     pub build: BuildSettings,
     /// `deploy --wait`: ask the cluster about each node before flashing it.
     pub wait: Option<super::wait::WaitSettings>,
+    /// How a running cluster is treated (preflight, drain, etcd, skips).
+    pub rollout: super::rollout::RolloutSettings,
 }
 
 /// `imgbuild flash NODE [--image FILE]`.
@@ -152,8 +154,19 @@ pub fn flash(
         build_targets(ws, &missing, &settings.build)?;
     }
     let bmc = settings.bmc.settings(ws)?;
+    // Ask the cluster first; every refusal comes before the first flash.
+    let cluster = rollout::preflight(ws, &settings.rollout);
+    let candidates = planned
+        .iter()
+        .map(|(node, _, image)| rollout::Candidate {
+            node,
+            instance_id: super::wait::image_instance_id(ws, image),
+        })
+        .collect();
+    let decided = rollout::decide(ws, candidates, &cluster, &settings.rollout)?;
     // Unsealed or compressed images (e.g. CI artifacts) are sealed/unpacked
-    // into a temporary directory first; the artifacts are never modified.
+    // into a temporary directory first, and a server of a running cluster is
+    // re-made there to join it; the artifacts are never modified.
     std::fs::create_dir_all(out_dir)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
     let temp = tempfile::Builder::new()
@@ -161,17 +174,45 @@ pub fn flash(
         .tempdir_in(out_dir)
         .map_err(|e| anyhow::anyhow!("creating a directory in {}: {e}", out_dir.display()))?;
     let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
-    let mut jobs = Vec::new();
-    for (node, slot, image) in planned {
+    let confirm = Confirm { yes: settings.yes };
+    let mut state = if deploy {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
+        Some(DeployState::load(out_dir))
+    } else {
+        None
+    };
+    let mut reports = Vec::new();
+    for (candidate, action) in decided {
+        let node = candidate.node;
+        let (_, slot, image) = planned
+            .iter()
+            .find(|(n, _, _)| n.name == node.name)
+            .expect("every decided node was planned");
+        let step = match action {
+            rollout::Action::Skip { reason } => {
+                tracing::info!("{}: {reason}; skipping", node.name);
+                reports.push(Report {
+                    node: node.name.clone(),
+                    destination: format!("{}/slot {}", slot.board, slot.slot),
+                    image: image.clone(),
+                    sha256: sums::digest_of(image)?,
+                    result: deliver::Outcome::Skipped,
+                    error: None,
+                });
+                continue;
+            }
+            rollout::Action::Flash(step) => step,
+        };
         let image = super::seal::flashable(
             ws,
             node,
-            &image,
+            image,
             temp.path(),
             settings.build.build_time,
-            None,
+            step.join.as_deref(),
         )?;
-        jobs.push(Job {
+        let job = Job {
             node: node.name.clone(),
             sha256: sums::digest_of(&image)?,
             image,
@@ -182,22 +223,57 @@ pub fn flash(
                 settings: bmc.clone(),
                 skip_crc: settings.skip_crc,
             }),
-        });
-    }
-    let confirm = Confirm { yes: settings.yes };
-    let mut state = if deploy {
-        std::fs::create_dir_all(out_dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
-        let mut s = DeployState::load(out_dir);
-        let pending: Vec<_> = jobs
+        };
+        let done = state
+            .as_ref()
+            .is_some_and(|s| s.is_done(&job.node, &job.sha256));
+        if let Some(s) = state.as_mut()
+            && !done
+        {
+            let pending = [(job.node.clone(), job.image.clone())];
+            super::wait::before_flash(ws, &pending, settings.wait.as_ref(), s);
+        }
+        if let (rollout::Cluster::Up { admin, .. }, false) = (&cluster, done) {
+            confirm.ask(&format!(
+                "Drain and flash {} ({}) in the running cluster{}?",
+                node.name,
+                job.image.display(),
+                step.join
+                    .as_deref()
+                    .map(|u| format!(", joining it through {u}"))
+                    .unwrap_or_default()
+            ))?;
+            rollout::before_flash(admin, node, &step, &settings.rollout)?;
+        }
+        // Asked once: the question above already named the erase.
+        let confirm = if cluster.is_up() {
+            Confirm { yes: true }
+        } else {
+            confirm
+        };
+        let flashed = deliver::deliver_all(vec![job], confirm, state.as_mut())?;
+        let skipped = flashed
             .iter()
-            .filter(|j| !s.is_done(&j.node, &j.sha256))
-            .map(|j| (j.node.clone(), j.image.clone()))
-            .collect();
-        super::wait::before_flash(ws, &pending, settings.wait.as_ref(), &mut s);
-        Some(s)
-    } else {
-        None
-    };
-    Ok(deliver::deliver_all(jobs, confirm, state.as_mut())?)
+            .all(|r| r.result == deliver::Outcome::Skipped);
+        reports.extend(flashed);
+        if node.k3s.role == crate::config::profile::Role::Server
+            && !skipped
+            && let Ok(s) = crate::secrets::Secrets::open_existing(&ws.paths.secrets)
+        {
+            s.mark_established(&format!("server {} flashed", node.name))?;
+        }
+        if let rollout::Cluster::Up { admin, .. } = &cluster
+            && step.wait
+            && !skipped
+        {
+            rollout::after_flash(
+                admin,
+                node,
+                &step,
+                candidate.instance_id.as_deref(),
+                &settings.rollout,
+            )?;
+        }
+    }
+    Ok(reports)
 }

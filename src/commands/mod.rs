@@ -17,6 +17,7 @@ pub mod iso;
 pub mod kubeconfig;
 pub mod overlays;
 pub mod render;
+pub mod rollout;
 pub mod seal;
 pub mod secrets;
 pub mod status;
@@ -245,7 +246,10 @@ impl Workspace {
 
     /// The boards' seed directories, where an image's provenance record is.
     pub fn seed_dirs(&self) -> Vec<String> {
-        self.manifests.values().map(|m| m.seed.dir.clone()).collect()
+        self.manifests
+            .values()
+            .map(|m| m.seed.dir.clone())
+            .collect()
     }
 
     /// What planning reads besides a node, its secrets and the supplies.

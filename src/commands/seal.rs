@@ -271,7 +271,14 @@ fn seal_raw(ws: &Workspace, secrets: &Secrets, node: &Node, edit: &Edit) -> Resu
     let table = PartitionTable::read(pending.path(), Some(manifest.partition_table))
         .map_err(anyhow::Error::from)?;
     let image = pending.open()?;
-    crate::bake::apply(&only, manifest, &table, pending.path(), &image, edit.build_time)?;
+    crate::bake::apply(
+        &only,
+        manifest,
+        &table,
+        pending.path(),
+        &image,
+        edit.build_time,
+    )?;
     drop(image);
     // A sealed image is hashed (and the digest cached on it): the input was
     // read whole to check it anyway, and `flash` needs the digest next.

@@ -119,7 +119,7 @@ pub struct Confirm {
 }
 
 impl Confirm {
-    fn ask(&self, question: &str) -> Result<(), DeliverError> {
+    pub fn ask(&self, question: &str) -> Result<(), DeliverError> {
         use std::io::{BufRead, IsTerminal, Write};
         if self.yes {
             return Ok(());

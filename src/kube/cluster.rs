@@ -36,6 +36,9 @@ pub struct NodeSummary {
     /// What imgbuild recorded after the last flash (`imgbuild.dev/instance-id`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
+    /// Its first `InternalIP` address, if it reports one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub internal_ip: Option<String>,
 }
 
 /// Where a node's etcd member is in k3s's removal (member controller).
@@ -80,6 +83,12 @@ impl NodeSummary {
             kubelet_version: n.status.node_info.kubelet_version.clone(),
             boot_id: n.status.node_info.boot_id.clone(),
             instance_id: n.instance_id().map(str::to_string),
+            internal_ip: n
+                .status
+                .addresses
+                .iter()
+                .find(|a| a.kind == "InternalIP")
+                .map(|a| a.address.clone()),
         }
     }
 

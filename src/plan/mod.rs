@@ -180,7 +180,10 @@ fn removals(joining: bool) -> Vec<Removal> {
     }];
     if joining {
         for (dir, prefixes) in [
-            (SERVER_TLS.to_string(), &["server-ca", "client-ca", "request-header-ca", "service.key"][..]),
+            (
+                SERVER_TLS.to_string(),
+                &["server-ca", "client-ca", "request-header-ca", "service.key"][..],
+            ),
             (format!("{SERVER_TLS}/etcd"), &["server-ca", "peer-ca"][..]),
         ] {
             for prefix in prefixes {
@@ -253,8 +256,13 @@ fn render_variant(
         joining.k3s.cluster_init = false;
     }
     let context = |values| -> Result<TemplateContext> {
-        let mut ctx =
-            TemplateContext::new(inputs.profiles, &joining, manifest, inputs.build_time, values)?;
+        let mut ctx = TemplateContext::new(
+            inputs.profiles,
+            &joining,
+            manifest,
+            inputs.build_time,
+            values,
+        )?;
         if let Some((url, _)) = join {
             ctx.k3s.server_url = url.to_string();
         }
@@ -511,7 +519,9 @@ impl NodePlan {
         let mut only = self.clone();
         let changed: &[String] = self.join.as_ref().map_or(&[], |j| &j.changed);
         only.files.retain(|f| {
-            f.secret || f.path.ends_with(&format!("/{PROVENANCE_FILE}")) || changed.contains(&f.path)
+            f.secret
+                || f.path.ends_with(&format!("/{PROVENANCE_FILE}"))
+                || changed.contains(&f.path)
         });
         only.unfetched.clear();
         only

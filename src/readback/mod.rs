@@ -32,7 +32,8 @@ impl Artifact {
     pub fn open(path: &Path, ext4_seed_dirs: &[String]) -> Result<Artifact> {
         use std::io::Read;
         let mut head = [0u8; 8];
-        let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut f =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let n = f
             .read(&mut head)
             .with_context(|| format!("reading {}", path.display()))?;
