@@ -40,8 +40,8 @@ impl Ws {
             std::fs::write(&p, t).unwrap();
         }
         let ws = Ws { dir };
-        // Rendering the cluster-init server creates the secrets (CA set included).
-        let out = ws.run(&["render", "node01"]);
+        // The cluster's secrets (CA set included), as a first build makes them.
+        let out = ws.run(&["secrets", "--generate"]);
         assert!(out.status.success(), "{}", text(&out));
         ws
     }

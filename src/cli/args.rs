@@ -451,10 +451,6 @@ pub struct FlashArgs {
     /// PodDisruptionBudget that never allows the eviction).
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
     pub drain_timeout: Duration,
-    /// How long a flashed node of a running cluster may take to be Ready
-    /// (and a voting etcd member, for a server) before the deploy stops.
-    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = duration)]
-    pub node_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -527,6 +523,10 @@ pub struct FlashNodeArgs {
     pub flash: FlashArgs,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// In a running cluster: how long the node may take to be Ready again
+    /// (and a voting etcd member, for a server).
+    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -539,7 +539,9 @@ pub struct DeployArgs {
     pub json: bool,
     #[command(flatten)]
     pub flash: FlashArgs,
-    /// Then wait until every deployed node has joined and is Ready (see `wait`).
+    /// Then wait until every deployed node has joined and is Ready (see
+    /// `wait`). In a running cluster each node is waited for before the next
+    /// is flashed anyway, within --timeout.
     #[arg(long)]
     pub wait: bool,
     #[command(flatten)]

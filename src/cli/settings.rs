@@ -238,7 +238,6 @@ impl Common {
                     timeout: f.drain_timeout,
                     ..DrainOptions::default()
                 },
-                node_timeout: f.node_timeout,
                 ..RolloutSettings::default()
             },
             bmc: bmc_options(&f.bmc, env),
@@ -269,6 +268,7 @@ impl Common {
     ) -> Result<FlashNode, CommandError> {
         let mut flash = self.flash(&a.flash, env)?;
         flash.rollout.server = a.api.server.clone();
+        flash.rollout.node_timeout = a.timeout;
         Ok(FlashNode {
             node: a.node.clone(),
             image: a.image.clone(),
@@ -285,6 +285,7 @@ impl Common {
         let mut flash = self.flash(&a.flash, env)?;
         flash.rollout.server = a.wait_args.api.server.clone();
         flash.rollout.interval = a.wait_args.interval;
+        flash.rollout.node_timeout = a.wait_args.timeout;
         flash.wait = a.wait.then(|| wait(&a.wait_args, &a.flash.out_dir));
         Ok(DeploySettings {
             nodes: a.nodes.clone(),

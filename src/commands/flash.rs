@@ -154,15 +154,44 @@ pub fn flash(
         build_targets(ws, &missing, &settings.build)?;
     }
     let bmc = settings.bmc.settings(ws)?;
+    let mut state = if deploy {
+        std::fs::create_dir_all(out_dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
+        Some(DeployState::load(out_dir))
+    } else {
+        None
+    };
+    // A resumed deploy: raw, sealed images this deploy already flashed are
+    // not decided about again.
+    let mut reports = Vec::new();
+    let mut candidates = Vec::new();
+    for (node, slot, image) in &planned {
+        let art = ws.open_artifact(image)?;
+        if let Some(s) = &state
+            && art.is_raw()
+            && !art.is_unsealed()
+        {
+            let sha256 = sums::digest_of(image)?;
+            if s.is_done(&node.name, &sha256) {
+                tracing::info!("{}: already flashed with this image; skipping", node.name);
+                reports.push(Report {
+                    node: node.name.clone(),
+                    destination: format!("{}/slot {}", slot.board, slot.slot),
+                    image: image.clone(),
+                    sha256,
+                    result: deliver::Outcome::Skipped,
+                    error: None,
+                });
+                continue;
+            }
+        }
+        candidates.push(rollout::Candidate {
+            node,
+            instance_id: art.provenance.map(|p| p.instance_id),
+        });
+    }
     // Ask the cluster first; every refusal comes before the first flash.
     let cluster = rollout::preflight(ws, &settings.rollout);
-    let candidates = planned
-        .iter()
-        .map(|(node, _, image)| rollout::Candidate {
-            node,
-            instance_id: super::wait::image_instance_id(ws, image),
-        })
-        .collect();
     let decided = rollout::decide(ws, candidates, &cluster, &settings.rollout)?;
     // Unsealed or compressed images (e.g. CI artifacts) are sealed/unpacked
     // into a temporary directory first, and a server of a running cluster is
@@ -175,14 +204,6 @@ pub fn flash(
         .map_err(|e| anyhow::anyhow!("creating a directory in {}: {e}", out_dir.display()))?;
     let _temp_cleanup = crate::util::cleanup::register_dir(temp.path());
     let confirm = Confirm { yes: settings.yes };
-    let mut state = if deploy {
-        std::fs::create_dir_all(out_dir)
-            .map_err(|e| anyhow::anyhow!("creating {}: {e}", out_dir.display()))?;
-        Some(DeployState::load(out_dir))
-    } else {
-        None
-    };
-    let mut reports = Vec::new();
     for (candidate, action) in decided {
         let node = candidate.node;
         let (_, slot, image) = planned
@@ -234,15 +255,23 @@ pub fn flash(
             super::wait::before_flash(ws, &pending, settings.wait.as_ref(), s);
         }
         if let (rollout::Cluster::Up { admin, .. }, false) = (&cluster, done) {
-            confirm.ask(&format!(
-                "Drain and flash {} ({}) in the running cluster{}?",
-                node.name,
-                job.image.display(),
-                step.join
-                    .as_deref()
-                    .map(|u| format!(", joining it through {u}"))
-                    .unwrap_or_default()
-            ))?;
+            let question = match &step.reset {
+                Some(lost) => format!(
+                    "{lost}. Flash {} ({}) anyway?",
+                    node.name,
+                    job.image.display()
+                ),
+                None => format!(
+                    "Drain and flash {} ({}) in the running cluster{}?",
+                    node.name,
+                    job.image.display(),
+                    step.join
+                        .as_deref()
+                        .map(|u| format!(", joining it through {u}"))
+                        .unwrap_or_default()
+                ),
+            };
+            confirm.ask(&question)?;
             rollout::before_flash(admin, node, &step, &settings.rollout)?;
         }
         // Asked once: the question above already named the erase.
@@ -256,8 +285,11 @@ pub fn flash(
             .iter()
             .all(|r| r.result == deliver::Outcome::Skipped);
         reports.extend(flashed);
+        // Only an image imgbuild built (with a provenance record) can make a
+        // cluster from these secrets.
         if node.k3s.role == crate::config::profile::Role::Server
             && !skipped
+            && candidate.instance_id.is_some()
             && let Ok(s) = crate::secrets::Secrets::open_existing(&ws.paths.secrets)
         {
             s.mark_established(&format!("server {} flashed", node.name))?;
@@ -266,13 +298,23 @@ pub fn flash(
             && step.wait
             && !skipped
         {
-            rollout::after_flash(
+            let back = rollout::after_flash(
                 admin,
                 node,
                 &step,
                 candidate.instance_id.as_deref(),
                 &settings.rollout,
-            )?;
+            );
+            match back {
+                Ok(()) => {}
+                // `deploy --wait` reports every node's state next; nothing
+                // after the node that did not come back is flashed.
+                Err(e) if settings.wait.is_some() => {
+                    tracing::warn!("{}; not flashing the remaining nodes", e.inner());
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(reports)

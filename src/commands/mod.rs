@@ -299,9 +299,10 @@ pub(crate) fn warn_cluster_init(secrets: &Secrets, node: &Node) -> anyhow::Resul
         && let Some(first) = secrets.mark_initialized(&node.name)?
     {
         tracing::warn!(
-            "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before: \
-             flashing it onto the first server of a running cluster starts a new, empty cluster. To re-flash that node, \
-             set k3s.cluster_init: false on it so it joins the other servers",
+            "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before. \
+             Flash it with `imgbuild flash`/`deploy`: they ask the running cluster first and make a server of a running \
+             cluster join it instead of starting a new, empty one. Flashed by other means onto the first server of a \
+             running cluster, this image starts a new cluster",
             node.name
         );
     }

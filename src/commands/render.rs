@@ -51,12 +51,22 @@ pub fn render(paths: &Paths, node: &str, build_time: u64) -> Result<Vec<Rendered
 /// (a preview must not create the cluster's secrets).
 fn preview(ws: &Workspace, node: &str, build_time: u64) -> Result<NodePlan> {
     let n = ws.node(node)?;
-    let secrets = if ws.paths.secrets.exists() {
-        Some(ws.secrets()?)
+    let existing = if ws.paths.secrets.exists() {
+        Some(crate::secrets::Secrets::open_existing(&ws.paths.secrets)?)
+    } else {
+        None
+    };
+    let missing = existing.as_ref().map_or_else(
+        || vec!["the directory".to_string()],
+        |s| s.missing_for(&n.name),
+    );
+    let secrets = if missing.is_empty() {
+        existing
     } else {
         tracing::warn!(
-            "no secrets directory at {}: tokens, keys and passwords are shown as placeholders (the first bake creates them)",
-            ws.paths.secrets.display()
+            "{} lacks {}: tokens, keys and passwords are shown as placeholders (the first sealed build, or `imgbuild secrets --generate`, creates them)",
+            ws.paths.secrets.display(),
+            missing.join(", ")
         );
         None
     };

@@ -101,6 +101,9 @@ pub struct FlashStep {
     pub boot_before: Option<String>,
     /// A server of a running cluster: must vote again before the next one.
     pub voter: bool,
+    /// The only server, re-flashed without its data (`--reset-cluster`):
+    /// what is lost, for the confirmation.
+    pub reset: Option<String>,
 }
 
 /// The admin API client, pinned to the cluster's server CA.
@@ -124,9 +127,19 @@ fn admin_api(ws: &Workspace, server: Option<&str>) -> anyhow::Result<AdminApi> {
 /// Asks the cluster's API what runs. Without a secrets directory (or its CA)
 /// no cluster can have been made from it: the cluster is new.
 pub fn preflight(ws: &Workspace, settings: &RolloutSettings) -> Cluster {
-    let since = crate::secrets::Secrets::open_existing(&ws.paths.secrets)
-        .ok()
-        .and_then(|s| s.established());
+    let secrets = crate::secrets::Secrets::open_existing(&ws.paths.secrets).ok();
+    if secrets
+        .as_ref()
+        .is_none_or(|s| s.existing_tls("client-ca.crt").is_err())
+    {
+        return Cluster::New {
+            why: format!(
+                "{} holds no cluster CA: no cluster was made from it",
+                ws.paths.secrets.display()
+            ),
+        };
+    }
+    let since = secrets.and_then(|s| s.established());
     let why = match admin_api(ws, settings.server.as_deref()) {
         Err(e) => format!("{e:#}"),
         Ok(admin) => match admin.readyz(Duration::from_secs(10)) {
@@ -237,7 +250,17 @@ fn decide_one(
     }
     step.voter = true;
     let keeps_data = node.storage.iter().any(|d| d.k3s_data);
-    match view.check_quorum(&node.hostname) {
+    let other_servers = view.servers().filter(|n| n.name != node.hostname).count();
+    let quorum = if found.is_some() && other_servers == 0 {
+        // Registered and alone: the datastore (embedded etcd, or SQLite on
+        // a server without `cluster-init`) lives on this node only.
+        Err(crate::kube::cluster::QuorumRefusal::SingleMember {
+            node: node.hostname.clone(),
+        })
+    } else {
+        view.check_quorum(&node.hostname)
+    };
+    match quorum {
         Ok(QuorumOk::NotAMember) => {}
         Ok(QuorumOk::Safe { .. }) | Ok(QuorumOk::RemovalUnderWay) => {
             // With its k3s data on a data disk the server keeps its etcd
@@ -246,16 +269,23 @@ fn decide_one(
             step.remove_member = !keeps_data;
         }
         Ok(QuorumOk::AlreadyRemoved { .. }) => {}
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. })
-            if keeps_data || settings.reset_cluster =>
-        {
-            // Founds again: on its kept data, or empty as asked.
-            step.voter = keeps_data;
+        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if keeps_data => {
+            // Starts again on its kept data, as after a reboot.
+            return Ok(Action::Flash(step));
+        }
+        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
+            step.voter = false;
+            step.reset = Some(format!(
+                "{} is the only server of cluster {}: re-flashing it deletes the cluster's datastore (every API object; {} node(s) registered) and the cluster starts empty",
+                node.name,
+                ws.profiles.cluster.name,
+                view.nodes.len()
+            ));
             return Ok(Action::Flash(step));
         }
         Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) => {
             return Err(refuse(format!(
-                "refusing to flash {}: it is the cluster's only server and etcd member, and a re-flash starts an empty datastore \
+                "refusing to flash {}: it is the cluster's only server, and a re-flash starts an empty datastore \
                  (every object of cluster {} is lost: {} node(s) registered). To keep the data, put k3s's data on a data disk \
                  (`storage:` with `k3s_data: true` in {}) so it survives the flash; to start over, pass --reset-cluster",
                 node.name,

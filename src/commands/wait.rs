@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::{Result, Workspace};
+use super::{CommandError, Result, Workspace};
 use crate::config::profile::{Node, Role};
 use crate::deliver::state::{Before, DeployState};
 use crate::kube::wait::{NodeState, Target, WaitOptions};
@@ -182,6 +182,17 @@ pub fn wait(ws: &Workspace, names: &[String], settings: &WaitSettings) -> Result
         .find(|n| n.k3s.cluster_init)
         .map(|n| n.name.as_str())
         .unwrap_or("the cluster-init server");
+    // A server seen Ready: a cluster made from these secrets is up, and
+    // flashing its servers blind is refused from now on.
+    if nodes
+        .iter()
+        .zip(&result.states)
+        .any(|(n, s)| n.k3s.role == crate::config::profile::Role::Server && s.is_ready())
+    {
+        ws.secrets()?
+            .mark_established("a server seen Ready")
+            .map_err(CommandError::Failed)?;
+    }
     let mut outcomes = Vec::new();
     for (node, state) in nodes.iter().zip(result.states) {
         let (problem, next) =
