@@ -519,7 +519,7 @@ pub fn initialised(r: &imgbuild::commands::init::InitReport) {
         }
     }
     checked(&r.check);
-    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
+    println!("next: imgbuild check, then imgbuild --all (see docs/getting-started.md)");
 }
 
 pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> Result<()> {

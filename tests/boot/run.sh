@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot test: bake a node with imgbuild into a stand-in for its board's stock
 # Ubuntu 24.04 image, boot the result under QEMU, and check what first boot did
-# against the profiles and the secrets. See README.md, "Boot test".
+# against the profiles and the secrets. See CONTRIBUTING.md, "Boot test".
 #
 #   tests/boot/run.sh            # amd64 NUC node (nuc2)
 #   BOOT_TEST_ARCHES="amd64 arm64" tests/boot/run.sh
