@@ -51,7 +51,9 @@ mkdir -p "$work" "$cache"
 t_start=$SECONDS
 
 log() { printf '[boot-test %4ds] %s\n' "$((SECONDS - t_start))" "$*"; }
-die() { log "ERROR: $*"; log "work directory kept: $work"; exit 2; }
+# To stderr: die also runs inside $(...) (cached_root, cached_base), whose
+# output is a path.
+die() { { log "ERROR: $*"; log "work directory kept: $work"; } >&2; exit 2; }
 
 for tool in mmdebstrap sgdisk mkfs.ext4 mkfs.vfat debugfs e2fsck ssh-keygen openssl python3 flock sha256sum; do
   command -v "$tool" >/dev/null || die "$tool is missing (see .ci/run for the packages)"
@@ -112,7 +114,8 @@ cached_root() { # arch -> path of the root tarball
 
 cached_base() { # board arch -> path of the base image
   local board=$1 arch=$2 root key path
-  root=$(cached_root "$arch")
+  # A command substitution does not inherit errexit: stop here by hand.
+  root=$(cached_root "$arch") || exit 2
   key=$(hash_files <(basename "$root") "$here/make-base.sh" <(cd "$here/guest" && find . -type f -o -type l | sort | xargs -d '\n' tail -n +1 --) <(echo "$board"))
   path=$cache/base-$board-$arch-$key.img
   if [ ! -s "$path" ]; then
