@@ -1025,3 +1025,46 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert!(w.path().join("t/profiles/nodes/w1.yaml").is_file());
     assert!(out.contains("DNS domain (--domain): home.arpa"), "{out}");
 }
+
+/// `rust-version` tells the truth: it is at least every locked dependency's
+/// own `rust_version` (as `cargo metadata` reports them), and the README
+/// names the same version.
+#[test]
+fn rust_version_covers_every_locked_dependency_and_the_readme_says_it() {
+    let ours = env!("CARGO_PKG_RUST_VERSION");
+    // "1.88" and "1.88.0" are the same version.
+    let parse = |v: &str| -> Vec<u64> {
+        let mut n: Vec<u64> = v.split('.').map(|x| x.parse().unwrap()).collect();
+        n.resize(3, 0);
+        n
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut needs: Vec<(Vec<u64>, String)> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let v = p["rust_version"].as_str()?;
+            let (name, version) = (p["name"].as_str()?, p["version"].as_str()?);
+            Some((parse(v), format!("{name} {version} needs {v}")))
+        })
+        .collect();
+    needs.sort();
+    let (highest, who) = needs.last().expect("dependencies declare rust_version");
+    assert!(
+        parse(ours) >= *highest,
+        "Cargo.toml rust-version {ours} is too low: {who}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Rust {ours} or later")),
+        "README.md does not say \"Rust {ours} or later\""
+    );
+}

@@ -574,7 +574,7 @@ pub fn initialised(as_json: bool, r: &imgbuild::commands::init::InitReport) -> R
         }
     }
     checked(false, &r.check)?;
-    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
+    println!("next: imgbuild check, then imgbuild --all (see docs/getting-started.md)");
     Ok(())
 }
 

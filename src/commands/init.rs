@@ -143,7 +143,7 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
 
     let q = |v: &str| serde_json::to_string(v).expect("strings serialise");
     let mut cluster = format!(
-        "# Cluster-wide settings, written by `imgbuild init`; see README.md for every key.\n\
+        "# Cluster-wide settings, written by `imgbuild init`; see docs/profiles.md for every key.\n\
          cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
          server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
         q(&name),
