@@ -409,6 +409,11 @@ fn inspection_text(i: &Inspection) -> String {
                 "built by imgbuild {} for node {} ({} board) of cluster {}\n  profile digest {}\n",
                 p.imgbuild, p.node, p.board, p.cluster, p.profile_digest
             ));
+            if let Some(url) = &p.joined {
+                s.push_str(&format!(
+                    "  re-made at flash time to join the running cluster through {url} (not founding it)\n"
+                ));
+            }
             s.push_str(&format!("  {} file(s) baked:\n", p.files.len()));
             for f in &p.files {
                 s.push_str(&format!(
