@@ -10,8 +10,7 @@ use super::qcow2;
 use crate::io::SparseWriter;
 use crate::io::progress::Progress;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Xz,
     Gzip,
