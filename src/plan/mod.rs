@@ -13,7 +13,6 @@ pub mod render;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
-use serde::Serialize;
 
 pub use context::{SecretValues, TemplateContext};
 pub use provenance::{FileRecord, PROVENANCE_FILE, Provenance};
@@ -75,12 +74,6 @@ impl PartialOrd for PartitionTarget {
     }
 }
 
-impl Serialize for PartitionTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -90,7 +83,7 @@ pub enum Content {
 }
 
 /// Mode and owner of a placed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub mode: u32,
     pub uid: u32,
