@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result};
 
@@ -41,7 +40,7 @@ pub struct InitSettings {
     pub nodes: Vec<InitNode>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct InitReport {
     pub written: Vec<PathBuf>,
     /// Defaults taken for what was not given, one sentence each.

@@ -18,7 +18,6 @@ pub mod render;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
-use serde::Serialize;
 
 pub use additions::{Dependency, Origin, OriginKind, Unfetched};
 pub use context::{SecretValues, TemplateContext};
@@ -82,12 +81,6 @@ impl PartialOrd for PartitionTarget {
     }
 }
 
-impl Serialize for PartitionTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -97,7 +90,7 @@ pub enum Content {
 }
 
 /// Mode and owner of a placed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub mode: u32,
     pub uid: u32,
