@@ -371,10 +371,10 @@ pub fn until_node(
         match api.node(name, left) {
             Ok(node) => {
                 api_error = None;
-                if done(node.as_ref()) {
-                    if let Some(n) = node {
-                        return Ok(n);
-                    }
+                if done(node.as_ref())
+                    && let Some(n) = node
+                {
+                    return Ok(n);
                 }
                 last = node.map(Box::new);
                 let span = interval.min(deadline.saturating_duration_since(Instant::now()));

@@ -433,7 +433,7 @@ fn dependencies(
 
 /// One file a build adds beyond the overlays (not the k3s payload), as
 /// `render` and `check` list it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Added {
     /// Absolute path in the root file system.
     pub path: String,
@@ -445,7 +445,6 @@ pub struct Added {
     pub uri: Option<String>,
     /// The manifest's, chart archive's or image index's sha256.
     pub sha256: String,
-    #[serde(skip)]
     pub owner: Owner,
 }
 
