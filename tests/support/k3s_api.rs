@@ -388,9 +388,11 @@ fn client_cn(conn: &rustls::ServerConnection) -> Option<(String, Option<String>)
     Some((cn, o))
 }
 
-
 fn status(code: u16, reason: &str, message: &str) -> (u16, String) {
-    (code, cluster::status(code, reason, message, None).to_string())
+    (
+        code,
+        cluster::status(code, reason, message, None).to_string(),
+    )
 }
 
 fn advance(state: &Mutex<State>, name: &str) -> Option<Value> {
@@ -416,7 +418,11 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push(h << 4 | l);
                 i += 3;
@@ -518,12 +524,21 @@ fn huge_node(tls: &mut Tls, name: &str, size: usize, declared: bool) -> std::io:
     let pad = size.saturating_sub(pre.len() + post.len());
     let block = vec![b'x'; 64 << 10];
     let head = if declared {
-        format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n")
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+        )
     } else {
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".into()
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .into()
     };
     tls.write_all(head.as_bytes())?;
-    let send = |tls: &mut Tls, d: &[u8]| if declared { tls.write_all(d) } else { chunk(tls, d) };
+    let send = |tls: &mut Tls, d: &[u8]| {
+        if declared {
+            tls.write_all(d)
+        } else {
+            chunk(tls, d)
+        }
+    };
     send(tls, pre.as_bytes())?;
     let mut left = pad;
     while left > 0 {
@@ -543,7 +558,10 @@ fn all_nodes(state: &Mutex<State>) -> Vec<Value> {
     let (scripted, stored): (Vec<String>, BTreeMap<String, Value>) = {
         let mut st = state.lock().unwrap();
         st.cluster.settle();
-        (st.scripts.keys().cloned().collect(), st.cluster.nodes.clone())
+        (
+            st.scripts.keys().cloned().collect(),
+            st.cluster.nodes.clone(),
+        )
     };
     let mut out: Vec<Value> = stored
         .into_iter()
@@ -556,7 +574,8 @@ fn all_nodes(state: &Mutex<State>) -> Vec<Value> {
 
 fn list_body(state: &Mutex<State>, items: Vec<Value>) -> String {
     let rv = state.lock().unwrap().cluster.rv.to_string();
-    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items}).to_string()
+    json!({"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
+        .to_string()
 }
 
 /// The API's answer to a request that needs no streaming.
@@ -578,12 +597,24 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
             };
         }
         if m != "PATCH" {
-            return status(405, "MethodNotAllowed", &format!("{m} is not supported on nodes"));
+            return status(
+                405,
+                "MethodNotAllowed",
+                &format!("{m} is not supported on nodes"),
+            );
         }
         let strategic = match req.content_type.as_str() {
             "application/merge-patch+json" => false,
             "application/strategic-merge-patch+json" => true,
-            other => return status(415, "UnsupportedMediaType", &format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})")),
+            other => {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    &format!(
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {other:?})"
+                    ),
+                );
+            }
         };
         let Ok(patch) = serde_json::from_slice::<Value>(&req.body) else {
             return status(400, "BadRequest", "the patch is not JSON");
@@ -596,7 +627,8 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
         };
     }
     if path == "/api/v1/nodes" && m == "GET" {
-        if let Some(size) = state.lock().unwrap().huge_list_item {
+        let huge = state.lock().unwrap().huge_list_item;
+        if let Some(size) = huge {
             let pad = "x".repeat(size);
             let item = json!({"metadata": {"name": "big", "annotations": {"pad": pad}}});
             return (200, list_body(state, vec![item]));
@@ -639,7 +671,11 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
                     return status(400, "BadRequest", "not a policy/v1 Eviction object");
                 }
                 if ev["metadata"]["name"] != name {
-                    return status(400, "BadRequest", "name in URL does not match name in Eviction object");
+                    return status(
+                        400,
+                        "BadRequest",
+                        "name in URL does not match name in Eviction object",
+                    );
                 }
                 let (code, body) = st.cluster.evict(ns, name);
                 (code, body.to_string())
@@ -647,10 +683,18 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
             _ => status(405, "MethodNotAllowed", &format!("{m} {path}")),
         };
     }
-    status(404, "NotFound", "the server could not find the requested resource")
+    status(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
-fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, state: &Arc<Mutex<State>>) -> std::io::Result<()> {
+fn serve(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &Arc<Mutex<State>>,
+) -> std::io::Result<()> {
     let conn = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     while let Some((req, target)) = read_request(&mut tls)? {
@@ -662,31 +706,54 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, state: &Arc<Mutex<St
                 who.as_ref().map(|w| w.0.as_str()).unwrap_or("-"),
                 req.method
             ));
-            (st.reject_clients, st.not_ready, st.no_rbac, st.cluster.version.clone())
+            (
+                st.reject_clients,
+                st.not_ready,
+                st.no_rbac,
+                st.cluster.version.clone(),
+            )
         };
         let path = req.path.as_str();
+        let huge = state.lock().unwrap().huge_node;
         let masters = who.as_ref().and_then(|w| w.1.as_deref()) == Some("system:masters");
-        let reader_user = !no_rbac && who.as_ref().map(|w| w.0.as_str()) == Some("imgbuild:node-reader");
+        let reader_user =
+            !no_rbac && who.as_ref().map(|w| w.0.as_str()) == Some("imgbuild:node-reader");
         // The baked ClusterRole: get, list and watch on nodes, nothing else.
-        let reader_may = reader_user && req.method == "GET" && (path == "/api/v1/nodes" || path.starts_with("/api/v1/nodes/"));
+        let reader_may = reader_user
+            && req.method == "GET"
+            && (path == "/api/v1/nodes" || path.starts_with("/api/v1/nodes/"));
         let (code, body) = if reject || who.is_none() && path.starts_with("/api") {
             status(401, "Unauthorized", "Unauthorized")
         } else if path == "/ping" {
             (200, "pong".into())
         } else if path == "/readyz" {
             if not_ready {
-                (500, "[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed".into())
+                (
+                    500,
+                    "[+]ping ok\n[-]etcd failed: reason withheld\nreadyz check failed".into(),
+                )
             } else {
                 (200, "ok".into())
             }
         } else if path == "/version" {
             let minor = version.split('.').nth(1).unwrap_or("32").to_string();
-            (200, json!({"major": "1", "minor": minor, "gitVersion": version}).to_string())
+            (
+                200,
+                json!({"major": "1", "minor": minor, "gitVersion": version}).to_string(),
+            )
         } else if !(masters || reader_may) {
             let user = who.map(|w| w.0).unwrap_or_default();
-            status(403, "Forbidden", &format!("User \"{user}\" cannot {} {path}", req.method))
+            status(
+                403,
+                "Forbidden",
+                &format!("User \"{user}\" cannot {} {path}", req.method),
+            )
         } else if path == "/api/v1/nodes" && req.query.get("watch").is_some_and(|w| w == "true") {
-            let secs: u64 = req.query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(5);
+            let secs: u64 = req
+                .query
+                .get("timeoutSeconds")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(5);
             let only = req
                 .query
                 .get("fieldSelector")
@@ -695,7 +762,7 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, state: &Arc<Mutex<St
             watch(&mut tls, state, Duration::from_secs(secs), only.as_deref())?;
             continue;
         } else if let (Some(name), Some((size, declared))) =
-            (path.strip_prefix("/api/v1/nodes/"), state.lock().unwrap().huge_node)
+            (path.strip_prefix("/api/v1/nodes/"), huge)
         {
             huge_node(&mut tls, name, size, declared)?;
             continue;
@@ -710,8 +777,15 @@ fn serve(tcp: TcpStream, config: Arc<rustls::ServerConfig>, state: &Arc<Mutex<St
 /// A chunked watch stream: every 50 ms each node (scripted nodes are polled)
 /// is sent when it changed, and a stored node that went is sent DELETED,
 /// until the watch's time is up.
-fn watch(tls: &mut Tls, state: &Mutex<State>, limit: Duration, only: Option<&str>) -> std::io::Result<()> {
-    tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")?;
+fn watch(
+    tls: &mut Tls,
+    state: &Mutex<State>,
+    limit: Duration,
+    only: Option<&str>,
+) -> std::io::Result<()> {
+    tls.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )?;
     tls.flush()?;
     let (huge, stall) = {
         let st = state.lock().unwrap();
@@ -719,7 +793,10 @@ fn watch(tls: &mut Tls, state: &Mutex<State>, limit: Duration, only: Option<&str
     };
     if let Some(size) = huge {
         let obj = json!({"metadata": {"name": "big", "annotations": {"pad": "x".repeat(size)}}});
-        chunk(tls, format!("{}\n", json!({"type": "ADDED", "object": obj})).as_bytes())?;
+        chunk(
+            tls,
+            format!("{}\n", json!({"type": "ADDED", "object": obj})).as_bytes(),
+        )?;
         tls.flush()?;
     }
     if stall {
@@ -745,18 +822,39 @@ fn watch(tls: &mut Tls, state: &Mutex<State>, limit: Duration, only: Option<&str
             if sent.get(name).is_some_and(|(t, _)| *t == text) {
                 continue;
             }
-            let kind = if sent.contains_key(name) { "MODIFIED" } else { "ADDED" };
-            chunk(tls, format!("{}\n", json!({"type": kind, "object": obj})).as_bytes())?;
+            let kind = if sent.contains_key(name) {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
+            chunk(
+                tls,
+                format!("{}\n", json!({"type": kind, "object": obj})).as_bytes(),
+            )?;
             tls.flush()?;
             sent.insert(name.clone(), (text, obj.clone()));
         }
-        let gone: Vec<String> = sent.keys().filter(|n| !now.contains_key(*n)).cloned().collect();
-        let stored: Vec<String> = state.lock().unwrap().cluster.nodes.keys().cloned().collect();
+        let gone: Vec<String> = sent
+            .keys()
+            .filter(|n| !now.contains_key(*n))
+            .cloned()
+            .collect();
+        let stored: Vec<String> = state
+            .lock()
+            .unwrap()
+            .cluster
+            .nodes
+            .keys()
+            .cloned()
+            .collect();
         for name in gone {
             // A scripted node that shows None is "not registered yet", not deleted.
             let (_, obj) = sent.remove(&name).unwrap();
             if !stored.contains(&name) && !state.lock().unwrap().scripts.contains_key(&name) {
-                chunk(tls, format!("{}\n", json!({"type": "DELETED", "object": obj})).as_bytes())?;
+                chunk(
+                    tls,
+                    format!("{}\n", json!({"type": "DELETED", "object": obj})).as_bytes(),
+                )?;
                 tls.flush()?;
             }
         }

@@ -148,7 +148,10 @@ pub fn strategic_patch(target: &mut Value, patch: &Value) {
         .as_object_mut()
         .and_then(|s| s.remove("taints"))
     {
-        let mut have: Vec<Value> = target["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        let mut have: Vec<Value> = target["spec"]["taints"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         for t in taints.as_array().cloned().unwrap_or_default() {
             have.retain(|h| h["key"] != t["key"]);
             if t.get("$patch").and_then(Value::as_str) != Some("delete") {
@@ -174,13 +177,24 @@ impl Cluster {
     /// A Node as k3s registers it: Ready, the role labels k3s sets
     /// (`pkg/server/server.go`), and for a server the etcd annotations and a
     /// voting `EtcdIsVoter`.
-    pub fn new_node(&mut self, name: &str, server: bool, labels: &BTreeMap<String, String>, boot: &str) -> Value {
+    pub fn new_node(
+        &mut self,
+        name: &str,
+        server: bool,
+        labels: &BTreeMap<String, String>,
+        boot: &str,
+    ) -> Value {
         let mut l = json!({"kubernetes.io/hostname": name, "kubernetes.io/os": "linux"});
         for (k, v) in labels {
             l[k] = v.clone().into();
         }
         let mut annotations = json!({"k3s.io/hostname": name});
-        let mut conditions = vec![condition("Ready", "True", "KubeletReady", "kubelet is posting ready status")];
+        let mut conditions = vec![condition(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kubelet is posting ready status",
+        )];
         if server {
             l["node-role.kubernetes.io/control-plane"] = "true".into();
             l["node-role.kubernetes.io/etcd"] = "true".into();
@@ -235,12 +249,17 @@ impl Cluster {
 
     /// k3s `member_controller.go` `sync` for one Node.
     fn member_controller(&mut self, name: &str) {
-        let Some(n) = self.nodes.get(name) else { return };
+        let Some(n) = self.nodes.get(name) else {
+            return;
+        };
         if n["metadata"]["labels"]["node-role.kubernetes.io/etcd"] != "true" {
             return;
         }
         let a = &n["metadata"]["annotations"];
-        let Some(remove) = a["etcd.k3s.cattle.io/remove"].as_str().map(str::to_lowercase) else {
+        let Some(remove) = a["etcd.k3s.cattle.io/remove"]
+            .as_str()
+            .map(str::to_lowercase)
+        else {
             return;
         };
         if let Some(removed) = a["etcd.k3s.cattle.io/removed-node-name"].as_str() {
@@ -255,12 +274,19 @@ impl Cluster {
             }
             return;
         }
-        let named = a["etcd.k3s.cattle.io/node-name"].is_string() && a["etcd.k3s.cattle.io/node-address"].is_string();
+        let named = a["etcd.k3s.cattle.io/node-name"].is_string()
+            && a["etcd.k3s.cattle.io/node-address"].is_string();
         if remove == "true"
             && named
-            && !self.due.iter().any(|(_, e)| matches!(e, Effect::RemoveMember(x) if x == name))
+            && !self
+                .due
+                .iter()
+                .any(|(_, e)| matches!(e, Effect::RemoveMember(x) if x == name))
         {
-            self.due.push((Instant::now() + self.member_delay, Effect::RemoveMember(name.to_string())));
+            self.due.push((
+                Instant::now() + self.member_delay,
+                Effect::RemoveMember(name.to_string()),
+            ));
         }
     }
 
@@ -276,7 +302,12 @@ impl Cluster {
             a.remove("etcd.k3s.cattle.io/node-address");
             set_condition(
                 n,
-                condition("EtcdIsVoter", "False", "NotAMember", "Node is not a member of the etcd cluster"),
+                condition(
+                    "EtcdIsVoter",
+                    "False",
+                    "NotAMember",
+                    "Node is not a member of the etcd cluster",
+                ),
             );
         });
     }
@@ -284,14 +315,20 @@ impl Cluster {
     /// Applies what has become due (member removals, boots, pod deletions).
     pub fn settle(&mut self) {
         let now = Instant::now();
-        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due).into_iter().partition(|(t, _)| *t <= now);
+        let (ready, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.due)
+            .into_iter()
+            .partition(|(t, _)| *t <= now);
         self.due = later;
         for (_, e) in ready {
             match e {
                 Effect::RemoveMember(n) => self.remove_member(&n),
                 Effect::Boot(n, facts, boots) => self.boot(&n, &facts, boots),
                 Effect::DeletePod(ns, name, uid) => {
-                    if self.pods.get(&(ns.clone(), name.clone())).is_some_and(|p| p["metadata"]["uid"] == uid.as_str()) {
+                    if self
+                        .pods
+                        .get(&(ns.clone(), name.clone()))
+                        .is_some_and(|p| p["metadata"]["uid"] == uid.as_str())
+                    {
                         self.pods.remove(&(ns, name));
                         self.rv += 1;
                     }
@@ -302,9 +339,10 @@ impl Cluster {
 
     fn is_live_server(n: &Value) -> bool {
         n["metadata"]["labels"]["node-role.kubernetes.io/etcd"] == "true"
-            && n["status"]["conditions"]
-                .as_array()
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            && n["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
     }
 
     /// The node was flashed with an image whose facts are `facts`: it goes
@@ -315,23 +353,44 @@ impl Cluster {
         let outcome = self.decide(&name, &facts);
         if self.nodes.contains_key(&name) {
             self.edit_node(&name, |n| {
-                set_condition(n, condition("Ready", "Unknown", "NodeStatusUnknown", "Kubelet stopped posting node status."));
+                set_condition(
+                    n,
+                    condition(
+                        "Ready",
+                        "Unknown",
+                        "NodeStatusUnknown",
+                        "Kubelet stopped posting node status.",
+                    ),
+                );
             });
         }
         self.serial += 1;
         let boots = self.serial;
-        self.due.push((Instant::now() + self.boot_delay, Effect::Boot(name, facts, boots)));
+        self.due.push((
+            Instant::now() + self.boot_delay,
+            Effect::Boot(name, facts, boots),
+        ));
         outcome
     }
 
     /// What k3s does with this image on this node, given the store now.
     fn decide(&self, name: &str, f: &ImageFacts) -> Outcome {
         let existing = self.nodes.get(name);
-        let others_live = self.nodes.iter().any(|(n, v)| n != name && Self::is_live_server(v));
-        let removed = existing.is_some_and(|n| n["metadata"]["annotations"]["etcd.k3s.cattle.io/removed-node-name"].is_string());
-        let was_member = existing.is_some_and(|n| n["metadata"]["labels"]["node-role.kubernetes.io/etcd"] == "true");
+        let others_live = self
+            .nodes
+            .iter()
+            .any(|(n, v)| n != name && Self::is_live_server(v));
+        let removed = existing.is_some_and(|n| {
+            n["metadata"]["annotations"]["etcd.k3s.cattle.io/removed-node-name"].is_string()
+        });
+        let was_member = existing
+            .is_some_and(|n| n["metadata"]["labels"]["node-role.kubernetes.io/etcd"] == "true");
         if !f.server {
-            return if others_live { Outcome::Back } else { Outcome::NeverJoins };
+            return if others_live {
+                Outcome::Back
+            } else {
+                Outcome::NeverJoins
+            };
         }
         if f.data_kept && was_member {
             // Existing data: cluster-init and server are ignored (k3s
@@ -372,7 +431,10 @@ impl Cluster {
             Outcome::CrashLoop(_) => {
                 if self.nodes.contains_key(name) {
                     self.edit_node(name, |n| {
-                        set_condition(n, condition("EtcdIsVoter", "False", "Unhealthy", "Node is unhealthy"));
+                        set_condition(
+                            n,
+                            condition("EtcdIsVoter", "False", "Unhealthy", "Node is unhealthy"),
+                        );
                     });
                 }
             }
@@ -402,7 +464,15 @@ impl Cluster {
         self.edit_node(name, |n| {
             n["status"]["nodeInfo"]["bootID"] = boot.into();
             n["status"]["nodeInfo"]["kubeletVersion"] = version.into();
-            set_condition(n, condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"));
+            set_condition(
+                n,
+                condition(
+                    "Ready",
+                    "True",
+                    "KubeletReady",
+                    "kubelet is posting ready status",
+                ),
+            );
             if let Some(member) = member {
                 let a = n["metadata"]["annotations"].as_object_mut().unwrap();
                 // Kept data: the same member; joined: a new one.
@@ -412,7 +482,12 @@ impl Cluster {
                 a.insert("etcd.k3s.cattle.io/node-address".into(), "127.0.0.1".into());
                 set_condition(
                     n,
-                    condition("EtcdIsVoter", "True", "MemberNotLearner", "Node is a voting member of the etcd cluster"),
+                    condition(
+                        "EtcdIsVoter",
+                        "True",
+                        "MemberNotLearner",
+                        "Node is a voting member of the etcd cluster",
+                    ),
                 );
             }
         });
@@ -444,22 +519,33 @@ impl Cluster {
     pub fn evict(&mut self, ns: &str, name: &str) -> (u16, Value) {
         let key = (ns.to_string(), name.to_string());
         let Some(pod) = self.pods.get(&key).cloned() else {
-            return (404, status(404, "NotFound", &format!("pods \"{name}\" not found"), None));
+            return (
+                404,
+                status(404, "NotFound", &format!("pods \"{name}\" not found"), None),
+            );
         };
         let phase = pod["status"]["phase"].as_str().unwrap_or("");
-        let terminal = matches!(phase, "Succeeded" | "Failed" | "Pending") || pod["metadata"]["deletionTimestamp"].is_string();
+        let terminal = matches!(phase, "Succeeded" | "Failed" | "Pending")
+            || pod["metadata"]["deletionTimestamp"].is_string();
         if !terminal {
             let labels = &pod["metadata"]["labels"];
             let matching: Vec<usize> = (0..self.pdbs.len())
                 .filter(|&i| {
                     let p = &self.pdbs[i];
-                    p.namespace == ns && !p.selector.is_empty() && p.selector.iter().all(|(k, v)| labels[k] == v.as_str())
+                    p.namespace == ns
+                        && !p.selector.is_empty()
+                        && p.selector.iter().all(|(k, v)| labels[k] == v.as_str())
                 })
                 .collect();
             if matching.len() > 1 {
                 return (
                     500,
-                    status(500, "InternalError", "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.", None),
+                    status(
+                        500,
+                        "InternalError",
+                        "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                        None,
+                    ),
                 );
             }
             if let Some(&i) = matching.first() {
@@ -479,14 +565,19 @@ impl Cluster {
                             429,
                             "TooManyRequests",
                             "Cannot evict pod as it would violate the pod's disruption budget.",
-                            Some(json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]})),
+                            Some(
+                                json!({"causes": [{"reason": "DisruptionBudget", "message": cause}]}),
+                            ),
                         ),
                     );
                 }
             }
         }
         self.evicted.push(format!("{ns}/{name}"));
-        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default().to_string();
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if pod["metadata"]["ownerReferences"][0]["kind"] == "DaemonSet" {
             // The DaemonSet controller puts it back at once (it tolerates
             // unschedulable): the same name here, a new UID.
@@ -496,9 +587,15 @@ impl Cluster {
             self.bump();
             self.pods.get_mut(&key).unwrap()["metadata"]["deletionTimestamp"] =
                 imgbuild::secrets::client::rfc3339(super::now()).into();
-            self.due.push((Instant::now() + self.pod_grace, Effect::DeletePod(ns.into(), name.into(), uid)));
+            self.due.push((
+                Instant::now() + self.pod_grace,
+                Effect::DeletePod(ns.into(), name.into(), uid),
+            ));
         }
-        (201, json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}))
+        (
+            201,
+            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),
+        )
     }
 }
 
@@ -522,8 +619,7 @@ pub fn pod(ns: &str, name: &str, node: &str, owner: Option<&str>) -> Value {
         "status": {"phase": "Running"}
     });
     if let Some(kind) = owner {
-        p["metadata"]["ownerReferences"] =
-            json!([{"apiVersion": "apps/v1", "kind": kind, "name": format!("{name}-owner"), "uid": "owner-uid", "controller": true}]);
+        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": kind, "name": format!("{name}-owner"), "uid": "owner-uid", "controller": true}]);
     }
     p
 }

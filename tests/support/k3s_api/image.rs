@@ -41,7 +41,11 @@ const SERVER_KEYS: &[&str] = &[
 
 /// Byte offsets of the image's partitions (0 when it has no table).
 fn partitions(image: &Path) -> Vec<u64> {
-    let out = Command::new("sfdisk").arg("-J").arg(image).output().unwrap();
+    let out = Command::new("sfdisk")
+        .arg("-J")
+        .arg(image)
+        .output()
+        .unwrap();
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let table = &parsed["partitiontable"];
     let sector = table["sectorsize"].as_u64().unwrap_or(512);
@@ -130,7 +134,11 @@ pub fn read(image: &Path) -> ImageFacts {
         .unwrap_or_else(|| panic!("{}: no partition holds {conf}", image.display()));
     let mut merged = BTreeMap::new();
     let mut facts = ImageFacts::default();
-    merge_config(&mut merged, &debugfs(image, root, &format!("cat {conf}")).unwrap(), conf);
+    merge_config(
+        &mut merged,
+        &debugfs(image, root, &format!("cat {conf}")).unwrap(),
+        conf,
+    );
     facts.files.push(conf.to_string());
     let dir = "/etc/rancher/k3s/config.yaml.d";
     let mut names: Vec<String> = debugfs(image, root, &format!("ls -p {dir}"))
@@ -155,7 +163,10 @@ pub fn read(image: &Path) -> ImageFacts {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .map(str::to_string);
-    facts.node_name = merged.get("node-name").and_then(Value::as_str).map(str::to_string);
+    facts.node_name = merged
+        .get("node-name")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     for l in merged
         .get("node-label")
         .and_then(Value::as_sequence)
@@ -189,7 +200,11 @@ fn mounts_over_the_datastore_are_found() {
         "#cloud-config\nmounts:\n  - [LABEL=data, /var/lib/rancher, ext4, defaults, \"0\", \"2\"]\n"
     ));
     assert!(mounts_datastore("mounts:\n  - [LABEL=d, /var/, ext4]\n"));
-    assert!(!mounts_datastore("mounts:\n  - [LABEL=d, /var/lib/longhorn, ext4]\n"));
-    assert!(!mounts_datastore("mounts:\n  - [LABEL=d, /var/lib/ranch, ext4]\n"));
+    assert!(!mounts_datastore(
+        "mounts:\n  - [LABEL=d, /var/lib/longhorn, ext4]\n"
+    ));
+    assert!(!mounts_datastore(
+        "mounts:\n  - [LABEL=d, /var/lib/ranch, ext4]\n"
+    ));
     assert!(!mounts_datastore("packages: [x]\n"));
 }
