@@ -769,3 +769,36 @@ fn a_watch_that_never_ends_is_cut_at_its_timeout_or_the_deadline() {
     let took = t0.elapsed();
     assert!(took < Duration::from_millis(2500), "{took:?}");
 }
+
+#[test]
+fn the_flash_hook_follows_what_a_bmc_received() {
+    let env = Env::new();
+    ha(&env);
+    let admin = env.admin();
+    let boot = env.fake.node_obj("a1").unwrap()["status"]["nodeInfo"]["bootID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Stands in for the fake BMC's finished flashes (slot images).
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, PathBuf)>::new()));
+    let r = received.clone();
+    env.fake.on_flash(move || r.lock().unwrap().clone());
+    remove_member(&admin, "s3", T, TICK).unwrap();
+    let img = env.image("s3", JOIN, &node_yaml("s3"), None);
+    received.lock().unwrap().push(("s3".into(), img));
+    wait_voter(&env.reader(), "s3", None, T, TICK).unwrap();
+    let img = env.image("a1", AGENT, &node_yaml("a1"), None);
+    received.lock().unwrap().push(("a1".into(), img));
+    settle(&env, 2);
+    assert_eq!(
+        env.fake.with(|c| c.flashes.clone()),
+        [
+            ("s3".to_string(), Outcome::Back),
+            ("a1".to_string(), Outcome::Back)
+        ]
+    );
+    assert_ne!(
+        env.fake.node_obj("a1").unwrap()["status"]["nodeInfo"]["bootID"],
+        boot.as_str()
+    );
+}
