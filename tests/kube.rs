@@ -679,6 +679,48 @@ fn an_api_that_hangs_or_is_down_times_out() {
     assert!(o.contains("unreachable") && o.contains("node04"), "{o}");
 }
 
+#[test]
+fn wait_honours_its_timeout_while_a_watch_is_held_open() {
+    let ws = Ws::new(None);
+    let fake = ws.api();
+    fake.script(
+        "node02",
+        api::stuck_not_ready("node02", "KubeletNotReady", "PLEG is not healthy"),
+    );
+    // The watch outlives its timeoutSeconds, trickling newlines.
+    fake.state.lock().unwrap().stall_watch = true;
+    let t = Instant::now();
+    let out = ws.run(&[
+        "wait",
+        "node02",
+        "--server",
+        &fake.url(),
+        "--timeout",
+        "3s",
+        "--interval",
+        "10s",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    println!("wait --timeout 3s with a watch held open took {took:?}");
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+}
+
+#[test]
+fn an_oversized_node_is_refused_with_its_cap_named() {
+    let ws = Ws::new(None);
+    let fake = ws.api();
+    // A valid, Ready Node of 16 MiB, sent chunked.
+    fake.state.lock().unwrap().huge_node = Some((16 << 20, false));
+    let (out, _) = wait(&ws, &fake, &["node02", "--timeout", "2s"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("is larger than 4 MiB, the most imgbuild reads of it"),
+        "{t}"
+    );
+}
+
 /// The instance ID a build of `node` would give now (from its rendered meta-data).
 fn current_instance_id(ws: &Ws, node: &str) -> String {
     let meta = rendered(ws, node, "/meta-data").expect("no meta-data");

@@ -627,7 +627,8 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
         };
     }
     if path == "/api/v1/nodes" && m == "GET" {
-        if let Some(size) = state.lock().unwrap().huge_list_item {
+        let huge = state.lock().unwrap().huge_list_item;
+        if let Some(size) = huge {
             let pad = "x".repeat(size);
             let item = json!({"metadata": {"name": "big", "annotations": {"pad": pad}}});
             return (200, list_body(state, vec![item]));
@@ -713,6 +714,7 @@ fn serve(
             )
         };
         let path = req.path.as_str();
+        let huge = state.lock().unwrap().huge_node;
         let masters = who.as_ref().and_then(|w| w.1.as_deref()) == Some("system:masters");
         let reader_user =
             !no_rbac && who.as_ref().map(|w| w.0.as_str()) == Some("imgbuild:node-reader");
@@ -759,10 +761,9 @@ fn serve(
                 .map(str::to_string);
             watch(&mut tls, state, Duration::from_secs(secs), only.as_deref())?;
             continue;
-        } else if let (Some(name), Some((size, declared))) = (
-            path.strip_prefix("/api/v1/nodes/"),
-            state.lock().unwrap().huge_node,
-        ) {
+        } else if let (Some(name), Some((size, declared))) =
+            (path.strip_prefix("/api/v1/nodes/"), huge)
+        {
             huge_node(&mut tls, name, size, declared)?;
             continue;
         } else {
