@@ -3,9 +3,10 @@
 //! The modules are the stages of a pipeline, and a stage may use the ones
 //! before it (and the shared utilities), never the ones after it:
 //!
-//! [`config`] -> [`secrets`] -> [`plan`] -> [`source`] -> [`image`] / [`fs`] ->
-//! [`bake`] -> [`artifact`] -> [`deliver`] -> [`kube`]; [`commands`] sequences them and
-//! the binary's `cli` only parses, resolves settings and reports.
+//! [`config`] -> [`secrets`] -> [`source`] -> [`plan`] -> [`bake`] / [`installer`]
+//! (on [`image`] / [`fs`]) -> [`artifact`] -> [`readback`] -> [`deliver`] -> [`kube`];
+//! [`commands`] sequences them and the binary's `cli` only parses, resolves
+//! settings and reports.
 //! Shared utilities: [`io`] (digests, hashing, sparse files, progress) and
 //! [`util`] (clean-up on interrupt, TLS provider, dates, error chains).
 //! ARCHITECTURE.md says what each module owns.
@@ -19,8 +20,10 @@ pub mod config;
 pub mod deliver;
 pub mod fs;
 pub mod image;
+pub mod installer;
 pub mod kube;
 pub mod plan;
+pub mod readback;
 pub mod secrets;
 pub mod source;
 

@@ -5,6 +5,7 @@
 
 mod support {
     pub mod bytes;
+    pub mod chart;
     pub mod fixtures;
     pub mod harness;
     pub mod http;
@@ -14,6 +15,7 @@ mod support {
 
 use std::path::{Path, PathBuf};
 
+use support::chart::{GREETING_TEMPLATE, chart_tgz, sha256_hex};
 use support::{fixtures::*, harness::*, mirror::*};
 
 /// A copy of `docs/examples/ha` as `profiles/` in a scratch directory.
@@ -438,34 +440,6 @@ fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
     assert!(!fs.exists(KUBE_VIP).unwrap());
 }
 
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(b))
-}
-
-/// A real chart archive made with tar (Chart.yaml and one template).
-fn chart_tgz(work: &Path) -> Vec<u8> {
-    let dir = work.join("chart-src/demo");
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(
-        dir.join("Chart.yaml"),
-        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("templates/cm.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\ndata:\n  greeting: {{ .Values.greeting | quote }}\n",
-    )
-    .unwrap();
-    let tgz = work.join("demo-0.1.0.tgz");
-    sh(&format!(
-        "tar -C {} -czf {} demo",
-        q(&work.join("chart-src")),
-        q(&tgz)
-    ));
-    std::fs::read(tgz).unwrap()
-}
-
 const NAMESPACE_MANIFEST: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n  namespace: gitops\ndata:\n  from: imgbuild\n";
 
 /// Adds a bootstrap block with one manifest and one chart to the example.
@@ -496,7 +470,7 @@ fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
     let ws = Ws::new();
     let _registry = ws.with_registry();
     let w = ws.dir.path();
-    let tgz = chart_tgz(w);
+    let tgz = chart_tgz(w, GREETING_TEMPLATE);
     let digest = sha256_hex(&tgz);
     let server = support::http::Server::start(Default::default());
     server.put("/charts/demo-0.1.0.tgz", tgz.clone());
@@ -618,7 +592,7 @@ fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
     let ws = Ws::new();
     let _registry = ws.with_registry();
     let w = ws.dir.path();
-    let tgz = chart_tgz(w);
+    let tgz = chart_tgz(w, GREETING_TEMPLATE);
     let pinned = sha256_hex(b"some other archive");
     let server = support::http::Server::start(Default::default());
     server.put("/charts/demo-0.1.0.tgz", tgz.clone());

@@ -8,6 +8,7 @@
 
 mod support {
     pub mod bytes;
+    pub mod chart;
     pub mod fixtures;
     pub mod harness;
     pub mod http;
@@ -17,6 +18,7 @@ mod support {
 
 use std::path::{Path, PathBuf};
 
+use support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
 use support::{fixtures::*, harness::*, mirror::*};
 
 /// A copy of `docs/examples/ha` as `profiles/` in a scratch directory, with
@@ -96,37 +98,6 @@ impl Ws {
     }
 }
 
-/// A real chart archive made with tar (Chart.yaml and one template).
-fn chart_tgz(work: &Path) -> Vec<u8> {
-    let dir = work.join("chart-src/demo");
-    std::fs::create_dir_all(dir.join("templates")).unwrap();
-    std::fs::write(
-        dir.join("Chart.yaml"),
-        "apiVersion: v2\nname: demo\nversion: 0.1.0\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("templates/cm.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: demo\n",
-    )
-    .unwrap();
-    let tgz = work.join("demo-0.1.0.tgz");
-    sh(&format!(
-        "tar -C {} -czf {} demo",
-        q(&work.join("chart-src")),
-        q(&tgz)
-    ));
-    let b = std::fs::read(&tgz).unwrap();
-    std::fs::remove_dir_all(work.join("chart-src")).unwrap();
-    std::fs::remove_file(tgz).unwrap();
-    b
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(b))
-}
-
 /// The HA example with kube-vip and an app image from the fake registry, and
 /// a bootstrap manifest and chart (served by `charts`).
 struct Served {
@@ -146,7 +117,7 @@ fn serve(ws: &Ws) -> Served {
         "  vip:\n",
         &format!("  vip:\n    image: {}\n", kv.reference),
     );
-    let tgz = chart_tgz(ws.path());
+    let tgz = chart_tgz(ws.path(), PLAIN_TEMPLATE);
     let chart_digest = sha256_hex(&tgz);
     let charts = support::http::Server::start(Default::default());
     charts.put("/charts/demo-0.1.0.tgz", tgz);
@@ -192,6 +163,32 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     assert_eq!(s.charts.gets("/charts/demo-0.1.0.tgz").len(), 1);
     let registry_before = s.reg.log().len();
     let charts_before = s.charts.requests().len();
+
+    // --json (offline: all of it is in the cache now): the same, by board and
+    // by what each extra is, each path in the cache.
+    let r = ws.run(&["--offline", "fetch", "cm4", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&r.text)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let boards = v["boards"].as_array().unwrap();
+    assert_eq!(boards.len(), 1, "{v:#}");
+    assert_eq!(boards[0]["board"], "cm4");
+    let mut whats: Vec<&str> = Vec::new();
+    for e in boards.iter().chain(v["extras"].as_array().unwrap()) {
+        let path = Path::new(e["path"].as_str().unwrap());
+        assert!(path.starts_with(ws.cache()) && path.exists(), "{e}");
+        whats.extend(e["what"].as_str());
+    }
+    let k3s = format!("k3s {K3S_VERSION} arm64");
+    let app = format!("image {} (arm64)", s.app.reference);
+    let kv = format!("image {} (arm64)", s.kv.reference);
+    for want in [k3s.as_str(), "chart demo 0.1.0", app.as_str(), kv.as_str()] {
+        assert!(whats.contains(&want), "{want:?} in {v:#}");
+    }
+    assert_eq!(s.reg.log().len(), registry_before);
 
     // Offline, from the cache alone (the stock image too: no --base).
     let out = ws.path().join("node01.cm4.img");

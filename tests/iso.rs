@@ -7,9 +7,13 @@
 //! payload must hold.
 
 mod support {
+    pub mod bytes;
+    pub mod chart;
+    pub mod fixtures;
     pub mod harness;
     pub mod http;
     pub mod mirror;
+    pub mod registry;
 }
 
 use std::path::{Path, PathBuf};
@@ -1278,4 +1282,204 @@ print(len(want))
         String::from_utf8_lossy(&out.stdout).trim(),
         secret.len().to_string()
     );
+}
+
+/// path -> (mode, uid, gid, sha256) of the regular files in a tar, read by
+/// Python's tarfile.
+fn tar_entries(tar: &Path) -> std::collections::BTreeMap<String, (u32, u32, u32, String)> {
+    let script = tar.with_extension("py");
+    std::fs::write(
+        &script,
+        "import hashlib, json, sys, tarfile\n\
+         t = tarfile.open(sys.argv[1])\n\
+         print(json.dumps({'/' + m.name: [m.mode, m.uid, m.gid, hashlib.sha256(t.extractfile(m).read()).hexdigest()] for m in t.getmembers() if m.isfile()}))\n",
+    )
+    .unwrap();
+    let out = sh(&format!("{} {} {}", python(), q(&script), q(tar)));
+    let v: std::collections::BTreeMap<String, (u32, u32, u32, String)> =
+        serde_json::from_slice(&out.stdout).unwrap();
+    v
+}
+
+/// The same, for every regular file directly in `dir` of an ext4 file
+/// system, through debugfs (`stat` and `cat`).
+fn ext4_entries(
+    part: &Path,
+    dir: &str,
+) -> std::collections::BTreeMap<String, (u32, u32, u32, String)> {
+    let ls = sh(&format!(
+        "debugfs -R {} {} 2>/dev/null",
+        q(Path::new(&format!("ls -p {dir}"))),
+        q(part)
+    ));
+    let mut out = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&ls.stdout).lines() {
+        // /inode/mode/uid/gid/name/size/
+        let f: Vec<&str> = line.split('/').collect();
+        if f.len() < 7 || !f[2].starts_with("100") {
+            continue;
+        }
+        let mode = u32::from_str_radix(&f[2][3..], 8).unwrap();
+        let path = format!("{dir}/{}", f[5]);
+        let body = sh(&format!(
+            "debugfs -R {} {} 2>/dev/null",
+            q(Path::new(&format!("cat {path}"))),
+            q(part)
+        ));
+        out.insert(
+            path,
+            (
+                mode,
+                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
+                hex::encode(Sha256::digest(&body.stdout)),
+            ),
+        );
+    }
+    out
+}
+
+/// An installer carries everything a bake of the same node writes beyond its
+/// overlays: for a NUC that creates the cluster, the `cluster.images` and
+/// node `images` archives and the bootstrap manifest and HelmChart, with the
+/// same paths, modes, owners and bytes as in the raw image's root.
+#[test]
+fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
+    use support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
+    let s = stock();
+    let dir = scratch();
+    let profiles = dir.path().join("profiles");
+    sh(&format!(
+        "cp -r {} {}",
+        q(&repo().join("profiles")),
+        q(&profiles)
+    ));
+    let edit = |file: &str, from: &str, to: &str| {
+        let p = profiles.join(file);
+        let t = std::fs::read_to_string(&p).unwrap();
+        assert!(t.contains(from), "{file} has no {from:?}");
+        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
+    };
+    // ws03 (a NUC) creates the cluster instead of node01.
+    edit(
+        "nodes/node01.yaml",
+        "cluster_init: true",
+        "cluster_init: false",
+    );
+    edit(
+        "nodes/ws03.yaml",
+        "k3s:\n",
+        "k3s:\n  role: server\n  cluster_init: true\n",
+    );
+    let reg = support::registry::Registry::start();
+    let app = reg.serve_image("team/app", false);
+    let tool = reg.serve_image("team/tool", false);
+    edit(
+        "nodes/ws03.yaml",
+        "board: nuc\n",
+        &format!("board: nuc\nimages: [\"{}\"]\n", tool.reference),
+    );
+    let tgz = chart_tgz(dir.path(), PLAIN_TEMPLATE);
+    let charts = support::http::Server::start(Default::default());
+    charts.put("/charts/demo-0.1.0.tgz", tgz.clone());
+    std::fs::create_dir_all(profiles.join("manifests")).unwrap();
+    std::fs::write(
+        profiles.join("manifests/gitops.yaml"),
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n",
+    )
+    .unwrap();
+    edit(
+        "cluster.yaml",
+        "    disable: [traefik]\n",
+        &format!(
+            "    disable: [traefik]\n  images: [\"{}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: http://127.0.0.1:{}/charts\n        chart: demo\n        version: 0.1.0\n        sha256: {}\n        namespace: demo\n",
+            app.reference,
+            charts.port,
+            sha256_hex(&tgz)
+        ),
+    );
+    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let fx = support::fixtures::fixtures();
+    let base = format!("nuc={}", fx.nuc.path.display());
+    let p = profiles.to_str().unwrap();
+    let img = run(
+        dir.path(),
+        &[
+            "--profiles",
+            p,
+            "--base",
+            &base,
+            "--no-shrink",
+            "dist/ws03.nuc.img",
+        ],
+        None,
+    );
+    assert!(img.status.success(), "bake failed: {}", text(&img));
+    let iso = run(
+        dir.path(),
+        &[
+            "--profiles",
+            p,
+            "--manifests",
+            m.to_str().unwrap(),
+            "dist/ws03.nuc.iso",
+        ],
+        None,
+    );
+    assert!(iso.status.success(), "iso build failed: {}", text(&iso));
+
+    let work = dir.path().join("read");
+    std::fs::create_dir(&work).unwrap();
+    let part =
+        support::fixtures::fsck_ext4(&fx.nuc, &dir.path().join("dist/ws03.nuc.img"), 1, &work);
+    let tar = work.join("root.tar");
+    sh(&format!(
+        "osirrox -indev {} -extract /imgbuild/root.tar {} 2>/dev/null",
+        q(&dir.path().join("dist/ws03.nuc.iso")),
+        q(&tar)
+    ));
+    let payload = tar_entries(&tar);
+    let mut compared = 0;
+    for d in [
+        "/var/lib/rancher/k3s/agent/images",
+        "/var/lib/rancher/k3s/server/manifests",
+    ] {
+        let baked = ext4_entries(&part, d);
+        let carried: std::collections::BTreeMap<_, _> = payload
+            .iter()
+            .filter(|(p, _)| p.rsplit_once('/').map(|(parent, _)| parent) == Some(d))
+            .map(|(p, v)| (p.clone(), v.clone()))
+            .collect();
+        assert_eq!(
+            carried, baked,
+            "{d}: the installer's payload differs from the bake"
+        );
+        compared += baked.len();
+    }
+    for want in [
+        format!(
+            "/var/lib/rancher/k3s/agent/images/imgbuild-app-{}.tar",
+            &app.index_digest[..12]
+        ),
+        format!(
+            "/var/lib/rancher/k3s/agent/images/imgbuild-tool-{}.tar",
+            &tool.index_digest[..12]
+        ),
+        "/var/lib/rancher/k3s/server/manifests/imgbuild-bootstrap-gitops.yaml".to_string(),
+        "/var/lib/rancher/k3s/server/manifests/imgbuild-chart-demo.yaml".to_string(),
+    ] {
+        assert!(
+            payload.contains_key(&want),
+            "{want} is not in the payload: {payload:#?}"
+        );
+    }
+    assert!(compared >= 4, "{compared} files compared");
+    // The installer's statement names the image and chart inputs as well.
+    let st = std::fs::read_to_string(dir.path().join("dist/ws03.nuc.iso.intoto.json")).unwrap();
+    for want in [&app.index_digest, &tool.index_digest, &sha256_hex(&tgz)] {
+        assert!(
+            st.contains(want.as_str()),
+            "{want} not in the statement: {st}"
+        );
+    }
 }

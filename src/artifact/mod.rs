@@ -1,11 +1,8 @@
-//! Artifacts: the files imgbuild hands out. Pending outputs (written beside
-//! the target, renamed when complete), compression, `SHA256SUMS`, and reading
-//! an image back (`inspect`).
+//! Artifacts: the files imgbuild hands out. Output names and formats,
+//! pending outputs (written beside the target, renamed when complete),
+//! compression, `SHA256SUMS` and provenance statements. Reading an image
+//! back is `readback`'s; building installers is `installer`'s.
 
-pub mod autoinstall;
-pub mod diff;
-pub mod inspect;
-pub mod iso;
 mod pending;
 pub mod statement;
 pub mod sums;
@@ -15,18 +12,16 @@ use std::path::{Path, PathBuf};
 pub use pending::{PendingOutput, XZ_PRESET};
 
 /// How an output image is stored; told by its file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `.img`: sparse raw.
-    #[serde(rename = "none")]
     Raw,
     /// `.img.xz`: multithreaded xz.
     Xz,
     /// `.img.zst`: multithreaded zstd.
     Zstd,
     /// `.iso`: the board's vendor installer, remastered to install the node
-    /// unattended (bare metal; see `artifact::iso`).
+    /// unattended (bare metal; see `installer`).
     Iso,
 }
 

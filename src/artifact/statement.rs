@@ -48,6 +48,17 @@ impl ResourceDescriptor {
     }
 }
 
+impl From<&crate::plan::Dependency> for ResourceDescriptor {
+    /// An unpinned input (empty sha256) gets an empty digest set.
+    fn from(d: &crate::plan::Dependency) -> Self {
+        let mut r = ResourceDescriptor::sha256(Some(&d.name), d.uri.as_deref(), &d.sha256);
+        if d.sha256.is_empty() {
+            r.digest.clear();
+        }
+        r
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SlsaProvenance {

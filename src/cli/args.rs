@@ -200,34 +200,17 @@ pub struct InitArgs {
     /// Never ask, even on a terminal.
     #[arg(long)]
     pub no_input: bool,
+    /// Print a JSON report of the files written, the defaults assumed and
+    /// the check (questions on a terminal still go to stderr).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ImportCommand {
     /// The reference Ansible project's inventory (hosts.yml or INI, with
     /// group_vars/all.yml): every key is mapped or listed as not carried over.
-    Ansible {
-        /// The inventory file (YAML or INI).
-        inventory: PathBuf,
-        /// group_vars/all.yml [default: group_vars/all.yml beside the inventory, if any].
-        #[arg(long, value_name = "FILE")]
-        group_vars: Option<PathBuf>,
-        /// Where to write profiles/ and .gitignore.
-        #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
-        out_dir: PathBuf,
-        /// Cluster name [default: homelab].
-        #[arg(long)]
-        name: Option<String>,
-        /// Admin user when group_vars has no ansible_account [default: admin].
-        #[arg(long)]
-        admin_user: Option<String>,
-        /// The admin's SSH public key: a file or the key line (repeatable)
-        /// [default: the first ~/.ssh/*.pub].
-        #[arg(long, value_name = "FILE|KEY")]
-        ssh_key: Vec<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Ansible(AnsibleArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -254,12 +237,16 @@ pub enum Command {
     Build(BuildArgs),
     /// Validate all profiles and manifests; lists every problem, and where
     /// each manifest and overridden overlay file comes from.
-    Check,
+    Check {
+        /// Print a JSON report of what was checked (warnings included).
+        #[arg(long)]
+        json: bool,
+    },
     /// The overlay files built into imgbuild.
     #[command(subcommand)]
     Overlays(OverlaysCommand),
     /// Print a shell completion script (node names complete from the
-    /// profiles in bash and zsh). See README.md, "Shell completions".
+    /// profiles in bash and zsh). See docs/install.md, "Shell completions".
     Completions {
         /// bash, zsh, fish, powershell or elvish.
         shell: clap_complete::Shell,
@@ -283,6 +270,7 @@ pub enum Command {
     Diff {
         a: PathBuf,
         b: Option<PathBuf>,
+        /// Print a JSON report (the exit status still tells equal or not).
         #[arg(long)]
         json: bool,
     },
@@ -304,6 +292,9 @@ pub enum Command {
         /// Every board with a manifest.
         #[arg(long)]
         all: bool,
+        /// Print a JSON report of what is in the cache now.
+        #[arg(long)]
+        json: bool,
     },
     /// Unpack an image file by its content (xz, gzip, zstd, qcow2 or raw) into a sparse raw image.
     Unpack {
@@ -317,37 +308,11 @@ pub enum Command {
     },
     /// Show which cluster secrets exist (never their values), or print the
     /// join token or a known_hosts file on request.
-    Secrets {
-        /// Print the secure join token for `server` or `agent` nodes.
-        #[arg(long, value_name = "ROLE")]
-        print_token: Option<TokenRole>,
-        /// Print a known_hosts file with every node's SSH host key.
-        #[arg(long)]
-        known_hosts: bool,
-        /// Create every missing secret of the cluster and its nodes now
-        /// (otherwise the first sealed build does), e.g. before sealing CI artifacts.
-        #[arg(long)]
-        generate: bool,
-    },
+    Secrets(SecretsArgs),
     /// Add the node's secrets to an image built --unsealed (raw, .img.xz or
     /// .img.zst, e.g. a CI artifact), writing a new image; the input is never
     /// modified. The secrets directory must already hold the cluster's secrets.
-    Seal {
-        /// The unsealed image.
-        image: PathBuf,
-        /// The sealed image to write [default: <out-dir>/<node>.<board>.img].
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Directory for the default output.
-        #[arg(long, value_name = "DIR", default_value = "dist")]
-        out_dir: PathBuf,
-        /// Refuse the image unless it was built for this node.
-        #[arg(long, value_name = "NODE")]
-        node: Option<String>,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-    },
+    Seal(SealArgs),
     /// Check an artifact against SHA256SUMS and its provenance statement
     /// (<artifact>.intoto.json) beside it, and show what it was built from.
     Verify {
@@ -361,103 +326,23 @@ pub enum Command {
     /// built first when missing) to a USB stick: only a whole removable or
     /// USB-attached disk that is not mounted; asks first (--yes for scripts),
     /// then writes, syncs and verifies the read-back's sha256.
-    Usb {
-        /// Node name.
-        node: String,
-        /// The stick's whole-disk device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
-        #[arg(long, value_name = "PATH")]
-        device: PathBuf,
-        /// Write this ISO instead of <out-dir>/<node>.<board>.iso.
-        #[arg(long, value_name = "FILE")]
-        iso: Option<PathBuf>,
-        /// Do not ask for confirmation before erasing the stick.
-        #[arg(long)]
-        yes: bool,
-        /// Where the ISO is found and built.
-        #[arg(long, value_name = "DIR", default_value = "dist")]
-        out_dir: PathBuf,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-    },
+    Usb(UsbArgs),
     /// Flash a node's image onto its Turing Pi slot through the BMC and power it on
     /// (the image is built first when missing).
-    Flash {
-        /// Node name.
-        node: String,
-        /// Image to flash [default: <out-dir>/<node>.<board>.img, built if missing].
-        #[arg(long, value_name = "FILE")]
-        image: Option<PathBuf>,
-        #[command(flatten)]
-        flash: FlashArgs,
-    },
+    Flash(FlashNodeArgs),
     /// Flash every Turing Pi node in slot order, one at a time; a failed run
     /// continues where it stopped when run again.
-    Deploy {
-        /// Only these nodes (comma-separated).
-        #[arg(long, value_delimiter = ',', value_name = "NODES")]
-        nodes: Vec<String>,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        flash: FlashArgs,
-        /// Then wait until every deployed node has joined and is Ready (see `wait`).
-        #[arg(long)]
-        wait: bool,
-        #[command(flatten)]
-        wait_args: WaitArgs,
-    },
+    Deploy(DeployArgs),
     /// Write an admin kubeconfig for the cluster, minted offline from its CA
     /// (no SSH to a server); prints only its path.
-    Kubeconfig {
-        /// Write it here (refused if the file exists, unless --force)
-        /// [default: kubeconfig/<cluster>.yaml in the secrets directory, reused while valid].
-        #[arg(short, long, value_name = "FILE")]
-        output: Option<PathBuf>,
-        /// Merge the cluster into an existing kubeconfig (-o FILE, else
-        /// ~/.kube/config), keeping its other contexts; makes it the current context.
-        #[arg(long)]
-        merge: bool,
-        /// Replace an existing -o FILE.
-        #[arg(long)]
-        force: bool,
-        /// How long the client certificate is valid (e.g. 12h, 7d, 30d).
-        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
-        validity: Duration,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Kubeconfig(KubeconfigArgs),
     /// Wait until nodes (every node when none are named) have joined the
     /// cluster and are Ready, booted after their last flash; on timeout, say
     /// per node what is wrong and what to try.
-    Wait {
-        /// Node names [default: every node].
-        nodes: Vec<String>,
-        #[command(flatten)]
-        wait: WaitArgs,
-        /// Where the deploy state is (the images' directory).
-        #[arg(long, value_name = "DIR", default_value = "dist")]
-        out_dir: PathBuf,
-        /// Print a JSON report.
-        #[arg(long)]
-        json: bool,
-    },
+    Wait(WaitCommandArgs),
     /// One table of every node: slot, image flashed (and whether a build now
     /// differs), reachable, registered, Ready, k3s version, roles; and the API's health.
-    Status {
-        /// Longest each check may take.
-        #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
-        timeout: Duration,
-        /// Where the deploy state is (the images' directory).
-        #[arg(long, value_name = "DIR", default_value = "dist")]
-        out_dir: PathBuf,
-        #[command(flatten)]
-        api: ApiArgs,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusArgs),
     /// Talk to the Turing Pi BMCs named in the profiles.
     #[command(subcommand)]
     Bmc(BmcCommand),
@@ -489,6 +374,9 @@ pub enum CacheCommand {
     Clean {
         #[arg(long)]
         all: bool,
+        /// Print a JSON report of what was removed and what was in use.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -540,6 +428,29 @@ pub struct FlashArgs {
     /// Base images for builds, as for the build command.
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
+    /// Re-flash nodes that are Ready and already run their image's instance
+    /// (they are skipped otherwise).
+    #[arg(long)]
+    pub force: bool,
+    /// The cluster was up before but its API does not answer: flash its
+    /// servers anyway and start a new, empty cluster.
+    #[arg(long)]
+    pub new_cluster: bool,
+    /// Re-flash the cluster's only server although its datastore (every API
+    /// object) is lost; asks for confirmation.
+    #[arg(long)]
+    pub reset_cluster: bool,
+    /// Drain: evict pods with emptyDir volumes too (their data is deleted),
+    /// as kubectl drain --delete-emptydir-data.
+    #[arg(long)]
+    pub delete_emptydir_data: bool,
+    /// Drain: evict pods no controller recreates, as kubectl drain --force.
+    #[arg(long)]
+    pub drain_unmanaged: bool,
+    /// Drain: give up when pods are still there after this long (e.g. a
+    /// PodDisruptionBudget that never allows the eviction).
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = duration)]
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -560,4 +471,171 @@ pub struct WaitArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// The unsealed image.
+    pub image: PathBuf,
+    /// The sealed image to write [default: <out-dir>/<node>.<board>.img].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Directory for the default output.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    /// Refuse the image unless it was built for this node.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UsbArgs {
+    /// Node name.
+    pub node: String,
+    /// The stick's whole-disk device, e.g. /dev/sdb or /dev/disk/by-id/usb-...
+    #[arg(long, value_name = "PATH")]
+    pub device: PathBuf,
+    /// Write this ISO instead of <out-dir>/<node>.<board>.iso.
+    #[arg(long, value_name = "FILE")]
+    pub iso: Option<PathBuf>,
+    /// Do not ask for confirmation before erasing the stick.
+    #[arg(long)]
+    pub yes: bool,
+    /// Where the ISO is found and built.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct FlashNodeArgs {
+    /// Node name.
+    pub node: String,
+    /// Image to flash [default: <out-dir>/<node>.<board>.img, built if missing].
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub flash: FlashArgs,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// In a running cluster: how long the node may take to be Ready again
+    /// (and a voting etcd member, for a server).
+    #[arg(long, value_name = "DURATION", default_value = "20m", value_parser = duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// Only these nodes (comma-separated).
+    #[arg(long, value_delimiter = ',', value_name = "NODES")]
+    pub nodes: Vec<String>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub flash: FlashArgs,
+    /// Then wait until every deployed node has joined and is Ready (see
+    /// `wait`). In a running cluster each node is waited for before the next
+    /// is flashed anyway, within --timeout.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub wait_args: WaitArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Write it here (refused if the file exists, unless --force)
+    /// [default: kubeconfig/<cluster>.yaml in the secrets directory, reused while valid].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Merge the cluster into an existing kubeconfig (-o FILE, else
+    /// ~/.kube/config), keeping its other contexts; makes it the current context.
+    #[arg(long)]
+    pub merge: bool,
+    /// Replace an existing -o FILE.
+    #[arg(long)]
+    pub force: bool,
+    /// How long the client certificate is valid (e.g. 12h, 7d, 30d).
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = duration)]
+    pub validity: Duration,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Print a JSON report (path, whether minted now, the previous context)
+    /// instead of the path alone.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitCommandArgs {
+    /// Node names [default: every node].
+    pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// Where the deploy state is (the images' directory).
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Longest each check may take.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    pub timeout: Duration,
+    /// Where the deploy state is (the images' directory).
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsArgs {
+    /// Print the secure join token for `server` or `agent` nodes.
+    #[arg(long, value_name = "ROLE")]
+    pub print_token: Option<TokenRole>,
+    /// Print a known_hosts file with every node's SSH host key.
+    #[arg(long)]
+    pub known_hosts: bool,
+    /// Create every missing secret of the cluster and its nodes now
+    /// (otherwise the first sealed build does), e.g. before sealing CI artifacts.
+    #[arg(long)]
+    pub generate: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnsibleArgs {
+    /// The inventory file (YAML or INI).
+    pub inventory: PathBuf,
+    /// group_vars/all.yml [default: group_vars/all.yml beside the inventory, if any].
+    #[arg(long, value_name = "FILE")]
+    pub group_vars: Option<PathBuf>,
+    /// Where to write profiles/ and .gitignore.
+    #[arg(short = 'o', long = "output", value_name = "DIR", default_value = ".")]
+    pub out_dir: PathBuf,
+    /// Cluster name [default: homelab].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Admin user when group_vars has no ansible_account [default: admin].
+    #[arg(long)]
+    pub admin_user: Option<String>,
+    /// The admin's SSH public key: a file or the key line (repeatable)
+    /// [default: the first ~/.ssh/*.pub].
+    #[arg(long, value_name = "FILE|KEY")]
+    pub ssh_key: Vec<String>,
+    /// Print a JSON report: files written, each key's mapping, the check.
+    #[arg(long)]
+    pub json: bool,
 }

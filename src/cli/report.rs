@@ -3,30 +3,47 @@
 
 use std::path::{Path, PathBuf};
 
-use imgbuild::artifact::inspect::Inspection;
 use imgbuild::commands::build::BakeReport;
 use imgbuild::commands::cache::{CacheListing, Cleaned};
 use imgbuild::commands::check::CheckReport;
+use imgbuild::commands::flash::Deployed;
 use imgbuild::commands::kubeconfig::KubeconfigResult;
 use imgbuild::commands::overlays::Sourced;
+use imgbuild::commands::secrets::Shown;
 use imgbuild::commands::status::ClusterStatus;
 use imgbuild::commands::wait::WaitReport;
 use imgbuild::commands::{CommandError, Result};
 use imgbuild::deliver::Report;
 use imgbuild::deliver::turing_pi::Status;
 use imgbuild::plan::RenderedFile;
+use imgbuild::readback::inspect::Inspection;
 use imgbuild::source::unpack::Format as PackFormat;
 
-pub fn json<T: serde::Serialize>(v: &T) -> Result<()> {
+use super::Outcome;
+use super::json as view;
+
+fn json<T: serde::Serialize>(v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(anyhow::Error::from)?;
     println!("{text}");
     Ok(())
 }
 
-/// Prints `v` as JSON when asked, else as `text` renders it.
-fn either<T: serde::Serialize>(as_json: bool, v: &T, text: impl FnOnce(&T)) -> Result<()> {
+/// `v` with the members of every object in name order: `render` and
+/// `deploy --wait` have always printed theirs so.
+fn sorted<V: serde::Serialize>(v: &V) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(v).map_err(anyhow::Error::from)?)
+}
+
+/// Prints `v` as JSON (its view, see `json.rs`) when asked, else as `text`
+/// renders it.
+fn either<'a, T: ?Sized, V: serde::Serialize>(
+    as_json: bool,
+    v: &'a T,
+    view: impl FnOnce(&'a T) -> V,
+    text: impl FnOnce(&'a T),
+) -> Result<()> {
     if as_json {
-        json(v)
+        json(&view(v))
     } else {
         text(v);
         Ok(())
@@ -34,21 +51,21 @@ fn either<T: serde::Serialize>(as_json: bool, v: &T, text: impl FnOnce(&T)) -> R
 }
 
 pub fn built(as_json: bool, reports: &[BakeReport]) -> Result<()> {
-    either(as_json, &reports, |rs| {
-        for r in rs.iter() {
+    either(as_json, reports, view::bakes, |rs| {
+        for r in rs {
             println!("{}", r.output.display());
         }
     })
 }
 
 pub fn sealed(as_json: bool, r: &imgbuild::commands::seal::SealReport) -> Result<()> {
-    either(as_json, r, |r| {
+    either(as_json, r, view::Seal::from, |r| {
         println!("{}", r.output.display());
     })
 }
 
 pub fn verified(as_json: bool, r: &imgbuild::commands::verify::VerifyReport) -> Result<()> {
-    either(as_json, r, |r| {
+    either(as_json, r, view::Verify::from, |r| {
         let checked: Vec<&str> = [
             (r.sums_checked, "SHA256SUMS"),
             (r.statement_checked, "provenance statement"),
@@ -86,13 +103,24 @@ pub fn verified(as_json: bool, r: &imgbuild::commands::verify::VerifyReport) -> 
     })
 }
 
-pub fn fetched(fetched: &imgbuild::commands::fetch::Fetched) {
-    for (board, path) in fetched.boards.iter().chain(&fetched.extras) {
-        println!("{board}: {}", path.display());
-    }
+pub fn fetched(as_json: bool, fetched: &imgbuild::commands::fetch::Fetched) -> Result<()> {
+    either(as_json, fetched, view::Fetch::from, |f| {
+        for (board, path) in f.boards.iter().chain(&f.extras) {
+            println!("{board}: {}", path.display());
+        }
+    })
 }
 
-pub fn secrets_inventory(dir: &Path, inventory: &[(String, &'static str)]) {
+pub fn secrets(shown: &Shown) -> Result<()> {
+    match shown {
+        Shown::Token(t) => println!("{t}"),
+        Shown::KnownHosts(k) => print!("{k}"),
+        Shown::Inventory { dir, entries } => secrets_inventory(dir, entries),
+    }
+    Ok(())
+}
+
+fn secrets_inventory(dir: &Path, inventory: &[(String, &'static str)]) {
     println!("secrets: {} (values are never shown)", dir.display());
     for (rel, what) in inventory {
         println!("  {rel:<48} {what}");
@@ -103,8 +131,8 @@ pub fn secrets_inventory(dir: &Path, inventory: &[(String, &'static str)]) {
 }
 
 pub fn delivered(as_json: bool, reports: &[Report]) -> Result<()> {
-    either(as_json, &reports, |rs| {
-        for r in rs.iter() {
+    either(as_json, reports, view::delivered, |rs| {
+        for r in rs {
             println!(
                 "{:<8} {}  {}  {}",
                 r.result,
@@ -117,8 +145,8 @@ pub fn delivered(as_json: bool, reports: &[Report]) -> Result<()> {
 }
 
 pub fn bmc_status(as_json: bool, all: &[Status]) -> Result<()> {
-    either(as_json, &all, |all| {
-        for st in all.iter() {
+    either(as_json, all, view::bmcs, |all| {
+        for st in all {
             println!(
                 "BMC {} (certificate sha256 {})",
                 st.host,
@@ -148,12 +176,13 @@ pub fn bmc_status(as_json: bool, all: &[Status]) -> Result<()> {
     })
 }
 
-pub fn unpacked(output: &Path, format: PackFormat, size: u64) {
+pub fn unpacked(output: &Path, (format, size): (PackFormat, u64)) -> Result<()> {
     println!("{}: {format:?}, {size} bytes", output.display());
+    Ok(())
 }
 
 pub fn cache_listing(as_json: bool, l: &CacheListing) -> Result<()> {
-    either(as_json, l, |l| {
+    either(as_json, l, view::CacheList::from, |l| {
         println!("cache: {}", l.root.display());
         for listed in &l.entries {
             let e = &listed.entry;
@@ -186,24 +215,35 @@ fn size(n: u64) -> String {
     }
 }
 
-pub fn cache_cleaned(c: &Cleaned) {
-    for p in &c.removed {
-        println!("removed {}", p.display());
-    }
-    for p in &c.in_use {
-        println!("skipped {} (in use by another imgbuild)", p.display());
-    }
-    println!(
-        "{} entr{} removed",
-        c.removed.len(),
-        if c.removed.len() == 1 { "y" } else { "ies" }
-    );
+pub fn cache_cleaned(as_json: bool, c: &Cleaned) -> Result<()> {
+    either(as_json, c, view::CacheClean::from, |c| {
+        for p in &c.removed {
+            println!("removed {}", p.display());
+        }
+        for p in &c.in_use {
+            println!("skipped {} (in use by another imgbuild)", p.display());
+        }
+        println!(
+            "{} entr{} removed",
+            c.removed.len(),
+            if c.removed.len() == 1 { "y" } else { "ies" }
+        );
+    })
 }
 
-pub fn checked(r: &CheckReport) {
+/// Warnings go to stderr in either mode (and are in the JSON document too).
+pub fn checked(as_json: bool, r: &CheckReport) -> Result<()> {
+    check_warnings(r);
+    either(as_json, r, view::Check::from, checked_text)
+}
+
+fn check_warnings(r: &CheckReport) {
     for w in &r.warnings {
         tracing::warn!("{w}");
     }
+}
+
+fn checked_text(r: &CheckReport) {
     println!(
         "profiles OK: cluster {}, {} node(s): {}",
         r.cluster,
@@ -239,19 +279,20 @@ pub fn checked(r: &CheckReport) {
 }
 
 pub fn overlay_list(as_json: bool, files: &[Sourced]) -> Result<()> {
-    either(as_json, &files, |files| {
-        for f in files.iter() {
+    either(as_json, files, view::sources, |files| {
+        for f in files {
             println!("{:<72} {}", f.name, f.origin);
         }
     })
 }
 
-pub fn exported(dir: &Path, files: &[PathBuf]) {
+pub fn exported(dir: &Path, files: &[PathBuf]) -> Result<()> {
     println!(
         "wrote {} overlay file(s) to {}; keep only the ones you change (the others stay built in)",
         files.len(),
         dir.display()
     );
+    Ok(())
 }
 
 pub fn rendered(
@@ -260,13 +301,7 @@ pub fn rendered(
     r: &imgbuild::commands::render::Rendered,
 ) -> Result<()> {
     if as_json {
-        // One array: the rendered files, then the build's additions.
-        let mut all = serde_json::to_value(&r.files).map_err(anyhow::Error::from)?;
-        let added = serde_json::to_value(r.added_entries()).map_err(anyhow::Error::from)?;
-        if let (Some(a), serde_json::Value::Array(b)) = (all.as_array_mut(), added) {
-            a.extend(b);
-        }
-        return json(&all);
+        return json(&sorted(&view::rendered(r))?);
     }
     rendered_files(contents, &r.files);
     // Same columns; the size and contents exist only once the build has
@@ -316,7 +351,9 @@ fn rendered_files(contents: bool, files: &[RenderedFile]) {
 }
 
 pub fn inspection(as_json: bool, i: &Inspection) -> Result<()> {
-    either(as_json, i, |i| print!("{}", inspection_text(i)))
+    either(as_json, i, view::Inspect::from, |i| {
+        print!("{}", inspection_text(i))
+    })
 }
 
 fn inspection_text(i: &Inspection) -> String {
@@ -372,6 +409,11 @@ fn inspection_text(i: &Inspection) -> String {
                 "built by imgbuild {} for node {} ({} board) of cluster {}\n  profile digest {}\n",
                 p.imgbuild, p.node, p.board, p.cluster, p.profile_digest
             ));
+            if let Some(url) = &p.joined {
+                s.push_str(&format!(
+                    "  re-made at flash time to join the running cluster through {url} (not founding it)\n"
+                ));
+            }
             s.push_str(&format!("  {} file(s) baked:\n", p.files.len()));
             for f in &p.files {
                 s.push_str(&format!(
@@ -390,13 +432,15 @@ pub fn error(e: &CommandError) {
     eprintln!("error: {:#}", e.inner());
 }
 
-pub fn kubeconfig(r: &KubeconfigResult) {
+pub fn kubeconfig(as_json: bool, r: &KubeconfigResult) -> Result<()> {
     if let Some(prev) = &r.previous_context {
         tracing::info!(
             "the current context was {prev}; switch back with kubectl config use-context {prev}"
         );
     }
-    println!("{}", r.path.display());
+    either(as_json, r, view::Kubeconfig::from, |r| {
+        println!("{}", r.path.display())
+    })
 }
 
 fn wait_text(r: &WaitReport) {
@@ -423,7 +467,7 @@ fn wait_text(r: &WaitReport) {
 
 /// The outcome of a wait; an error (exit 1) when a node is not up.
 pub fn waited(as_json: bool, r: &WaitReport) -> Result<()> {
-    either(as_json, r, wait_text)?;
+    either(as_json, r, view::Wait::from, wait_text)?;
     wait_verdict(r)
 }
 
@@ -439,11 +483,23 @@ fn wait_verdict(r: &WaitReport) -> Result<()> {
     )))
 }
 
-/// `deploy --wait`: the deploy lines were printed already in text mode; in
-/// JSON both reports go into one document.
-pub fn deployed_and_waited(as_json: bool, reports: &[Report], r: &WaitReport) -> Result<()> {
+/// `deploy --wait`, before the wait: the deploy lines in text mode (JSON
+/// waits for the one document at the end).
+pub fn deploying(as_json: bool, reports: &[Report]) -> Result<()> {
     if as_json {
-        json(&serde_json::json!({ "deploy": reports, "wait": r }))?;
+        return Ok(());
+    }
+    delivered(false, reports)
+}
+
+/// `deploy`: its lines, or with `--wait` (the deploy lines printed already
+/// in text mode) the wait's, and in JSON both reports in one document.
+pub fn deployed(as_json: bool, d: &Deployed) -> Result<()> {
+    let Some(r) = &d.waited else {
+        return delivered(as_json, &d.delivered);
+    };
+    if as_json {
+        json(&sorted(&view::DeployWait::new(&d.delivered, r))?)?;
     } else {
         wait_text(r);
     }
@@ -451,7 +507,7 @@ pub fn deployed_and_waited(as_json: bool, reports: &[Report], r: &WaitReport) ->
 }
 
 pub fn status(as_json: bool, s: &ClusterStatus) -> Result<()> {
-    either(as_json, s, |s| {
+    either(as_json, s, view::ClusterView::from, |s| {
         println!(
             "cluster {}: API {} {}{}",
             s.cluster,
@@ -508,7 +564,11 @@ pub fn status(as_json: bool, s: &ClusterStatus) -> Result<()> {
     })
 }
 
-pub fn initialised(r: &imgbuild::commands::init::InitReport) {
+pub fn initialised(as_json: bool, r: &imgbuild::commands::init::InitReport) -> Result<()> {
+    if as_json {
+        check_warnings(&r.check);
+        return json(&view::Init::from(r));
+    }
     for p in &r.written {
         println!("wrote {}", p.display());
     }
@@ -518,12 +578,13 @@ pub fn initialised(r: &imgbuild::commands::init::InitReport) {
             println!("  {a}");
         }
     }
-    checked(&r.check);
-    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
+    checked(false, &r.check)?;
+    println!("next: imgbuild check, then imgbuild --all (see docs/getting-started.md)");
+    Ok(())
 }
 
 pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> Result<()> {
-    either(as_json, r, |r| {
+    either(as_json, r, view::Import::from, |r| {
         for p in &r.written {
             println!("wrote {}", p.display());
         }
@@ -550,12 +611,14 @@ pub fn imported(as_json: bool, r: &imgbuild::commands::import::ImportReport) -> 
                 println!("  {a}");
             }
         }
-        checked(&r.check);
+        check_warnings(&r.check);
+        checked_text(&r.check);
     })
 }
 
-pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<()> {
-    use imgbuild::artifact::diff::Entry;
+/// The images' differences; [`Outcome::Differ`] when there are any.
+pub fn diffed(as_json: bool, d: &imgbuild::readback::diff::ImageDiff) -> Result<Outcome> {
+    use imgbuild::readback::diff::Entry;
     let show = |e: &Entry| {
         let mut s = e.kind.to_string();
         if let Some(m) = e.mode {
@@ -572,12 +635,12 @@ pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<
         }
         s
     };
-    either(as_json, d, |d| {
+    either(as_json, d, view::Diff::from, |d| {
         if d.table_a != d.table_b {
             println!("partition table: {} -> {}", d.table_a, d.table_b);
         }
         for (a, b) in &d.partitions {
-            let p = |x: &Option<imgbuild::artifact::diff::PartSummary>| match x {
+            let p = |x: &Option<imgbuild::readback::diff::PartSummary>| match x {
                 Some(p) => format!(
                     "start {} size {} type {} {} {}",
                     p.start,
@@ -627,5 +690,10 @@ pub fn diffed(as_json: bool, d: &imgbuild::artifact::diff::ImageDiff) -> Result<
                 "images differ"
             }
         );
+    })?;
+    Ok(if d.equal {
+        Outcome::Success
+    } else {
+        Outcome::Differ
     })
 }

@@ -13,13 +13,25 @@ use imgbuild::deliver::turing_pi::PasswordSource;
 use imgbuild::plan::DEFAULT_BUILD_TIME;
 use imgbuild::source::RetryPolicy;
 
-use super::args::{BmcArgs, BuildArgs, FlashArgs, GlobalArgs, OutputFormat, WaitArgs};
+use super::args::{
+    AnsibleArgs, BmcArgs, BuildArgs, DeployArgs, FlashArgs, FlashNodeArgs, GlobalArgs,
+    KubeconfigArgs, OutputFormat, SealArgs, SecretsArgs, StatusArgs, TokenRole, UsbArgs, WaitArgs,
+    WaitCommandArgs,
+};
 use imgbuild::artifact::Format;
+use imgbuild::commands::Workspace;
+use imgbuild::commands::flash::{DeploySettings, FlashNode};
+use imgbuild::commands::import::ImportSettings;
 use imgbuild::commands::init::{InitSettings, KeySource};
 use imgbuild::commands::kubeconfig::KubeconfigSettings;
+use imgbuild::commands::rollout::RolloutSettings;
+use imgbuild::commands::seal::SealSettings;
+use imgbuild::commands::secrets::{SecretsSettings, Show};
 use imgbuild::commands::usb::UsbSettings;
 use imgbuild::commands::wait::WaitSettings;
+use imgbuild::config::profile::Role;
 use imgbuild::deliver::usb::SystemPaths;
+use imgbuild::kube::drain::DrainOptions;
 
 /// The environment variables imgbuild reads, read once at start.
 #[derive(Debug, Default)]
@@ -158,19 +170,41 @@ impl Common {
         })
     }
 
-    pub fn usb(
-        &self,
-        device: PathBuf,
-        iso: Option<PathBuf>,
-        yes: bool,
-        out_dir: PathBuf,
-        env: &Environment,
-    ) -> UsbSettings {
+    /// The profiles, manifests and overlays, loaded and validated.
+    pub fn workspace(&self) -> Result<Workspace, CommandError> {
+        Workspace::load(&self.paths)
+    }
+
+    pub fn seal(&self, a: &SealArgs) -> SealSettings {
+        SealSettings {
+            output: a.output.clone(),
+            out_dir: a.out_dir.clone(),
+            node: a.node.clone(),
+            build_time: self.build_time,
+        }
+    }
+
+    pub fn secrets(&self, a: &SecretsArgs) -> SecretsSettings {
+        let show = match (a.print_token, a.known_hosts) {
+            (Some(TokenRole::Server), _) => Show::Token(Role::Server),
+            (Some(TokenRole::Agent), _) => Show::Token(Role::Agent),
+            (None, true) => Show::KnownHosts,
+            (None, false) => Show::Inventory,
+        };
+        SecretsSettings {
+            generate: a.generate,
+            show,
+            build_time: self.build_time,
+        }
+    }
+
+    pub fn usb(&self, a: &UsbArgs, env: &Environment) -> UsbSettings {
         let defaults = SystemPaths::default();
+        let out_dir = a.out_dir.clone();
         UsbSettings {
-            device,
-            iso,
-            yes,
+            device: a.device.clone(),
+            iso: a.iso.clone(),
+            yes: a.yes,
             system: SystemPaths {
                 sysfs: env.sysfs_root.clone().unwrap_or(defaults.sysfs),
                 mountinfo: env.mountinfo.clone().unwrap_or(defaults.mountinfo),
@@ -194,6 +228,18 @@ impl Common {
     pub fn flash(&self, f: &FlashArgs, env: &Environment) -> Result<FlashSettings, CommandError> {
         Ok(FlashSettings {
             wait: None,
+            rollout: RolloutSettings {
+                force: f.force,
+                new_cluster: f.new_cluster,
+                reset_cluster: f.reset_cluster,
+                drain: DrainOptions {
+                    delete_emptydir_data: f.delete_emptydir_data,
+                    force: f.drain_unmanaged,
+                    timeout: f.drain_timeout,
+                    ..DrainOptions::default()
+                },
+                ..RolloutSettings::default()
+            },
             bmc: bmc_options(&f.bmc, env),
             yes: f.yes,
             skip_crc: f.skip_crc,
@@ -214,6 +260,68 @@ impl Common {
             },
         })
     }
+
+    pub fn flash_node(
+        &self,
+        a: &FlashNodeArgs,
+        env: &Environment,
+    ) -> Result<FlashNode, CommandError> {
+        let mut flash = self.flash(&a.flash, env)?;
+        flash.rollout.server = a.api.server.clone();
+        flash.rollout.node_timeout = a.timeout;
+        Ok(FlashNode {
+            node: a.node.clone(),
+            image: a.image.clone(),
+            flash,
+        })
+    }
+
+    /// `deploy`: the flash settings, with the wait's when `--wait` is given.
+    pub fn deploy(
+        &self,
+        a: &DeployArgs,
+        env: &Environment,
+    ) -> Result<DeploySettings, CommandError> {
+        let mut flash = self.flash(&a.flash, env)?;
+        flash.rollout.server = a.wait_args.api.server.clone();
+        flash.rollout.interval = a.wait_args.interval;
+        flash.rollout.node_timeout = a.wait_args.timeout;
+        flash.wait = a.wait.then(|| wait(&a.wait_args, &a.flash.out_dir));
+        Ok(DeploySettings {
+            nodes: a.nodes.clone(),
+            flash,
+        })
+    }
+
+    pub fn import(
+        &self,
+        a: AnsibleArgs,
+        env: &Environment,
+    ) -> Result<ImportSettings, CommandError> {
+        Ok(ImportSettings {
+            ssh_keys: key_source(&a.ssh_key, env)?,
+            inventory: a.inventory,
+            group_vars: a.group_vars,
+            out_dir: a.out_dir,
+            name: a.name,
+            admin_user: a.admin_user,
+        })
+    }
+}
+
+/// `wait`'s settings.
+pub fn wait_command(a: &WaitCommandArgs) -> WaitSettings {
+    wait(&a.wait, &a.out_dir)
+}
+
+/// `status` asks each probe once, within `--timeout`.
+pub fn status(a: &StatusArgs) -> WaitSettings {
+    WaitSettings {
+        timeout: a.timeout,
+        interval: a.timeout,
+        server: a.api.server.clone(),
+        out_dir: a.out_dir.clone(),
+    }
 }
 
 pub fn wait(w: &WaitArgs, out_dir: &std::path::Path) -> WaitSettings {
@@ -227,13 +335,10 @@ pub fn wait(w: &WaitArgs, out_dir: &std::path::Path) -> WaitSettings {
 
 /// `--merge` goes into `-o FILE`, else `~/.kube/config` (kubectl's default file).
 pub fn kubeconfig(
-    output: Option<PathBuf>,
-    merge: bool,
-    force: bool,
-    validity: std::time::Duration,
-    server: Option<String>,
+    a: &KubeconfigArgs,
     env: &Environment,
 ) -> Result<KubeconfigSettings, CommandError> {
+    let (output, merge) = (a.output.clone(), a.merge);
     let merge_into = match (merge, &output) {
         (false, _) => None,
         (true, Some(o)) => Some(o.clone()),
@@ -251,9 +356,9 @@ pub fn kubeconfig(
     Ok(KubeconfigSettings {
         output: if merge { None } else { output },
         merge_into,
-        force,
-        validity,
-        server,
+        force: a.force,
+        validity: a.validity,
+        server: a.api.server.clone(),
     })
 }
 
@@ -271,7 +376,8 @@ pub fn bmc_options(b: &BmcArgs, env: &Environment) -> BmcOptions {
     }
 }
 
-/// `init`'s settings: the flags, with `~/.ssh` as where to look for a key.
+/// `init`'s settings: the flags, with `~/.ssh` as where to look for a key,
+/// and on a terminal the answers to what the flags left out.
 pub fn init(a: super::args::InitArgs, env: &Environment) -> Result<InitSettings, CommandError> {
     let ssh_keys = key_source(&a.ssh_key, env)?;
     let mut s = InitSettings {

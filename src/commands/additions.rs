@@ -56,7 +56,7 @@ pub fn images_for(profiles: &crate::config::profile::ProfileSet, node: &Node) ->
 
 /// One file a build adds to a node, as planned from the profiles alone
 /// (nothing downloaded): for `render` and `check`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Added {
     /// Absolute path in the root file system.
     pub path: String,

@@ -1,20 +1,18 @@
-//! `imgbuild [build] TARGET...`: plan, fetch, bake and write each target.
+//! `imgbuild [build] TARGET...`: resolve the targets, fetch what their
+//! nodes need (source), plan each node once (plan), then bake an image or
+//! remaster an installer from that plan and write the output (artifact).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, FetchSettings, Paths, Result, Workspace};
 use crate::artifact::statement::{ResourceDescriptor, Statement};
 use crate::artifact::{Format, PendingOutput, Target};
-use crate::config::k3s::DEFAULT_MIRROR;
-use crate::config::manifest::Arch;
-use crate::config::profile::{Install, Node};
-use crate::io::CopyMethod;
-use crate::plan::{self, FileRecord, K3sPayload, PlanInputs, Provenance, SecretValues};
-use crate::secrets::Secrets;
+use crate::config::profile::Node;
+use crate::io::{CopyMethod, Sha256Digest};
+use crate::plan::{Dependency, FileRecord, NodePlan};
 use anyhow::Context;
 
 #[derive(Debug, Clone)]
@@ -88,7 +86,7 @@ impl Bases {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct BakeReport {
     pub output: PathBuf,
     /// `None` for a raw output baked without `--sums`: it was not hashed
@@ -159,6 +157,13 @@ fn resolve<'w>(ws: &'w Workspace, target: &Target) -> Result<&'w Node> {
     Ok(node)
 }
 
+/// One target to build: its node and the base it is built from.
+struct Job<'a> {
+    target: &'a Target,
+    node: &'a Node,
+    base: PathBuf,
+}
+
 /// Builds `targets` (already parsed); every target and given base is checked
 /// before anything is downloaded or written.
 pub fn build_targets(
@@ -166,107 +171,31 @@ pub fn build_targets(
     targets: &[Target],
     settings: &BuildSettings,
 ) -> Result<Vec<BakeReport>> {
-    let mut jobs = Vec::new();
-    for t in targets {
-        let node = resolve(ws, t)?;
-        if t.format == Format::Iso {
-            super::iso::check_target(ws, t, node)?;
-            jobs.push((t, node, None));
-            continue;
-        }
-        jobs.push((t, node, settings.bases.for_board(&node.board)?));
-    }
-    let cache = settings.fetch.cache()?;
-    let options = settings.fetch.options();
-    let mut fetched: BTreeMap<String, PathBuf> = BTreeMap::new();
-    let mut resolved = Vec::new();
-    for (t, node, given) in jobs {
-        let base = match given {
-            // An installer ISO is kept as downloaded (and cached by digest).
-            None if t.format == Format::Iso => {
-                crate::source::ensure_installer(&ws.manifests[&node.board], &cache, &options)?
-            }
-            Some(b) => b,
-            None => match fetched.get(&node.board) {
-                Some(b) => b.clone(),
-                None => {
-                    let b =
-                        crate::source::ensure_base(&ws.manifests[&node.board], &cache, &options)?;
-                    fetched.insert(node.board.clone(), b.clone());
-                    b
-                }
-            },
-        };
-        resolved.push((t, node, base));
-    }
+    let jobs = resolve_jobs(ws, targets, settings)?;
     // An unsealed build never reads (or creates) the secrets directory.
     let secrets = match settings.sealing {
         Sealing::Sealed => Some(ws.secrets()?),
         Sealing::Unsealed => None,
     };
-    let mut k3s: BTreeMap<Arch, K3sPayload> = BTreeMap::new();
-    let cluster_k3s = &ws.profiles.cluster.k3s;
-    if cluster_k3s.install == Install::Airgap {
-        let mirror = settings
-            .fetch
-            .k3s_mirror
-            .clone()
-            .or_else(|| cluster_k3s.mirror.clone())
-            .unwrap_or_else(|| DEFAULT_MIRROR.to_string());
-        for (_, node, _) in &resolved {
-            let arch = ws.manifests[&node.board].arch;
-            if let std::collections::btree_map::Entry::Vacant(slot) = k3s.entry(arch) {
-                slot.insert(crate::source::k3s::ensure_assets(
-                    &cluster_k3s.version,
-                    arch,
-                    &mirror,
-                    &cache,
-                    &options,
-                )?);
-            }
-        }
-    }
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time: settings.build_time,
-    };
-    let nodes: Vec<&Node> = resolved.iter().map(|(_, n, _)| *n).collect();
-    let additions = super::additions::Additions::prepare(
-        ws,
-        &nodes,
-        &cache,
-        &options,
-        settings.fetch.registry_auth.as_deref(),
-    )?;
+    let nodes: Vec<&Node> = jobs.iter().map(|j| j.node).collect();
+    let supplies = ws.gather(&nodes, &settings.fetch)?;
     let mut reports = Vec::new();
-    for (target, node, base) in resolved {
+    for job in jobs {
         if let Some(secrets) = &secrets {
-            warn_cluster_init(secrets, node)?;
+            super::warn_cluster_init(secrets, job.node)?;
         }
-        let payload = k3s.get(&ws.manifests[&node.board].arch);
-        if target.format == Format::Iso {
-            let values = match &secrets {
-                Some(s) => Some(secret_values(s, node, inputs.build_time)?),
-                None => None,
-            };
-            let r = super::iso::build_iso(&inputs, values, node, target, &base, payload)?;
+        let plan = ws.plan(job.node, secrets.as_ref(), &supplies, settings.build_time)?;
+        if job.target.format == Format::Iso {
+            let r = super::iso::build_iso(ws, &plan, job.node, job.target, &job.base)?;
             tracing::info!("built {} (instance {})", r.output.display(), r.instance_id);
             reports.push(r);
             continue;
         }
-        let r = bake_one(
-            &inputs,
-            secrets.as_ref(),
-            node,
-            target,
-            &base,
-            payload,
-            settings.shrink,
-            settings.sums || settings.sealing == Sealing::Unsealed,
-            &additions,
-        )?;
+        let options = BakeOptions {
+            shrink: settings.shrink,
+            hash_raw: settings.sums || settings.sealing == Sealing::Unsealed,
+        };
+        let r = bake_one(ws, &job, &plan, options)?;
         tracing::info!(
             "built {} ({}, instance {})",
             r.output.display(),
@@ -278,82 +207,89 @@ pub fn build_targets(
     Ok(reports)
 }
 
-pub(super) fn warn_cluster_init(secrets: &Secrets, node: &Node) -> Result<()> {
-    if node.k3s.cluster_init
-        && let Some(first) = secrets.mark_initialized(&node.name)?
-    {
-        tracing::warn!(
-            "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before: \
-             flashing it onto the first server of a running cluster starts a new, empty cluster. To re-flash that node, \
-             set k3s.cluster_init: false on it so it joins the other servers",
-            node.name
-        );
+/// Each target's node and base: given bases are checked, stock images and
+/// installers fetched (once per board).
+fn resolve_jobs<'w>(
+    ws: &'w Workspace,
+    targets: &'w [Target],
+    settings: &BuildSettings,
+) -> Result<Vec<Job<'w>>> {
+    let mut given = Vec::new();
+    for t in targets {
+        let node = resolve(ws, t)?;
+        if t.format == Format::Iso {
+            super::iso::check_target(ws, t, node)?;
+            given.push((t, node, None));
+        } else {
+            given.push((t, node, settings.bases.for_board(&node.board)?));
+        }
     }
-    Ok(())
+    let cache = settings.fetch.cache()?;
+    let options = settings.fetch.options();
+    let mut fetched: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut jobs = Vec::new();
+    for (target, node, base) in given {
+        let manifest = &ws.manifests[&node.board];
+        let base = match base {
+            Some(b) => b,
+            // An installer ISO is kept as downloaded (and cached by digest).
+            None if target.format == Format::Iso => {
+                crate::source::ensure_installer(manifest, &cache, &options)?
+            }
+            None => match fetched.get(&node.board) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = crate::source::ensure_base(manifest, &cache, &options)?;
+                    fetched.insert(node.board.clone(), b.clone());
+                    b
+                }
+            },
+        };
+        jobs.push(Job { target, node, base });
+    }
+    Ok(jobs)
 }
 
-/// The secret values a node's files are rendered with.
-pub(super) fn secret_values(
-    secrets: &Secrets,
-    node: &Node,
-    build_time: u64,
-) -> anyhow::Result<SecretValues> {
-    Ok(SecretValues::new(
-        &secrets.cluster(build_time)?,
-        &secrets.node(&node.name, &node.hostname)?,
-    ))
-}
-
-// One bake's inputs are many but distinct; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
-fn bake_one(
-    inputs: &PlanInputs,
-    secrets: Option<&Secrets>,
-    node: &Node,
-    target: &Target,
-    base: &std::path::Path,
-    k3s: Option<&K3sPayload>,
+#[derive(Debug, Clone, Copy)]
+struct BakeOptions {
+    /// Shrink the output to the root's use plus headroom.
     shrink: bool,
+    /// Hash a raw output (`--sums`, unsealed builds, CI).
     hash_raw: bool,
-    additions: &super::additions::Additions,
+}
+
+fn bake_one(
+    ws: &Workspace,
+    job: &Job,
+    plan: &NodePlan,
+    options: BakeOptions,
 ) -> anyhow::Result<BakeReport> {
-    let manifest = inputs.manifest(node)?;
+    let (node, target, base) = (job.node, job.target, job.base.as_path());
+    let manifest = &ws.manifests[&node.board];
+    let build_time = plan.provenance.build_time;
     if same_file(base, &target.path) {
         anyhow::bail!(
             "{}: the output would overwrite the base image",
             target.path.display()
         );
     }
-    let values = match secrets {
-        Some(s) => Some(secret_values(s, node, inputs.build_time)?),
-        None => None,
-    };
-    let payload = match (inputs.profiles.cluster.k3s.install, k3s) {
-        (Install::Airgap, Some(k)) => plan::Payload::K3s(k),
-        (Install::Airgap, None) => {
-            anyhow::bail!("no k3s air-gap assets were fetched for {}", manifest.arch)
-        }
-        _ => plan::Payload::None,
-    };
-    let mut plan = plan::plan_node(inputs, node, values, payload)?;
-    let (extra_files, extra_deps) = additions.for_node(node);
-    plan.files.extend(extra_files);
+    plan.require_complete()?;
     let table = crate::bake::check_base(base, manifest)?;
     tracing::info!(node = %node.name, output = %target.path.display(), "copying base {}", base.display());
     let pending = PendingOutput::from_base(base, &target.path)?;
     let image = pending.open()?;
     let apply = |roles: &dyn Fn(&str) -> bool| {
         crate::bake::apply_roles(
-            &plan,
+            plan,
             manifest,
             &table,
             pending.path(),
             &image,
-            inputs.build_time,
+            build_time,
             roles,
         )
     };
-    let (edited, shrink) = if shrink {
+    let (edited, shrink) = if options.shrink {
         // The root first: shrinking puts the base's bytes before the root
         // back (bake::shrink), so the partitions there are edited after it.
         let mut edited = apply(&|role| role == "root")?;
@@ -370,7 +306,7 @@ fn bake_one(
             &stock,
             &crate::bake::shrink::Options {
                 headroom_mib: headroom,
-                build_time: inputs.build_time,
+                build_time,
                 in_place: true,
             },
         )?;
@@ -385,16 +321,15 @@ fn bake_one(
         .len();
     drop(image);
     let copy = pending.method;
-    let (output, digest) = pending.finish(target.format, hash_raw)?;
+    let (output, digest) = pending.finish(target.format, options.hash_raw)?;
     // The statement's subject is the digest: without one there is none.
     if let Some(digest) = &digest {
-        provenance_statement(inputs, node, &plan.provenance, target.format, k3s)
-            .and_then(|deps| {
-                let (params, mut deps) = deps;
-                deps.extend(extra_deps);
-                Statement::new(&output, digest, params, deps).write(&output)
-            })
-            .with_context(|| format!("writing the provenance of {}", output.display()))?;
+        let stock = Dependency {
+            name: "stock image".into(),
+            uri: Some(manifest.source.url.clone()),
+            sha256: manifest.source.sha256.clone().unwrap_or_default(),
+        };
+        write_statement(&output, digest, plan, target.format, Some(stock))?;
     }
     let mut files: Vec<FileRecord> = plan.files.iter().map(|f| f.record()).collect();
     files.extend(edited);
@@ -405,7 +340,7 @@ fn bake_one(
         node: node.name.clone(),
         board: node.board.clone(),
         unsealed: plan.provenance.unsealed,
-        instance_id: plan.instance_id,
+        instance_id: plan.instance_id.clone(),
         copy,
         flash_bytes,
         shrink,
@@ -413,66 +348,43 @@ fn bake_one(
     })
 }
 
-/// The build parameters and resolved dependencies of a node's artifact, for
-/// its provenance statement.
-pub(crate) fn provenance_statement(
-    inputs: &PlanInputs,
-    node: &Node,
-    provenance: &Provenance,
+/// Writes the provenance statement of `output`: the build parameters, the
+/// stock input, then the plan's dependencies.
+pub(crate) fn write_statement(
+    output: &std::path::Path,
+    digest: &Sha256Digest,
+    plan: &NodePlan,
     format: Format,
-    k3s: Option<&K3sPayload>,
-) -> anyhow::Result<(BTreeMap<String, serde_json::Value>, Vec<ResourceDescriptor>)> {
-    let manifest = inputs.manifest(node)?;
+    stock: Option<Dependency>,
+) -> anyhow::Result<()> {
+    let (params, deps) = statement_inputs(plan, format, stock);
+    Statement::new(output, digest, params, deps)
+        .write(output)
+        .with_context(|| format!("writing the provenance of {}", output.display()))?;
+    Ok(())
+}
+
+/// The build parameters and resolved dependencies of a node's artifact.
+pub(crate) fn statement_inputs(
+    plan: &NodePlan,
+    format: Format,
+    stock: Option<Dependency>,
+) -> (BTreeMap<String, serde_json::Value>, Vec<ResourceDescriptor>) {
+    let p = &plan.provenance;
     let params = BTreeMap::from([
-        ("node".to_string(), serde_json::json!(node.name)),
-        ("board".to_string(), serde_json::json!(node.board)),
+        ("node".to_string(), serde_json::json!(p.node)),
+        ("board".to_string(), serde_json::json!(p.board)),
         ("format".to_string(), serde_json::json!(format.extension())),
-        (
-            "unsealed".to_string(),
-            serde_json::json!(provenance.unsealed),
-        ),
-        (
-            "buildTime".to_string(),
-            serde_json::json!(provenance.build_time),
-        ),
-        (
-            "instanceId".to_string(),
-            serde_json::json!(provenance.instance_id),
-        ),
+        ("unsealed".to_string(), serde_json::json!(p.unsealed)),
+        ("buildTime".to_string(), serde_json::json!(p.build_time)),
+        ("instanceId".to_string(), serde_json::json!(p.instance_id)),
     ]);
-    let mut deps = Vec::new();
-    let mut stock = ResourceDescriptor::sha256(
-        Some("stock image"),
-        Some(&manifest.source.url),
-        manifest.source.sha256.as_deref().unwrap_or(""),
-    );
-    if manifest.source.sha256.is_none() {
-        stock.digest.clear();
-    }
-    deps.push(stock);
-    if let Some(k) = k3s {
-        deps.push(ResourceDescriptor::sha256(
-            Some("k3s binary"),
-            Some(&k.binary_url),
-            &k.binary_sha256,
-        ));
-        deps.push(ResourceDescriptor::sha256(
-            Some("k3s air-gap images"),
-            Some(&k.images_url),
-            &k.images_sha256,
-        ));
-    }
-    deps.push(ResourceDescriptor::sha256(
-        Some("overlays"),
-        None,
-        &inputs.overlays.digest(),
-    ));
-    deps.push(ResourceDescriptor::sha256(
-        Some("profiles"),
-        None,
-        &provenance.profile_digest,
-    ));
-    Ok((params, deps))
+    let deps = stock
+        .iter()
+        .chain(&plan.dependencies)
+        .map(ResourceDescriptor::from)
+        .collect();
+    (params, deps)
 }
 
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {

@@ -1,13 +1,12 @@
 //! `imgbuild check`: validate profiles and manifests and render every node.
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result, Workspace};
-use crate::plan::PlanInputs;
+use crate::source::supplies::Supplies;
 
 /// What `check` found valid.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct CheckReport {
     pub cluster: String,
     pub nodes: Vec<String>,
@@ -27,10 +26,10 @@ pub struct CheckReport {
     pub added: Vec<NodeAdded>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct NodeAdded {
     pub node: String,
-    pub files: Vec<super::additions::Added>,
+    pub files: Vec<crate::plan::Added>,
 }
 
 /// What an air-gapped (`k3s.install: airgap`) node would still fetch from
@@ -87,26 +86,22 @@ pub fn check(paths: &Paths, build_time: u64) -> Result<CheckReport> {
     let ws = Workspace::load(paths)?;
     // Render every node too: template errors are profile-set errors. Secrets
     // are stand-ins (as in an unsealed build): checking creates no state.
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
-    };
     let mut problems = Vec::new();
     let mut added = Vec::new();
+    let supplies = Supplies::preview(&ws.profiles)
+        .map_err(|e| CommandError::Invalid(e.context("reading cluster.bootstrap's files")))?;
     for node in &ws.profiles.nodes {
-        let rendered = crate::plan::render_node(&inputs, node, None);
-        if let Err(e) = rendered {
-            problems.push(format!("  - node {}: {e:#}", node.name));
-        }
-        match super::additions::planned(&ws, node) {
-            Ok(files) if files.is_empty() => {}
-            Ok(files) => added.push(NodeAdded {
-                node: node.name.clone(),
-                files,
-            }),
+        match ws.plan(node, None, &supplies, build_time) {
             Err(e) => problems.push(format!("  - node {}: {e:#}", node.name)),
+            Ok(plan) => {
+                let files = plan.added();
+                if !files.is_empty() {
+                    added.push(NodeAdded {
+                        node: node.name.clone(),
+                        files,
+                    });
+                }
+            }
         }
     }
     if !problems.is_empty() {

@@ -7,16 +7,22 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 
 use super::{CommandError, FetchSettings, Result};
-use crate::artifact::diff::{self, ImageDiff};
 use crate::io::Sha256Digest;
+use crate::readback::diff::{self, ImageDiff};
 
-pub fn diff(a: &Path, b: &Path) -> Result<ImageDiff> {
-    diff::diff(a, b).map_err(CommandError::Failed)
+/// Compares `a` with `b`, or without `b`, the stock image `a` was built
+/// from with `a`.
+pub fn diff(a: &Path, b: Option<&Path>, fetch: &FetchSettings) -> Result<ImageDiff> {
+    let (a, b) = match b {
+        Some(b) => (a.to_owned(), b.to_owned()),
+        None => (base_of(a, fetch)?, a.to_owned()),
+    };
+    diff::diff(&a, &b).map_err(CommandError::Failed)
 }
 
 /// The cached stock image `image` was built from.
 pub fn base_of(image: &Path, fetch: &FetchSettings) -> Result<PathBuf> {
-    let seen = crate::artifact::inspect::inspect(image, &["/var/lib/cloud/seed/nocloud".into()])
+    let seen = crate::readback::inspect::inspect(image, &["/var/lib/cloud/seed/nocloud".into()])
         .map_err(CommandError::Failed)?;
     let prov = seen.provenance.ok_or_else(|| {
         CommandError::usage(format!(

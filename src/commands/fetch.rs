@@ -5,12 +5,10 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use super::{CommandError, FetchSettings, Paths, Result, Workspace, load_manifests};
 
 /// What `fetch` put in (or found in) the cache.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Fetched {
     /// Unpacked stock images by board.
     pub boards: Vec<(String, PathBuf)>,
@@ -77,33 +75,8 @@ pub fn fetch(
         .iter()
         .filter(|n| wanted.contains(&n.board))
         .collect();
-    let k3s = &ws.profiles.cluster.k3s;
-    if k3s.install == crate::config::profile::Install::Airgap {
-        let mirror = settings
-            .k3s_mirror
-            .clone()
-            .or_else(|| k3s.mirror.clone())
-            .unwrap_or_else(|| crate::config::k3s::DEFAULT_MIRROR.to_string());
-        let mut archs: Vec<_> = nodes
-            .iter()
-            .filter_map(|n| ws.manifests.get(&n.board).map(|m| m.arch))
-            .collect();
-        archs.sort();
-        archs.dedup();
-        for arch in archs {
-            let p =
-                crate::source::k3s::ensure_assets(&k3s.version, arch, &mirror, &cache, &options)?;
-            out.extras
-                .push((format!("k3s {} {}", k3s.version, arch.as_str()), p.binary));
-        }
-    }
-    let additions = super::additions::Additions::prepare(
-        &ws,
-        &nodes,
-        &cache,
-        &options,
-        settings.registry_auth.as_deref(),
-    )?;
-    out.extras.extend(additions.fetched);
+    let supplies = ws.gather(&nodes, settings)?;
+    out.extras
+        .extend(supplies.fetched.map(|f| f.listing).unwrap_or_default());
     Ok(out)
 }

@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result};
 use crate::config::manifest::Manifests;
@@ -42,7 +41,7 @@ pub struct InitSettings {
     pub nodes: Vec<InitNode>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct InitReport {
     pub written: Vec<PathBuf>,
     /// Defaults taken for what was not given, one sentence each.
@@ -198,7 +197,7 @@ fn q(v: &str) -> String {
 impl ClusterAnswers {
     fn yaml(&self) -> String {
         let mut cluster = format!(
-            "# Cluster-wide settings, written by `imgbuild init`; see README.md for every key.\n\
+            "# Cluster-wide settings, written by `imgbuild init`; see docs/profiles.md for every key.\n\
              cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
              server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
             q(&self.name),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use super::{Paths, Result};
-use crate::artifact::inspect::{self, Inspection};
+use crate::readback::inspect::{self, Inspection};
 
 /// cloud-init's own NoCloud seed directory inside a root file system, looked
 /// in when no manifest says otherwise.

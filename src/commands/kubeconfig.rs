@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::anyhow;
 
-use super::{CommandError, Result, Workspace, wait::api_url};
+use super::{CommandError, Paths, Result, Workspace, wait::api_url};
 use crate::kube::kubeconfig::{self, Entry};
 use crate::secrets::client::{ADMIN_GROUP, ADMIN_USER, validity_of};
 
@@ -39,7 +39,8 @@ pub fn default_path(ws: &Workspace) -> PathBuf {
         .join(format!("{}.yaml", ws.profiles.cluster.name))
 }
 
-pub fn kubeconfig(ws: &Workspace, settings: &KubeconfigSettings) -> Result<KubeconfigResult> {
+pub fn kubeconfig(paths: &Paths, settings: &KubeconfigSettings) -> Result<KubeconfigResult> {
+    let ws = &Workspace::load(paths)?;
     let secrets = ws.secrets()?;
     let cluster = &ws.profiles.cluster.name;
     let server = api_url(ws, settings.server.as_deref());

@@ -3,7 +3,6 @@
 //! sequences the stages: load the workspace once, plan, fetch, bake, write
 //! artifacts, deliver.
 
-pub mod additions;
 pub mod bmc;
 pub mod build;
 pub mod cache;
@@ -18,6 +17,7 @@ pub mod iso;
 pub mod kubeconfig;
 pub mod overlays;
 pub mod render;
+pub mod rollout;
 pub mod seal;
 pub mod secrets;
 pub mod status;
@@ -33,7 +33,9 @@ use anyhow::anyhow;
 use crate::config::manifest::{self, Manifests};
 use crate::config::profile::{self, Node, ProfileSet};
 use crate::plan::overlay_source::OverlaySet;
+use crate::plan::{NodePlan, PlanInputs, SecretValues};
 use crate::secrets::Secrets;
+use crate::source::supplies::{self, Supplies};
 use crate::source::{Cache, FetchOptions, RetryPolicy};
 
 /// Exit statuses besides success (0) and interruption (130).
@@ -161,6 +163,15 @@ impl FetchSettings {
         }
     }
 
+    /// Where k3s releases come from: this setting, else the profiles'
+    /// `k3s.mirror`, else GitHub's releases.
+    pub fn k3s_mirror_for(&self, profiles: &ProfileSet) -> String {
+        self.k3s_mirror
+            .clone()
+            .or_else(|| profiles.cluster.k3s.mirror.clone())
+            .unwrap_or_else(|| crate::config::k3s::DEFAULT_MIRROR.to_string())
+    }
+
     pub fn cache(&self) -> anyhow::Result<Cache> {
         self.cache_dir.clone().map(Cache::new).ok_or_else(|| {
             anyhow!("no cache directory: set --cache-dir, IMGBUILD_CACHE_DIR or HOME")
@@ -227,6 +238,83 @@ impl Workspace {
     pub fn secrets(&self) -> Result<Secrets> {
         Ok(Secrets::open(&self.paths.secrets)?)
     }
+
+    /// An artifact's packing and provenance record, read once.
+    pub fn open_artifact(&self, path: &Path) -> anyhow::Result<crate::readback::Artifact> {
+        crate::readback::Artifact::open(path, &self.seed_dirs())
+    }
+
+    /// The boards' seed directories, where an image's provenance record is.
+    pub fn seed_dirs(&self) -> Vec<String> {
+        self.manifests
+            .values()
+            .map(|m| m.seed.dir.clone())
+            .collect()
+    }
+
+    /// What planning reads besides a node, its secrets and the supplies.
+    pub fn plan_inputs(&self, build_time: u64) -> PlanInputs<'_> {
+        PlanInputs {
+            profiles: &self.profiles,
+            manifests: &self.manifests,
+            overlays: &self.overlays,
+            build_time,
+            join: None,
+        }
+    }
+
+    /// The one complete plan of `node`: sealed with `secrets`, unsealed
+    /// without; a preview when `supplies` fetched nothing.
+    pub fn plan(
+        &self,
+        node: &Node,
+        secrets: Option<&Secrets>,
+        supplies: &Supplies,
+        build_time: u64,
+    ) -> anyhow::Result<NodePlan> {
+        let values = secrets
+            .map(|s| secret_values(s, node, build_time))
+            .transpose()?;
+        crate::plan::plan_node(&self.plan_inputs(build_time), node, values, supplies)
+    }
+
+    /// Fetches (or finds in the cache) what the plans of `nodes` need.
+    pub fn gather(&self, nodes: &[&Node], fetch: &FetchSettings) -> anyhow::Result<Supplies> {
+        let mirror = fetch.k3s_mirror_for(&self.profiles);
+        let request = supplies::Request {
+            profiles: &self.profiles,
+            manifests: &self.manifests,
+            nodes,
+            k3s_mirror: &mirror,
+            registry_auth: fetch.registry_auth.as_deref(),
+        };
+        Supplies::gather(&request, &fetch.cache()?, &fetch.options())
+    }
+}
+
+/// Warns when a cluster-init image is built again: flashed onto the first
+/// server of a running cluster it would start a new, empty cluster.
+pub(crate) fn warn_cluster_init(secrets: &Secrets, node: &Node) -> anyhow::Result<()> {
+    if node.k3s.cluster_init
+        && let Some(first) = secrets.mark_initialized(&node.name)?
+    {
+        tracing::warn!(
+            "{} initialises the cluster (k3s.cluster_init: true) and a cluster-init image (for {first}) was built before. \
+             Flash it with `imgbuild flash`/`deploy`: they ask the running cluster first and make a server of a running \
+             cluster join it instead of starting a new, empty one. Flashed by other means onto the first server of a \
+             running cluster, this image starts a new cluster",
+            node.name
+        );
+    }
+    Ok(())
+}
+
+/// The secret values a node's files are rendered with.
+fn secret_values(secrets: &Secrets, node: &Node, build_time: u64) -> anyhow::Result<SecretValues> {
+    Ok(SecretValues::new(
+        &secrets.cluster(build_time)?,
+        &secrets.node(&node.name, &node.hostname)?,
+    ))
 }
 
 /// The first few of a list of paths for a message, and how many more.

@@ -1,28 +1,27 @@
 //! `imgbuild render NODE`: the files a node's image would get, without an image.
 
-use serde::Serialize;
-
 use super::{Paths, Result, Workspace};
-use crate::plan::{PlanInputs, RenderedFile};
+use crate::plan::{Added, NodePlan, RenderedFile};
+use crate::source::supplies::Supplies;
 
 /// The rendered files and what the build adds besides them (bootstrap
 /// manifests, HelmChart files, image archives), planned without a download.
 #[derive(Debug)]
 pub struct Rendered {
     pub files: Vec<RenderedFile>,
-    pub added: Vec<super::additions::Added>,
+    pub added: Vec<Added>,
 }
 
 /// The build's additions as `render --json` shows them: entries of the same
 /// array as the rendered files, with `added_by_build`.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AddedEntry<'a> {
     pub target: &'static str,
     pub path: &'a str,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub added_by_build: &'a super::additions::Added,
+    pub added_by_build: &'a Added,
 }
 
 impl Rendered {
@@ -32,15 +31,9 @@ impl Rendered {
             .map(|a| AddedEntry {
                 target: "root",
                 path: &a.path,
-                // As the build writes them: HelmChart and manifests 0600,
-                // image archives 0644 (see additions.rs, plan/bootstrap.rs).
-                mode: if a.kind == "container image" {
-                    0o644
-                } else {
-                    0o600
-                },
-                uid: 0,
-                gid: 0,
+                mode: a.owner.mode,
+                uid: a.owner.uid,
+                gid: a.owner.gid,
                 added_by_build: a,
             })
             .collect()
@@ -48,26 +41,42 @@ impl Rendered {
 }
 
 pub fn render(paths: &Paths, node: &str, build_time: u64) -> Result<Vec<RenderedFile>> {
-    let ws = Workspace::load(paths)?;
-    render_loaded(&ws, node, build_time)
+    Ok(render_with_additions(paths, node, build_time)?.files)
 }
 
-fn render_loaded(ws: &Workspace, node: &str, build_time: u64) -> Result<Vec<RenderedFile>> {
+/// The node's plan as a preview: nothing is downloaded, and nothing is
+/// written. Without a secrets directory the secret values are placeholders
+/// (a preview must not create the cluster's secrets).
+fn preview(ws: &Workspace, node: &str, build_time: u64) -> Result<NodePlan> {
     let n = ws.node(node)?;
-    let secrets = ws.secrets()?;
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
+    let existing = if ws.paths.secrets.exists() {
+        Some(crate::secrets::Secrets::open_existing(&ws.paths.secrets)?)
+    } else {
+        None
     };
-    let values = super::build::secret_values(&secrets, n, build_time)?;
-    Ok(crate::plan::render_node(&inputs, n, Some(values))?.0)
+    let missing = existing.as_ref().map_or_else(
+        || vec!["the directory".to_string()],
+        |s| s.missing_for(&n.name),
+    );
+    let secrets = if missing.is_empty() {
+        existing
+    } else {
+        tracing::warn!(
+            "{} lacks {}: tokens, keys and passwords are shown as placeholders (the first sealed build, or `imgbuild secrets --generate`, creates them)",
+            ws.paths.secrets.display(),
+            missing.join(", ")
+        );
+        None
+    };
+    let supplies = Supplies::preview(&ws.profiles)?;
+    Ok(ws.plan(n, secrets.as_ref(), &supplies, build_time)?)
 }
 
 pub fn render_with_additions(paths: &Paths, node: &str, build_time: u64) -> Result<Rendered> {
     let ws = Workspace::load(paths)?;
-    let files = render_loaded(&ws, node, build_time)?;
-    let added = super::additions::planned(&ws, ws.node(node)?)?;
-    Ok(Rendered { files, added })
+    let plan = preview(&ws, node, build_time)?;
+    Ok(Rendered {
+        added: plan.added(),
+        files: plan.rendered,
+    })
 }

@@ -5,14 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use serde::Serialize;
 
 use super::{CommandError, Result, Workspace};
 use crate::artifact::{Format, PendingOutput, Target, sums};
 use crate::config::profile::Node;
 use crate::image::PartitionTable;
 use crate::io::Sha256Digest;
-use crate::plan::{self, FileRecord, PlanInputs, Provenance};
+use crate::plan::{FileRecord, Provenance};
 use crate::secrets::Secrets;
 use crate::source::unpack;
 
@@ -26,7 +25,7 @@ pub struct SealSettings {
     pub build_time: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SealReport {
     pub input: PathBuf,
     pub output: PathBuf,
@@ -46,33 +45,19 @@ pub struct AlreadySealed {
     pub node: String,
 }
 
-/// What an artifact says about itself: its provenance record, read from the
-/// image (raw or compressed).
-fn provenance_of(ws: &Workspace, raw: &Path) -> anyhow::Result<Option<Provenance>> {
-    let dirs: Vec<String> = ws.manifests.values().map(|m| m.seed.dir.clone()).collect();
-    Ok(crate::artifact::inspect::inspect(raw, &dirs)?.provenance)
-}
-
 /// Whether `image` must be sealed (or unpacked) before it can be flashed.
 pub fn needs_sealing(ws: &Workspace, image: &Path) -> anyhow::Result<bool> {
-    if compression(image)? != unpack::Format::Raw {
-        return Ok(true);
-    }
-    // An image whose table or seed cannot be read is flashed as it is: the
-    // BMC writes any bytes, and only images imgbuild built can be unsealed.
-    Ok(provenance_of(ws, image)
-        .ok()
-        .flatten()
-        .is_some_and(|p| p.unsealed))
+    let art = ws.open_artifact(image)?;
+    Ok(!art.is_raw() || art.is_unsealed())
 }
 
-fn compression(image: &Path) -> anyhow::Result<unpack::Format> {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    let mut f =
-        std::fs::File::open(image).with_context(|| format!("opening {}", image.display()))?;
-    let n = f.read(&mut head)?;
-    Ok(unpack::Format::sniff(&head[..n]))
+/// Unpacks the compressed `input` into `out` (a new file).
+fn unpack_to(input: &Path, out: &Path) -> anyhow::Result<()> {
+    let dst = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let src = std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
+    unpack::unpack(&src, &dst, "unpack", unpack::DEFAULT_MAX_SIZE)
+        .map_err(|e| anyhow!("{}: {e}", input.display()))?;
+    Ok(())
 }
 
 /// Checks the artifact against the digests recorded beside it, if any.
@@ -107,29 +92,21 @@ fn check_recorded_digest(image: &Path) -> anyhow::Result<()> {
 
 pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<SealReport> {
     check_recorded_digest(input)?;
-    let format = compression(input)?;
     // The raw image to read from: the input itself, or the input unpacked
-    // straight into the pending output.
+    // into a private directory beside it.
     let probe_dir = tempfile::Builder::new()
         .prefix(".imgbuild-seal-")
         .tempdir_in(crate::artifact::parent_dir(input))
         .or_else(|_| tempfile::tempdir())
         .context("creating a temporary directory")?;
     let _probe_cleanup = crate::util::cleanup::register_dir(probe_dir.path());
-    let unpacked;
-    let raw: &Path = if format == unpack::Format::Raw {
-        input
-    } else {
-        unpacked = probe_dir.path().join("unpacked.img");
-        let out = std::fs::File::create(&unpacked)
-            .with_context(|| format!("creating {}", unpacked.display()))?;
-        let src =
-            std::fs::File::open(input).with_context(|| format!("opening {}", input.display()))?;
-        unpack::unpack(&src, &out, "unpack", unpack::DEFAULT_MAX_SIZE)
-            .map_err(|e| anyhow!("{}: {e}", input.display()))?;
-        &unpacked
-    };
-    let prov = provenance_of(ws, raw)?.ok_or_else(|| {
+    let mut art = ws.open_artifact(input)?;
+    if !art.is_raw() {
+        let unpacked = probe_dir.path().join("unpacked.img");
+        unpack_to(input, &unpacked)?;
+        art = ws.open_artifact(&unpacked)?;
+    }
+    let prov = art.provenance.clone().ok_or_else(|| {
         CommandError::usage(format!(
             "{}: not an image imgbuild built (no provenance record in its seed)",
             input.display()
@@ -144,27 +121,9 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
             .into(),
         ));
     }
-    if let Some(want) = &settings.node
-        && *want != prov.node
-    {
-        return Err(CommandError::usage(format!(
-            "{}: built for node {}, not {want}",
-            input.display(),
-            prov.node
-        )));
-    }
-    let node = ws.node(&prov.node)?;
+    let node = node_of(ws, &prov, input, settings.node.as_deref())?;
     check_matches(ws, node, &prov, input, settings.build_time)?;
-    let secrets = Secrets::open_existing(&ws.paths.secrets)?;
-    let missing = secrets.missing_for(&node.name);
-    if !missing.is_empty() {
-        return Err(CommandError::Failed(anyhow!(
-            "{}: the secrets directory lacks what node {} needs: {}; sealing never creates secrets",
-            ws.paths.secrets.display(),
-            node.name,
-            missing.join(", ")
-        )));
-    }
+    let secrets = secrets_for(ws, node)?;
     let output = settings.output.clone().unwrap_or_else(|| {
         Target::in_dir(&settings.out_dir, &node.name, &node.board, Format::Raw).path
     });
@@ -181,19 +140,53 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
             output.display()
         )));
     }
-    let report = seal_raw(
-        ws,
-        &secrets,
-        node,
-        raw,
-        &output,
-        out_format,
-        settings.build_time,
-    )?;
+    let edit = Edit {
+        raw: &art.path,
+        output: &output,
+        format: out_format,
+        build_time: settings.build_time,
+        join: None,
+    };
+    let report = seal_raw(ws, &secrets, node, &edit)?;
     Ok(SealReport {
         input: input.to_owned(),
         ..report
     })
+}
+
+/// The node an image was built for, which must be `want` when given.
+fn node_of<'w>(
+    ws: &'w Workspace,
+    prov: &Provenance,
+    input: &Path,
+    want: Option<&str>,
+) -> Result<&'w Node> {
+    if let Some(want) = want
+        && want != prov.node
+    {
+        return Err(CommandError::usage(format!(
+            "{}: built for node {}, not {want}",
+            input.display(),
+            prov.node
+        )));
+    }
+    ws.node(&prov.node)
+}
+
+/// The secrets directory, which must already hold what `node` needs:
+/// sealing never creates secrets.
+fn secrets_for(ws: &Workspace, node: &Node) -> Result<Secrets> {
+    let secrets = Secrets::open_existing(&ws.paths.secrets)?;
+    let missing = secrets.missing_for(&node.name);
+    if !missing.is_empty() {
+        return Err(CommandError::Failed(anyhow!(
+            "{}: the secrets directory lacks what node {} needs: {}; sealing never creates secrets",
+            ws.paths.secrets.display(),
+            node.name,
+            missing.join(", ")
+        )));
+    }
+    Ok(secrets)
 }
 
 /// Refuses an image built from other profiles or another base than a direct
@@ -236,48 +229,62 @@ fn check_matches(
     Ok(())
 }
 
-/// Writes `raw` plus the node's secrets and sealed provenance to `output`.
-fn seal_raw(
-    ws: &Workspace,
-    secrets: &Secrets,
-    node: &Node,
-    raw: &Path,
-    output: &Path,
+/// One write of a sealed copy: from which raw image, to where, and whether
+/// the server is re-made to join a running cluster.
+struct Edit<'a> {
+    raw: &'a Path,
+    output: &'a Path,
     format: Format,
     build_time: u64,
-) -> Result<SealReport> {
+    /// The API URL a server joins through instead of founding the cluster.
+    join: Option<&'a str>,
+}
+
+/// Writes `edit.raw` plus the node's secrets and sealed provenance (and, when
+/// joining, the server's joining k3s config without the CA set) to
+/// `edit.output`; the raw image is only read.
+fn seal_raw(ws: &Workspace, secrets: &Secrets, node: &Node, edit: &Edit) -> Result<SealReport> {
     let manifest = &ws.manifests[&node.board];
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
-    };
-    let values = super::build::secret_values(secrets, node, build_time)?;
-    let plan = plan::plan_node(&inputs, node, Some(values), plan::Payload::None)?;
-    let built = provenance_of(ws, raw)?.map(|p| p.instance_id);
+    let supplies = crate::source::supplies::Supplies::preview(&ws.profiles)?;
+    let mut inputs = ws.plan_inputs(edit.build_time);
+    inputs.join = edit.join.map(str::to_string);
+    let values = super::secret_values(secrets, node, edit.build_time)?;
+    let plan = crate::plan::plan_node(&inputs, node, Some(values), &supplies)?;
+    let built = ws
+        .open_artifact(edit.raw)?
+        .provenance
+        .map(|p| p.instance_id);
     if built.as_deref() != Some(plan.instance_id.as_str()) {
         return Err(CommandError::Failed(anyhow!(
             "{}: built as instance {}, but the current profiles and overlays give {}; rebuild it",
-            raw.display(),
+            edit.raw.display(),
             built.as_deref().unwrap_or("(none)"),
             plan.instance_id
         )));
     }
     let only = plan.seal_only();
-    super::build::warn_cluster_init(secrets, node)?;
-    let pending = PendingOutput::from_base(raw, output)?;
+    if edit.join.is_none() {
+        super::warn_cluster_init(secrets, node)?;
+    }
+    let pending = PendingOutput::from_base(edit.raw, edit.output)?;
     let table = PartitionTable::read(pending.path(), Some(manifest.partition_table))
         .map_err(anyhow::Error::from)?;
     let image = pending.open()?;
-    crate::bake::apply(&only, manifest, &table, pending.path(), &image, build_time)?;
+    crate::bake::apply(
+        &only,
+        manifest,
+        &table,
+        pending.path(),
+        &image,
+        edit.build_time,
+    )?;
     drop(image);
     // A sealed image is hashed (and the digest cached on it): the input was
     // read whole to check it anyway, and `flash` needs the digest next.
-    let (output, digest): (PathBuf, Option<Sha256Digest>) = pending.finish(format, true)?;
+    let (output, digest): (PathBuf, Option<Sha256Digest>) = pending.finish(edit.format, true)?;
     let digest = digest.context("the sealed image was not hashed")?;
     Ok(SealReport {
-        input: raw.to_owned(),
+        input: edit.raw.to_owned(),
         output,
         sha256: digest.to_string(),
         node: node.name.clone(),
@@ -288,42 +295,61 @@ fn seal_raw(
 }
 
 /// The raw, sealed image to flash for `image`: the image itself when it is
-/// raw and sealed; else it is unpacked and/or sealed into a new file in `dir`
-/// (which the caller removes after flashing).
+/// raw, sealed and nothing is to change; else it is unpacked, sealed and (a
+/// server that must join a running cluster: `join` is the API URL) re-made
+/// to join, into a new file in `dir` (which the caller removes after
+/// flashing). The artifact itself is never modified.
 pub fn flashable(
     ws: &Workspace,
     node: &Node,
     image: &Path,
     dir: &Path,
     build_time: u64,
+    join: Option<&str>,
 ) -> Result<PathBuf> {
-    let compressed = compression(image)? != unpack::Format::Raw;
-    let unsealed = !compressed && needs_sealing(ws, image)?;
-    if !compressed && !unsealed {
+    let art = ws.open_artifact(image)?;
+    if art.is_raw() && !art.is_unsealed() && join.is_none() {
         return Ok(image.to_owned());
     }
-    let out = dir.join(format!("{}.{}.img", node.name, node.board));
-    let settings = SealSettings {
-        output: Some(out.clone()),
-        out_dir: dir.to_owned(),
-        node: Some(node.name.clone()),
-        build_time,
+    let raw = if art.is_raw() {
+        art
+    } else {
+        let unpacked = dir.join(format!("{}.{}.unpacked.img", node.name, node.board));
+        unpack_to(image, &unpacked)?;
+        ws.open_artifact(&unpacked)?
     };
-    match seal(ws, image, &settings) {
-        Ok(r) => Ok(r.output),
-        // A compressed image that is already sealed only needs unpacking.
-        Err(CommandError::Usage(e))
-            if compressed && e.downcast_ref::<AlreadySealed>().is_some() =>
-        {
-            let pending = PendingOutput::empty(&out)?;
-            let src = std::fs::File::open(image)
-                .with_context(|| format!("opening {}", image.display()))?;
-            let dst = pending.open()?;
-            unpack::unpack(&src, &dst, "unpack", unpack::DEFAULT_MAX_SIZE)
-                .map_err(|e| anyhow!("{}: {e}", image.display()))?;
-            drop(dst);
-            Ok(pending.commit()?)
+    let out = dir.join(format!("{}.{}.img", node.name, node.board));
+    let prov = match (&raw.provenance, join) {
+        (Some(p), Some(_)) => p.clone(),
+        (Some(p), None) if p.unsealed => p.clone(),
+        // Sealed and compressed: unpacking was all it needed.
+        (_, None) => return Ok(raw.path),
+        (None, Some(_)) => {
+            return Err(CommandError::Failed(anyhow!(
+                "{}: not an image imgbuild built (no provenance record in its seed), so it cannot be made to join the running cluster; rebuild it",
+                image.display()
+            )));
         }
-        Err(e) => Err(e),
+    };
+    let node = node_of(ws, &prov, image, Some(&node.name))?;
+    let build_time = if prov.unsealed {
+        check_recorded_digest(image)?;
+        check_matches(ws, node, &prov, image, build_time)?;
+        build_time
+    } else {
+        prov.build_time
+    };
+    let secrets = secrets_for(ws, node)?;
+    let edit = Edit {
+        raw: &raw.path,
+        output: &out,
+        format: Format::Raw,
+        build_time,
+        join,
+    };
+    let report = seal_raw(ws, &secrets, node, &edit)?;
+    if raw.path != image {
+        std::fs::remove_file(&raw.path).ok();
     }
+    Ok(report.output)
 }

@@ -50,3 +50,47 @@ pub fn known_hosts(paths: &Paths) -> Result<String> {
     }
     Ok(out)
 }
+
+/// What `imgbuild secrets` is asked to show.
+#[derive(Debug, Clone, Copy)]
+pub enum Show {
+    /// The join token for nodes of this role.
+    Token(Role),
+    KnownHosts,
+    /// Which secrets exist (the default).
+    Inventory,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SecretsSettings {
+    /// Create every missing secret first (`--generate`).
+    pub generate: bool,
+    pub show: Show,
+    pub build_time: u64,
+}
+
+/// What `imgbuild secrets` shows.
+#[derive(Debug)]
+pub enum Shown {
+    Token(String),
+    KnownHosts(String),
+    Inventory {
+        dir: std::path::PathBuf,
+        entries: Vec<(String, &'static str)>,
+    },
+}
+
+/// Generates the missing secrets when asked, then gives what `s` asks for.
+pub fn secrets(paths: &Paths, s: &SecretsSettings) -> Result<Shown> {
+    if s.generate {
+        generate(paths, s.build_time)?;
+    }
+    Ok(match s.show {
+        Show::Token(role) => Shown::Token(join_token(paths, role, s.build_time)?),
+        Show::KnownHosts => Shown::KnownHosts(known_hosts(paths)?),
+        Show::Inventory => Shown::Inventory {
+            dir: paths.secrets.clone(),
+            entries: inventory(paths)?,
+        },
+    })
+}

@@ -5,20 +5,16 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::wait::{WaitSettings, reader_api, ssh_host};
 use super::{Result, Workspace};
 use crate::deliver::state::DeployState;
 use crate::kube::{ApiError, Health};
-use crate::plan::PlanInputs;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct NodeRow {
     pub node: String,
     pub board: String,
     /// `tp1/2` for a Turing Pi slot.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
     /// sha256 of the image last flashed (deploy state).
     pub flashed_sha256: Option<String>,
@@ -36,7 +32,7 @@ pub struct NodeRow {
     pub roles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ClusterStatus {
     pub cluster: String,
     pub api: String,
@@ -74,12 +70,7 @@ fn reachable(hosts: &[String], timeout: Duration) -> Vec<bool> {
 
 pub fn status(ws: &Workspace, settings: &WaitSettings, build_time: u64) -> Result<ClusterStatus> {
     let state = DeployState::load(&settings.out_dir);
-    let inputs = PlanInputs {
-        profiles: &ws.profiles,
-        manifests: &ws.manifests,
-        overlays: &ws.overlays,
-        build_time,
-    };
+    let inputs = ws.plan_inputs(build_time);
     let hosts: Vec<String> = ws.profiles.nodes.iter().map(ssh_host).collect();
     let probe = settings.timeout.min(Duration::from_secs(3));
     let up = reachable(&hosts, probe);

@@ -89,7 +89,7 @@ pub fn usb(ws: &Workspace, node: &str, settings: &UsbSettings) -> Result<Vec<Rep
         .metadata()
         .with_context(|| format!("reading {}", iso.display()))?
         .len();
-    crate::artifact::iso::check_iso9660(&iso).map_err(anyhow::Error::from)?;
+    crate::installer::iso::check_iso9660(&iso).map_err(anyhow::Error::from)?;
     // Building and sealing take a while: probe again, so the confirmation
     // shows the disk as it is now, and refuse one that changed.
     let now = usb::probe(&settings.device, &settings.system)

@@ -6,9 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
-use super::{Result, Workspace};
+use super::{CommandError, Result, Workspace};
 use crate::config::profile::{Node, Role};
 use crate::deliver::state::{Before, DeployState};
 use crate::kube::wait::{NodeState, Target, WaitOptions};
@@ -92,7 +90,7 @@ pub fn before_flash(
 /// The cloud-init instance ID an image was built with (its provenance record).
 pub fn image_instance_id(ws: &Workspace, image: &Path) -> Option<String> {
     let dirs: Vec<String> = ws.manifests.values().map(|m| m.seed.dir.clone()).collect();
-    match crate::artifact::inspect::inspect(image, &dirs) {
+    match crate::readback::inspect::inspect(image, &dirs) {
         Ok(i) => i.provenance.map(|p| p.instance_id),
         Err(e) => {
             tracing::debug!("{}: no provenance: {e:#}", image.display());
@@ -101,29 +99,25 @@ pub fn image_instance_id(ws: &Workspace, image: &Path) -> Option<String> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct NodeOutcome {
     pub node: String,
     /// The Kubernetes node name (hostname).
     pub kube_name: String,
-    #[serde(flatten)]
     pub state: NodeState,
     /// What is wrong, when the node is not up.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// What to try next.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct WaitReport {
     pub api: String,
     pub ready: usize,
     pub total: usize,
     pub elapsed_secs: u64,
     pub timeout_secs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_error: Option<String>,
     pub nodes: Vec<NodeOutcome>,
 }
@@ -182,6 +176,17 @@ pub fn wait(ws: &Workspace, names: &[String], settings: &WaitSettings) -> Result
         .find(|n| n.k3s.cluster_init)
         .map(|n| n.name.as_str())
         .unwrap_or("the cluster-init server");
+    // A server seen Ready: a cluster made from these secrets is up, and
+    // flashing its servers blind is refused from now on.
+    if nodes
+        .iter()
+        .zip(&result.states)
+        .any(|(n, s)| n.k3s.role == crate::config::profile::Role::Server && s.is_ready())
+    {
+        ws.secrets()?
+            .mark_established("a server seen Ready")
+            .map_err(CommandError::Failed)?;
+    }
     let mut outcomes = Vec::new();
     for (node, state) in nodes.iter().zip(result.states) {
         let (problem, next) =

@@ -67,6 +67,37 @@ impl Chart {
     }
 }
 
+/// The bootstrap set's own files, read once from the profile directory:
+/// the plain manifests as (name, text) in profile order, and the charts'
+/// values files by name.
+#[derive(Debug, Clone, Default)]
+pub struct LocalFiles {
+    pub manifests: Vec<(String, String)>,
+    pub values: std::collections::BTreeMap<String, String>,
+}
+
+impl Bootstrap {
+    /// Reads the manifests and values files this set names (inside the
+    /// profile directory, bounded, as every configuration file is read).
+    pub fn read_local(&self, profiles_dir: &Path) -> anyhow::Result<LocalFiles> {
+        let read = |name: &str| -> anyhow::Result<String> {
+            let path = file_path(profiles_dir, name);
+            crate::config::read::read_text(&path, profiles_dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        };
+        let mut out = LocalFiles::default();
+        for name in &self.manifests {
+            out.manifests.push((name.clone(), read(name)?));
+        }
+        for name in self.charts.iter().filter_map(|c| c.values.as_ref()) {
+            if !out.values.contains_key(name) {
+                out.values.insert(name.clone(), read(name)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A file of the bootstrap set, by its name under `<profiles>/manifests/`.
 pub fn file_path(profiles_dir: &Path, name: &str) -> PathBuf {
     profiles_dir.join(MANIFESTS_DIR).join(name)

@@ -4,17 +4,39 @@
 //! for; the client authenticates with a certificate from the cluster's client
 //! CA. Errors are typed so that callers can tell an unreachable API from a
 //! certificate that does not match.
+//!
+//! Nothing the API sends is trusted to be small: every body is read through a
+//! cap (`MAX_OBJECT_BYTES` per object, `MAX_WATCH_LINE_BYTES` per watch
+//! event, `MAX_LIST_BYTES` per list, decoded as it streams in), and a watch
+//! never outlasts its `timeoutSeconds` plus `WATCH_MARGIN`, nor the caller's
+//! deadline.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use reqwest::Method;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 
-use super::node::{Node, Status, VersionInfo, WatchEvent};
+use super::list::{self, List};
+use super::node::{Node, Status, VersionInfo};
 use crate::secrets::client::ClientCert;
+
+/// The most read of one object (a Node, a Pod, a Status): far above any real
+/// Node (tens of KiB), far below what would hurt.
+pub const MAX_OBJECT_BYTES: u64 = 4 << 20;
+/// The most read of one watch line: one object and its event envelope.
+pub const MAX_WATCH_LINE_BYTES: u64 = MAX_OBJECT_BYTES + (64 << 10);
+/// The most read of one list (decoded as it arrives, never held as bytes);
+/// each item is held to `MAX_OBJECT_BYTES` as well.
+pub const MAX_LIST_BYTES: u64 = 64 << 20;
+/// The most read of an error body or `/readyz`.
+const MAX_SMALL_BYTES: u64 = 64 << 10;
+/// How long past its `timeoutSeconds` a watch may stay open: the API ends a
+/// watch at that time, so a longer silence is a stalled peer.
+pub const WATCH_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -40,6 +62,16 @@ pub enum ApiError {
     },
     #[error("{url}: unexpected answer: {detail}")]
     Decode { url: String, detail: String },
+    /// A name that cannot be a Kubernetes object's; nothing was sent.
+    #[error("{name:?} is not a Kubernetes object name (letters, digits, '-', '.', at most 253)")]
+    InvalidName { name: String },
+    /// A body over one of the caps above; reading stopped at the cap.
+    #[error("{url}: {what} is larger than {}, the most imgbuild reads of it; reading stopped there", size(*limit))]
+    TooLarge {
+        url: String,
+        what: String,
+        limit: u64,
+    },
 }
 
 impl ApiError {
@@ -50,6 +82,27 @@ impl ApiError {
             self,
             ApiError::ServerCertificate { .. } | ApiError::ClientRejected { .. }
         )
+    }
+
+    /// The HTTP status of an answer that was an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::ClientRejected { .. } => Some(401),
+            ApiError::Forbidden { .. } => Some(403),
+            ApiError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// `4 MiB`, `64 KiB`, `100 bytes`.
+pub(crate) fn size(n: u64) -> String {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n.is_multiple_of(1 << 10) {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
     }
 }
 
@@ -78,6 +131,38 @@ pub enum Health {
     NotReady(String),
 }
 
+/// How a PATCH body is to be read (the `Content-Type` of the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    /// RFC 7386: maps merge, `null` deletes a key, lists replace.
+    Merge,
+    /// Kubernetes' strategic merge: lists with a merge key merge by it.
+    Strategic,
+}
+
+impl PatchKind {
+    fn content_type(self) -> &'static str {
+        match self {
+            PatchKind::Merge => "application/merge-patch+json",
+            PatchKind::Strategic => "application/strategic-merge-patch+json",
+        }
+    }
+}
+
+/// One change a watch reported.
+#[derive(Debug, Clone)]
+pub enum Change<T> {
+    /// ADDED or MODIFIED: the object as it is now.
+    Upsert(T),
+    Deleted(T),
+}
+
+/// A raw answer: status and a body read within its cap.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
 fn tls_config(cfg: &ApiConfig) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -101,6 +186,10 @@ fn tls_config(cfg: &ApiConfig) -> anyhow::Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)?)
+}
+
+fn is_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out")
 }
 
 impl Api {
@@ -150,25 +239,89 @@ impl Api {
         ApiError::Unreachable { url, detail }
     }
 
-    fn send(&self, path: &str, timeout: Duration) -> Result<reqwest::blocking::Response, ApiError> {
-        let timeout = timeout
-            .min(self.request_timeout)
-            .max(Duration::from_millis(100));
-        self.http
-            .get(format!("{}{path}", self.url))
-            .timeout(timeout)
-            .header("Accept", "application/json")
-            .send()
-            .map_err(|e| self.classify(e, timeout))
+    /// A read of a body failed: a timeout or a broken connection.
+    fn classify_io(&self, e: &std::io::Error, timeout: Duration) -> ApiError {
+        if is_timeout(e) {
+            ApiError::Timeout {
+                url: self.url.clone(),
+                after: timeout,
+            }
+        } else {
+            ApiError::Unreachable {
+                url: self.url.clone(),
+                detail: format!("the answer broke off: {e}"),
+            }
+        }
     }
 
-    fn error_for(&self, status: u16, body: &str) -> ApiError {
+    /// Sends one request; `timeout` covers connecting and the whole body.
+    fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<reqwest::blocking::Response, ApiError> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .timeout(timeout)
+            .header("Accept", "application/json");
+        if let Some((content_type, bytes)) = body {
+            req = req.header("Content-Type", content_type).body(bytes);
+        }
+        req.send().map_err(|e| self.classify(e, timeout))
+    }
+
+    /// A single request's time: what is left of `timeout`, never more than
+    /// the configured request timeout, never less than 100 ms.
+    fn clamp(&self, timeout: Duration) -> Duration {
+        timeout
+            .min(self.request_timeout)
+            .max(Duration::from_millis(100))
+    }
+
+    /// Reads a whole body, refusing one over `limit` (by its declared length
+    /// before reading anything, else at the cap).
+    fn read_capped(
+        &self,
+        resp: reqwest::blocking::Response,
+        limit: u64,
+        what: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ApiError> {
+        let too_large = || ApiError::TooLarge {
+            url: format!("{}{path}", self.url),
+            what: what.to_string(),
+            limit,
+        };
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut body = Vec::new();
+        resp.take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| self.classify_io(&e, timeout))?;
+        if body.len() as u64 > limit {
+            return Err(too_large());
+        }
+        Ok(body)
+    }
+
+    fn error_for(&self, status: u16, body: &[u8]) -> ApiError {
         let url = self.url.clone();
-        let message = serde_json::from_str::<Status>(body)
+        let message = serde_json::from_slice::<Status>(body)
             .ok()
             .map(|s| s.message)
             .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| body.trim().chars().take(300).collect());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(body)
+                    .trim()
+                    .chars()
+                    .take(300)
+                    .collect()
+            });
         match status {
             401 => ApiError::ClientRejected { url },
             403 => ApiError::Forbidden { url, message },
@@ -180,32 +333,145 @@ impl Api {
         }
     }
 
-    /// GET `path` as JSON; `None` for 404.
-    fn get_json<T: DeserializeOwned>(
+    /// One request whose answer is one object (or an error `Status`), read
+    /// within `MAX_OBJECT_BYTES`.
+    pub(crate) fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Vec<u8>)>,
+        timeout: Duration,
+    ) -> Result<Answer, ApiError> {
+        let timeout = self.clamp(timeout);
+        let resp = self.send(method, path, body, timeout)?;
+        let status = resp.status().as_u16();
+        let limit = if status < 300 {
+            MAX_OBJECT_BYTES
+        } else {
+            MAX_SMALL_BYTES
+        };
+        let what = if status < 300 {
+            "the answer"
+        } else {
+            "the error answer"
+        };
+        let body = self.read_capped(resp, limit, what, path, timeout)?;
+        Ok(Answer { status, body })
+    }
+
+    fn decode<T: DeserializeOwned>(&self, path: &str, body: &[u8]) -> Result<T, ApiError> {
+        serde_json::from_slice(body).map_err(|e| ApiError::Decode {
+            url: format!("{}{path}", self.url),
+            detail: e.to_string(),
+        })
+    }
+
+    /// GET `path` as one JSON object; `None` for 404.
+    pub(crate) fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         timeout: Duration,
     ) -> Result<Option<T>, ApiError> {
-        let resp = self.send(path, timeout)?;
-        let status = resp.status().as_u16();
-        let body = resp.text().map_err(|e| self.classify(e, timeout))?;
-        match status {
-            200 => serde_json::from_str(&body)
-                .map(Some)
-                .map_err(|e| ApiError::Decode {
-                    url: format!("{}{path}", self.url),
-                    detail: e.to_string(),
-                }),
+        let a = self.call(Method::GET, path, None, timeout)?;
+        match a.status {
+            200 => self.decode(path, &a.body).map(Some),
             404 => Ok(None),
-            s => Err(self.error_for(s, &body)),
+            s => Err(self.error_for(s, &a.body)),
         }
+    }
+
+    /// PATCH `path` with `patch`; the object as the API stored it.
+    pub(crate) fn patch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        patch: &serde_json::Value,
+        kind: PatchKind,
+        timeout: Duration,
+    ) -> Result<T, ApiError> {
+        let body = serde_json::to_vec(patch).map_err(|e| ApiError::Decode {
+            url: format!("{}{path}", self.url),
+            detail: format!("the patch does not encode: {e}"),
+        })?;
+        let a = self.call(
+            Method::PATCH,
+            path,
+            Some((kind.content_type(), body)),
+            timeout,
+        )?;
+        match a.status {
+            200 | 201 => self.decode(path, &a.body),
+            s => Err(self.error_for(s, &a.body)),
+        }
+    }
+
+    /// POST a JSON body; the raw answer, for callers that read the status.
+    pub(crate) fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<Answer, ApiError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Decode {
+            url: format!("{}{path}", self.url),
+            detail: format!("the request does not encode: {e}"),
+        })?;
+        let a = self.call(
+            Method::POST,
+            path,
+            Some(("application/json", bytes)),
+            timeout,
+        )?;
+        if a.status == 401 || a.status == 403 {
+            return Err(self.error_for(a.status, &a.body));
+        }
+        Ok(a)
+    }
+
+    /// The API error for an answer a caller did not expect.
+    pub(crate) fn unexpected(&self, a: &Answer) -> ApiError {
+        self.error_for(a.status, &a.body)
+    }
+
+    /// GET a list, decoded as it streams in: at most `MAX_LIST_BYTES` read,
+    /// each item at most `MAX_OBJECT_BYTES`.
+    pub(crate) fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<List<T>, ApiError> {
+        let timeout = self.clamp(timeout);
+        let resp = self.send(Method::GET, path, None, timeout)?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body =
+                self.read_capped(resp, MAX_SMALL_BYTES, "the error answer", path, timeout)?;
+            return Err(self.error_for(status, &body));
+        }
+        let url = format!("{}{path}", self.url);
+        list::decode(resp, MAX_LIST_BYTES, MAX_OBJECT_BYTES).map_err(|e| match e {
+            list::Error::ListTooLarge => ApiError::TooLarge {
+                url,
+                what: "the list".into(),
+                limit: MAX_LIST_BYTES,
+            },
+            list::Error::ItemTooLarge => ApiError::TooLarge {
+                url,
+                what: "an item of the list".into(),
+                limit: MAX_OBJECT_BYTES,
+            },
+            list::Error::Io(e) => self.classify_io(&e, timeout),
+            list::Error::Json(detail) => ApiError::Decode { url, detail },
+        })
     }
 
     /// `GET /readyz?verbose`: 200 is ready; 500 lists the failing checks.
     pub fn readyz(&self, timeout: Duration) -> Result<Health, ApiError> {
-        let resp = self.send("/readyz?verbose", timeout)?;
+        let timeout = self.clamp(timeout);
+        let path = "/readyz?verbose";
+        let resp = self.send(Method::GET, path, None, timeout)?;
         let status = resp.status().as_u16();
-        let body = resp.text().map_err(|e| self.classify(e, timeout))?;
+        let body = self.read_capped(resp, MAX_SMALL_BYTES, "the answer", path, timeout)?;
+        let body = String::from_utf8_lossy(&body);
         match status {
             200 => Ok(Health::Ready),
             500 | 503 => Ok(Health::NotReady(
@@ -215,89 +481,220 @@ impl Api {
                     .collect::<Vec<_>>()
                     .join(", "),
             )),
-            s => Err(self.error_for(s, &body)),
+            s => Err(self.error_for(s, body.as_bytes())),
         }
     }
 
     /// `GET /version`: the server's Kubernetes (k3s) version.
     pub fn version(&self, timeout: Duration) -> Result<String, ApiError> {
         Ok(self
-            .get_json::<VersionInfo>("/version", timeout)?
+            .get::<VersionInfo>("/version", timeout)?
             .map(|v| v.git_version)
             .unwrap_or_default())
     }
 
     /// `GET /api/v1/nodes/NAME`; `None` when no such Node exists.
     pub fn node(&self, name: &str, timeout: Duration) -> Result<Option<Node>, ApiError> {
-        self.get_json(&format!("/api/v1/nodes/{name}"), timeout)
+        self.get(&format!("/api/v1/nodes/{}", path_segment(name)?), timeout)
     }
 
-    /// Watches every Node for up to `duration`, calling `event` with each
-    /// changed or added Node; stops early when it returns `true`. Returns
-    /// whether it was stopped that way.
+    /// `GET /api/v1/nodes`: every Node.
+    pub fn nodes(&self, timeout: Duration) -> Result<Vec<Node>, ApiError> {
+        Ok(self.list("/api/v1/nodes", timeout)?.items)
+    }
+
+    /// Watches every Node for up to `duration` (never past `deadline`),
+    /// calling `event` with each changed or added Node; stops early when it
+    /// returns `true`. Returns whether it was stopped that way.
     pub fn watch_nodes(
         &self,
         duration: Duration,
+        deadline: Instant,
         mut event: impl FnMut(&Node) -> bool,
     ) -> Result<bool, ApiError> {
+        self.watch::<Node>(
+            "/api/v1/nodes?watch=true",
+            duration,
+            deadline,
+            |c| match c {
+                Change::Upsert(n) => event(&n),
+                Change::Deleted(_) => false,
+            },
+        )
+    }
+
+    /// Watches `path` (which has `watch=true` and no `timeoutSeconds`) for up
+    /// to `duration`, and never past `deadline`: the request lasts at most
+    /// `timeoutSeconds + WATCH_MARGIN`, so a peer that keeps the stream open
+    /// (or trickles bytes) past its own timeout cannot hold the caller.
+    /// Events are read a line at a time within `MAX_WATCH_LINE_BYTES`. Returns
+    /// whether `event` stopped it by returning `true`.
+    pub(crate) fn watch<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        duration: Duration,
+        deadline: Instant,
+        mut event: impl FnMut(Change<T>) -> bool,
+    ) -> Result<bool, ApiError> {
         let secs = duration.as_secs().max(1);
-        let path = format!("/api/v1/nodes?watch=true&timeoutSeconds={secs}");
-        // The request may last as long as the watch, plus time to connect.
-        let limit = Duration::from_secs(secs) + self.request_timeout;
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .timeout(limit)
-            .send()
-            .map_err(|e| self.classify(e, limit))?;
+        let path = format!("{path}&timeoutSeconds={secs}");
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let limit = (Duration::from_secs(secs) + WATCH_MARGIN)
+            .min(left)
+            .max(Duration::from_millis(100));
+        let resp = self.send(Method::GET, &path, None, limit)?;
         let status = resp.status().as_u16();
         if status != 200 {
-            let body = resp.text().unwrap_or_default();
+            let body = self.read_capped(resp, MAX_SMALL_BYTES, "the error answer", &path, limit)?;
             return Err(self.error_for(status, &body));
         }
-        for line in std::io::BufReader::new(resp).lines() {
-            let line = match line {
-                Ok(l) => l,
+        let mut reader = std::io::BufReader::new(resp);
+        let mut line = Vec::new();
+        loop {
+            match read_line_capped(&mut reader, &mut line, MAX_WATCH_LINE_BYTES) {
+                Ok(false) => return Ok(false),
+                Ok(true) => {}
                 // A timeout here ends the watch like its natural end would.
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::TimedOut
-                        || e.to_string().contains("timed out") =>
-                {
-                    break;
-                }
-                Err(e) => {
+                Err(LineError::Io(e)) if is_timeout(&e) => return Ok(false),
+                Err(LineError::Io(e)) => {
                     return Err(ApiError::Unreachable {
                         url: self.url.clone(),
                         detail: format!("the watch broke off: {e}"),
                     });
                 }
-            };
-            if line.trim().is_empty() {
+                Err(LineError::TooLong) => {
+                    return Err(ApiError::TooLarge {
+                        url: format!("{}{path}", self.url),
+                        what: "a watch event".into(),
+                        limit: MAX_WATCH_LINE_BYTES,
+                    });
+                }
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let ev: WatchEvent = serde_json::from_str(&line).map_err(|e| ApiError::Decode {
-                url: format!("{}{path}", self.url),
-                detail: e.to_string(),
-            })?;
-            match ev.kind.as_str() {
-                "ADDED" | "MODIFIED" => {
-                    if let Ok(node) = serde_json::from_value::<Node>(ev.object)
-                        && event(&node)
-                    {
-                        return Ok(true);
-                    }
-                }
-                "ERROR" => {
-                    let s: Status = serde_json::from_value(ev.object).unwrap_or_default();
-                    // 410 Gone: the watch is too old; the caller starts another.
-                    if s.code == 410 {
-                        break;
-                    }
-                    return Err(self.error_for(s.code, &s.message));
-                }
-                _ => {}
+            if self.watch_line(&path, &line, &mut event)? {
+                return Ok(true);
             }
         }
-        Ok(false)
+    }
+
+    /// One event line: `Some(true)` when `event` asked to stop.
+    fn watch_line<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        line: &[u8],
+        event: &mut impl FnMut(Change<T>) -> bool,
+    ) -> Result<bool, ApiError> {
+        let ev: super::node::WatchEvent = self.decode(path, line)?;
+        match ev.kind.as_str() {
+            "ADDED" | "MODIFIED" => Ok(serde_json::from_value::<T>(ev.object)
+                .map(|o| event(Change::Upsert(o)))
+                .unwrap_or(false)),
+            "DELETED" => Ok(serde_json::from_value::<T>(ev.object)
+                .map(|o| event(Change::Deleted(o)))
+                .unwrap_or(false)),
+            "ERROR" => {
+                let s: Status = serde_json::from_value(ev.object).unwrap_or_default();
+                // 410 Gone: the watch is too old; the caller starts another.
+                if s.code == 410 {
+                    return Ok(false);
+                }
+                Err(self.error_for(s.code, s.message.as_bytes()))
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+enum LineError {
+    Io(std::io::Error),
+    TooLong,
+}
+
+/// Reads one `\n`-terminated line into `line` (without the newline), holding
+/// at most `cap` bytes; `false` at the end of the stream.
+fn read_line_capped(r: &mut impl BufRead, line: &mut Vec<u8>, cap: u64) -> Result<bool, LineError> {
+    line.clear();
+    loop {
+        let buf = r.fill_buf().map_err(LineError::Io)?;
+        if buf.is_empty() {
+            return Ok(!line.is_empty());
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if (line.len() + take) as u64 > cap {
+            return Err(LineError::TooLong);
+        }
+        line.extend_from_slice(&buf[..take]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(true);
+        }
+    }
+}
+
+/// A Kubernetes object name as one URL path segment. Names are DNS labels or
+/// subdomains; anything else (a `/`, `..`, a space) is refused rather than
+/// sent, so a name can never reach another path.
+pub(crate) fn path_segment(name: &str) -> Result<&str, ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(ApiError::InvalidName {
+            name: name.chars().take(80).collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_capped() {
+        let data = b"{\"a\":1}\n\n{\"b\":2}";
+        let mut r = std::io::BufReader::with_capacity(3, &data[..]);
+        let mut line = Vec::new();
+        assert!(matches!(read_line_capped(&mut r, &mut line, 100), Ok(true)));
+        assert_eq!(line, b"{\"a\":1}");
+        assert!(matches!(read_line_capped(&mut r, &mut line, 100), Ok(true)));
+        assert!(line.is_empty());
+        assert!(matches!(read_line_capped(&mut r, &mut line, 100), Ok(true)));
+        assert_eq!(line, b"{\"b\":2}");
+        assert!(matches!(
+            read_line_capped(&mut r, &mut line, 100),
+            Ok(false)
+        ));
+        let long = vec![b'x'; 1000];
+        let mut r = std::io::BufReader::with_capacity(64, &long[..]);
+        assert!(matches!(
+            read_line_capped(&mut r, &mut line, 999),
+            Err(LineError::TooLong)
+        ));
+        assert!(line.len() <= 999);
+    }
+
+    #[test]
+    fn sizes_and_segments() {
+        assert_eq!(size(4 << 20), "4 MiB");
+        assert_eq!(size(64 << 10), "64 KiB");
+        assert_eq!(size(100), "100 bytes");
+        assert_eq!(path_segment("node01").unwrap(), "node01");
+        for bad in ["", ".", "..", "a/b", "x y", "n%2F"] {
+            assert!(path_segment(bad).is_err(), "{bad:?}");
+        }
     }
 }

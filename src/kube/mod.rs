@@ -1,15 +1,34 @@
 //! Talking to the running cluster, after delivery: a Kubernetes API client
-//! pinned to the cluster's own server CA (`client`), the Node objects it reads
-//! (`node`), kubeconfig files (`kubeconfig`) and waiting until nodes are Ready
-//! (`wait`). Credentials are client certificates minted offline from the
-//! cluster's client CA (`secrets::client`); no kubectl is needed.
+//! pinned to the cluster's own server CA, with every body capped (`client`,
+//! `list`), the objects it reads (`node`, `pod`), kubeconfig files
+//! (`kubeconfig`) and waiting until nodes are Ready (`wait`). Credentials are
+//! client certificates minted offline from the cluster's client CA
+//! (`secrets::client`); no kubectl is needed.
+//!
+//! For re-flashing a running cluster: `cluster` summarises it (servers, etcd
+//! voters, agents, versions) and holds the quorum rule; `skew` the version
+//! skew policy; `admin` (admin identity only) cordons, annotates and evicts;
+//! `drain` follows kubectl drain; `etcd` removes a server's member and waits
+//! until it votes again. Progress goes through `tracing`, never stdout.
 
+pub mod admin;
 pub mod client;
+pub mod cluster;
+pub mod drain;
+pub mod etcd;
 pub mod kubeconfig;
+pub mod list;
 pub mod node;
+pub mod pod;
+pub mod skew;
 pub mod wait;
 
-pub use client::{Api, ApiConfig, ApiError, Health};
+pub use admin::{AdminApi, Eviction};
+pub use client::{Api, ApiConfig, ApiError, Health, PatchKind};
+pub use cluster::{ClusterView, NodeSummary, QuorumOk, QuorumRefusal, Removal};
+pub use drain::{DrainError, DrainOptions, DrainReport};
+pub use etcd::EtcdError;
+pub use skew::{KubeVersion, SkewRefusal};
 
 /// The API server's port on every k3s server.
 pub const API_PORT: u16 = 6443;

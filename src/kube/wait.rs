@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::client::{Api, ApiError, Health};
 use super::node::{Node, parse_time};
 use crate::deliver::state::{Before, Delivery};
@@ -24,8 +22,7 @@ pub struct Target {
 }
 
 /// Where a node is on its way from flashed to Ready.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeState {
     /// The API has not been reached yet.
     Unknown,
@@ -289,7 +286,7 @@ pub fn wait(api: &Api, targets: &[Target], opts: &WaitOptions) -> WaitResult {
                     let left = deadline.saturating_duration_since(Instant::now());
                     let span = opts.interval.min(left);
                     if !span.is_zero() {
-                        match api.watch_nodes(span, |node| {
+                        match api.watch_nodes(span, deadline, |node| {
                             t.observe(node);
                             t.all_ready()
                         }) {
@@ -322,6 +319,101 @@ pub fn wait(api: &Api, targets: &[Target], opts: &WaitOptions) -> WaitResult {
         api_error,
         api_reached,
         elapsed: start.elapsed(),
+    }
+}
+
+/// How `until_node` ended without its condition holding.
+#[derive(Debug, Clone)]
+pub enum UntilError {
+    /// The deadline passed; the Node as last seen, and the API's last error.
+    TimedOut {
+        last: Option<Box<Node>>,
+        api_error: Option<ApiError>,
+    },
+    /// An error waiting will not fix (certificates, 401/403, a bad name).
+    Api(ApiError),
+}
+
+/// Whether an API error may go away by itself (the API restarting, a server
+/// being flashed behind a VIP).
+fn transient(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Unreachable { .. }
+            | ApiError::Timeout { .. }
+            | ApiError::Http { .. }
+            | ApiError::Decode { .. }
+    )
+}
+
+/// Follows one Node (GET, then a watch on it until the next round) until
+/// `done` holds for it (`None`: no such Node) or `deadline` passes. API
+/// errors that may pass are retried every `interval`.
+pub fn until_node(
+    api: &Api,
+    name: &str,
+    deadline: Instant,
+    interval: Duration,
+    mut done: impl FnMut(Option<&Node>) -> bool,
+) -> Result<Node, UntilError> {
+    let mut last: Option<Box<Node>> = None;
+    let mut api_error: Option<ApiError> = None;
+    let path = format!(
+        "/api/v1/nodes?watch=true&fieldSelector=metadata.name%3D{}",
+        super::client::path_segment(name).map_err(UntilError::Api)?
+    );
+    loop {
+        let round = Instant::now();
+        let left = deadline.saturating_duration_since(round);
+        if left.is_zero() {
+            return Err(UntilError::TimedOut { last, api_error });
+        }
+        match api.node(name, left) {
+            Ok(node) => {
+                api_error = None;
+                if done(node.as_ref())
+                    && let Some(n) = node
+                {
+                    return Ok(n);
+                }
+                last = node.map(Box::new);
+                let span = interval.min(deadline.saturating_duration_since(Instant::now()));
+                let mut hit = None;
+                let watched = api.watch::<Node>(&path, span, deadline, |c| match c {
+                    super::client::Change::Upsert(n) if n.metadata.name == name => {
+                        let ok = done(Some(&n));
+                        if ok {
+                            hit = Some(n);
+                        } else {
+                            last = Some(Box::new(n));
+                        }
+                        ok
+                    }
+                    _ => false,
+                });
+                if let Some(n) = hit {
+                    return Ok(n);
+                }
+                if let Err(e) = watched {
+                    tracing::debug!("watch: {e}");
+                }
+            }
+            Err(e) if transient(&e) => {
+                if api_error.as_ref().map(ToString::to_string) != Some(e.to_string()) {
+                    tracing::info!(
+                        "API: {e}; trying again every {}",
+                        crate::util::duration::format_duration(interval)
+                    );
+                }
+                api_error = Some(e);
+            }
+            Err(e) => return Err(UntilError::Api(e)),
+        }
+        let next = (round + interval).min(deadline);
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
     }
 }
 

@@ -6,8 +6,6 @@
 use base64::Engine;
 use serde::Serialize;
 
-use super::{Content, FileKind, Owner, PlannedFile};
-
 /// Where k3s applies manifests from at start.
 pub const AUTO_DEPLOY: &str = "/var/lib/rancher/k3s/server/manifests";
 
@@ -44,20 +42,6 @@ struct Spec<'a> {
     values_content: Option<&'a str>,
 }
 
-fn file(path: String, contents: Vec<u8>) -> PlannedFile {
-    PlannedFile {
-        partition: "root".into(),
-        path,
-        owner: Owner {
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-        },
-        kind: FileKind::Regular(Content::Bytes(contents)),
-        secret: false,
-    }
-}
-
 /// The HelmChart resource for one chart, as YAML.
 pub fn helm_chart(c: &ChartInput) -> anyhow::Result<String> {
     let doc = HelmChart {
@@ -83,25 +67,4 @@ pub fn helm_chart(c: &ChartInput) -> anyhow::Result<String> {
         c.chart.sha256,
         serde_yaml_ng::to_string(&doc)?
     ))
-}
-
-/// The files: `manifests` as (name, text), then one HelmChart per chart.
-pub fn files(
-    manifests: &[(String, String)],
-    charts: &[ChartInput],
-) -> anyhow::Result<Vec<PlannedFile>> {
-    let mut out = Vec::new();
-    for (name, text) in manifests {
-        out.push(file(
-            format!("{AUTO_DEPLOY}/imgbuild-bootstrap-{name}"),
-            text.clone().into_bytes(),
-        ));
-    }
-    for c in charts {
-        out.push(file(
-            format!("{AUTO_DEPLOY}/imgbuild-chart-{}.yaml", c.chart.name),
-            helm_chart(c)?.into_bytes(),
-        ));
-    }
-    Ok(out)
 }

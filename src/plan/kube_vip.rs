@@ -5,10 +5,6 @@ use serde::Serialize;
 
 use crate::config::profile::ProfileSet;
 
-/// kube-vip's image, pinned by the digest of its multi-arch index (the
-/// reference a node pulls, or imports from an air-gapped archive).
-pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v1.2.1@sha256:44035f68040c9eb99103c65f1f9ab9698d93f9f272110825705338ac1926f3d9";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct VipValues {
     pub address: String,
@@ -33,9 +29,6 @@ pub fn values(profiles: &ProfileSet) -> Option<VipValues> {
             .as_deref()
             .and_then(|r| crate::config::vip::AddrRange::parse(r).ok())
             .map(|r| r.to_string()),
-        image: vip
-            .image
-            .clone()
-            .unwrap_or_else(|| KUBE_VIP_IMAGE.to_string()),
+        image: vip.image_ref(),
     })
 }

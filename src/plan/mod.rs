@@ -1,7 +1,12 @@
-//! Planning: a node's profile, its board's manifest, the overlays and the
-//! secret values become a typed plan of files to place, plus the provenance
-//! record. Pure: reads templates, writes nothing.
+//! Planning: a node's profile, its board's manifest, the overlays, the
+//! secret values and what `source` gathered become one complete
+//! [`NodePlan`]: every file the node gets (overlays, k3s payload, image
+//! archives, bootstrap manifests, provenance), each with its partition,
+//! path, owner, content and secret flag, plus the provenance record and the
+//! statement's dependencies. `render`/`check` previews, bakes and installers
+//! all read this one plan. Pure: reads templates, writes nothing.
 
+pub mod additions;
 pub mod bootstrap;
 mod context;
 mod filters;
@@ -13,14 +18,15 @@ pub mod render;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
-use serde::Serialize;
 
+pub use additions::{Dependency, Origin, OriginKind, Unfetched};
 pub use context::{SecretValues, TemplateContext};
 pub use provenance::{FileRecord, PROVENANCE_FILE, Provenance};
 pub use render::RenderedFile;
 
 use crate::config::manifest::{FsKind, Manifest, Manifests};
 use crate::config::profile::{Node, ProfileSet, profile_digest};
+use crate::source::supplies::Supplies;
 
 /// Default build time (2024-04-25T00:00:00Z, the Ubuntu 24.04 release): a fixed
 /// value so that identical inputs give identical images.
@@ -75,12 +81,6 @@ impl PartialOrd for PartitionTarget {
     }
 }
 
-impl Serialize for PartitionTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -90,7 +90,7 @@ pub enum Content {
 }
 
 /// Mode and owner of a placed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub mode: u32,
     pub uid: u32,
@@ -114,6 +114,8 @@ pub struct PlannedFile {
     /// Depends on the secrets directory (a token, password, key or the CA
     /// set): left out of unsealed images, written when sealing.
     pub secret: bool,
+    /// For files beyond the overlays: where they come from.
+    pub origin: Option<Origin>,
 }
 
 impl PlannedFile {
@@ -138,21 +140,7 @@ impl PlannedFile {
     }
 }
 
-/// The k3s binary and air-gap image tarball on the host, for air-gapped nodes.
-#[derive(Debug, Clone)]
-pub struct K3sPayload {
-    pub binary: PathBuf,
-    pub images: PathBuf,
-    /// The tarball's release asset name (kept in the image).
-    pub images_name: String,
-    /// Where they came from and their sha256, for provenance.
-    pub binary_url: String,
-    pub binary_sha256: String,
-    pub images_url: String,
-    pub images_sha256: String,
-}
-
-/// Everything a bake of one node writes, in order.
+/// Everything a bake or an installer of one node writes, in order.
 #[derive(Debug, Clone)]
 pub struct NodePlan {
     pub node: String,
@@ -162,6 +150,45 @@ pub struct NodePlan {
     pub provenance: Provenance,
     /// Stock files to delete before writing (those the plan does not write).
     pub removals: Vec<Removal>,
+    /// The overlay files as rendered (what `render` shows).
+    pub rendered: Vec<RenderedFile>,
+    /// What a build would add once fetched: empty unless the plan is a
+    /// preview (made from [`Supplies::preview`]).
+    pub unfetched: Vec<Unfetched>,
+    /// The inputs besides the stock image, for the provenance statement.
+    pub dependencies: Vec<Dependency>,
+    /// Set when the plan is a server's image re-made to join a running
+    /// cluster instead of founding one.
+    pub join: Option<Join>,
+}
+
+/// Stock files a plan deletes: the base image's SSH host keys (every node
+/// flashed from it would share them) and, for a server that joins instead
+/// of founding, the CA set an image built to found the cluster holds.
+fn removals(joining: bool) -> Vec<Removal> {
+    let mut out = vec![Removal {
+        partition: "root".into(),
+        dir: "/etc/ssh".into(),
+        prefix: "ssh_host_".into(),
+    }];
+    if joining {
+        for (dir, prefixes) in [
+            (
+                SERVER_TLS.to_string(),
+                &["server-ca", "client-ca", "request-header-ca", "service.key"][..],
+            ),
+            (format!("{SERVER_TLS}/etcd"), &["server-ca", "peer-ca"][..]),
+        ] {
+            for prefix in prefixes {
+                out.push(Removal {
+                    partition: "root".into(),
+                    dir: dir.clone(),
+                    prefix: prefix.to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Every entry of `dir` in a partition whose name starts with `prefix`, except
@@ -180,6 +207,9 @@ pub struct PlanInputs<'a> {
     pub manifests: &'a Manifests,
     pub overlays: &'a overlay_source::OverlaySet,
     pub build_time: u64,
+    /// For a server: join the running cluster at this API URL instead of
+    /// founding it (see [`Join`]).
+    pub join: Option<String>,
 }
 
 impl PlanInputs<'_> {
@@ -198,9 +228,39 @@ pub fn render_node(
     node: &Node,
     secrets: Option<SecretValues>,
 ) -> Result<(Vec<RenderedFile>, String)> {
+    render_variant(inputs, node, secrets, None)
+}
+
+/// Renders `node`, or (with `join`) the variant of a server that joins the
+/// running cluster at `join.server_url` instead of founding it: the same
+/// overlays (the cluster-init server's auto-deploy manifests stay, so k3s's
+/// deploy controller deletes nothing), `server:` instead of `cluster-init`,
+/// no CA set (a joining server gets the cluster's from its peers), and the
+/// instance ID of the node as profiled.
+fn render_variant(
+    inputs: &PlanInputs,
+    node: &Node,
+    secrets: Option<SecretValues>,
+    join: Option<(&str, &str)>,
+) -> Result<(Vec<RenderedFile>, String)> {
     let manifest = inputs.manifest(node)?;
-    let context =
-        |values| TemplateContext::new(inputs.profiles, node, manifest, inputs.build_time, values);
+    let mut joining = node.clone();
+    if join.is_some() {
+        joining.k3s.cluster_init = false;
+    }
+    let context = |values| -> Result<TemplateContext> {
+        let mut ctx = TemplateContext::new(
+            inputs.profiles,
+            &joining,
+            manifest,
+            inputs.build_time,
+            values,
+        )?;
+        if let Some((url, _)) = join {
+            ctx.k3s.server_url = url.to_string();
+        }
+        Ok(ctx)
+    };
     let probe_a = context(SecretValues::placeholder("a"))?;
     let probe_b = context(SecretValues::placeholder("b"))?;
     let ctx = match secrets {
@@ -232,14 +292,21 @@ pub fn render_node(
             .unwrap_or(&manifest.source.url),
         profile_digest(&inputs.profiles.cluster, node)
     );
-    let (files, instance_id) = render::render(
+    let identity = match join {
+        Some((_, id)) => render::Identity::Fixed(id),
+        None => render::Identity::Derive(&identity),
+    };
+    let (mut files, instance_id) = render::render(
         inputs.overlays,
         &features,
         &ctx,
         [&probe_a, &probe_b],
         &node.name,
-        &identity,
+        identity,
     )?;
+    if join.is_some() {
+        files.retain(|f| !(f.target == "root" && f.path.starts_with(&format!("{SERVER_TLS}/"))));
+    }
     // Placing checks targets and names against the partition's writer, so
     // `check` and `render` refuse what the bake would.
     for f in &files {
@@ -248,28 +315,57 @@ pub fn render_node(
     Ok((files, instance_id))
 }
 
-/// Where a bake's k3s payload comes from.
-#[derive(Debug, Clone, Copy)]
-pub enum Payload<'a> {
-    /// The air-gap assets fetched for the node's architecture.
-    K3s(&'a K3sPayload),
-    /// No payload: k3s installs online or not at all, or the plan is only
-    /// used to seal an image that already holds it.
-    None,
+/// Where the cluster-init server's CA set lives.
+pub const SERVER_TLS: &str = "/var/lib/rancher/k3s/server/tls";
+
+/// A server image re-made to join a running cluster (decided at flash time).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Join {
+    /// The API server it joins through (`server:` in its k3s config).
+    pub server_url: String,
+    /// Public files that differ from the image as built (its k3s config):
+    /// what a flash writes into the copy besides the secrets.
+    pub changed: Vec<String>,
 }
 
-/// The plan for baking `node`: its rendered files placed in partitions, the
-/// provenance record, and (air-gapped) the k3s payload. Without `secrets` the
-/// plan is unsealed: it holds no file that depends on the secrets directory.
+/// The complete plan for `node`: its rendered files placed in partitions,
+/// the provenance record, and everything beyond the overlays that
+/// `supplies` holds (or, in a preview, lists as unfetched). Without
+/// `secrets` the plan is unsealed: it holds no file that depends on the
+/// secrets directory.
 pub fn plan_node(
     inputs: &PlanInputs,
     node: &Node,
     secrets: Option<SecretValues>,
-    payload: Payload,
+    supplies: &Supplies,
 ) -> Result<NodePlan> {
     let manifest = inputs.manifest(node)?;
     let unsealed = secrets.is_none();
-    let (rendered, instance_id) = render_node(inputs, node, secrets)?;
+    let (rendered, instance_id, join) = match inputs.join.as_deref() {
+        Some(url) if node.k3s.role == crate::config::profile::Role::Server => {
+            let (profiled, id) = render_node(inputs, node, None)?;
+            let (rendered, id) = render_variant(inputs, node, secrets, Some((url, &id)))?;
+            let changed = rendered
+                .iter()
+                .filter(|f| !f.secret)
+                .filter(|f| {
+                    !profiled.iter().any(|p| {
+                        p.target == f.target && p.path == f.path && p.contents == f.contents
+                    })
+                })
+                .filter_map(|f| place(manifest, f).ok().map(|p| p.path))
+                .collect();
+            let join = Join {
+                server_url: url.to_string(),
+                changed,
+            };
+            (rendered, id, Some(join))
+        }
+        _ => {
+            let (rendered, id) = render_node(inputs, node, secrets)?;
+            (rendered, id, None)
+        }
+    };
     let mut files = Vec::new();
     for f in rendered.iter().filter(|f| !(unsealed && f.secret)) {
         files.push(place(manifest, f)?);
@@ -285,47 +381,111 @@ pub fn plan_node(
         node: node.name.clone(),
         profile_digest: profile_digest(&inputs.profiles.cluster, node),
         unsealed,
+        joined: join.as_ref().map(|j| j.server_url.clone()),
     };
     files.push(provenance_file(manifest, &provenance)?);
-    if let Payload::K3s(k3s) = payload {
-        let root = Owner {
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-        };
-        // Where install.sh would put them, for an air-gapped first start.
-        for (path, host, owner) in [
-            ("/usr/local/bin/k3s".to_string(), &k3s.binary, root),
-            (
-                format!("/var/lib/rancher/k3s/agent/images/{}", k3s.images_name),
-                &k3s.images,
-                Owner {
-                    mode: 0o644,
-                    ..root
-                },
-            ),
-        ] {
-            files.push(PlannedFile {
-                partition: "root".into(),
-                path,
-                owner,
-                kind: FileKind::Regular(Content::HostFile(host.clone())),
-                secret: false,
-            });
-        }
-    }
+    let extra = additions::extra_files(inputs.profiles, node, manifest.arch, supplies)?;
+    let dependencies = dependencies(inputs, &provenance, &extra.files, &extra.unfetched);
+    files.extend(extra.files);
     Ok(NodePlan {
         node: node.name.clone(),
         board: node.board.clone(),
         instance_id,
         files,
         provenance,
-        removals: vec![Removal {
-            partition: "root".into(),
-            dir: "/etc/ssh".into(),
-            prefix: "ssh_host_".into(),
-        }],
+        removals: removals(join.is_some()),
+        join,
+        rendered,
+        unfetched: extra.unfetched,
+        dependencies,
     })
+}
+
+/// The statement's inputs besides the stock image, in the order earlier
+/// statements listed them: k3s, overlays, profiles, then the rest.
+fn dependencies(
+    inputs: &PlanInputs,
+    provenance: &Provenance,
+    files: &[PlannedFile],
+    unfetched: &[Unfetched],
+) -> Vec<Dependency> {
+    let origins: Vec<&Origin> = files
+        .iter()
+        .filter_map(|f| f.origin.as_ref())
+        .chain(unfetched.iter().map(|u| &u.origin))
+        .collect();
+    let (k3s, rest): (Vec<&Origin>, Vec<&Origin>) =
+        origins.into_iter().partition(|o| o.kind == OriginKind::K3s);
+    let mut out: Vec<Dependency> = k3s.into_iter().map(Dependency::from).collect();
+    out.push(Dependency {
+        name: "overlays".into(),
+        uri: None,
+        sha256: inputs.overlays.digest(),
+    });
+    out.push(Dependency {
+        name: "profiles".into(),
+        uri: None,
+        sha256: provenance.profile_digest.clone(),
+    });
+    out.extend(rest.into_iter().map(Dependency::from));
+    out
+}
+
+/// One file a build adds beyond the overlays (not the k3s payload), as
+/// `render` and `check` list it.
+#[derive(Debug, Clone)]
+pub struct Added {
+    /// Absolute path in the root file system.
+    pub path: String,
+    /// `bootstrap manifest`, `helm chart` or `container image`.
+    pub kind: &'static str,
+    /// Which: the manifest's file name, `NAME (CHART VERSION)`, `REF (ARCH)`.
+    pub what: String,
+    /// Where it is fetched from (charts and images).
+    pub uri: Option<String>,
+    /// The manifest's, chart archive's or image index's sha256.
+    pub sha256: String,
+    pub owner: Owner,
+}
+
+impl NodePlan {
+    /// What the build adds beyond the overlays and k3s, placed or still to
+    /// fetch, in the order a bake writes it.
+    pub fn added(&self) -> Vec<Added> {
+        let placed = self
+            .files
+            .iter()
+            .filter_map(|f| f.origin.as_ref().map(|o| (f.path.as_str(), f.owner, o)));
+        let pending = self
+            .unfetched
+            .iter()
+            .map(|u| (u.path.as_str(), u.owner, &u.origin));
+        placed
+            .chain(pending)
+            .filter(|(_, _, o)| o.kind != OriginKind::K3s)
+            .map(|(path, owner, o)| Added {
+                path: path.to_string(),
+                kind: o.kind.label(),
+                what: o.what.clone(),
+                uri: o.uri.clone(),
+                sha256: o.sha256.clone(),
+                owner,
+            })
+            .collect()
+    }
+
+    /// Refuses a preview: a bake or installer needs every file's content.
+    pub fn require_complete(&self) -> Result<()> {
+        match self.unfetched.first() {
+            None => Ok(()),
+            Some(u) => bail!(
+                "node {}: {} {} was not fetched; the plan is a preview",
+                self.node,
+                u.origin.kind.label(),
+                u.origin.what
+            ),
+        }
+    }
 }
 
 /// The provenance record as the file a bake writes into the seed directory.
@@ -340,6 +500,7 @@ pub fn provenance_file(manifest: &Manifest, provenance: &Provenance) -> Result<P
         },
         kind: FileKind::Regular(Content::Bytes(serde_json::to_vec_pretty(provenance)?)),
         secret: false,
+        origin: None,
     })
 }
 
@@ -348,8 +509,13 @@ impl NodePlan {
     /// files that depend on secrets, and the provenance record (now sealed).
     pub fn seal_only(&self) -> NodePlan {
         let mut only = self.clone();
-        only.files
-            .retain(|f| f.secret || f.path.ends_with(&format!("/{PROVENANCE_FILE}")));
+        let changed: &[String] = self.join.as_ref().map_or(&[], |j| &j.changed);
+        only.files.retain(|f| {
+            f.secret
+                || f.path.ends_with(&format!("/{PROVENANCE_FILE}"))
+                || changed.contains(&f.path)
+        });
+        only.unfetched.clear();
         only
     }
 }
@@ -416,5 +582,6 @@ fn place(manifest: &Manifest, f: &RenderedFile) -> Result<PlannedFile> {
         },
         kind,
         secret,
+        origin: None,
     })
 }

@@ -27,6 +27,10 @@ pub struct Provenance {
     /// missing until the image is sealed. (Absent in records of older versions.)
     #[serde(default)]
     pub unsealed: bool,
+    /// A server re-made at flash time to join the running cluster through
+    /// this API URL instead of founding it (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
 }
 
 /// One file written into an image.

@@ -16,7 +16,6 @@ use minijinja::Environment;
 
 use super::filters::environment;
 pub use super::filters::quote;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::PartitionTarget;
@@ -42,13 +41,12 @@ pub enum RenderError {
 }
 
 /// One file to bake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedFile {
     /// `seed` or a partition role.
     pub target: PartitionTarget,
     /// Absolute path inside the target, e.g. `/etc/hostname`.
     pub path: String,
-    #[serde(skip)]
     pub contents: Vec<u8>,
     pub mode: u32,
     pub uid: u32,
@@ -58,7 +56,6 @@ pub struct RenderedFile {
     /// Depends on the secrets directory (renders differently for different
     /// secrets): left out of unsealed images and added when sealing.
     pub secret: bool,
-    #[serde(skip)]
     skip: bool,
     /// The overlay file it came from.
     pub source: PathBuf,
@@ -287,7 +284,7 @@ pub fn render(
     context: &TemplateContext,
     probes: [&TemplateContext; 2],
     node_name: &str,
-    identity: &str,
+    identity: Identity,
 ) -> Result<(Vec<RenderedFile>, String), RenderError> {
     let sources = collect(overlays, features)?;
     let env = environment();
@@ -307,7 +304,10 @@ pub fn render(
         files.push(file);
     }
     let public: Vec<RenderedFile> = files.iter().filter(|f| !f.secret).cloned().collect();
-    let instance_id = instance_id(node_name, identity, &public);
+    let instance_id = match identity {
+        Identity::Derive(identity) => instance_id(node_name, identity, &public),
+        Identity::Fixed(id) => id.to_string(),
+    };
     let mut ctx = context.clone();
     ctx.instance_id = Some(instance_id.clone());
     for src in deferred {
@@ -315,6 +315,16 @@ pub fn render(
     }
     files.sort_by(|a, b| (&a.target, &a.path).cmp(&(&b.target, &b.path)));
     Ok((files, instance_id))
+}
+
+/// Where a rendering's instance ID comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// Derived from this identity string and the public files rendered.
+    Derive(&'a str),
+    /// Given: a variant of a node's files (a server re-flashed to join)
+    /// keeps the instance ID of the node as profiled.
+    Fixed(&'a str),
 }
 
 /// Renders one overlay file; `None` when a `skip_if_empty` template renders to nothing.

@@ -5,6 +5,7 @@
 //! <secrets>/cluster/agent-token       agent join password
 //! <secrets>/cluster/tls/...           the k3s custom CA set (server/tls layout)
 //! <secrets>/cluster/initialized       marker: a cluster-init image was built
+//! <secrets>/cluster/established       marker: the cluster was seen up (flash refuses blind server flashes after)
 //! <secrets>/nodes/<node>/ssh_host_ed25519_key(.pub)
 //! <secrets>/nodes/<node>/node-password
 //! ```
@@ -386,6 +387,34 @@ impl Secrets {
         Ok(before.map(|s| s.trim().to_string()))
     }
 
+    /// Records that a cluster made from these secrets has been up (a server
+    /// was seen Ready, or a server's flash completed); kept once written.
+    pub fn mark_established(&self, how: &str) -> Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let _lock = self.lock()?;
+        if !dir.join("cluster/established").exists() {
+            let when = crate::secrets::client::rfc3339(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            );
+            self.get_or_create("cluster/established", || Ok(format!("{how} at {when}\n")))?;
+        }
+        Ok(())
+    }
+
+    /// When and how the cluster was first seen up, if ever.
+    pub fn established(&self) -> Option<String> {
+        let dir = self.dir.as_ref()?;
+        std::fs::read_to_string(dir.join("cluster/established"))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    }
+
     /// What exists, as (relative path, description); never the values.
     pub fn inventory(&self) -> Result<Vec<(String, &'static str)>> {
         let Some(dir) = &self.dir else {
@@ -476,6 +505,7 @@ fn describe(rel: &str) -> &'static str {
         "cluster/token" => "server join token (password part)",
         "cluster/agent-token" => "agent join token (password part)",
         "cluster/initialized" => "marker: the cluster-init server's image was built",
+        "cluster/established" => "marker: a cluster made from these secrets was up",
         r if r.starts_with("cluster/tls/") && r.ends_with(".crt") => "k3s CA certificate",
         r if r.starts_with("cluster/tls/") && r.ends_with(".key") => {
             "k3s CA / service-account private key"

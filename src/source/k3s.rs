@@ -8,7 +8,20 @@ use crate::config::k3s::{AssetNames, asset_url};
 use crate::config::manifest::Arch;
 use crate::io::Sha256Digest;
 use crate::io::sums::find_digest;
-use crate::plan::K3sPayload;
+
+/// The k3s binary and air-gap image tarball of a release in the cache, for
+/// one architecture, with where they came from.
+#[derive(Debug, Clone)]
+pub struct K3sAssets {
+    pub binary: std::path::PathBuf,
+    pub images: std::path::PathBuf,
+    /// The tarball's release asset name (kept in the image).
+    pub images_name: String,
+    pub binary_url: String,
+    pub binary_sha256: String,
+    pub images_url: String,
+    pub images_sha256: String,
+}
 
 /// Makes sure the k3s binary and air-gap images of `version` for `arch` are
 /// in the cache; `mirror` is the base URL releases are found under.
@@ -18,7 +31,7 @@ pub fn ensure_assets(
     mirror: &str,
     cache: &Cache,
     opts: &FetchOptions,
-) -> Result<K3sPayload> {
+) -> Result<K3sAssets> {
     let names = AssetNames::for_arch(arch);
     let sums_url = asset_url(mirror, version, &names.sums);
     let bin_url = asset_url(mirror, version, &names.binary);
@@ -53,7 +66,7 @@ pub fn ensure_assets(
         opts,
         &format!("k3s images {arch}"),
     )?;
-    Ok(K3sPayload {
+    Ok(K3sAssets {
         binary,
         images,
         images_name: names.images,

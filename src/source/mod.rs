@@ -9,6 +9,7 @@ pub mod k3s;
 pub mod oci;
 mod packed;
 pub mod qcow2;
+pub mod supplies;
 pub mod unpack;
 mod xz;
 

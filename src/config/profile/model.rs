@@ -446,6 +446,19 @@ pub struct Vip {
     pub image: Option<String>,
 }
 
+/// kube-vip's image, pinned by the digest of its multi-arch index (the
+/// reference a node pulls, or imports from an air-gapped archive).
+pub const KUBE_VIP_IMAGE: &str = "ghcr.io/kube-vip/kube-vip:v1.2.1@sha256:44035f68040c9eb99103c65f1f9ab9698d93f9f272110825705338ac1926f3d9";
+
+impl Vip {
+    /// The image the servers run: the profile's, else the one imgbuild pins.
+    pub fn image_ref(&self) -> String {
+        self.image
+            .clone()
+            .unwrap_or_else(|| KUBE_VIP_IMAGE.to_string())
+    }
+}
+
 /// An inclusive range of addresses of one family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AddrRange {
