@@ -25,6 +25,7 @@ pub mod unpack;
 pub mod usb;
 pub mod verify;
 pub mod wait;
+pub mod written;
 
 use std::path::{Path, PathBuf};
 
