@@ -90,7 +90,12 @@ impl Bases {
 pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>> {
     let mut targets = Vec::new();
     for t in &settings.targets {
-        targets.push(Target::parse(t).map_err(CommandError::usage)?);
+        let target =
+            Target::parse(t).map_err(|e| match node_hint(paths, t, &settings.out_dir) {
+                Some(hint) => CommandError::usage(format!("{e}\nhint: {hint}")),
+                None => CommandError::usage(e),
+            })?;
+        targets.push(target);
     }
     if targets.is_empty() && !settings.all {
         return Err(CommandError::usage(
@@ -109,6 +114,20 @@ pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>>
         }
     }
     build_targets(ws, &targets, settings)
+}
+
+/// For a bare node name given as a target: the target it probably meant.
+fn node_hint(paths: &Paths, given: &std::path::Path, out_dir: &std::path::Path) -> Option<String> {
+    let name = given.to_str().filter(|n| !n.contains(['.', '/']))?;
+    let ws = Workspace::load(paths).ok()?;
+    let node = ws.profiles.node(name)?;
+    let t = Target::in_dir(out_dir, &node.name, &node.board, Format::Raw);
+    Some(format!(
+        "did you mean `imgbuild {}` (node {} is a {} board)?",
+        t.path.display(),
+        node.name,
+        node.board
+    ))
 }
 
 /// Checks a target against the profiles and finds its node.
@@ -219,7 +238,17 @@ fn resolve_jobs<'w>(
             None => match fetched.get(&node.board) {
                 Some(b) => b.clone(),
                 None => {
-                    let b = crate::source::ensure_base(manifest, &cache, &options)?;
+                    let b = crate::source::ensure_base(manifest, &cache, &options).map_err(|e| {
+                        if options.offline {
+                            e
+                        } else {
+                            e.context(format!(
+                                "hint: without network, give the stock image with --base {}=FILE, or run `imgbuild fetch {}` \
+                                 where there is network and build with --offline",
+                                node.board, node.board
+                            ))
+                        }
+                    })?;
                     fetched.insert(node.board.clone(), b.clone());
                     b
                 }
