@@ -274,7 +274,11 @@ fn decide_one(
             return Ok(Action::Flash(step));
         }
         Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
+            // The datastore goes with the flash: the Node object too, so
+            // there is nothing to drain or uncordon, and its boot is new.
             step.voter = false;
+            step.drain = false;
+            step.boot_before = None;
             step.reset = Some(format!(
                 "{} is the only server of cluster {}: re-flashing it deletes the cluster's datastore (every API object; {} node(s) registered) and the cluster starts empty",
                 node.name,
