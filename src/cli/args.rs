@@ -466,7 +466,8 @@ pub struct WaitArgs {
     /// How long to wait for every node to be Ready.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = duration)]
     pub timeout: Duration,
-    /// How often to poll the API between watches.
+    /// How often to poll the API between watches (deploy: also how often a
+    /// drain asks again for an eviction a PodDisruptionBudget refused).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub interval: Duration,
     #[command(flatten)]

@@ -79,11 +79,15 @@ impl Cluster {
 /// What happens to one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Ready with its image's instance already.
+    /// Ready with its image's instance already (or, with no cluster to ask,
+    /// flashed with this image by an earlier run).
     Skip {
         reason: String,
     },
     Flash(FlashStep),
+    /// An earlier, interrupted run flashed this image: only what comes after
+    /// the flash is left (wait, uncordon, record the instance).
+    Finish(FlashStep),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -171,6 +175,16 @@ pub fn preflight(ws: &Workspace, settings: &RolloutSettings) -> Cluster {
 pub struct Candidate<'a> {
     pub node: &'a Node,
     pub instance_id: Option<String>,
+    /// The deploy state records this very image flashed onto the node by an
+    /// earlier run.
+    pub delivered: Option<Delivered>,
+}
+
+/// What the deploy state says about an earlier flash of the same image.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// The node's boot ID before that flash, when it was known.
+    pub boot_before: Option<String>,
 }
 
 /// Every node's action, in the order they run (servers first when the
@@ -209,6 +223,13 @@ fn decide_one(
 ) -> Result<Action> {
     let node = c.node;
     let server = node.k3s.role == Role::Server;
+    let resumed = c.delivered.as_ref().filter(|_| !settings.force);
+    if resumed.is_some() && !cluster.is_up() {
+        return Ok(Action::Skip {
+            reason: "already flashed with this image by an earlier run (--force flashes it again)"
+                .into(),
+        });
+    }
     let view = match cluster {
         Cluster::New { .. } => return Ok(Action::Flash(FlashStep::default())),
         Cluster::Down { why, since } => {
@@ -238,6 +259,18 @@ fn decide_one(
                 c.instance_id.as_deref().unwrap_or_default()
             ),
         });
+    }
+    if let Some(d) = resumed {
+        // Flashed by an interrupted run: wait for it, uncordon it (when the
+        // run got that far) and record its instance; a server's vote is
+        // waited for where k3s reports it.
+        return Ok(Action::Finish(FlashStep {
+            drain: found.is_some_and(|n| n.unschedulable),
+            wait: true,
+            boot_before: d.boot_before.clone(),
+            voter: server && found.is_some_and(|n| n.voter.is_some()),
+            ..FlashStep::default()
+        }));
     }
     let mut step = FlashStep {
         drain: found.is_some(),
@@ -367,12 +400,14 @@ fn check_skew(
 }
 
 /// Cordons and drains `node`, and takes its etcd member out, as `step` says.
+/// Returns whether it cordoned the node: a Node that is gone (with the
+/// datastore of a reset cluster) has nothing to drain.
 pub fn before_flash(
     admin: &AdminApi,
     node: &Node,
     step: &FlashStep,
     settings: &RolloutSettings,
-) -> Result<()> {
+) -> Result<bool> {
     let name = &node.hostname;
     let left = |what: &str, e: &dyn std::fmt::Display| {
         refuse(format!(
@@ -380,31 +415,56 @@ pub fn before_flash(
              run the same command again to continue, or `kubectl uncordon {name}`"
         ))
     };
+    let mut cordoned = false;
     if step.drain {
-        admin.cordon(name, Duration::from_secs(20)).map_err(|e| {
-            refuse(format!(
-                "{name}: cordoning failed: {e}; nothing was flashed"
-            ))
-        })?;
+        match admin.cordon(name, Duration::from_secs(20)) {
+            Ok(_) => cordoned = true,
+            Err(e) if e.status() == Some(404) => {
+                tracing::info!("{name}: no such Node any more; nothing to drain");
+            }
+            Err(e) => {
+                return Err(refuse(format!(
+                    "{name}: cordoning failed: {e}; nothing was flashed"
+                )));
+            }
+        }
+    }
+    if cordoned {
         let report = crate::kube::drain::drain(admin, name, &settings.drain)
             .map_err(|e| left("draining", &e))?;
-        tracing::info!(
-            "{name}: drained ({} pod(s) evicted, {} left: {})",
-            report.evicted.len(),
-            report.skipped.len(),
-            report
-                .skipped
-                .iter()
-                .map(|(p, why)| format!("{p} ({why})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if !report.skipped.is_empty() {
+            tracing::info!(
+                "{name}: left on the node: {}",
+                report
+                    .skipped
+                    .iter()
+                    .map(|(p, why)| format!("{p} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if step.remove_member {
         crate::kube::etcd::remove_member(admin, name, settings.node_timeout, settings.interval)
             .map_err(|e| left("removing its etcd member", &e))?;
     }
-    Ok(())
+    Ok(cordoned)
+}
+
+/// What a node is left with when the rollout stops after `step` began: said
+/// in every error and on an interrupt.
+pub fn left_behind(node: &Node, step: &FlashStep) -> Option<String> {
+    let name = &node.hostname;
+    match (step.drain, step.remove_member) {
+        (false, false) => None,
+        (true, false) => Some(format!(
+            "{name} is left cordoned: run the same command again to continue, or `kubectl uncordon {name}` once it is back"
+        )),
+        (_, true) => Some(format!(
+            "{name} is left {}out of etcd (its member was removed): run the same command again to flash it so it joins again",
+            if step.drain { "cordoned and " } else { "" }
+        )),
+    }
 }
 
 /// Waits until the flashed node is back (Ready, booted since the flash, and
@@ -456,8 +516,13 @@ pub fn after_flash(
     back.map_err(|e| {
         refuse(format!(
             "{name} was flashed but did not come back: {e}. The deploy stops here (the next nodes are untouched); \
-             see `imgbuild wait {}` for why",
-            node.name
+             see `imgbuild wait {}` for why{}",
+            node.name,
+            if step.drain {
+                format!(". {name} is left cordoned: `kubectl uncordon {name}` once it is back, or run the same command again")
+            } else {
+                String::new()
+            }
         ))
     })?;
     if step.drain {
