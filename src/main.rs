@@ -39,6 +39,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// Standard output failed mid-command. When it was closed early
+/// (`imgbuild inspect --json IMG | head`), ends quietly the way other Unix
+/// tools do: by the default action of SIGPIPE, with no message and no panic,
+/// after removing unfinished files; any other error is said, with exit
+/// status 1.
+fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        output::write_stderr(format_args!("error: writing to standard output: {e}\n"));
+        std::process::exit(imgbuild::commands::Exit::Failure as i32);
+    }
+    imgbuild::util::cleanup::remove_all();
+    // SAFETY: restoring the default disposition and raising a signal are
+    // plain system calls; the default action ends the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(128 + libc::SIGPIPE)
+}
+
 /// On Ctrl-C or SIGTERM: delete the half-written files, then exit 130.
 fn watch_signals() {
     use signal_hook::consts::{SIGINT, SIGTERM};

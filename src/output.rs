@@ -9,25 +9,10 @@ pub fn write_stdout(args: std::fmt::Arguments) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let result = out.write_fmt(args).and_then(|()| out.flush());
-    match result {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => stdout_closed(),
-        Err(e) => {
-            write_stderr(format_args!("error: writing to standard output: {e}\n"));
-            std::process::exit(imgbuild::commands::Exit::Failure as i32);
-        }
+    if let Err(e) = result {
+        // main decides how the process ends (quietly for a closed pipe).
+        crate::stdout_failed(e)
     }
-}
-
-fn stdout_closed() -> ! {
-    imgbuild::util::cleanup::remove_all();
-    // SAFETY: restoring the default disposition and raising a signal are
-    // plain system calls; the default action ends the process.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        libc::raise(libc::SIGPIPE);
-    }
-    std::process::exit(128 + libc::SIGPIPE)
 }
 
 /// Writes to standard error, ignoring a closed one (nothing else can be told).

@@ -340,3 +340,143 @@ fn check_warns_what_an_air_gapped_node_still_fetches_at_first_boot() {
     assert_eq!(code, 0, "{err}");
     assert!(!err.contains("fetched from the internet"), "{err}");
 }
+
+#[test]
+fn check_json_reports_the_profiles_and_what_builds_add() {
+    let w = scratch();
+    let (chart_sha, image_sha) = ("c".repeat(64), "d".repeat(64));
+    let image = format!("registry.example.org/team/app:1.0@sha256:{image_sha}");
+    let p = edited_profiles(w.path(), |t| {
+        t.replace(
+            "    disable: [traefik]\n",
+            &format!(
+                "    disable: [traefik]\n  images: [\"{image}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: https://charts.example.org/stable\n        chart: demo\n        version: 0.1.0\n        sha256: {chart_sha}\n        namespace: demo\n"
+            ),
+        )
+    });
+    let manifest = p.join("manifests/gitops.yaml");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n",
+    )
+    .unwrap();
+    let manifest_sha = String::from_utf8(sh(&format!("sha256sum {}", q(&manifest))).stdout)
+        .unwrap()[..64]
+        .to_string();
+
+    let args = with_manifests(&["check", "--json"], &p);
+    let (code, out, err) = run(w.path(), &args_ref(&args));
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("stdout is one JSON document");
+    assert_eq!(v["cluster"], "homelab");
+    // Every node file, as <name>.<board>.
+    let mut nodes: Vec<String> = std::fs::read_dir(p.join("nodes"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let y: serde_yaml_ng::Value =
+                serde_yaml_ng::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+            let stem = e.path().file_stem().unwrap().to_str().unwrap().to_string();
+            format!("{stem}.{}", y["board"].as_str().unwrap())
+        })
+        .collect();
+    nodes.sort();
+    let mut got: Vec<String> = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, nodes);
+    // The manifests and overlays come from the directories given.
+    let manifests = repo().join("firmware-manifests");
+    assert_eq!(v["boards"], serde_json::json!(["cm4", "nuc", "rk1"]));
+    for m in v["manifests"].as_array().unwrap() {
+        assert!(
+            manifests
+                .join(format!("{}.yaml", m["name"].as_str().unwrap()))
+                .is_file()
+        );
+        assert_eq!(m["origin"]["dir"], manifests.display().to_string(), "{m}");
+    }
+    let overlay_files = sh(&format!(
+        "find {} -type f | wc -l",
+        q(&repo().join("overlays"))
+    ));
+    let overlay_files: u64 = String::from_utf8(overlay_files.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let overridden = v["overlays_overridden"].as_array().unwrap();
+    assert_eq!(
+        v["overlays_builtin"].as_u64().unwrap() + overridden.len() as u64,
+        overlay_files
+    );
+    for o in overridden {
+        assert!(
+            repo()
+                .join("overlays")
+                .join(o["name"].as_str().unwrap())
+                .is_file(),
+            "{o}"
+        );
+    }
+    // The same warnings as on stderr, one per WARN line.
+    let warned: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.split_once("WARN ").map(|(_, w)| w))
+        .collect();
+    assert!(!warned.is_empty(), "{err}");
+    assert_eq!(v["warnings"], serde_json::json!(warned));
+    // What builds add: the image on every node, the bootstrap files on the
+    // cluster-init server (node01) only.
+    let added = v["added"].as_array().unwrap();
+    assert_eq!(added.len(), nodes.len(), "{v:#}");
+    for n in added {
+        let files = n["files"].as_array().unwrap();
+        let images: Vec<_> = files
+            .iter()
+            .filter(|f| f["kind"] == "container image")
+            .collect();
+        assert_eq!(images.len(), 1, "{n}");
+        assert_eq!(images[0]["sha256"], image_sha);
+        assert!(
+            images[0]["path"]
+                .as_str()
+                .unwrap()
+                .starts_with("/var/lib/rancher/k3s/agent/images/"),
+            "{n}"
+        );
+        let others: Vec<_> = files
+            .iter()
+            .filter(|f| f["kind"] != "container image")
+            .collect();
+        if n["node"] != "node01" {
+            assert!(others.is_empty(), "{n}");
+            continue;
+        }
+        let dir = "/var/lib/rancher/k3s/server/manifests";
+        assert_eq!(
+            serde_json::json!(others),
+            serde_json::json!([
+                {
+                    "path": format!("{dir}/imgbuild-bootstrap-gitops.yaml"),
+                    "kind": "bootstrap manifest",
+                    "what": "gitops.yaml",
+                    "uri": null,
+                    "sha256": manifest_sha,
+                },
+                {
+                    "path": format!("{dir}/imgbuild-chart-demo.yaml"),
+                    "kind": "helm chart",
+                    "what": "demo (demo 0.1.0)",
+                    "uri": "https://charts.example.org/stable/demo-0.1.0.tgz",
+                    "sha256": chart_sha,
+                },
+            ])
+        );
+    }
+}

@@ -1177,6 +1177,23 @@ fn fetch_all_fills_the_cache_and_cache_list_json_describes_it() {
     // Again: nothing to do, nothing downloaded.
     expect(&run(with_cache(dir, &["fetch", "--all"]), dir), 0, "nuc: ");
     assert_eq!(server.requests().len(), 2);
+    // --json names the same images, by board; no profiles, so nothing else.
+    let out = run(with_cache(dir, &["fetch", "--all", "--json"]), dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let boards = v["boards"].as_array().unwrap();
+    assert_eq!(boards.len(), 2, "{v:#}");
+    for (board, src) in [("rk1", &xz), ("nuc", &qc)] {
+        let b = boards
+            .iter()
+            .find(|b| b["board"] == board)
+            .unwrap_or_else(|| panic!("no {board}: {v:#}"));
+        let image = cache.join(format!("images/{}.img", sha_of(src)));
+        assert_eq!(b["path"], image.display().to_string());
+        assert!(image.is_file());
+    }
+    assert_eq!(v["extras"], serde_json::json!([]));
+    assert_eq!(server.requests().len(), 2);
 
     let out = run(with_cache(dir, &["cache", "list", "--json"]), dir);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -1275,6 +1292,31 @@ fn cache_clean_removes_what_nothing_refers_to_and_clean_all_empties_the_cache() 
         0,
         "0 entries removed",
     );
+    // --json: what was removed, and what another run holds (its lock taken here).
+    let (stale, held) = ("d".repeat(64), "e".repeat(64));
+    let (stale, held) = (
+        cache.join(format!("images/{stale}.img")),
+        (cache.join(format!("images/{held}.img")), held),
+    );
+    std::fs::write(&stale, b"old").unwrap();
+    std::fs::write(&held.0, b"busy").unwrap();
+    let lock = Cache::new(cache.clone())
+        .try_lock(&held.1)
+        .unwrap()
+        .unwrap();
+    let out = run(with_cache(dir, &["cache", "clean", "--json"]), dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "removed": [stale.display().to_string()],
+            "in_use": [held.0.display().to_string()],
+        })
+    );
+    assert!(!stale.exists() && held.0.exists());
+    drop(lock);
+    std::fs::remove_file(&held.0).unwrap();
     // --all: nothing at all is left, not even lock files or empty folders.
     expect(
         &run(with_cache(dir, &["cache", "clean", "--all"]), dir),

@@ -10,7 +10,7 @@
 //!
 //! The seed is fixed (printed; `IMGBUILD_FUZZ_SEED=<64 hex digits>` changes
 //! it) and the case count is small by default; `IMGBUILD_FUZZ_CASES=N` runs N
-//! cases per target for a long local run (see README, Security).
+//! cases per target for a long local run (see CONTRIBUTING.md, Fuzzing).
 
 mod support {
     pub mod harness;

@@ -164,6 +164,32 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     let registry_before = s.reg.log().len();
     let charts_before = s.charts.requests().len();
 
+    // --json (offline: all of it is in the cache now): the same, by board and
+    // by what each extra is, each path in the cache.
+    let r = ws.run(&["--offline", "fetch", "cm4", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let v: serde_json::Value = serde_json::Deserializer::from_str(&r.text)
+        .into_iter()
+        .next()
+        .unwrap()
+        .unwrap();
+    let boards = v["boards"].as_array().unwrap();
+    assert_eq!(boards.len(), 1, "{v:#}");
+    assert_eq!(boards[0]["board"], "cm4");
+    let mut whats: Vec<&str> = Vec::new();
+    for e in boards.iter().chain(v["extras"].as_array().unwrap()) {
+        let path = Path::new(e["path"].as_str().unwrap());
+        assert!(path.starts_with(ws.cache()) && path.exists(), "{e}");
+        whats.extend(e["what"].as_str());
+    }
+    let k3s = format!("k3s {K3S_VERSION} arm64");
+    let app = format!("image {} (arm64)", s.app.reference);
+    let kv = format!("image {} (arm64)", s.kv.reference);
+    for want in [k3s.as_str(), "chart demo 0.1.0", app.as_str(), kv.as_str()] {
+        assert!(whats.contains(&want), "{want:?} in {v:#}");
+    }
+    assert_eq!(s.reg.log().len(), registry_before);
+
     // Offline, from the cache alone (the stock image too: no --base).
     let out = ws.path().join("node01.cm4.img");
     let r = ws.run(&["--offline", "--sums", out.to_str().unwrap()]);

@@ -211,18 +211,26 @@ fn kubeconfig_is_minted_offline_from_the_client_ca() {
         );
     }
 
-    // Run again: the still-valid file is reused, not re-minted.
+    // Run again: the still-valid file is reused, not re-minted (and --json says so).
     let before = std::fs::read(&path).unwrap();
-    let out = ws.run(&["kubeconfig"]);
-    assert!(out.status.success());
+    let out = ws.run(&["kubeconfig", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({"path": path.display().to_string(), "minted": false, "previous_context": null})
+    );
     assert_eq!(
         std::fs::read(&path).unwrap(),
         before,
         "re-minted a valid kubeconfig"
     );
     // Asking for longer than half of what is left mints a new one.
-    let out = ws.run(&["kubeconfig", "--validity", "30d"]);
+    let out = ws.run(&["kubeconfig", "--validity", "30d", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["minted"], true, "{v:#}");
+    assert_eq!(v["path"], path.display().to_string());
     assert_ne!(std::fs::read(&path).unwrap(), before);
 
     // -o FILE: refused over an existing file unless --force; --validity honoured.
@@ -280,11 +288,21 @@ fn merge_keeps_the_other_contexts() {
          current-context: work\n",
     )
     .unwrap();
-    for _ in 0..2 {
-        let out = ws.run(&["kubeconfig", "--merge"]);
-        assert!(out.status.success(), "{}", text(&out));
-        assert_eq!(PathBuf::from(stdout(&out).trim()), kube.join("config"));
-    }
+    // The first merge says which context was current; the second, none (it was ours).
+    let out = ws.run(&["kubeconfig", "--merge", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "path": kube.join("config").display().to_string(),
+            "minted": true,
+            "previous_context": "work",
+        })
+    );
+    let out = ws.run(&["kubeconfig", "--merge"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(PathBuf::from(stdout(&out).trim()), kube.join("config"));
     let cfg: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(kube.join("config")).unwrap()).unwrap();
     let names = |k: &str| -> Vec<String> {

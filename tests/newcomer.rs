@@ -228,6 +228,81 @@ fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
 }
 
 #[test]
+fn init_json_reports_the_files_written_what_it_assumed_and_the_check() {
+    let w = scratch();
+    let (home, _) = home_with_key(w.path());
+    let o = run_in(
+        w.path(),
+        &home,
+        &[
+            "init", "j", "--json", "--name", "lab", "--node", "cp=rk1@1", "--node", "gpu=nuc",
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    // Written: exactly the files now in the directory.
+    let mut written: Vec<String> = v["written"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    written.sort();
+    let found = sh(&format!("cd {} && find j -type f | sort", q(w.path())));
+    let found: Vec<String> = String::from_utf8(found.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(written, found);
+    assert!(
+        written.contains(&"j/profiles/cluster.yaml".to_string()),
+        "{v:#}"
+    );
+    // Assumed: what no flag gave, the key file among it.
+    let assumed: Vec<&str> = v["assumed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let key = home.join(".ssh/id_ed25519.pub");
+    assert!(
+        assumed.contains(&format!("admin SSH key (--ssh-key): {}", key.display()).as_str()),
+        "{assumed:?}"
+    );
+    assert!(
+        assumed.contains(&"DNS domain (--domain): home.arpa"),
+        "{assumed:?}"
+    );
+    assert!(
+        !assumed
+            .iter()
+            .any(|a| a.contains("--name") || a.contains("--node")),
+        "{assumed:?}"
+    );
+    // The check of what was written, as `check --json` reports it.
+    let check = &v["check"];
+    assert_eq!(check["cluster"], "lab");
+    assert_eq!(check["nodes"], serde_json::json!(["cp.rk1", "gpu.nuc"]));
+    assert!(
+        check["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["origin"] == "built_in"),
+        "{check:#}"
+    );
+    assert_eq!(check["overlays_overridden"], serde_json::json!([]));
+    let o2 = run_in(&w.path().join("j"), &home, &["check", "--json"]);
+    assert_eq!(code(&o2), 0, "{}", text(&o2));
+    let again: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert_eq!(&again, check);
+    assert!(check["overlays_builtin"].as_u64().unwrap() > 0);
+}
+
+#[test]
 fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
     let w = scratch();
     let (home, _) = home_with_key(w.path());
@@ -1024,4 +1099,47 @@ sys.exit(os.waitstatus_to_exitcode(status))
     );
     assert!(w.path().join("t/profiles/nodes/w1.yaml").is_file());
     assert!(out.contains("DNS domain (--domain): home.arpa"), "{out}");
+}
+
+/// `rust-version` tells the truth: it is at least every locked dependency's
+/// own `rust_version` (as `cargo metadata` reports them), and the README
+/// names the same version.
+#[test]
+fn rust_version_covers_every_locked_dependency_and_the_readme_says_it() {
+    let ours = env!("CARGO_PKG_RUST_VERSION");
+    // "1.88" and "1.88.0" are the same version.
+    let parse = |v: &str| -> Vec<u64> {
+        let mut n: Vec<u64> = v.split('.').map(|x| x.parse().unwrap()).collect();
+        n.resize(3, 0);
+        n
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut needs: Vec<(Vec<u64>, String)> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| {
+            let v = p["rust_version"].as_str()?;
+            let (name, version) = (p["name"].as_str()?, p["version"].as_str()?);
+            Some((parse(v), format!("{name} {version} needs {v}")))
+        })
+        .collect();
+    needs.sort();
+    let (highest, who) = needs.last().expect("dependencies declare rust_version");
+    assert!(
+        parse(ours) >= *highest,
+        "Cargo.toml rust-version {ours} is too low: {who}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Rust {ours} or later")),
+        "README.md does not say \"Rust {ours} or later\""
+    );
 }

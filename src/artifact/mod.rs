@@ -12,11 +12,9 @@ use std::path::{Path, PathBuf};
 pub use pending::{PendingOutput, XZ_PRESET};
 
 /// How an output image is stored; told by its file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// `.img`: sparse raw.
-    #[serde(rename = "none")]
     Raw,
     /// `.img.xz`: multithreaded xz.
     Xz,

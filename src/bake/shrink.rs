@@ -19,7 +19,6 @@ use std::fs::File;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 
 use crate::config::manifest::Manifest;
 use crate::fs::{ext4, resize};
@@ -42,7 +41,7 @@ pub fn default_headroom(used: u64) -> u64 {
 }
 
 /// What shrinking did to an image.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ShrinkReport {
     /// Whether the image was shrunk; when not, `reason` says why.
     pub shrunk: bool,
@@ -62,8 +61,7 @@ pub struct ShrinkReport {
 }
 
 /// How the root file system was brought to offset 0 of a file for resize2fs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
     /// The bytes before the root were collapsed out of the image itself
     /// (`FALLOC_FL_COLLAPSE_RANGE`) and put back after resizing: no data copied.

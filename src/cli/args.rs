@@ -246,7 +246,7 @@ pub enum Command {
     #[command(subcommand)]
     Overlays(OverlaysCommand),
     /// Print a shell completion script (node names complete from the
-    /// profiles in bash and zsh). See README.md, "Shell completions".
+    /// profiles in bash and zsh). See docs/install.md, "Shell completions".
     Completions {
         /// bash, zsh, fish, powershell or elvish.
         shell: clap_complete::Shell,

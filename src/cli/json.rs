@@ -727,6 +727,10 @@ pub struct ProvenanceView<'a> {
     node: &'a str,
     profile_digest: &'a str,
     unsealed: bool,
+    /// A server's image re-made at flash time to join the running cluster
+    /// through this API URL (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joined: Option<&'a str>,
 }
 
 impl<'a> From<&'a Provenance> for ProvenanceView<'a> {
@@ -742,6 +746,7 @@ impl<'a> From<&'a Provenance> for ProvenanceView<'a> {
             node: &p.node,
             profile_digest: &p.profile_digest,
             unsealed: p.unsealed,
+            joined: p.joined.as_deref(),
         }
     }
 }

@@ -409,6 +409,11 @@ fn inspection_text(i: &Inspection) -> String {
                 "built by imgbuild {} for node {} ({} board) of cluster {}\n  profile digest {}\n",
                 p.imgbuild, p.node, p.board, p.cluster, p.profile_digest
             ));
+            if let Some(url) = &p.joined {
+                s.push_str(&format!(
+                    "  re-made at flash time to join the running cluster through {url} (not founding it)\n"
+                ));
+            }
             s.push_str(&format!("  {} file(s) baked:\n", p.files.len()));
             for f in &p.files {
                 s.push_str(&format!(
@@ -574,7 +579,7 @@ pub fn initialised(as_json: bool, r: &imgbuild::commands::init::InitReport) -> R
         }
     }
     checked(false, &r.check)?;
-    println!("next: imgbuild check, then imgbuild --all (see README.md, Quick start)");
+    println!("next: imgbuild check, then imgbuild --all (see docs/getting-started.md)");
     Ok(())
 }
 

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, FetchSettings, Paths, Result, Workspace};
 use crate::artifact::statement::{ResourceDescriptor, Statement};
@@ -87,7 +86,7 @@ impl Bases {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct BakeReport {
     pub output: PathBuf,
     /// `None` for a raw output baked without `--sums`: it was not hashed

@@ -3,8 +3,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use super::{FetchSettings, Paths, Result};
 use crate::source::Cache;
 use crate::source::cache::{Entry, EntryKind};
@@ -12,15 +10,14 @@ use crate::source::cache::{Entry, EntryKind};
 /// The cache's entries, each with the board whose manifest refers to it
 /// (`k3s` for release assets) or what of the profiles uses it (a chart, a
 /// container image, a blob of one) when known.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct CacheListing {
     pub root: PathBuf,
     pub entries: Vec<Listed>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Listed {
-    #[serde(flatten)]
     pub entry: Entry,
     pub board: Option<String>,
     /// `chart NAME (CHART VERSION)`, `image REF`, `blob of REF`; for
@@ -36,7 +33,7 @@ impl Listed {
 }
 
 /// What `cache clean` did.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Cleaned {
     pub removed: Vec<PathBuf>,
     /// Entries another imgbuild is working on: left alone.

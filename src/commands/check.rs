@@ -1,13 +1,12 @@
 //! `imgbuild check`: validate profiles and manifests and render every node.
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result, Workspace};
 use crate::source::supplies::Supplies;
 
 /// What `check` found valid.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct CheckReport {
     pub cluster: String,
     pub nodes: Vec<String>,
@@ -27,7 +26,7 @@ pub struct CheckReport {
     pub added: Vec<NodeAdded>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct NodeAdded {
     pub node: String,
     pub files: Vec<crate::plan::Added>,

@@ -5,12 +5,10 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use super::{CommandError, FetchSettings, Paths, Result, Workspace, load_manifests};
 
 /// What `fetch` put in (or found in) the cache.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Fetched {
     /// Unpacked stock images by board.
     pub boards: Vec<(String, PathBuf)>,

@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::init::KeySource;
 use super::{CommandError, Paths, Result};
@@ -20,7 +19,7 @@ pub struct ImportSettings {
     pub ssh_keys: KeySource,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ImportReport {
     pub written: Vec<PathBuf>,
     pub notes: Vec<Note>,

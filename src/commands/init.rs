@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result};
 
@@ -41,7 +40,7 @@ pub struct InitSettings {
     pub nodes: Vec<InitNode>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct InitReport {
     pub written: Vec<PathBuf>,
     /// Defaults taken for what was not given, one sentence each.
@@ -143,7 +142,7 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
 
     let q = |v: &str| serde_json::to_string(v).expect("strings serialise");
     let mut cluster = format!(
-        "# Cluster-wide settings, written by `imgbuild init`; see README.md for every key.\n\
+        "# Cluster-wide settings, written by `imgbuild init`; see docs/profiles.md for every key.\n\
          cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
          server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
         q(&name),

@@ -4,13 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde::Serialize;
 
 use super::{CommandError, Paths, Result, load_overlays};
 use crate::config::layered::{BuiltinFile, Origin, builtin};
 
 /// One overlay file in use and where it comes from.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Sourced {
     pub name: String,
     pub origin: Origin,

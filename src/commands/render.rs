@@ -1,7 +1,5 @@
 //! `imgbuild render NODE`: the files a node's image would get, without an image.
 
-use serde::Serialize;
-
 use super::{Paths, Result, Workspace};
 use crate::plan::{Added, NodePlan, RenderedFile};
 use crate::source::supplies::Supplies;
@@ -16,7 +14,7 @@ pub struct Rendered {
 
 /// The build's additions as `render --json` shows them: entries of the same
 /// array as the rendered files, with `added_by_build`.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct AddedEntry<'a> {
     pub target: &'static str,
     pub path: &'a str,

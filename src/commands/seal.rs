@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use serde::Serialize;
 
 use super::{CommandError, Result, Workspace};
 use crate::artifact::{Format, PendingOutput, Target, sums};
@@ -26,7 +25,7 @@ pub struct SealSettings {
     pub build_time: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SealReport {
     pub input: PathBuf,
     pub output: PathBuf,

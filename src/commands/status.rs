@@ -5,19 +5,16 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use super::wait::{WaitSettings, reader_api, ssh_host};
 use super::{Result, Workspace};
 use crate::deliver::state::DeployState;
 use crate::kube::{ApiError, Health};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct NodeRow {
     pub node: String,
     pub board: String,
     /// `tp1/2` for a Turing Pi slot.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
     /// sha256 of the image last flashed (deploy state).
     pub flashed_sha256: Option<String>,
@@ -35,7 +32,7 @@ pub struct NodeRow {
     pub roles: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ClusterStatus {
     pub cluster: String,
     pub api: String,

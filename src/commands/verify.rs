@@ -5,13 +5,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
-use serde::Serialize;
 
 use super::{CommandError, Result};
 use crate::artifact::statement::ResourceDescriptor;
 use crate::artifact::{statement, sums};
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct VerifyReport {
     pub artifact: PathBuf,
     pub sha256: String,

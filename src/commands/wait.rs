@@ -6,8 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
-
 use super::{CommandError, Result, Workspace};
 use crate::config::profile::{Node, Role};
 use crate::deliver::state::{Before, DeployState};
@@ -101,29 +99,25 @@ pub fn image_instance_id(ws: &Workspace, image: &Path) -> Option<String> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct NodeOutcome {
     pub node: String,
     /// The Kubernetes node name (hostname).
     pub kube_name: String,
-    #[serde(flatten)]
     pub state: NodeState,
     /// What is wrong, when the node is not up.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
     /// What to try next.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub next: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct WaitReport {
     pub api: String,
     pub ready: usize,
     pub total: usize,
     pub elapsed_secs: u64,
     pub timeout_secs: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_error: Option<String>,
     pub nodes: Vec<NodeOutcome>,
 }

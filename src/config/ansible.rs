@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use serde_yaml_ng::{Mapping, Value};
 
 /// One inventory key and what became of it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     /// `host node02`, `group tp1_nodes`, `group_vars` ...
     pub scope: String,

@@ -25,8 +25,7 @@ pub mod builtin {
 }
 
 /// Where a file comes from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Origin {
     /// Compiled into imgbuild.
     #[default]

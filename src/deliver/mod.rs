@@ -10,8 +10,6 @@ pub mod usb;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
-
 use crate::io::Sha256Digest;
 use crate::io::progress::Progress;
 pub use state::DeployState;
@@ -60,8 +58,7 @@ pub struct Job {
     pub destination: Box<dyn Destination>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Flashed,
     /// Already delivered with this image by an earlier run.
@@ -79,20 +76,14 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Report {
     pub node: String,
     pub destination: String,
     pub image: PathBuf,
-    #[serde(serialize_with = "display")]
     pub sha256: Sha256Digest,
     pub result: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-}
-
-fn display<S: serde::Serializer>(d: &Sha256Digest, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(d)
 }
 
 #[derive(Debug, thiserror::Error)]

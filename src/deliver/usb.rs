@@ -122,7 +122,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> UsbError + '_ {
 }
 
 /// What sysfs says about the disk behind a device path.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Stick {
     pub path: PathBuf,
     /// The kernel's name: `sdb`.

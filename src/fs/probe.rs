@@ -1,13 +1,10 @@
 //! What a partition holds, told from its superblock (magic and label).
 
-use serde::Serialize;
-
 use crate::fs::fat::FatVolume;
 use crate::image::{ImageError, Region};
 
 /// What a partition holds, from its superblock magic.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FsProbe {
     Vfat { label: String },
     Ext4 { label: String },

@@ -14,8 +14,6 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 pub mod resize;
 
 pub use crate::config::manifest::TableKind;
@@ -79,7 +77,7 @@ pub enum ImageError {
 }
 
 /// One partition: its 1-based index and byte extent in the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     pub index: u32,
     pub start: u64,
@@ -118,7 +116,7 @@ struct RawPartition {
     name: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PartitionTable {
     pub kind: TableKind,
     pub image_size: u64,

@@ -149,8 +149,7 @@ pub fn stream_sparse(file: &File, mut sink: impl FnMut(&[u8]) -> io::Result<()>)
 }
 
 /// How a file was copied.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CopyMethod {
     /// Shared extents (btrfs, XFS): no data copied.
     Reflink,

@@ -6,8 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::client::{Api, ApiError, Health};
 use super::node::{Node, parse_time};
 use crate::deliver::state::{Before, Delivery};
@@ -24,8 +22,7 @@ pub struct Target {
 }
 
 /// Where a node is on its way from flashed to Ready.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeState {
     /// The API has not been reached yet.
     Unknown,
@@ -374,10 +371,10 @@ pub fn until_node(
         match api.node(name, left) {
             Ok(node) => {
                 api_error = None;
-                if done(node.as_ref()) {
-                    if let Some(n) = node {
-                        return Ok(n);
-                    }
+                if done(node.as_ref())
+                    && let Some(n) = node
+                {
+                    return Ok(n);
                 }
                 last = node.map(Box::new);
                 let span = interval.min(deadline.saturating_duration_since(Instant::now()));

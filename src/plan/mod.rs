@@ -18,7 +18,6 @@ pub mod render;
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow, bail};
-use serde::Serialize;
 
 pub use additions::{Dependency, Origin, OriginKind, Unfetched};
 pub use context::{SecretValues, TemplateContext};
@@ -82,12 +81,6 @@ impl PartialOrd for PartitionTarget {
     }
 }
 
-impl Serialize for PartitionTarget {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
 /// Where a regular file's bytes come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Content {
@@ -97,7 +90,7 @@ pub enum Content {
 }
 
 /// Mode and owner of a placed file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     pub mode: u32,
     pub uid: u32,
@@ -440,7 +433,7 @@ fn dependencies(
 
 /// One file a build adds beyond the overlays (not the k3s payload), as
 /// `render` and `check` list it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Added {
     /// Absolute path in the root file system.
     pub path: String,
@@ -452,7 +445,6 @@ pub struct Added {
     pub uri: Option<String>,
     /// The manifest's, chart archive's or image index's sha256.
     pub sha256: String,
-    #[serde(skip)]
     pub owner: Owner,
 }
 

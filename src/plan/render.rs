@@ -16,7 +16,6 @@ use minijinja::Environment;
 
 use super::filters::environment;
 pub use super::filters::quote;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::PartitionTarget;
@@ -42,13 +41,12 @@ pub enum RenderError {
 }
 
 /// One file to bake.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedFile {
     /// `seed` or a partition role.
     pub target: PartitionTarget,
     /// Absolute path inside the target, e.g. `/etc/hostname`.
     pub path: String,
-    #[serde(skip)]
     pub contents: Vec<u8>,
     pub mode: u32,
     pub uid: u32,
@@ -58,7 +56,6 @@ pub struct RenderedFile {
     /// Depends on the secrets directory (renders differently for different
     /// secrets): left out of unsealed images and added when sealing.
     pub secret: bool,
-    #[serde(skip)]
     skip: bool,
     /// The overlay file it came from.
     pub source: PathBuf,

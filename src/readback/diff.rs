@@ -8,14 +8,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::fs::{FsProbe, ext4, fat::FatVolume};
 use crate::image::Region;
 
 /// One entry of a file system.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub kind: &'static str,
     /// Permission bits; `None` on FAT (it has none).
@@ -46,7 +45,7 @@ pub fn is_secret(path: &str) -> bool {
 /// A partition as both images are compared by (the same record `inspect` shows).
 pub use super::inspect::PartitionInfo as PartSummary;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct FileChange {
     pub path: String,
     /// `added`, `removed` or `changed`.
@@ -57,14 +56,14 @@ pub struct FileChange {
     pub after: Option<Entry>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct FsDiff {
     pub partition: u32,
     pub fs: String,
     pub changes: Vec<FileChange>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct ImageDiff {
     pub a: String,
     pub b: String,

@@ -3,7 +3,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use serde::Serialize;
 
 use crate::fs::{FsProbe, ext4, fat::FatVolume, probe};
 use crate::image::{PartitionTable, Region};
@@ -14,7 +13,7 @@ const SEED_FILES: &[&str] = &["meta-data", "user-data", "network-config", "vendo
 /// The largest seed file or provenance record `inspect` reads.
 const MAX_SEED_FILE: u64 = 1 << 20;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Inspection {
     pub image: String,
     pub size: u64,
@@ -30,7 +29,7 @@ pub struct Inspection {
 }
 
 /// The last partition's ext4 file system: its size now, and where it grows.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct RootGrowth {
     pub partition: u32,
     pub partition_bytes: u64,
@@ -41,7 +40,7 @@ pub struct RootGrowth {
     pub grows_to: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
     pub index: u32,
     pub start: u64,
@@ -62,7 +61,7 @@ impl PartitionInfo {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SeedInfo {
     pub partition: u32,
     pub dir: String,
@@ -70,7 +69,7 @@ pub struct SeedInfo {
     pub instance_id: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct SeedFile {
     pub name: String,
     pub size: u64,

@@ -277,8 +277,7 @@ impl Cache {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     Image,
     Asset,
@@ -305,18 +304,13 @@ const DIRS: [&str; 7] = [
     "oci",
 ];
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub kind: EntryKind,
-    #[serde(serialize_with = "display")]
     pub key: Sha256Digest,
     pub path: PathBuf,
     pub apparent: u64,
     pub allocated: u64,
-}
-
-fn display<S: serde::Serializer>(d: &Sha256Digest, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_str(d)
 }
 
 /// Moves a complete temporary file into place.

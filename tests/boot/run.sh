@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Boot test: bake a node with imgbuild into a stand-in for its board's stock
 # Ubuntu 24.04 image, boot the result under QEMU, and check what first boot did
-# against the profiles and the secrets. See README.md, "Boot test".
+# against the profiles and the secrets. See CONTRIBUTING.md, "Boot test".
 #
 #   tests/boot/run.sh            # amd64 NUC node (nuc2)
 #   BOOT_TEST_ARCHES="amd64 arm64" tests/boot/run.sh
@@ -24,11 +24,15 @@
 #   BOOT_TEST_WORKDIR      work directory (default: a new one under /tmp)
 #   BOOT_TEST_KEEP=1       keep the work directory after a passing run
 #   BOOT_TEST_STORAGE=0    no data disks (amd64 attaches a blank and a used one)
-#   IMGBUILD_BIN           imgbuild binary to test (default: cargo build, target/debug)
+#   IMGBUILD_BIN           imgbuild binary to test (default: `cargo build`, the binary
+#                          cargo reports, wherever CARGO_TARGET_DIR puts it)
+#   IMGBUILD_TEST_VENV     the tests' virtual environment (default target/test-venv,
+#                          made by tests/setup-python.sh); arm64 needs its pyfatfs
+#   IMGBUILD_TEST_PYTHON   the Python with pyfatfs (default: the venv's python3)
 #
 # Needs root (the root tarball's owners and device nodes), mmdebstrap, QEMU,
 # gdisk, e2fsprogs, dosfstools, mtools, openssh-client, openssl, python3-yaml
-# (.ci/run installs them).
+# (.ci/run installs them), and for arm64 the test venv (bash tests/setup-python.sh).
 set -euo pipefail
 prepare_only=0
 case "${1:-}" in
@@ -47,12 +51,32 @@ mkdir -p "$work" "$cache"
 t_start=$SECONDS
 
 log() { printf '[boot-test %4ds] %s\n' "$((SECONDS - t_start))" "$*"; }
-die() { log "ERROR: $*"; log "work directory kept: $work"; exit 2; }
+# To stderr: die also runs inside $(...) (cached_root, cached_base), whose
+# output is a path.
+die() { { log "ERROR: $*"; log "work directory kept: $work"; } >&2; exit 2; }
 
 for tool in mmdebstrap sgdisk mkfs.ext4 mkfs.vfat debugfs e2fsck ssh-keygen openssl python3 flock sha256sum; do
   command -v "$tool" >/dev/null || die "$tool is missing (see .ci/run for the packages)"
 done
-python3 -c 'import yaml' 2>/dev/null || die "python3-yaml is missing"
+# Test-only Python packages (pyfatfs) live in the test venv, never in the
+# system Python; the rest of this script needs only the standard library and
+# PyYAML, from the distribution (python3-yaml) or else from the venv.
+test_venv=${IMGBUILD_TEST_VENV:-target/test-venv}
+[[ $test_venv == /* ]] || test_venv=$repo/$test_venv
+test_py=${IMGBUILD_TEST_PYTHON:-$test_venv/bin/python3}
+export IMGBUILD_TEST_PYTHON=$test_py # make-base.sh writes the RK1 seed with it
+py=python3
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  "$test_py" -c 'import yaml' 2>/dev/null ||
+    die "python3-yaml is missing (apt-get install python3-yaml, or make the test venv: bash tests/setup-python.sh)"
+  py=$test_py
+fi
+if [[ " $arches " == *" arm64 "* ]]; then
+  [ -x "$test_py" ] ||
+    die "$test_py is missing: make the test venv with bash tests/setup-python.sh (needs python3-venv); arm64 needs its pyfatfs"
+  "$test_py" -c 'import pyfatfs' 2>/dev/null ||
+    die "pyfatfs is missing from $test_py: run bash tests/setup-python.sh (it writes the stock seed to the RK1 CIDATA volume, which mtools refuses)"
+fi
 [ "$(id -u)" = 0 ] || die "the boot test needs root (it unpacks a root file system with its owners)"
 
 mirror_pid=
@@ -90,7 +114,8 @@ cached_root() { # arch -> path of the root tarball
 
 cached_base() { # board arch -> path of the base image
   local board=$1 arch=$2 root key path
-  root=$(cached_root "$arch")
+  # A command substitution does not inherit errexit: stop here by hand.
+  root=$(cached_root "$arch") || exit 2
   key=$(hash_files <(basename "$root") "$here/make-base.sh" <(cd "$here/guest" && find . -type f -o -type l | sort | xargs -d '\n' tail -n +1 --) <(echo "$board"))
   path=$cache/base-$board-$arch-$key.img
   if [ ! -s "$path" ]; then
@@ -132,8 +157,16 @@ if [ -n "${IMGBUILD_BIN:-}" ]; then
   bin=$IMGBUILD_BIN
 else
   log "cargo build (imgbuild)"
-  (cd "$repo" && cargo build --locked --quiet) || die "cargo build failed"
-  bin=$repo/target/debug/imgbuild
+  # Cargo says where it put the binary (CARGO_TARGET_DIR, a workspace's target).
+  bin=$(cd "$repo" && cargo build --locked --quiet --bin imgbuild --message-format=json-render-diagnostics |
+    "$py" -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "imgbuild" and m.get("executable"):
+        print(m["executable"])
+') || die "cargo build failed"
+  [ -n "$bin" ] && [ -x "$bin" ] || die "cargo build did not report an imgbuild binary"
 fi
 
 # ---------------------------------------------------------------- k3s mirror
@@ -141,7 +174,7 @@ fi
 # <mirror>/<version>/<asset>. imgbuild asks for the version with '+' escaped
 # (v1.32.5%2Bk3s1); Python's http.server unescapes the path, so the directory on
 # disk is named with a literal '+'.
-k3s_version=$(python3 -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1]))["cluster"]; print((c.get("k3s") or {}).get("version", "v1.32.5+k3s1"))' "$repo/profiles/cluster.yaml")
+k3s_version=$("$py" -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1]))["cluster"]; print((c.get("k3s") or {}).get("version", "v1.32.5+k3s1"))' "$repo/profiles/cluster.yaml")
 rel=$work/mirror/$k3s_version
 mkdir -p "$rel"
 for arch in amd64 arm64; do
@@ -151,7 +184,7 @@ for arch in amd64 arm64; do
   tar -cf - -T /dev/null | zstd -q >"$rel/k3s-airgap-images-$arch.tar.zst"
   (cd "$rel" && sha256sum "$asset" "k3s-airgap-images-$arch.tar.zst" >"sha256sum-$arch.txt")
 done
-python3 -u - "$work/mirror" >"$work/mirror.port" 2>"$work/mirror.log" <<'PY' &
+"$py" -u - "$work/mirror" >"$work/mirror.port" 2>"$work/mirror.log" <<'PY' &
 import functools, http.server, sys
 handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
 server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -169,7 +202,7 @@ done
 [ -s "$work/mirror.port" ] || die "the loopback k3s mirror did not start within a minute"
 mirror=http://127.0.0.1:$(cat "$work/mirror.port")
 esc=${k3s_version//+/%2B}
-python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1]).read()' "$mirror/$esc/sha256sum-amd64.txt" ||
+"$py" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1]).read()' "$mirror/$esc/sha256sum-amd64.txt" ||
   die "the loopback k3s mirror does not serve $mirror/$esc/sha256sum-amd64.txt"
 
 # KVM is used when it works, not merely when /dev/kvm exists: some nested set-ups
@@ -212,7 +245,7 @@ storage_facts() { # dir
     entries=$(debugfs -R "ls -p /" "$d/blank-p1.img" 2>/dev/null | awk -F/ 'NF > 5 && $6 != "." && $6 != ".." {print $6}' | tr '\n' ' ')
     rm -f "$d/blank-p1.img"
   fi
-  python3 - "$d" "$table" "${partlabel:-}" "${fstype:-}" "${label:-}" "$fsck" "${entries:-}" "$evidence" <<'PY'
+  "$py" - "$d" "$table" "${partlabel:-}" "${fstype:-}" "${label:-}" "$fsck" "${entries:-}" "$evidence" <<'PY'
 import hashlib, json, os, sys
 d, table, partlabel, fstype, label, fsck, entries, evidence = sys.argv[1:]
 out = {"/dev/disk/by-id/virtio-imgbuild-blank": {
@@ -237,9 +270,6 @@ boot_one() { # arch
   amd64) node=${BOOT_TEST_NODE_amd64:-nuc2} ;;
   arm64) node=${BOOT_TEST_NODE_arm64:-node02} ;;
   esac
-  if [ "$board" = rk1 ]; then
-    python3 -c 'import pyfatfs' 2>/dev/null || die "pyfatfs is missing (python3 -m pip install pyfatfs==1.1.0): it writes the stock seed to the RK1 CIDATA volume, which mtools refuses"
-  fi
   local d=$work/$arch
   mkdir -p "$d"
   local t0=$SECONDS
@@ -326,7 +356,7 @@ YAML
   # static address, the user-mode network takes the node's subnet and its
   # gateway is the host side, so the configured default route leads somewhere.
   local netinfo net_opts nic_opts=() ifname
-  netinfo=$(python3 - "$profiles" "$node" <<'PY'
+  netinfo=$("$py" - "$profiles" "$node" <<'PY'
 import ipaddress, os, sys, yaml
 c = yaml.safe_load(open(os.path.join(sys.argv[1], "cluster.yaml")))
 n = yaml.safe_load(open(os.path.join(sys.argv[1], "nodes", sys.argv[2] + ".yaml"))) or {}
@@ -432,7 +462,7 @@ PY
     storage_args=(--storage "$d/storage.json")
   fi
   local crc=0
-  python3 "$here/check.py" --report "$rep" --serial "$serial" --profiles "$profiles" \
+  "$py" "$here/check.py" --report "$rep" --serial "$serial" --profiles "$profiles" \
     --secrets "$work/secrets" --node "$node" --disk-bytes "$disk" --expect-fail "$expect" "${storage_args[@]}" \
     --keep-dir "$d" | tee "$d/checks.txt" || crc=$?
   echo "$arch ($node): $(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$d/checks.txt" || echo 'no result'), VM ${boot_s}s" >"$d/summary"

@@ -49,7 +49,7 @@ pub struct Bmc {
     pub newly_pinned: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Status {
     pub host: String,
     pub fingerprint: Option<String>,
