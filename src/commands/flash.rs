@@ -274,6 +274,7 @@ fn candidate<'w>(
     if let Some(s) = state
         && art.is_raw()
         && !art.is_unsealed()
+        && s.delivered(&p.node.name).is_some()
         && s.is_done(&p.node.name, &sums::digest_of(&p.image)?)
     {
         let boot_before = match s.delivery(&p.node.name).and_then(|d| d.before.clone()) {

@@ -92,8 +92,12 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FlashStep {
-    /// Cordon and drain first (registered in a running cluster).
+    /// Cordon first, and uncordon once back (registered in a running cluster).
     pub drain: bool,
+    /// Evict its pods after cordoning. Not for a node that is not Ready: no
+    /// kubelet stops them there, so they would never go (it is flashed as
+    /// it is).
+    pub evict: bool,
     /// Remove its etcd member first.
     pub remove_member: bool,
     /// A server joins the running cluster through this API URL.
@@ -272,8 +276,9 @@ fn decide_one(
             ..FlashStep::default()
         }));
     }
-    let mut step = FlashStep {
+    let step = FlashStep {
         drain: found.is_some(),
+        evict: found.is_some_and(|n| n.ready),
         wait: true,
         boot_before: found.map(|n| n.boot_id.clone()).filter(|b| !b.is_empty()),
         ..FlashStep::default()
@@ -281,32 +286,55 @@ fn decide_one(
     if !server {
         return Ok(Action::Flash(step));
     }
+    decide_server(ws, node, view, step, settings).map(Action::Flash)
+}
+
+/// Whether a data disk holds k3s's embedded etcd, so that it survives a
+/// flash: mounted at its directory or one above it (a disk for, say,
+/// local-path volumes under /var/lib/rancher/k3s/storage does not).
+pub fn keeps_etcd(node: &Node) -> bool {
+    const ETCD: &str = "/var/lib/rancher/k3s/server/db";
+    node.storage.iter().any(|d| {
+        let m = d.mount.trim_end_matches('/');
+        m == ETCD || (!m.is_empty() && ETCD.starts_with(&format!("{m}/")))
+    })
+}
+
+/// A server of a running cluster: the quorum decides whether its etcd
+/// member may go, and it is re-made to join the cluster.
+fn decide_server(
+    ws: &Workspace,
+    node: &Node,
+    view: &ClusterView,
+    mut step: FlashStep,
+    settings: &RolloutSettings,
+) -> Result<FlashStep> {
+    use crate::kube::cluster::QuorumRefusal;
     step.voter = true;
-    let keeps_data = node.storage.iter().any(|d| d.k3s_data);
+    let keeps_data = keeps_etcd(node);
+    let found = view.get(&node.hostname);
     let other_servers = view.servers().filter(|n| n.name != node.hostname).count();
     let quorum = if found.is_some() && other_servers == 0 {
         // Registered and alone: the datastore (embedded etcd, or SQLite on
         // a server without `cluster-init`) lives on this node only.
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember {
+        Err(QuorumRefusal::SingleMember {
             node: node.hostname.clone(),
         })
     } else {
         view.check_quorum(&node.hostname)
     };
     match quorum {
-        Ok(QuorumOk::NotAMember) => {}
+        Ok(QuorumOk::NotAMember) | Ok(QuorumOk::AlreadyRemoved { .. }) => {}
         Ok(QuorumOk::Safe { .. }) | Ok(QuorumOk::RemovalUnderWay) => {
-            // With its k3s data on a data disk the server keeps its etcd
-            // member and data across the flash, as after a reboot: removing
-            // the member would leave it a removed member's data to start on.
+            // With its etcd on a data disk the server keeps its member and
+            // data across the flash, as after a reboot: removing the member
+            // would leave it a removed member's data to start on, which k3s
+            // refuses.
             step.remove_member = !keeps_data;
         }
-        Ok(QuorumOk::AlreadyRemoved { .. }) => {}
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if keeps_data => {
-            // Starts again on its kept data, as after a reboot.
-            return Ok(Action::Flash(step));
-        }
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
+        // Starts again on its kept data, as after a reboot.
+        Err(QuorumRefusal::SingleMember { .. }) if keeps_data => return Ok(step),
+        Err(QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
             step.voter = false;
             step.reset = Some(format!(
                 "{} is the only server of cluster {}: re-flashing it deletes the cluster's datastore (every API object; {} node(s) registered) and the cluster starts empty",
@@ -314,13 +342,13 @@ fn decide_one(
                 ws.profiles.cluster.name,
                 view.nodes.len()
             ));
-            return Ok(Action::Flash(step));
+            return Ok(step);
         }
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) => {
+        Err(QuorumRefusal::SingleMember { .. }) => {
             return Err(refuse(format!(
                 "refusing to flash {}: it is the cluster's only server, and a re-flash starts an empty datastore \
                  (every object of cluster {} is lost: {} node(s) registered). To keep the data, put k3s's data on a data disk \
-                 (`storage:` with `k3s_data: true` in {}) so it survives the flash; to start over, pass --reset-cluster",
+                 (a `storage:` entry mounted at /var/lib/rancher in {}) so that etcd survives the flash; to start over, pass --reset-cluster",
                 node.name,
                 ws.profiles.cluster.name,
                 view.nodes.len(),
@@ -340,7 +368,7 @@ fn decide_one(
             node.name
         ))
     })?);
-    Ok(Action::Flash(step))
+    Ok(step)
 }
 
 /// The API a re-flashed server joins through: the VIP, else a Ready voter
@@ -429,7 +457,12 @@ pub fn before_flash(
             }
         }
     }
-    if cordoned {
+    if cordoned && !step.evict {
+        tracing::info!(
+            "{name}: not Ready, so its pods cannot be evicted (no kubelet stops them); flashing it as it is"
+        );
+    }
+    if cordoned && step.evict {
         let report = crate::kube::drain::drain(admin, name, &settings.drain)
             .map_err(|e| left("draining", &e))?;
         if !report.skipped.is_empty() {
