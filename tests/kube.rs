@@ -850,7 +850,7 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
     assert!(
         t.contains("refusing to flash node01: it is the cluster's only server")
             && t.contains("--reset-cluster")
-            && t.contains("k3s_data: true"),
+            && t.contains("a `storage:` entry mounted at /var/lib/rancher"),
         "{t}"
     );
     assert!(bmc.state.lock().unwrap().flashed.is_empty());

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::bmc::FakeBmc;
-use support::fixtures::fixtures;
 use support::harness::*;
 use support::k3s_api::{FakeApi, Outcome, Signer, cluster::pod, image};
 
@@ -47,8 +46,21 @@ const NODES: [(&str, &str, u8); 4] = [
     ("node04", "rk1", 4),
 ];
 
+/// Base images for both boards, shared by the tests of this binary: small,
+/// since every flash sends every byte through the fake BMC.
+fn bases() -> &'static (PathBuf, PathBuf) {
+    static B: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    B.get_or_init(|| {
+        let dir = shared_scratch().join("small");
+        std::fs::create_dir_all(&dir).unwrap();
+        let rk1 = support::fixtures::build_rk1(&dir, 48);
+        let cm4 = support::fixtures::build_cm4(&dir, 96);
+        (rk1.path, cm4.path)
+    })
+}
+
 /// A workspace: profiles pointing at its own fake BMC, its own secrets, and
-/// the Turing Pi nodes' images built into `dist/`.
+/// the Turing Pi nodes' images built into `dist/` as they are needed.
 struct Ws {
     dir: tempfile::TempDir,
     bmc: FakeBmc,
@@ -100,18 +112,20 @@ impl Ws {
         let mut ws = ws;
         ws._registry = registry;
         edit(&ws.profiles());
-        let fx = fixtures();
-        let rk1 = format!("rk1={}", fx.rk1.path.display());
-        let cm4 = format!("cm4={}", fx.cm4.path.display());
-        let mut args = vec!["build", "--base", &rk1, "--base", &cm4];
-        let targets: Vec<String> = NODES
-            .iter()
-            .map(|(n, b, _)| format!("dist/{n}.{b}.img"))
-            .collect();
-        args.extend(targets.iter().map(String::as_str));
-        let out = ws.run(&args);
+        // The cluster's secrets (CA set included), as a first build makes them.
+        let out = ws.run(&["secrets", "--generate"]);
         assert!(out.status.success(), "{}", text(&out));
         ws
+    }
+
+    /// Builds `node`'s image unless it is there (`deploy` and `flash` build
+    /// what they need themselves).
+    fn build(&self, node: &str) {
+        let image = self.image(node);
+        if !image.is_file() {
+            let out = self.run(&["build", image.to_str().unwrap()]);
+            assert!(out.status.success(), "{}", text(&out));
+        }
     }
 
     fn path(&self) -> &Path {
@@ -140,8 +154,13 @@ impl Ws {
         let e = support::mirror::env();
         let mut c = command();
         c.args(args)
-            .args(["--profiles", self.profiles().to_str().unwrap()])
-            .current_dir(self.path())
+            .args(["--profiles", self.profiles().to_str().unwrap()]);
+        if ["build", "deploy", "flash"].contains(&args[0]) {
+            let (rk1, cm4) = bases();
+            c.arg(format!("--base=rk1={}", rk1.display()))
+                .arg(format!("--base=cm4={}", cm4.display()));
+        }
+        c.current_dir(self.path())
             .env("IMGBUILD_SECRETS", self.secrets())
             .env("IMGBUILD_CACHE_DIR", e.cache())
             .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
@@ -166,9 +185,10 @@ impl Ws {
             api,
             "--interval",
             "200ms",
-            "--timeout",
-            "20s",
         ];
+        if !extra.contains(&"--timeout") {
+            a.extend(["--timeout", "20s"]);
+        }
         a.extend_from_slice(extra);
         self.run(&a)
     }
@@ -231,6 +251,7 @@ impl Ws {
 
     /// The instance ID of `node`'s built image.
     fn instance(&self, node: &str) -> String {
+        self.build(node);
         self.inspect(&self.image(node))["provenance"]["instance_id"]
             .as_str()
             .unwrap()
@@ -369,7 +390,7 @@ fn the_only_server_is_refused_and_nothing_is_flashed() {
         assert!(
             t.contains("refusing to flash node01: it is the cluster's only server")
                 && t.contains("every object of cluster homelab is lost: 4 node(s) registered")
-                && t.contains("`storage:` with `k3s_data: true`")
+                && t.contains("a `storage:` entry mounted at /var/lib/rancher in ")
                 && t.contains("pass --reset-cluster"),
             "{t}"
         );
@@ -388,12 +409,28 @@ fn the_only_server_is_refused_and_nothing_is_flashed() {
 fn reset_cluster_reflashes_the_only_server_into_an_empty_cluster() {
     let ws = Ws::new(Kind::Single);
     let fake = ws.api();
-    let out = ws.deploy(
-        &fake.url(),
-        &["--reset-cluster", "--nodes", "node01,node02"],
+    // Without --yes (and no terminal to ask on) nothing happens; the
+    // question names what would be lost.
+    let url = fake.url();
+    let out = ws.run(&[
+        "deploy",
+        "--server",
+        &url,
+        "--reset-cluster",
+        "--nodes",
+        "node01",
+    ]);
+    let t = expect(&out, 2);
+    assert!(
+        t.contains("node01 is the only server of cluster homelab: re-flashing it deletes the cluster's datastore (every API object; 4 node(s) registered)")
+            && t.contains("anyway?")
+            && t.contains("pass --yes"),
+        "{t}"
     );
+    assert!(ws.flashed().is_empty());
+    assert!(!cordoned(&fake, "node01"));
+    let out = ws.deploy(&url, &["--reset-cluster", "--nodes", "node01,node02"]);
     let t = expect(&out, 0);
-    // The confirmation names what is lost (--yes answers it).
     assert_eq!(ws.flashed(), [1, 2], "{t}");
     let f = flashes(&fake);
     assert_eq!(f[0], ("node01".to_string(), Outcome::Empty), "{f:?}");
@@ -423,7 +460,11 @@ fn an_ha_server_leaves_etcd_then_is_flashed_and_votes_again() {
     // completion), the flash, the wait, uncordon, the instance.
     let reqs = fake.requests();
     let ready = pos(&reqs, "GET /readyz");
-    let listed = pos_from(&reqs, ready, "GET /api/v1/nodes ");
+    let listed = ready
+        + reqs[ready..]
+            .iter()
+            .position(|r| r.ends_with("GET /api/v1/nodes"))
+            .unwrap();
     let cordon = pos_from(&reqs, listed, &cordon("node02"));
     let pods = pos_from(
         &reqs,
@@ -487,6 +528,7 @@ fn an_ha_server_is_refused_with_two_voters() {
 fn the_cluster_init_server_is_reflashed_as_a_joiner() {
     let ws = Ws::new(Kind::Ha);
     let fake = ws.api();
+    ws.build("node01");
     let artifact = ws.image("node01");
     let before = sha256(&artifact);
     // As built, it founds a cluster.
@@ -533,26 +575,95 @@ fn the_cluster_init_server_is_reflashed_as_a_joiner() {
 }
 
 #[test]
-fn a_server_with_its_data_on_a_data_disk_keeps_its_member() {
+fn without_a_vip_a_server_joins_through_another_voter_never_itself() {
+    // cluster.server is node01 itself, as without a VIP it usually is.
     let ws = Ws::edited(Kind::Ha, |p| {
-        let f = p.join("nodes/node02.yaml");
-        let mut t = std::fs::read_to_string(&f).unwrap();
-        t.push_str(
-            "storage:\n  - device: /dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456\n    mount: /var/lib/rancher\n",
+        let f = p.join("cluster.yaml");
+        let t = std::fs::read_to_string(&f).unwrap();
+        let start = t.find("  vip:\n").unwrap();
+        let end = start + t[start..].find("services_range:").unwrap();
+        let end = end + t[end..].find('\n').unwrap() + 1;
+        let t = format!("{}{}", &t[..start], &t[end..]).replacen(
+            "server: 192.168.1.100",
+            "server: 192.168.1.101",
+            1,
         );
         std::fs::write(&f, t).unwrap();
     });
     let fake = ws.api();
+    for (n, i) in [("node01", 101), ("node02", 102), ("node03", 103)] {
+        fake.with(|c| {
+            c.edit_node(n, |v| {
+                v["status"]["addresses"][0]["address"] = format!("192.168.1.{i}").into();
+            })
+        });
+    }
+    expect(&ws.deploy(&fake.url(), &["--nodes", "node01"]), 0);
+    let facts = image::read(&ws.bmc.slot_file(1));
+    assert!(!facts.cluster_init, "{facts:?}");
+    assert_eq!(
+        facts.server_url.as_deref(),
+        Some("https://192.168.1.102:6443")
+    );
+    assert_eq!(flashes(&fake), [("node01".to_string(), Outcome::Back)]);
+    assert!(voter(&fake, "node01"));
+}
+
+/// Adds a data disk mounted at `mount` to `node`'s profile.
+fn data_disk(profiles: &Path, node: &str, mount: &str) {
+    let f = profiles.join(format!("nodes/{node}.yaml"));
+    let mut t = std::fs::read_to_string(&f).unwrap();
+    t.push_str(&format!(
+        "storage:\n  - device: /dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456\n    mount: {mount}\n"
+    ));
+    std::fs::write(&f, t).unwrap();
+}
+
+#[test]
+fn a_server_with_its_data_on_a_data_disk_keeps_its_member() {
+    let ws = Ws::edited(Kind::Ha, |p| {
+        data_disk(p, "node02", "/var/lib/rancher");
+        // A disk under k3s's data directory that does not hold etcd.
+        data_disk(p, "node03", "/var/lib/rancher/k3s/storage");
+    });
+    let fake = ws.api();
     let member = annotation(&fake, "node02", MEMBER).unwrap();
-    let out = ws.deploy(&fake.url(), &["--nodes", "node02"]);
+    let out = ws.deploy(&fake.url(), &["--nodes", "node02,node03"]);
     let t = expect(&out, 0);
-    assert_eq!(ws.flashed(), [2], "{t}");
-    // No removal: k3s starts on its kept data as the same member (a removed
-    // member's data would crash-loop: "not a member of the etcd cluster").
-    assert!(!fake.requests().iter().any(|r| r.contains(REMOVE)));
-    assert_eq!(flashes(&fake), [("node02".to_string(), Outcome::Back)]);
+    assert_eq!(ws.flashed(), [2, 3], "{t}");
+    // node02: no removal; k3s starts on its kept data as the same member (a
+    // removed member's data would crash-loop: "not a member of the etcd
+    // cluster"). node03's etcd was on the wiped root: its member went first.
+    let reqs = fake.requests();
+    assert!(
+        !reqs.iter().any(|r| r.contains(&remove("node02"))),
+        "{reqs:#?}"
+    );
+    assert!(
+        reqs.iter().any(|r| r.contains(&remove("node03"))),
+        "{reqs:#?}"
+    );
+    assert_eq!(
+        flashes(&fake),
+        [
+            ("node02".to_string(), Outcome::Back),
+            ("node03".to_string(), Outcome::Back)
+        ]
+    );
     assert_eq!(annotation(&fake, "node02", MEMBER), Some(member));
-    assert!(voter(&fake, "node02"));
+    assert!(voter(&fake, "node02") && voter(&fake, "node03"));
+}
+
+#[test]
+fn the_only_server_with_its_data_on_a_data_disk_is_flashed() {
+    let ws = Ws::edited(Kind::Single, |p| data_disk(p, "node01", "/var/lib/rancher"));
+    let fake = ws.api();
+    let t = expect(&ws.deploy(&fake.url(), &["--nodes", "node01"]), 0);
+    assert_eq!(ws.flashed(), [1], "{t}");
+    // Its datastore came back with it: the cluster kept every node.
+    assert_eq!(flashes(&fake), [("node01".to_string(), Outcome::Back)]);
+    assert_eq!(fake.with(|c| c.nodes.len()), 4);
+    assert!(voter(&fake, "node01"));
 }
 
 // ---- drain ----
@@ -702,6 +813,63 @@ fn an_interrupted_drain_resumes_and_uncordons_at_the_end() {
     for n in ["node02", "node03", "node04"] {
         assert!(!cordoned(&fake, n), "{n}");
     }
+}
+
+#[test]
+fn an_agent_that_is_down_is_flashed_without_a_drain() {
+    let ws = Ws::new(Kind::Single);
+    let fake = ws.api();
+    fake.add_pod(pod("default", "web", "node03", Some("ReplicaSet")));
+    fake.with(|c| {
+        c.edit_node("node03", |n| {
+            n["status"]["conditions"][0]["status"] = "Unknown".into();
+            n["status"]["conditions"][0]["reason"] = "NodeStatusUnknown".into();
+        })
+    });
+    let out = ws.deploy(&fake.url(), &["--nodes", "node03", "--drain-timeout", "2s"]);
+    let t = expect(&out, 0);
+    assert!(
+        t.contains("node03: not Ready, so its pods cannot be evicted"),
+        "{t}"
+    );
+    assert_eq!(ws.flashed(), [3]);
+    assert!(!fake.requests().iter().any(|r| r.contains("/eviction")));
+    assert!(!cordoned(&fake, "node03"));
+    assert_eq!(
+        annotation(&fake, "node03", INSTANCE),
+        Some(ws.instance("node03"))
+    );
+}
+
+#[test]
+fn a_node_flashed_by_a_run_that_stopped_is_finished_not_flashed_again() {
+    let ws = Ws::new(Kind::Single);
+    let fake = ws.api();
+    // It boots slower than this deploy waits.
+    fake.with(|c| c.boot_delay = Duration::from_secs(3));
+    let out = ws.deploy(&fake.url(), &["--nodes", "node02", "--timeout", "1s"]);
+    let t = expect(&out, 1);
+    assert!(
+        t.contains("node02 was flashed but did not come back")
+            && t.contains("node02 is left cordoned"),
+        "{t}"
+    );
+    assert_eq!(ws.flashed(), [2]);
+    assert!(cordoned(&fake, "node02"));
+    // The same command again: the image is on it already; it is waited
+    // for, uncordoned and recorded, not flashed again.
+    let out = ws.deploy(&fake.url(), &["--nodes", "node02"]);
+    let t = expect(&out, 0);
+    assert!(
+        t.contains("node02: already flashed with this image by an earlier run"),
+        "{t}"
+    );
+    assert_eq!(ws.flashed(), [2]);
+    assert!(!cordoned(&fake, "node02"));
+    assert_eq!(
+        annotation(&fake, "node02", INSTANCE),
+        Some(ws.instance("node02"))
+    );
 }
 
 // ---- skips, --force, skew ----
