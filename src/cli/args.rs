@@ -428,7 +428,8 @@ pub struct FlashArgs {
     /// Base images for builds, as for the build command.
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
-    /// Re-flash nodes that are Ready and already run their image's instance
+    /// Re-flash nodes that are Ready and already run their image's instance,
+    /// and (deploy) nodes an earlier run already flashed with the same image
     /// (they are skipped otherwise).
     #[arg(long)]
     pub force: bool,

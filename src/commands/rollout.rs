@@ -491,7 +491,7 @@ pub fn left_behind(node: &Node, step: &FlashStep) -> Option<String> {
     match (step.drain, step.remove_member) {
         (false, false) => None,
         (true, false) => Some(format!(
-            "{name} is left cordoned: run the same command again to continue, or `kubectl uncordon {name}` once it is back"
+            "{name} is left cordoned: run the same command again to continue, or `kubectl uncordon {name}` when it is Ready"
         )),
         (_, true) => Some(format!(
             "{name} is left {}out of etcd (its member was removed): run the same command again to flash it so it joins again",
