@@ -861,11 +861,10 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
     let bmc = FakeBmc::start("turing");
     let ws = Ws::new(Some(&bmc.host()));
     let fake = ws.api();
+    // As the profiles say: node01 the only server, node02-04 agents.
     for (i, n) in ["node01", "node02", "node03", "node04"].iter().enumerate() {
-        fake.script(
-            n,
-            comes_back(&bmc, n, i as u8 + 1, "boot-old", &format!("boot-new-{n}")),
-        );
+        let script = comes_back(&bmc, n, i as u8 + 1, "boot-old", &format!("boot-new-{n}"));
+        fake.script(n, if i == 0 { script } else { api::agent(script) });
     }
     images(ws.path(), 1);
     let deploy = |extra: &[&str]| {
@@ -885,7 +884,25 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
             .output()
             .unwrap()
     };
+    // The cluster runs: re-flashing its only server would empty its
+    // datastore, so nothing is flashed without --reset-cluster.
     let out = deploy(&["--timeout", "30s"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("refusing to flash node01: it is the cluster's only server")
+            && t.contains("--reset-cluster")
+            && t.contains("a `storage:` entry mounted at /var/lib/rancher"),
+        "{t}"
+    );
+    assert!(bmc.state.lock().unwrap().flashed.is_empty());
+    assert!(
+        !fake.requests().iter().any(|r| r.contains(" PATCH ")),
+        "{:#?}",
+        fake.requests()
+    );
+
+    let out = deploy(&["--timeout", "30s", "--reset-cluster"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(stdout(&out).contains("4 of 4 nodes Ready"), "{t}");
@@ -903,6 +920,23 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
         assert_eq!(state[n]["before"]["boot_id"], "boot-old", "{state}");
         assert!(state[n]["flashed_at"].as_u64().unwrap() > 1_700_000_000);
     }
+    // Each node was cordoned before its flash and uncordoned once back.
+    let reqs = fake.requests();
+    for n in ["node01", "node02", "node03", "node04"] {
+        let patches: Vec<&String> = reqs
+            .iter()
+            .filter(|r| r.contains(&format!(" PATCH /api/v1/nodes/{n} ")))
+            .collect();
+        assert_eq!(patches.len(), 2, "{reqs:#?}");
+        assert!(
+            patches[0].ends_with(r#"{"spec":{"unschedulable":true}}"#),
+            "{reqs:#?}"
+        );
+        assert!(
+            patches[1].ends_with(r#"{"spec":{"unschedulable":null}}"#),
+            "{reqs:#?}"
+        );
+    }
 
     // node04 is re-flashed but never comes back: its old Node (the boot ID
     // from just before this flash) is not taken for the new one.
@@ -918,6 +952,11 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
         .map(|r| r["result"].as_str().unwrap())
         .collect();
     assert_eq!(results, ["skipped", "skipped", "skipped", "flashed"]);
+    assert!(
+        text(&out).contains("node04 is left cordoned"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(j["wait"]["ready"], 3);
     let n4 = &j["wait"]["nodes"][3];
     assert_eq!(n4["state"], "stale", "{j}");
