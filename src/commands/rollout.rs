@@ -335,11 +335,7 @@ fn decide_server(
         // Starts again on its kept data, as after a reboot.
         Err(QuorumRefusal::SingleMember { .. }) if keeps_data => return Ok(step),
         Err(QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
-            // The datastore goes with the flash: the Node object too, so
-            // there is nothing to drain or uncordon, and its boot is new.
             step.voter = false;
-            step.drain = false;
-            step.boot_before = None;
             step.reset = Some(format!(
                 "{} is the only server of cluster {}: re-flashing it deletes the cluster's datastore (every API object; {} node(s) registered) and the cluster starts empty",
                 node.name,
