@@ -994,3 +994,216 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert!(err.trim().is_empty(), "{args:?}: {err}");
     }
 }
+
+// Round three (issue 25): names that become paths, parsers without a size
+// cap, network reads without an idle timeout, secrets read unchecked.
+
+const ANSIBLE_GROUP_VARS: &str = "control_plane: node01\nlocal_domain: home.arpa\n";
+
+/// Runs `imgbuild import ansible INVENTORY -o OUT` in `dir` (with
+/// `gv.yml` beside it as group_vars, and a fixed admin key).
+fn import_ansible(dir: &Path, inventory: &str, out: &str) -> std::process::Output {
+    std::fs::write(dir.join("gv.yml"), ANSIBLE_GROUP_VARS).unwrap();
+    command()
+        .args([
+            "import",
+            "ansible",
+            inventory,
+            "--group-vars",
+            "gv.yml",
+            "-o",
+            out,
+        ])
+        .args([
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm1bPd+q7Nw9Nf8oWDV2yR8cFbTL1ox0aLa3ybh9yK7 t@t",
+        ])
+        .current_dir(dir)
+        .env("HOME", dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Every path under `dir` (relative), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let out = sh(&format!("cd {} && find . -mindepth 1 | sort", q(dir)));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn inventory_host_names_that_would_leave_the_profile_set_are_refused_before_writing() {
+    // The high finding: an INI host `../../../../tmp/x/ESCAPED` wrote
+    // `/tmp/x/ESCAPED.yaml`; `a/b`, `x;touch ...` and `""` landed in
+    // subdirectories or hidden files while `check` said OK; a NUL left a
+    // half-written import.
+    let w = scratch();
+    let d = w.path();
+    // A sibling cluster whose node directory the first name aims at.
+    std::fs::create_dir_all(d.join("other/profiles/nodes")).unwrap();
+    let ini = |host: &[u8]| {
+        let mut t =
+            b"[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n[extra_nodes]\n".to_vec();
+        t.extend_from_slice(host);
+        t.push(b'\n');
+        t
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("escape.ini", ini(b"../../../other/profiles/nodes/ESCAPED")),
+        ("slash.ini", ini(b"a/b")),
+        ("shell.ini", ini(b"x;touch${IFS}pwned")),
+        ("nul.ini", ini(b"nu\0l")),
+        ("upper.ini", ini(b"Node02")),
+        (
+            "empty.yml",
+            b"all:\n  children:\n    turing_pis:\n      hosts: {tp1: {}}\n    tp1_nodes:\n      hosts:\n        node01: {slot_num: 1, type: rk1}\n    extra_nodes:\n      hosts: {\"\": {}}\n"
+                .to_vec(),
+        ),
+    ];
+    let before = tree(d);
+    for (name, text) in &cases {
+        std::fs::write(d.join(name), text).unwrap();
+        let o = import_ansible(d, name, "out");
+        let t = text_of(&o);
+        assert_eq!(o.status.code(), Some(3), "{name}: {t}");
+        assert!(t.contains(&format!("{name}: host ")), "{name}: {t}");
+        assert!(t.contains("is not a node name"), "{name}: {t}");
+        assert!(
+            t.contains("rename the host in the inventory"),
+            "{name}: {t}"
+        );
+        std::fs::remove_file(d.join(name)).unwrap();
+        std::fs::remove_file(d.join("gv.yml")).unwrap();
+        // Nothing written: no output directory, nothing in the sibling
+        // cluster, no staging directory.
+        assert_eq!(tree(d), before, "{name} left files");
+    }
+}
+
+/// Runs `imgbuild check` on `profiles`.
+fn check_profiles(profiles: &Path) -> std::process::Output {
+    command()
+        .args(["check", "--profiles", s(profiles)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
+}
+
+#[test]
+fn an_import_that_fails_check_leaves_nothing_and_one_that_passes_is_placed_whole() {
+    // `import` wrote its files before `check` and left them on exit 3.
+    let w = scratch();
+    let d = w.path();
+    // A board name `check` refuses (it is no node name, and no path either).
+    std::fs::write(
+        d.join("bad.ini"),
+        "[turing_pis]\nTP_1\n[TP_1_nodes]\nnode01 slot_num=1 type=rk1\n",
+    )
+    .unwrap();
+    // Into a new directory, and into one that holds other files.
+    std::fs::create_dir_all(d.join("existing/notes")).unwrap();
+    std::fs::write(d.join("existing/README"), "mine\n").unwrap();
+    let before = tree(d);
+    for out in ["new/dir", "existing"] {
+        let o = import_ansible(d, "bad.ini", out);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{out}: {t}");
+        assert!(t.contains("nothing was written"), "{out}: {t}");
+        assert!(
+            t.contains("turing_pi_boards") && !t.contains(".imgbuild-new-"),
+            "{out}: the message names the staged files: {t}"
+        );
+        std::fs::remove_file(d.join("gv.yml")).unwrap();
+        assert_eq!(tree(d), before, "{out}: left files");
+    }
+    // A valid import into the directory with other files: the profile set
+    // appears whole, the other files are untouched, and `check` agrees.
+    std::fs::write(
+        d.join("good.ini"),
+        "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\nnode02 slot_num=2 type=rk1\n",
+    )
+    .unwrap();
+    let o = import_ansible(d, "good.ini", "existing");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        tree(&d.join("existing")),
+        [
+            "./.gitignore",
+            "./README",
+            "./notes",
+            "./profiles",
+            "./profiles/cluster.yaml",
+            "./profiles/nodes",
+            "./profiles/nodes/node01.yaml",
+            "./profiles/nodes/node02.yaml",
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("existing/README")).unwrap(),
+        "mine\n"
+    );
+    let o = check_profiles(&d.join("existing/profiles"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Node files already there would join the set unchecked: refused.
+    std::fs::create_dir_all(d.join("more/profiles/nodes")).unwrap();
+    std::fs::write(d.join("more/profiles/nodes/old.yaml"), "board: rk1\n").unwrap();
+    let o = import_ansible(d, "good.ini", "more");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    assert!(text(&o).contains("old.yaml"), "{}", text(&o));
+    assert_eq!(
+        tree(&d.join("more")),
+        [
+            "./profiles",
+            "./profiles/nodes",
+            "./profiles/nodes/old.yaml"
+        ]
+    );
+}
+
+#[test]
+fn the_import_header_quotes_the_inventory_path_so_it_adds_no_yaml_keys() {
+    // `import` put the inventory path unescaped into its `#` header: a
+    // newline in the path added YAML keys to every written file. PyYAML
+    // (what cloud-init reads YAML with) also breaks lines at U+0085,
+    // U+2028 and U+2029.
+    let w = scratch();
+    let d = w.path();
+    let name = "hosts\nevil: 1\n\u{85}nel: 2\u{2028}ls: 3\u{2029}ps: 4\r.ini";
+    std::fs::write(
+        d.join(name),
+        "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n",
+    )
+    .unwrap();
+    let o = import_ansible(d, name, "out");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let script = d.join("keys.py");
+    std::fs::write(
+        &script,
+        "import sys, yaml\nfor f in sys.argv[1:]:\n    print(sorted(yaml.safe_load(open(f, encoding='utf-8', newline=''))))\n",
+    )
+    .unwrap();
+    let out = sh(&format!(
+        "{} {} {} {}",
+        python(),
+        q(&script),
+        q(&d.join("out/profiles/cluster.yaml")),
+        q(&d.join("out/profiles/nodes/node01.yaml"))
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "['cluster', 'defaults']\n['board', 'k3s', 'turing_pi']\n"
+    );
+    let first = std::fs::read_to_string(d.join("out/profiles/cluster.yaml")).unwrap();
+    let first = first.lines().next().unwrap();
+    assert!(first.starts_with("# Imported by"), "{first}");
+    assert!(first.contains(r"hosts\nevil: 1\n"), "{first}");
+}

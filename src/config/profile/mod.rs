@@ -14,6 +14,7 @@ use crate::config::manifest::BoardInfo;
 pub use model::*;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
+pub use validate::hostname_error;
 
 pub const CLUSTER_FILE: &str = "cluster.yaml";
 pub const NODES_DIR: &str = "nodes";
