@@ -1207,3 +1207,149 @@ fn the_import_header_quotes_the_inventory_path_so_it_adds_no_yaml_keys() {
     assert!(first.starts_with("# Imported by"), "{first}");
     assert!(first.contains(r"hosts\nevil: 1\n"), "{first}");
 }
+
+/// `[` repeated `n` times: nesting that cost serde_yaml_ng seconds to
+/// minutes before its own depth limit applied (25k took 1.9 s, 100k 30 s).
+fn brackets(n: usize) -> String {
+    "[".repeat(n)
+}
+
+#[test]
+fn deep_or_large_inventories_and_profiles_are_refused_by_the_prescan_naming_the_cap() {
+    // Inventories and group_vars were read with no size cap (600 MB cost 620
+    // MB of RAM) and parsed whatever their nesting. The pre-scan stops at the
+    // 65th level: the column in the message is where it stopped reading.
+    let w = scratch();
+    let d = w.path();
+    let deep = brackets(30_000);
+    let ok_ini = "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n";
+    let cases: Vec<(&str, String, Option<String>, String)> = vec![
+        (
+            "deep.yml",
+            format!("all: {deep}"),
+            None,
+            "deep.yml: the inventory nests collections more than 64 deep (line 1, column 69); at most 64 levels are read".into(),
+        ),
+        (
+            "value.ini",
+            format!("{ok_ini}node02 slot_num=2 type=rk1 labels={deep}\n"),
+            None,
+            "value.ini: line 5: the value nests collections more than 64 deep (line 1, column 65)".into(),
+        ),
+        (
+            "gv-deep.ini",
+            ok_ini.to_string(),
+            Some(deep.clone()),
+            "gv.yml nests collections more than 64 deep (line 1, column 65)".into(),
+        ),
+        (
+            "gv-large.ini",
+            ok_ini.to_string(),
+            Some(format!("control_plane: node01\n#{}\n", "x".repeat(2 << 20))),
+            "gv.yml is 2.0 MiB; at most 1 MiB is read".into(),
+        ),
+    ];
+    for (name, inv, gv, expect) in cases {
+        std::fs::write(d.join(name), inv).unwrap();
+        let mut c = command();
+        c.args([
+            "import",
+            "ansible",
+            name,
+            "-o",
+            "out",
+            "--group-vars",
+            "gv.yml",
+        ])
+        .args([
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm1bPd+q7Nw9Nf8oWDV2yR8cFbTL1ox0aLa3ybh9yK7 t@t",
+        ])
+        .current_dir(d)
+        .env("HOME", d);
+        std::fs::write(d.join("gv.yml"), gv.unwrap_or(ANSIBLE_GROUP_VARS.into())).unwrap();
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{name}: {}", text(&o));
+        assert!(
+            text(&o).contains(&expect),
+            "{name}: expected {expect:?} in {}",
+            text(&o)
+        );
+        assert!(!d.join("out").exists(), "{name} wrote files");
+    }
+    // A profile: the same cap before its parse.
+    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(d)));
+    let cluster = d.join("profiles/cluster.yaml");
+    let t = std::fs::read_to_string(&cluster).unwrap();
+    std::fs::write(&cluster, format!("{t}extra: {deep}\n")).unwrap();
+    let o = check_profiles(&d.join("profiles"));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster.yaml: the file nests collections more than 64 deep"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn inspect_reads_an_images_seed_only_within_its_caps() {
+    // `inspect` parsed an image's own meta-data (up to 1 MiB) whatever its
+    // nesting: 100 KB of `[` in a crafted base image cost 17 s. The seed is
+    // read within a cap per file, and a warning names the cap.
+    let fx = fixtures();
+    let w = scratch();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "meta-data",
+            format!("instance-id: x\n#{}\n", "x".repeat(1 << 20)).into_bytes(),
+            "partition 1: meta-data is 1.0 MiB; at most 64 KiB is read",
+        ),
+        (
+            "meta-data",
+            format!("instance-id: {}", brackets(60_000)).into_bytes(),
+            "partition 1: meta-data nests collections more than 64 deep (line 1, column 77)",
+        ),
+        (
+            "imgbuild.json",
+            brackets(200_000).into_bytes(),
+            "partition 1: imgbuild.json nests collections more than 64 deep (line 1, column 65)",
+        ),
+    ];
+    for (i, (file, body, expect)) in cases.iter().enumerate() {
+        let img = copy_of(&fx.rk1.path, w.path(), "seed.img");
+        let src = w.path().join("body");
+        std::fs::write(&src, body).unwrap();
+        // pyfatfs writes the file (mtools refuses this small FAT32 volume).
+        let (start, len) = fx.rk1.part(1);
+        let part = w.path().join("p1.fat");
+        extract(&img, start, len, &part);
+        sh(&format!(
+            "{} {} put {} /{file} {}",
+            python(),
+            q(&repo().join("tests/fixtures/fat.py")),
+            q(&part),
+            q(&src)
+        ));
+        sh(&format!(
+            "dd if={} of={} bs=1M seek={} conv=notrunc status=none",
+            q(&part),
+            q(&img),
+            start / MIB
+        ));
+        let o = command()
+            .args(["inspect", "--json", s(&img)])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "case {i}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(expect),
+            "case {i}: expected {expect:?} in {err}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if *file == "meta-data" {
+            assert!(v["seed"]["instance_id"].is_null(), "case {i}: {v}");
+        }
+        assert!(v["provenance"].is_null(), "case {i}: {v}");
+    }
+}

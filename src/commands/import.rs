@@ -30,27 +30,11 @@ pub struct ImportReport {
 /// Reads an inventory or group_vars file, within the size cap of
 /// configuration files.
 fn read(path: &Path) -> Result<String> {
-    use crate::util::prescan;
-    use std::io::Read;
-    let failed = |e: std::io::Error| CommandError::Failed(anyhow!("{}: {e}", path.display()));
-    let f = std::fs::File::open(path).map_err(failed)?;
-    let len = f.metadata().map_err(failed)?.len();
-    let limit = prescan::CONFIG.max_bytes;
-    let too_large = |size| {
-        CommandError::Invalid(anyhow!(prescan::PrescanError::TooLarge {
-            what: path.display().to_string(),
-            size,
-            limit,
-        }))
-    };
-    if len > limit {
-        return Err(too_large(Some(len)));
-    }
-    let mut bytes = Vec::new();
-    f.take(limit + 1).read_to_end(&mut bytes).map_err(failed)?;
-    if bytes.len() as u64 > limit {
-        return Err(too_large(None));
-    }
+    use crate::util::prescan::{self, ReadError};
+    let bytes = prescan::read_file(path, prescan::CONFIG).map_err(|e| match e {
+        ReadError::Limit(e) => CommandError::Invalid(e.into()),
+        e => CommandError::Failed(e.into()),
+    })?;
     String::from_utf8(bytes)
         .map_err(|_| CommandError::Invalid(anyhow!("{}: is not UTF-8 text", path.display())))
 }

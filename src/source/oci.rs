@@ -26,7 +26,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests and token answers are small; anything bigger is not one.
-const MAX_DOCUMENT: u64 = 4 << 20;
+const MAX_DOCUMENT: u64 = crate::util::prescan::REGISTRY_DOCUMENT.max_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -108,7 +108,12 @@ impl RegistryAuth {
             password: Option<String>,
         }
         let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
-        let text = std::fs::read(path).map_err(|e| bad(&format!("cannot read: {e}")))?;
+        use crate::util::prescan::{self, ReadError};
+        let text = prescan::read_file(path, prescan::CONFIG).map_err(|e| match e {
+            ReadError::Io { source, .. } => bad(&format!("cannot read: {source}")),
+            ReadError::Limit(e) => anyhow::anyhow!(e),
+        })?;
+        prescan::json(&path.display().to_string(), &text, prescan::CONFIG)?;
         // Never echo the parser's message: it could quote a password.
         let cfg: Config = serde_json::from_slice(&text)
             .map_err(|_| bad("not a registry credentials file (JSON with an \"auths\" map)"))?;
@@ -237,6 +242,7 @@ pub fn ensure_image(
     } else {
         (top.clone(), image.digest)
     };
+    document(&what(&manifest_digest), &manifest)?;
     let parsed: ImageManifest =
         serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
             what: what(&manifest_digest),
@@ -307,6 +313,7 @@ fn select_platform(image: &ImageRef, arch: Arch, index: &[u8]) -> Result<Sha256D
         manifests: Vec<Descriptor>,
     }
     let what = format!("{} (index)", image.original);
+    document(&what, index)?;
     let idx: Index = serde_json::from_slice(index).map_err(|e| OciError::Format {
         what: what.clone(),
         detail: format!("not an image index: {e}"),
@@ -550,6 +557,7 @@ impl<'a> Session<'a> {
             access_token: Option<String>,
         }
         let body = read_bounded(resp, realm)?;
+        document(realm, &body)?;
         let t: Token = serde_json::from_slice(&body).map_err(|_| OciError::Format {
             what: realm.clone(),
             detail: "the token answer is not JSON with a token".into(),
@@ -636,6 +644,7 @@ impl<'a> Session<'a> {
                 actual,
             });
         }
+        document(what, &body)?;
         #[derive(Deserialize)]
         struct Typed {
             #[serde(rename = "mediaType")]
@@ -706,6 +715,15 @@ impl<'a> Session<'a> {
             })
         })
     }
+}
+
+/// The size and nesting caps, before a registry document is parsed.
+fn document(what: &str, body: &[u8]) -> Result<(), OciError> {
+    use crate::util::prescan;
+    prescan::json(what, body, prescan::REGISTRY_DOCUMENT).map_err(|e| OciError::Format {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 fn read_bounded(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>, OciError> {
@@ -869,6 +887,12 @@ pub fn archive_contents(path: &Path) -> Result<ArchiveContents, OciError> {
         if name == "index.json" && size <= MAX_DOCUMENT {
             let mut body = vec![0u8; size as usize];
             f.read_exact(&mut body).map_err(|_| bad("truncated"))?;
+            crate::util::prescan::json(
+                "index.json",
+                &body,
+                crate::util::prescan::REGISTRY_DOCUMENT,
+            )
+            .map_err(|e| bad(&e.to_string()))?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|_| bad("index.json is not JSON"))?;
             out.name = v["manifests"][0]["annotations"]["io.containerd.image.name"]

@@ -95,6 +95,53 @@ impl fmt::Display for Size {
     }
 }
 
+/// Why a file could not be read within its cap.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Limit(#[from] PrescanError),
+}
+
+impl ReadError {
+    /// Whether the file was not there at all.
+    pub fn not_found(&self) -> bool {
+        matches!(self, ReadError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+}
+
+/// Reads the file at `path` whole, refusing one larger than the size cap
+/// (by its size before reading, and by what was read: a device or a file
+/// that grows says nothing true in its size).
+pub fn read_file(path: &std::path::Path, limits: Limits) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let io = |source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let what = path.display().to_string();
+    size(&what, f.metadata().map_err(io)?.len(), limits)?;
+    let mut bytes = Vec::new();
+    f.take(limits.max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(PrescanError::TooLarge {
+            what,
+            size: None,
+            limit: limits.max_bytes,
+        }
+        .into());
+    }
+    Ok(bytes)
+}
+
 /// The size cap alone, for a length known before reading (a file's size).
 pub fn size(what: &str, len: u64, limits: Limits) -> Result<(), PrescanError> {
     if len > limits.max_bytes {
@@ -235,11 +282,7 @@ impl<'a> Scanner<'a> {
                 return None;
             }
             let t = token.as_mut_ptr();
-            let out = (
-                (*t).type_,
-                (*t).start_mark.line,
-                (*t).start_mark.column,
-            );
+            let out = ((*t).type_, (*t).start_mark.line, (*t).start_mark.column);
             unsafe_libyaml::yaml_token_delete(t);
             if out.0 == unsafe_libyaml::yaml_token_type_t::YAML_NO_TOKEN {
                 self.done = true;
