@@ -406,9 +406,11 @@ impl<'a> Session<'a> {
                 attempt.follow()
             }
         });
+        // A blocking client's `timeout` bounds each wait for the registry
+        // (the answer's head, then every read of a body): an idle timeout.
         let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+            .connect_timeout(super::download::CONNECT_TIMEOUT)
+            .timeout(retry.idle_timeout)
             .redirect(redirects)
             .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -441,11 +443,23 @@ impl<'a> Session<'a> {
         } else if let Some((u, p)) = self.creds {
             req = req.basic_auth(u, Some(p));
         }
-        req.send().map_err(|e| OciError::Http {
+        req.send().map_err(|e| self.http_error(url, &e))
+    }
+
+    /// A request that failed before its answer, the idle timeout named.
+    fn http_error(&self, url: &str, e: &reqwest::Error) -> OciError {
+        OciError::Http {
             url: url.to_string(),
-            detail: crate::util::error_chain(&e),
-            transient: transient(&e),
-        })
+            detail: if e.is_timeout() {
+                format!(
+                    "no answer within {} s (the idle timeout)",
+                    self.retry.idle_timeout.as_secs_f64()
+                )
+            } else {
+                crate::util::error_chain(e)
+            },
+            transient: transient(e),
+        }
     }
 
     /// GET with the token dance: on a 401 with a Bearer challenge, fetch a
@@ -545,18 +559,14 @@ impl<'a> Session<'a> {
         if let Some((u, p)) = self.creds {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().map_err(|e| OciError::Http {
-            url: realm.clone(),
-            detail: crate::util::error_chain(&e),
-            transient: transient(&e),
-        })?;
+        let resp = req.send().map_err(|e| self.http_error(realm, &e))?;
         let resp = self.check(realm, resp)?;
         #[derive(Deserialize)]
         struct Token {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = read_bounded(resp, realm)?;
+        let body = read_bounded(resp, realm, self.retry.idle_timeout)?;
         document(realm, &body)?;
         let t: Token = serde_json::from_slice(&body).map_err(|_| OciError::Format {
             what: realm.clone(),
@@ -635,7 +645,7 @@ impl<'a> Session<'a> {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-        let body = read_bounded(resp, url)?;
+        let body = read_bounded(resp, url, self.retry.idle_timeout)?;
         let actual = Sha256Digest(Sha256::digest(&body).into());
         if actual != *digest {
             return Err(OciError::Mismatch {
@@ -673,7 +683,7 @@ impl<'a> Session<'a> {
             self.base, self.image.repository
         );
         cache.fill_asset(digest, |partial| {
-            self.retrying(&url.clone(), |s| {
+            let fetched = self.retrying(&url.clone(), |s| {
                 let resp = s.get(&url, None)?;
                 let mut f = File::create(partial).map_err(io_err(partial))?;
                 let mut hasher = Sha256::new();
@@ -683,7 +693,7 @@ impl<'a> Session<'a> {
                 loop {
                     let n = reader.read(&mut buf).map_err(|e| OciError::Http {
                         url: url.clone(),
-                        detail: format!("the connection broke after {n_total} bytes: {e}"),
+                        detail: super::download::read_failure(&e, n_total, s.retry.idle_timeout),
                         transient: true,
                     })?;
                     if n == 0 {
@@ -712,7 +722,13 @@ impl<'a> Session<'a> {
                     });
                 }
                 Ok(())
-            })
+            });
+            // Blobs are fetched whole each time: a failed one is no partial
+            // worth keeping (and one that failed its digest is not cached).
+            if fetched.is_err() {
+                let _ = std::fs::remove_file(partial);
+            }
+            fetched
         })
     }
 }
@@ -726,13 +742,17 @@ fn document(what: &str, body: &[u8]) -> Result<(), OciError> {
     })
 }
 
-fn read_bounded(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>, OciError> {
+fn read_bounded(
+    resp: reqwest::blocking::Response,
+    url: &str,
+    idle: Duration,
+) -> Result<Vec<u8>, OciError> {
     let mut body = Vec::new();
     resp.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut body)
         .map_err(|e| OciError::Http {
             url: url.to_string(),
-            detail: format!("the connection broke: {e}"),
+            detail: super::download::read_failure(&e, body.len() as u64, idle),
             transient: true,
         })?;
     if body.len() as u64 > MAX_DOCUMENT {
