@@ -1353,3 +1353,192 @@ fn inspect_reads_an_images_seed_only_within_its_caps() {
         assert!(v["provenance"].is_null(), "case {i}: {v}");
     }
 }
+
+/// A fresh copy of a secrets directory made by `imgbuild secrets --generate`.
+fn fresh_secrets(w: &Path, name: &str) -> PathBuf {
+    let master = w.join("secrets-master");
+    if !master.exists() {
+        let o = imgbuild(
+            w,
+            &[
+                "--profiles",
+                s(&repo().join("profiles")),
+                "--secrets",
+                s(&master),
+                "secrets",
+                "--generate",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let copy = w.join(name);
+    sh(&format!("cp -a {} {}", q(&master), q(&copy)));
+    copy
+}
+
+/// Writes `body` over the secret `rel` (0600, as a secret is kept).
+fn put_secret(dir: &Path, rel: &str, body: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(rel);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn secrets_are_checked_when_read_and_the_message_says_how_to_make_good_ones() {
+    // The secrets directory's files were baked verbatim: a token with a
+    // control character or a newline, or a garbage CA key or node password,
+    // gave exit 0 and an image that failed at boot.
+    let w = scratch();
+    let w = w.path();
+    let profiles = repo().join("profiles");
+    let master = fresh_secrets(w, "unused");
+    let tls = |f: &str| format!("cluster/tls/{f}");
+    let read = |rel: &str| std::fs::read(master.join(rel)).unwrap();
+    let sec1 = sh(&format!(
+        "openssl ec -in {} 2>/dev/null",
+        q(&master.join(tls("server-ca.key")))
+    ))
+    .stdout;
+    let token = String::from_utf8(read("cluster/token")).unwrap();
+    let token = token.trim();
+    // (how it is read, the file, what is written, the message, more of it)
+    type Case<'a> = (&'a str, String, Vec<u8>, &'a str, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "print-token",
+            "cluster/token".into(),
+            format!("{}\u{7}{}\n", &token[..10], &token[10..]).into_bytes(),
+            "cluster/token: not a k3s join token",
+            vec![
+                "a control character at position 11",
+                "imgbuild secrets --generate",
+            ],
+        ),
+        (
+            "print-token",
+            "cluster/agent-token".into(),
+            format!("{token}\nserver: https://evil:6443\n").into_bytes(),
+            "cluster/agent-token: not a k3s join token",
+            vec!["a control character", "imgbuild secrets --generate"],
+        ),
+        (
+            "known-hosts",
+            "nodes/node02/node-password".into(),
+            b"short\n".to_vec(),
+            "nodes/node02/node-password: not a k3s node password",
+            vec!["it is 5 characters long", "kubectl delete node"],
+        ),
+        (
+            "print-token",
+            tls("server-ca.key"),
+            b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n".to_vec(),
+            "server-ca.key: not a PEM private key",
+            vec!["imgbuild secrets --generate"],
+        ),
+        (
+            "print-token",
+            tls("server-ca.key"),
+            sec1,
+            "server-ca.key: not a PEM private key",
+            vec!["openssl pkcs8 -topk8 -nocrypt"],
+        ),
+        (
+            "print-token",
+            tls("etcd/peer-ca.key"),
+            read(&tls("client-ca.key")),
+            "etcd/peer-ca.key: not the key of",
+            vec!["etcd/peer-ca.crt"],
+        ),
+        (
+            "print-token",
+            tls("request-header-ca.crt"),
+            b"not a certificate\n".to_vec(),
+            "request-header-ca.crt: not a PEM certificate",
+            vec![],
+        ),
+        (
+            "print-token",
+            tls("service.key"),
+            b"\n".to_vec(),
+            "service.key: not a PEM private key",
+            vec![],
+        ),
+    ];
+    for (i, (how, rel, body, expect, more)) in cases.iter().enumerate() {
+        let dir = fresh_secrets(w, &format!("case{i}"));
+        put_secret(&dir, rel, body);
+        let mut args = vec!["--profiles", s(&profiles), "--secrets", s(&dir), "secrets"];
+        args.extend(match *how {
+            "print-token" => ["--print-token", "agent"],
+            _ => ["--known-hosts", ""],
+        });
+        args.retain(|a| !a.is_empty());
+        let o = imgbuild(w, &args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "case {i}: {t}");
+        assert!(t.contains(expect), "case {i}: expected {expect:?} in {t}");
+        for m in more {
+            assert!(t.contains(m), "case {i}: expected {m:?} in {t}");
+        }
+        // Never the value: no line of what was written shows up.
+        for line in String::from_utf8_lossy(body)
+            .lines()
+            .filter(|l| l.len() >= 8)
+        {
+            assert!(
+                !t.contains(line.trim()),
+                "case {i}: the secret shows in {t}"
+            );
+        }
+    }
+    // Before a cluster-init image, a bad CA set may be remade; after, the
+    // message says to restore it.
+    let dir = fresh_secrets(w, "initialised");
+    put_secret(&dir, &tls("client-ca.crt"), b"x\n");
+    let args = [
+        "--profiles",
+        s(&profiles),
+        "--secrets",
+        s(&dir),
+        "secrets",
+        "--print-token",
+        "agent",
+    ];
+    let t = text(&imgbuild(w, &args));
+    assert!(t.contains("no image was built with it yet: remove"), "{t}");
+    std::fs::write(dir.join("cluster/initialized"), "node02\n").unwrap();
+    let t = text(&imgbuild(w, &args));
+    assert!(t.contains("restore the CA set from a backup"), "{t}");
+
+    // A sealed bake with a bad token fails and leaves no image.
+    let fx = fixtures();
+    let dir = fresh_secrets(w, "bake");
+    put_secret(
+        &dir,
+        "cluster/token",
+        format!("{token}\u{1b}[2J\n").as_bytes(),
+    );
+    let out = w.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = run(
+        &out,
+        &[
+            "--secrets",
+            s(&dir),
+            "--base",
+            s(&fx.rk1.path),
+            "node02.rk1.img",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(
+        r.text.contains("cluster/token: not a k3s join token"),
+        "{}",
+        r.text
+    );
+    assert!(
+        std::fs::read_dir(&out).unwrap().next().is_none(),
+        "an image was left"
+    );
+}
