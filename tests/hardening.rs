@@ -1542,3 +1542,72 @@ fn secrets_are_checked_when_read_and_the_message_says_how_to_make_good_ones() {
         "an image was left"
     );
 }
+
+/// Runs the cargo that builds these tests on this package, offline.
+fn cargo(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .args([
+            "--offline",
+            "--locked",
+            "--manifest-path",
+            s(&repo().join("Cargo.toml")),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo {args:?}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn only_the_tests_build_honours_the_test_hooks() {
+    // IMGBUILD_SYSFS_ROOT and IMGBUILD_MOUNTINFO were honoured by the release
+    // binary: a fake tree whose device numbers match a real disk passed every
+    // `usb` safety check. They are read only with the `test-hooks` feature,
+    // which the package's dev-dependency on itself turns on: the build the
+    // tests run has it, and a build without dev-dependencies (`cargo build`,
+    // `cargo install --locked`, a release build) does not. Cargo's own
+    // feature resolution says so without building a second binary.
+    let features = |extra: &[&str]| {
+        let mut args = vec!["tree", "-p", "imgbuild", "--depth", "0", "-f", "{p} [{f}]"];
+        args.extend_from_slice(extra);
+        let out = cargo(&args);
+        out.lines().next().unwrap_or_default().to_string()
+    };
+    let shipped = features(&["-e", "no-dev"]);
+    assert!(shipped.starts_with("imgbuild v"), "{shipped}");
+    assert!(
+        shipped.ends_with("[]"),
+        "the shipped build has features: {shipped}"
+    );
+    let tested = features(&[]);
+    assert!(
+        tested.ends_with("[test-hooks]"),
+        "the tests' build: {tested}"
+    );
+    // Nothing but that dev-dependency turns the feature on: not `default`,
+    // not a normal or build dependency.
+    let meta: serde_json::Value =
+        serde_json::from_str(&cargo(&["metadata", "--no-deps", "--format-version", "1"])).unwrap();
+    let pkg = &meta["packages"][0];
+    assert_eq!(pkg["name"], "imgbuild");
+    assert_eq!(pkg["features"]["test-hooks"], serde_json::json!([]));
+    let default = pkg["features"]["default"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!default.contains(&"test-hooks".into()), "{default:?}");
+    let enabling: Vec<&serde_json::Value> = pkg["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["features"]
+                .as_array()
+                .is_some_and(|f| f.contains(&"test-hooks".into()))
+        })
+        .collect();
+    assert_eq!(enabling.len(), 1, "{enabling:?}");
+    assert_eq!(enabling[0]["name"], "imgbuild");
+    assert_eq!(enabling[0]["kind"], "dev");
+}
