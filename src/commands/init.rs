@@ -193,7 +193,7 @@ pub(super) const CLUSTER_PATH: &str = "profiles/cluster.yaml";
 /// Where the node `name`'s file goes, relative to the new profile set's
 /// directory; refused unless `name` is a node name `check` accepts (an
 /// RFC 1123 label), so that no name can make a path outside `nodes/`.
-pub(super) fn node_file(name: &str) -> std::result::Result<PathBuf, String> {
+pub fn node_file(name: &str) -> std::result::Result<PathBuf, String> {
     if crate::config::profile::hostname_error(name).is_some() {
         return Err(format!(
             "{:?} is not a node name: node files and host names are named after it, so it must be \

@@ -40,12 +40,23 @@ pub enum AnsibleError {
     Yaml(String),
     #[error("{0}")]
     Layout(String),
+    /// Refused by the size or nesting cap before any parser saw it.
     #[error(transparent)]
     Limit(#[from] crate::util::prescan::PrescanError),
+    /// An INI value refused by the cap before it was parsed as YAML.
+    #[error("line {line}: {source}")]
+    ValueLimit {
+        line: usize,
+        source: crate::util::prescan::PrescanError,
+    },
 }
 
-/// Parses a YAML (`all: children: ...`) or INI inventory, told apart by content.
+/// Parses a YAML (`all: children: ...`) or INI inventory, told apart by
+/// content, within the size cap of configuration files (and each YAML text
+/// within the nesting cap) before any of it is parsed.
 pub fn parse_inventory(text: &str) -> Result<Inventory, AnsibleError> {
+    use crate::util::prescan;
+    prescan::size("the inventory", text.len() as u64, prescan::CONFIG)?;
     let first = text
         .lines()
         .map(str::trim)
@@ -122,12 +133,8 @@ fn ini_value(v: &str, line: usize) -> Result<Value, AnsibleError> {
     Ok(match unq {
         Some(s) => Value::String(s.to_string()),
         None => {
-            prescan::yaml("the value", v.as_bytes(), prescan::CONFIG).map_err(|e| {
-                AnsibleError::Ini {
-                    line,
-                    reason: e.to_string(),
-                }
-            })?;
+            prescan::yaml("the value", v.as_bytes(), prescan::CONFIG)
+                .map_err(|source| AnsibleError::ValueLimit { line, source })?;
             serde_yaml_ng::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()))
         }
     })

@@ -149,14 +149,7 @@ pub fn provenance_of(iso: &Path, dir: &Path) -> Result<Provenance> {
     let text = crate::util::prescan::read_file(&host, crate::util::prescan::PROVENANCE);
     std::fs::remove_file(&host).ok();
     let text = text.with_context(|| format!("reading {PROVENANCE_PATH} of {}", iso.display()))?;
-    crate::util::prescan::json(PROVENANCE_PATH, &text, crate::util::prescan::PROVENANCE)
-        .with_context(|| format!("reading {PROVENANCE_PATH} of {}", iso.display()))?;
-    serde_json::from_slice(&text).with_context(|| {
-        format!(
-            "{}: {PROVENANCE_PATH} is not a provenance record",
-            iso.display()
-        )
-    })
+    Provenance::read(PROVENANCE_PATH, &text).with_context(|| format!("{}", iso.display()))
 }
 
 /// Writes `output`: the unsealed installer `iso` with `only` (a sealed

@@ -183,14 +183,17 @@ fn instance_id(partition: u32, meta: &[u8]) -> Option<String> {
     v.get("instance-id")?.as_str().map(str::to_string)
 }
 
-/// The provenance record, when it is within its caps.
+/// The provenance record, when it is within its caps (a warning names the
+/// cap otherwise); an image without a readable one is shown as stock.
 fn provenance(partition: u32, record: &[u8]) -> Option<Provenance> {
-    use crate::util::prescan;
-    if let Err(e) = prescan::json(PROVENANCE_FILE, record, prescan::PROVENANCE) {
-        tracing::warn!("partition {partition}: {e}; the image is shown without its provenance");
-        return None;
+    match Provenance::read(PROVENANCE_FILE, record) {
+        Ok(p) => Some(p),
+        Err(crate::plan::ProvenanceError::Limit(e)) => {
+            tracing::warn!("partition {partition}: {e}; the image is shown without its provenance");
+            None
+        }
+        Err(_) => None,
     }
-    serde_json::from_slice(record).ok()
 }
 
 /// Whether a seed file of `len` bytes is within `limits`; warns when not.

@@ -50,6 +50,9 @@ pub enum OciError {
     },
     #[error("{what}: {detail}")]
     Format { what: String, detail: String },
+    /// Refused by the size or nesting cap before any parser saw it.
+    #[error(transparent)]
+    Limit(#[from] crate::util::prescan::PrescanError),
     /// A transport failure; `transient` ones (connection refused or
     /// broken, timeouts) are retried, others (an untrusted certificate, a
     /// refused redirect) are not.
@@ -242,16 +245,9 @@ pub fn ensure_image(
     } else {
         (top.clone(), image.digest)
     };
-    document(&what(&manifest_digest), &manifest)?;
-    let parsed: ImageManifest =
-        serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
-            what: what(&manifest_digest),
-            detail: format!("not an image manifest: {e}"),
-        })?;
     let mut layer_paths = Vec::new();
-    for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
-        let digest = parse_digest(&d.digest, &what(&manifest_digest))?;
-        let path = s.blob(&digest, d.size, cache)?;
+    for (digest, size) in parse_manifest(&what(&manifest_digest), &manifest)? {
+        let path = s.blob(&digest, size, cache)?;
         layer_paths.push((digest, path));
     }
     let _lock = cache.lock(&manifest_digest.to_string())?;
@@ -295,19 +291,42 @@ struct ImageManifest {
     layers: Vec<Descriptor>,
 }
 
+/// A descriptor's digest, exactly as the OCI image spec writes one
+/// (`sha256:` and 64 lower-case hex digits, nothing around them).
 fn parse_digest(s: &str, what: &str) -> Result<Sha256Digest, OciError> {
     s.strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .and_then(Sha256Digest::parse)
         .ok_or_else(|| OciError::Format {
             what: what.to_string(),
             detail: format!(
-                "digest {:?} is not sha256:<64 hex digits>",
+                "digest {:?} is not sha256:<64 lower-case hex digits>",
                 crate::config::read::sanitize_field(s)
             ),
         })
 }
 
-fn select_platform(image: &ImageRef, arch: Arch, index: &[u8]) -> Result<Sha256Digest, OciError> {
+/// The blobs an image manifest names, config first, each with its size;
+/// `what` names the manifest in errors.
+pub fn parse_manifest(what: &str, manifest: &[u8]) -> Result<Vec<(Sha256Digest, u64)>, OciError> {
+    document(what, manifest)?;
+    let parsed: ImageManifest = serde_json::from_slice(manifest).map_err(|e| OciError::Format {
+        what: what.to_string(),
+        detail: format!("not an image manifest: {e}"),
+    })?;
+    std::iter::once(&parsed.config)
+        .chain(parsed.layers.iter())
+        .map(|d| Ok((parse_digest(&d.digest, what)?, d.size)))
+        .collect()
+}
+
+/// The manifest of `index` (an OCI index or Docker manifest list) for
+/// linux/`arch`.
+pub fn select_platform(
+    image: &ImageRef,
+    arch: Arch,
+    index: &[u8],
+) -> Result<Sha256Digest, OciError> {
     #[derive(Deserialize)]
     struct Index {
         manifests: Vec<Descriptor>,
@@ -736,10 +755,7 @@ impl<'a> Session<'a> {
 /// The size and nesting caps, before a registry document is parsed.
 fn document(what: &str, body: &[u8]) -> Result<(), OciError> {
     use crate::util::prescan;
-    prescan::json(what, body, prescan::REGISTRY_DOCUMENT).map_err(|e| OciError::Format {
-        what: what.to_string(),
-        detail: e.to_string(),
-    })
+    Ok(prescan::json(what, body, prescan::REGISTRY_DOCUMENT)?)
 }
 
 fn read_bounded(

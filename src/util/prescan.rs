@@ -207,34 +207,77 @@ pub fn json(what: &str, bytes: &[u8], limits: Limits) -> Result<(), PrescanError
 /// the cost of deep nesting builds up; a syntax error ends the scan too
 /// (everything before it was within the caps, and the parser stops there).
 pub fn yaml(what: &str, bytes: &[u8], limits: Limits) -> Result<(), PrescanError> {
+    use unsafe_libyaml::yaml_token_type_t::*;
     size(what, bytes.len() as u64, limits)?;
     let mut scanner = Scanner::new(bytes);
-    let mut depth = 0usize;
+    let mut open: Vec<Open> = Vec::new();
+    let mut previous = YAML_NO_TOKEN;
     while let Some((kind, line, column)) = scanner.next() {
-        use unsafe_libyaml::yaml_token_type_t::*;
-        match kind {
-            YAML_BLOCK_SEQUENCE_START_TOKEN
-            | YAML_BLOCK_MAPPING_START_TOKEN
-            | YAML_FLOW_SEQUENCE_START_TOKEN
-            | YAML_FLOW_MAPPING_START_TOKEN => {
-                depth += 1;
-                if depth > limits.max_depth {
-                    return Err(PrescanError::TooDeep {
-                        what: what.to_string(),
-                        limit: limits.max_depth,
-                        line: line + 1,
-                        column: column + 1,
-                    });
-                }
+        // The collections without an end token end where the parser ends them.
+        match (open.last(), kind) {
+            (
+                Some(Open::IndentlessSequence),
+                YAML_KEY_TOKEN
+                | YAML_VALUE_TOKEN
+                | YAML_BLOCK_END_TOKEN
+                | YAML_DOCUMENT_START_TOKEN
+                | YAML_DOCUMENT_END_TOKEN
+                | YAML_STREAM_END_TOKEN,
+            )
+            | (Some(Open::PairInFlow), YAML_FLOW_ENTRY_TOKEN | YAML_FLOW_SEQUENCE_END_TOKEN) => {
+                open.pop();
             }
-            YAML_BLOCK_END_TOKEN | YAML_FLOW_SEQUENCE_END_TOKEN | YAML_FLOW_MAPPING_END_TOKEN => {
-                depth = depth.saturating_sub(1)
-            }
-            YAML_STREAM_END_TOKEN => break,
             _ => {}
         }
+        let opened = match kind {
+            YAML_BLOCK_SEQUENCE_START_TOKEN | YAML_BLOCK_MAPPING_START_TOKEN => Some(Open::Block),
+            YAML_FLOW_MAPPING_START_TOKEN => Some(Open::FlowMapping),
+            YAML_FLOW_SEQUENCE_START_TOKEN => Some(Open::FlowSequence),
+            // `key:` then `- ` at the key's own indentation.
+            YAML_BLOCK_ENTRY_TOKEN if matches!(previous, YAML_KEY_TOKEN | YAML_VALUE_TOKEN) => {
+                Some(Open::IndentlessSequence)
+            }
+            // `[a: b]`: the pair is a mapping inside the sequence.
+            YAML_KEY_TOKEN | YAML_VALUE_TOKEN if open.last() == Some(&Open::FlowSequence) => {
+                Some(Open::PairInFlow)
+            }
+            YAML_BLOCK_END_TOKEN | YAML_FLOW_SEQUENCE_END_TOKEN | YAML_FLOW_MAPPING_END_TOKEN => {
+                open.pop();
+                None
+            }
+            YAML_STREAM_END_TOKEN => break,
+            _ => None,
+        };
+        if let Some(o) = opened {
+            open.push(o);
+            if open.len() > limits.max_depth {
+                return Err(PrescanError::TooDeep {
+                    what: what.to_string(),
+                    limit: limits.max_depth,
+                    line: line + 1,
+                    column: column + 1,
+                });
+            }
+        }
+        previous = kind;
     }
     Ok(())
+}
+
+/// A collection open at a point of a YAML token stream, as the parser nests
+/// them: most begin with a start token, but two do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    /// A block sequence or mapping (ended by a block-end token).
+    Block,
+    FlowMapping,
+    FlowSequence,
+    /// `- ` entries at their key's own indentation: ended by the next key,
+    /// or the end of the mapping.
+    IndentlessSequence,
+    /// A `key: value` pair in a flow sequence: a mapping ended by the next
+    /// `,` or the sequence's `]`.
+    PairInFlow,
 }
 
 /// libyaml's scanner over a borrowed buffer, yielding token kinds and where
@@ -339,6 +382,54 @@ mod tests {
         // Block nesting counts too: `- - - ...` opens a sequence per dash.
         assert!(!ok(&"- ".repeat(9)));
         assert!(ok(&format!("{}x\n", "- ".repeat(8))));
+    }
+
+    /// The nesting of a parsed value (a scalar is 0).
+    fn depth(v: &serde_yaml_ng::Value) -> usize {
+        use serde_yaml_ng::Value;
+        match v {
+            Value::Sequence(s) => 1 + s.iter().map(depth).max().unwrap_or(0),
+            Value::Mapping(m) => {
+                1 + m
+                    .iter()
+                    .map(|(k, v)| depth(k).max(depth(v)))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Value::Tagged(t) => depth(&t.value),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn the_depth_counted_is_the_parsed_values() {
+        for doc in [
+            "a: 1",
+            "a:\n- b\n- c: [1, {d: e}]\n",
+            "a:\n- b:\n  - c:\n    - d\n",
+            "? - a\n: b\n",
+            "? a\n: - b\n",
+            "[a: [b: [c: d]]]",
+            "[a: x, {b: [1]}, c]",
+            "- - - x\n- y\n",
+            "a: !!map {b: !!seq [c]}\n",
+            "a: |\n  [[[[\nb:\n  c: [d]\n",
+        ] {
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(doc).unwrap();
+            let d = depth(&v);
+            let at = |max_depth| {
+                yaml(
+                    "t",
+                    doc.as_bytes(),
+                    Limits {
+                        max_bytes: 1 << 20,
+                        max_depth,
+                    },
+                )
+                .is_ok()
+            };
+            assert!(at(d) && !at(d - 1), "{doc:?}: the value is {d} deep");
+        }
     }
 
     #[test]
