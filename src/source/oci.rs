@@ -250,7 +250,7 @@ pub fn ensure_image(
         let path = s.blob(&digest, size, cache)?;
         layer_paths.push((digest, path));
     }
-    let _lock = cache.lock(&manifest_digest.to_string())?;
+    let _lock = cache.lock(&manifest_digest)?;
     if archive.is_file() {
         return Ok(done); // Another run wrote it while we waited.
     }
@@ -989,6 +989,39 @@ fn tar_header(w: &mut impl Write, name: &str, size: u64) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names_are_plain_file_names() {
+        // The repository's last component names the archive in the image:
+        // whatever a reference that parses holds, it is one plain name.
+        for r in [
+            "nginx:1.27",
+            "ghcr.io/a/b/c-d_e.f:v1",
+            "localhost:5000/x",
+            "registry.example/very/deep/path/name",
+        ] {
+            let image = ImageRef::parse(&format!("{r}@sha256:{}", "0".repeat(64))).unwrap();
+            let name = archive_file_name(&image);
+            assert!(
+                crate::util::names::fat_name_error(&name).is_none(),
+                "{name}"
+            );
+            assert!(
+                crate::util::names::debugfs_path_error(&format!("/{name}")).is_none(),
+                "{name}"
+            );
+            assert!(
+                name.starts_with("imgbuild-") && name.ends_with(".tar"),
+                "{name}"
+            );
+        }
+        for bad in ["../x", "a/../b", "a//b", ".hidden/x", "A/b"] {
+            assert!(
+                ImageRef::parse(&format!("{bad}@sha256:{}", "0".repeat(64))).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn challenges() {
