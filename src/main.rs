@@ -70,6 +70,9 @@ fn watch_signals() {
             imgbuild::util::cleanup::run_interrupt_hook();
             let n = imgbuild::util::cleanup::remove_all();
             eprintln!("interrupted (signal {sig}); removed {n} unfinished file(s)");
+            for note in imgbuild::util::cleanup::notes() {
+                eprintln!("{note}");
+            }
             std::process::exit(130);
         }
     });

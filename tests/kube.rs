@@ -679,6 +679,48 @@ fn an_api_that_hangs_or_is_down_times_out() {
     assert!(o.contains("unreachable") && o.contains("node04"), "{o}");
 }
 
+#[test]
+fn wait_honours_its_timeout_while_a_watch_is_held_open() {
+    let ws = Ws::new(None);
+    let fake = ws.api();
+    fake.script(
+        "node02",
+        api::stuck_not_ready("node02", "KubeletNotReady", "PLEG is not healthy"),
+    );
+    // The watch outlives its timeoutSeconds, trickling newlines.
+    fake.state.lock().unwrap().stall_watch = true;
+    let t = Instant::now();
+    let out = ws.run(&[
+        "wait",
+        "node02",
+        "--server",
+        &fake.url(),
+        "--timeout",
+        "3s",
+        "--interval",
+        "10s",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    println!("wait --timeout 3s with a watch held open took {took:?}");
+    assert!(took < Duration::from_millis(4500), "took {took:?}");
+}
+
+#[test]
+fn an_oversized_node_is_refused_with_its_cap_named() {
+    let ws = Ws::new(None);
+    let fake = ws.api();
+    // A valid, Ready Node of 16 MiB, sent chunked.
+    fake.state.lock().unwrap().huge_node = Some((16 << 20, false));
+    let (out, _) = wait(&ws, &fake, &["node02", "--timeout", "2s"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("is larger than 4 MiB, the most imgbuild reads of it"),
+        "{t}"
+    );
+}
+
 /// The instance ID a build of `node` would give now (from its rendered meta-data).
 fn current_instance_id(ws: &Ws, node: &str) -> String {
     let meta = rendered(ws, node, "/meta-data").expect("no meta-data");
@@ -819,11 +861,10 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
     let bmc = FakeBmc::start("turing");
     let ws = Ws::new(Some(&bmc.host()));
     let fake = ws.api();
+    // As the profiles say: node01 the only server, node02-04 agents.
     for (i, n) in ["node01", "node02", "node03", "node04"].iter().enumerate() {
-        fake.script(
-            n,
-            comes_back(&bmc, n, i as u8 + 1, "boot-old", &format!("boot-new-{n}")),
-        );
+        let script = comes_back(&bmc, n, i as u8 + 1, "boot-old", &format!("boot-new-{n}"));
+        fake.script(n, if i == 0 { script } else { api::agent(script) });
     }
     images(ws.path(), 1);
     let deploy = |extra: &[&str]| {
@@ -843,7 +884,25 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
             .output()
             .unwrap()
     };
+    // The cluster runs: re-flashing its only server would empty its
+    // datastore, so nothing is flashed without --reset-cluster.
     let out = deploy(&["--timeout", "30s"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("refusing to flash node01: it is the cluster's only server")
+            && t.contains("--reset-cluster")
+            && t.contains("a `storage:` entry mounted at /var/lib/rancher"),
+        "{t}"
+    );
+    assert!(bmc.state.lock().unwrap().flashed.is_empty());
+    assert!(
+        !fake.requests().iter().any(|r| r.contains(" PATCH ")),
+        "{:#?}",
+        fake.requests()
+    );
+
+    let out = deploy(&["--timeout", "30s", "--reset-cluster"]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(stdout(&out).contains("4 of 4 nodes Ready"), "{t}");
@@ -861,6 +920,23 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
         assert_eq!(state[n]["before"]["boot_id"], "boot-old", "{state}");
         assert!(state[n]["flashed_at"].as_u64().unwrap() > 1_700_000_000);
     }
+    // Each node was cordoned before its flash and uncordoned once back.
+    let reqs = fake.requests();
+    for n in ["node01", "node02", "node03", "node04"] {
+        let patches: Vec<&String> = reqs
+            .iter()
+            .filter(|r| r.contains(&format!(" PATCH /api/v1/nodes/{n} ")))
+            .collect();
+        assert_eq!(patches.len(), 2, "{reqs:#?}");
+        assert!(
+            patches[0].ends_with(r#"{"spec":{"unschedulable":true}}"#),
+            "{reqs:#?}"
+        );
+        assert!(
+            patches[1].ends_with(r#"{"spec":{"unschedulable":null}}"#),
+            "{reqs:#?}"
+        );
+    }
 
     // node04 is re-flashed but never comes back: its old Node (the boot ID
     // from just before this flash) is not taken for the new one.
@@ -876,6 +952,11 @@ fn deploy_wait_flashes_then_waits_for_every_node() {
         .map(|r| r["result"].as_str().unwrap())
         .collect();
     assert_eq!(results, ["skipped", "skipped", "skipped", "flashed"]);
+    assert!(
+        text(&out).contains("node04 is left cordoned"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(j["wait"]["ready"], 3);
     let n4 = &j["wait"]["nodes"][3];
     assert_eq!(n4["state"], "stale", "{j}");

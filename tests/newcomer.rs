@@ -1143,3 +1143,98 @@ fn rust_version_covers_every_locked_dependency_and_the_readme_says_it() {
         "README.md does not say \"Rust {ours} or later\""
     );
 }
+
+/// A bare node name or a misspelt verb given where a target goes: the error
+/// stays one line, and a hint line says what was probably meant.
+#[test]
+fn a_node_name_or_a_misspelt_verb_gets_a_did_you_mean() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let profiles = repo().join("profiles");
+    let p = profiles.to_str().unwrap();
+    let out = run_in(dir.path(), &home, &["--profiles", p, "node02"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    let t = text(&out);
+    assert_eq!(
+        t.trim_end(),
+        "error: node02: the target must be named <node>.<board>.img (or .img.xz, .img.zst, or .iso for a bare-metal installer), like node02.rk1.img\n\
+         hint: did you mean `imgbuild dist/node02.rk1.img` (node node02 is a rk1 board)?",
+        "{t}"
+    );
+    let out = run_in(dir.path(), &home, &["--profiles", p, "chek"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(
+        text(&out).ends_with("hint: did you mean `imgbuild check`?\n"),
+        "{}",
+        text(&out)
+    );
+    // Neither a node nor close to a verb: no hint.
+    let out = run_in(dir.path(), &home, &["--profiles", p, "zzzzzz"]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+    assert!(!text(&out).contains("hint:"), "{}", text(&out));
+}
+
+/// The first command on the first screen, in an empty directory, says what
+/// to run first.
+#[test]
+fn no_profiles_suggests_init() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let out = run_in(dir.path(), &home, &["dist/node02.rk1.img"]);
+    assert_eq!(code(&out), 3, "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("no profiles: profiles/cluster.yaml does not exist"),
+        "{t}"
+    );
+    assert!(t.contains("hint: run `imgbuild init`"), "{t}");
+    assert!(t.trim_end().lines().count() <= 2, "{t}");
+    assert!(!dir.path().join("dist").exists());
+}
+
+/// A stock image that cannot be downloaded: the error, then one hint line
+/// naming the ways on without network.
+#[test]
+fn a_failed_stock_download_says_what_to_do_next() {
+    let dir = scratch();
+    let home = dir.path().join("home");
+    let m = dir.path().join("manifests");
+    std::fs::create_dir_all(&m).unwrap();
+    let builtin = std::fs::read_to_string(repo().join("firmware-manifests/rk1.yaml")).unwrap();
+    let url = builtin
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("url: "))
+        .unwrap()
+        .to_string();
+    // Port 1 on loopback: the connection is refused at once.
+    std::fs::write(
+        m.join("rk1.yaml"),
+        builtin.replacen(&url, "http://127.0.0.1:1/ubuntu-rk1.img.xz", 1),
+    )
+    .unwrap();
+    let p = repo().join("profiles");
+    let out = run_in(
+        dir.path(),
+        &home,
+        &[
+            "--profiles",
+            p.to_str().unwrap(),
+            "--manifests",
+            m.to_str().unwrap(),
+            "--retries",
+            "1",
+            "dist/node02.rk1.img",
+        ],
+    );
+    assert_eq!(code(&out), 1, "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stderr).into_owned();
+    let last: Vec<&str> = t.trim_end().lines().rev().take(2).collect();
+    assert!(last[1].starts_with("error: "), "{t}");
+    assert!(last[1].contains("127.0.0.1:1"), "{t}");
+    assert_eq!(
+        last[0],
+        "hint: without network, give the stock image with --base rk1=FILE, or run `imgbuild fetch rk1` where there is network and build with --offline",
+        "{t}"
+    );
+    assert!(!dir.path().join("dist/node02.rk1.img").exists());
+}

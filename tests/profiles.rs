@@ -262,7 +262,10 @@ fn a_field_from_the_defaults_names_the_cluster_file() {
 fn missing_or_broken_files_are_named() {
     let (code, out, _d) = check_with(&[("cluster.yaml", "")]);
     assert_eq!(code, 3, "{out}");
-    assert!(out.contains("cluster.yaml: cannot read"), "{out}");
+    assert!(
+        out.contains("cluster.yaml does not exist") && out.contains("hint: run `imgbuild init`"),
+        "{out}"
+    );
     let (code, out, _d) = check_with(&[("cluster.yaml", "cluster:\n  name: x\n")]);
     assert_eq!(code, 3, "{out}");
     assert!(
@@ -281,10 +284,13 @@ fn missing_or_broken_files_are_named() {
         ],
     );
     assert_eq!(out.status.code(), Some(3));
-    assert!(
-        text(&out).contains("nowhere/cluster.yaml: cannot read"),
-        "{}",
-        text(&out)
+    // One line that says what is missing, one hint that says what to do.
+    let t = text(&out);
+    assert_eq!(
+        t.trim_end(),
+        "error: no profiles: nowhere/cluster.yaml does not exist\n\
+         hint: run `imgbuild init` here to write them, or point --profiles (or IMGBUILD_PROFILES) at your cluster's profile directory",
+        "{t}"
     );
 }
 

@@ -428,7 +428,8 @@ pub struct FlashArgs {
     /// Base images for builds, as for the build command.
     #[arg(long, value_name = "[BOARD=]FILE")]
     pub base: Vec<String>,
-    /// Re-flash nodes that are Ready and already run their image's instance
+    /// Re-flash nodes that are Ready and already run their image's instance,
+    /// and (deploy) nodes an earlier run already flashed with the same image
     /// (they are skipped otherwise).
     #[arg(long)]
     pub force: bool,
@@ -466,7 +467,8 @@ pub struct WaitArgs {
     /// How long to wait for every node to be Ready.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = duration)]
     pub timeout: Duration,
-    /// How often to poll the API between watches.
+    /// How often to poll the API between watches (deploy: also how often a
+    /// drain asks again for an eviction a PodDisruptionBudget refused).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     pub interval: Duration,
     #[command(flatten)]

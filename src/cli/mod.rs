@@ -23,6 +23,40 @@ pub enum Outcome {
     Differ,
 }
 
+/// A target that is a misspelt verb (`imgbuild chek`): says which verb.
+fn verb_hint(
+    e: imgbuild::commands::CommandError,
+    a: &args::BuildArgs,
+) -> imgbuild::commands::CommandError {
+    use imgbuild::commands::CommandError;
+    let CommandError::Usage(inner) = &e else {
+        return e;
+    };
+    let [word] = a.targets.as_slice() else {
+        return e;
+    };
+    let Some(word) = word.to_str().filter(|w| !w.contains(['.', '/'])) else {
+        return e;
+    };
+    if inner.to_string().contains("\nhint:") {
+        return e;
+    }
+    use clap::CommandFactory;
+    let cmd = args::Cli::command();
+    let closest = cmd
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .map(|v| (strsim::levenshtein(word, &v), v))
+        .filter(|(d, v)| *d <= 2 && *d < v.len())
+        .min();
+    match closest {
+        Some((_, verb)) => CommandError::Usage(anyhow::anyhow!(
+            "{inner}\nhint: did you mean `imgbuild {verb}`?"
+        )),
+        None => e,
+    }
+}
+
 /// Runs the command `cli` names: one line per verb, settings in, report out.
 pub fn run(cli: Cli, env: &Environment) -> Result<Outcome> {
     let c = &Common::resolve(cli.global, env)?;
@@ -31,9 +65,10 @@ pub fn run(cli: Cli, env: &Environment) -> Result<Outcome> {
         Command::Diff { a, b, json } => {
             return report::diffed(json, &commands::diff::diff(&a, b.as_deref(), &c.fetch)?);
         }
-        Command::Build(a) => {
-            report::built(a.json, &commands::build::build(paths, &c.build(&a, env)?)?)
-        }
+        Command::Build(a) => report::built(
+            a.json,
+            &commands::build::build(paths, &c.build(&a, env)?).map_err(|e| verb_hint(e, &a))?,
+        ),
         Command::Check { json } => {
             report::checked(json, &commands::check::check(paths, c.build_time)?)
         }

@@ -429,7 +429,16 @@ fn inspection_text(i: &Inspection) -> String {
 
 /// The error line a failed command ends with.
 pub fn error(e: &CommandError) {
-    eprintln!("error: {:#}", e.inner());
+    let inner = e.inner();
+    // A hint added as the outermost context goes after the error it is for.
+    let top = inner.to_string();
+    match top.strip_prefix("hint: ") {
+        Some(hint) if inner.chain().nth(1).is_some() => {
+            let cause: Vec<String> = inner.chain().skip(1).map(|c| c.to_string()).collect();
+            eprintln!("error: {}\nhint: {hint}", cause.join(": "));
+        }
+        _ => eprintln!("error: {inner:#}"),
+    }
 }
 
 pub fn kubeconfig(as_json: bool, r: &KubeconfigResult) -> Result<()> {

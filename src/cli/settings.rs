@@ -303,8 +303,15 @@ impl Common {
     ) -> Result<DeploySettings, CommandError> {
         let mut flash = self.flash(&a.flash, env)?;
         flash.rollout.server = a.wait_args.api.server.clone();
-        flash.rollout.interval = a.wait_args.interval;
+        let interval = a
+            .wait_args
+            .interval
+            .max(std::time::Duration::from_millis(50));
+        flash.rollout.interval = interval;
         flash.rollout.node_timeout = a.wait_args.timeout;
+        // kubectl drain's pace (5 s, 1 s) unless polling is asked to be faster.
+        flash.rollout.drain.retry_interval = interval;
+        flash.rollout.drain.poll_interval = interval.min(std::time::Duration::from_secs(1));
         flash.wait = a.wait.then(|| wait(&a.wait_args, &a.flash.out_dir));
         Ok(DeploySettings {
             nodes: a.nodes.clone(),

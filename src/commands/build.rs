@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::anyhow;
 
+pub use super::written::BakeReport;
+use super::written::write_statement;
 use super::{CommandError, FetchSettings, Paths, Result, Workspace};
-use crate::artifact::statement::{ResourceDescriptor, Statement};
 use crate::artifact::{Format, PendingOutput, Target};
 use crate::config::profile::Node;
-use crate::io::{CopyMethod, Sha256Digest};
 use crate::plan::{Dependency, FileRecord, NodePlan};
 use anyhow::Context;
 
@@ -86,31 +86,16 @@ impl Bases {
     }
 }
 
-#[derive(Debug)]
-pub struct BakeReport {
-    pub output: PathBuf,
-    /// `None` for a raw output baked without `--sums`: it was not hashed
-    /// (`flash` computes the digest when it needs it).
-    pub sha256: Option<String>,
-    pub compression: Format,
-    pub node: String,
-    pub board: String,
-    pub instance_id: String,
-    pub copy: CopyMethod,
-    /// Built without the cluster's secrets (to be sealed on delivery).
-    pub unsealed: bool,
-    /// Bytes of the raw image: what a flash sends.
-    pub flash_bytes: u64,
-    /// What shrinking did (absent with `--no-shrink`).
-    pub shrink: Option<crate::bake::shrink::ShrinkReport>,
-    pub files: Vec<FileRecord>,
-}
-
 /// Builds every requested target; stops at the first failure.
 pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>> {
     let mut targets = Vec::new();
     for t in &settings.targets {
-        targets.push(Target::parse(t).map_err(CommandError::usage)?);
+        let target =
+            Target::parse(t).map_err(|e| match node_hint(paths, t, &settings.out_dir) {
+                Some(hint) => CommandError::usage(format!("{e}\nhint: {hint}")),
+                None => CommandError::usage(e),
+            })?;
+        targets.push(target);
     }
     if targets.is_empty() && !settings.all {
         return Err(CommandError::usage(
@@ -129,6 +114,20 @@ pub fn build(paths: &Paths, settings: &BuildSettings) -> Result<Vec<BakeReport>>
         }
     }
     build_targets(ws, &targets, settings)
+}
+
+/// For a bare node name given as a target: the target it probably meant.
+fn node_hint(paths: &Paths, given: &std::path::Path, out_dir: &std::path::Path) -> Option<String> {
+    let name = given.to_str().filter(|n| !n.contains(['.', '/']))?;
+    let ws = Workspace::load(paths).ok()?;
+    let node = ws.profiles.node(name)?;
+    let t = Target::in_dir(out_dir, &node.name, &node.board, Format::Raw);
+    Some(format!(
+        "did you mean `imgbuild {}` (node {} is a {} board)?",
+        t.path.display(),
+        node.name,
+        node.board
+    ))
 }
 
 /// Checks a target against the profiles and finds its node.
@@ -239,7 +238,17 @@ fn resolve_jobs<'w>(
             None => match fetched.get(&node.board) {
                 Some(b) => b.clone(),
                 None => {
-                    let b = crate::source::ensure_base(manifest, &cache, &options)?;
+                    let b = crate::source::ensure_base(manifest, &cache, &options).map_err(|e| {
+                        if options.offline {
+                            e
+                        } else {
+                            e.context(format!(
+                                "hint: without network, give the stock image with --base {}=FILE, or run `imgbuild fetch {}` \
+                                 where there is network and build with --offline",
+                                node.board, node.board
+                            ))
+                        }
+                    })?;
                     fetched.insert(node.board.clone(), b.clone());
                     b
                 }
@@ -346,45 +355,6 @@ fn bake_one(
         shrink,
         files,
     })
-}
-
-/// Writes the provenance statement of `output`: the build parameters, the
-/// stock input, then the plan's dependencies.
-pub(crate) fn write_statement(
-    output: &std::path::Path,
-    digest: &Sha256Digest,
-    plan: &NodePlan,
-    format: Format,
-    stock: Option<Dependency>,
-) -> anyhow::Result<()> {
-    let (params, deps) = statement_inputs(plan, format, stock);
-    Statement::new(output, digest, params, deps)
-        .write(output)
-        .with_context(|| format!("writing the provenance of {}", output.display()))?;
-    Ok(())
-}
-
-/// The build parameters and resolved dependencies of a node's artifact.
-pub(crate) fn statement_inputs(
-    plan: &NodePlan,
-    format: Format,
-    stock: Option<Dependency>,
-) -> (BTreeMap<String, serde_json::Value>, Vec<ResourceDescriptor>) {
-    let p = &plan.provenance;
-    let params = BTreeMap::from([
-        ("node".to_string(), serde_json::json!(p.node)),
-        ("board".to_string(), serde_json::json!(p.board)),
-        ("format".to_string(), serde_json::json!(format.extension())),
-        ("unsealed".to_string(), serde_json::json!(p.unsealed)),
-        ("buildTime".to_string(), serde_json::json!(p.build_time)),
-        ("instanceId".to_string(), serde_json::json!(p.instance_id)),
-    ]);
-    let deps = stock
-        .iter()
-        .chain(&plan.dependencies)
-        .map(ResourceDescriptor::from)
-        .collect();
-    (params, deps)
 }
 
 fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {

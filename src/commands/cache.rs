@@ -79,7 +79,7 @@ fn profile_keys(paths: &Paths) -> Option<ProfileKeys> {
         );
     }
     for n in &p.nodes {
-        for r in crate::config::images::images_for(p, n) {
+        for r in p.images_for(n) {
             if let Ok(i) = crate::config::images::ImageRef::parse(&r) {
                 keys.images
                     .insert(i.digest.to_string(), format!("image {}", i.original));

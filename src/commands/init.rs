@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 
 use super::{CommandError, Paths, Result};
+use crate::config::manifest::Manifests;
 
 /// A node to create.
 #[derive(Debug, Clone)]
@@ -52,12 +53,6 @@ const GITIGNORE_LINES: [&str; 2] = ["/secrets/", "/dist/"];
 
 pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
     let mut assumed = Vec::new();
-    fn take(assumed: &mut Vec<String>, v: &Option<String>, default: &str, what: &str) -> String {
-        v.clone().unwrap_or_else(|| {
-            assumed.push(format!("{what}: {default}"));
-            default.to_string()
-        })
-    }
     let name = take(&mut assumed, &s.name, "homelab", "cluster name (--name)");
     let domain = take(
         &mut assumed,
@@ -71,25 +66,11 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
         "admin",
         "admin user (--admin-user)",
     );
-    let nodes = if s.nodes.is_empty() {
-        assumed.push(
-            "nodes (--node NAME=BOARD[@SLOT]): node01..node04, RK1s in slots 1-4 of one Turing Pi; node01 is the server".into(),
-        );
-        (1..=4)
-            .map(|i| InitNode {
-                name: format!("node{i:02}"),
-                board: "rk1".into(),
-                slot: Some(i),
-            })
-            .collect()
-    } else {
-        s.nodes.clone()
-    };
-    let first = &nodes[0];
+    let nodes = nodes_or_default(&s.nodes, &mut assumed);
     let server = take(
         &mut assumed,
         &s.server,
-        &format!("{}.{domain}", first.name),
+        &format!("{}.{domain}", nodes[0].name),
         "cluster API address (--server; nodes use DHCP, so your DNS must resolve it)",
     );
     let keys = match &s.ssh_keys {
@@ -104,8 +85,71 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
     // Boards: the manifests in use (built-in unless overridden).
     let paths = Paths::resolve(s.dir.join("profiles"), None, None);
     let manifests = super::load_manifests(&paths)?;
+    let uses_turing_pi = check_boards(&manifests, &nodes)?;
+    let bmc = uses_turing_pi.then(|| {
+        take(
+            &mut assumed,
+            &s.bmc,
+            "turingpi.local",
+            "Turing Pi BMC host (--bmc)",
+        )
+    });
+    let cluster = ClusterAnswers {
+        name,
+        server,
+        domain,
+        user,
+        keys,
+        bmc,
+    };
+    let mut files = vec![(PathBuf::from(CLUSTER_PATH), cluster.yaml())];
+    for (i, n) in nodes.iter().enumerate() {
+        let path = node_file(&n.name).map_err(CommandError::usage)?;
+        files.push((path, node_yaml(n, i == 0)));
+    }
+    let (written, check) = write_checked(
+        &s.dir,
+        &files,
+        build_time,
+        "remove it or run init in another directory",
+    )?;
+    Ok(InitReport {
+        written,
+        assumed,
+        check,
+    })
+}
+
+/// `v`, or `default` noted among the assumptions as `what: default`.
+fn take(assumed: &mut Vec<String>, v: &Option<String>, default: &str, what: &str) -> String {
+    v.clone().unwrap_or_else(|| {
+        assumed.push(format!("{what}: {default}"));
+        default.to_string()
+    })
+}
+
+/// The nodes given, or four RK1s in one Turing Pi (noted as assumed).
+fn nodes_or_default(given: &[InitNode], assumed: &mut Vec<String>) -> Vec<InitNode> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    assumed.push(
+        "nodes (--node NAME=BOARD[@SLOT]): node01..node04, RK1s in slots 1-4 of one Turing Pi; node01 is the server".into(),
+    );
+    (1..=4)
+        .map(|i| InitNode {
+            name: format!("node{i:02}"),
+            board: "rk1".into(),
+            slot: Some(i),
+        })
+        .collect()
+}
+
+/// Every node's board has a manifest, and compute modules (only they) have
+/// a slot; whether any node sits in a Turing Pi.
+fn check_boards(manifests: &Manifests, nodes: &[InitNode]) -> Result<bool> {
     let mut uses_turing_pi = false;
-    for n in &nodes {
+    for n in nodes {
         let Some(m) = manifests.get(&n.board) else {
             return Err(CommandError::usage(format!(
                 "node {}: no board {:?} (boards: {})",
@@ -131,60 +175,61 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
             (false, None) => {}
         }
     }
-    let bmc = uses_turing_pi.then(|| {
-        take(
-            &mut assumed,
-            &s.bmc,
-            "turingpi.local",
-            "Turing Pi BMC host (--bmc)",
-        )
-    });
+    Ok(uses_turing_pi)
+}
 
-    let q = |v: &str| serde_json::to_string(v).expect("strings serialise");
-    let mut cluster = format!(
-        "# Cluster-wide settings, written by `imgbuild init`; see docs/profiles.md for every key.\n\
-         cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
-         server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
-        q(&name),
-        q(&server),
-        q(&domain),
-        q(&user)
-    );
-    for k in &keys {
-        cluster.push_str(&format!("      - {}\n", q(k.trim())));
-    }
-    if let Some(b) = &bmc {
-        cluster.push_str(&format!(
-            "  turing_pi_boards:\n    - name: tp1\n      bmc: {}\n",
-            q(b)
-        ));
-    }
-    cluster.push_str(
-        "\n# Node keys every node starts from; a node file overrides them.\ndefaults:\n  k3s:\n    role: agent\n  network:\n    dhcp: true\n",
-    );
-    let mut files = vec![(PathBuf::from(CLUSTER_PATH), cluster)];
-    for (i, n) in nodes.iter().enumerate() {
-        let mut text = format!("board: {}\n", q(&n.board));
-        if let Some(slot) = n.slot {
-            text.push_str(&format!("turing_pi: {{board: tp1, slot: {slot}}}\n"));
+/// What `cluster.yaml` says, given or assumed.
+struct ClusterAnswers {
+    name: String,
+    server: String,
+    domain: String,
+    user: String,
+    keys: Vec<String>,
+    bmc: Option<String>,
+}
+
+/// A YAML string (JSON's quoting is valid YAML).
+fn q(v: &str) -> String {
+    serde_json::to_string(v).expect("strings serialise")
+}
+
+impl ClusterAnswers {
+    fn yaml(&self) -> String {
+        let mut cluster = format!(
+            "# Cluster-wide settings, written by `imgbuild init`; see docs/profiles.md for every key.\n\
+             cluster:\n  name: {}\n  # Where the cluster's API is reached: the first server, a VIP or a DNS name.\n  \
+             server: {}\n  domain: {}\n  admin:\n    user: {}\n    ssh_authorized_keys:\n",
+            q(&self.name),
+            q(&self.server),
+            q(&self.domain),
+            q(&self.user)
+        );
+        for k in &self.keys {
+            cluster.push_str(&format!("      - {}\n", q(k.trim())));
         }
-        if i == 0 {
-            text.push_str("k3s:\n  role: server\n  cluster_init: true\n");
+        if let Some(b) = &self.bmc {
+            cluster.push_str(&format!(
+                "  turing_pi_boards:\n    - name: tp1\n      bmc: {}\n",
+                q(b)
+            ));
         }
-        let path = node_file(&n.name).map_err(CommandError::usage)?;
-        files.push((path, text));
+        cluster.push_str(
+            "\n# Node keys every node starts from; a node file overrides them.\ndefaults:\n  k3s:\n    role: agent\n  network:\n    dhcp: true\n",
+        );
+        cluster
     }
-    let (written, check) = write_checked(
-        &s.dir,
-        &files,
-        build_time,
-        "remove it or run init in another directory",
-    )?;
-    Ok(InitReport {
-        written,
-        assumed,
-        check,
-    })
+}
+
+/// A node file; the first node is the server that creates the cluster.
+fn node_yaml(n: &InitNode, first: bool) -> String {
+    let mut text = format!("board: {}\n", q(&n.board));
+    if let Some(slot) = n.slot {
+        text.push_str(&format!("turing_pi: {{board: tp1, slot: {slot}}}\n"));
+    }
+    if first {
+        text.push_str("k3s:\n  role: server\n  cluster_init: true\n");
+    }
+    text
 }
 
 /// Where a new profile set's cluster file goes, relative to its directory.

@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, anyhow, bail};
 
 use super::Workspace;
-use super::build::BakeReport;
+use super::written::{BakeReport, write_statement};
 use crate::artifact::{Format, PendingOutput, Target};
 use crate::config::profile::Node;
 use crate::installer::{self, Recipe};
@@ -105,7 +105,7 @@ pub(super) fn build_iso(
             uri: Some(inst.url.clone()),
             sha256: inst.sha256.clone(),
         });
-    super::build::write_statement(&output, &digest, plan, Format::Iso, stock_dep)?;
+    write_statement(&output, &digest, plan, Format::Iso, stock_dep)?;
     Ok(BakeReport {
         output,
         sha256: Some(digest.to_string()),

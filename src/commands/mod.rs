@@ -25,6 +25,7 @@ pub mod unpack;
 pub mod usb;
 pub mod verify;
 pub mod wait;
+pub mod written;
 
 use std::path::{Path, PathBuf};
 
@@ -202,6 +203,13 @@ pub struct Workspace {
 impl Workspace {
     /// Loads manifests and profiles; any problem is [`CommandError::Invalid`].
     pub fn load(paths: &Paths) -> Result<Workspace> {
+        let cluster_file = paths.profiles.join(profile::CLUSTER_FILE);
+        if !cluster_file.exists() {
+            return Err(CommandError::Invalid(anyhow!(
+                "no profiles: {} does not exist\nhint: run `imgbuild init` here to write them, or point --profiles (or IMGBUILD_PROFILES) at your cluster's profile directory",
+                cluster_file.display()
+            )));
+        }
         let manifests = load_manifests(paths)?;
         let boards = manifest::board_infos(&manifests);
         let profiles =
@@ -288,7 +296,17 @@ impl Workspace {
             k3s_mirror: &mirror,
             registry_auth: fetch.registry_auth.as_deref(),
         };
-        Supplies::gather(&request, &fetch.cache()?, &fetch.options())
+        Supplies::gather(&request, &fetch.cache()?, &fetch.options()).map_err(|e| {
+            if fetch.offline {
+                e
+            } else {
+                e.context(
+                    "hint: run `imgbuild fetch --all` where there is network, then build with --offline; \
+                     k3s can also come from a local copy of its release (IMGBUILD_K3S_MIRROR or cluster.k3s.mirror), \
+                     or install at first boot (cluster.k3s.install: online)",
+                )
+            }
+        })
     }
 }
 

@@ -79,17 +79,25 @@ impl Cluster {
 /// What happens to one node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    /// Ready with its image's instance already.
+    /// Ready with its image's instance already (or, with no cluster to ask,
+    /// flashed with this image by an earlier run).
     Skip {
         reason: String,
     },
     Flash(FlashStep),
+    /// An earlier, interrupted run flashed this image: only what comes after
+    /// the flash is left (wait, uncordon, record the instance).
+    Finish(FlashStep),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FlashStep {
-    /// Cordon and drain first (registered in a running cluster).
+    /// Cordon first, and uncordon once back (registered in a running cluster).
     pub drain: bool,
+    /// Evict its pods after cordoning. Not for a node that is not Ready: no
+    /// kubelet stops them there, so they would never go (it is flashed as
+    /// it is).
+    pub evict: bool,
     /// Remove its etcd member first.
     pub remove_member: bool,
     /// A server joins the running cluster through this API URL.
@@ -171,6 +179,16 @@ pub fn preflight(ws: &Workspace, settings: &RolloutSettings) -> Cluster {
 pub struct Candidate<'a> {
     pub node: &'a Node,
     pub instance_id: Option<String>,
+    /// The deploy state records this very image flashed onto the node by an
+    /// earlier run.
+    pub delivered: Option<Delivered>,
+}
+
+/// What the deploy state says about an earlier flash of the same image.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    /// The node's boot ID before that flash, when it was known.
+    pub boot_before: Option<String>,
 }
 
 /// Every node's action, in the order they run (servers first when the
@@ -209,6 +227,13 @@ fn decide_one(
 ) -> Result<Action> {
     let node = c.node;
     let server = node.k3s.role == Role::Server;
+    let resumed = c.delivered.as_ref().filter(|_| !settings.force);
+    if resumed.is_some() && !cluster.is_up() {
+        return Ok(Action::Skip {
+            reason: "already flashed with this image by an earlier run (--force flashes it again)"
+                .into(),
+        });
+    }
     let view = match cluster {
         Cluster::New { .. } => return Ok(Action::Flash(FlashStep::default())),
         Cluster::Down { why, since } => {
@@ -239,8 +264,21 @@ fn decide_one(
             ),
         });
     }
-    let mut step = FlashStep {
+    if let Some(d) = resumed {
+        // Flashed by an interrupted run: wait for it, uncordon it (when the
+        // run got that far) and record its instance; a server's vote is
+        // waited for where k3s reports it.
+        return Ok(Action::Finish(FlashStep {
+            drain: found.is_some_and(|n| n.unschedulable),
+            wait: true,
+            boot_before: d.boot_before.clone(),
+            voter: server && found.is_some_and(|n| n.voter.is_some()),
+            ..FlashStep::default()
+        }));
+    }
+    let step = FlashStep {
         drain: found.is_some(),
+        evict: found.is_some_and(|n| n.ready),
         wait: true,
         boot_before: found.map(|n| n.boot_id.clone()).filter(|b| !b.is_empty()),
         ..FlashStep::default()
@@ -248,46 +286,73 @@ fn decide_one(
     if !server {
         return Ok(Action::Flash(step));
     }
+    decide_server(ws, node, view, step, settings).map(Action::Flash)
+}
+
+/// Whether a data disk holds k3s's embedded etcd, so that it survives a
+/// flash: mounted at its directory or one above it (a disk for, say,
+/// local-path volumes under /var/lib/rancher/k3s/storage does not).
+pub fn keeps_etcd(node: &Node) -> bool {
+    const ETCD: &str = "/var/lib/rancher/k3s/server/db";
+    node.storage.iter().any(|d| {
+        let m = d.mount.trim_end_matches('/');
+        m == ETCD || (!m.is_empty() && ETCD.starts_with(&format!("{m}/")))
+    })
+}
+
+/// A server of a running cluster: the quorum decides whether its etcd
+/// member may go, and it is re-made to join the cluster.
+fn decide_server(
+    ws: &Workspace,
+    node: &Node,
+    view: &ClusterView,
+    mut step: FlashStep,
+    settings: &RolloutSettings,
+) -> Result<FlashStep> {
+    use crate::kube::cluster::QuorumRefusal;
     step.voter = true;
-    let keeps_data = node.storage.iter().any(|d| d.k3s_data);
+    let keeps_data = keeps_etcd(node);
+    let found = view.get(&node.hostname);
     let other_servers = view.servers().filter(|n| n.name != node.hostname).count();
     let quorum = if found.is_some() && other_servers == 0 {
         // Registered and alone: the datastore (embedded etcd, or SQLite on
         // a server without `cluster-init`) lives on this node only.
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember {
+        Err(QuorumRefusal::SingleMember {
             node: node.hostname.clone(),
         })
     } else {
         view.check_quorum(&node.hostname)
     };
     match quorum {
-        Ok(QuorumOk::NotAMember) => {}
+        Ok(QuorumOk::NotAMember) | Ok(QuorumOk::AlreadyRemoved { .. }) => {}
         Ok(QuorumOk::Safe { .. }) | Ok(QuorumOk::RemovalUnderWay) => {
-            // With its k3s data on a data disk the server keeps its etcd
-            // member and data across the flash, as after a reboot: removing
-            // the member would leave it a removed member's data to start on.
+            // With its etcd on a data disk the server keeps its member and
+            // data across the flash, as after a reboot: removing the member
+            // would leave it a removed member's data to start on, which k3s
+            // refuses.
             step.remove_member = !keeps_data;
         }
-        Ok(QuorumOk::AlreadyRemoved { .. }) => {}
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if keeps_data => {
-            // Starts again on its kept data, as after a reboot.
-            return Ok(Action::Flash(step));
-        }
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
+        // Starts again on its kept data, as after a reboot.
+        Err(QuorumRefusal::SingleMember { .. }) if keeps_data => return Ok(step),
+        Err(QuorumRefusal::SingleMember { .. }) if settings.reset_cluster => {
+            // The datastore goes with the flash: the Node object too, so
+            // there is nothing to drain or uncordon, and its boot is new.
             step.voter = false;
+            step.drain = false;
+            step.boot_before = None;
             step.reset = Some(format!(
                 "{} is the only server of cluster {}: re-flashing it deletes the cluster's datastore (every API object; {} node(s) registered) and the cluster starts empty",
                 node.name,
                 ws.profiles.cluster.name,
                 view.nodes.len()
             ));
-            return Ok(Action::Flash(step));
+            return Ok(step);
         }
-        Err(crate::kube::cluster::QuorumRefusal::SingleMember { .. }) => {
+        Err(QuorumRefusal::SingleMember { .. }) => {
             return Err(refuse(format!(
                 "refusing to flash {}: it is the cluster's only server, and a re-flash starts an empty datastore \
                  (every object of cluster {} is lost: {} node(s) registered). To keep the data, put k3s's data on a data disk \
-                 (`storage:` with `k3s_data: true` in {}) so it survives the flash; to start over, pass --reset-cluster",
+                 (a `storage:` entry mounted at /var/lib/rancher in {}) so that etcd survives the flash; to start over, pass --reset-cluster",
                 node.name,
                 ws.profiles.cluster.name,
                 view.nodes.len(),
@@ -307,7 +372,7 @@ fn decide_one(
             node.name
         ))
     })?);
-    Ok(Action::Flash(step))
+    Ok(step)
 }
 
 /// The API a re-flashed server joins through: the VIP, else a Ready voter
@@ -367,12 +432,14 @@ fn check_skew(
 }
 
 /// Cordons and drains `node`, and takes its etcd member out, as `step` says.
+/// Returns whether it cordoned the node: a Node that is gone (with the
+/// datastore of a reset cluster) has nothing to drain.
 pub fn before_flash(
     admin: &AdminApi,
     node: &Node,
     step: &FlashStep,
     settings: &RolloutSettings,
-) -> Result<()> {
+) -> Result<bool> {
     let name = &node.hostname;
     let left = |what: &str, e: &dyn std::fmt::Display| {
         refuse(format!(
@@ -380,31 +447,61 @@ pub fn before_flash(
              run the same command again to continue, or `kubectl uncordon {name}`"
         ))
     };
+    let mut cordoned = false;
     if step.drain {
-        admin.cordon(name, Duration::from_secs(20)).map_err(|e| {
-            refuse(format!(
-                "{name}: cordoning failed: {e}; nothing was flashed"
-            ))
-        })?;
+        match admin.cordon(name, Duration::from_secs(20)) {
+            Ok(_) => cordoned = true,
+            Err(e) if e.status() == Some(404) => {
+                tracing::info!("{name}: no such Node any more; nothing to drain");
+            }
+            Err(e) => {
+                return Err(refuse(format!(
+                    "{name}: cordoning failed: {e}; nothing was flashed"
+                )));
+            }
+        }
+    }
+    if cordoned && !step.evict {
+        tracing::info!(
+            "{name}: not Ready, so its pods cannot be evicted (no kubelet stops them); flashing it as it is"
+        );
+    }
+    if cordoned && step.evict {
         let report = crate::kube::drain::drain(admin, name, &settings.drain)
             .map_err(|e| left("draining", &e))?;
-        tracing::info!(
-            "{name}: drained ({} pod(s) evicted, {} left: {})",
-            report.evicted.len(),
-            report.skipped.len(),
-            report
-                .skipped
-                .iter()
-                .map(|(p, why)| format!("{p} ({why})"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if !report.skipped.is_empty() {
+            tracing::info!(
+                "{name}: left on the node: {}",
+                report
+                    .skipped
+                    .iter()
+                    .map(|(p, why)| format!("{p} ({why})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     if step.remove_member {
         crate::kube::etcd::remove_member(admin, name, settings.node_timeout, settings.interval)
             .map_err(|e| left("removing its etcd member", &e))?;
     }
-    Ok(())
+    Ok(cordoned)
+}
+
+/// What a node is left with when the rollout stops after `step` began: said
+/// in every error and on an interrupt.
+pub fn left_behind(node: &Node, step: &FlashStep) -> Option<String> {
+    let name = &node.hostname;
+    match (step.drain, step.remove_member) {
+        (false, false) => None,
+        (true, false) => Some(format!(
+            "{name} is left cordoned: run the same command again to continue, or `kubectl uncordon {name}` when it is Ready"
+        )),
+        (_, true) => Some(format!(
+            "{name} is left {}out of etcd (its member was removed): run the same command again to flash it so it joins again",
+            if step.drain { "cordoned and " } else { "" }
+        )),
+    }
 }
 
 /// Waits until the flashed node is back (Ready, booted since the flash, and
@@ -456,8 +553,13 @@ pub fn after_flash(
     back.map_err(|e| {
         refuse(format!(
             "{name} was flashed but did not come back: {e}. The deploy stops here (the next nodes are untouched); \
-             see `imgbuild wait {}` for why",
-            node.name
+             see `imgbuild wait {}` for why{}",
+            node.name,
+            if step.drain {
+                format!(". {name} is left cordoned: `kubectl uncordon {name}` once it is back, or run the same command again")
+            } else {
+                String::new()
+            }
         ))
     })?;
     if step.drain {

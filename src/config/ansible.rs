@@ -287,21 +287,37 @@ fn map_at<'a>(m: &'a mut Mapping, key: &str) -> &'a mut Mapping {
     e.as_mapping_mut().expect("made a mapping")
 }
 
+/// The notes of an import, in the order the inventory is walked.
+#[derive(Default)]
+struct Notes(Vec<Note>);
+
+impl Notes {
+    fn add(&mut self, scope: &str, key: &str, to: Option<&str>, why: &str) {
+        self.0.push(Note {
+            scope: scope.into(),
+            key: key.into(),
+            to: to.map(str::to_string),
+            why: why.into(),
+        })
+    }
+}
+
+/// The nodes found so far: their node file keys and their inventory
+/// variables, and the Turing Pi boards.
+#[derive(Default)]
+struct Found {
+    boards: Vec<Value>,
+    nodes: BTreeMap<String, Mapping>,
+    hosts: BTreeMap<String, Mapping>,
+}
+
 /// Maps the reference layout (REFERENCE §5) to profiles.
 pub fn import(
     inv: &Inventory,
     group_vars: &Mapping,
     choices: &ImportChoices,
 ) -> Result<Imported, AnsibleError> {
-    let mut notes = Vec::new();
-    let mut note = |scope: &str, key: &str, to: Option<&str>, why: &str| {
-        notes.push(Note {
-            scope: scope.into(),
-            key: key.into(),
-            to: to.map(str::to_string),
-            why: why.into(),
-        })
-    };
+    let mut notes = Notes::default();
     // group_vars/all.yml, with [all:vars] / all.vars of the inventory under it.
     let mut gv = inv
         .groups
@@ -316,171 +332,241 @@ pub fn import(
             "no `turing_pis` group: this is not the reference layout (turing_pis, <bmc>_nodes, extra_nodes)".into(),
         )
     })?;
-    let mut boards = Vec::new();
-    let mut nodes: BTreeMap<String, Mapping> = BTreeMap::new();
-    let mut hosts: BTreeMap<String, Mapping> = BTreeMap::new();
+    let mut found = Found::default();
     for (bmc, vars) in &bmcs.hosts {
-        let scope = format!("turing_pis host {bmc}");
-        let host = vars
-            .get("ansible_host")
-            .and_then(as_text)
-            .unwrap_or(bmc.clone());
-        let mut b = Mapping::new();
-        b.insert(s("name"), s(bmc));
-        b.insert(s("bmc"), s(&host));
-        boards.push(Value::Mapping(b));
-        for (k, _) in vars {
-            let k = as_text(k).unwrap_or_default();
-            match k.as_str() {
-                "ansible_host" => note(
-                    &scope,
-                    &k,
-                    Some("cluster.turing_pi_boards[].bmc"),
-                    "the BMC's address",
-                ),
-                _ => note(
-                    &scope,
-                    &k,
-                    None,
-                    "a BMC host variable imgbuild has no use for (it talks to bmcd's HTTPS API, not over SSH)",
-                ),
-            }
-        }
-        note(
-            &scope,
-            "(host name)",
-            Some("cluster.turing_pi_boards[].name"),
-            "the board's name; nodes of <name>_nodes sit in it",
-        );
-        let group = format!("{bmc}_nodes");
-        let Some(g) = inv.groups.get(&group) else {
-            note(
-                &scope,
-                &group,
-                None,
-                "no such group: this BMC has no nodes in the inventory",
-            );
-            continue;
-        };
-        for (name, vars) in &g.hosts {
-            let scope = format!("{group} host {name}");
-            let mut n = Mapping::new();
-            let board = match vars.get("type").and_then(as_text).as_deref() {
-                Some("rk1") => "rk1",
-                Some("pi4") | Some("cm4") => "cm4",
-                Some(other) => {
-                    return Err(AnsibleError::Layout(format!(
-                        "{scope}: type {other:?} is not rk1 or pi4"
-                    )));
-                }
-                None => {
-                    return Err(AnsibleError::Layout(format!(
-                        "{scope}: no `type` (rk1 or pi4)"
-                    )));
-                }
-            };
-            n.insert(s("board"), s(board));
-            let slot = vars
-                .get("slot_num")
-                .and_then(as_text)
-                .and_then(|v| v.parse::<u8>().ok())
-                .filter(|v| (1..=4).contains(v))
-                .ok_or_else(|| {
-                    AnsibleError::Layout(format!("{scope}: `slot_num` must be 1, 2, 3 or 4"))
-                })?;
-            let mut tp = Mapping::new();
-            tp.insert(s("board"), s(bmc));
-            tp.insert(s("slot"), Value::Number(slot.into()));
-            n.insert(s("turing_pi"), Value::Mapping(tp));
-            if board == "rk1" {
-                // The Ansible flow labels RK1 nodes so; so does the example profile.
-                map_at(map_at(&mut n, "k3s"), "labels").insert(s("node-type"), s("rk1"));
-            }
-            nodes.insert(name.clone(), n);
-            hosts.insert(name.clone(), vars.clone());
-            for (k, _) in vars {
-                let k = as_text(k).unwrap_or_default();
-                match k.as_str() {
-                    "type" => note(
-                        &scope,
-                        &k,
-                        Some("board"),
-                        &format!(
-                            "{board} (pi4 is the CM4 module); RK1 nodes also get the label node-type=rk1, as the playbook set"
-                        ),
-                    ),
-                    "slot_num" => note(&scope, &k, Some("turing_pi.slot"), "the same slot"),
-                    "root_dev" => note(
-                        &scope,
-                        &k,
-                        None,
-                        "moving the root file system to NVMe is not done by imgbuild: the image boots and runs from the module's own eMMC, which the BMC flashes. To put k3s's data on the NVMe disk, add `storage: [{device: /dev/nvme0n1, mount: /var/lib/rancher}]` to the node (formatted on first boot only when blank: a disk still holding the old root is left alone until you wipe it)",
-                    ),
-                    _ => other_host_key(&mut note, &scope, &k),
-                }
-            }
-        }
+        turing_pi_board(inv, bmc, vars, &mut found, &mut notes)?;
     }
     if let Some(g) = inv.groups.get("extra_nodes") {
-        for (name, vars) in &g.hosts {
-            let scope = format!("extra_nodes host {name}");
-            let mut n = Mapping::new();
-            n.insert(s("board"), s("nuc"));
-            note(
+        extra_nodes(g, &mut found, &mut notes);
+    }
+    other_groups(inv, bmcs, &mut notes);
+    if found.nodes.is_empty() {
+        return Err(AnsibleError::Layout(
+            "no nodes: expected hosts in <bmc>_nodes or extra_nodes".into(),
+        ));
+    }
+    let cp = control_plane(var("control_plane"), &mut found.nodes)?;
+    let several = found.nodes.len() > 1;
+    let domain = var("local_domain");
+    let server = found
+        .hosts
+        .get(&cp)
+        .and_then(|h| h.get("ansible_host"))
+        .and_then(as_text)
+        .unwrap_or_else(|| match &domain {
+            Some(d) => format!("{cp}.{d}"),
+            None => cp.clone(),
+        });
+    let cluster = cluster_keys(&var, choices, &server, domain.as_deref(), found.boards);
+    group_vars_notes(&gv, &cp, &server, several, &mut notes);
+    if choices.admin_user.is_some() && var("ansible_account").is_some() {
+        notes.add(
+            "flags",
+            "--admin-user",
+            None,
+            "ansible_account wins over --admin-user",
+        );
+    }
+    Ok(Imported {
+        cluster,
+        nodes: found.nodes,
+        notes: notes.0,
+    })
+}
+
+/// A host of `turing_pis`: a Turing Pi board (its BMC), and the nodes of its
+/// `<bmc>_nodes` group.
+fn turing_pi_board(
+    inv: &Inventory,
+    bmc: &str,
+    vars: &Mapping,
+    found: &mut Found,
+    notes: &mut Notes,
+) -> Result<(), AnsibleError> {
+    let scope = format!("turing_pis host {bmc}");
+    let host = vars
+        .get("ansible_host")
+        .and_then(as_text)
+        .unwrap_or(bmc.to_string());
+    let mut b = Mapping::new();
+    b.insert(s("name"), s(bmc));
+    b.insert(s("bmc"), s(&host));
+    found.boards.push(Value::Mapping(b));
+    for (k, _) in vars {
+        let k = as_text(k).unwrap_or_default();
+        match k.as_str() {
+            "ansible_host" => notes.add(
                 &scope,
-                "(group extra_nodes)",
-                Some("board"),
-                "nuc: extra nodes are taken to be x86 machines booting the Ubuntu cloud image; change `board:` otherwise",
-            );
-            for (k, v) in vars {
-                let k = as_text(k).unwrap_or_default();
-                match k.as_str() {
-                    "nvidia_gpu_node" => {
-                        if truthy(v) {
-                            n.insert(s("nvidia"), Value::Bool(true));
-                        }
-                        note(
-                            &scope,
-                            &k,
-                            Some("nvidia"),
-                            "the GPU runtime and the nvidia.com/gpu.present=true label",
-                        );
-                    }
-                    "workstation" => {
-                        if truthy(v) {
-                            let k3s = map_at(&mut n, "k3s");
-                            map_at(k3s, "labels").insert(s("node-role"), s("workstation"));
-                            k3s.insert(
-                                s("taints"),
-                                Value::Sequence(vec![s("workstation=true:NoSchedule")]),
-                            );
-                        }
-                        note(
-                            &scope,
-                            &k,
-                            Some("k3s.labels.node-role, k3s.taints"),
-                            "label node-role=workstation and taint workstation=true:NoSchedule, as the playbook set",
-                        );
-                    }
-                    "node_ip" => {
-                        if let Some(ip) = as_text(v) {
-                            map_at(&mut n, "k3s").insert(s("node_ip"), s(&ip));
-                        }
-                        note(&scope, &k, Some("k3s.node_ip"), "the same");
-                    }
-                    "flannel_iface" => {
-                        if let Some(i) = as_text(v) {
-                            map_at(&mut n, "k3s").insert(s("flannel_iface"), s(&i));
-                        }
-                        note(&scope, &k, Some("k3s.flannel_iface"), "the same");
-                    }
-                    _ => other_host_key(&mut note, &scope, &k),
-                }
-            }
-            nodes.insert(name.clone(), n);
-            hosts.insert(name.clone(), vars.clone());
+                &k,
+                Some("cluster.turing_pi_boards[].bmc"),
+                "the BMC's address",
+            ),
+            _ => notes.add(
+                &scope,
+                &k,
+                None,
+                "a BMC host variable imgbuild has no use for (it talks to bmcd's HTTPS API, not over SSH)",
+            ),
         }
     }
+    notes.add(
+        &scope,
+        "(host name)",
+        Some("cluster.turing_pi_boards[].name"),
+        "the board's name; nodes of <name>_nodes sit in it",
+    );
+    let group = format!("{bmc}_nodes");
+    let Some(g) = inv.groups.get(&group) else {
+        notes.add(
+            &scope,
+            &group,
+            None,
+            "no such group: this BMC has no nodes in the inventory",
+        );
+        return Ok(());
+    };
+    for (name, vars) in &g.hosts {
+        let scope = format!("{group} host {name}");
+        let n = board_node(bmc, &scope, vars, notes)?;
+        found.nodes.insert(name.clone(), n);
+        found.hosts.insert(name.clone(), vars.clone());
+    }
+    Ok(())
+}
+
+/// A host of `<bmc>_nodes`: a module (`type`) in a slot (`slot_num`) of the
+/// board `bmc`.
+fn board_node(
+    bmc: &str,
+    scope: &str,
+    vars: &Mapping,
+    notes: &mut Notes,
+) -> Result<Mapping, AnsibleError> {
+    let mut n = Mapping::new();
+    let board = match vars.get("type").and_then(as_text).as_deref() {
+        Some("rk1") => "rk1",
+        Some("pi4") | Some("cm4") => "cm4",
+        Some(other) => {
+            return Err(AnsibleError::Layout(format!(
+                "{scope}: type {other:?} is not rk1 or pi4"
+            )));
+        }
+        None => {
+            return Err(AnsibleError::Layout(format!(
+                "{scope}: no `type` (rk1 or pi4)"
+            )));
+        }
+    };
+    n.insert(s("board"), s(board));
+    let slot = vars
+        .get("slot_num")
+        .and_then(as_text)
+        .and_then(|v| v.parse::<u8>().ok())
+        .filter(|v| (1..=4).contains(v))
+        .ok_or_else(|| AnsibleError::Layout(format!("{scope}: `slot_num` must be 1, 2, 3 or 4")))?;
+    let mut tp = Mapping::new();
+    tp.insert(s("board"), s(bmc));
+    tp.insert(s("slot"), Value::Number(slot.into()));
+    n.insert(s("turing_pi"), Value::Mapping(tp));
+    if board == "rk1" {
+        // The Ansible flow labels RK1 nodes so; so does the example profile.
+        map_at(map_at(&mut n, "k3s"), "labels").insert(s("node-type"), s("rk1"));
+    }
+    for (k, _) in vars {
+        let k = as_text(k).unwrap_or_default();
+        match k.as_str() {
+            "type" => notes.add(
+                scope,
+                &k,
+                Some("board"),
+                &format!(
+                    "{board} (pi4 is the CM4 module); RK1 nodes also get the label node-type=rk1, as the playbook set"
+                ),
+            ),
+            "slot_num" => notes.add(scope, &k, Some("turing_pi.slot"), "the same slot"),
+            "root_dev" => notes.add(
+                scope,
+                &k,
+                None,
+                "moving the root file system to NVMe is not done by imgbuild: the image boots and runs from the module's own eMMC, which the BMC flashes. To put k3s's data on the NVMe disk, add `storage: [{device: /dev/nvme0n1, mount: /var/lib/rancher}]` to the node (formatted on first boot only when blank: a disk still holding the old root is left alone until you wipe it)",
+            ),
+            _ => other_host_key(notes, scope, &k),
+        }
+    }
+    Ok(n)
+}
+
+/// The hosts of `extra_nodes`: x86 machines, some with a GPU, some
+/// workstations kept free of workloads.
+fn extra_nodes(g: &Group, found: &mut Found, notes: &mut Notes) {
+    for (name, vars) in &g.hosts {
+        let scope = format!("extra_nodes host {name}");
+        let mut n = Mapping::new();
+        n.insert(s("board"), s("nuc"));
+        notes.add(
+            &scope,
+            "(group extra_nodes)",
+            Some("board"),
+            "nuc: extra nodes are taken to be x86 machines booting the Ubuntu cloud image; change `board:` otherwise",
+        );
+        for (k, v) in vars {
+            let k = as_text(k).unwrap_or_default();
+            extra_node_key(&mut n, &scope, &k, v, notes);
+        }
+        found.nodes.insert(name.clone(), n);
+        found.hosts.insert(name.clone(), vars.clone());
+    }
+}
+
+/// One variable of an `extra_nodes` host, into the node's keys `n`.
+fn extra_node_key(n: &mut Mapping, scope: &str, k: &str, v: &Value, notes: &mut Notes) {
+    match k {
+        "nvidia_gpu_node" => {
+            if truthy(v) {
+                n.insert(s("nvidia"), Value::Bool(true));
+            }
+            notes.add(
+                scope,
+                k,
+                Some("nvidia"),
+                "the GPU runtime and the nvidia.com/gpu.present=true label",
+            );
+        }
+        "workstation" => {
+            if truthy(v) {
+                let k3s = map_at(n, "k3s");
+                map_at(k3s, "labels").insert(s("node-role"), s("workstation"));
+                k3s.insert(
+                    s("taints"),
+                    Value::Sequence(vec![s("workstation=true:NoSchedule")]),
+                );
+            }
+            notes.add(
+                scope,
+                k,
+                Some("k3s.labels.node-role, k3s.taints"),
+                "label node-role=workstation and taint workstation=true:NoSchedule, as the playbook set",
+            );
+        }
+        "node_ip" => {
+            if let Some(ip) = as_text(v) {
+                map_at(n, "k3s").insert(s("node_ip"), s(&ip));
+            }
+            notes.add(scope, k, Some("k3s.node_ip"), "the same");
+        }
+        "flannel_iface" => {
+            if let Some(i) = as_text(v) {
+                map_at(n, "k3s").insert(s("flannel_iface"), s(&i));
+            }
+            notes.add(scope, k, Some("k3s.flannel_iface"), "the same");
+        }
+        _ => other_host_key(notes, scope, k),
+    }
+}
+
+/// Groups outside the reference layout, and group variables other than
+/// all's: not imported, each noted.
+fn other_groups(inv: &Inventory, bmcs: &Group, notes: &mut Notes) {
     for (gname, g) in &inv.groups {
         let known = gname == "all"
             || gname == "turing_pis"
@@ -489,7 +575,7 @@ pub fn import(
                 .strip_suffix("_nodes")
                 .is_some_and(|b| bmcs.hosts.contains_key(b));
         if !known && !g.hosts.is_empty() {
-            note(
+            notes.add(
                 &format!("group {gname}"),
                 "(hosts)",
                 None,
@@ -498,7 +584,7 @@ pub fn import(
         }
         if gname != "all" {
             for (k, _) in &g.vars {
-                note(
+                notes.add(
                     &format!("group {gname} vars"),
                     &as_text(k).unwrap_or_default(),
                     None,
@@ -507,14 +593,15 @@ pub fn import(
             }
         }
     }
-    if nodes.is_empty() {
-        return Err(AnsibleError::Layout(
-            "no nodes: expected hosts in <bmc>_nodes or extra_nodes".into(),
-        ));
-    }
+}
 
-    // The control plane: the server that creates the cluster.
-    let cp = var("control_plane").ok_or_else(|| {
+/// `control_plane`: the server that creates the cluster. With other nodes
+/// beside it, it is tainted against workloads, as the playbook did.
+fn control_plane(
+    cp: Option<String>,
+    nodes: &mut BTreeMap<String, Mapping>,
+) -> Result<String, AnsibleError> {
+    let cp = cp.ok_or_else(|| {
         AnsibleError::Layout(
             "group_vars: no `control_plane` (the node that runs the k3s server)".into(),
         )
@@ -526,33 +613,32 @@ pub fn import(
         )));
     }
     let several = nodes.len() > 1;
-    {
-        let k3s = map_at(nodes.get_mut(&cp).expect("checked"), "k3s");
-        k3s.insert(s("role"), s("server"));
-        k3s.insert(s("cluster_init"), Value::Bool(true));
-        if several {
-            let taints = k3s
-                .entry(s("taints"))
-                .or_insert_with(|| Value::Sequence(Vec::new()));
-            if let Value::Sequence(t) = taints {
-                t.push(s("node-role.kubernetes.io/control-plane=true:NoSchedule"));
-            }
+    let k3s = map_at(nodes.get_mut(&cp).expect("checked"), "k3s");
+    k3s.insert(s("role"), s("server"));
+    k3s.insert(s("cluster_init"), Value::Bool(true));
+    if several {
+        let taints = k3s
+            .entry(s("taints"))
+            .or_insert_with(|| Value::Sequence(Vec::new()));
+        if let Value::Sequence(t) = taints {
+            t.push(s("node-role.kubernetes.io/control-plane=true:NoSchedule"));
         }
     }
-    let domain = var("local_domain");
-    let server = hosts
-        .get(&cp)
-        .and_then(|h| h.get("ansible_host"))
-        .and_then(as_text)
-        .unwrap_or_else(|| match &domain {
-            Some(d) => format!("{cp}.{d}"),
-            None => cp.clone(),
-        });
+    Ok(cp)
+}
 
+/// The `cluster:` keys: name, server, domain, admin, boards, k3s release.
+fn cluster_keys(
+    var: &dyn Fn(&str) -> Option<String>,
+    choices: &ImportChoices,
+    server: &str,
+    domain: Option<&str>,
+    boards: Vec<Value>,
+) -> Mapping {
     let mut cluster = Mapping::new();
     cluster.insert(s("name"), s(&choices.name));
-    cluster.insert(s("server"), s(&server));
-    if let Some(d) = &domain {
+    cluster.insert(s("server"), s(server));
+    if let Some(d) = domain {
         cluster.insert(s("domain"), s(d));
     }
     let mut admin = Mapping::new();
@@ -571,11 +657,16 @@ pub fn import(
     if let Some(v) = var("k3s_version") {
         map_at(&mut cluster, "k3s").insert(s("version"), s(&v));
     }
-    for (k, _) in &gv {
+    cluster
+}
+
+/// What became of each key of `group_vars` (with all's inventory vars).
+fn group_vars_notes(gv: &Mapping, cp: &str, server: &str, several: bool, notes: &mut Notes) {
+    for (k, _) in gv {
         let k = as_text(k).unwrap_or_default();
         let scope = "group_vars";
         match k.as_str() {
-            "control_plane" => note(
+            "control_plane" => notes.add(
                 scope,
                 &k,
                 Some("k3s.role: server, k3s.cluster_init: true (its node file); cluster.server"),
@@ -588,64 +679,51 @@ pub fn import(
                     }
                 ),
             ),
-            "local_domain" => note(scope, &k, Some("cluster.domain"), "the same"),
-            "cluster_domain" => note(
+            "local_domain" => notes.add(scope, &k, Some("cluster.domain"), "the same"),
+            "cluster_domain" => notes.add(
                 scope,
                 &k,
                 None,
                 "the ingress domain: imgbuild does not configure ingress (traefik is disabled, as in the playbook); set it where you deploy your ingress controller",
             ),
-            "k3s_version" => note(
+            "k3s_version" => notes.add(
                 scope,
                 &k,
                 Some("cluster.k3s.version"),
                 "the same (imgbuild bakes that release in, air-gapped)",
             ),
-            "ansible_account" => note(
+            "ansible_account" => notes.add(
                 scope,
                 &k,
                 Some("cluster.admin.user"),
                 "the admin user created on every node (its SSH key: --ssh-key or ~/.ssh/*.pub)",
             ),
-            _ if k.starts_with("ansible_") => note(
+            _ if k.starts_with("ansible_") => notes.add(
                 scope,
                 &k,
                 None,
                 "Ansible connection setting: imgbuild does not log in to nodes",
             ),
-            _ => note(scope, &k, None, "not part of the reference layout"),
+            _ => notes.add(scope, &k, None, "not part of the reference layout"),
         }
     }
-    if choices.admin_user.is_some() && var("ansible_account").is_some() {
-        note(
-            "flags",
-            "--admin-user",
-            None,
-            "ansible_account wins over --admin-user",
-        );
-    }
-    Ok(Imported {
-        cluster,
-        nodes,
-        notes,
-    })
 }
 
-fn other_host_key(note: &mut impl FnMut(&str, &str, Option<&str>, &str), scope: &str, k: &str) {
+fn other_host_key(notes: &mut Notes, scope: &str, k: &str) {
     match k {
-        "ansible_host" => note(
+        "ansible_host" => notes.add(
             scope,
             k,
             None,
             "the address Ansible reached the node at; nodes keep DHCP as before (pin one with `network:` in the node file)",
         ),
-        _ if k.starts_with("ansible_") => note(
+        _ if k.starts_with("ansible_") => notes.add(
             scope,
             k,
             None,
             "Ansible connection setting: imgbuild does not log in to nodes",
         ),
-        _ => note(scope, k, None, "not part of the reference layout"),
+        _ => notes.add(scope, k, None, "not part of the reference layout"),
     }
 }
 

@@ -129,6 +129,12 @@ impl DeployState {
         );
     }
 
+    /// Forgets `node`'s last delivery (in memory; the file follows at the
+    /// next record): it is to be flashed again whatever it was flashed with.
+    pub fn forget(&mut self, node: &str) {
+        self.done.remove(node);
+    }
+
     pub fn record(&mut self, node: &str, sha256: &Sha256Digest) -> Result<()> {
         let mut d = self.pending.remove(node).unwrap_or_default();
         d.sha256 = sha256.to_string();

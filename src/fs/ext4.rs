@@ -11,7 +11,7 @@
 //! Reads (existence checks, os-release, `inspect`) use ext4-view, which is
 //! read-only and verifies metadata checksums.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -409,258 +409,396 @@ pub fn apply_with(
 
     // Decide every command up front from what exists now, so planning errors
     // come before the first write.
-    let mut script = String::new();
-    let mut staging = Staging::default();
-    let mut created_dirs: BTreeSet<String> = BTreeSet::new();
-    let mut state: std::collections::HashMap<String, Option<Kind>> = Default::default();
-    let lookup = |path: &str,
-                  state: &mut std::collections::HashMap<String, Option<Kind>>|
-     -> Result<Option<Kind>> {
-        if let Some(k) = state.get(path) {
-            return Ok(*k);
-        }
-        let k = kind_of(&fs, path)?;
-        state.insert(path.to_string(), k);
-        Ok(k)
-    };
-    let mut need_blocks: u64 = 0;
-    let mut need_inodes: u64 = 0;
-    let bs = sb.block_size;
-    let stamp = format!("@{timestamp}");
-    // New inodes get the build time from E2FSPROGS_FAKE_TIME; existing inodes
-    // whose metadata changes get it explicitly.
-    let times = |script: &mut String, p: &str| {
-        for f in ["atime", "mtime", "ctime", "crtime"] {
-            script.push_str(&format!("sif \"{p}\" {f} {stamp}\n"));
-        }
-    };
-    // debugfs gives a new inode the host file's permission bits (`write`) or
-    // 0755/0777 (`mkdir`/`symlink`) and uid/gid 0; set only what differs. When
-    // not running as root, uid/gid are always set explicitly.
-    let running_as_root = unsafe { libc::geteuid() } == 0;
-    let own = |script: &mut String, p: &str, kind_bits: u32, have_mode: Option<u32>, o: &Owner| {
-        if have_mode != Some(o.mode & 0o7777) {
-            script.push_str(&format!(
-                "sif \"{p}\" mode 0{:o}\n",
-                kind_bits | (o.mode & 0o7777)
-            ));
-        }
-        if o.uid != 0 || have_mode.is_none() || !running_as_root {
-            script.push_str(&format!("sif \"{p}\" uid {}\n", o.uid));
-        }
-        if o.gid != 0 || have_mode.is_none() || !running_as_root {
-            script.push_str(&format!("sif \"{p}\" gid {}\n", o.gid));
-        }
-    };
-    let mut touched_parents: BTreeSet<String> = BTreeSet::new();
     // Extents (incompat 0x40) and no inline data (0x8000): what the direct path needs.
     let direct = direct && sb.features.incompat & 0x40 != 0 && sb.features.incompat & 0x8000 == 0;
-    let mut direct_files: Vec<(String, PathBuf, u64)> = Vec::new();
+    let mut plan = Plan::new(&fs, sb.block_size, timestamp, direct);
     for op in ops {
-        let path = op.path();
-        let make_parents = !matches!(op, Op::Remove { .. } | Op::SetOwner { .. });
-        if make_parents {
-            for parent in parents(path) {
-                match lookup(parent, &mut state)? {
-                    Some(Kind::Dir) => {}
-                    Some(_) => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: format!("{parent} exists and is not a directory"),
-                        });
-                    }
-                    None => {
-                        script.push_str(&format!("mkdir \"{parent}\"\n"));
-                        let root = Owner {
-                            mode: 0o755,
-                            uid: 0,
-                            gid: 0,
-                        };
-                        own(&mut script, parent, 0o040000, Some(0o755), &root);
-                        state.insert(parent.to_string(), Some(Kind::Dir));
-                        created_dirs.insert(parent.to_string());
-                        need_blocks += 1;
-                        need_inodes += 1;
-                    }
-                }
-            }
-            if let Some(dir) = path
-                .rsplit_once('/')
-                .map(|(d, _)| if d.is_empty() { "/" } else { d })
-            {
-                touched_parents.insert(dir.to_string());
-            }
-        }
-        let existing = lookup(path, &mut state)?;
-        match op {
-            Op::Mkdir { owner, .. } => {
-                match existing {
-                    Some(Kind::Dir) => {}
-                    Some(_) => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: "exists and is not a directory".into(),
-                        });
-                    }
-                    None => {
-                        script.push_str(&format!("mkdir \"{path}\"\n"));
-                        need_blocks += 1;
-                        need_inodes += 1;
-                        state.insert(path.to_string(), Some(Kind::Dir));
-                    }
-                }
-                if existing.is_some() {
-                    own(&mut script, path, 0o040000, None, owner);
-                    times(&mut script, path);
-                } else {
-                    own(&mut script, path, 0o040000, Some(0o755), owner);
-                }
-            }
-            Op::Write {
-                contents, owner, ..
-            } => {
-                match existing {
-                    Some(Kind::Dir) => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: "a directory is in the way of this file".into(),
-                        });
-                    }
-                    Some(_) => script.push_str(&format!("rm \"{path}\"\n")),
-                    None => {}
-                }
-                let len = contents.len()?;
-                let data_blocks = len.div_ceil(bs);
-                // Extent tree: one index block per ~340 extents; assume 128 MiB extents at worst.
-                need_blocks += data_blocks + data_blocks / (bs * 8) + 1;
-                need_inodes += 1;
-                if let (true, Contents::File(p)) = (direct && len >= DIRECT_MIN, contents) {
-                    check_host_path(p)?;
-                    // An empty inode from debugfs, then its blocks; the data follows later.
-                    let (empty, empty_mode) = staging.stage(&[]).map_err(Ext4Error::Temp)?;
-                    script.push_str(&format!("write \"{}\" \"{path}\"\n", empty.display()));
-                    script.push_str(&format!(
-                        "fallocate \"{path}\" 0 {}\nsif \"{path}\" size {len}\n",
-                        data_blocks - 1
-                    ));
-                    own(&mut script, path, 0o100000, Some(empty_mode), owner);
-                    state.insert(path.to_string(), Some(Kind::File));
-                    direct_files.push((path.to_string(), p.clone(), len));
-                    continue;
-                }
-                let (host, host_mode) = match contents {
-                    Contents::File(p) => {
-                        use std::os::unix::fs::PermissionsExt;
-                        let mode = std::fs::metadata(p).map_err(|e| Ext4Error::Path {
-                            path: p.display().to_string(),
-                            reason: e.to_string(),
-                        })?;
-                        (p.clone(), mode.permissions().mode() & 0o7777)
-                    }
-                    Contents::Bytes(b) => staging.stage(b).map_err(Ext4Error::Temp)?,
-                };
-                check_host_path(&host)?;
-                script.push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
-                own(&mut script, path, 0o100000, Some(host_mode), owner);
-                state.insert(path.to_string(), Some(Kind::File));
-            }
-            Op::Symlink {
-                target, uid, gid, ..
-            } => {
-                if let Some(reason) = crate::util::names::debugfs_target_error(target) {
-                    return Err(Ext4Error::Path {
-                        path: path.into(),
-                        reason,
-                    });
-                }
-                match existing {
-                    Some(Kind::Dir) => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: "a directory is in the way of this symlink".into(),
-                        });
-                    }
-                    Some(_) => script.push_str(&format!("rm \"{path}\"\n")),
-                    None => {}
-                }
-                need_blocks += 1;
-                need_inodes += 1;
-                script.push_str(&format!("symlink \"{path}\" \"{target}\"\n"));
-                if *uid != 0 || !running_as_root {
-                    script.push_str(&format!("sif \"{path}\" uid {uid}\n"));
-                }
-                if *gid != 0 || !running_as_root {
-                    script.push_str(&format!("sif \"{path}\" gid {gid}\n"));
-                }
-                state.insert(path.to_string(), Some(Kind::Other));
-            }
-            Op::Remove { .. } => match existing {
-                Some(Kind::Dir) => {
-                    script.push_str(&format!("rmdir \"{path}\"\n"));
-                    state.insert(path.to_string(), None);
-                }
-                Some(_) => {
-                    script.push_str(&format!("rm \"{path}\"\n"));
-                    state.insert(path.to_string(), None);
-                }
-                None => {}
-            },
-            Op::SetOwner { owner, .. } => {
-                let bits = match existing {
-                    Some(Kind::Dir) => 0o040000,
-                    Some(Kind::File) => 0o100000,
-                    Some(Kind::Other) => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: "can only change mode and owner of files and directories"
-                                .into(),
-                        });
-                    }
-                    None => {
-                        return Err(Ext4Error::Path {
-                            path: path.into(),
-                            reason: "does not exist".into(),
-                        });
-                    }
-                };
-                own(&mut script, path, bits, None, owner);
-                times(&mut script, path);
-            }
-        }
+        plan.op(op)?;
     }
-    // Directories whose entries changed get the build time too, for determinism.
-    for dir in touched_parents.difference(&created_dirs) {
-        if state.get(dir.as_str()).copied().flatten() == Some(Kind::Dir) || dir == "/" {
-            script.push_str(&format!(
-                "sif \"{dir}\" mtime {stamp}\nsif \"{dir}\" ctime {stamp}\n"
-            ));
-        }
-    }
-    // Room for directory growth and htree splits.
-    need_blocks += need_inodes / 16 + 16;
-    if need_blocks > sb.free_blocks || need_inodes > sb.free_inodes {
-        return Err(Ext4Error::NoSpace {
-            need_blocks,
-            need_inodes,
-            free_blocks: sb.free_blocks,
-            free_inodes: sb.free_inodes,
-            block_size: bs,
-        });
-    }
+    plan.stamp_touched_dirs();
+    plan.check_space(&sb)?;
+    let Plan {
+        mut script,
+        mut staging,
+        direct_files,
+        ..
+    } = plan;
     drop(fs);
-    for (path, _, _) in &direct_files {
-        script.push_str(&format!("ex \"{path}\"\n"));
+    for f in &direct_files {
+        script.push_str(&format!("ex \"{}\"\n", f.path));
     }
     let (script_path, _) = staging.stage(script.as_bytes()).map_err(Ext4Error::Temp)?;
     let maps = run_debugfs(image, part.start, &script_path, timestamp, &staging)?;
     if direct_files.is_empty() {
         return Ok(());
     }
-    // Mark the allocated extents written, then fill them.
+    let extents = mark_written(
+        image,
+        part,
+        &sb,
+        timestamp,
+        &mut staging,
+        &maps,
+        &direct_files,
+    )?;
+    let total = direct_files.iter().map(|f| f.len).sum();
+    let mut progress = crate::io::progress::Progress::new("payload", Some(total));
+    for (f, map) in direct_files.iter().zip(&extents) {
+        write_extents(&region, sb.block_size, &f.host, f.len, map, &mut progress).map_err(|e| {
+            Ext4Error::Path {
+                path: f.path.clone(),
+                reason: format!("writing its data from {}: {e}", f.host.display()),
+            }
+        })?;
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// A file whose blocks debugfs allocates and whose bytes are then copied
+/// straight into them.
+struct DirectFile {
+    path: String,
+    host: PathBuf,
+    len: u64,
+}
+
+/// The debugfs script for a list of ops, decided from what the file system
+/// holds (and what earlier ops made of it), with the space it needs.
+struct Plan<'f> {
+    fs: &'f ext4_view::Ext4,
+    script: String,
+    staging: Staging,
+    /// What each path looked up or planned so far is (`None`: absent).
+    state: HashMap<String, Option<Kind>>,
+    created_dirs: BTreeSet<String>,
+    touched_parents: BTreeSet<String>,
+    need_blocks: u64,
+    need_inodes: u64,
+    block_size: u64,
+    stamp: String,
+    running_as_root: bool,
+    direct: bool,
+    direct_files: Vec<DirectFile>,
+}
+
+const DIR_BITS: u32 = 0o040000;
+const FILE_BITS: u32 = 0o100000;
+
+impl<'f> Plan<'f> {
+    fn new(fs: &'f ext4_view::Ext4, block_size: u64, timestamp: u64, direct: bool) -> Self {
+        Plan {
+            fs,
+            script: String::new(),
+            staging: Staging::default(),
+            state: HashMap::new(),
+            created_dirs: BTreeSet::new(),
+            touched_parents: BTreeSet::new(),
+            need_blocks: 0,
+            need_inodes: 0,
+            block_size,
+            stamp: format!("@{timestamp}"),
+            running_as_root: unsafe { libc::geteuid() } == 0,
+            direct,
+            direct_files: Vec::new(),
+        }
+    }
+
+    fn lookup(&mut self, path: &str) -> Result<Option<Kind>> {
+        if let Some(k) = self.state.get(path) {
+            return Ok(*k);
+        }
+        let k = kind_of(self.fs, path)?;
+        self.state.insert(path.to_string(), k);
+        Ok(k)
+    }
+
+    /// New inodes get the build time from E2FSPROGS_FAKE_TIME; existing inodes
+    /// whose metadata changes get it explicitly.
+    fn times(&mut self, p: &str) {
+        for f in ["atime", "mtime", "ctime", "crtime"] {
+            self.script
+                .push_str(&format!("sif \"{p}\" {f} {}\n", self.stamp));
+        }
+    }
+
+    /// debugfs gives a new inode the host file's permission bits (`write`) or
+    /// 0755/0777 (`mkdir`/`symlink`) and uid/gid 0; set only what differs. When
+    /// not running as root, uid/gid are always set explicitly.
+    fn own(&mut self, p: &str, kind_bits: u32, have_mode: Option<u32>, o: &Owner) {
+        if have_mode != Some(o.mode & 0o7777) {
+            self.script.push_str(&format!(
+                "sif \"{p}\" mode 0{:o}\n",
+                kind_bits | (o.mode & 0o7777)
+            ));
+        }
+        if o.uid != 0 || have_mode.is_none() || !self.running_as_root {
+            self.script
+                .push_str(&format!("sif \"{p}\" uid {}\n", o.uid));
+        }
+        if o.gid != 0 || have_mode.is_none() || !self.running_as_root {
+            self.script
+                .push_str(&format!("sif \"{p}\" gid {}\n", o.gid));
+        }
+    }
+
+    fn op(&mut self, op: &Op) -> Result<()> {
+        let path = op.path();
+        if !matches!(op, Op::Remove { .. } | Op::SetOwner { .. }) {
+            self.make_parents(path)?;
+        }
+        let existing = self.lookup(path)?;
+        match op {
+            Op::Mkdir { owner, .. } => self.mkdir(path, existing, owner),
+            Op::Write {
+                contents, owner, ..
+            } => self.write(path, existing, contents, owner),
+            Op::Symlink {
+                target, uid, gid, ..
+            } => self.symlink(path, existing, target, *uid, *gid),
+            Op::Remove { .. } => {
+                self.remove(path, existing);
+                Ok(())
+            }
+            Op::SetOwner { owner, .. } => self.set_owner(path, existing, owner),
+        }
+    }
+
+    /// Creates the missing parents of `path` (0755, root) and notes its
+    /// directory as touched.
+    fn make_parents(&mut self, path: &str) -> Result<()> {
+        for parent in parents(path) {
+            match self.lookup(parent)? {
+                Some(Kind::Dir) => {}
+                Some(_) => {
+                    return Err(Ext4Error::Path {
+                        path: path.into(),
+                        reason: format!("{parent} exists and is not a directory"),
+                    });
+                }
+                None => {
+                    self.script.push_str(&format!("mkdir \"{parent}\"\n"));
+                    let root = Owner {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    };
+                    self.own(parent, DIR_BITS, Some(0o755), &root);
+                    self.state.insert(parent.to_string(), Some(Kind::Dir));
+                    self.created_dirs.insert(parent.to_string());
+                    self.need_blocks += 1;
+                    self.need_inodes += 1;
+                }
+            }
+        }
+        if let Some(dir) = path
+            .rsplit_once('/')
+            .map(|(d, _)| if d.is_empty() { "/" } else { d })
+        {
+            self.touched_parents.insert(dir.to_string());
+        }
+        Ok(())
+    }
+
+    fn mkdir(&mut self, path: &str, existing: Option<Kind>, owner: &Owner) -> Result<()> {
+        match existing {
+            Some(Kind::Dir) => {}
+            Some(_) => {
+                return Err(Ext4Error::Path {
+                    path: path.into(),
+                    reason: "exists and is not a directory".into(),
+                });
+            }
+            None => {
+                self.script.push_str(&format!("mkdir \"{path}\"\n"));
+                self.need_blocks += 1;
+                self.need_inodes += 1;
+                self.state.insert(path.to_string(), Some(Kind::Dir));
+            }
+        }
+        if existing.is_some() {
+            self.own(path, DIR_BITS, None, owner);
+            self.times(path);
+        } else {
+            self.own(path, DIR_BITS, Some(0o755), owner);
+        }
+        Ok(())
+    }
+
+    fn write(
+        &mut self,
+        path: &str,
+        existing: Option<Kind>,
+        contents: &Contents,
+        owner: &Owner,
+    ) -> Result<()> {
+        match existing {
+            Some(Kind::Dir) => {
+                return Err(Ext4Error::Path {
+                    path: path.into(),
+                    reason: "a directory is in the way of this file".into(),
+                });
+            }
+            Some(_) => self.script.push_str(&format!("rm \"{path}\"\n")),
+            None => {}
+        }
+        let len = contents.len()?;
+        let bs = self.block_size;
+        let data_blocks = len.div_ceil(bs);
+        // Extent tree: one index block per ~340 extents; assume 128 MiB extents at worst.
+        self.need_blocks += data_blocks + data_blocks / (bs * 8) + 1;
+        self.need_inodes += 1;
+        if let (true, Contents::File(p)) = (self.direct && len >= DIRECT_MIN, contents) {
+            check_host_path(p)?;
+            // An empty inode from debugfs, then its blocks; the data follows later.
+            let (empty, empty_mode) = self.staging.stage(&[]).map_err(Ext4Error::Temp)?;
+            self.script
+                .push_str(&format!("write \"{}\" \"{path}\"\n", empty.display()));
+            self.script.push_str(&format!(
+                "fallocate \"{path}\" 0 {}\nsif \"{path}\" size {len}\n",
+                data_blocks - 1
+            ));
+            self.own(path, FILE_BITS, Some(empty_mode), owner);
+            self.state.insert(path.to_string(), Some(Kind::File));
+            self.direct_files.push(DirectFile {
+                path: path.to_string(),
+                host: p.clone(),
+                len,
+            });
+            return Ok(());
+        }
+        let (host, host_mode) = match contents {
+            Contents::File(p) => {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(p).map_err(|e| Ext4Error::Path {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                (p.clone(), mode.permissions().mode() & 0o7777)
+            }
+            Contents::Bytes(b) => self.staging.stage(b).map_err(Ext4Error::Temp)?,
+        };
+        check_host_path(&host)?;
+        self.script
+            .push_str(&format!("write \"{}\" \"{path}\"\n", host.display()));
+        self.own(path, FILE_BITS, Some(host_mode), owner);
+        self.state.insert(path.to_string(), Some(Kind::File));
+        Ok(())
+    }
+
+    fn symlink(
+        &mut self,
+        path: &str,
+        existing: Option<Kind>,
+        target: &str,
+        uid: u32,
+        gid: u32,
+    ) -> Result<()> {
+        if let Some(reason) = crate::util::names::debugfs_target_error(target) {
+            return Err(Ext4Error::Path {
+                path: path.into(),
+                reason,
+            });
+        }
+        match existing {
+            Some(Kind::Dir) => {
+                return Err(Ext4Error::Path {
+                    path: path.into(),
+                    reason: "a directory is in the way of this symlink".into(),
+                });
+            }
+            Some(_) => self.script.push_str(&format!("rm \"{path}\"\n")),
+            None => {}
+        }
+        self.need_blocks += 1;
+        self.need_inodes += 1;
+        self.script
+            .push_str(&format!("symlink \"{path}\" \"{target}\"\n"));
+        if uid != 0 || !self.running_as_root {
+            self.script.push_str(&format!("sif \"{path}\" uid {uid}\n"));
+        }
+        if gid != 0 || !self.running_as_root {
+            self.script.push_str(&format!("sif \"{path}\" gid {gid}\n"));
+        }
+        self.state.insert(path.to_string(), Some(Kind::Other));
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &str, existing: Option<Kind>) {
+        match existing {
+            Some(Kind::Dir) => self.script.push_str(&format!("rmdir \"{path}\"\n")),
+            Some(_) => self.script.push_str(&format!("rm \"{path}\"\n")),
+            None => return,
+        }
+        self.state.insert(path.to_string(), None);
+    }
+
+    fn set_owner(&mut self, path: &str, existing: Option<Kind>, owner: &Owner) -> Result<()> {
+        let bits = match existing {
+            Some(Kind::Dir) => DIR_BITS,
+            Some(Kind::File) => FILE_BITS,
+            Some(Kind::Other) => {
+                return Err(Ext4Error::Path {
+                    path: path.into(),
+                    reason: "can only change mode and owner of files and directories".into(),
+                });
+            }
+            None => {
+                return Err(Ext4Error::Path {
+                    path: path.into(),
+                    reason: "does not exist".into(),
+                });
+            }
+        };
+        self.own(path, bits, None, owner);
+        self.times(path);
+        Ok(())
+    }
+
+    /// Directories whose entries changed get the build time too, for determinism.
+    fn stamp_touched_dirs(&mut self) {
+        for dir in self.touched_parents.difference(&self.created_dirs) {
+            if self.state.get(dir.as_str()).copied().flatten() == Some(Kind::Dir) || dir == "/" {
+                self.script.push_str(&format!(
+                    "sif \"{dir}\" mtime {s}\nsif \"{dir}\" ctime {s}\n",
+                    s = self.stamp
+                ));
+            }
+        }
+    }
+
+    /// Refuses before the first write when the file system lacks the room.
+    fn check_space(&mut self, sb: &Superblock) -> Result<()> {
+        // Room for directory growth and htree splits.
+        self.need_blocks += self.need_inodes / 16 + 16;
+        if self.need_blocks > sb.free_blocks || self.need_inodes > sb.free_inodes {
+            return Err(Ext4Error::NoSpace {
+                need_blocks: self.need_blocks,
+                need_inodes: self.need_inodes,
+                free_blocks: sb.free_blocks,
+                free_inodes: sb.free_inodes,
+                block_size: self.block_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads the extents debugfs allocated for each direct file (the `ex`
+/// output in `maps`), checks them, and marks the uninitialised ones written.
+fn mark_written(
+    image: &Path,
+    part: &Partition,
+    sb: &Superblock,
+    timestamp: u64,
+    staging: &mut Staging,
+    maps: &[(String, Vec<String>)],
+    direct_files: &[DirectFile],
+) -> Result<Vec<Vec<super::extents::Extent>>> {
     let mut extents = Vec::new();
     let mut mark = String::new();
-    for (path, _, len) in &direct_files {
-        let command = format!("ex \"{path}\"");
+    for f in direct_files {
+        let command = format!("ex \"{}\"", f.path);
         let lines = maps
             .iter()
             .find(|(c, _)| *c == command)
@@ -671,8 +809,8 @@ pub fn apply_with(
             message: reason,
         };
         let map = super::extents::parse(lines).map_err(bad)?;
-        super::extents::check(&map, len.div_ceil(bs), sb.blocks).map_err(bad)?;
-        mark.push_str(&format!("eo \"{path}\"\n"));
+        super::extents::check(&map, f.len.div_ceil(sb.block_size), sb.blocks).map_err(bad)?;
+        mark.push_str(&format!("eo \"{}\"\n", f.path));
         for e in map.iter().filter(|e| e.uninit) {
             mark.push_str(&format!(
                 "goto {l}\nreplace {l} {n} {p}\n",
@@ -685,19 +823,8 @@ pub fn apply_with(
         extents.push(map);
     }
     let (mark_path, _) = staging.stage(mark.as_bytes()).map_err(Ext4Error::Temp)?;
-    run_debugfs(image, part.start, &mark_path, timestamp, &staging)?;
-    let total = direct_files.iter().map(|f| f.2).sum();
-    let mut progress = crate::io::progress::Progress::new("payload", Some(total));
-    for ((path, host, len), map) in direct_files.iter().zip(&extents) {
-        write_extents(&region, bs, host, *len, map, &mut progress).map_err(|e| {
-            Ext4Error::Path {
-                path: path.clone(),
-                reason: format!("writing its data from {}: {e}", host.display()),
-            }
-        })?;
-    }
-    progress.finish();
-    Ok(())
+    run_debugfs(image, part.start, &mark_path, timestamp, staging)?;
+    Ok(extents)
 }
 
 /// Copies `len` bytes of `host` into the blocks `map` gives (block size

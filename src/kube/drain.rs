@@ -195,8 +195,7 @@ fn describe_held(h: &Held) -> String {
 pub fn drain(admin: &AdminApi, node: &str, opts: &DrainOptions) -> Result<DrainReport, DrainError> {
     let start = Instant::now();
     let deadline = start + opts.timeout;
-    let left = || deadline.saturating_duration_since(Instant::now());
-    let pods = admin.pods_on(node, left())?;
+    let pods = admin.pods_on(node, request_time(deadline))?;
     let mut report = DrainReport::default();
     let mut refused = Vec::new();
     let mut pending = Vec::new();
@@ -237,6 +236,14 @@ pub fn drain(admin: &AdminApi, node: &str, opts: &DrainOptions) -> Result<DrainR
     Ok(report)
 }
 
+/// One request's time: what is left of the drain, but at least 5 s, so
+/// that the round at the timeout is still asked and answered.
+fn request_time(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(5))
+}
+
 /// Evicts every pod, going round again for those a budget holds, every
 /// `retry_interval`, until `deadline`.
 fn evict_all(
@@ -252,8 +259,7 @@ fn evict_all(
     loop {
         let mut held = Vec::new();
         for pod in pending {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match admin.evict(&pod, left)? {
+            match admin.evict(&pod, request_time(deadline))? {
                 Eviction::Accepted => {
                     tracing::info!("{node}: evicting {}", pod.key());
                     evicted.push(pod);
@@ -281,14 +287,18 @@ fn evict_all(
         if held.is_empty() {
             return Ok(evicted);
         }
-        if Instant::now() + opts.retry_interval > deadline {
+        // Like kubectl, go round again until the timeout; the last round
+        // comes at the timeout itself (a timeout shorter than the interval
+        // still gets a second try).
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(DrainError::Budget {
                 node: node.to_string(),
                 held: held.into_iter().map(|(_, h)| h).collect(),
                 waited: start.elapsed(),
             });
         }
-        std::thread::sleep(opts.retry_interval);
+        std::thread::sleep(opts.retry_interval.min(left));
         pending = held.into_iter().map(|(p, _)| p).collect();
     }
 }
@@ -306,8 +316,11 @@ fn wait_gone(
     loop {
         let mut still = Vec::new();
         for pod in waiting {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match admin.pod(&pod.metadata.namespace, &pod.metadata.name, left)? {
+            match admin.pod(
+                &pod.metadata.namespace,
+                &pod.metadata.name,
+                request_time(deadline),
+            )? {
                 Some(p) if p.metadata.uid == pod.metadata.uid => still.push(pod),
                 _ => {}
             }
@@ -315,14 +328,15 @@ fn wait_gone(
         if still.is_empty() {
             return Ok(());
         }
-        if Instant::now() + opts.poll_interval > deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(DrainError::NotGone {
                 node: node.to_string(),
                 pods: still.iter().map(|p| p.key()).collect(),
                 waited: start.elapsed(),
             });
         }
-        std::thread::sleep(opts.poll_interval);
+        std::thread::sleep(opts.poll_interval.min(left));
         waiting = still;
     }
 }

@@ -19,11 +19,16 @@ pub struct List<T> {
     pub resource_version: String,
 }
 
+/// Why a list did not decode.
 #[derive(Debug)]
-pub(crate) enum Error {
+pub enum Error {
+    /// Over the cap for the whole list.
     ListTooLarge,
+    /// One item over the cap for an item.
     ItemTooLarge,
+    /// Reading the body failed.
     Io(std::io::Error),
+    /// Not a list of such items (serde_json's message).
     Json(String),
 }
 
@@ -76,8 +81,8 @@ impl<R: Read> Read for Counted<R> {
 }
 
 /// Decodes a list from `body`: at most `list_cap` bytes in all, each item at
-/// most `item_cap`.
-pub(crate) fn decode<T: DeserializeOwned>(
+/// most `item_cap` (the client uses `MAX_LIST_BYTES` and `MAX_OBJECT_BYTES`).
+pub fn decode<T: DeserializeOwned>(
     body: impl Read,
     list_cap: u64,
     item_cap: u64,

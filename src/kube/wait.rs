@@ -347,8 +347,9 @@ fn transient(e: &ApiError) -> bool {
 }
 
 /// Follows one Node (GET, then a watch on it until the next round) until
-/// `done` holds for it (`None`: no such Node) or `deadline` passes. API
-/// errors that may pass are retried every `interval`.
+/// `done` holds for it or `deadline` passes; `done` also sees `None` while
+/// there is no such Node (to report it), but only a Node ends the wait. API
+/// errors that may pass are retried every `interval`; others end it.
 pub fn until_node(
     api: &Api,
     name: &str,

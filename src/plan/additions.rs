@@ -7,7 +7,7 @@
 
 use super::bootstrap::{AUTO_DEPLOY, ChartInput};
 use super::{Content, FileKind, Owner, PlannedFile};
-use crate::config::images::{ImageRef, images_for};
+use crate::config::images::ImageRef;
 use crate::config::manifest::Arch;
 use crate::config::profile::{Install, Node, ProfileSet};
 use crate::source::supplies::Supplies;
@@ -264,7 +264,7 @@ fn images(
     supplies: &Supplies,
     out: &mut Extra,
 ) -> anyhow::Result<()> {
-    for r in images_for(profiles, node) {
+    for r in profiles.images_for(node) {
         let image = ImageRef::parse(&r).map_err(|e| anyhow::anyhow!("{e}"))?;
         let content = match &supplies.fetched {
             Some(f) => {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::render::{RenderError, walk};
 use crate::config::layered::{self, DirFile, LayeredFile, Origin};
 
 /// Every overlay file, by relative path (`<feature>/<target>/<path>`).
@@ -107,4 +106,63 @@ impl OverlaySet {
 /// The path to show for an overlay file.
 pub fn display_path(f: &LayeredFile) -> PathBuf {
     f.display_path("overlays")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Overlay { path: PathBuf, reason: String },
+    #[error("{path}: template error: {detail}")]
+    Template { path: PathBuf, detail: String },
+}
+
+fn read_sorted(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let io = |source| RenderError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    v.sort();
+    Ok(v)
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
+    for p in read_sorted(dir)? {
+        let meta = std::fs::symlink_metadata(&p).map_err(|source| RenderError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            walk(&p, out)?;
+        } else if meta.is_file() {
+            out.push(p);
+        } else if meta.file_type().is_symlink() {
+            return Err(symlinked(p));
+        } else {
+            return Err(RenderError::Overlay {
+                path: p,
+                reason: "only regular files and directories may be in an overlay".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Overlays are read only from inside the overlay tree: a symlinked directory
+/// could pull any host file (a private key, /etc/shadow) into an image.
+fn symlinked(path: PathBuf) -> RenderError {
+    RenderError::Overlay {
+        path,
+        reason: "is a symlink; overlays may hold only regular files and directories".into(),
+    }
 }

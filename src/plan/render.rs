@@ -20,25 +20,12 @@ use sha2::{Digest, Sha256};
 
 use super::PartitionTarget;
 use super::context::TemplateContext;
+pub use super::overlay_source::RenderError;
 use super::overlay_source::{self, OverlaySet};
 use crate::config::layered::Origin;
 use crate::config::profile::{Install, Role};
 
 const META_DATA: &str = "/meta-data";
-
-#[derive(Debug, thiserror::Error)]
-pub enum RenderError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {reason}")]
-    Overlay { path: PathBuf, reason: String },
-    #[error("{path}: template error: {detail}")]
-    Template { path: PathBuf, detail: String },
-}
 
 /// One file to bake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,51 +141,6 @@ fn collect(
         }
     }
     Ok(out)
-}
-
-/// Overlays are read only from inside the overlay tree: a symlinked directory
-/// could pull any host file (a private key, /etc/shadow) into an image.
-fn symlinked(path: PathBuf) -> RenderError {
-    RenderError::Overlay {
-        path,
-        reason: "is a symlink; overlays may hold only regular files and directories".into(),
-    }
-}
-
-fn read_sorted(dir: &Path) -> Result<Vec<PathBuf>, RenderError> {
-    let io = |source| RenderError::Io {
-        path: dir.to_owned(),
-        source,
-    };
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
-    v.sort();
-    Ok(v)
-}
-
-pub(super) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), RenderError> {
-    for p in read_sorted(dir)? {
-        let meta = std::fs::symlink_metadata(&p).map_err(|source| RenderError::Io {
-            path: p.clone(),
-            source,
-        })?;
-        if meta.is_dir() {
-            walk(&p, out)?;
-        } else if meta.is_file() {
-            out.push(p);
-        } else if meta.file_type().is_symlink() {
-            return Err(symlinked(p));
-        } else {
-            return Err(RenderError::Overlay {
-                path: p,
-                reason: "only regular files and directories may be in an overlay".into(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// File metadata from a template's header line.

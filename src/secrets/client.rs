@@ -148,17 +148,7 @@ fn random_serial() -> Result<rcgen::SerialNumber> {
     Ok(rcgen::SerialNumber::from_slice(&b))
 }
 
-/// `2034-04-25T00:00:00Z` for Unix seconds.
-pub fn rfc3339(secs: u64) -> String {
-    let (y, m, d) = crate::util::civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        s / 3600,
-        (s / 60) % 60,
-        s % 60
-    )
-}
+pub use crate::util::rfc3339;
 
 impl Secrets {
     /// Whether `cert_pem` was signed by the cluster's current client CA.

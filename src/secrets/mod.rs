@@ -412,7 +412,7 @@ impl Secrets {
         };
         let _lock = self.lock()?;
         if !dir.join("cluster/established").exists() {
-            let when = crate::secrets::client::rfc3339(
+            let when = crate::util::rfc3339(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())

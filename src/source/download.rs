@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -349,49 +350,10 @@ fn try_once(
         Ok(r) => r,
         Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e, idle))),
     };
-    let status = resp.status().as_u16();
     // Offset in the file of the body's first byte.
-    let first = match status {
-        206 if have > 0 => match content_range(&resp).0 {
-            // A cache may serve from an earlier block boundary: skip what we have.
-            Some(first) if first <= have => first,
-            other => {
-                // A gap (or no range at all): what we have cannot be continued.
-                restart();
-                std::fs::remove_file(partial).map_err(local)?;
-                return Ok(Attempt::Retry(format!(
-                    "the server answered a range starting at {} instead of {have}; starting over",
-                    other.map_or("an unknown offset".to_string(), |n| n.to_string())
-                )));
-            }
-        },
-        200 => 0,
-        416 if have > 0 => match content_range(&resp).1 {
-            // Nothing left to send: the file is complete (the digest will tell).
-            Some(total) if total == have => return Ok(Attempt::Done(())),
-            None => return Ok(Attempt::Done(())),
-            Some(total) => {
-                // Longer than the file itself: not a prefix of it, so useless.
-                restart();
-                std::fs::remove_file(partial).map_err(local)?;
-                return Ok(Attempt::Retry(format!(
-                    "the partial download ({have} bytes) is longer than the file on the server ({total} bytes); starting over"
-                )));
-            }
-        },
-        s if s >= 500 || s == 408 || s == 429 => return Ok(Attempt::Retry(format!("HTTP {s}"))),
-        s => {
-            return Err(DownloadError::Status {
-                url: url.to_string(),
-                status: s,
-                hint: match s {
-                    404 => " (not found: check the manifest's URL)",
-                    401 | 403 => " (access denied)",
-                    300..=399 => " (a redirect without a usable Location)",
-                    _ => "",
-                },
-            });
-        }
+    let first = match body_offset(&resp, url, partial, have, &restart)? {
+        ControlFlow::Continue(first) => first,
+        ControlFlow::Break(attempt) => return Ok(attempt),
     };
     let append = first > 0;
     if !append && have > 0 {
@@ -442,6 +404,68 @@ fn try_once(
     }
     progress.finish();
     Ok(Attempt::Done(()))
+}
+
+/// What the server's answer means for the partial file of `have` bytes:
+/// the offset in the file of the body's first byte, or the end of this
+/// attempt (the file is complete, must start over, or the server failed).
+fn body_offset(
+    resp: &reqwest::blocking::Response,
+    url: &str,
+    partial: &Path,
+    have: u64,
+    restart: &dyn Fn(),
+) -> Result<ControlFlow<Attempt<()>, u64>, DownloadError> {
+    let local = |source| DownloadError::Local {
+        path: partial.to_owned(),
+        source,
+    };
+    let status = resp.status().as_u16();
+    let first = match status {
+        206 if have > 0 => match content_range(resp).0 {
+            // A cache may serve from an earlier block boundary: skip what we have.
+            Some(first) if first <= have => first,
+            other => {
+                // A gap (or no range at all): what we have cannot be continued.
+                restart();
+                std::fs::remove_file(partial).map_err(local)?;
+                return Ok(ControlFlow::Break(Attempt::Retry(format!(
+                    "the server answered a range starting at {} instead of {have}; starting over",
+                    other.map_or("an unknown offset".to_string(), |n| n.to_string())
+                ))));
+            }
+        },
+        200 => 0,
+        416 if have > 0 => match content_range(resp).1 {
+            // Nothing left to send: the file is complete (the digest will tell).
+            Some(total) if total == have => return Ok(ControlFlow::Break(Attempt::Done(()))),
+            None => return Ok(ControlFlow::Break(Attempt::Done(()))),
+            Some(total) => {
+                // Longer than the file itself: not a prefix of it, so useless.
+                restart();
+                std::fs::remove_file(partial).map_err(local)?;
+                return Ok(ControlFlow::Break(Attempt::Retry(format!(
+                    "the partial download ({have} bytes) is longer than the file on the server ({total} bytes); starting over"
+                ))));
+            }
+        },
+        s if s >= 500 || s == 408 || s == 429 => {
+            return Ok(ControlFlow::Break(Attempt::Retry(format!("HTTP {s}"))));
+        }
+        s => {
+            return Err(DownloadError::Status {
+                url: url.to_string(),
+                status: s,
+                hint: match s {
+                    404 => " (not found: check the manifest's URL)",
+                    401 | 403 => " (access denied)",
+                    300..=399 => " (a redirect without a usable Location)",
+                    _ => "",
+                },
+            });
+        }
+    };
+    Ok(ControlFlow::Continue(first))
 }
 
 /// A request that failed before its answer, for people.

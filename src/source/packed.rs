@@ -101,7 +101,7 @@ pub fn human(n: u64) -> String {
 }
 
 /// The packed input: a complete file, or a download still being written
-/// ([`super::follow::Growing`]).
+/// (`follow.rs` reads one along as it grows).
 pub trait Input: Sync {
     /// Reads at `off`, waiting for bytes still to come; 0 only at the end.
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<usize>;

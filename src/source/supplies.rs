@@ -14,7 +14,7 @@ use super::k3s::K3sAssets;
 use super::oci::{PulledImage, RegistryAuth};
 use super::{Cache, FetchOptions};
 use crate::config::bootstrap::LocalFiles;
-use crate::config::images::{ImageRef, images_for};
+use crate::config::images::ImageRef;
 use crate::config::manifest::{Arch, Manifests};
 use crate::config::profile::{Install, Node, ProfileSet};
 
@@ -120,7 +120,7 @@ impl Fetched {
         let mut creds: Option<RegistryAuth> = None;
         for node in req.nodes {
             let arch = archs[node.name.as_str()];
-            for r in images_for(req.profiles, node) {
+            for r in req.profiles.images_for(node) {
                 let key = (r.clone(), arch);
                 if self.images.contains_key(&key) {
                     continue;

@@ -449,11 +449,47 @@ fn dispatch(
     stop: &AtomicBool,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, UnpackError> {
-    let mut pos = 0u64;
-    let mut opos = 0u64;
+    let mut d = Dispatcher {
+        src,
+        out,
+        limit,
+        tx,
+        budget,
+        stop,
+        pos: 0,
+        opos: 0,
+    };
     loop {
-        let flags = stream_flags(src, pos, sys::lzma_stream_header_decode, "stream header")?;
-        pos += 12;
+        d.stream(progress)?;
+        if !d.another_stream()? {
+            return Ok(d.opos);
+        }
+    }
+}
+
+/// The state of [`dispatch`]: where it is in the input and in the output.
+struct Dispatcher<'a> {
+    src: &'a dyn Input,
+    out: &'a File,
+    limit: u64,
+    tx: &'a mpsc::Sender<Job>,
+    budget: &'a Budget,
+    stop: &'a AtomicBool,
+    pos: u64,
+    opos: u64,
+}
+
+impl Dispatcher<'_> {
+    /// One stream: its header, blocks, index and footer.
+    fn stream(&mut self, progress: &mut dyn FnMut(u64)) -> Result<(), UnpackError> {
+        let src = self.src;
+        let flags = stream_flags(
+            src,
+            self.pos,
+            sys::lzma_stream_header_decode,
+            "stream header",
+        )?;
+        self.pos += 12;
         let index =
             IndexGuard(unsafe { lzma_index_hash_init(std::ptr::null_mut(), std::ptr::null()) });
         if index.0.is_null() {
@@ -461,74 +497,26 @@ fn dispatch(
         }
         // Blocks, up to the index indicator (a zero byte).
         loop {
-            if stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) {
                 return Err(std::io::Error::other("stopped").into());
             }
             let mut first = [0u8; 1];
-            read_exact(src, &mut first, pos)?;
+            read_exact(src, &mut first, self.pos)?;
             if first[0] == 0 {
                 break;
             }
-            let size = (first[0] as usize + 1) * 4;
-            let mut bytes = vec![0u8; size];
-            read_exact(src, &mut bytes, pos)?;
-            let header = Header::decode(&bytes, flags.check)?;
-            let at = pos + size as u64;
-            match header.sizes() {
-                Some((c, u)) => {
-                    if opos.saturating_add(u) > limit {
-                        return Err(UnpackError::TooLarge {
-                            limit,
-                            what: String::new(),
-                        });
-                    }
-                    let unpadded = size as u64 + c + check_size(flags.check);
-                    append(&index, unpadded, u)?;
-                    // Pages of the dictionary are touched only as far as the block goes.
-                    let weight = header.memory().min(u) + 2 * BUF as u64;
-                    budget.take(weight, stop);
-                    let job = Job {
-                        header,
-                        at,
-                        out_off: opos,
-                        weight,
-                    };
-                    if tx.send(job).is_err() {
-                        return Err(std::io::Error::other("the decoders stopped").into());
-                    }
-                    pos = at + c.div_ceil(4) * 4 + check_size(flags.check);
-                    opos += u;
-                }
-                None => {
-                    let d = decode_block(src, header, at, out, opos, limit - opos, stop)?;
-                    append(&index, d.unpadded, d.uncompressed)?;
-                    debug_assert_eq!(d.produced, d.uncompressed);
-                    pos = at + d.consumed;
-                    opos += d.produced;
-                }
-            }
-            progress(pos);
+            self.block(first[0], &flags, &index)?;
+            progress(self.pos);
         }
-        // Index: liblzma compares it with the blocks appended above.
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            let n = src.read_at(&mut buf, pos)?;
-            if n == 0 {
-                return Err(corrupt("truncated: the stream ended early"));
-            }
-            let mut used: libc::size_t = 0;
-            // SAFETY: buf holds n bytes.
-            let ret = unsafe { lzma_index_hash_decode(index.0, buf.as_ptr(), &mut used, n) };
-            pos += used as u64;
-            match ret {
-                sys::LZMA_OK => {}
-                sys::LZMA_STREAM_END => break,
-                e => return Err(lzma_error("index", e)),
-            }
-        }
+        self.index(&index)?;
         // SAFETY: a decoded index hash.
         let index_size = unsafe { lzma_index_hash_size(index.0) };
-        let footer = stream_flags(src, pos, sys::lzma_stream_footer_decode, "stream footer")?;
+        let footer = stream_flags(
+            src,
+            self.pos,
+            sys::lzma_stream_footer_decode,
+            "stream footer",
+        )?;
         // SAFETY: both flags were filled in by liblzma.
         if footer.backward_size != index_size
             || unsafe { sys::lzma_stream_flags_compare(&flags, &footer) } != sys::LZMA_OK
@@ -537,14 +525,98 @@ fn dispatch(
                 "the stream footer does not match its header and index",
             ));
         }
-        pos += 12;
-        // Stream padding (NUL bytes in multiples of four), then another stream or the end.
+        self.pos += 12;
+        Ok(())
+    }
+
+    /// The block whose header starts with the byte `first`: sent to a
+    /// worker when its header gives its sizes, else decoded here.
+    fn block(
+        &mut self,
+        first: u8,
+        flags: &sys::lzma_stream_flags,
+        index: &IndexGuard,
+    ) -> Result<(), UnpackError> {
+        let size = (first as usize + 1) * 4;
+        let mut bytes = vec![0u8; size];
+        read_exact(self.src, &mut bytes, self.pos)?;
+        let header = Header::decode(&bytes, flags.check)?;
+        let at = self.pos + size as u64;
+        match header.sizes() {
+            Some((c, u)) => {
+                if self.opos.saturating_add(u) > self.limit {
+                    return Err(UnpackError::TooLarge {
+                        limit: self.limit,
+                        what: String::new(),
+                    });
+                }
+                let unpadded = size as u64 + c + check_size(flags.check);
+                append(index, unpadded, u)?;
+                // Pages of the dictionary are touched only as far as the block goes.
+                let weight = header.memory().min(u) + 2 * BUF as u64;
+                self.budget.take(weight, self.stop);
+                let job = Job {
+                    header,
+                    at,
+                    out_off: self.opos,
+                    weight,
+                };
+                if self.tx.send(job).is_err() {
+                    return Err(std::io::Error::other("the decoders stopped").into());
+                }
+                self.pos = at + c.div_ceil(4) * 4 + check_size(flags.check);
+                self.opos += u;
+            }
+            None => {
+                let d = decode_block(
+                    self.src,
+                    header,
+                    at,
+                    self.out,
+                    self.opos,
+                    self.limit - self.opos,
+                    self.stop,
+                )?;
+                append(index, d.unpadded, d.uncompressed)?;
+                debug_assert_eq!(d.produced, d.uncompressed);
+                self.pos = at + d.consumed;
+                self.opos += d.produced;
+            }
+        }
+        Ok(())
+    }
+
+    /// The index: liblzma compares it with the blocks appended to `index`.
+    fn index(&mut self, index: &IndexGuard) -> Result<(), UnpackError> {
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = self.src.read_at(&mut buf, self.pos)?;
+            if n == 0 {
+                return Err(corrupt("truncated: the stream ended early"));
+            }
+            let mut used: libc::size_t = 0;
+            // SAFETY: buf holds n bytes.
+            let ret = unsafe { lzma_index_hash_decode(index.0, buf.as_ptr(), &mut used, n) };
+            self.pos += used as u64;
+            match ret {
+                sys::LZMA_OK => {}
+                sys::LZMA_STREAM_END => return Ok(()),
+                e => return Err(lzma_error("index", e)),
+            }
+        }
+    }
+
+    /// Stream padding (NUL bytes in multiples of four), then whether another
+    /// stream follows; anything else after the stream is refused.
+    fn another_stream(&mut self) -> Result<bool, UnpackError> {
+        let src = self.src;
+        let mut buf = vec![0u8; 64 << 10];
         let mut padding = 0u64;
         let rest = loop {
-            let n = src.read_at(&mut buf, pos)?;
+            let n = src.read_at(&mut buf, self.pos)?;
             let zeros = buf[..n].iter().take_while(|&&b| b == 0).count();
             padding += zeros as u64;
-            pos += zeros as u64;
+            self.pos += zeros as u64;
             if n == 0 || zeros < n {
                 break &buf[zeros..n];
             }
@@ -553,12 +625,12 @@ fn dispatch(
             return Err(corrupt("stream padding is not a multiple of four bytes"));
         }
         if rest.is_empty() {
-            return Ok(opos);
+            return Ok(false);
         }
         let mut magic = [0u8; 6];
         let mut n = 0;
         while n < magic.len() {
-            let k = src.read_at(&mut magic[n..], pos + n as u64)?;
+            let k = src.read_at(&mut magic[n..], self.pos + n as u64)?;
             if k == 0 {
                 break;
             }
@@ -568,9 +640,10 @@ fn dispatch(
             let len = src.total_len()?;
             return Err(corrupt(format!(
                 "{} bytes of trailing data after the xz stream",
-                len - pos
+                len - self.pos
             )));
         }
+        Ok(true)
     }
 }
 

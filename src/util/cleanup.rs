@@ -1,7 +1,9 @@
 //! Files and directories to delete if the process is interrupted (Ctrl-C,
 //! SIGTERM): the temporary outputs, cache entries and staging directories
 //! being written. Normal exits clean up through `Drop`; a signal does not run
-//! destructors, so `main` calls [`remove_all`] from its signal thread.
+//! destructors, so `main` calls [`remove_all`] from its signal thread. Also
+//! what an interrupt leaves behind that a user must be told about (a node
+//! left cordoned): [`note`], printed by `main` on the way out.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -88,6 +90,42 @@ pub fn run_interrupt_hook() {
     }
 }
 
+static NOTES: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());
+
+/// A message to print if the process is interrupted while it is held.
+pub struct Note(u64);
+
+/// Says `message` on interrupt until the returned guard is dropped.
+pub fn note(message: String) -> Note {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    NOTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, message));
+    Note(id)
+}
+
+impl Drop for Note {
+    fn drop(&mut self) {
+        NOTES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(id, _)| *id != self.0);
+    }
+}
+
+/// The notes held now, oldest first.
+pub fn notes() -> Vec<String> {
+    NOTES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +162,18 @@ mod tests {
         std::fs::rename(&file, &done).unwrap();
         drop(f);
         assert_eq!(std::fs::read(&done).unwrap(), b"whole");
+    }
+
+    #[test]
+    fn a_note_is_held_until_its_guard_goes() {
+        let a = note("node02 is left cordoned".into());
+        let b = note("node03 is left cordoned".into());
+        let held = notes();
+        assert!(held.contains(&"node02 is left cordoned".to_string()));
+        drop(a);
+        let held = notes();
+        assert!(!held.contains(&"node02 is left cordoned".to_string()));
+        assert!(held.contains(&"node03 is left cordoned".to_string()));
+        drop(b);
     }
 }

@@ -42,11 +42,16 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(total_ms))
 }
 
-/// `1h30m`, `45s`, `7d`: the shortest exact form.
+/// `1h30m`, `45s`, `7d`, `200ms` (under a second): whole units, the rest dropped.
 pub fn format_duration(d: Duration) -> String {
     let mut s = d.as_secs();
     if s == 0 {
-        return "0s".into();
+        // Under a second (e.g. a short poll interval): in milliseconds, as
+        // `parse_duration` reads them.
+        return match d.as_millis() {
+            0 => "0s".into(),
+            ms => format!("{ms}ms"),
+        };
     }
     let mut out = String::new();
     for (unit, name) in [(86_400, 'd'), (3_600, 'h'), (60, 'm'), (1, 's')] {
@@ -74,5 +79,7 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_secs(5_400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(format_duration(Duration::from_millis(200)), "200ms");
+        assert_eq!(format_duration(Duration::from_millis(1_200)), "1s");
     }
 }

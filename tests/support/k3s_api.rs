@@ -9,7 +9,8 @@
 //! store (`cluster::Cluster`: Nodes, Pods, PodDisruptionBudgets, k3s's etcd
 //! member controller, evictions, and what booting a flashed image does,
 //! decided from the image itself by `image::read`). A script wins over the
-//! store for its node. Hostile modes (huge bodies, huge watch lines, a watch
+//! store for its node; PATCHes of a scripted node are kept and applied, in
+//! order, over what its script shows. Hostile modes (huge bodies, huge watch lines, a watch
 //! that never ends) test the client's caps and timeouts.
 #![allow(dead_code)]
 
@@ -42,7 +43,11 @@ pub struct State {
     pub scripts: BTreeMap<String, Script>,
     /// Polls (GETs and watch ticks) per node so far.
     pub polls: BTreeMap<String, u32>,
-    /// `CN METHOD PATH` of every request that reached HTTP.
+    /// PATCHes of scripted nodes (body, strategic), in order.
+    pub script_patches: BTreeMap<String, Vec<(Value, bool)>>,
+    /// `CN METHOD PATH` of every request that reached HTTP (a PATCH or POST
+    /// followed by its body), and `- FLASH NODE` when `on_flash` saw the
+    /// BMC finish flashing NODE: one timeline.
     pub requests: Vec<String>,
     /// TCP connections accepted.
     pub connections: u32,
@@ -254,7 +259,9 @@ impl FakeApi {
                 let all = poll();
                 for (node, image) in all.iter().skip(seen) {
                     let facts = image::read(image);
-                    st.lock().unwrap().cluster.flash(node, facts);
+                    let mut st = st.lock().unwrap();
+                    st.requests.push(format!("- FLASH {node}"));
+                    st.cluster.flash(node, facts);
                 }
                 seen = seen.max(all.len());
                 drop(st);
@@ -296,6 +303,19 @@ pub fn node(name: &str, ready: &str, reason: &str, message: &str, boot: &str, si
             ],
             "nodeInfo": {"bootID": boot, "kubeletVersion": "v1.32.5+k3s1", "osImage": "Ubuntu 24.04.2 LTS"}
         }
+    })
+}
+
+/// The same script for an agent: without the role labels k3s gives
+/// servers (`node-role.kubernetes.io/control-plane`, `.../etcd`).
+pub fn agent(script: Script) -> Script {
+    Box::new(move |poll| {
+        let mut n = script(poll)?;
+        if let Some(l) = n["metadata"]["labels"].as_object_mut() {
+            l.remove("node-role.kubernetes.io/control-plane");
+            l.remove("node-role.kubernetes.io/etcd");
+        }
+        Some(n)
     })
 }
 
@@ -399,7 +419,20 @@ fn advance(state: &Mutex<State>, name: &str) -> Option<Value> {
     let mut st = state.lock().unwrap();
     let n = *st.polls.get(name).unwrap_or(&0);
     st.polls.insert(name.to_string(), n + 1);
-    st.scripts.get(name).and_then(|s| s(n))
+    scripted(&st, name, n)
+}
+
+/// What `name`'s script shows at poll `n`, with the PATCHes sent so far.
+fn scripted(st: &State, name: &str, n: u32) -> Option<Value> {
+    let mut node = st.scripts.get(name).and_then(|s| s(n))?;
+    for (patch, strategic) in st.script_patches.get(name).into_iter().flatten() {
+        if *strategic {
+            cluster::strategic_patch(&mut node, patch);
+        } else {
+            cluster::merge_patch(&mut node, patch);
+        }
+    }
+    Some(node)
 }
 
 /// One parsed request.
@@ -620,6 +653,17 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
             return status(400, "BadRequest", "the patch is not JSON");
         };
         let mut st = state.lock().unwrap();
+        if st.scripts.contains_key(name) {
+            let n = *st.polls.get(name).unwrap_or(&0);
+            if scripted(&st, name, n).is_none() {
+                return status(404, "NotFound", &format!("nodes \"{name}\" not found"));
+            }
+            st.script_patches
+                .entry(name.to_string())
+                .or_default()
+                .push((patch, strategic));
+            return (200, scripted(&st, name, n).unwrap().to_string());
+        }
         st.cluster.settle();
         return match st.cluster.patch_node(name, &patch, strategic) {
             Some(n) => (200, n.to_string()),
@@ -627,7 +671,8 @@ fn route(state: &Mutex<State>, req: &Request, masters: bool) -> (u16, String) {
         };
     }
     if path == "/api/v1/nodes" && m == "GET" {
-        if let Some(size) = state.lock().unwrap().huge_list_item {
+        let huge = state.lock().unwrap().huge_list_item;
+        if let Some(size) = huge {
             let pad = "x".repeat(size);
             let item = json!({"metadata": {"name": "big", "annotations": {"pad": pad}}});
             return (200, list_body(state, vec![item]));
@@ -700,8 +745,13 @@ fn serve(
         let who = client_cn(&tls.conn);
         let (reject, not_ready, no_rbac, version) = {
             let mut st = state.lock().unwrap();
+            let body = if req.body.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", String::from_utf8_lossy(&req.body))
+            };
             st.requests.push(format!(
-                "{} {} {target}",
+                "{} {} {target}{body}",
                 who.as_ref().map(|w| w.0.as_str()).unwrap_or("-"),
                 req.method
             ));
@@ -713,6 +763,7 @@ fn serve(
             )
         };
         let path = req.path.as_str();
+        let huge = state.lock().unwrap().huge_node;
         let masters = who.as_ref().and_then(|w| w.1.as_deref()) == Some("system:masters");
         let reader_user =
             !no_rbac && who.as_ref().map(|w| w.0.as_str()) == Some("imgbuild:node-reader");
@@ -759,10 +810,9 @@ fn serve(
                 .map(str::to_string);
             watch(&mut tls, state, Duration::from_secs(secs), only.as_deref())?;
             continue;
-        } else if let (Some(name), Some((size, declared))) = (
-            path.strip_prefix("/api/v1/nodes/"),
-            state.lock().unwrap().huge_node,
-        ) {
+        } else if let (Some(name), Some((size, declared))) =
+            (path.strip_prefix("/api/v1/nodes/"), huge)
+        {
             huge_node(&mut tls, name, size, declared)?;
             continue;
         } else {

@@ -31,6 +31,31 @@ impl ProfileSet {
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
     }
+
+    /// The images `node` gets as air-gap archives: `cluster.images`, its own
+    /// `images`, and on servers of an air-gapped cluster with a VIP,
+    /// kube-vip's; each once, in that order.
+    pub fn images_for(&self, node: &Node) -> Vec<String> {
+        let cluster = &self.cluster;
+        let vip = cluster
+            .vip
+            .as_ref()
+            .filter(|_| node.k3s.role == Role::Server && cluster.k3s.install == Install::Airgap)
+            .map(|v| v.image_ref());
+        let mut out: Vec<String> = Vec::new();
+        for r in cluster
+            .images
+            .iter()
+            .chain(&node.images)
+            .cloned()
+            .chain(vip)
+        {
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -17,8 +17,10 @@
 //!   pod one PodDisruptionBudget selects is refused with 429 and a
 //!   `DisruptionBudget` cause while the budget allows no disruption (here:
 //!   `refusals` times, then it allows); terminal pods go without a check;
-//!   otherwise the pod is deleted after `pod_grace`. The DaemonSet controller
-//!   recreates an evicted DaemonSet pod on the same node at once.
+//!   otherwise the pod is deleted after `pod_grace`, once its kubelet
+//!   confirms (never on a node that is not Ready: it stays Terminating). The
+//!   DaemonSet controller recreates an evicted DaemonSet pod on the same node
+//!   at once.
 //! - A flash (`flash`): what k3s does when the node boots the image (k3s
 //!   `pkg/etcd/etcd.go` `Start`, `join`, `newCluster`), see `Outcome`.
 
@@ -587,10 +589,24 @@ impl Cluster {
             self.bump();
             self.pods.get_mut(&key).unwrap()["metadata"]["deletionTimestamp"] =
                 imgbuild::secrets::client::rfc3339(super::now()).into();
-            self.due.push((
-                Instant::now() + self.pod_grace,
-                Effect::DeletePod(ns.into(), name.into(), uid),
-            ));
+            // A graceful deletion ends when the node's kubelet confirms the
+            // pod stopped; on a node that is not Ready nothing does, and the
+            // pod stays Terminating.
+            let node_ready = pod["spec"]["nodeName"]
+                .as_str()
+                .and_then(|n| self.nodes.get(n))
+                .is_some_and(|n| {
+                    n["status"]["conditions"].as_array().is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                });
+            if node_ready {
+                self.due.push((
+                    Instant::now() + self.pod_grace,
+                    Effect::DeletePod(ns.into(), name.into(), uid),
+                ));
+            }
         }
         (
             201,

@@ -1,6 +1,8 @@
 //! What k3s would start with on a flashed image, read from the image itself
 //! with e2fsprogs' `debugfs` on `image?offset=N` of each partition (found with
-//! `sfdisk -J`), and mtools for a FAT seed: the merged k3s configuration
+//! `sfdisk -J`), and pyfatfs (tests/fixtures/fat.py) for a FAT seed (mtools
+//! misreads the RK1's CIDATA volume: FAT32 by its BPB, with fewer clusters
+//! than FAT32's minimum, it finds no files there): the merged k3s configuration
 //! (/etc/rancher/k3s/config.yaml, then config.yaml.d/*.yaml in name order;
 //! later files win and `key+:` appends, as k3s `pkg/configfilearg` reads
 //! them) and whether cloud-init mounts a data disk over k3s's datastore.
@@ -39,8 +41,9 @@ const SERVER_KEYS: &[&str] = &[
     "datastore-endpoint",
 ];
 
-/// Byte offsets of the image's partitions (0 when it has no table).
-fn partitions(image: &Path) -> Vec<u64> {
+/// Byte offset and length of the image's partitions ((0, 0) when it has no
+/// table).
+fn partitions(image: &Path) -> Vec<(u64, u64)> {
     let out = Command::new("sfdisk")
         .arg("-J")
         .arg(image)
@@ -49,16 +52,47 @@ fn partitions(image: &Path) -> Vec<u64> {
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let table = &parsed["partitiontable"];
     let sector = table["sectorsize"].as_u64().unwrap_or(512);
-    let starts: Vec<u64> = table["partitions"]
+    let parts: Vec<(u64, u64)> = table["partitions"]
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|p| p["start"].as_u64())
-                .map(|s| s * sector)
+                .filter_map(|p| Some((p["start"].as_u64()? * sector, p["size"].as_u64()? * sector)))
                 .collect()
         })
         .unwrap_or_default();
-    if starts.is_empty() { vec![0] } else { starts }
+    if parts.is_empty() {
+        vec![(0, 0)]
+    } else {
+        parts
+    }
+}
+
+/// `/user-data` from the FAT file system at `offset` (`length` bytes) of
+/// `image`, if it is one and holds it.
+fn fat_user_data(image: &Path, offset: u64, length: u64) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).ok()?;
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    let mut part = Vec::new();
+    f.take(length).read_to_end(&mut part).ok()?;
+    // The boot sector's signature and a FAT file system type string.
+    let fat = part.len() > 512
+        && part[510..512] == [0x55, 0xaa]
+        && (part[54..59] == *b"FAT12" || part[54..59] == *b"FAT16" || part[82..87] == *b"FAT32");
+    if !fat {
+        return None;
+    }
+    let tmp = tempfile::NamedTempFile::new_in(crate::support::harness::scratch_root()).ok()?;
+    std::fs::write(tmp.path(), &part).ok()?;
+    let out = Command::new(crate::support::harness::python().trim_matches('\''))
+        .arg(crate::support::harness::repo().join("tests/fixtures/fat.py"))
+        .arg("cat")
+        .arg(tmp.path())
+        .arg("/user-data")
+        .output()
+        .ok()?;
+    (out.status.success() && !out.stdout.is_empty())
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn debugfs(image: &Path, offset: u64, request: &str) -> Option<String> {
@@ -129,7 +163,7 @@ pub fn read(image: &Path) -> ImageFacts {
     let conf = "/etc/rancher/k3s/config.yaml";
     let root = parts
         .iter()
-        .copied()
+        .map(|&(o, _)| o)
         .find(|&o| debugfs(image, o, &format!("cat {conf}")).is_some())
         .unwrap_or_else(|| panic!("{}: no partition holds {conf}", image.display()));
     let mut merged = BTreeMap::new();
@@ -178,17 +212,10 @@ pub fn read(image: &Path) -> ImageFacts {
         }
     }
     let seed = debugfs(image, root, "cat /var/lib/cloud/seed/nocloud/user-data").or_else(|| {
-        parts.iter().filter(|&&o| o != root).find_map(|o| {
-            let out = Command::new("mtype")
-                .arg("-i")
-                .arg(format!("{}@@{o}", image.display()))
-                .arg("::/user-data")
-                .env("MTOOLS_SKIP_CHECK", "1")
-                .output()
-                .ok()?;
-            (out.status.success() && !out.stdout.is_empty())
-                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-        })
+        parts
+            .iter()
+            .filter(|&&(o, _)| o != root)
+            .find_map(|&(o, len)| fat_user_data(image, o, len))
     });
     facts.data_kept = seed.as_deref().is_some_and(mounts_datastore);
     facts
