@@ -114,6 +114,7 @@ fn quick() -> FetchOptions {
             attempts: 4,
             first_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(100),
+            idle_timeout: fetch::download::IDLE_TIMEOUT,
         },
     }
 }
@@ -1780,4 +1781,224 @@ fn bake_without_base_downloads_then_outputs_compress_with_sums() {
         "3 entries removed",
     );
     assert!(!work.join("cache").exists() || files_under(&work.join("cache")).is_empty());
+}
+
+// Idle timeouts (issue 25): a server that accepts the connection and then
+// stalls, or sends a byte every few seconds, hung a bake forever and the
+// retries never started. A wait for the server longer than the policy's
+// idle timeout is now a transient failure.
+
+/// The quick policy with an idle timeout short enough for a test.
+fn impatient(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        attempts,
+        idle_timeout: Duration::from_millis(800),
+        ..quick().retry
+    }
+}
+
+/// Runs `f` on a thread and fails the test when it has not returned within
+/// `limit`: without an idle timeout these calls never return.
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        panic!("no answer within {limit:?}: the client hangs on a silent server")
+    })
+}
+
+fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+#[test]
+fn a_server_that_accepts_and_never_answers_is_retried_after_the_idle_timeout() {
+    let server = Server::start(Faults {
+        stall_first: 1,
+        ..Default::default()
+    });
+    let body = payload(200_000);
+    server.put("/asset", body.clone());
+    server.put(
+        "/SHA256SUMS",
+        format!("{}  asset\n", sha_hex(&body)).into_bytes(),
+    );
+    let dir = scratch();
+    let (url, partial) = (server.url("/asset"), dir.path().join("asset.part"));
+    let got = within(Duration::from_secs(30), move || {
+        fetch::download::download(&url, &partial, impatient(3), "asset", None)
+    });
+    assert_eq!(got.unwrap().to_string(), sha_hex(&body));
+    assert_eq!(server.stalled(), 1);
+    assert_eq!(server.gets("/asset").len(), 2);
+    // A checksum file is fetched the same way.
+    server.faults.lock().unwrap().stall_first = 1;
+    let url = server.url("/SHA256SUMS");
+    let text = within(Duration::from_secs(30), move || {
+        fetch::download::fetch_text(&url, impatient(3))
+    });
+    assert!(text.unwrap().contains("asset"));
+    assert_eq!(server.stalled(), 2);
+}
+
+#[test]
+fn a_server_that_trickles_is_given_up_on_and_the_download_resumes() {
+    // One byte, then nothing for two seconds: past the idle timeout.
+    let server = Server::start(Faults {
+        ranges: true,
+        trickle: Some((Duration::from_secs(2), 1)),
+        ..Default::default()
+    });
+    let body = payload(300_000);
+    server.put("/asset", body.clone());
+    let dir = scratch();
+    let (url, partial) = (server.url("/asset"), dir.path().join("asset.part"));
+    let got = within(Duration::from_secs(30), move || {
+        fetch::download::download(&url, &partial, impatient(3), "asset", None)
+    });
+    assert_eq!(got.unwrap().to_string(), sha_hex(&body));
+    let gets = server.gets("/asset");
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    // The retry resumed after the byte that arrived.
+    assert_eq!(gets[1].range.as_deref(), Some("bytes=1-"));
+
+    // A server that always trickles: the retries run out (each resuming
+    // after the byte before), and the message names the idle timeout.
+    server.faults.lock().unwrap().trickle = Some((Duration::from_secs(2), 10));
+    let dir = scratch();
+    let (url, partial) = (server.url("/asset"), dir.path().join("asset.part"));
+    let e = within(Duration::from_secs(30), move || {
+        fetch::download::download(&url, &partial, impatient(2), "asset", None)
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("gave up after 2 attempt(s)")
+            && e.contains("no data for 0.8 s after 2 bytes (the idle timeout)"),
+        "{e}"
+    );
+}
+
+/// A one-layer arm64 image served by the plain HTTP fake as a registry
+/// would serve it (`/v2/<repo>/manifests/sha256:..`, `/blobs/sha256:..`),
+/// with its `manifest` given or made; returns the pinned reference.
+fn serve_oci(
+    server: &Server,
+    repo: &str,
+    layer: &[u8],
+    served_layer: &[u8],
+    manifest: Option<Vec<u8>>,
+) -> imgbuild::config::images::ImageRef {
+    let config =
+        br#"{"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let manifest = manifest.unwrap_or_else(|| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": format!("sha256:{}", sha_hex(config)), "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": format!("sha256:{}", sha_hex(layer)), "size": layer.len()}]
+        }))
+        .unwrap()
+    });
+    let md = sha_hex(&manifest);
+    server.put(&format!("/v2/{repo}/manifests/sha256:{md}"), manifest);
+    server.put(
+        &format!("/v2/{repo}/blobs/sha256:{}", sha_hex(config)),
+        config.to_vec(),
+    );
+    server.put(
+        &format!("/v2/{repo}/blobs/sha256:{}", sha_hex(layer)),
+        served_layer.to_vec(),
+    );
+    imgbuild::config::images::ImageRef::parse(&format!(
+        "127.0.0.1:{}/{repo}@sha256:{md}",
+        server.port
+    ))
+    .unwrap()
+}
+
+fn pull(
+    image: imgbuild::config::images::ImageRef,
+    cache: &Path,
+    attempts: u32,
+) -> anyhow::Result<PathBuf> {
+    let cache = cache_at(cache);
+    within(Duration::from_secs(60), move || {
+        let opts = FetchOptions {
+            offline: false,
+            retry: impatient(attempts),
+        };
+        fetch::oci::ensure_image(
+            &image,
+            imgbuild::config::manifest::Arch::Arm64,
+            &cache,
+            &opts,
+            None,
+        )
+        .map(|p| p.archive)
+    })
+}
+
+#[test]
+fn a_registry_that_stalls_is_retried_after_the_idle_timeout() {
+    let server = Server::start(Faults {
+        stall_first: 1,
+        ..Default::default()
+    });
+    let layer = payload(50_000);
+    let image = serve_oci(&server, "demo/app", &layer, &layer, None);
+    let dir = scratch();
+    let archive = pull(image, dir.path(), 3).unwrap();
+    assert!(archive.is_file());
+    assert_eq!(server.stalled(), 1);
+    // And one that trickles its first answer.
+    server.faults.lock().unwrap().trickle = Some((Duration::from_secs(2), 1));
+    let layer = payload(60_000);
+    let image = serve_oci(&server, "demo/other", &layer, &layer, None);
+    let archive = pull(image, &dir.path().join("c2"), 3).unwrap();
+    assert!(archive.is_file());
+}
+
+#[test]
+fn a_blob_that_fails_its_digest_leaves_nothing_in_the_cache() {
+    // The error said "nothing was cached" while the blob stayed in
+    // cache/partial/ (one case left 300 MB).
+    let server = Server::start(Faults::default());
+    let layer = payload(80_000);
+    let mut bad = layer.clone();
+    bad[40_000] ^= 0xff;
+    let image = serve_oci(&server, "demo/app", &layer, &bad, None);
+    let dir = scratch();
+    let e = format!("{:#}", pull(image, dir.path(), 1).unwrap_err());
+    assert!(
+        e.contains("sha256 mismatch") && e.contains("nothing was cached"),
+        "{e}"
+    );
+    let left = files_under(&dir.path().join("partial"));
+    assert!(left.is_empty(), "left in cache/partial: {left:?}");
+    assert!(!dir.path().join("assets").join(sha_hex(&layer)).exists());
+}
+
+#[test]
+fn a_registry_document_nested_past_the_cap_is_refused_before_it_is_parsed() {
+    // Manifests, indexes and token answers go through the nesting pre-scan;
+    // the digest pins this one, so only the cap can refuse it.
+    let server = Server::start(Faults::default());
+    let deep = format!("{{\"manifests\": {}", "[".repeat(50_000)).into_bytes();
+    let image = serve_oci(&server, "demo/deep", b"x", b"x", Some(deep));
+    let dir = scratch();
+    let e = format!("{:#}", pull(image, dir.path(), 1).unwrap_err());
+    assert!(
+        e.contains("nests collections more than 64 deep (line 1, column 78)"),
+        "{e}"
+    );
 }

@@ -957,3 +957,496 @@ fn fuzz_debugfs_extent_maps() {
         )
         .unwrap();
 }
+
+// The parsers of issue 25: the Ansible import, registry documents and
+// provenance records, each behind the size and nesting pre-scan. Beyond no
+// panic and no hang, the structural property: an input past a cap is
+// refused by the pre-scan (its own error variant, which no parser returns),
+// and an input within the caps never is.
+
+/// An edit to a text: a byte changed, a span deleted, a fragment inserted.
+#[derive(Debug, Clone)]
+enum Edit {
+    Byte(prop::sample::Index, u8),
+    Delete(prop::sample::Index, usize),
+    Insert(prop::sample::Index, String),
+}
+
+/// What a hostile or careless hand puts into an inventory or a document.
+fn fragment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[ -~]{0,12}",
+        Just("../../../x".to_string()),
+        Just("a/b".to_string()),
+        Just("\0".to_string()),
+        Just("\n".to_string()),
+        Just("\u{85}\u{2028}".to_string()),
+        Just(": ".to_string()),
+        Just("- ".to_string()),
+        Just("'".to_string()),
+        Just("\"".to_string()),
+        Just("|\n".to_string()),
+        Just("=".to_string()),
+        (1usize..120).prop_map(|n| "[".repeat(n)),
+        (1usize..120).prop_map(|n| "{\"a\": ".repeat(n)),
+        (1usize..60).prop_map(|n| "- ".repeat(n)),
+    ]
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let edit = prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Edit::Byte(i, b)),
+        (any::<prop::sample::Index>(), 1usize..16).prop_map(|(i, n)| Edit::Delete(i, n)),
+        (any::<prop::sample::Index>(), fragment()).prop_map(|(i, f)| Edit::Insert(i, f)),
+    ];
+    prop::collection::vec(edit, 1..5)
+}
+
+fn edited(text: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut b = text.to_vec();
+    for e in edits {
+        match e {
+            Edit::Byte(i, v) if !b.is_empty() => {
+                let i = i.index(b.len());
+                b[i] = *v;
+            }
+            Edit::Delete(i, n) if !b.is_empty() => {
+                let i = i.index(b.len());
+                b.drain(i..(i + n).min(b.len()));
+            }
+            Edit::Insert(i, f) => {
+                let i = i.index(b.len() + 1);
+                b.splice(i..i, f.bytes());
+            }
+            _ => {}
+        }
+    }
+    b
+}
+
+const FUZZ_HOSTS_YML: &str = "all:\n  children:\n    turing_pis:\n      hosts:\n        tp1: {ansible_host: bmc.lan}\n    tp1_nodes:\n      hosts:\n        node01: {slot_num: 1, type: rk1}\n        node02: {slot_num: 2, type: pi4, root_dev: /dev/nvme0n1}\n    extra_nodes:\n      hosts:\n        nuc2: {node_ip: 192.168.1.120, workstation: true}\n";
+const FUZZ_HOSTS_INI: &str = "[turing_pis]\ntp1 ansible_host=bmc.lan\n\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\nnode02 slot_num=2 type=pi4 root_dev=/dev/nvme0n1\n\n[extra_nodes]\nnuc2 node_ip=192.168.1.120 workstation=true\n\n[all:vars]\ncontrol_plane=node01\n";
+
+fn ansible_choices() -> imgbuild::config::ansible::ImportChoices {
+    imgbuild::config::ansible::ImportChoices {
+        name: "homelab".into(),
+        admin_user: None,
+        ssh_keys: vec!["ssh-ed25519 AAAA t@t".into()],
+    }
+}
+
+#[test]
+fn fuzz_ansible_import() {
+    use imgbuild::config::ansible::{AnsibleError, import, parse_inventory};
+    let gv: serde_yaml_ng::Mapping = serde_yaml_ng::from_str("control_plane: node01\n").unwrap();
+    let tally = Tally::default();
+    let names = AtomicUsize::new(0);
+    runner("ansible import", cases(300))
+        .run(&(any::<bool>(), edits()), |(ini, edits)| {
+            let base = if ini { FUZZ_HOSTS_INI } else { FUZZ_HOSTS_YML };
+            let text = String::from_utf8_lossy(&edited(base.as_bytes(), &edits)).into_owned();
+            let gv = gv.clone();
+            let outcome = bounded(Duration::from_secs(10), move || {
+                let inv = parse_inventory(&text).map_err(|e| e.to_string())?;
+                let imported = import(&inv, &gv, &ansible_choices()).map_err(|e| e.to_string())?;
+                Ok::<_, String>(imported.nodes.keys().cloned().collect::<Vec<_>>())
+            })?;
+            tally.cases.fetch_add(1, Ordering::Relaxed);
+            if let Ok(nodes) = outcome {
+                tally.accepted.fetch_add(1, Ordering::Relaxed);
+                // Whatever name the inventory gives, the file it becomes is
+                // refused or lies in nodes/ under exactly that name.
+                for n in nodes {
+                    if let Ok(p) = imgbuild::commands::init::node_file(&n) {
+                        names.fetch_add(1, Ordering::Relaxed);
+                        let parts: Vec<_> =
+                            p.components().map(|c| c.as_os_str().to_owned()).collect();
+                        prop_assert_eq!(parts.len(), 3, "{:?}", p);
+                        prop_assert_eq!(p, PathBuf::from(format!("profiles/nodes/{n}.yaml")));
+                        prop_assert!(imgbuild::config::profile::hostname_error(&n).is_none());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    tally.report("ansible import");
+    println!(
+        "fuzz ansible import: {} node names became files",
+        names.load(Ordering::Relaxed)
+    );
+    // The pre-scan: nesting `n` deep in a host's value is refused by it,
+    // and only by it, exactly when the document is deeper than the cap.
+    runner("ansible import nesting", cases(200))
+        .run(&(any::<bool>(), 1usize..200), |(ini, n)| {
+            let deep = format!("{}1{}", "[".repeat(n), "]".repeat(n));
+            let (text, depth) = if ini {
+                (
+                    format!("{FUZZ_HOSTS_INI}[tp1_nodes]\nnode03 slot_num=3 type=rk1 x={deep}\n"),
+                    n,
+                )
+            } else {
+                // The document's map > all's > children's > tp1_nodes's >
+                // hosts' > node02's, then the value.
+                (
+                    FUZZ_HOSTS_YML.replace("root_dev: /dev/nvme0n1", &format!("x: {deep}")),
+                    6 + n,
+                )
+            };
+            let r = bounded(Duration::from_secs(10), move || {
+                parse_inventory(&text).map(|_| ())
+            })?;
+            let by_prescan = matches!(
+                r,
+                Err(AnsibleError::Limit(_) | AnsibleError::ValueLimit { .. })
+            );
+            prop_assert_eq!(by_prescan, depth > 64, "depth {}: {:?}", depth, r.err());
+            Ok(())
+        })
+        .unwrap();
+    // And the size cap, before any line is read.
+    let big = format!("{FUZZ_HOSTS_INI}#{}\n", "x".repeat(1 << 20));
+    assert!(matches!(parse_inventory(&big), Err(AnsibleError::Limit(_))));
+}
+
+/// A two-platform OCI index and one image manifest, as registries serve them.
+fn oci_documents() -> (Vec<u8>, Vec<u8>) {
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let manifest = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d('c'), "size": 512},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('1'), "size": 1024},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('2'), "size": 2048}
+        ]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('a'), "size": 700,
+             "platform": {"os": "linux", "architecture": "amd64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('b'), "size": 700,
+             "platform": {"os": "linux", "architecture": "arm64"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d('e'), "size": 700,
+             "platform": {"os": "linux", "architecture": "arm", "variant": "v7"}}
+        ]
+    }))
+    .unwrap();
+    (index, manifest)
+}
+
+#[test]
+fn fuzz_registry_documents() {
+    use imgbuild::config::manifest::Arch;
+    use imgbuild::source::oci::{OciError, parse_manifest, select_platform};
+    let image = imgbuild::config::images::ImageRef::parse(&format!(
+        "registry.example/app:1@sha256:{}",
+        "f".repeat(64)
+    ))
+    .unwrap();
+    let (index, manifest) = oci_documents();
+    let tally = Tally::default();
+    runner("registry documents", cases(400))
+        .run(
+            &(any::<bool>(), 0usize..3, edits()),
+            |(is_index, arch, edits)| {
+                let arch = [Arch::Arm64, Arch::Amd64, Arch::Armhf][arch];
+                let doc = edited(if is_index { &index } else { &manifest }, &edits);
+                let image = image.clone();
+                let text = String::from_utf8_lossy(&doc).into_owned();
+                let found = bounded(Duration::from_secs(10), move || {
+                    if is_index {
+                        select_platform(&image, arch, &doc).map(|d| vec![(d, 0)])
+                    } else {
+                        parse_manifest("manifest", &doc)
+                    }
+                    .map_err(|e| e.to_string())
+                })?;
+                tally.cases.fetch_add(1, Ordering::Relaxed);
+                if let Ok(found) = found {
+                    tally.accepted.fetch_add(1, Ordering::Relaxed);
+                    // Every digest read is one of the document's strings
+                    // (after JSON escapes), as it stands there.
+                    let mut strings = Vec::new();
+                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    let mut stack = vec![&v];
+                    while let Some(v) = stack.pop() {
+                        match v {
+                            serde_json::Value::String(s) => strings.push(s.clone()),
+                            serde_json::Value::Array(a) => stack.extend(a),
+                            serde_json::Value::Object(o) => stack.extend(o.values()),
+                            _ => {}
+                        }
+                    }
+                    for (d, _) in found {
+                        let named = strings.contains(&format!("sha256:{d}"));
+                        prop_assert!(named, "{d} not in {text}");
+                    }
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    tally.report("registry documents");
+    runner("registry documents nesting", cases(200))
+        .run(&(any::<bool>(), 1usize..200), |(is_index, n)| {
+            let (open, close) = ("[".repeat(n), "]".repeat(n));
+            // The manifest's layers (depth 2) or the index's manifests hold
+            // the nesting.
+            let (doc, depth) = if is_index {
+                let t = String::from_utf8(index.clone()).unwrap();
+                (
+                    t.replacen(
+                        "\"manifests\": [",
+                        &format!("\"manifests\": [{open}{close},"),
+                        1,
+                    ),
+                    2 + n,
+                )
+            } else {
+                let t = String::from_utf8(manifest.clone()).unwrap();
+                (
+                    t.replacen("\"layers\": [", &format!("\"layers\": [{open}{close},"), 1),
+                    2 + n,
+                )
+            };
+            let image = image.clone();
+            let r = bounded(Duration::from_secs(10), move || {
+                if is_index {
+                    select_platform(&image, Arch::Arm64, doc.as_bytes()).map(|_| ())
+                } else {
+                    parse_manifest("manifest", doc.as_bytes()).map(|_| ())
+                }
+            })?;
+            prop_assert_eq!(
+                matches!(r, Err(OciError::Limit(_))),
+                depth > 64,
+                "depth {}",
+                depth
+            );
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn fuzz_provenance_records() {
+    use imgbuild::plan::{FileRecord, Provenance, ProvenanceError};
+    let record = Provenance {
+        base_sha256: Some("0".repeat(64)),
+        board: "rk1".into(),
+        build_time: 1_700_000_000,
+        cluster: "homelab".into(),
+        files: (0..6)
+            .map(|i| FileRecord {
+                partition: if i % 2 == 0 { "seed" } else { "root" }.into(),
+                path: format!("/etc/imgbuild/file-{i}"),
+                mode: 0o644,
+                size: 100 * i,
+            })
+            .collect(),
+        imgbuild: "0.1.0".into(),
+        instance_id: "node02-1".into(),
+        node: "node02".into(),
+        profile_digest: "1".repeat(64),
+        unsealed: false,
+        joined: None,
+    };
+    let text = serde_json::to_vec_pretty(&record).unwrap();
+    assert_eq!(Provenance::read("r", &text).unwrap(), record);
+    let tally = Tally::default();
+    runner("provenance records", cases(400))
+        .run(&edits(), |edits| {
+            let doc = edited(&text, &edits);
+            let r = bounded(Duration::from_secs(10), move || {
+                Provenance::read("imgbuild.json", &doc).map_err(|e| e.to_string())
+            })?;
+            tally.cases.fetch_add(1, Ordering::Relaxed);
+            if let Ok(p) = r {
+                tally.accepted.fetch_add(1, Ordering::Relaxed);
+                // What is accepted reads back as itself.
+                let again = serde_json::to_vec(&p).unwrap();
+                prop_assert_eq!(Provenance::read("again", &again).unwrap(), p);
+            }
+            Ok(())
+        })
+        .unwrap();
+    tally.report("provenance records");
+    runner("provenance records nesting", cases(200))
+        .run(&(1usize..200), |n| {
+            let t = String::from_utf8(text.clone()).unwrap();
+            let doc = t.replacen(
+                "\"files\": [",
+                &format!("\"files\": [{}{},", "[".repeat(n), "]".repeat(n)),
+                1,
+            );
+            let r = bounded(Duration::from_secs(10), move || {
+                Provenance::read("imgbuild.json", doc.as_bytes()).map(|_| ())
+            })?;
+            prop_assert_eq!(
+                matches!(r, Err(ProvenanceError::Limit(_))),
+                2 + n > 64,
+                "depth {}",
+                2 + n
+            );
+            Ok(())
+        })
+        .unwrap();
+    // A record past the size cap is refused before it is parsed.
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(1 << 20));
+    assert!(matches!(
+        Provenance::read("r", big.as_bytes()),
+        Err(ProvenanceError::Limit(_))
+    ));
+}
+
+/// How deep a parsed YAML value nests (a scalar is 0).
+fn value_depth(v: &serde_yaml_ng::Value) -> usize {
+    use serde_yaml_ng::Value;
+    match v {
+        Value::Sequence(s) => 1 + s.iter().map(value_depth).max().unwrap_or(0),
+        Value::Mapping(m) => {
+            1 + m
+                .iter()
+                .map(|(k, v)| value_depth(k).max(value_depth(v)))
+                .max()
+                .unwrap_or(0)
+        }
+        Value::Tagged(t) => value_depth(&t.value),
+        _ => 0,
+    }
+}
+
+/// One level of a generated YAML document.
+#[derive(Debug, Clone, Copy)]
+enum Level {
+    BlockMap,
+    BlockSeq,
+    FlowSeq,
+    FlowMap,
+    PairInFlow,
+}
+
+/// Text that looks like nesting but is a scalar: quoted, or in a block
+/// scalar (serde_yaml_ng writes a multi-line string as one).
+fn decoy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("[[[[{{".to_string()),
+        Just("]]]] '".to_string()),
+        Just("[\n'x\n- - [".to_string()),
+        Just("a: [b\nc: {".to_string()),
+        "[\\[\\]{}'\" :\\-#|>\n]{0,10}",
+    ]
+}
+
+/// A document nesting `levels` (block levels first: no block collection
+/// can sit inside a flow one), with decoys beside the path down.
+fn nested_yaml(levels: &[Level], decoys: &[String]) -> String {
+    use serde_yaml_ng::{Mapping, Value};
+    let block: Vec<Level> = levels
+        .iter()
+        .copied()
+        .filter(|l| matches!(l, Level::BlockMap | Level::BlockSeq))
+        .collect();
+    let flow: Vec<Level> = levels
+        .iter()
+        .copied()
+        .filter(|l| !matches!(l, Level::BlockMap | Level::BlockSeq))
+        .collect();
+    let mut inner = String::from("leaf");
+    for l in flow.iter().rev() {
+        inner = match l {
+            Level::FlowSeq => format!("[{inner}, x]"),
+            Level::FlowMap => format!("{{k: {inner}, \"]]\": y}}"),
+            _ => format!("[k: {inner}]"),
+        };
+    }
+    let sentinel = "SENTINEL-FLOW";
+    let mut v = Value::String(sentinel.into());
+    for (i, l) in block.iter().rev().enumerate() {
+        let d = Value::String(decoys[i % decoys.len()].clone());
+        v = match l {
+            Level::BlockMap => {
+                let mut m = Mapping::new();
+                m.insert("decoy".into(), d);
+                m.insert("k".into(), v);
+                Value::Mapping(m)
+            }
+            _ => Value::Sequence(vec![d, v]),
+        };
+    }
+    serde_yaml_ng::to_string(&v)
+        .unwrap()
+        .replacen(sentinel, &inner, 1)
+}
+
+#[test]
+fn fuzz_yaml_prescan_against_the_parser() {
+    // Oracle: serde_yaml_ng itself. For every document it parses, the
+    // pre-scan accepts it under a cap exactly when the parsed value nests
+    // no deeper than the cap; and when it refuses, the bytes up to the
+    // position it names are refused too: it decided on that prefix, never
+    // reading what follows.
+    use imgbuild::util::prescan::{self, Limits};
+    let level = prop_oneof![
+        Just(Level::BlockMap),
+        Just(Level::BlockSeq),
+        Just(Level::FlowSeq),
+        Just(Level::FlowMap),
+        Just(Level::PairInFlow),
+    ];
+    let parsed = AtomicUsize::new(0);
+    runner("yaml pre-scan", cases(300))
+        .run(
+            &(
+                prop::collection::vec(level, 0..90),
+                prop::collection::vec(decoy(), 1..4),
+                20usize..80,
+            ),
+            |(levels, decoys, cap)| {
+                let doc = nested_yaml(&levels, &decoys);
+                let limits = Limits {
+                    max_bytes: 1 << 20,
+                    max_depth: cap,
+                };
+                let v = match serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&doc) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        // Only deeper than serde_yaml_ng's own limit (128).
+                        prop_assert!(e.to_string().contains("recursion limit"), "{e}:\n{doc}");
+                        prop_assert!(prescan::yaml("doc", doc.as_bytes(), limits).is_err());
+                        return Ok(());
+                    }
+                };
+                parsed.fetch_add(1, Ordering::Relaxed);
+                let depth = value_depth(&v);
+                match prescan::yaml("doc", doc.as_bytes(), limits) {
+                    Ok(()) => prop_assert!(depth <= cap, "accepted {depth} > {cap}:\n{doc}"),
+                    Err(prescan::PrescanError::TooDeep { line, column, .. }) => {
+                        prop_assert!(depth > cap, "refused {depth} <= {cap}:\n{doc}");
+                        // The position named, and what the scanner may need
+                        // after it to tell a key (its `:` comes on the same
+                        // line, within libyaml's 1024-character window).
+                        let lines: Vec<&str> = doc.split_inclusive('\n').collect();
+                        let start: usize = lines[..line as usize - 1].iter().map(|l| l.len()).sum();
+                        let line_end = start + lines[line as usize - 1].len();
+                        let end = line_end.min(start + column as usize + 1024);
+                        prop_assert!(
+                            prescan::yaml("prefix", &doc.as_bytes()[..end], limits).is_err(),
+                            "the text to line {line} column {column} passes:\n{doc}"
+                        );
+                    }
+                    Err(e) => prop_assert!(false, "{e}"),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    println!(
+        "fuzz yaml pre-scan: {} documents parsed and compared",
+        parsed.load(Ordering::Relaxed)
+    );
+}

@@ -994,3 +994,620 @@ fn a_closed_stdout_ends_the_command_quietly() {
         assert!(err.trim().is_empty(), "{args:?}: {err}");
     }
 }
+
+// Round three (issue 25): names that become paths, parsers without a size
+// cap, network reads without an idle timeout, secrets read unchecked.
+
+const ANSIBLE_GROUP_VARS: &str = "control_plane: node01\nlocal_domain: home.arpa\n";
+
+/// Runs `imgbuild import ansible INVENTORY -o OUT` in `dir` (with
+/// `gv.yml` beside it as group_vars, and a fixed admin key).
+fn import_ansible(dir: &Path, inventory: &str, out: &str) -> std::process::Output {
+    std::fs::write(dir.join("gv.yml"), ANSIBLE_GROUP_VARS).unwrap();
+    command()
+        .args([
+            "import",
+            "ansible",
+            inventory,
+            "--group-vars",
+            "gv.yml",
+            "-o",
+            out,
+        ])
+        .args([
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm1bPd+q7Nw9Nf8oWDV2yR8cFbTL1ox0aLa3ybh9yK7 t@t",
+        ])
+        .current_dir(dir)
+        .env("HOME", dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Every path under `dir` (relative), sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let out = sh(&format!("cd {} && find . -mindepth 1 | sort", q(dir)));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn inventory_host_names_that_would_leave_the_profile_set_are_refused_before_writing() {
+    // The high finding: an INI host `../../../../tmp/x/ESCAPED` wrote
+    // `/tmp/x/ESCAPED.yaml`; `a/b`, `x;touch ...` and `""` landed in
+    // subdirectories or hidden files while `check` said OK; a NUL left a
+    // half-written import.
+    let w = scratch();
+    let d = w.path();
+    // A sibling cluster whose node directory the first name aims at.
+    std::fs::create_dir_all(d.join("other/profiles/nodes")).unwrap();
+    let ini = |host: &[u8]| {
+        let mut t =
+            b"[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n[extra_nodes]\n".to_vec();
+        t.extend_from_slice(host);
+        t.push(b'\n');
+        t
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("escape.ini", ini(b"../../../other/profiles/nodes/ESCAPED")),
+        ("slash.ini", ini(b"a/b")),
+        ("shell.ini", ini(b"x;touch${IFS}pwned")),
+        ("nul.ini", ini(b"nu\0l")),
+        ("upper.ini", ini(b"Node02")),
+        (
+            "empty.yml",
+            b"all:\n  children:\n    turing_pis:\n      hosts: {tp1: {}}\n    tp1_nodes:\n      hosts:\n        node01: {slot_num: 1, type: rk1}\n    extra_nodes:\n      hosts: {\"\": {}}\n"
+                .to_vec(),
+        ),
+    ];
+    let before = tree(d);
+    for (name, text) in &cases {
+        std::fs::write(d.join(name), text).unwrap();
+        let o = import_ansible(d, name, "out");
+        let t = text_of(&o);
+        assert_eq!(o.status.code(), Some(3), "{name}: {t}");
+        assert!(t.contains(&format!("{name}: host ")), "{name}: {t}");
+        assert!(t.contains("is not a node name"), "{name}: {t}");
+        assert!(
+            t.contains("rename the host in the inventory"),
+            "{name}: {t}"
+        );
+        std::fs::remove_file(d.join(name)).unwrap();
+        std::fs::remove_file(d.join("gv.yml")).unwrap();
+        // Nothing written: no output directory, nothing in the sibling
+        // cluster, no staging directory.
+        assert_eq!(tree(d), before, "{name} left files");
+    }
+}
+
+/// Runs `imgbuild check` on `profiles`.
+fn check_profiles(profiles: &Path) -> std::process::Output {
+    command()
+        .args(["check", "--profiles", s(profiles)])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    text(o)
+}
+
+#[test]
+fn an_import_that_fails_check_leaves_nothing_and_one_that_passes_is_placed_whole() {
+    // `import` wrote its files before `check` and left them on exit 3.
+    let w = scratch();
+    let d = w.path();
+    // A board name `check` refuses (it is no node name, and no path either).
+    std::fs::write(
+        d.join("bad.ini"),
+        "[turing_pis]\nTP_1\n[TP_1_nodes]\nnode01 slot_num=1 type=rk1\n",
+    )
+    .unwrap();
+    // Into a new directory, and into one that holds other files.
+    std::fs::create_dir_all(d.join("existing/notes")).unwrap();
+    std::fs::write(d.join("existing/README"), "mine\n").unwrap();
+    let before = tree(d);
+    for out in ["new/dir", "existing"] {
+        let o = import_ansible(d, "bad.ini", out);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{out}: {t}");
+        assert!(t.contains("nothing was written"), "{out}: {t}");
+        assert!(
+            t.contains("turing_pi_boards") && !t.contains(".imgbuild-new-"),
+            "{out}: the message names the staged files: {t}"
+        );
+        std::fs::remove_file(d.join("gv.yml")).unwrap();
+        assert_eq!(tree(d), before, "{out}: left files");
+    }
+    // A valid import into the directory with other files: the profile set
+    // appears whole, the other files are untouched, and `check` agrees.
+    std::fs::write(
+        d.join("good.ini"),
+        "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\nnode02 slot_num=2 type=rk1\n",
+    )
+    .unwrap();
+    let o = import_ansible(d, "good.ini", "existing");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        tree(&d.join("existing")),
+        [
+            "./.gitignore",
+            "./README",
+            "./notes",
+            "./profiles",
+            "./profiles/cluster.yaml",
+            "./profiles/nodes",
+            "./profiles/nodes/node01.yaml",
+            "./profiles/nodes/node02.yaml",
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("existing/README")).unwrap(),
+        "mine\n"
+    );
+    let o = check_profiles(&d.join("existing/profiles"));
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Node files already there would join the set unchecked: refused.
+    std::fs::create_dir_all(d.join("more/profiles/nodes")).unwrap();
+    std::fs::write(d.join("more/profiles/nodes/old.yaml"), "board: rk1\n").unwrap();
+    let o = import_ansible(d, "good.ini", "more");
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    assert!(text(&o).contains("old.yaml"), "{}", text(&o));
+    assert_eq!(
+        tree(&d.join("more")),
+        [
+            "./profiles",
+            "./profiles/nodes",
+            "./profiles/nodes/old.yaml"
+        ]
+    );
+}
+
+#[test]
+fn the_import_header_quotes_the_inventory_path_so_it_adds_no_yaml_keys() {
+    // `import` put the inventory path unescaped into its `#` header: a
+    // newline in the path added YAML keys to every written file. PyYAML
+    // (what cloud-init reads YAML with) also breaks lines at U+0085,
+    // U+2028 and U+2029.
+    let w = scratch();
+    let d = w.path();
+    let name = "hosts\nevil: 1\n\u{85}nel: 2\u{2028}ls: 3\u{2029}ps: 4\r.ini";
+    std::fs::write(
+        d.join(name),
+        "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n",
+    )
+    .unwrap();
+    let o = import_ansible(d, name, "out");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let script = d.join("keys.py");
+    std::fs::write(
+        &script,
+        "import sys, yaml\nfor f in sys.argv[1:]:\n    print(sorted(yaml.safe_load(open(f, encoding='utf-8', newline=''))))\n",
+    )
+    .unwrap();
+    let out = sh(&format!(
+        "{} {} {} {}",
+        python(),
+        q(&script),
+        q(&d.join("out/profiles/cluster.yaml")),
+        q(&d.join("out/profiles/nodes/node01.yaml"))
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "['cluster', 'defaults']\n['board', 'k3s', 'turing_pi']\n"
+    );
+    let first = std::fs::read_to_string(d.join("out/profiles/cluster.yaml")).unwrap();
+    let first = first.lines().next().unwrap();
+    assert!(first.starts_with("# Imported by"), "{first}");
+    assert!(first.contains(r"hosts\nevil: 1\n"), "{first}");
+}
+
+/// `[` repeated `n` times: nesting that cost serde_yaml_ng seconds to
+/// minutes before its own depth limit applied (25k took 1.9 s, 100k 30 s).
+fn brackets(n: usize) -> String {
+    "[".repeat(n)
+}
+
+#[test]
+fn deep_or_large_inventories_and_profiles_are_refused_by_the_prescan_naming_the_cap() {
+    // Inventories and group_vars were read with no size cap (600 MB cost 620
+    // MB of RAM) and parsed whatever their nesting. The pre-scan stops at the
+    // 65th level: the column in the message is where it stopped reading.
+    let w = scratch();
+    let d = w.path();
+    let deep = brackets(30_000);
+    let ok_ini = "[turing_pis]\ntp1\n[tp1_nodes]\nnode01 slot_num=1 type=rk1\n";
+    let cases: Vec<(&str, String, Option<String>, String)> = vec![
+        (
+            "deep.yml",
+            format!("all: {deep}"),
+            None,
+            "deep.yml: the inventory nests collections more than 64 deep (line 1, column 69); at most 64 levels are read".into(),
+        ),
+        (
+            "value.ini",
+            format!("{ok_ini}node02 slot_num=2 type=rk1 labels={deep}\n"),
+            None,
+            "value.ini: line 5: the value nests collections more than 64 deep (line 1, column 65)".into(),
+        ),
+        (
+            "gv-deep.ini",
+            ok_ini.to_string(),
+            Some(deep.clone()),
+            "gv.yml nests collections more than 64 deep (line 1, column 65)".into(),
+        ),
+        (
+            "gv-large.ini",
+            ok_ini.to_string(),
+            Some(format!("control_plane: node01\n#{}\n", "x".repeat(2 << 20))),
+            "gv.yml is 2.0 MiB; at most 1 MiB is read".into(),
+        ),
+    ];
+    for (name, inv, gv, expect) in cases {
+        std::fs::write(d.join(name), inv).unwrap();
+        let mut c = command();
+        c.args([
+            "import",
+            "ansible",
+            name,
+            "-o",
+            "out",
+            "--group-vars",
+            "gv.yml",
+        ])
+        .args([
+            "--ssh-key",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGm1bPd+q7Nw9Nf8oWDV2yR8cFbTL1ox0aLa3ybh9yK7 t@t",
+        ])
+        .current_dir(d)
+        .env("HOME", d);
+        std::fs::write(d.join("gv.yml"), gv.unwrap_or(ANSIBLE_GROUP_VARS.into())).unwrap();
+        let o = c.output().unwrap();
+        assert_eq!(o.status.code(), Some(3), "{name}: {}", text(&o));
+        assert!(
+            text(&o).contains(&expect),
+            "{name}: expected {expect:?} in {}",
+            text(&o)
+        );
+        assert!(!d.join("out").exists(), "{name} wrote files");
+    }
+    // A profile: the same cap before its parse.
+    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(d)));
+    let cluster = d.join("profiles/cluster.yaml");
+    let t = std::fs::read_to_string(&cluster).unwrap();
+    std::fs::write(&cluster, format!("{t}extra: {deep}\n")).unwrap();
+    let o = check_profiles(&d.join("profiles"));
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster.yaml: the file nests collections more than 64 deep"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn inspect_reads_an_images_seed_only_within_its_caps() {
+    // `inspect` parsed an image's own meta-data (up to 1 MiB) whatever its
+    // nesting: 100 KB of `[` in a crafted base image cost 17 s. The seed is
+    // read within a cap per file, and a warning names the cap.
+    let fx = fixtures();
+    let w = scratch();
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "meta-data",
+            format!("instance-id: x\n#{}\n", "x".repeat(1 << 20)).into_bytes(),
+            "partition 1: meta-data is 1.0 MiB; at most 64 KiB is read",
+        ),
+        (
+            "meta-data",
+            format!("instance-id: {}", brackets(60_000)).into_bytes(),
+            "partition 1: meta-data nests collections more than 64 deep (line 1, column 77)",
+        ),
+        (
+            "imgbuild.json",
+            brackets(200_000).into_bytes(),
+            "partition 1: imgbuild.json nests collections more than 64 deep (line 1, column 65)",
+        ),
+    ];
+    for (i, (file, body, expect)) in cases.iter().enumerate() {
+        let img = copy_of(&fx.rk1.path, w.path(), "seed.img");
+        let src = w.path().join("body");
+        std::fs::write(&src, body).unwrap();
+        // pyfatfs writes the file (mtools refuses this small FAT32 volume).
+        let (start, len) = fx.rk1.part(1);
+        let part = w.path().join("p1.fat");
+        extract(&img, start, len, &part);
+        sh(&format!(
+            "{} {} put {} /{file} {}",
+            python(),
+            q(&repo().join("tests/fixtures/fat.py")),
+            q(&part),
+            q(&src)
+        ));
+        sh(&format!(
+            "dd if={} of={} bs=1M seek={} conv=notrunc status=none",
+            q(&part),
+            q(&img),
+            start / MIB
+        ));
+        let o = command()
+            .args(["inspect", "--json", s(&img)])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "case {i}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(expect),
+            "case {i}: expected {expect:?} in {err}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        if *file == "meta-data" {
+            assert!(v["seed"]["instance_id"].is_null(), "case {i}: {v}");
+        }
+        assert!(v["provenance"].is_null(), "case {i}: {v}");
+    }
+}
+
+/// A fresh copy of a secrets directory made by `imgbuild secrets --generate`.
+fn fresh_secrets(w: &Path, name: &str) -> PathBuf {
+    let master = w.join("secrets-master");
+    if !master.exists() {
+        let o = imgbuild(
+            w,
+            &[
+                "--profiles",
+                s(&repo().join("profiles")),
+                "--secrets",
+                s(&master),
+                "secrets",
+                "--generate",
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let copy = w.join(name);
+    sh(&format!("cp -a {} {}", q(&master), q(&copy)));
+    copy
+}
+
+/// Writes `body` over the secret `rel` (0600, as a secret is kept).
+fn put_secret(dir: &Path, rel: &str, body: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(rel);
+    std::fs::write(&p, body).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn secrets_are_checked_when_read_and_the_message_says_how_to_make_good_ones() {
+    // The secrets directory's files were baked verbatim: a token with a
+    // control character or a newline, or a garbage CA key or node password,
+    // gave exit 0 and an image that failed at boot.
+    let w = scratch();
+    let w = w.path();
+    let profiles = repo().join("profiles");
+    let master = fresh_secrets(w, "unused");
+    let tls = |f: &str| format!("cluster/tls/{f}");
+    let read = |rel: &str| std::fs::read(master.join(rel)).unwrap();
+    let sec1 = sh(&format!(
+        "openssl ec -in {} 2>/dev/null",
+        q(&master.join(tls("server-ca.key")))
+    ))
+    .stdout;
+    let token = String::from_utf8(read("cluster/token")).unwrap();
+    let token = token.trim();
+    // (how it is read, the file, what is written, the message, more of it)
+    type Case<'a> = (&'a str, String, Vec<u8>, &'a str, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "print-token",
+            "cluster/token".into(),
+            format!("{}\u{7}{}\n", &token[..10], &token[10..]).into_bytes(),
+            "cluster/token: not a k3s join token",
+            vec![
+                "a control character at position 11",
+                "imgbuild secrets --generate",
+            ],
+        ),
+        (
+            "print-token",
+            "cluster/agent-token".into(),
+            format!("{token}\nserver: https://evil:6443\n").into_bytes(),
+            "cluster/agent-token: not a k3s join token",
+            vec!["a control character", "imgbuild secrets --generate"],
+        ),
+        (
+            "known-hosts",
+            "nodes/node02/node-password".into(),
+            b"short\n".to_vec(),
+            "nodes/node02/node-password: not a k3s node password",
+            vec!["it is 5 characters long", "kubectl delete node"],
+        ),
+        (
+            "print-token",
+            tls("server-ca.key"),
+            b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n".to_vec(),
+            "server-ca.key: not a PEM private key",
+            vec!["imgbuild secrets --generate"],
+        ),
+        (
+            "print-token",
+            tls("server-ca.key"),
+            sec1,
+            "server-ca.key: not a PEM private key",
+            vec!["openssl pkcs8 -topk8 -nocrypt"],
+        ),
+        (
+            "print-token",
+            tls("etcd/peer-ca.key"),
+            read(&tls("client-ca.key")),
+            "etcd/peer-ca.key: not the key of",
+            vec!["etcd/peer-ca.crt"],
+        ),
+        (
+            "print-token",
+            tls("request-header-ca.crt"),
+            b"not a certificate\n".to_vec(),
+            "request-header-ca.crt: not a PEM certificate",
+            vec![],
+        ),
+        (
+            "print-token",
+            tls("service.key"),
+            b"\n".to_vec(),
+            "service.key: not a PEM private key",
+            vec![],
+        ),
+    ];
+    for (i, (how, rel, body, expect, more)) in cases.iter().enumerate() {
+        let dir = fresh_secrets(w, &format!("case{i}"));
+        put_secret(&dir, rel, body);
+        let mut args = vec!["--profiles", s(&profiles), "--secrets", s(&dir), "secrets"];
+        args.extend(match *how {
+            "print-token" => ["--print-token", "agent"],
+            _ => ["--known-hosts", ""],
+        });
+        args.retain(|a| !a.is_empty());
+        let o = imgbuild(w, &args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "case {i}: {t}");
+        assert!(t.contains(expect), "case {i}: expected {expect:?} in {t}");
+        for m in more {
+            assert!(t.contains(m), "case {i}: expected {m:?} in {t}");
+        }
+        // Never the value: no line of what was written shows up.
+        for line in String::from_utf8_lossy(body)
+            .lines()
+            .filter(|l| l.len() >= 8)
+        {
+            assert!(
+                !t.contains(line.trim()),
+                "case {i}: the secret shows in {t}"
+            );
+        }
+    }
+    // Before a cluster-init image, a bad CA set may be remade; after, the
+    // message says to restore it.
+    let dir = fresh_secrets(w, "initialised");
+    put_secret(&dir, &tls("client-ca.crt"), b"x\n");
+    let args = [
+        "--profiles",
+        s(&profiles),
+        "--secrets",
+        s(&dir),
+        "secrets",
+        "--print-token",
+        "agent",
+    ];
+    let t = text(&imgbuild(w, &args));
+    assert!(t.contains("no image was built with it yet: remove"), "{t}");
+    std::fs::write(dir.join("cluster/initialized"), "node02\n").unwrap();
+    let t = text(&imgbuild(w, &args));
+    assert!(t.contains("restore the CA set from a backup"), "{t}");
+
+    // A sealed bake with a bad token fails and leaves no image.
+    let fx = fixtures();
+    let dir = fresh_secrets(w, "bake");
+    put_secret(
+        &dir,
+        "cluster/token",
+        format!("{token}\u{1b}[2J\n").as_bytes(),
+    );
+    let out = w.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = run(
+        &out,
+        &[
+            "--secrets",
+            s(&dir),
+            "--base",
+            s(&fx.rk1.path),
+            "node02.rk1.img",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(
+        r.text.contains("cluster/token: not a k3s join token"),
+        "{}",
+        r.text
+    );
+    assert!(
+        std::fs::read_dir(&out).unwrap().next().is_none(),
+        "an image was left"
+    );
+}
+
+/// Runs the cargo that builds these tests on this package, offline.
+fn cargo(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .args([
+            "--offline",
+            "--locked",
+            "--manifest-path",
+            s(&repo().join("Cargo.toml")),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cargo {args:?}: {}", text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn only_the_tests_build_honours_the_test_hooks() {
+    // IMGBUILD_SYSFS_ROOT and IMGBUILD_MOUNTINFO were honoured by the release
+    // binary: a fake tree whose device numbers match a real disk passed every
+    // `usb` safety check. They are read only with the `test-hooks` feature,
+    // which the package's dev-dependency on itself turns on: the build the
+    // tests run has it, and a build without dev-dependencies (`cargo build`,
+    // `cargo install --locked`, a release build) does not. Cargo's own
+    // feature resolution says so without building a second binary.
+    let features = |extra: &[&str]| {
+        let mut args = vec!["tree", "-p", "imgbuild", "--depth", "0", "-f", "{p} [{f}]"];
+        args.extend_from_slice(extra);
+        let out = cargo(&args);
+        out.lines().next().unwrap_or_default().to_string()
+    };
+    let shipped = features(&["-e", "no-dev"]);
+    assert!(shipped.starts_with("imgbuild v"), "{shipped}");
+    assert!(
+        shipped.ends_with("[]"),
+        "the shipped build has features: {shipped}"
+    );
+    let tested = features(&[]);
+    assert!(
+        tested.ends_with("[test-hooks]"),
+        "the tests' build: {tested}"
+    );
+    // Nothing but that dev-dependency turns the feature on: not `default`,
+    // not a normal or build dependency.
+    let meta: serde_json::Value =
+        serde_json::from_str(&cargo(&["metadata", "--no-deps", "--format-version", "1"])).unwrap();
+    let pkg = &meta["packages"][0];
+    assert_eq!(pkg["name"], "imgbuild");
+    assert_eq!(pkg["features"]["test-hooks"], serde_json::json!([]));
+    let default = pkg["features"]["default"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!default.contains(&"test-hooks".into()), "{default:?}");
+    let enabling: Vec<&serde_json::Value> = pkg["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| {
+            d["features"]
+                .as_array()
+                .is_some_and(|f| f.contains(&"test-hooks".into()))
+        })
+        .collect();
+    assert_eq!(enabling.len(), 1, "{enabling:?}");
+    assert_eq!(enabling[0]["name"], "imgbuild");
+    assert_eq!(enabling[0]["kind"], "dev");
+}

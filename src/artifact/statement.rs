@@ -159,11 +159,13 @@ impl Statement {
 /// The statement beside `artifact`, if there is one.
 pub fn read(artifact: &Path) -> Result<Option<Statement>> {
     let path = path_for(artifact);
-    let text = match std::fs::read(&path) {
+    use crate::util::prescan;
+    let text = match prescan::read_file(&path, prescan::PROVENANCE) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.not_found() => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    prescan::json(&path.display().to_string(), &text, prescan::PROVENANCE)?;
     let st: Statement = serde_json::from_slice(&text)
         .with_context(|| format!("{}: not an in-toto statement", path.display()))?;
     if st.type_ != STATEMENT_TYPE || st.predicate_type != PREDICATE_TYPE {

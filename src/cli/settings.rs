@@ -50,9 +50,31 @@ pub struct Environment {
     /// `SOURCE_DATE_EPOCH`: the build time stamped on written files.
     pub source_date_epoch: Option<String>,
     /// `IMGBUILD_SYSFS_ROOT`, `IMGBUILD_MOUNTINFO`: where `usb` reads the
-    /// disks and mounts from (tests point them at fake trees).
+    /// disks and mounts from (tests point them at fake trees). Read only
+    /// when [`TEST_HOOKS`] is on.
     pub sysfs_root: Option<PathBuf>,
     pub mountinfo: Option<PathBuf>,
+}
+
+/// Whether this build honours the test hooks: the `test-hooks` feature,
+/// which only the tests' build has (the package's dev-dependency on itself
+/// turns it on; `cargo install` and release builds never build
+/// dev-dependencies). A fake sysfs tree whose device numbers match a real
+/// disk would pass every safety check of `usb`, so the shipped binary must
+/// not read one.
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
+
+/// `IMGBUILD_SYSFS_ROOT` and `IMGBUILD_MOUNTINFO` from `var`, when
+/// `honoured`; nothing otherwise.
+fn test_hooks(
+    honoured: bool,
+    var: impl Fn(&str) -> Option<OsString>,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    if !honoured {
+        return (None, None);
+    }
+    let path = |k: &str| var(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    (path("IMGBUILD_SYSFS_ROOT"), path("IMGBUILD_MOUNTINFO"))
 }
 
 impl Environment {
@@ -69,6 +91,7 @@ impl Environment {
             unsafe { std::env::remove_var("IMGBUILD_BMC_PASSWORD") };
         }
         let non_empty = |k: &str| var(k).filter(|v| !v.is_empty());
+        let (sysfs_root, mountinfo) = test_hooks(TEST_HOOKS, |k| std::env::var_os(k));
         Environment {
             ci: std::env::var_os("CI").is_some(),
             log: var("IMGBUILD_LOG"),
@@ -80,12 +103,8 @@ impl Environment {
             registry_auth: non_empty("IMGBUILD_REGISTRY_AUTH"),
             bmc_password,
             source_date_epoch: var("SOURCE_DATE_EPOCH"),
-            sysfs_root: std::env::var_os("IMGBUILD_SYSFS_ROOT")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
-            mountinfo: std::env::var_os("IMGBUILD_MOUNTINFO")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from),
+            sysfs_root,
+            mountinfo,
         }
     }
 }
@@ -415,4 +434,35 @@ pub fn key_source(given: &[String], env: &Environment) -> Result<KeySource, Comm
                 .collect::<Result<_, _>>()?,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hooks_set(k: &str) -> Option<OsString> {
+        match k {
+            "IMGBUILD_SYSFS_ROOT" => Some("/fake/sys".into()),
+            "IMGBUILD_MOUNTINFO" => Some("/fake/mountinfo".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn the_test_hooks_are_read_only_when_the_build_honours_them() {
+        // The shipped build (feature off): set or not, they are not read.
+        assert_eq!(test_hooks(false, hooks_set), (None, None));
+        // The tests' build reads them, and an empty value is no value.
+        assert_eq!(
+            test_hooks(true, hooks_set),
+            (
+                Some(PathBuf::from("/fake/sys")),
+                Some(PathBuf::from("/fake/mountinfo"))
+            )
+        );
+        assert_eq!(test_hooks(true, |_| Some("".into())), (None, None));
+        // This test binary is built as the integration tests' binary is:
+        // with the feature, through the dev-dependency.
+        const { assert!(TEST_HOOKS) };
+    }
 }

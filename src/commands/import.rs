@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::anyhow;
 
 use super::init::KeySource;
-use super::{CommandError, Paths, Result};
+use super::{CommandError, Result};
 use crate::config::ansible::{self, ImportChoices, Note};
 
 pub struct ImportSettings {
@@ -27,9 +27,33 @@ pub struct ImportReport {
     pub check: super::check::CheckReport,
 }
 
+/// Reads an inventory or group_vars file, within the size cap of
+/// configuration files.
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| CommandError::Failed(anyhow!("{}: {e}", path.display())))
+    use crate::util::prescan::{self, ReadError};
+    let bytes = prescan::read_file(path, prescan::CONFIG).map_err(|e| match e {
+        ReadError::Limit(e) => CommandError::Invalid(e.into()),
+        e => CommandError::Failed(e.into()),
+    })?;
+    String::from_utf8(bytes)
+        .map_err(|_| CommandError::Invalid(anyhow!("{}: is not UTF-8 text", path.display())))
+}
+
+/// A path for a one-line comment: quoted, control and line-breaking
+/// characters escaped.
+fn quoted(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+/// The node file of inventory host `name`, refused before anything is
+/// written when the name is not one `check` accepts.
+fn node_path(name: &str, inventory: &Path) -> Result<PathBuf> {
+    super::init::node_file(name).map_err(|e| {
+        CommandError::Invalid(anyhow!(
+            "{}: host {e}; rename the host in the inventory",
+            inventory.display()
+        ))
+    })
 }
 
 pub fn import_ansible(s: &ImportSettings, build_time: u64) -> Result<ImportReport> {
@@ -49,7 +73,11 @@ pub fn import_ansible(s: &ImportSettings, build_time: u64) -> Result<ImportRepor
     });
     let group_vars = match &gv_path {
         Some(p) => {
-            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(p)?)
+            let text = read(p)?;
+            let what = p.display().to_string();
+            crate::util::prescan::yaml(&what, text.as_bytes(), crate::util::prescan::CONFIG)
+                .map_err(|e| CommandError::Invalid(e.into()))?;
+            let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text)
                 .map_err(|e| CommandError::Invalid(anyhow!("{}: {e}", p.display())))?;
             match v {
                 serde_yaml_ng::Value::Mapping(m) => m,
@@ -82,10 +110,10 @@ pub fn import_ansible(s: &ImportSettings, build_time: u64) -> Result<ImportRepor
         admin_user: s.admin_user.clone(),
         ssh_keys,
     };
-    let source = gv_path
-        .as_ref()
-        .map(|p| format!("{} and {}", s.inventory.display(), p.display()))
-        .unwrap_or_else(|| s.inventory.display().to_string());
+    let source = match &gv_path {
+        Some(p) => format!("{} and {}", quoted(&s.inventory), quoted(p)),
+        None => quoted(&s.inventory),
+    };
     let imported =
         ansible::import(&inv, &group_vars, &choices).map_err(|e| invalid(&s.inventory, e))?;
 
@@ -102,40 +130,25 @@ pub fn import_ansible(s: &ImportSettings, build_time: u64) -> Result<ImportRepor
     net.insert("dhcp".into(), true.into());
     defaults.insert("network".into(), net.into());
     cluster_doc.insert("defaults".into(), defaults.into());
+    // Quoted with escapes: a path may hold a newline, which would end the
+    // comment and start YAML keys in every file.
     let header = format!("# Imported by `imgbuild import ansible` from {source}.\n");
     let mut files = vec![(
-        PathBuf::from("profiles/cluster.yaml"),
+        PathBuf::from(super::init::CLUSTER_PATH),
         format!("{header}{}", yaml(&cluster_doc)?),
     )];
     for (node, m) in &imported.nodes {
         files.push((
-            PathBuf::from(format!("profiles/nodes/{node}.yaml")),
+            node_path(node, &s.inventory)?,
             format!("{header}{}", yaml(m)?),
         ));
     }
-    let existing: Vec<String> = files
-        .iter()
-        .map(|(p, _)| s.out_dir.join(p))
-        .filter(|p| p.symlink_metadata().is_ok())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !existing.is_empty() {
-        return Err(CommandError::usage(format!(
-            "refusing to overwrite {}; import into another directory with -o DIR",
-            super::shorten(&existing)
-        )));
-    }
-    let mut written = Vec::new();
-    for (rel, text) in &files {
-        let p = s.out_dir.join(rel);
-        super::init::write_new(&p, text)?;
-        written.push(p);
-    }
-    if let Some(p) = super::init::gitignore(&s.out_dir)? {
-        written.push(p);
-    }
-    let paths = Paths::resolve(s.out_dir.join("profiles"), None, None);
-    let check = super::check::check(&paths, build_time)?;
+    let (written, check) = super::init::write_checked(
+        &s.out_dir,
+        &files,
+        build_time,
+        "import into another directory with -o DIR",
+    )?;
     Ok(ImportReport {
         written,
         notes: imported.notes,

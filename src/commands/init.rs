@@ -102,18 +102,17 @@ pub fn init(s: &InitSettings, build_time: u64) -> Result<InitReport> {
         keys,
         bmc,
     };
-    let mut files = vec![(PathBuf::from("profiles/cluster.yaml"), cluster.yaml())];
+    let mut files = vec![(PathBuf::from(CLUSTER_PATH), cluster.yaml())];
     for (i, n) in nodes.iter().enumerate() {
-        files.push((
-            PathBuf::from(format!("profiles/nodes/{}.yaml", n.name)),
-            node_yaml(n, i == 0),
-        ));
+        let path = node_file(&n.name).map_err(CommandError::usage)?;
+        files.push((path, node_yaml(n, i == 0)));
     }
-    let mut written = write_all_new(&s.dir, &files)?;
-    if let Some(p) = gitignore(&s.dir)? {
-        written.push(p);
-    }
-    let check = super::check::check(&paths, build_time)?;
+    let (written, check) = write_checked(
+        &s.dir,
+        &files,
+        build_time,
+        "remove it or run init in another directory",
+    )?;
     Ok(InitReport {
         written,
         assumed,
@@ -233,34 +232,226 @@ fn node_yaml(n: &InitNode, first: bool) -> String {
     text
 }
 
-/// Writes `files` (paths relative to `dir`), none of which may exist yet.
-fn write_all_new(dir: &Path, files: &[(PathBuf, String)]) -> Result<Vec<PathBuf>> {
-    let existing: Vec<String> = files
+/// Where a new profile set's cluster file goes, relative to its directory.
+pub(super) const CLUSTER_PATH: &str = "profiles/cluster.yaml";
+
+/// Where the node `name`'s file goes, relative to the new profile set's
+/// directory; refused unless `name` is a node name `check` accepts (an
+/// RFC 1123 label), so that no name can make a path outside `nodes/`.
+pub fn node_file(name: &str) -> std::result::Result<PathBuf, String> {
+    if crate::config::profile::hostname_error(name).is_some() {
+        return Err(format!(
+            "{:?} is not a node name: node files and host names are named after it, so it must be \
+             1 to 63 lower-case letters, digits and '-', not starting or ending with '-' (RFC 1123)",
+            crate::config::read::sanitize_field(name)
+        ));
+    }
+    Ok(PathBuf::from(format!("profiles/nodes/{name}.yaml")))
+}
+
+/// Writes a new profile set: `files` (relative to `dir`) go into a staging
+/// directory beside their destination, are `check`ed there, and are moved
+/// into place only when the check passes; `.gitignore` is updated last. On
+/// any failure (an existing file, a failed check, an interrupt) nothing is
+/// left. `retry` says what to do about files that exist.
+pub(super) fn write_checked(
+    dir: &Path,
+    files: &[(PathBuf, String)],
+    build_time: u64,
+    retry: &str,
+) -> Result<(Vec<PathBuf>, super::check::CheckReport)> {
+    use std::path::Component;
+    for (rel, _) in files {
+        // Defence in depth: every caller builds these from checked names.
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(CommandError::Failed(anyhow!(
+                "{}: not a plain relative path",
+                rel.display()
+            )));
+        }
+    }
+    let mut existing: Vec<String> = files
         .iter()
         .map(|(p, _)| dir.join(p))
         .filter(|p| p.symlink_metadata().is_ok())
         .map(|p| p.display().to_string())
         .collect();
+    if existing.is_empty() {
+        // Other node files would join the new set unchecked.
+        existing = other_node_files(&dir.join("profiles/nodes"));
+    }
     if !existing.is_empty() {
         return Err(CommandError::usage(format!(
-            "refusing to overwrite {}; remove it or run init in another directory",
+            "refusing to overwrite {}; {retry}",
             super::shorten(&existing)
         )));
     }
-    let mut written = Vec::new();
+    let stage = Stage::new(dir)?;
     for (rel, text) in files {
-        let path = dir.join(rel);
-        write_new(&path, text)?;
-        written.push(path);
+        write_new(&stage.path().join(rel), text)?;
     }
-    Ok(written)
+    let beside = |name: &str| Some(dir.join(name)).filter(|p| p.is_dir());
+    let paths = Paths::resolve(
+        stage.path().join("profiles"),
+        beside("firmware-manifests"),
+        beside("overlays"),
+    );
+    let mut check = super::check::check(&paths, build_time).map_err(|e| match e {
+        CommandError::Invalid(e) => CommandError::Invalid(anyhow!(
+            "{}; nothing was written",
+            stage.unstaged(&format!("{e:#}"))
+        )),
+        e => e,
+    })?;
+    for w in &mut check.warnings {
+        *w = stage.unstaged(w);
+    }
+    stage.place()?;
+    let mut written: Vec<PathBuf> = files.iter().map(|(p, _)| dir.join(p)).collect();
+    if let Some(p) = gitignore(dir)? {
+        written.push(p);
+    }
+    Ok((written, check))
+}
+
+/// `*.yaml`/`*.yml` files already in a `nodes/` directory.
+fn other_node_files(nodes: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(nodes)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .map(|p| p.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+/// A staging directory for a new profile set bound for `dest`: inside
+/// `dest` when it exists, else in its nearest existing ancestor (the same
+/// file system, so moving into place is a rename). Removed on drop and on
+/// interrupt.
+struct Stage {
+    dir: tempfile::TempDir,
+    dest: PathBuf,
+    _cleanup: crate::util::cleanup::Registered,
+}
+
+impl Stage {
+    fn new(dest: &Path) -> Result<Stage> {
+        use std::os::unix::fs::PermissionsExt;
+        let anchor = dest
+            .ancestors()
+            .map(|a| {
+                if a.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    a
+                }
+            })
+            .find(|a| a.is_dir())
+            .unwrap_or(Path::new("."));
+        let dir = tempfile::Builder::new()
+            .prefix(".imgbuild-new-")
+            // As create_dir_all would make it: the umask decides.
+            .permissions(std::fs::Permissions::from_mode(0o777))
+            .tempdir_in(anchor)
+            .map_err(io_err(anchor))?;
+        let cleanup = crate::util::cleanup::register_dir(dir.path());
+        Ok(Stage {
+            dir,
+            dest: dest.to_owned(),
+            _cleanup: cleanup,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `text` (a message naming staged files) naming their destinations.
+    fn unstaged(&self, text: &str) -> String {
+        text.replace(
+            &self.path().display().to_string(),
+            &self.dest.display().to_string(),
+        )
+    }
+
+    /// Moves what was staged into place, never over an existing file; on a
+    /// failure, removes what it had moved.
+    fn place(&self) -> Result<()> {
+        if !self.dest.exists() {
+            if let Some(parent) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            }
+            return rename_new(self.path(), &self.dest).map_err(io_err(&self.dest));
+        }
+        let mut placed = Vec::new();
+        let moved = move_into(self.path(), &self.dest, &mut placed);
+        if moved.is_err() {
+            for p in placed.iter().rev() {
+                let _ = std::fs::remove_dir_all(p).or_else(|_| std::fs::remove_file(p));
+            }
+        }
+        moved
+    }
+}
+
+/// Moves each entry of `from` to the same name in `to`: whole when `to` has
+/// no such entry, entry by entry into a directory that exists.
+fn move_into(from: &Path, to: &Path, placed: &mut Vec<PathBuf>) -> Result<()> {
+    for e in std::fs::read_dir(from).map_err(io_err(from))? {
+        let e = e.map_err(io_err(from))?;
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        if dst.is_dir() && src.is_dir() {
+            move_into(&src, &dst, placed)?;
+        } else {
+            rename_new(&src, &dst).map_err(io_err(&dst))?;
+            placed.push(dst);
+        }
+    }
+    Ok(())
+}
+
+/// Renames `from` to `to`, failing if `to` exists (never replacing it).
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("a path with a NUL byte"))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    // File systems without RENAME_NOREPLACE: check, then rename.
+    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        if to.symlink_metadata().is_ok() {
+            return Err(std::io::ErrorKind::AlreadyExists.into());
+        }
+        return std::fs::rename(from, to);
+    }
+    Err(e)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CommandError + '_ {
     move |e| CommandError::Failed(anyhow!("{}: {e}", path.display()))
 }
 
-pub(super) fn write_new(path: &Path, text: &str) -> Result<()> {
+/// Writes a new file (creating its directories): only ever inside a stage.
+fn write_new(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     if let Some(d) = path.parent() {
         std::fs::create_dir_all(d).map_err(io_err(d))?;

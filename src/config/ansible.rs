@@ -40,10 +40,23 @@ pub enum AnsibleError {
     Yaml(String),
     #[error("{0}")]
     Layout(String),
+    /// Refused by the size or nesting cap before any parser saw it.
+    #[error(transparent)]
+    Limit(#[from] crate::util::prescan::PrescanError),
+    /// An INI value refused by the cap before it was parsed as YAML.
+    #[error("line {line}: {source}")]
+    ValueLimit {
+        line: usize,
+        source: crate::util::prescan::PrescanError,
+    },
 }
 
-/// Parses a YAML (`all: children: ...`) or INI inventory, told apart by content.
+/// Parses a YAML (`all: children: ...`) or INI inventory, told apart by
+/// content, within the size cap of configuration files (and each YAML text
+/// within the nesting cap) before any of it is parsed.
 pub fn parse_inventory(text: &str) -> Result<Inventory, AnsibleError> {
+    use crate::util::prescan;
+    prescan::size("the inventory", text.len() as u64, prescan::CONFIG)?;
     let first = text
         .lines()
         .map(str::trim)
@@ -55,6 +68,8 @@ pub fn parse_inventory(text: &str) -> Result<Inventory, AnsibleError> {
 }
 
 fn parse_yaml(text: &str) -> Result<Inventory, AnsibleError> {
+    use crate::util::prescan;
+    prescan::yaml("the inventory", text.as_bytes(), prescan::CONFIG)?;
     let v: Value = serde_yaml_ng::from_str(text).map_err(|e| AnsibleError::Yaml(e.to_string()))?;
     let top = v
         .as_mapping()
@@ -109,15 +124,20 @@ fn yaml_group(inv: &mut Inventory, name: &str, g: &Value) -> Result<(), AnsibleE
 }
 
 /// INI values: `true`/`1`/numbers typed as YAML would, quotes removed.
-fn ini_value(v: &str) -> Value {
+fn ini_value(v: &str, line: usize) -> Result<Value, AnsibleError> {
+    use crate::util::prescan;
     let unq = v
         .strip_prefix('"')
         .and_then(|r| r.strip_suffix('"'))
         .or_else(|| v.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')));
-    match unq {
+    Ok(match unq {
         Some(s) => Value::String(s.to_string()),
-        None => serde_yaml_ng::from_str(v).unwrap_or_else(|_| Value::String(v.to_string())),
-    }
+        None => {
+            prescan::yaml("the value", v.as_bytes(), prescan::CONFIG)
+                .map_err(|source| AnsibleError::ValueLimit { line, source })?;
+            serde_yaml_ng::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()))
+        }
+    })
 }
 
 fn ini_pairs(words: &[&str], line: usize) -> Result<Mapping, AnsibleError> {
@@ -127,7 +147,7 @@ fn ini_pairs(words: &[&str], line: usize) -> Result<Mapping, AnsibleError> {
             line,
             reason: format!("{w:?} must be key=value"),
         })?;
-        m.insert(Value::String(k.to_string()), ini_value(v));
+        m.insert(Value::String(k.to_string()), ini_value(v, line)?);
     }
     Ok(m)
 }
@@ -181,8 +201,10 @@ fn parse_ini(text: &str) -> Result<Inventory, AnsibleError> {
                     line,
                     reason: format!("{l:?} must be key=value"),
                 })?;
-                g.vars
-                    .insert(Value::String(k.trim().to_string()), ini_value(v.trim()));
+                g.vars.insert(
+                    Value::String(k.trim().to_string()),
+                    ini_value(v.trim(), line)?,
+                );
             }
         }
     }

@@ -159,6 +159,13 @@ pub fn check(b: &Bootstrap, profiles_dir: &Path, cluster_file: &Path, problems: 
                 return;
             }
         };
+        let what = path.display().to_string();
+        if let Err(e) =
+            crate::util::prescan::yaml(&what, text.as_bytes(), crate::util::prescan::CONFIG)
+        {
+            problems.push(Problem::field(cf, field, e.to_string()));
+            return;
+        }
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
             let v = match <serde_yaml_ng::Value as Deserialize>::deserialize(doc) {
                 Ok(v) => v,

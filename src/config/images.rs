@@ -22,6 +22,33 @@ pub struct ImageRef {
     pub digest: Sha256Digest,
 }
 
+/// A registry host as a reference names it: a DNS name (labels of letters,
+/// digits and '-'), an IPv4 address or a bracketed IPv6 one, and an
+/// optional port.
+fn host_ok(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, port))
+            if !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
+        _ => registry,
+    };
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef, String> {
         let shown = crate::config::read::sanitize_field(s);
@@ -65,10 +92,7 @@ impl ImageRef {
                 "{shown:?}: the repository name may hold only lower-case letters, digits and . _ - between slashes"
             ));
         }
-        let host_ok = registry
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
-        if !host_ok {
+        if !host_ok(&registry) {
             return Err(format!("{shown:?}: {registry:?} is not a registry host"));
         }
         if let Some(t) = &tag {

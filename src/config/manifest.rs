@@ -355,6 +355,8 @@ fn load_one(file: &LayeredFile) -> Result<Manifest, Vec<Problem>> {
     let path = shown.as_path();
     let text = std::str::from_utf8(&file.data)
         .map_err(|_| vec![Problem::file(path, "not UTF-8 text".into())])?;
+    crate::util::prescan::yaml("the file", text.as_bytes(), crate::util::prescan::CONFIG)
+        .map_err(|e| vec![Problem::file(path, e.to_string())])?;
     let de = serde_yaml_ng::Deserializer::from_str(text);
     let mut m: Manifest = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();

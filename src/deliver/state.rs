@@ -66,9 +66,21 @@ impl DeployState {
     /// The state in `dir` (empty when there is none or it is unreadable).
     pub fn load(dir: &Path) -> DeployState {
         let path = dir.join(STATE_FILE);
-        let stored: BTreeMap<String, Stored> = std::fs::read_to_string(&path)
+        use crate::util::prescan;
+        let stored: BTreeMap<String, Stored> = prescan::read_file(&path, prescan::CONFIG)
+            .map_err(|e| {
+                if let prescan::ReadError::Limit(e) = e {
+                    tracing::warn!("{e}; starting without it");
+                }
+            })
             .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
+            .filter(|t| {
+                let what = path.display().to_string();
+                prescan::json(&what, t, prescan::CONFIG)
+                    .map_err(|e| tracing::warn!("{e}; starting without it"))
+                    .is_ok()
+            })
+            .and_then(|t| serde_json::from_slice(&t).ok())
             .unwrap_or_default();
         let done = stored
             .into_iter()

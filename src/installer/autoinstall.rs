@@ -54,6 +54,11 @@ fn shell_quote(s: &str) -> String {
 }
 
 fn parse_yaml(what: &str, bytes: &[u8]) -> Result<Value, AutoinstallError> {
+    use crate::util::prescan;
+    prescan::yaml(what, bytes, prescan::CONFIG).map_err(|e| AutoinstallError {
+        what: what.to_string(),
+        detail: e.to_string(),
+    })?;
     serde_yaml_ng::from_slice(bytes).map_err(|e| AutoinstallError {
         what: what.to_string(),
         detail: format!("not YAML: {e}"),

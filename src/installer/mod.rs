@@ -146,14 +146,10 @@ pub fn provenance_of(iso: &Path, dir: &Path) -> Result<Provenance> {
             iso.display()
         )
     })?;
-    let text = std::fs::read(&host).with_context(|| format!("reading {}", host.display()))?;
+    let text = crate::util::prescan::read_file(&host, crate::util::prescan::PROVENANCE);
     std::fs::remove_file(&host).ok();
-    serde_json::from_slice(&text).with_context(|| {
-        format!(
-            "{}: {PROVENANCE_PATH} is not a provenance record",
-            iso.display()
-        )
-    })
+    let text = text.with_context(|| format!("reading {PROVENANCE_PATH} of {}", iso.display()))?;
+    Provenance::read(PROVENANCE_PATH, &text).with_context(|| format!("{}", iso.display()))
 }
 
 /// Writes `output`: the unsealed installer `iso` with `only` (a sealed
@@ -169,9 +165,12 @@ pub fn seal(iso: &Path, only: &NodePlan, output: &Path, stage: &Path) -> Result<
     drop(tar);
     let yaml_path = stage.join("autoinstall.yaml");
     iso::extract(iso, AUTOINSTALL_PATH, &yaml_path)?;
-    let yaml = std::fs::read_to_string(&yaml_path)
-        .with_context(|| format!("reading {AUTOINSTALL_PATH} of {}", iso.display()))?;
+    let yaml = crate::util::prescan::read_file(&yaml_path, crate::util::prescan::CONFIG);
     std::fs::remove_file(&yaml_path).ok();
+    let yaml = String::from_utf8(
+        yaml.with_context(|| format!("reading {AUTOINSTALL_PATH} of {}", iso.display()))?,
+    )
+    .map_err(|_| anyhow!("{AUTOINSTALL_PATH} of {} is not UTF-8 text", iso.display()))?;
     let sealed = autoinstall::seal(&yaml, &sha)
         .with_context(|| format!("sealing {AUTOINSTALL_PATH} of {}", iso.display()))?;
     crate::util::create_private(&yaml_path, sealed.as_bytes())

@@ -21,7 +21,7 @@ use anyhow::{Result, anyhow, bail};
 
 pub use additions::{Dependency, Origin, OriginKind, Unfetched};
 pub use context::{SecretValues, TemplateContext};
-pub use provenance::{FileRecord, PROVENANCE_FILE, Provenance};
+pub use provenance::{FileRecord, PROVENANCE_FILE, Provenance, ProvenanceError};
 pub use render::RenderedFile;
 
 use crate::config::manifest::{FsKind, Manifest, Manifests};

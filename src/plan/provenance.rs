@@ -42,3 +42,25 @@ pub struct FileRecord {
     pub mode: u32,
     pub size: u64,
 }
+
+/// Why a provenance record read back could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    /// Refused by the size or nesting cap before any parser saw it.
+    #[error(transparent)]
+    Limit(#[from] crate::util::prescan::PrescanError),
+    #[error("{what} is not a provenance record imgbuild wrote")]
+    Format { what: String },
+}
+
+impl Provenance {
+    /// Reads a record back (from an image or an installer): within the
+    /// size and nesting caps, then parsed; `what` names it in errors.
+    pub fn read(what: &str, bytes: &[u8]) -> Result<Provenance, ProvenanceError> {
+        use crate::util::prescan;
+        prescan::json(what, bytes, prescan::PROVENANCE)?;
+        serde_json::from_slice(bytes).map_err(|_| ProvenanceError::Format {
+            what: what.to_string(),
+        })
+    }
+}

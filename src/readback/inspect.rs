@@ -10,9 +10,6 @@ use crate::plan::{PROVENANCE_FILE, Provenance};
 
 const SEED_FILES: &[&str] = &["meta-data", "user-data", "network-config", "vendor-data"];
 
-/// The largest seed file or provenance record `inspect` reads.
-const MAX_SEED_FILE: u64 = 1 << 20;
-
 #[derive(Debug)]
 pub struct Inspection {
     pub image: String,
@@ -123,10 +120,10 @@ pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
     for (p, region, fs) in probed.partitions() {
         let fs = fs.clone();
         let found = match &fs {
-            FsProbe::Vfat { .. } => read_fat_seed(region)?,
+            FsProbe::Vfat { .. } => read_fat_seed(p.index, region)?,
             FsProbe::Ext4 { .. } => ext4_seed_dirs
                 .iter()
-                .find_map(|dir| read_ext4_seed(region, dir)),
+                .find_map(|dir| read_ext4_seed(p.index, region, dir)),
             FsProbe::Unknown => None,
         };
         if let Some((dir, files, iid, prov)) = found {
@@ -174,12 +171,40 @@ pub fn inspect(image: &Path, ext4_seed_dirs: &[String]) -> Result<Inspection> {
 
 type Found = (String, Vec<SeedFile>, Option<String>, Option<Provenance>);
 
-fn instance_id(meta: &[u8]) -> Option<String> {
+/// `meta-data`'s instance-id, when the file is within its caps (a warning
+/// names the cap otherwise).
+fn instance_id(partition: u32, meta: &[u8]) -> Option<String> {
+    use crate::util::prescan;
+    if let Err(e) = prescan::yaml("meta-data", meta, prescan::META_DATA) {
+        tracing::warn!("partition {partition}: {e}; its instance-id is not shown");
+        return None;
+    }
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(meta).ok()?;
     v.get("instance-id")?.as_str().map(str::to_string)
 }
 
-fn read_fat_seed(region: Region) -> Result<Option<Found>> {
+/// The provenance record, when it is within its caps (a warning names the
+/// cap otherwise); an image without a readable one is shown as stock.
+fn provenance(partition: u32, record: &[u8]) -> Option<Provenance> {
+    match Provenance::read(PROVENANCE_FILE, record) {
+        Ok(p) => Some(p),
+        Err(crate::plan::ProvenanceError::Limit(e)) => {
+            tracing::warn!("partition {partition}: {e}; the image is shown without its provenance");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Whether a seed file of `len` bytes is within `limits`; warns when not.
+fn within(partition: u32, name: &str, len: u64, limits: crate::util::prescan::Limits) -> bool {
+    crate::util::prescan::size(name, len, limits)
+        .map_err(|e| tracing::warn!("partition {partition}: {e}; it is not read"))
+        .is_ok()
+}
+
+fn read_fat_seed(partition: u32, region: Region) -> Result<Option<Found>> {
+    use crate::util::prescan::{META_DATA, PROVENANCE};
     let Ok(vol) = FatVolume::open(region) else {
         return Ok(None);
     };
@@ -195,14 +220,22 @@ fn read_fat_seed(region: Region) -> Result<Option<Found>> {
     if files.is_empty() {
         return Ok(None);
     }
-    let iid = vol.read_file("/meta-data")?.and_then(|m| instance_id(&m));
-    let prov = vol
-        .read_file(&format!("/{PROVENANCE_FILE}"))?
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let size_of = |name: &str| entries.iter().find(|e| e.name == name).map(|e| e.size);
+    let read = |name: &str, limits| -> Result<Option<Vec<u8>>> {
+        match size_of(name) {
+            Some(len) if within(partition, name, len, limits) => {
+                Ok(vol.read_file(&format!("/{name}"))?)
+            }
+            _ => Ok(None),
+        }
+    };
+    let iid = read("meta-data", META_DATA)?.and_then(|m| instance_id(partition, &m));
+    let prov = read(PROVENANCE_FILE, PROVENANCE)?.and_then(|b| provenance(partition, &b));
     Ok(Some(("/".into(), files, iid, prov)))
 }
 
-fn read_ext4_seed(region: Region, dir: &str) -> Option<Found> {
+fn read_ext4_seed(partition: u32, region: Region, dir: &str) -> Option<Found> {
+    use crate::util::prescan::{META_DATA, PROVENANCE};
     let fs = ext4::open_reader(region).ok()?;
     let dir = dir.trim_end_matches('/');
     let mut files = Vec::new();
@@ -219,11 +252,14 @@ fn read_ext4_seed(region: Region, dir: &str) -> Option<Found> {
         return None;
     }
     // Bounded reads: the image says how large its files are.
-    let iid = ext4::read_bounded(&fs, &format!("{dir}/meta-data"), MAX_SEED_FILE)
-        .ok()
-        .and_then(|m| instance_id(&m));
-    let prov = ext4::read_bounded(&fs, &format!("{dir}/{PROVENANCE_FILE}"), MAX_SEED_FILE)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
+    let read = |name: &str, limits: crate::util::prescan::Limits| {
+        let path = format!("{dir}/{name}");
+        let len = fs.metadata(path.as_str()).ok()?.len();
+        within(partition, name, len, limits)
+            .then(|| ext4::read_bounded(&fs, &path, limits.max_bytes).ok())
+            .flatten()
+    };
+    let iid = read("meta-data", META_DATA).and_then(|m| instance_id(partition, &m));
+    let prov = read(PROVENANCE_FILE, PROVENANCE).and_then(|b| provenance(partition, &b));
     Some((dir.into(), files, iid, prov))
 }

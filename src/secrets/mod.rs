@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 mod sealing;
+mod validate;
 
 pub mod client;
 
@@ -214,16 +215,21 @@ impl Secrets {
         Ok(value)
     }
 
+    /// Where `rel` is (or would be) kept, for messages.
+    fn path_of(&self, rel: &str) -> PathBuf {
+        self.dir.as_deref().unwrap_or(Path::new("")).join(rel)
+    }
+
     pub fn cluster(&self, build_time: u64) -> Result<ClusterSecrets> {
         let _lock = self.lock()?;
-        let server_password = self
-            .get_or_create("cluster/token", || random_hex(16))?
-            .trim()
-            .to_string();
-        let agent_password = self
-            .get_or_create("cluster/agent-token", || random_hex(16))?
-            .trim()
-            .to_string();
+        let token = |rel: &str| -> Result<String> {
+            let value = self.get_or_create(rel, || random_hex(16))?;
+            let value = value.trim();
+            validate::token(&self.path_of(rel), value)?;
+            Ok(value.to_string())
+        };
+        let server_password = token("cluster/token")?;
+        let agent_password = token("cluster/agent-token")?;
         let tls = self.ca_set(build_time)?;
         let server_ca = &tls
             .iter()
@@ -270,6 +276,15 @@ impl Secrets {
                 }
             }
             if missing.is_empty() {
+                let fix = if cluster.join("initialized").exists() {
+                    "restore the CA set from a backup (a cluster-init image was built with it: a new set means a new cluster)".to_string()
+                } else {
+                    format!(
+                        "no image was built with it yet: remove {} and run `imgbuild secrets --generate` to make a new set",
+                        tls.display()
+                    )
+                };
+                validate::ca_set(&tls, &found, &fix)?;
                 return Ok(found);
             }
             // An incomplete set comes from an interrupted first run of an
@@ -360,10 +375,12 @@ impl Secrets {
             .to_string();
         let pub_rel = format!("{key_rel}.pub");
         self.get_or_create(&pub_rel, || Ok(format!("{public}\n")))?;
+        let password_rel = format!("nodes/{node}/node-password");
         let node_password = self
-            .get_or_create(&format!("nodes/{node}/node-password"), || random_hex(16))?
+            .get_or_create(&password_rel, || random_hex(16))?
             .trim()
             .to_string();
+        validate::node_password(&self.path_of(&password_rel), &node_password)?;
         Ok(NodeSecrets {
             ssh_private: private,
             ssh_public: public,

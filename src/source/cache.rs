@@ -99,7 +99,7 @@ impl Cache {
         if path.is_file() {
             return Ok(path);
         }
-        let _lock = self.lock(&key.to_string())?;
+        let _lock = self.lock(key)?;
         if path.is_file() {
             return Ok(path);
         }
@@ -142,10 +142,12 @@ impl Cache {
     }
 
     /// Takes the lock for `key`, waiting for another imgbuild that holds it.
-    pub fn lock(&self, key: &str) -> Result<KeyLock> {
+    /// Keys are digests: a lock file's name is never made from anything else.
+    pub fn lock(&self, key: &Sha256Digest) -> Result<KeyLock> {
+        let key = key.to_string();
         let mut said = false;
         loop {
-            let (file, path) = self.open_lock(key)?;
+            let (file, path) = self.open_lock(&key)?;
             if !flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
                 if !said {
                     tracing::info!("waiting for another imgbuild using the cache entry {key}");

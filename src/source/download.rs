@@ -50,13 +50,21 @@ pub enum DownloadError {
     TooLarge { url: String, limit: u64 },
 }
 
-/// How hard to try.
+/// How hard to try, and how long to wait for a silent server.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub first_delay: Duration,
     pub max_delay: Duration,
+    /// The longest a request may go without a byte from the server (the
+    /// answer's head, then each read of its body): past it the attempt is a
+    /// transient failure, retried as a broken connection is.
+    pub idle_timeout: Duration,
 }
+
+/// [`RetryPolicy::idle_timeout`] unless a test says otherwise: release
+/// servers, registries and their CDNs send something within seconds.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -64,15 +72,44 @@ impl Default for RetryPolicy {
             attempts: 6,
             first_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(15),
+            idle_timeout: IDLE_TIMEOUT,
         }
     }
 }
+
+/// Why a read of a response body failed, for people: a read that timed out
+/// is the idle timeout, anything else the connection breaking.
+pub(super) fn read_failure(e: &io::Error, done: u64, idle: Duration) -> String {
+    // The blocking client reports a read past its timeout as an io::Error
+    // wrapping a reqwest::Error that says it timed out.
+    let timed_out = e.kind() == io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout);
+    if timed_out {
+        format!(
+            "no data for {} s after {done} bytes (the idle timeout)",
+            idle.as_secs_f64()
+        )
+    } else {
+        format!(
+            "the connection broke after {done} bytes: {}",
+            crate::util::error_chain(e)
+        )
+    }
+}
+
+/// The connect timeout of every download and registry request.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Redirects followed before giving up (GitHub needs one: release asset to
 /// its storage host).
 const MAX_REDIRECTS: usize = 10;
 
-fn client() -> Result<reqwest::blocking::Client, DownloadError> {
+/// The HTTP client of downloads: its `timeout` is, for a blocking client,
+/// the limit on each wait for the server (the response head, then every
+/// read of the body), not on the whole transfer: an idle timeout.
+fn client(idle: Duration) -> Result<reqwest::blocking::Client, DownloadError> {
     crate::util::tls::install_provider();
     // Follow redirects (release assets live elsewhere), but never from https
     // to http: a checksum file fetched in clear could be swapped, and the
@@ -92,8 +129,8 @@ fn client() -> Result<reqwest::blocking::Client, DownloadError> {
         }
     });
     reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(idle)
         .redirect(redirects)
         .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -252,9 +289,17 @@ pub fn download(
         return Ok(Sha256Digest::of(hash.sha));
     }
 
-    let client = client()?;
+    let client = client(policy.idle_timeout)?;
     retrying(url, policy, || {
-        try_once(&client, url, partial, label, &mut hash, follow)
+        try_once(
+            &client,
+            url,
+            partial,
+            label,
+            &mut hash,
+            follow,
+            policy.idle_timeout,
+        )
     })?;
     let file = File::open(partial).map_err(local)?;
     let len = file.metadata().map_err(local)?.len();
@@ -284,6 +329,7 @@ fn try_once(
     label: &str,
     hash: &mut RunningHash,
     follow: Option<&Growing>,
+    idle: Duration,
 ) -> Result<Attempt<()>, DownloadError> {
     let local = |source| DownloadError::Local {
         path: partial.to_owned(),
@@ -302,7 +348,7 @@ fn try_once(
     }
     let mut resp = match req.send() {
         Ok(r) => r,
-        Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e))),
+        Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e, idle))),
     };
     // Offset in the file of the body's first byte.
     let first = match body_offset(&resp, url, partial, have, &restart)? {
@@ -335,10 +381,7 @@ fn try_once(
             Ok(n) => n,
             Err(e) => {
                 out.sync_all().map_err(local)?;
-                return Ok(Attempt::Retry(format!(
-                    "the connection broke after {done} bytes: {}",
-                    crate::util::error_chain(&e)
-                )));
+                return Ok(Attempt::Retry(read_failure(&e, done, idle)));
             }
         };
         let dropped = skip.min(n as u64) as usize;
@@ -425,8 +468,16 @@ fn body_offset(
     Ok(ControlFlow::Continue(first))
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    crate::util::error_chain(e)
+/// A request that failed before its answer, for people.
+fn describe(e: &reqwest::Error, idle: Duration) -> String {
+    if e.is_timeout() {
+        format!(
+            "no answer within {} s (the idle timeout)",
+            idle.as_secs_f64()
+        )
+    } else {
+        crate::util::error_chain(e)
+    }
 }
 
 /// Errors no retry can fix: an untrusted certificate, a refused redirect.
@@ -434,7 +485,7 @@ fn permanent(url: &str, e: &reqwest::Error) -> Result<(), DownloadError> {
     if e.is_redirect() {
         return Err(DownloadError::Redirect {
             url: url.to_string(),
-            detail: describe(e),
+            detail: crate::util::error_chain(e),
         });
     }
     let mut src: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -475,11 +526,14 @@ pub fn fetch_text(url: &str, policy: RetryPolicy) -> Result<String, DownloadErro
             .map_err(|source| DownloadError::Local { path, source })?;
         v
     } else {
-        let client = client()?;
+        let client = client(policy.idle_timeout)?;
         retrying(url, policy, || {
             let resp = match client.get(url).send() {
                 Ok(r) => r,
-                Err(e) => return permanent(url, &e).map(|()| Attempt::Retry(describe(&e))),
+                Err(e) => {
+                    return permanent(url, &e)
+                        .map(|()| Attempt::Retry(describe(&e, policy.idle_timeout)));
+                }
             };
             match resp.status().as_u16() {
                 200 => {}
@@ -504,10 +558,10 @@ pub fn fetch_text(url: &str, policy: RetryPolicy) -> Result<String, DownloadErro
             let mut v = Vec::new();
             match resp.take(MAX_TEXT + 1).read_to_end(&mut v) {
                 Ok(_) => Ok(Attempt::Done(v)),
-                Err(e) => Ok(Attempt::Retry(format!(
-                    "the connection broke after {} bytes: {}",
-                    v.len(),
-                    crate::util::error_chain(&e)
+                Err(e) => Ok(Attempt::Retry(read_failure(
+                    &e,
+                    v.len() as u64,
+                    policy.idle_timeout,
                 ))),
             }
         })?

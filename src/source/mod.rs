@@ -85,7 +85,7 @@ pub fn ensure_base(manifest: &Manifest, cache: &Cache, opts: &FetchOptions) -> R
     if image.is_file() {
         return Ok(image);
     }
-    let _lock = cache.lock(&key.to_string())?;
+    let _lock = cache.lock(&key)?;
     if image.is_file() {
         return Ok(image); // Another run finished it while we waited.
     }

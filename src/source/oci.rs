@@ -26,7 +26,7 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Manifests and token answers are small; anything bigger is not one.
-const MAX_DOCUMENT: u64 = 4 << 20;
+const MAX_DOCUMENT: u64 = crate::util::prescan::REGISTRY_DOCUMENT.max_bytes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
@@ -50,6 +50,9 @@ pub enum OciError {
     },
     #[error("{what}: {detail}")]
     Format { what: String, detail: String },
+    /// Refused by the size or nesting cap before any parser saw it.
+    #[error(transparent)]
+    Limit(#[from] crate::util::prescan::PrescanError),
     /// A transport failure; `transient` ones (connection refused or
     /// broken, timeouts) are retried, others (an untrusted certificate, a
     /// refused redirect) are not.
@@ -108,7 +111,12 @@ impl RegistryAuth {
             password: Option<String>,
         }
         let bad = |why: &str| anyhow::anyhow!("{}: {why}", path.display());
-        let text = std::fs::read(path).map_err(|e| bad(&format!("cannot read: {e}")))?;
+        use crate::util::prescan::{self, ReadError};
+        let text = prescan::read_file(path, prescan::CONFIG).map_err(|e| match e {
+            ReadError::Io { source, .. } => bad(&format!("cannot read: {source}")),
+            ReadError::Limit(e) => anyhow::anyhow!(e),
+        })?;
+        prescan::json(&path.display().to_string(), &text, prescan::CONFIG)?;
         // Never echo the parser's message: it could quote a password.
         let cfg: Config = serde_json::from_slice(&text)
             .map_err(|_| bad("not a registry credentials file (JSON with an \"auths\" map)"))?;
@@ -237,18 +245,12 @@ pub fn ensure_image(
     } else {
         (top.clone(), image.digest)
     };
-    let parsed: ImageManifest =
-        serde_json::from_slice(&manifest).map_err(|e| OciError::Format {
-            what: what(&manifest_digest),
-            detail: format!("not an image manifest: {e}"),
-        })?;
     let mut layer_paths = Vec::new();
-    for d in std::iter::once(&parsed.config).chain(parsed.layers.iter()) {
-        let digest = parse_digest(&d.digest, &what(&manifest_digest))?;
-        let path = s.blob(&digest, d.size, cache)?;
+    for (digest, size) in parse_manifest(&what(&manifest_digest), &manifest)? {
+        let path = s.blob(&digest, size, cache)?;
         layer_paths.push((digest, path));
     }
-    let _lock = cache.lock(&manifest_digest.to_string())?;
+    let _lock = cache.lock(&manifest_digest)?;
     if archive.is_file() {
         return Ok(done); // Another run wrote it while we waited.
     }
@@ -289,24 +291,48 @@ struct ImageManifest {
     layers: Vec<Descriptor>,
 }
 
+/// A descriptor's digest, exactly as the OCI image spec writes one
+/// (`sha256:` and 64 lower-case hex digits, nothing around them).
 fn parse_digest(s: &str, what: &str) -> Result<Sha256Digest, OciError> {
     s.strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .and_then(Sha256Digest::parse)
         .ok_or_else(|| OciError::Format {
             what: what.to_string(),
             detail: format!(
-                "digest {:?} is not sha256:<64 hex digits>",
+                "digest {:?} is not sha256:<64 lower-case hex digits>",
                 crate::config::read::sanitize_field(s)
             ),
         })
 }
 
-fn select_platform(image: &ImageRef, arch: Arch, index: &[u8]) -> Result<Sha256Digest, OciError> {
+/// The blobs an image manifest names, config first, each with its size;
+/// `what` names the manifest in errors.
+pub fn parse_manifest(what: &str, manifest: &[u8]) -> Result<Vec<(Sha256Digest, u64)>, OciError> {
+    document(what, manifest)?;
+    let parsed: ImageManifest = serde_json::from_slice(manifest).map_err(|e| OciError::Format {
+        what: what.to_string(),
+        detail: format!("not an image manifest: {e}"),
+    })?;
+    std::iter::once(&parsed.config)
+        .chain(parsed.layers.iter())
+        .map(|d| Ok((parse_digest(&d.digest, what)?, d.size)))
+        .collect()
+}
+
+/// The manifest of `index` (an OCI index or Docker manifest list) for
+/// linux/`arch`.
+pub fn select_platform(
+    image: &ImageRef,
+    arch: Arch,
+    index: &[u8],
+) -> Result<Sha256Digest, OciError> {
     #[derive(Deserialize)]
     struct Index {
         manifests: Vec<Descriptor>,
     }
     let what = format!("{} (index)", image.original);
+    document(&what, index)?;
     let idx: Index = serde_json::from_slice(index).map_err(|e| OciError::Format {
         what: what.clone(),
         detail: format!("not an image index: {e}"),
@@ -399,9 +425,11 @@ impl<'a> Session<'a> {
                 attempt.follow()
             }
         });
+        // A blocking client's `timeout` bounds each wait for the registry
+        // (the answer's head, then every read of a body): an idle timeout.
         let client = reqwest::blocking::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
+            .connect_timeout(super::download::CONNECT_TIMEOUT)
+            .timeout(retry.idle_timeout)
             .redirect(redirects)
             .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -434,11 +462,23 @@ impl<'a> Session<'a> {
         } else if let Some((u, p)) = self.creds {
             req = req.basic_auth(u, Some(p));
         }
-        req.send().map_err(|e| OciError::Http {
+        req.send().map_err(|e| self.http_error(url, &e))
+    }
+
+    /// A request that failed before its answer, the idle timeout named.
+    fn http_error(&self, url: &str, e: &reqwest::Error) -> OciError {
+        OciError::Http {
             url: url.to_string(),
-            detail: crate::util::error_chain(&e),
-            transient: transient(&e),
-        })
+            detail: if e.is_timeout() {
+                format!(
+                    "no answer within {} s (the idle timeout)",
+                    self.retry.idle_timeout.as_secs_f64()
+                )
+            } else {
+                crate::util::error_chain(e)
+            },
+            transient: transient(e),
+        }
     }
 
     /// GET with the token dance: on a 401 with a Bearer challenge, fetch a
@@ -538,18 +578,15 @@ impl<'a> Session<'a> {
         if let Some((u, p)) = self.creds {
             req = req.basic_auth(u, Some(p));
         }
-        let resp = req.send().map_err(|e| OciError::Http {
-            url: realm.clone(),
-            detail: crate::util::error_chain(&e),
-            transient: transient(&e),
-        })?;
+        let resp = req.send().map_err(|e| self.http_error(realm, &e))?;
         let resp = self.check(realm, resp)?;
         #[derive(Deserialize)]
         struct Token {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let body = read_bounded(resp, realm)?;
+        let body = read_bounded(resp, realm, self.retry.idle_timeout)?;
+        document(realm, &body)?;
         let t: Token = serde_json::from_slice(&body).map_err(|_| OciError::Format {
             what: realm.clone(),
             detail: "the token answer is not JSON with a token".into(),
@@ -627,7 +664,7 @@ impl<'a> Session<'a> {
             .get(reqwest::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or("").trim().to_string());
-        let body = read_bounded(resp, url)?;
+        let body = read_bounded(resp, url, self.retry.idle_timeout)?;
         let actual = Sha256Digest(Sha256::digest(&body).into());
         if actual != *digest {
             return Err(OciError::Mismatch {
@@ -636,6 +673,7 @@ impl<'a> Session<'a> {
                 actual,
             });
         }
+        document(what, &body)?;
         #[derive(Deserialize)]
         struct Typed {
             #[serde(rename = "mediaType")]
@@ -664,7 +702,7 @@ impl<'a> Session<'a> {
             self.base, self.image.repository
         );
         cache.fill_asset(digest, |partial| {
-            self.retrying(&url.clone(), |s| {
+            let fetched = self.retrying(&url.clone(), |s| {
                 let resp = s.get(&url, None)?;
                 let mut f = File::create(partial).map_err(io_err(partial))?;
                 let mut hasher = Sha256::new();
@@ -674,7 +712,7 @@ impl<'a> Session<'a> {
                 loop {
                     let n = reader.read(&mut buf).map_err(|e| OciError::Http {
                         url: url.clone(),
-                        detail: format!("the connection broke after {n_total} bytes: {e}"),
+                        detail: super::download::read_failure(&e, n_total, s.retry.idle_timeout),
                         transient: true,
                     })?;
                     if n == 0 {
@@ -703,18 +741,34 @@ impl<'a> Session<'a> {
                     });
                 }
                 Ok(())
-            })
+            });
+            // Blobs are fetched whole each time: a failed one is no partial
+            // worth keeping (and one that failed its digest is not cached).
+            if fetched.is_err() {
+                let _ = std::fs::remove_file(partial);
+            }
+            fetched
         })
     }
 }
 
-fn read_bounded(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>, OciError> {
+/// The size and nesting caps, before a registry document is parsed.
+fn document(what: &str, body: &[u8]) -> Result<(), OciError> {
+    use crate::util::prescan;
+    Ok(prescan::json(what, body, prescan::REGISTRY_DOCUMENT)?)
+}
+
+fn read_bounded(
+    resp: reqwest::blocking::Response,
+    url: &str,
+    idle: Duration,
+) -> Result<Vec<u8>, OciError> {
     let mut body = Vec::new();
     resp.take(MAX_DOCUMENT + 1)
         .read_to_end(&mut body)
         .map_err(|e| OciError::Http {
             url: url.to_string(),
-            detail: format!("the connection broke: {e}"),
+            detail: super::download::read_failure(&e, body.len() as u64, idle),
             transient: true,
         })?;
     if body.len() as u64 > MAX_DOCUMENT {
@@ -869,6 +923,12 @@ pub fn archive_contents(path: &Path) -> Result<ArchiveContents, OciError> {
         if name == "index.json" && size <= MAX_DOCUMENT {
             let mut body = vec![0u8; size as usize];
             f.read_exact(&mut body).map_err(|_| bad("truncated"))?;
+            crate::util::prescan::json(
+                "index.json",
+                &body,
+                crate::util::prescan::REGISTRY_DOCUMENT,
+            )
+            .map_err(|e| bad(&e.to_string()))?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|_| bad("index.json is not JSON"))?;
             out.name = v["manifests"][0]["annotations"]["io.containerd.image.name"]
@@ -929,6 +989,39 @@ fn tar_header(w: &mut impl Write, name: &str, size: u64) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archive_names_are_plain_file_names() {
+        // The repository's last component names the archive in the image:
+        // whatever a reference that parses holds, it is one plain name.
+        for r in [
+            "nginx:1.27",
+            "ghcr.io/a/b/c-d_e.f:v1",
+            "localhost:5000/x",
+            "registry.example/very/deep/path/name",
+        ] {
+            let image = ImageRef::parse(&format!("{r}@sha256:{}", "0".repeat(64))).unwrap();
+            let name = archive_file_name(&image);
+            assert!(
+                crate::util::names::fat_name_error(&name).is_none(),
+                "{name}"
+            );
+            assert!(
+                crate::util::names::debugfs_path_error(&format!("/{name}")).is_none(),
+                "{name}"
+            );
+            assert!(
+                name.starts_with("imgbuild-") && name.ends_with(".tar"),
+                "{name}"
+            );
+        }
+        for bad in ["../x", "a/../b", "a//b", ".hidden/x", "A/b"] {
+            assert!(
+                ImageRef::parse(&format!("{bad}@sha256:{}", "0".repeat(64))).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn challenges() {

@@ -4,6 +4,7 @@
 pub mod cleanup;
 pub mod duration;
 pub mod names;
+pub mod prescan;
 pub mod tls;
 
 /// An error and its sources on one line (`outer: inner: innermost`), for

@@ -10,7 +10,9 @@
 //!   and path, objects.githubusercontent.com);
 //! - HTTPS with a certificate from a test CA ([`Server::start_tls`]);
 //! - switches for faults: 500s, cut or overstated bodies, a 206 that starts
-//!   elsewhere than asked, a body held half-sent until the test releases it.
+//!   elsewhere than asked, a body held half-sent until the test releases it,
+//!   a server that accepts a request and never answers, one that sends a
+//!   body a byte at a time with pauses between.
 //!
 //! Anything the server itself gets wrong (a handler panic, a request it cannot
 //! parse, an I/O error other than the client going away) is recorded and fails
@@ -52,6 +54,12 @@ pub struct Faults {
     pub range_start: Option<RangeStart>,
     /// Stop every GET body after this many bytes until [`Server::release`].
     pub hold_after: Option<u64>,
+    /// Read this many requests and send nothing back, not even a status
+    /// line, until the client goes away or the server stops.
+    pub stall_first: u32,
+    /// Send this many bodies one byte at a time, pausing this long after
+    /// each byte (a server that trickles).
+    pub trickle: Option<(Duration, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +85,8 @@ struct Shared {
     gate: Condvar,
     /// Bytes of held bodies sent so far (for tests that wait for a holder).
     held: Mutex<u32>,
+    /// Requests answered with silence ([`Faults::stall_first`]).
+    stalled: Mutex<u32>,
     stopping: AtomicBool,
 }
 
@@ -235,6 +245,11 @@ impl Server {
     /// How many responses are being held right now.
     pub fn holding(&self) -> u32 {
         *self.shared.held.lock().unwrap()
+    }
+
+    /// How many requests were left unanswered ([`Faults::stall_first`]).
+    pub fn stalled(&self) -> u32 {
+        *self.shared.stalled.lock().unwrap()
     }
 
     pub fn handshake_failures(&self) -> Vec<String> {
@@ -509,6 +524,15 @@ fn exchange(
         f.fail_first -= 1;
         return simple(out, 500, "", "oops\n", head).map(|k| k && !close);
     }
+    if f.stall_first > 0 {
+        f.stall_first -= 1;
+        drop(f);
+        *shared.stalled.lock().unwrap() += 1;
+        while !shared.stopping.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        return Ok(false);
+    }
     let Some(body) = shared.files.lock().unwrap().get(&path).cloned() else {
         drop(f);
         return simple(out, 404, "", "not found\n", head).map(|k| k && !close);
@@ -571,6 +595,13 @@ fn exchange(
     let overstate = f.overstate.unwrap_or(0);
     let chunked = f.chunked;
     let hold = if head { None } else { f.hold_after };
+    let trickle = match &mut f.trickle {
+        Some((pause, times)) if *times > 0 && !head => {
+            *times -= 1;
+            Some(*pause)
+        }
+        _ => None,
+    };
     drop(f);
 
     let len = total - from;
@@ -599,8 +630,27 @@ fn exchange(
         Some(n) => (from + n).min(total),
         None => total,
     };
+    if let Some(pause) = trickle {
+        // One byte, a pause, the next: until the client gives up.
+        for byte in body[from as usize..end as usize].chunks(1) {
+            write_body(out, byte, chunked)?;
+            out.flush()?;
+            let until = std::time::Instant::now() + pause;
+            while std::time::Instant::now() < until {
+                if shared.stopping.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
     let mut sent = 0u64;
-    for chunk in body[from as usize..end as usize].chunks(64 * 1024) {
+    let rest = if trickle.is_some() {
+        &body[end as usize..end as usize]
+    } else {
+        &body[from as usize..end as usize]
+    };
+    for chunk in rest.chunks(64 * 1024) {
         let mut chunk = chunk;
         if let Some(n) = hold
             && sent < n

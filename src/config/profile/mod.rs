@@ -14,6 +14,7 @@ use crate::config::manifest::BoardInfo;
 pub use model::*;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::Value;
+pub use validate::hostname_error;
 
 pub const CLUSTER_FILE: &str = "cluster.yaml";
 pub const NODES_DIR: &str = "nodes";
@@ -292,6 +293,8 @@ fn has_path(v: &Value, segments: &[&str]) -> bool {
 fn read_yaml(path: &Path, root: &Path) -> Result<Value, Problem> {
     use crate::config::read::{read_text, sanitize};
     let text = read_text(path, root).map_err(|e| Problem::file(path, e))?;
+    crate::util::prescan::yaml("the file", text.as_bytes(), crate::util::prescan::CONFIG)
+        .map_err(|e| Problem::file(path, e.to_string()))?;
     let value: Value = serde_yaml_ng::from_str(&text).map_err(|e| {
         Problem::file(
             path,
