@@ -8,7 +8,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::support::project::Project;
+use crate::support::project::{Project, repo_overrides};
 use crate::support::{bytes::*, fixtures::*, harness::*};
 use imgbuild::image::{Partition, PartitionTable, Region};
 
@@ -409,23 +409,11 @@ fn nuc_shrunk_output_is_clean_and_equal_to_stock_size() {
     shrunk_vs_stock(&big().nuc, "nuc2.nuc.img", 15, 1);
 }
 
-/// A copy of the shipped profiles with `extra` appended to node02's file;
-/// builds then name the repository's manifests (or `manifests`) and overlays.
+/// A copy of the shipped profiles with `node02_extra` appended to node02's file.
 fn profiles_with(node02_extra: &str) -> Project {
     let proj = Project::example();
     proj.append("profiles/nodes/node02.yaml", node02_extra);
     proj
-}
-
-/// `--manifests` (the repository's, or `manifests`) and `--overlays` (the repository's).
-fn repo_dirs(manifests: Option<&Path>) -> Vec<String> {
-    let manifests = manifests.map_or_else(|| repo().join("firmware-manifests"), Path::to_path_buf);
-    vec![
-        "--manifests".into(),
-        manifests.display().to_string(),
-        "--overlays".into(),
-        repo().join("overlays").display().to_string(),
-    ]
 }
 
 fn assert_no_output(dir: &Path) {
@@ -443,7 +431,7 @@ fn node_headroom_setting_sizes_the_root() {
     let proj = profiles_with("shrink:\n  headroom_mib: 64\n");
     let rep = proj
         .bake_from("node02.rk1.img", &big().rk1.path)
-        .args(repo_dirs(None))
+        .args(repo_overrides())
         .json();
     let s = &rep[0]["shrink"];
     assert_eq!(s["headroom_bytes"].as_u64(), Some(64 << 20), "{s}");
@@ -474,7 +462,7 @@ fn node_headroom_setting_sizes_the_root() {
 #[test]
 fn zero_headroom_is_refused_by_check() {
     let proj = profiles_with("shrink:\n  headroom_mib: 0\n");
-    let r = proj.imgbuild(repo_dirs(None)).arg("check").expect_exit(3);
+    let r = proj.imgbuild(repo_overrides()).arg("check").expect_exit(3);
     assert!(r.text.contains("shrink.headroom_mib"), "{}", r.text);
 }
 
@@ -518,7 +506,9 @@ fn manifest_without_root_is_last_keeps_the_stock_size_with_a_warning() {
     ));
     let r = proj
         .bake_from("node02.rk1.img", &big().rk1.path)
-        .args(repo_dirs(Some(&manifests)))
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--overlays", repo().join("overlays").to_str().unwrap()])
         .ok();
     let rep = r.json();
     assert_eq!(rep[0]["shrink"]["shrunk"].as_bool(), Some(false));
@@ -559,7 +549,7 @@ fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
     std::fs::remove_file(&filler).unwrap();
     let r = proj
         .bake_from("node02.rk1.img", &fx.path)
-        .args(repo_dirs(None))
+        .args(repo_overrides())
         .ok();
     let err = &r.stderr;
     assert!(
@@ -568,7 +558,7 @@ fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
     );
     let stock = proj.mkdir("stock");
     proj.bake_from("stock/node02.rk1.img", &fx.path)
-        .args(repo_dirs(None))
+        .args(repo_overrides())
         .arg("--no-shrink")
         .cwd(&stock)
         .ok();

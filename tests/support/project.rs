@@ -216,6 +216,17 @@ pub fn base(board: &str) -> &'static Path {
     &fixture(board).path
 }
 
+/// `--manifests` and `--overlays` naming the repository's directories (the
+/// same files as the built-in ones, as override directories).
+pub fn repo_overrides() -> Vec<String> {
+    vec![
+        "--manifests".into(),
+        repo().join("firmware-manifests").display().to_string(),
+        "--overlays".into(),
+        repo().join("overlays").display().to_string(),
+    ]
+}
+
 /// `--base <board>=<fixture>` for every board.
 pub fn bases() -> Vec<String> {
     ["rk1", "cm4", "nuc"]
@@ -250,6 +261,14 @@ impl Cmd {
         self
     }
 
+    pub fn envs<K: AsRef<OsStr>, V: AsRef<OsStr>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Cmd {
+        self.cmd.envs(vars);
+        self
+    }
+
     pub fn env_remove(mut self, k: impl AsRef<OsStr>) -> Cmd {
         self.cmd.env_remove(k);
         self
@@ -258,6 +277,19 @@ impl Cmd {
     /// Runs in `dir` instead of the project directory.
     pub fn cwd(mut self, dir: impl AsRef<Path>) -> Cmd {
         self.cmd.current_dir(dir);
+        self
+    }
+
+    /// Runs with the file mode creation mask `mask`.
+    pub fn umask(mut self, mask: libc::mode_t) -> Cmd {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask(2) is async-signal-safe and touches no memory.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                libc::umask(mask);
+                Ok(())
+            })
+        };
         self
     }
 
