@@ -337,6 +337,24 @@ pub fn fat_cat(part: &Path, name: &str) -> Vec<u8> {
     .stdout
 }
 
+/// Asserts that `cloud-init schema` accepts `user_data` (written to a file
+/// under `work`).
+pub fn cloud_init_schema(user_data: &[u8], work: &Path) {
+    let f = work.join("user-data.check");
+    std::fs::write(&f, user_data).unwrap();
+    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
+    assert_eq!(
+        code,
+        0,
+        "cloud-init schema rejects user-data:\n{out}\n{}",
+        String::from_utf8_lossy(user_data)
+    );
+    assert!(
+        out.contains("Valid cloud-config") || out.contains("Valid schema"),
+        "{out}"
+    );
+}
+
 /// What cloud-init itself makes of a NoCloud seed (`meta-data`, `user-data`):
 /// read with its NoCloud directory reader, user-data validated strictly against
 /// its schema (tests/fixtures/cloudinit_seed.py, run by the system Python that

@@ -168,6 +168,13 @@ pub fn sh_status(cmd: &str) -> (i32, String) {
     )
 }
 
+/// The digest `sha256sum` computes for `path` (an independent check of the
+/// digests imgbuild records).
+pub fn sha256sum(path: &Path) -> String {
+    let out = sh(&format!("sha256sum {}", q(path)));
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

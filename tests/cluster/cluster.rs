@@ -2,38 +2,25 @@
 //! with openssl, sha256sum, ext4-view and cloud-init; secrets kept, private
 //! and never printed.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use support::http;
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+use crate::support::http;
+use crate::support::mirror::{K3S_VERSION, env};
+use crate::support::project::{Project, base, board_of, repo_overrides};
+use crate::support::{bytes::*, fixtures::*, harness::*};
 
-/// Bakes `target` with the shipped profiles into `dir`; returns (image, stdout+stderr).
-fn bake(dir: &Path, target: &str, base: &Path, extra: &[&str]) -> (PathBuf, String) {
-    let out = dir.join(target);
-    let profiles = repo().join("profiles");
-    let mut args = vec![
-        "-v",
-        "--profiles",
-        profiles.to_str().unwrap(),
-        "--base",
-        base.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args.push(out.to_str().unwrap());
-    let r = imgbuild(dir, &args);
-    let t = text(&r);
-    assert!(r.status.success(), "{t}");
-    (out, t)
+/// Bakes `target` (verbose) from the fixture of its board; returns (image, stdout+stderr).
+fn bake(p: &Project, target: &str, extra: &[&str]) -> (PathBuf, String) {
+    let out = p.join(target);
+    let r = p
+        .imgbuild(["-v", "--base"])
+        .arg(base(&board_of(&out)))
+        .args(extra)
+        .arg(&out)
+        .ok();
+    (out, r.text)
 }
 
 fn root_fs(layout: &Layout, image: &Path, index: u32, work: &Path) -> (ext4_view::Ext4, PathBuf) {
@@ -84,10 +71,10 @@ fn assert_known_keys(v: &serde_yaml_ng::Value, what: &str) {
 fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     let fx = fixtures();
     let e = env();
-    let w = scratch();
-    let (server_img, _) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &[]);
-    let (agent_img, _) = bake(w.path(), "node02.rk1.img", &fx.rk1.path, &[]);
-    let (gpu_img, _) = bake(w.path(), "ws03.nuc.img", &fx.nuc.path, &[]);
+    let w = Project::example();
+    let (server_img, _) = bake(&w, "node01.cm4.img", &[]);
+    let (agent_img, _) = bake(&w, "node02.rk1.img", &[]);
+    let (gpu_img, _) = bake(&w, "ws03.nuc.img", &[]);
 
     // --- the cluster-init server (CM4) ---
     let sw = w.path().join("server");
@@ -123,8 +110,7 @@ fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     }
     assert_eq!(mode(&fs, &format!("{tls}/service.key")), 0o600);
     let server_ca = sw.join("server-ca");
-    let hash = String::from_utf8(sh(&format!("sha256sum {}", q(&server_ca))).stdout).unwrap()[..64]
-        .to_string();
+    let hash = sha256sum(&server_ca);
     let cfg = yaml(&fs, "/etc/rancher/k3s/config.yaml");
     assert_eq!(mode(&fs, "/etc/rancher/k3s/config.yaml"), 0o600);
     assert_known_keys(&cfg, "server config.yaml");
@@ -331,10 +317,7 @@ fn the_example_cluster_bakes_into_nodes_that_join_securely() {
     );
     assert_eq!(swap["failSwapOn"].as_bool(), Some(false));
     let ud = fs.read("/var/lib/cloud/seed/nocloud/user-data").unwrap();
-    let f = gw.join("ud");
-    std::fs::write(&f, &ud).unwrap();
-    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
-    assert_eq!(code, 0, "{out}");
+    cloud_init_schema(&ud, &gw);
     let ud: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&ud).unwrap();
     assert!(ud["runcmd"].as_sequence().unwrap().len() >= 3);
     assert_eq!(ud["power_state"]["mode"].as_str(), Some("reboot"));
@@ -363,12 +346,12 @@ fn file_hashes(dir: &Path) -> BTreeMap<String, (String, u32)> {
 #[test]
 fn secrets_are_kept_private_reused_and_never_printed() {
     let fx = fixtures();
-    let w = scratch();
+    let w = Project::example();
     // A secrets directory of its own: what exists does not depend on which
-    // other tests of this binary ran first.
-    let own = w.path().join("secrets");
+    // other tests ran first.
+    let own = w.secrets();
     let sd = own.to_str().unwrap();
-    let (_, log1) = bake(w.path(), "node01.cm4.img", &fx.cm4.path, &["--secrets", sd]);
+    let (_, log1) = bake(&w, "node01.cm4.img", &["--secrets", sd]);
     let before = file_hashes(&own);
     assert!(before.len() >= 13, "{before:?}");
     for (rel, (_, m)) in &before {
@@ -378,12 +361,7 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         std::fs::metadata(&own).unwrap().permissions().mode() & 0o777,
         0o700
     );
-    let (_, log2) = bake(
-        w.path(),
-        "node01.cm4.img",
-        &fx.cm4.path,
-        &["--format", "img", "--secrets", sd],
-    );
+    let (_, log2) = bake(&w, "node01.cm4.img", &["--format", "img", "--secrets", sd]);
     // Rebuilding the cluster-init server warns that, flashed by other means
     // onto a running cluster, it would start a new one.
     assert!(
@@ -395,17 +373,10 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         assert_eq!(after.get(rel), Some(v), "{rel} changed on a second build");
     }
     // Host key fingerprint: the baked key is the kept one.
-    let hosts = text(&imgbuild(
-        w.path(),
-        &[
-            "secrets",
-            "--known-hosts",
-            "--secrets",
-            sd,
-            "--profiles",
-            repo().join("profiles").to_str().unwrap(),
-        ],
-    ));
+    let hosts = w
+        .imgbuild(["secrets", "--known-hosts", "--secrets", sd])
+        .run()
+        .text;
     let pubkey =
         std::fs::read_to_string(own.join("nodes/node01/ssh_host_ed25519_key.pub")).unwrap();
     let key_b64 = pubkey.split_whitespace().nth(1).unwrap();
@@ -443,59 +414,42 @@ fn secrets_are_kept_private_reused_and_never_printed() {
         }),
     )
     .collect();
-    let profiles = repo().join("profiles");
-    let p = profiles.to_str().unwrap();
     let mut outputs = vec![log1, log2];
     for args in [
-        vec!["check", "--secrets", sd, "--profiles", p],
-        vec!["render", "node01", "--secrets", sd, "--profiles", p],
-        vec![
-            "render",
-            "node01",
-            "--json",
-            "--secrets",
-            sd,
-            "--profiles",
-            p,
-        ],
-        vec!["secrets", "--secrets", sd, "--profiles", p],
+        vec!["check", "--secrets", sd],
+        vec!["render", "node01", "--secrets", sd],
+        vec!["render", "node01", "--json", "--secrets", sd],
+        vec!["secrets", "--secrets", sd],
         vec!["cache", "list"],
     ] {
-        let r = imgbuild(w.path(), &args);
-        assert!(r.status.success(), "{args:?}: {}", text(&r));
-        outputs.push(text(&r));
+        outputs.push(w.imgbuild(&args).ok().text);
     }
-    let img = w.path().join("node01.cm4.img");
+    let img = w.join("node01.cm4.img");
     for args in [
         vec!["inspect", img.to_str().unwrap()],
         vec!["inspect", "--json", img.to_str().unwrap()],
     ] {
-        let r = imgbuild(w.path(), &args);
         // A scan of a crashed command's output would prove nothing.
-        assert!(r.status.success(), "{args:?}: {}", text(&r));
-        assert!(text(&r).contains("node01"), "{args:?}: {}", text(&r));
-        outputs.push(text(&r));
+        let r = w.imgbuild(&args).ok();
+        assert!(r.text.contains("node01"), "{args:?}: {}", r.text);
+        outputs.push(r.text);
     }
     // Failures must not leak either: a bad base after secrets are loaded.
-    let failed = imgbuild(
-        w.path(),
-        &[
+    let failed = w
+        .imgbuild([
             "--secrets",
             sd,
-            "--profiles",
-            p,
             "--base",
             fx.rk1.path.to_str().unwrap(),
             "x/node01.cm4.img",
-        ],
-    );
-    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+        ])
+        .expect_exit(1);
     assert!(
-        text(&failed).contains("not a usable cm4 base image"),
+        failed.text.contains("not a usable cm4 base image"),
         "{}",
-        text(&failed)
+        failed.text
     );
-    outputs.push(text(&failed));
+    outputs.push(failed.text);
     for s in &secrets {
         assert!(s.len() >= 16, "secret value too short to scan for: {s:?}");
     }
@@ -507,47 +461,25 @@ fn secrets_are_kept_private_reused_and_never_printed() {
             );
         }
     }
-    let inv = imgbuild(w.path(), &["secrets", "--secrets", sd, "--profiles", p]);
-    assert!(inv.status.success(), "{}", text(&inv));
-    let inv = text(&inv);
+    let inv = w.imgbuild(["secrets", "--secrets", sd]).ok().text;
     assert!(
         inv.contains("cluster/tls/server-ca.key") && inv.contains("never shown"),
         "{inv}"
     );
     // The token is printed only when asked for.
-    let tok = imgbuild(
-        w.path(),
-        &[
-            "secrets",
-            "--print-token",
-            "server",
-            "--secrets",
-            sd,
-            "--profiles",
-            p,
-        ],
-    );
-    assert!(tok.status.success(), "{}", text(&tok));
-    let tok = String::from_utf8(tok.stdout).unwrap();
+    let tok = w
+        .imgbuild(["secrets", "--print-token", "server", "--secrets", sd])
+        .ok()
+        .stdout;
     assert!(
         tok.trim().starts_with("K10") && tok.contains(&secrets[0]),
         "{tok}"
     );
     // The agent token: the node form with the agent password, not the server's.
-    let agent = imgbuild(
-        w.path(),
-        &[
-            "secrets",
-            "--print-token",
-            "agent",
-            "--secrets",
-            sd,
-            "--profiles",
-            p,
-        ],
-    );
-    assert!(agent.status.success(), "{}", text(&agent));
-    let agent = String::from_utf8(agent.stdout).unwrap();
+    let agent = w
+        .imgbuild(["secrets", "--print-token", "agent", "--secrets", sd])
+        .ok()
+        .stdout;
     let ca_hash = tok.trim()[3..].split("::").next().unwrap().to_string();
     assert_eq!(
         agent.trim(),
@@ -559,27 +491,22 @@ fn secrets_are_kept_private_reused_and_never_printed() {
 #[test]
 fn a_readable_secrets_directory_is_refused() {
     let fx = fixtures();
-    let w = scratch();
-    let dir = w.path().join("open-secrets");
-    std::fs::create_dir(&dir).unwrap();
+    let w = Project::example();
+    let dir = w.mkdir("open-secrets");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let r = imgbuild(
-        w.path(),
-        &[
+    let r = w
+        .imgbuild([
             "--secrets",
             dir.to_str().unwrap(),
-            "--profiles",
-            repo().join("profiles").to_str().unwrap(),
             "--base",
             fx.rk1.path.to_str().unwrap(),
             "node02.rk1.img",
-        ],
-    );
-    assert_eq!(r.status.code(), Some(1));
+        ])
+        .expect_exit(1);
     assert!(
-        text(&r).contains("readable by others (mode 0755)") && text(&r).contains("chmod 700"),
+        r.text.contains("readable by others (mode 0755)") && r.text.contains("chmod 700"),
         "{}",
-        text(&r)
+        r.text
     );
     assert!(
         std::fs::read_dir(&dir).unwrap().next().is_none(),
@@ -590,7 +517,7 @@ fn a_readable_secrets_directory_is_refused() {
 #[test]
 fn a_k3s_mirror_with_a_wrong_digest_is_refused() {
     let fx = fixtures();
-    let w = scratch();
+    let w = Project::example();
     let mirror = http::Server::start(http::Faults::default());
     let tag = K3S_VERSION.replace('+', "%2B");
     mirror.put(&format!("/{tag}/k3s-arm64"), b"tampered".to_vec());
@@ -607,64 +534,37 @@ fn a_k3s_mirror_with_a_wrong_digest_is_refused() {
         )
         .into_bytes(),
     );
-    let out = command()
-        .args([
-            "--profiles",
-            repo().join("profiles").to_str().unwrap(),
-            "--base",
-            fx.rk1.path.to_str().unwrap(),
-            "--retries",
-            "1",
-        ])
-        .arg(w.path().join("node02.rk1.img"))
-        .env("IMGBUILD_SECRETS", w.path().join("s"))
-        .env("IMGBUILD_CACHE_DIR", w.path().join("c"))
+    let t = w
+        .imgbuild(["--base", fx.rk1.path.to_str().unwrap(), "--retries", "1"])
+        .arg(w.join("node02.rk1.img"))
         .env(
             "IMGBUILD_K3S_MIRROR",
             format!("http://127.0.0.1:{}", mirror.port),
         )
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("sha256 mismatch") && t.contains(&"1".repeat(64)),
         "{t}"
     );
-    assert!(!w.path().join("node02.rk1.img").exists());
+    assert!(!w.join("node02.rk1.img").exists());
 }
 
 #[test]
 fn preflight_checks_catch_clusters_that_cannot_form() {
     let check = |edits: &[(&str, &str)]| {
-        let dir = scratch();
-        sh(&format!(
-            "cp -r {} {}",
-            q(&repo().join("profiles")),
-            q(dir.path())
-        ));
+        let p = Project::example();
         for (f, body) in edits {
-            std::fs::write(dir.path().join("profiles").join(f), body).unwrap();
+            p.write(&format!("profiles/{f}"), body);
         }
-        let out = imgbuild(
-            dir.path(),
-            &[
-                "check",
-                "--profiles",
-                "profiles",
-                "--manifests",
-                repo().join("firmware-manifests").to_str().unwrap(),
-                "--overlays",
-                repo().join("overlays").to_str().unwrap(),
-            ],
-        );
-        (out.status.code(), text(&out))
+        let out = p.imgbuild(["check"]).args(repo_overrides()).run();
+        (out.code, out.text)
     };
     let (code, t) = check(&[(
         "nodes/node01.yaml",
         "board: cm4\nturing_pi: {board: tp1, slot: 1}\nk3s: {role: server}\n",
     )]);
-    assert_eq!(code, Some(3), "{t}");
+    assert_eq!(code, 3, "{t}");
     assert!(
         t.contains("exactly one server must create the cluster"),
         "{t}"

@@ -6,120 +6,59 @@
 //! image archives, blobs and charts; `render` and `check` show what a build
 //! adds.
 
-mod support {
-    pub mod bytes;
-    pub mod chart;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-    pub mod registry;
-}
-
 use std::path::{Path, PathBuf};
 
-use support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
-use support::{fixtures::*, harness::*, mirror::*};
+use crate::support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
+use crate::support::http;
+use crate::support::mirror::K3S_VERSION;
+use crate::support::project::Project;
+use crate::support::registry::{Registry, ServedImage};
+use crate::support::{fixtures::*, harness::*};
 
-/// A copy of `docs/examples/ha` as `profiles/` in a scratch directory, with
-/// a cm4 manifest whose stock image is the test fixture (a file:// URL).
-struct Ws {
-    dir: tempfile::TempDir,
-}
-
-impl Ws {
-    fn new() -> Ws {
-        let dir = scratch();
-        sh(&format!(
-            "cp -r {} {}",
-            q(&repo().join("docs/examples/ha")),
-            q(&dir.path().join("profiles"))
-        ));
-        let ws = Ws { dir };
-        let fx = fixtures();
-        let sum = String::from_utf8(sh(&format!("sha256sum {}", q(&fx.cm4.path))).stdout).unwrap();
-        let mut v: serde_yaml_ng::Value = serde_yaml_ng::from_str(
-            &std::fs::read_to_string(repo().join("firmware-manifests/cm4.yaml")).unwrap(),
-        )
-        .unwrap();
-        let mut source = serde_yaml_ng::Mapping::new();
-        source.insert(
-            "url".into(),
-            format!("file://{}", fx.cm4.path.display()).into(),
-        );
-        source.insert("sha256".into(), sum[..64].into());
-        v["source"] = source.into();
-        std::fs::create_dir_all(ws.manifests()).unwrap();
-        std::fs::write(
-            ws.manifests().join("cm4.yaml"),
-            serde_yaml_ng::to_string(&v).unwrap(),
-        )
-        .unwrap();
-        ws
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn profiles(&self) -> PathBuf {
-        self.path().join("profiles")
-    }
-    fn manifests(&self) -> PathBuf {
-        self.path().join("firmware-manifests")
-    }
-    fn cache(&self) -> PathBuf {
-        self.path().join("cache")
-    }
-    fn edit(&self, file: &str, from: &str, to: &str) {
-        let p = self.profiles().join(file);
-        let t = std::fs::read_to_string(&p).unwrap();
-        assert!(t.contains(from), "{file} has no {from:?}");
-        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
-    }
-    /// imgbuild with the test's profiles, manifests, cache and k3s mirror.
-    fn run(&self, args: &[&str]) -> Run {
-        let e = env();
-        let out = command()
-            .args(["--profiles", self.profiles().to_str().unwrap()])
-            .args(["--manifests", self.manifests().to_str().unwrap()])
-            .args(["--cache-dir", self.cache().to_str().unwrap()])
-            .args(args)
-            .current_dir(self.path())
-            .env_remove("IMGBUILD_PROFILES")
-            .env_remove("IMGBUILD_REGISTRY_AUTH")
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env("IMGBUILD_SECRETS", e.secrets())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-            .output()
+/// The HA example (`docs/examples/ha`) with a cm4 manifest whose stock
+/// image is the test fixture (a file:// URL).
+fn ha_with_local_cm4() -> Project {
+    let ws = Project::ha();
+    let fx = fixtures();
+    let mut v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(ws.override_manifest("cm4")).unwrap())
             .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            text: text(&out),
-        }
-    }
+    let mut source = serde_yaml_ng::Mapping::new();
+    source.insert(
+        "url".into(),
+        format!("file://{}", fx.cm4.path.display()).into(),
+    );
+    source.insert("sha256".into(), sha256sum(&fx.cm4.path).into());
+    v["source"] = source.into();
+    ws.write(
+        "firmware-manifests/cm4.yaml",
+        serde_yaml_ng::to_string(&v).unwrap(),
+    );
+    ws
 }
 
 /// The HA example with kube-vip and an app image from the fake registry, and
 /// a bootstrap manifest and chart (served by `charts`).
 struct Served {
-    reg: support::registry::Registry,
-    kv: support::registry::ServedImage,
-    app: support::registry::ServedImage,
-    charts: support::http::Server,
+    reg: Registry,
+    kv: ServedImage,
+    app: ServedImage,
+    charts: http::Server,
     chart_digest: String,
 }
 
-fn serve(ws: &Ws) -> Served {
-    let reg = support::registry::Registry::start();
+fn serve(ws: &Project) -> Served {
+    let reg = Registry::start();
     let kv = reg.serve_image("kube-vip/kube-vip", false);
     let app = reg.serve_image("team/app", false);
     ws.edit(
-        "cluster.yaml",
+        "profiles/cluster.yaml",
         "  vip:\n",
         &format!("  vip:\n    image: {}\n", kv.reference),
     );
     let tgz = chart_tgz(ws.path(), PLAIN_TEMPLATE);
     let chart_digest = sha256_hex(&tgz);
-    let charts = support::http::Server::start(Default::default());
+    let charts = http::Server::start(Default::default());
     charts.put("/charts/demo-0.1.0.tgz", tgz);
     let m = ws.profiles().join("manifests");
     std::fs::create_dir_all(&m).unwrap();
@@ -129,7 +68,7 @@ fn serve(ws: &Ws) -> Served {
     )
     .unwrap();
     ws.edit(
-        "cluster.yaml",
+        "profiles/cluster.yaml",
         "\ndefaults:",
         &format!(
             "  images: [\"{}\"]\n  bootstrap:\n    manifests: [gitops.yaml]\n    charts:\n      - name: demo\n        repo: http://127.0.0.1:{}/charts\n        chart: demo\n        version: 0.1.0\n        sha256: {chart_digest}\n        namespace: demo\n\ndefaults:",
@@ -147,9 +86,9 @@ fn serve(ws: &Ws) -> Served {
 
 #[test]
 fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_missing() {
-    let ws = Ws::new();
+    let ws = ha_with_local_cm4();
     let s = serve(&ws);
-    let r = ws.run(&["fetch", "cm4"]);
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     for want in [
         "cm4: ".to_string(),
@@ -166,7 +105,7 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 
     // --json (offline: all of it is in the cache now): the same, by board and
     // by what each extra is, each path in the cache.
-    let r = ws.run(&["--offline", "fetch", "cm4", "--json"]);
+    let r = ws.imgbuild(["--offline", "fetch", "cm4", "--json"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let v: serde_json::Value = serde_json::Deserializer::from_str(&r.text)
         .into_iter()
@@ -192,7 +131,9 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 
     // Offline, from the cache alone (the stock image too: no --base).
     let out = ws.path().join("node01.cm4.img");
-    let r = ws.run(&["--offline", "--sums", out.to_str().unwrap()]);
+    let r = ws
+        .imgbuild(["--offline", "--sums", out.to_str().unwrap()])
+        .run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert_eq!(s.reg.log().len(), registry_before, "{:?}", s.reg.log());
     assert_eq!(s.charts.requests().len(), charts_before);
@@ -212,7 +153,9 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     }
     // What `render` plans (offline, from the profiles) is what the build
     // baked: the same paths, read back with ext4-view after `e2fsck -fn`.
-    let r = ws.run(&["--offline", "render", "node01", "--json"]);
+    let r = ws
+        .imgbuild(["--offline", "render", "node01", "--json"])
+        .run();
     assert_eq!(r.code, 0, "{}", r.text);
     let json_start = r.text.find('[').unwrap();
     let entries: serde_json::Value = serde_json::Deserializer::from_str(&r.text[json_start..])
@@ -253,7 +196,7 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     std::fs::remove_dir_all(&work).unwrap();
 
     // A second fetch finds everything in the cache.
-    let r = ws.run(&["fetch", "cm4"]);
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert_eq!(s.reg.log().len(), registry_before);
     assert_eq!(s.charts.requests().len(), charts_before);
@@ -263,7 +206,7 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
     let aside = ws.path().join("oci-aside");
     std::fs::rename(&oci, &aside).unwrap();
     let again = ws.path().join("again/node01.cm4.img");
-    let r = ws.run(&["--offline", again.to_str().unwrap()]);
+    let r = ws.imgbuild(["--offline", again.to_str().unwrap()]).run();
     assert_ne!(r.code, 0, "{}", r.text);
     for want in [
         format!(
@@ -279,7 +222,7 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 
     // Without the chart: the same, naming the chart.
     std::fs::remove_file(ws.cache().join("assets").join(&s.chart_digest)).unwrap();
-    let r = ws.run(&["--offline", again.to_str().unwrap()]);
+    let r = ws.imgbuild(["--offline", again.to_str().unwrap()]).run();
     assert_ne!(r.code, 0, "{}", r.text);
     for want in [
         "--offline: chart demo (demo 0.1.0, http://127.0.0.1:",
@@ -295,9 +238,9 @@ fn fetch_then_offline_build_needs_no_network_and_without_fetch_names_what_is_mis
 
 #[test]
 fn fetch_refuses_profiles_that_do_not_load() {
-    let ws = Ws::new();
-    ws.edit("nodes/node02.yaml", "role: server", "role: boss");
-    let r = ws.run(&["fetch", "cm4"]);
+    let ws = ha_with_local_cm4();
+    ws.edit("profiles/nodes/node02.yaml", "role: server", "role: boss");
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_eq!(r.code, 3, "{}", r.text);
     assert!(r.text.contains("node02.yaml"), "{}", r.text);
     assert!(r.text.contains("boss"), "{}", r.text);
@@ -306,7 +249,7 @@ fn fetch_refuses_profiles_that_do_not_load() {
 
 #[test]
 fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
-    let ws = Ws::new();
+    let ws = ha_with_local_cm4();
     let s = serve(&ws);
     let (_, layer) = &s.app.per_arch["arm64"];
     let blob = format!("/v2/team/app/blobs/sha256:{layer}");
@@ -321,7 +264,7 @@ fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
 
     // One 503: retried after a pause, and the blob lands verified.
     s.reg.fail(&blob, 503, 1);
-    let r = ws.run(&["fetch", "cm4"]);
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(
         r.text.contains("HTTP 503") && r.text.contains("retrying in 0.5 s (attempt 2 of 6)"),
@@ -336,7 +279,7 @@ fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
     std::fs::remove_dir_all(ws.cache().join("oci")).unwrap();
     std::fs::remove_file(&cached).unwrap();
     s.reg.fail(&blob, 503, 100);
-    let r = ws.run(&["--retries", "2", "fetch", "cm4"]);
+    let r = ws.imgbuild(["--retries", "2", "fetch", "cm4"]).run();
     assert_ne!(r.code, 0, "{}", r.text);
     assert!(
         r.text
@@ -349,7 +292,7 @@ fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
 
     // A 4xx is an answer: no retry.
     s.reg.fail(&blob, 403, 100);
-    let r = ws.run(&["fetch", "cm4"]);
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_ne!(r.code, 0, "{}", r.text);
     assert!(r.text.contains("HTTP 403"), "{}", r.text);
     assert!(!r.text.contains("retrying"), "{}", r.text);
@@ -363,7 +306,7 @@ fn registry_downloads_retry_5xx_with_backoff_but_not_4xx() {
 
 #[test]
 fn render_and_check_list_what_the_build_adds_without_downloading() {
-    let ws = Ws::new();
+    let ws = ha_with_local_cm4();
     let s = serve(&ws);
     let manifest_sum = String::from_utf8(
         sh(&format!(
@@ -380,7 +323,7 @@ fn render_and_check_list_what_the_build_adds_without_downloading() {
 
     // The cluster-init server: the manifest, the chart and both images, with
     // their digests; offline, with an empty cache.
-    let r = ws.run(&["--offline", "render", "node01"]);
+    let r = ws.imgbuild(["--offline", "render", "node01"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let line = |path: &str| {
         r.text
@@ -416,7 +359,7 @@ fn render_and_check_list_what_the_build_adds_without_downloading() {
     assert!(!ws.cache().join("oci").exists() && !ws.cache().join("assets").exists());
 
     // An agent: only the app image, for its own architecture.
-    let r = ws.run(&["--offline", "render", "node04"]);
+    let r = ws.imgbuild(["--offline", "render", "node04"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(r.text.contains(&format!("{images}/{app}")), "{}", r.text);
     assert!(
@@ -426,7 +369,7 @@ fn render_and_check_list_what_the_build_adds_without_downloading() {
     );
 
     // `check` lists the same per node.
-    let r = ws.run(&["--offline", "check"]);
+    let r = ws.imgbuild(["--offline", "check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let has = |node: &str, path: &str| {
         r.text.lines().any(|l| {
@@ -463,13 +406,13 @@ fn render_and_check_list_what_the_build_adds_without_downloading() {
 
 #[test]
 fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
-    let ws = Ws::new();
+    let ws = ha_with_local_cm4();
     let s = serve(&ws);
-    let r = ws.run(&["fetch", "cm4"]);
+    let r = ws.imgbuild(["fetch", "cm4"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let cache = ws.cache();
     let list = || {
-        let r = ws.run(&["cache", "list", "--json"]);
+        let r = ws.imgbuild(["cache", "list", "--json"]).run();
         assert_eq!(r.code, 0, "{}", r.text);
         let v: serde_json::Value = serde_json::from_str(&r.text[r.text.find('{').unwrap()..])
             .unwrap_or_else(|e| panic!("{e}: {}", r.text));
@@ -511,7 +454,7 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
     let k3s: Vec<_> = entries.iter().filter(|e| e["board"] == "k3s").collect();
     assert_eq!(k3s.len(), 2, "{entries:#?}");
     // The text listing shows them too, with readable sizes.
-    let r = ws.run(&["cache", "list"]);
+    let r = ws.imgbuild(["cache", "list"]).run();
     let line = r
         .text
         .lines()
@@ -525,7 +468,7 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
     // Profiles that cannot be read: nothing of theirs is unreferenced.
     let hidden = ws.path().join("profiles-hidden");
     std::fs::rename(ws.profiles(), &hidden).unwrap();
-    let r = ws.run(&["cache", "clean"]);
+    let r = ws.imgbuild(["cache", "clean"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(r.text.contains("0 entries removed"), "{}", r.text);
     std::fs::rename(&hidden, ws.profiles()).unwrap();
@@ -543,7 +486,7 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
         .iter()
         .map(|e| PathBuf::from(e["path"].as_str().unwrap()))
         .collect();
-    let r = ws.run(&["cache", "clean"]);
+    let r = ws.imgbuild(["cache", "clean"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let gone: Vec<PathBuf> = before.iter().filter(|p| !p.exists()).cloned().collect();
     let app_blobs: Vec<PathBuf> = entries
@@ -582,7 +525,7 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
         .unwrap()
         .set_len(len / 2)
         .unwrap();
-    let r = ws.run(&["cache", "clean"]);
+    let r = ws.imgbuild(["cache", "clean"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(
         r.text
@@ -602,7 +545,7 @@ fn cache_list_and_clean_know_image_archives_blobs_and_charts() {
     assert!(entries.iter().any(|e| e["board"] == "cm4"), "{entries:#?}");
 
     // --all: nothing is left.
-    let r = ws.run(&["cache", "clean", "--all"]);
+    let r = ws.imgbuild(["cache", "clean", "--all"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     let left: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()

@@ -2,37 +2,23 @@
 //! directory, `check` and a bake with only the manifests and overlays built
 //! into the binary, local overrides file by file, `overlays export`.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
-use support::{fixtures::*, harness::*, mirror::env};
+use crate::support::project::{Project, Run};
+use crate::support::{fixtures::*, harness::*};
 
 /// imgbuild in `cwd` with HOME = `home`, nothing from the repository: no
-/// --manifests/--overlays/--secrets, so only built-ins and what is beside
-/// the profiles count (imgbuild never looks further up than that).
-fn run_in(cwd: &Path, home: &Path, args: &[&str]) -> Output {
-    command()
-        .args(args)
-        .current_dir(cwd)
+/// --manifests/--overlays/--secrets and no profiles but those found from
+/// `cwd`, so only built-ins and what is beside the profiles count (imgbuild
+/// never looks further up than that).
+fn run_in(w: &Project, cwd: &Path, home: &Path, args: &[&str]) -> Run {
+    w.imgbuild(args)
+        .cwd(cwd)
         .env("HOME", home)
         .env_remove("XDG_CACHE_HOME")
-        .env("IMGBUILD_CACHE_DIR", env().cache())
-        .env("IMGBUILD_K3S_MIRROR", env().mirror_url())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("imgbuild runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().unwrap_or(-1)
+        .env_remove("IMGBUILD_PROFILES")
+        .env_remove("IMGBUILD_SECRETS")
+        .run()
 }
 
 /// A HOME with an SSH key made by ssh-keygen; returns (home, public key line).
@@ -61,10 +47,11 @@ fn root_files(image: &Path, paths: &[String], work: &Path) -> Vec<(String, Vec<u
 
 #[test]
 fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, key) = home_with_key(w.path());
     let proj = w.path().join("cluster");
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &[
@@ -76,8 +63,8 @@ fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
             "node02=rk1@2",
         ],
     );
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let out = o.text;
+    assert_eq!(o.code, 0, "{out}");
     // It says what it assumed, including which key it took.
     assert!(out.contains("assumed"), "{out}");
     assert!(out.contains("id_ed25519.pub"), "{out}");
@@ -93,19 +80,19 @@ fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
     ));
     assert!(!proj.join("firmware-manifests").exists() && !proj.join("overlays").exists());
 
-    let o = run_in(&proj, &home, &["check"]);
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let o = run_in(&w, &proj, &home, &["check"]);
+    let out = o.text;
+    assert_eq!(o.code, 0, "{out}");
     assert!(out.contains("rk1 (built-in)"), "{out}");
     assert!(out.contains("no overrides"), "{out}");
 
     // A bake from a fixture base with built-in manifests and overlays only.
     let base = format!("rk1={}", fixtures().rk1.path.display());
-    let o = run_in(&proj, &home, &["--base", &base, "dist/node02.rk1.img"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let render = run_in(&proj, &home, &["render", "node02", "--json"]);
-    assert_eq!(code(&render), 0, "{}", text(&render));
-    let listed: serde_json::Value = serde_json::from_slice(&render.stdout).unwrap();
+    let o = run_in(&w, &proj, &home, &["--base", &base, "dist/node02.rk1.img"]);
+    assert_eq!(o.code, 0, "{}", o.text);
+    let render = run_in(&w, &proj, &home, &["render", "node02", "--json"]);
+    assert_eq!(render.code, 0, "{}", render.text);
+    let listed = render.json();
     let files = listed.as_array().unwrap();
     assert!(files.iter().all(|f| f["origin"] == "built_in"), "{listed}");
     let root_paths: Vec<String> = files
@@ -120,12 +107,12 @@ fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
     let local = proj.join("overlays").join(over);
     std::fs::create_dir_all(local.parent().unwrap()).unwrap();
     std::fs::write(&local, "# local override for {{ node.name }}\n").unwrap();
-    let o = run_in(&proj, &home, &["check"]);
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let o = run_in(&w, &proj, &home, &["check"]);
+    let out = o.text;
+    assert_eq!(o.code, 0, "{out}");
     assert!(out.contains("1 overridden") && out.contains(over), "{out}");
-    let o = run_in(&proj, &home, &["render", "node02"]);
-    let out = text(&o);
+    let o = run_in(&w, &proj, &home, &["render", "node02"]);
+    let out = o.text;
     let line = out
         .lines()
         .find(|l| l.contains("/etc/rancher/k3s/config.yaml.d/10-node.yaml"))
@@ -136,8 +123,8 @@ fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
         out.lines().count() - 1,
         "{out}"
     );
-    let o = run_in(&proj, &home, &["--base", &base, "dist2/node02.rk1.img"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(&w, &proj, &home, &["--base", &base, "dist2/node02.rk1.img"]);
+    assert_eq!(o.code, 0, "{}", o.text);
     let after = root_files(&proj.join("dist2/node02.rk1.img"), &root_paths, w.path());
     let changed: Vec<&str> = before
         .iter()
@@ -155,14 +142,14 @@ fn init_check_and_bake_in_an_empty_directory_use_the_built_in_defaults() {
 
 #[test]
 fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, _) = home_with_key(w.path());
-    let o = run_in(w.path(), &home, &["init", "a"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(&w, w.path(), &home, &["init", "a"]);
+    assert_eq!(o.code, 0, "{}", o.text);
     let before = std::fs::read(w.path().join("a/profiles/cluster.yaml")).unwrap();
-    let o = run_in(w.path(), &home, &["init", "a", "--name", "other"]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    let o = run_in(&w, w.path(), &home, &["init", "a", "--name", "other"]);
+    assert_eq!(o.code, 2, "{}", o.text);
+    assert!(o.text.contains("refusing to overwrite"), "{}", o.text);
     assert_eq!(
         std::fs::read(w.path().join("a/profiles/cluster.yaml")).unwrap(),
         before
@@ -171,20 +158,21 @@ fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
     // No key anywhere.
     let empty = w.path().join("empty-home");
     std::fs::create_dir_all(&empty).unwrap();
-    let o = run_in(w.path(), &empty, &["init", "b"]);
-    assert_eq!(code(&o), 2);
-    assert!(text(&o).contains("ssh-keygen"), "{}", text(&o));
+    let o = run_in(&w, w.path(), &empty, &["init", "b"]);
+    assert_eq!(o.code, 2);
+    assert!(o.text.contains("ssh-keygen"), "{}", o.text);
     assert!(!w.path().join("b/profiles").exists());
     // A private key is refused by name, its content never echoed.
     let priv_key = home.join(".ssh/id_ed25519");
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &["init", "b", "--ssh-key", priv_key.to_str().unwrap()],
     );
-    assert_eq!(code(&o), 2);
-    assert!(text(&o).contains("is a private key"), "{}", text(&o));
-    assert!(!text(&o).contains("PRIVATE KEY"), "{}", text(&o));
+    assert_eq!(o.code, 2);
+    assert!(o.text.contains("is a private key"), "{}", o.text);
+    assert!(!o.text.contains("PRIVATE KEY"), "{}", o.text);
     // Bad node specs.
     for (spec, msg) in [
         ("node01", "expected NAME=BOARD[@SLOT]"),
@@ -193,12 +181,13 @@ fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
         ("nuc1=nuc@1", "is not a Turing Pi module"),
         ("x=pi5@1", "no board \"pi5\""),
     ] {
-        let o = run_in(w.path(), &home, &["init", "c", "--node", spec]);
-        assert_eq!(code(&o), 2, "{spec}: {}", text(&o));
-        assert!(text(&o).contains(msg), "{spec}: {}", text(&o));
+        let o = run_in(&w, w.path(), &home, &["init", "c", "--node", spec]);
+        assert_eq!(o.code, 2, "{spec}: {}", o.text);
+        assert!(o.text.contains(msg), "{spec}: {}", o.text);
     }
     // A mixed cluster with a NUC and flags for everything: nothing assumed but the defaults' absence.
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &[
@@ -222,25 +211,25 @@ fn init_refuses_to_overwrite_and_explains_what_it_lacks() {
             home.join(".ssh/id_ed25519.pub").to_str().unwrap(),
         ],
     );
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    assert!(!text(&o).contains("assumed"), "{}", text(&o));
-    assert!(text(&o).contains("cp.cm4, gpu.nuc"), "{}", text(&o));
+    assert_eq!(o.code, 0, "{}", o.text);
+    assert!(!o.text.contains("assumed"), "{}", o.text);
+    assert!(o.text.contains("cp.cm4, gpu.nuc"), "{}", o.text);
 }
 
 #[test]
 fn init_json_reports_the_files_written_what_it_assumed_and_the_check() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, _) = home_with_key(w.path());
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &[
             "init", "j", "--json", "--name", "lab", "--node", "cp=rk1@1", "--node", "gpu=nuc",
         ],
     );
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let v: serde_json::Value =
-        serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    assert_eq!(o.code, 0, "{}", o.text);
+    let v = o.json();
     // Written: exactly the files now in the directory.
     let mut written: Vec<String> = v["written"]
         .as_array()
@@ -295,24 +284,25 @@ fn init_json_reports_the_files_written_what_it_assumed_and_the_check() {
         "{check:#}"
     );
     assert_eq!(check["overlays_overridden"], serde_json::json!([]));
-    let o2 = run_in(&w.path().join("j"), &home, &["check", "--json"]);
-    assert_eq!(code(&o2), 0, "{}", text(&o2));
-    let again: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    let o2 = run_in(&w, &w.path().join("j"), &home, &["check", "--json"]);
+    assert_eq!(o2.code, 0, "{}", o2.text);
+    let again = o2.json();
     assert_eq!(&again, check);
     assert!(check["overlays_builtin"].as_u64().unwrap() > 0);
 }
 
 #[test]
 fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, _) = home_with_key(w.path());
     let out_dir = w.path().join("exported");
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &["overlays", "export", out_dir.to_str().unwrap()],
     );
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code, 0, "{}", o.text);
     // Byte for byte (and mode for mode) the repository's overlays.
     sh(&format!(
         "diff -r {} {}",
@@ -331,20 +321,22 @@ fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
     };
     assert_eq!(modes(&repo().join("overlays")), modes(&out_dir));
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &["overlays", "export", out_dir.to_str().unwrap()],
     );
-    assert_eq!(code(&o), 2);
-    assert!(text(&o).contains("--force"), "{}", text(&o));
+    assert_eq!(o.code, 2);
+    assert!(o.text.contains("--force"), "{}", o.text);
 
     // An exported copy used as the override directory changes nothing.
-    let o = run_in(w.path(), &home, &["init", "p"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(&w, w.path(), &home, &["init", "p"]);
+    assert_eq!(o.code, 0, "{}", o.text);
     let profiles = w.path().join("p/profiles");
     let p = profiles.to_str().unwrap();
-    let builtin = run_in(w.path(), &home, &["render", "node01", "--profiles", p]);
+    let builtin = run_in(&w, w.path(), &home, &["render", "node01", "--profiles", p]);
     let with_copy = run_in(
+        &w,
         w.path(),
         &home,
         &[
@@ -356,9 +348,9 @@ fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
             out_dir.to_str().unwrap(),
         ],
     );
-    assert_eq!(code(&with_copy), 0, "{}", text(&with_copy));
-    let strip = |o: &Output| -> Vec<String> {
-        String::from_utf8_lossy(&o.stdout)
+    assert_eq!(with_copy.code, 0, "{}", with_copy.text);
+    let strip = |o: &Run| -> Vec<String> {
+        o.stdout
             .lines()
             .map(|l| l.split("  from ").next().unwrap().to_string())
             .collect()
@@ -370,6 +362,7 @@ fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
     std::fs::create_dir_all(&bad).unwrap();
     std::fs::write(bad.join("stray.j2"), "x").unwrap();
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &[
@@ -380,59 +373,64 @@ fn overlays_export_writes_the_shipped_tree_and_bad_overrides_are_named() {
             bad.parent().unwrap().to_str().unwrap(),
         ],
     );
-    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(o.code, 3, "{}", o.text);
     assert!(
-        text(&o).contains("bad-overlays/common/stray.j2"),
+        o.text.contains("bad-overlays/common/stray.j2"),
         "{}",
-        text(&o)
+        o.text
     );
     assert!(
-        text(&o).contains("expected a directory named after its target"),
+        o.text
+            .contains("expected a directory named after its target"),
         "{}",
-        text(&o)
+        o.text
     );
     // A missing override directory given by flag.
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &["check", "--profiles", p, "--overlays", "nowhere"],
     );
-    assert_eq!(code(&o), 3, "{}", text(&o));
+    assert_eq!(o.code, 3, "{}", o.text);
     assert!(
-        text(&o).contains("nowhere: the overlays directory does not exist"),
+        o.text
+            .contains("nowhere: the overlays directory does not exist"),
         "{}",
-        text(&o)
+        o.text
     );
     // --no-builtin with no manifest directory has no boards at all.
-    let o = run_in(w.path(), &home, &["check", "--profiles", p, "--no-builtin"]);
-    assert_eq!(code(&o), 3, "{}", text(&o));
-    assert!(text(&o).contains("no firmware manifests"), "{}", text(&o));
+    let o = run_in(
+        &w,
+        w.path(),
+        &home,
+        &["check", "--profiles", p, "--no-builtin"],
+    );
+    assert_eq!(o.code, 3, "{}", o.text);
+    assert!(o.text.contains("no firmware manifests"), "{}", o.text);
     // A broken local manifest is named by its file, and replaces the built-in one.
     let m = w.path().join("p/firmware-manifests");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::write(m.join("rk1.yaml"), "board: rk1\n").unwrap();
-    let o = run_in(w.path(), &home, &["check", "--profiles", p]);
-    assert_eq!(code(&o), 3, "{}", text(&o));
-    assert!(
-        text(&o).contains("firmware-manifests/rk1.yaml"),
-        "{}",
-        text(&o)
-    );
-    assert!(text(&o).contains("built-in, overridden by"), "{}", text(&o));
+    let o = run_in(&w, w.path(), &home, &["check", "--profiles", p]);
+    assert_eq!(o.code, 3, "{}", o.text);
+    assert!(o.text.contains("firmware-manifests/rk1.yaml"), "{}", o.text);
+    assert!(o.text.contains("built-in, overridden by"), "{}", o.text);
 }
 
 #[test]
 fn bash_completion_offers_the_commands_and_the_profiles_node_names() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, _) = home_with_key(w.path());
     let o = run_in(
+        &w,
         w.path(),
         &home,
         &["init", "--node", "cp=rk1@1", "--node", "gpu=nuc"],
     );
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = run_in(w.path(), &home, &["completions", "bash"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = run_in(&w, w.path(), &home, &["completions", "bash"]);
+    assert_eq!(o.code, 0, "{}", o.text);
     let script = w.path().join("imgbuild.bash");
     std::fs::write(&script, &o.stdout).unwrap();
     // Real bash completes as it would on Tab: COMP_WORDS/COMP_CWORD, then the function.
@@ -466,8 +464,8 @@ fn bash_completion_offers_the_commands_and_the_profiles_node_names() {
     assert!(complete("imgbuild render --con").contains("--contents"));
 
     // zsh parses its script (when zsh is installed).
-    let o = run_in(w.path(), &home, &["completions", "zsh"]);
-    assert_eq!(code(&o), 0);
+    let o = run_in(&w, w.path(), &home, &["completions", "zsh"]);
+    assert_eq!(o.code, 0);
     let zsh = w.path().join("_imgbuild");
     std::fs::write(&zsh, &o.stdout).unwrap();
     if sh_status("command -v zsh").0 == 0 {
@@ -476,21 +474,21 @@ fn bash_completion_offers_the_commands_and_the_profiles_node_names() {
         skipped("zsh -n on the zsh completion", "zsh is not installed");
     }
     for shell in ["fish", "powershell"] {
-        let o = run_in(w.path(), &home, &["completions", shell]);
-        assert_eq!(code(&o), 0);
-        assert!(String::from_utf8_lossy(&o.stdout).contains("imgbuild"));
+        let o = run_in(&w, w.path(), &home, &["completions", shell]);
+        assert_eq!(o.code, 0);
+        assert!(o.stdout.contains("imgbuild"));
     }
-    let o = run_in(w.path(), &home, &["completions", "tcsh"]);
-    assert_eq!(code(&o), 2);
-    assert!(text(&o).contains("possible values"), "{}", text(&o));
+    let o = run_in(&w, w.path(), &home, &["completions", "tcsh"]);
+    assert_eq!(o.code, 2);
+    assert!(o.text.contains("possible values"), "{}", o.text);
 }
 
 #[test]
 fn the_man_page_renders_with_groff_without_warnings() {
-    let w = scratch();
+    let w = Project::empty();
     let home = w.path();
-    let o = run_in(w.path(), home, &["man"]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(&w, w.path(), home, &["man"]);
+    assert_eq!(o.code, 0, "{}", o.text);
     let page = w.path().join("imgbuild.1");
     std::fs::write(&page, &o.stdout).unwrap();
     // groff with every warning enabled, as `man -l` would format it.
@@ -514,8 +512,13 @@ fn the_man_page_renders_with_groff_without_warnings() {
         assert!(shown.contains(word), "{word} missing:\n{shown}");
     }
     let dir = w.path().join("man1");
-    let o = run_in(w.path(), home, &["man", "--out-dir", dir.to_str().unwrap()]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
+    let o = run_in(
+        &w,
+        w.path(),
+        home,
+        &["man", "--out-dir", dir.to_str().unwrap()],
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
     for f in [
         "imgbuild.1",
         "imgbuild-init.1",
@@ -593,7 +596,7 @@ fn without(text: &str, keys: &[&str]) -> String {
 
 #[test]
 fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
-    let w = scratch();
+    let w = Project::empty();
     let home = w.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
     let ans = w.path().join("ansible");
@@ -610,6 +613,7 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
         .unwrap();
     let import = |inv: &str, out: &str| {
         let o = run_in(
+            &w,
             &ans,
             &home,
             &[
@@ -625,8 +629,8 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
                 "--json",
             ],
         );
-        assert_eq!(code(&o), 0, "{}", text(&o));
-        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+        assert_eq!(o.code, 0, "{}", o.text);
+        o.json()
     };
     let from_yaml = import("hosts.yml", "yaml");
     let from_ini = import("hosts.ini", "ini");
@@ -697,18 +701,10 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
         .unwrap();
     }
     let render = |profiles: &Path, node: &str| {
-        let o = support::mirror::imgbuild(
-            w.path(),
-            &[
-                "render",
-                node,
-                "--contents",
-                "--profiles",
-                profiles.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code(&o), 0, "{}", text(&o));
-        String::from_utf8(o.stdout).unwrap()
+        w.imgbuild(["render", node, "--contents", "--profiles"])
+            .arg(profiles)
+            .ok()
+            .stdout
     };
     for node in ["node02", "node03", "nuc2", "ws03"] {
         let imported = render(&ans.join("yaml/profiles"), node);
@@ -724,6 +720,7 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
 
     // Refuses to overwrite, and bad inventories are named with the reason.
     let o = run_in(
+        &w,
         &ans,
         &home,
         &[
@@ -736,8 +733,8 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
             &key,
         ],
     );
-    assert_eq!(code(&o), 2);
-    assert!(text(&o).contains("refusing to overwrite"), "{}", text(&o));
+    assert_eq!(o.code, 2);
+    assert!(o.text.contains("refusing to overwrite"), "{}", o.text);
     for (name, inv, gv, msg) in [
         (
             "no-bmcs.yml",
@@ -779,6 +776,7 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
         std::fs::write(ans.join(name), inv).unwrap();
         std::fs::write(ans.join("gv.yml"), gv).unwrap();
         let o = run_in(
+            &w,
             &ans,
             &home,
             &[
@@ -793,15 +791,15 @@ fn import_ansible_maps_every_key_and_renders_like_the_hand_written_profiles() {
                 &key,
             ],
         );
-        assert_eq!(code(&o), 3, "{name}: {}", text(&o));
-        assert!(text(&o).contains(msg), "{name}: {}", text(&o));
+        assert_eq!(o.code, 3, "{name}: {}", o.text);
+        assert!(o.text.contains(msg), "{name}: {}", o.text);
         assert!(!ans.join("never").exists(), "{name} wrote files");
     }
 }
 
 #[test]
 fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
-    let w = scratch();
+    let w = Project::empty();
     let base = fixtures().rk1.path.clone();
     let mut images = Vec::new();
     for (dir, label) in [("p1", "rk1"), ("p2", "rk1-b")] {
@@ -819,43 +817,34 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
         )
         .unwrap();
         let out = d.join("node02.rk1.img");
-        let o = support::mirror::imgbuild(
-            w.path(),
-            &[
-                "--profiles",
-                d.join("profiles").to_str().unwrap(),
-                "--base",
-                base.to_str().unwrap(),
-                out.to_str().unwrap(),
-            ],
-        );
-        assert_eq!(code(&o), 0, "{}", text(&o));
+        w.imgbuild(["--profiles", d.join("profiles").to_str().unwrap()])
+            .arg("--base")
+            .arg(&base)
+            .arg(&out)
+            .ok();
         images.push(out);
     }
     let diff = |a: &Path, b: &Path| {
-        support::mirror::imgbuild(
-            w.path(),
-            &["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--json"],
-        )
+        w.imgbuild(["diff", a.to_str().unwrap(), b.to_str().unwrap(), "--json"])
+            .run()
     };
     // The same image: equal, exit 0.
     let o = diff(&images[0], &images[0]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = support::mirror::imgbuild(
-        w.path(),
-        &[
+    assert_eq!(o.code, 0, "{}", o.text);
+    let o = w
+        .imgbuild([
             "diff",
             images[0].to_str().unwrap(),
             images[0].to_str().unwrap(),
-        ],
-    );
-    assert!(text(&o).contains("images are equal"), "{}", text(&o));
+        ])
+        .run();
+    assert!(o.text.contains("images are equal"), "{}", o.text);
 
     // One label: that file, plus the seed's instance ID and provenance record,
     // which change with any content by design.
     let o = diff(&images[0], &images[1]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code, 1, "{}", o.text);
+    let d = o.json();
     assert_eq!(d["partitions"], serde_json::json!([]));
     let changed: Vec<(u64, String, String)> = d["file_systems"]
         .as_array()
@@ -894,8 +883,8 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
 
     // Against the stock base: every file the plan placed, secrets without content.
     let o = diff(&base, &images[0]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o.code, 1, "{}", o.text);
+    let d = o.json();
     let root = d["file_systems"]
         .as_array()
         .unwrap()
@@ -905,17 +894,11 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
         .as_array()
         .unwrap()
         .clone();
-    let render = support::mirror::imgbuild(
-        w.path(),
-        &[
-            "render",
-            "node02",
-            "--json",
-            "--profiles",
-            w.path().join("p1/profiles").to_str().unwrap(),
-        ],
-    );
-    let rendered: serde_json::Value = serde_json::from_slice(&render.stdout).unwrap();
+    let rendered = w
+        .render("node02")
+        .args(["--profiles", w.join("p1/profiles").to_str().unwrap()])
+        .run()
+        .json();
     for f in rendered
         .as_array()
         .unwrap()
@@ -945,11 +928,10 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
             .any(|c| c["path"] == "/usr/local/bin/k3s" && c["change"] == "added")
     );
     // The text form never prints a secret file's digest.
-    let o = support::mirror::imgbuild(
-        w.path(),
-        &["diff", base.to_str().unwrap(), images[0].to_str().unwrap()],
-    );
-    let t = String::from_utf8(o.stdout).unwrap();
+    let t = w
+        .imgbuild(["diff", base.to_str().unwrap(), images[0].to_str().unwrap()])
+        .run()
+        .stdout;
     let token = t
         .lines()
         .find(|l| l.contains("/etc/rancher/k3s/token"))
@@ -959,16 +941,17 @@ fn diff_shows_what_a_label_changed_and_what_a_bake_added_to_its_base() {
         "{token}"
     );
     // A missing image is an error, not "different".
-    let o = support::mirror::imgbuild(w.path(), &["diff", "nope.img", images[0].to_str().unwrap()]);
-    assert_eq!(code(&o), 1);
-    assert!(text(&o).contains("nope.img"), "{}", text(&o));
+    let o = w
+        .imgbuild(["diff", "nope.img", images[0].to_str().unwrap()])
+        .run();
+    assert_eq!(o.code, 1);
+    assert!(o.text.contains("nope.img"), "{}", o.text);
 }
 
 #[test]
 fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
-    let w = scratch();
+    let w = Project::example();
     let d = w.path();
-    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(d)));
     // A local rk1 manifest (overriding the built-in one) pinning an xz of the fixture.
     let xz = d.join("rk1.img.xz");
     sh(&format!(
@@ -976,9 +959,8 @@ fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
         q(&fixtures().rk1.path),
         q(&xz)
     ));
-    let sha =
-        String::from_utf8(sh(&format!("sha256sum {}", q(&xz))).stdout).unwrap()[..64].to_string();
-    let builtin = std::fs::read_to_string(repo().join("firmware-manifests/rk1.yaml")).unwrap();
+    let sha = sha256sum(&xz);
+    let builtin = std::fs::read_to_string(w.override_manifest("rk1")).unwrap();
     let url_line = builtin
         .lines()
         .find(|l| l.trim_start().starts_with("url:"))
@@ -987,28 +969,29 @@ fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
         .lines()
         .find(|l| l.trim_start().starts_with("sha256:"))
         .unwrap();
-    std::fs::create_dir_all(d.join("firmware-manifests")).unwrap();
-    std::fs::write(
-        d.join("firmware-manifests/rk1.yaml"),
-        builtin
-            .replace(url_line, &format!("  url: file://{}", xz.display()))
-            .replace(sha_line, &format!("  sha256: {sha}")),
+    w.edit(
+        "firmware-manifests/rk1.yaml",
+        url_line,
+        &format!("  url: file://{}", xz.display()),
     )
-    .unwrap();
-    let p = d.join("profiles");
-    let ps = p.to_str().unwrap();
-    let o = support::mirror::imgbuild(d, &["check", "--profiles", ps]);
+    .edit(
+        "firmware-manifests/rk1.yaml",
+        sha_line,
+        &format!("  sha256: {sha}"),
+    );
+    let o = w.imgbuild(["check"]).run();
     assert!(
-        text(&o).contains(&format!("rk1 ({})", d.join("firmware-manifests").display())),
+        o.text
+            .contains(&format!("rk1 ({})", w.manifests().display())),
         "{}",
-        text(&o)
+        o.text
     );
     let out = d.join("node02.rk1.img");
-    let o = support::mirror::imgbuild(d, &["--profiles", ps, out.to_str().unwrap()]);
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let o = support::mirror::imgbuild(d, &["diff", out.to_str().unwrap(), "--json"]);
-    assert_eq!(code(&o), 1, "{}", text(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    w.imgbuild([&out]).ok();
+    let o = w
+        .imgbuild(["diff", out.to_str().unwrap(), "--json"])
+        .expect_exit(1);
+    let v = o.json();
     assert!(v["a"].as_str().unwrap().contains(&sha), "{}", v["a"]);
     let root = v["file_systems"]
         .as_array()
@@ -1024,31 +1007,29 @@ fn diff_of_one_image_compares_with_the_cached_stock_image_its_record_names() {
             .any(|c| c["path"] == "/usr/local/bin/k3s" && c["change"] == "added")
     );
     // A stock image has no record to name its base.
-    let o = support::mirror::imgbuild(d, &["diff", fixtures().rk1.path.to_str().unwrap()]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
+    let o = w
+        .imgbuild(["diff", fixtures().rk1.path.to_str().unwrap()])
+        .expect_exit(2);
     assert!(
-        text(&o).contains("no imgbuild provenance record"),
+        o.text.contains("no imgbuild provenance record"),
         "{}",
-        text(&o)
+        o.text
     );
     // Not in this cache: says what to run.
-    let o = command()
-        .args(["diff", out.to_str().unwrap()])
-        .current_dir(d)
+    let o = w
+        .imgbuild(["diff", out.to_str().unwrap()])
         .env("IMGBUILD_CACHE_DIR", d.join("empty-cache"))
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 1, "{}", text(&o));
+        .expect_exit(1);
     assert!(
-        text(&o).contains("is not in the cache") && text(&o).contains("imgbuild fetch rk1"),
+        o.text.contains("is not in the cache") && o.text.contains("imgbuild fetch rk1"),
         "{}",
-        text(&o)
+        o.text
     );
 }
 
 #[test]
 fn init_asks_on_a_terminal() {
-    let w = scratch();
+    let w = Project::empty();
     let (home, _) = home_with_key(w.path());
     // A real pseudo-terminal (Python's pty), answering each question as it comes.
     let script = format!(
@@ -1083,12 +1064,14 @@ sys.exit(os.waitstatus_to_exitcode(status))
     );
     let py = w.path().join("answer_init.py");
     std::fs::write(&py, script).unwrap();
-    let o = std::process::Command::new("python3")
-        .arg(&py)
-        .output()
-        .unwrap();
-    let out = text(&o);
-    assert_eq!(code(&o), 0, "{out}");
+    let o = Run::from(
+        &std::process::Command::new("python3")
+            .arg(&py)
+            .output()
+            .unwrap(),
+    );
+    let out = o.text;
+    assert_eq!(o.code, 0, "{out}");
     assert!(out.contains("Cluster name [homelab]:"), "{out}");
     // A bad answer is explained and asked again.
     assert!(out.contains("the slot must be 1, 2, 3 or 4"), "{out}");
@@ -1114,13 +1097,15 @@ fn rust_version_covers_every_locked_dependency_and_the_readme_says_it() {
         n
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--locked"])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert_eq!(code(&o), 0, "{}", text(&o));
-    let meta: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = Run::from(
+        &std::process::Command::new(cargo)
+            .args(["metadata", "--format-version", "1", "--locked"])
+            .current_dir(repo())
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(o.code, 0, "{}", o.text);
+    let meta = o.json();
     let mut needs: Vec<(Vec<u64>, String)> = meta["packages"]
         .as_array()
         .unwrap()
@@ -1148,57 +1133,58 @@ fn rust_version_covers_every_locked_dependency_and_the_readme_says_it() {
 /// stays one line, and a hint line says what was probably meant.
 #[test]
 fn a_node_name_or_a_misspelt_verb_gets_a_did_you_mean() {
-    let dir = scratch();
-    let home = dir.path().join("home");
+    let w = Project::empty();
+    let home = w.path().join("home");
     let profiles = repo().join("profiles");
     let p = profiles.to_str().unwrap();
-    let out = run_in(dir.path(), &home, &["--profiles", p, "node02"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    let t = text(&out);
+    let out = run_in(&w, w.path(), &home, &["--profiles", p, "node02"]);
+    assert_eq!(out.code, 2, "{}", out.text);
     assert_eq!(
-        t.trim_end(),
+        out.stderr.trim_end(),
         "error: node02: the target must be named <node>.<board>.img (or .img.xz, .img.zst, or .iso for a bare-metal installer), like node02.rk1.img\n\
          hint: did you mean `imgbuild dist/node02.rk1.img` (node node02 is a rk1 board)?",
-        "{t}"
-    );
-    let out = run_in(dir.path(), &home, &["--profiles", p, "chek"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(
-        text(&out).ends_with("hint: did you mean `imgbuild check`?\n"),
         "{}",
-        text(&out)
+        out.text
+    );
+    let out = run_in(&w, w.path(), &home, &["--profiles", p, "chek"]);
+    assert_eq!(out.code, 2, "{}", out.text);
+    assert!(
+        out.stderr
+            .ends_with("hint: did you mean `imgbuild check`?\n"),
+        "{}",
+        out.text
     );
     // Neither a node nor close to a verb: no hint.
-    let out = run_in(dir.path(), &home, &["--profiles", p, "zzzzzz"]);
-    assert_eq!(code(&out), 2, "{}", text(&out));
-    assert!(!text(&out).contains("hint:"), "{}", text(&out));
+    let out = run_in(&w, w.path(), &home, &["--profiles", p, "zzzzzz"]);
+    assert_eq!(out.code, 2, "{}", out.text);
+    assert!(!out.text.contains("hint:"), "{}", out.text);
 }
 
 /// The first command on the first screen, in an empty directory, says what
 /// to run first.
 #[test]
 fn no_profiles_suggests_init() {
-    let dir = scratch();
-    let home = dir.path().join("home");
-    let out = run_in(dir.path(), &home, &["dist/node02.rk1.img"]);
-    assert_eq!(code(&out), 3, "{}", text(&out));
-    let t = text(&out);
+    let w = Project::empty();
+    let home = w.path().join("home");
+    let out = run_in(&w, w.path(), &home, &["dist/node02.rk1.img"]);
+    assert_eq!(out.code, 3, "{}", out.text);
+    let t = &out.stderr;
     assert!(
         t.contains("no profiles: profiles/cluster.yaml does not exist"),
         "{t}"
     );
     assert!(t.contains("hint: run `imgbuild init`"), "{t}");
     assert!(t.trim_end().lines().count() <= 2, "{t}");
-    assert!(!dir.path().join("dist").exists());
+    assert!(!w.path().join("dist").exists());
 }
 
 /// A stock image that cannot be downloaded: the error, then one hint line
 /// naming the ways on without network.
 #[test]
 fn a_failed_stock_download_says_what_to_do_next() {
-    let dir = scratch();
-    let home = dir.path().join("home");
-    let m = dir.path().join("manifests");
+    let w = Project::empty();
+    let home = w.path().join("home");
+    let m = w.path().join("manifests");
     std::fs::create_dir_all(&m).unwrap();
     let builtin = std::fs::read_to_string(repo().join("firmware-manifests/rk1.yaml")).unwrap();
     let url = builtin
@@ -1214,7 +1200,8 @@ fn a_failed_stock_download_says_what_to_do_next() {
     .unwrap();
     let p = repo().join("profiles");
     let out = run_in(
-        dir.path(),
+        &w,
+        w.path(),
         &home,
         &[
             "--profiles",
@@ -1226,8 +1213,8 @@ fn a_failed_stock_download_says_what_to_do_next() {
             "dist/node02.rk1.img",
         ],
     );
-    assert_eq!(code(&out), 1, "{}", text(&out));
-    let t = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.code, 1, "{}", out.text);
+    let t = &out.stderr;
     let last: Vec<&str> = t.trim_end().lines().rev().take(2).collect();
     assert!(last[1].starts_with("error: "), "{t}");
     assert!(last[1].contains("127.0.0.1:1"), "{t}");
@@ -1236,5 +1223,5 @@ fn a_failed_stock_download_says_what_to_do_next() {
         "hint: without network, give the stock image with --base rk1=FILE, or run `imgbuild fetch rk1` where there is network and build with --offline",
         "{t}"
     );
-    assert!(!dir.path().join("dist/node02.rk1.img").exists());
+    assert!(!w.path().join("dist/node02.rk1.img").exists());
 }

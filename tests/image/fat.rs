@@ -1,18 +1,14 @@
 //! The FAT32 writer against independent oracles: dosfstools' fsck.fat,
 //! pyfatfs (reads the small RK1-style volume that mtools refuses) and mtools.
 
-mod support {
-    pub mod harness;
-}
-
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::Path;
 
+use crate::support::harness::*;
 use imgbuild::fs::fat::{FatError, FatVolume};
 use imgbuild::image::{Partition, Region};
 use proptest::prelude::*;
-use support::harness::*;
 
 /// The RK1 CIDATA volume: 4 MiB, FAT32 by its BPB, ~8000 clusters.
 fn small_volume(path: &Path) {

@@ -3,101 +3,32 @@
 //! kubernetes-validate, and the tls-san and server URL read back from baked
 //! images with ext4-view after `e2fsck -fn`.
 
-mod support {
-    pub mod bytes;
-    pub mod chart;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-    pub mod registry;
-}
-
 use std::path::{Path, PathBuf};
 
-use support::chart::{GREETING_TEMPLATE, chart_tgz, sha256_hex};
-use support::{fixtures::*, harness::*, mirror::*};
+use crate::support::chart::{GREETING_TEMPLATE, chart_tgz, sha256_hex};
+use crate::support::project::Project;
+use crate::support::registry::{Registry, ServedImage};
+use crate::support::{fixtures::*, harness::*};
 
-/// A copy of `docs/examples/ha` as `profiles/` in a scratch directory.
-struct Ws {
-    dir: tempfile::TempDir,
+/// A fake registry serving kube-vip, which the servers' `cluster.vip.image` then names
+/// (air-gapped servers get kube-vip's image baked in).
+fn with_registry(ws: &Project) -> (Registry, ServedImage) {
+    let reg = Registry::start();
+    let kv = reg.serve_image("kube-vip/kube-vip", false);
+    ws.edit(
+        "profiles/cluster.yaml",
+        "  vip:\n",
+        &format!("  vip:\n    image: {}\n", kv.reference),
+    );
+    (reg, kv)
 }
 
-impl Ws {
-    fn new() -> Ws {
-        let dir = scratch();
-        sh(&format!(
-            "cp -r {} {}",
-            q(&repo().join("docs/examples/ha")),
-            q(&dir.path().join("profiles"))
-        ));
-        Ws { dir }
-    }
-    fn profiles(&self) -> PathBuf {
-        self.dir.path().join("profiles")
-    }
-    /// Replaces `from` (which must be there) by `to` in a profile file.
-    fn edit(&self, file: &str, from: &str, to: &str) -> &Self {
-        let p = self.profiles().join(file);
-        let t = std::fs::read_to_string(&p).unwrap();
-        assert!(t.contains(from), "{file} has no {from:?}");
-        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
-        self
-    }
-    fn run(&self, args: &[&str]) -> Run {
-        self.run_with(args, &[])
-    }
-    fn run_with(&self, args: &[&str], envs: &[(&str, &Path)]) -> Run {
-        let e = env();
-        let p = self.profiles();
-        let out = command()
-            .args(["--profiles", p.to_str().unwrap()])
-            .args(args)
-            .current_dir(self.dir.path())
-            .env_remove("IMGBUILD_PROFILES")
-            .env_remove("IMGBUILD_REGISTRY_AUTH")
-            .env_remove("SOURCE_DATE_EPOCH")
-            .env("IMGBUILD_SECRETS", e.secrets())
-            .env("IMGBUILD_CACHE_DIR", e.cache())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-            .envs(envs.iter().map(|(k, v)| (*k, *v)))
-            .output()
-            .unwrap();
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            text: text(&out),
-        }
-    }
-    /// A fake registry serving kube-vip, which the servers' `cluster.vip.image` then names
-    /// (air-gapped servers get kube-vip's image baked in).
-    fn with_registry(&self) -> (support::registry::Registry, support::registry::ServedImage) {
-        let reg = support::registry::Registry::start();
-        let kv = reg.serve_image("kube-vip/kube-vip", false);
-        self.edit(
-            "cluster.yaml",
-            "  vip:\n",
-            &format!("  vip:\n    image: {}\n", kv.reference),
-        );
-        (reg, kv)
-    }
-}
-
-/// A file of `node`'s rendered image as `render --contents` prints it.
-fn rendered(ws: &Ws, node: &str, path: &str) -> Option<String> {
-    let r = ws.run(&["render", node, "--contents"]);
-    assert_eq!(r.code, 0, "{}", r.text);
-    let header = |l: &str| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() >= 7
-            && f[1].starts_with('/')
-            && f[3].contains(':')
-            && f[5] == "bytes"
-            && f[6] == "from"
-    };
-    let mut lines = r.text.lines();
-    lines.find(|l| header(l) && l.split_whitespace().nth(1) == Some(path))?;
-    let body: Vec<&str> = lines.take_while(|l| !header(l)).collect();
-    Some(body.join("\n"))
+/// A file of `node`'s rendered image, as text.
+fn rendered(ws: &Project, node: &str, path: &str) -> Option<String> {
+    ws.rendered(node)
+        .into_iter()
+        .find(|f| f.path == path)
+        .map(|f| String::from_utf8(f.contents).unwrap())
 }
 
 const KUBE_VIP: &str = "/var/lib/rancher/k3s/server/manifests/imgbuild-kube-vip.yaml";
@@ -130,15 +61,15 @@ fn validate(yaml: &str, work: &Path) -> (i32, String) {
 
 #[test]
 fn the_ha_example_checks_clean_and_warns_about_etcd_quorum_otherwise() {
-    let ws = Ws::new();
-    let r = ws.run(&["check"]);
+    let ws = Project::ha();
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(!r.text.contains("WARN"), "{}", r.text);
     assert!(r.text.contains("4 node(s)"), "{}", r.text);
 
     // Two servers: valid, but etcd then tolerates no failure.
-    ws.edit("nodes/node03.yaml", "role: server", "role: agent");
-    let r = ws.run(&["check"]);
+    ws.edit("profiles/nodes/node03.yaml", "role: server", "role: agent");
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(
         r.text
@@ -148,9 +79,9 @@ fn the_ha_example_checks_clean_and_warns_about_etcd_quorum_otherwise() {
         r.text
     );
     // Four servers: even, tolerates one, like three.
-    ws.edit("nodes/node03.yaml", "role: agent", "role: server")
-        .edit("nodes/node04.yaml", "role: agent", "role: server");
-    let r = ws.run(&["check"]);
+    ws.edit("profiles/nodes/node03.yaml", "role: agent", "role: server")
+        .edit("profiles/nodes/node04.yaml", "role: agent", "role: server");
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(
         r.text.contains("4 server(s)")
@@ -161,11 +92,11 @@ fn the_ha_example_checks_clean_and_warns_about_etcd_quorum_otherwise() {
     );
     // One server on DHCP: the subnet check cannot be done; said so.
     ws.edit(
-        "nodes/node02.yaml",
+        "profiles/nodes/node02.yaml",
         "  address: 192.168.1.102/24\n",
         "  dhcp: true\n",
     );
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert!(
         r.text
@@ -256,9 +187,9 @@ fn contradictions_and_unreachable_vips_are_refused_with_file_and_field() {
         ),
     ];
     for (file, from, to, wants) in cases {
-        let ws = Ws::new();
-        ws.edit(file, from, to);
-        let r = ws.run(&["check"]);
+        let ws = Project::ha();
+        ws.edit(&format!("profiles/{file}"), from, to);
+        let r = ws.imgbuild(["check"]).run();
         if wants.is_empty() {
             assert_eq!(r.code, 0, "{to}: {}", r.text);
             continue;
@@ -272,7 +203,7 @@ fn contradictions_and_unreachable_vips_are_refused_with_file_and_field() {
 
 #[test]
 fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
-    let ws = Ws::new();
+    let ws = Project::ha();
     let manifest = rendered(&ws, "node01", KUBE_VIP).expect("no kube-vip on the first server");
     for server in ["node02", "node03"] {
         assert_eq!(
@@ -372,7 +303,7 @@ fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
 
     // Without a range: no Services, no ConfigMap, servicelb stays.
     ws.edit(
-        "cluster.yaml",
+        "profiles/cluster.yaml",
         "services_range: 192.168.1.200-192.168.1.220",
         "interface: eth1",
     );
@@ -389,12 +320,14 @@ fn kube_vip_runs_on_every_server_and_its_manifest_validates() {
 #[test]
 fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
     let fx = fixtures();
-    let ws = Ws::new();
-    let _registry = ws.with_registry();
-    let w = ws.dir.path();
+    let ws = Project::ha();
+    let _registry = with_registry(&ws);
+    let w = ws.path();
     let bake = |target: &str, base: &Path| {
         let out = w.join(target);
-        let r = ws.run(&["--base", base.to_str().unwrap(), out.to_str().unwrap()]);
+        let r = ws
+            .imgbuild(["--base", base.to_str().unwrap(), out.to_str().unwrap()])
+            .run();
         assert_eq!(r.code, 0, "{}", r.text);
         out
     };
@@ -443,7 +376,7 @@ fn baked_servers_name_the_vip_and_joiners_and_agents_use_it() {
 const NAMESPACE_MANIFEST: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gitops\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: hello\n  namespace: gitops\ndata:\n  from: imgbuild\n";
 
 /// Adds a bootstrap block with one manifest and one chart to the example.
-fn with_bootstrap(ws: &Ws, repo_url: &str, sha256: &str) {
+fn with_bootstrap(ws: &Project, repo_url: &str, sha256: &str) {
     let m = ws.profiles().join("manifests");
     std::fs::create_dir_all(&m).unwrap();
     std::fs::write(m.join("gitops.yaml"), NAMESPACE_MANIFEST).unwrap();
@@ -467,32 +400,34 @@ fn with_bootstrap(ws: &Ws, repo_url: &str, sha256: &str) {
 #[test]
 fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
     let fx = fixtures();
-    let ws = Ws::new();
-    let _registry = ws.with_registry();
-    let w = ws.dir.path();
+    let ws = Project::ha();
+    let _registry = with_registry(&ws);
+    let w = ws.path();
     let tgz = chart_tgz(w, GREETING_TEMPLATE);
     let digest = sha256_hex(&tgz);
-    let server = support::http::Server::start(Default::default());
+    let server = crate::support::http::Server::start(Default::default());
     server.put("/charts/demo-0.1.0.tgz", tgz.clone());
     with_bootstrap(
         &ws,
         &format!("http://127.0.0.1:{}/charts", server.port),
         &digest,
     );
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
 
     let cache = w.join("cache");
     let out = w.join("node01.cm4.img");
-    let r = ws.run(&[
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--base",
-        fx.cm4.path.to_str().unwrap(),
-        // The provenance statement is read below.
-        "--sums",
-        out.to_str().unwrap(),
-    ]);
+    let r = ws
+        .imgbuild([
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base",
+            fx.cm4.path.to_str().unwrap(),
+            // The provenance statement is read below.
+            "--sums",
+            out.to_str().unwrap(),
+        ])
+        .run();
     assert_eq!(r.code, 0, "{}", r.text);
     assert_eq!(server.gets("/charts/demo-0.1.0.tgz").len(), 1);
     assert_eq!(
@@ -568,13 +503,15 @@ fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
 
     // Agents and joining servers get none of it.
     let agent = w.join("node04.rk1.img");
-    let r = ws.run(&[
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--base",
-        fx.rk1.path.to_str().unwrap(),
-        agent.to_str().unwrap(),
-    ]);
+    let r = ws
+        .imgbuild([
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base",
+            fx.rk1.path.to_str().unwrap(),
+            agent.to_str().unwrap(),
+        ])
+        .run();
     assert_eq!(r.code, 0, "{}", r.text);
     let work = w.join("read-agent");
     std::fs::create_dir(&work).unwrap();
@@ -589,12 +526,12 @@ fn bootstrap_charts_are_embedded_byte_for_byte_and_recorded() {
 #[test]
 fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
     let fx = fixtures();
-    let ws = Ws::new();
-    let _registry = ws.with_registry();
-    let w = ws.dir.path();
+    let ws = Project::ha();
+    let _registry = with_registry(&ws);
+    let w = ws.path();
     let tgz = chart_tgz(w, GREETING_TEMPLATE);
     let pinned = sha256_hex(b"some other archive");
-    let server = support::http::Server::start(Default::default());
+    let server = crate::support::http::Server::start(Default::default());
     server.put("/charts/demo-0.1.0.tgz", tgz.clone());
     with_bootstrap(
         &ws,
@@ -603,13 +540,15 @@ fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
     );
     let cache = w.join("cache");
     let out = w.join("node01.cm4.img");
-    let r = ws.run(&[
-        "--cache-dir",
-        cache.to_str().unwrap(),
-        "--base",
-        fx.cm4.path.to_str().unwrap(),
-        out.to_str().unwrap(),
-    ]);
+    let r = ws
+        .imgbuild([
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base",
+            fx.cm4.path.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+        .run();
     assert_ne!(r.code, 0, "{}", r.text);
     assert!(
         r.text.contains("chart demo (demo 0.1.0)")
@@ -632,7 +571,7 @@ fn a_chart_with_the_wrong_digest_is_refused_and_not_cached() {
 
 #[test]
 fn bootstrap_mistakes_are_refused_with_file_and_field() {
-    let ws = Ws::new();
+    let ws = Project::ha();
     with_bootstrap(&ws, "http://127.0.0.1:9/charts", &"ab".repeat(32));
     let cases: &[(&str, &str, &str)] = &[
         (
@@ -671,7 +610,7 @@ fn bootstrap_mistakes_are_refused_with_file_and_field() {
     for (from, to, want) in cases {
         assert!(original.contains(from), "{from}");
         std::fs::write(&file, original.replacen(from, to, 1)).unwrap();
-        let r = ws.run(&["check"]);
+        let r = ws.imgbuild(["check"]).run();
         assert_eq!(r.code, 3, "{to}: {}", r.text);
         assert!(
             r.text.contains(want),
@@ -682,7 +621,7 @@ fn bootstrap_mistakes_are_refused_with_file_and_field() {
     // A manifest that is not Kubernetes objects.
     std::fs::write(&file, &original).unwrap();
     std::fs::write(ws.profiles().join("manifests/gitops.yaml"), "just: data\n").unwrap();
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 3, "{}", r.text);
     assert!(
         r.text
@@ -694,7 +633,7 @@ fn bootstrap_mistakes_are_refused_with_file_and_field() {
 
 #[test]
 fn the_commented_argocd_bootstrap_is_valid_once_uncommented() {
-    let ws = Ws::new();
+    let ws = Project::ha();
     let p = ws.profiles().join("cluster.yaml");
     let t = std::fs::read_to_string(&p).unwrap();
     let mut inside = false;
@@ -719,7 +658,7 @@ fn the_commented_argocd_bootstrap_is_valid_once_uncommented() {
         .replace("<64 hex digits of argocd-apps-2.0.2.tgz>", &digest);
     assert!(out.contains("\n  bootstrap:\n    manifests: []"), "{out}");
     std::fs::write(&p, out).unwrap();
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 0, "{}", r.text);
     // The check read the values files: break one and it is refused.
     std::fs::write(
@@ -727,7 +666,7 @@ fn the_commented_argocd_bootstrap_is_valid_once_uncommented() {
         "applications: [unclosed\n",
     )
     .unwrap();
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 3, "{}", r.text);
     assert!(
         r.text.contains("cluster.bootstrap.charts[1].values: ")
@@ -762,11 +701,11 @@ fn baked_archive(fs: &ext4_view::Ext4, name_prefix: &str, out: &Path) -> Option<
 #[test]
 fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
     let fx = fixtures();
-    let ws = Ws::new();
-    let (reg, kv) = ws.with_registry();
+    let ws = Project::ha();
+    let (reg, kv) = with_registry(&ws);
     let app = reg.serve_image("team/app", false);
     ws.edit(
-        "cluster.yaml",
+        "profiles/cluster.yaml",
         "\ndefaults:",
         &format!("  images: [\"{}\"]\n\ndefaults:", app.reference),
     );
@@ -775,19 +714,21 @@ fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
         "board: nuc\nk3s: {role: agent}\nnetwork:\n  match: {name: \"en*\"}\n  address: 192.168.1.105/24\n",
     )
     .unwrap();
-    let w = ws.dir.path();
+    let w = ws.path();
     let cache = w.join("cache");
     let bake = |target: &str, base: &Path| {
         let out = w.join(target);
-        let r = ws.run(&[
-            "--cache-dir",
-            cache.to_str().unwrap(),
-            "--base",
-            base.to_str().unwrap(),
-            // The provenance statement is read below.
-            "--sums",
-            out.to_str().unwrap(),
-        ]);
+        let r = ws
+            .imgbuild([
+                "--cache-dir",
+                cache.to_str().unwrap(),
+                "--base",
+                base.to_str().unwrap(),
+                // The provenance statement is read below.
+                "--sums",
+                out.to_str().unwrap(),
+            ])
+            .run();
         assert_eq!(r.code, 0, "{}", r.text);
         out
     };
@@ -878,11 +819,11 @@ fn air_gapped_images_land_in_the_nodes_architecture_and_read_back() {
 #[test]
 fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
     let fx = fixtures();
-    let ws = Ws::new();
-    let (reg, _) = ws.with_registry();
+    let ws = Project::ha();
+    let (reg, _) = with_registry(&ws);
     let bad = reg.serve_image("bad/app", true);
     let private = reg.serve_image("private/app", false);
-    let w = ws.dir.path();
+    let w = ws.path();
     let cache = w.join("cache");
     let base = fx.cm4.path.to_str().unwrap().to_string();
     let out = w.join("node01.cm4.img");
@@ -907,16 +848,15 @@ fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
         .unwrap();
     };
     let bake = |envs: &[(&str, &Path)]| {
-        ws.run_with(
-            &[
-                "--cache-dir",
-                cache.to_str().unwrap(),
-                "--base",
-                &base,
-                out.to_str().unwrap(),
-            ],
-            envs,
-        )
+        ws.imgbuild([
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--base",
+            &base,
+            out.to_str().unwrap(),
+        ])
+        .envs(envs.iter().map(|(k, v)| (*k, *v)))
+        .run()
     };
 
     // A blob whose bytes do not match its digest: refused, not cached.
@@ -962,8 +902,8 @@ fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode(format!(
         "{}:{}",
-        support::registry::USER,
-        support::registry::PASSWORD
+        crate::support::registry::USER,
+        crate::support::registry::PASSWORD
     ));
     std::fs::write(
         &creds,
@@ -972,7 +912,7 @@ fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
     .unwrap();
     let r = bake(&[("IMGBUILD_REGISTRY_AUTH", &creds)]);
     assert_eq!(r.code, 0, "{}", r.text);
-    assert!(!r.text.contains(support::registry::PASSWORD));
+    assert!(!r.text.contains(crate::support::registry::PASSWORD));
     // A wrong password: refused, still never printed.
     let wrong = base64::engine::general_purpose::STANDARD.encode("robot:not-it");
     std::fs::write(
@@ -1004,18 +944,18 @@ fn corrupt_blobs_missing_manifests_and_refused_credentials_fail_clearly() {
 
 #[test]
 fn image_references_without_a_digest_are_refused() {
-    let ws = Ws::new();
+    let ws = Project::ha();
     ws.edit(
-        "cluster.yaml",
+        "profiles/cluster.yaml",
         "\ndefaults:",
         "  images: [\"nginx:1.27\"]\n\ndefaults:",
     );
     ws.edit(
-        "nodes/node04.yaml",
+        "profiles/nodes/node04.yaml",
         "board: rk1",
         "images: [\"ghcr.io/x/y@sha256:abc\"]\nboard: rk1",
     );
-    let r = ws.run(&["check"]);
+    let r = ws.imgbuild(["check"]).run();
     assert_eq!(r.code, 3, "{}", r.text);
     for want in [
         "cluster.yaml: cluster.images[0]: \"nginx:1.27\" has no digest: pin it as name:tag@sha256:",

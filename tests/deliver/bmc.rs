@@ -3,93 +3,65 @@
 //! bmcd source for each behaviour), plus fidelity checks of the fake with
 //! curl, and a property test over the client's answer parsers.
 
-mod support {
-    pub mod bmc;
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-}
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
-use support::bmc::{Daemon, FakeBmc, Fault, Flash};
-use support::{bytes::*, fixtures::*, harness::*};
+use crate::support::bmc::{Daemon, FakeBmc, Fault, Flash};
+use crate::support::project::{Cmd, Project, Run};
+use crate::support::{bytes::*, fixtures::*, harness::*};
 
-/// Scratch under the cargo target directory, removed on drop.
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("bmc-test")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-/// A profile copy whose Turing Pi board's BMC is `host`.
-fn profiles_for(dir: &Path, host: &str) -> PathBuf {
-    sh(&format!("cp -r {} {}", q(&repo().join("profiles")), q(dir)));
-    let p = dir.join("profiles/cluster.yaml");
-    let text = std::fs::read_to_string(&p)
-        .unwrap()
-        .replace("bmc: turingpi.home.arpa", &format!("bmc: {host}"));
-    std::fs::write(&p, text).unwrap();
-    dir.join("profiles")
-}
-
-/// A fake BMC with password "turing", a profile copy pointing at it, and a
-/// scratch directory for the run.
+/// A fake BMC with password `password`, and the example profiles with their
+/// Turing Pi board's BMC pointing at it.
 struct Setup {
     bmc: FakeBmc,
-    profiles: PathBuf,
-    w: tempfile::TempDir,
+    p: Project,
 }
 
 impl Setup {
     fn new() -> Setup {
-        let w = scratch();
-        let bmc = FakeBmc::start("turing");
-        let profiles = profiles_for(w.path(), &bmc.host());
-        Setup { bmc, profiles, w }
+        Setup::with_password("turing")
+    }
+
+    fn with_password(password: &str) -> Setup {
+        let bmc = FakeBmc::start(password);
+        let p = Project::example();
+        p.edit(
+            "profiles/cluster.yaml",
+            "bmc: turingpi.home.arpa",
+            &format!("bmc: {}", bmc.host()),
+        );
+        Setup { bmc, p }
     }
 
     fn dir(&self) -> &Path {
-        self.w.path()
+        self.p.path()
     }
 
     /// imgbuild with `args` and the BMC password `password`; no terminal.
-    fn command(&self, password: &str, args: &[&str]) -> std::process::Command {
-        let manifests = repo().join("firmware-manifests");
-        let mut cmd = command();
-        cmd.args(args)
+    fn imgbuild_as(&self, password: &str, args: &[&str]) -> Cmd {
+        self.p
+            .imgbuild(args)
             .args([
-                "--profiles",
-                self.profiles.to_str().unwrap(),
                 "--manifests",
-                manifests.to_str().unwrap(),
+                repo().join("firmware-manifests").to_str().unwrap(),
             ])
-            .current_dir(self.dir())
-            .env("IMGBUILD_SECRETS", self.dir().join("secrets"))
             .env("IMGBUILD_BMC_PASSWORD", password)
-            .stdin(std::process::Stdio::null());
-        cmd
     }
 
-    fn run_as(&self, password: &str, args: &[&str]) -> Output {
-        self.command(password, args).output().unwrap()
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.run_as("turing", args)
+    fn imgbuild(&self, args: &[&str]) -> Cmd {
+        self.imgbuild_as("turing", args)
     }
 
     /// Points the profiles at another BMC address.
     fn retarget(&self, host: &str) {
-        let p = self.profiles.join("cluster.yaml");
-        let text = std::fs::read_to_string(&p).unwrap();
+        let text = self.p.read("profiles/cluster.yaml");
         let start = text.find("bmc: ").unwrap() + 5;
         let end = start + text[start..].find('\n').unwrap();
-        std::fs::write(&p, format!("{}{host}{}", &text[..start], &text[end..])).unwrap();
+        self.p.write(
+            "profiles/cluster.yaml",
+            format!("{}{host}{}", &text[..start], &text[end..]),
+        );
     }
 
     /// Stand-in images for the Turing Pi nodes in `dist`, distinct per node.
@@ -132,13 +104,6 @@ fn image_bytes(tag: u8) -> Vec<u8> {
     body
 }
 
-/// The combined output, after checking the exit code.
-fn expect(out: &Output, code: i32) -> String {
-    let t = text(out);
-    assert_eq!(out.status.code(), Some(code), "{t}");
-    t
-}
-
 /// (successful, failed) logins the fake saw.
 fn logins(bmc: &FakeBmc) -> (u32, u32) {
     let st = bmc.lock();
@@ -157,19 +122,7 @@ fn clean(t: &str) {
 fn status_pins_the_certificate_0600_on_first_use_and_refuses_a_changed_one() {
     let s = Setup::new();
     // umask 000: the pin and its directory must still be private.
-    let out = {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = s.command("turing", &["bmc", "status"]);
-        // SAFETY: umask is async-signal-safe; nothing else runs in the child yet.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::umask(0);
-                Ok(())
-            })
-        };
-        cmd.output().unwrap()
-    };
-    let t = expect(&out, 0);
+    let t = s.imgbuild(&["bmc", "status"]).umask(0).expect_exit(0).text;
     // bmcd 2.3.7: the firmware's `version` and bmcd's own `bmcd_version`.
     assert!(t.contains("Turing Pi 2 (v2.5)"), "{t}");
     assert!(
@@ -199,10 +152,10 @@ fn status_pins_the_certificate_0600_on_first_use_and_refuses_a_changed_one() {
         "pin directory mode"
     );
     // Second time: the pin matches, no first-use warning.
-    let out = s.run(&["bmc", "status", "--json"]);
-    let t = expect(&out, 0);
+    let out = s.imgbuild(&["bmc", "status", "--json"]).expect_exit(0);
+    let t = &out.text;
     assert!(!t.contains("first connection"), "{t}");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let j = out.json();
     assert_eq!(
         j[0]["fingerprint"].as_str(),
         Some(s.bmc.cert_sha256.as_str())
@@ -213,7 +166,7 @@ fn status_pins_the_certificate_0600_on_first_use_and_refuses_a_changed_one() {
     // A BMC with another certificate at the same name is refused...
     let other = FakeBmc::start("turing");
     s.retarget(&other.host());
-    let t = expect(&s.run(&["bmc", "status"]), 1);
+    let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
     assert!(
         t.contains("certificate changed since it was pinned") && t.contains("--insecure"),
         "{t}"
@@ -224,7 +177,7 @@ fn status_pins_the_certificate_0600_on_first_use_and_refuses_a_changed_one() {
         "sent credentials to an unverified BMC"
     );
     // ...unless --insecure is given explicitly; the pin stays as it was.
-    expect(&s.run(&["bmc", "status", "--insecure"]), 0);
+    s.imgbuild(&["bmc", "status", "--insecure"]).expect_exit(0);
     assert_eq!(other.lock().logins, 1);
     assert_eq!(
         std::fs::read_to_string(&pin_file).unwrap().trim(),
@@ -235,10 +188,16 @@ fn status_pins_the_certificate_0600_on_first_use_and_refuses_a_changed_one() {
 #[test]
 fn status_of_one_board_and_of_an_unknown_board() {
     let s = Setup::new();
-    let t = expect(&s.run(&["bmc", "status", "--board", "tp1"]), 0);
+    let t = s
+        .imgbuild(&["bmc", "status", "--board", "tp1"])
+        .expect_exit(0)
+        .text;
     assert!(t.contains(&format!("BMC {}", s.bmc.host())), "{t}");
     assert_eq!(s.bmc.lock().logins, 1);
-    let t = expect(&s.run(&["bmc", "status", "--board", "tp9"]), 2);
+    let t = s
+        .imgbuild(&["bmc", "status", "--board", "tp9"])
+        .expect_exit(2)
+        .text;
     assert!(t.contains("no Turing Pi board named \"tp9\""), "{t}");
     assert_eq!(s.bmc.lock().logins, 1, "logged in for an unknown board");
 }
@@ -255,7 +214,7 @@ fn an_enveloped_error_shows_its_message_not_json() {
             "Failed to read os-release: No such file or directory (os error 2)".into(),
         ),
     );
-    let t = expect(&s.run(&["bmc", "status"]), 1);
+    let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
     clean(&t);
     assert!(
         t.contains("reading the BMC's versions failed: Failed to read os-release: No such file or directory (os error 2) (HTTP 500)"),
@@ -268,7 +227,10 @@ fn an_enveloped_error_shows_its_message_not_json() {
 #[test]
 fn a_wrong_password_is_reported_once_and_not_retried() {
     let s = Setup::new();
-    let t = expect(&s.run_as("wrong-pw", &["bmc", "status"]), 1);
+    let t = s
+        .imgbuild_as("wrong-pw", &["bmc", "status"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("rejected user \"root\"")
             && t.contains("credentials incorrect")
@@ -288,11 +250,17 @@ fn five_failed_logins_ban_this_machine_and_imgbuild_says_to_wait() {
     let s = Setup::new();
     s.bmc.lock().ban_base = Duration::from_secs(1);
     for n in 1..=4 {
-        let t = expect(&s.run_as("wrong", &["bmc", "status"]), 1);
+        let t = s
+            .imgbuild_as("wrong", &["bmc", "status"])
+            .expect_exit(1)
+            .text;
         assert!(t.contains("credentials incorrect"), "failure {n}: {t}");
     }
     // The fifth failure is answered with the ban itself (ban_patrol.rs:49-86).
-    let t = expect(&s.run_as("wrong", &["bmc", "status"]), 1);
+    let t = s
+        .imgbuild_as("wrong", &["bmc", "status"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("blocks this machine for under a second") && t.contains("wait that long"),
         "{t}"
@@ -302,15 +270,18 @@ fn five_failed_logins_ban_this_machine_and_imgbuild_says_to_wait() {
         "{t}"
     );
     // During the ban even the right password is refused, and not counted.
-    let t = expect(&s.run(&["bmc", "status"]), 1);
+    let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
     assert!(t.contains("blocks this machine"), "{t}");
     assert_eq!(logins(&s.bmc), (0, 5));
     std::thread::sleep(Duration::from_millis(1100));
     // The count survives the ban: the next failure bans for twice as long.
-    let t = expect(&s.run_as("wrong", &["bmc", "status"]), 1);
+    let t = s
+        .imgbuild_as("wrong", &["bmc", "status"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("blocks this machine for 1s"), "{t}");
     std::thread::sleep(Duration::from_millis(2100));
-    expect(&s.run(&["bmc", "status"]), 0);
+    s.imgbuild(&["bmc", "status"]).expect_exit(0);
     assert_eq!(logins(&s.bmc), (1, 6));
 }
 
@@ -318,12 +289,12 @@ fn five_failed_logins_ban_this_machine_and_imgbuild_says_to_wait() {
 fn an_expired_token_is_renewed_exactly_once() {
     let s = Setup::new();
     s.bmc.lock().expire_token_after = Some(1);
-    expect(&s.run(&["bmc", "status"]), 0);
+    s.imgbuild(&["bmc", "status"]).expect_exit(0);
     assert_eq!(s.bmc.lock().logins, 2, "one renewal after the expiry");
     // A daemon that forgot its tokens says "not registered": also one renewal.
     let s = Setup::new();
     s.bmc.lock().forget_tokens_after = Some(2);
-    expect(&s.run(&["bmc", "status"]), 0);
+    s.imgbuild(&["bmc", "status"]).expect_exit(0);
     assert_eq!(s.bmc.lock().logins, 2);
 }
 
@@ -336,7 +307,7 @@ fn a_session_refused_after_a_fresh_login_is_reported_without_the_token() {
         // Tokens die at once: the renewed one is refused too.
         st.token_ttl = Duration::ZERO;
     }
-    let t = expect(&s.run(&["bmc", "status"]), 1);
+    let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
     assert!(
         t.contains("refused the session again right after a new login (token expired"),
         "{t}"
@@ -346,21 +317,17 @@ fn a_session_refused_after_a_fresh_login_is_reported_without_the_token() {
 
 #[test]
 fn the_password_comes_from_a_file() {
-    let w = scratch();
-    let bmc = FakeBmc::start("s3cret");
-    let profiles = profiles_for(w.path(), &bmc.host());
-    let s = Setup { bmc, profiles, w };
+    let s = Setup::with_password("s3cret");
     let pw = s.dir().join("bmc-password");
     std::fs::write(&pw, "s3cret\n").unwrap();
-    let out = s
-        .command(
+    let t = s
+        .imgbuild_as(
             "",
             &["bmc", "status", "--bmc-password-file", pw.to_str().unwrap()],
         )
         .env_remove("IMGBUILD_BMC_PASSWORD")
-        .output()
-        .unwrap();
-    let t = expect(&out, 0);
+        .expect_exit(0)
+        .text;
     assert!(!t.contains("s3cret"));
 }
 
@@ -369,17 +336,18 @@ fn another_bmc_user_is_used_when_asked() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().user = "admin".into();
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("rejected user \"root\""), "{t}");
-    let t = expect(
-        &s.run(&["flash", "node02", "--yes", "--bmc-user", "bob"]),
-        1,
-    );
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes", "--bmc-user", "bob"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("rejected user \"bob\""), "{t}");
-    expect(
-        &s.run(&["flash", "node02", "--yes", "--bmc-user", "admin"]),
-        0,
-    );
+    s.imgbuild(&["flash", "node02", "--yes", "--bmc-user", "admin"])
+        .expect_exit(0);
     assert_eq!(s.bmc.lock().flashed, [2]);
 }
 
@@ -390,7 +358,10 @@ fn a_silent_bmc_times_out() {
     let s = Setup::new();
     s.bmc.lock().silent = true;
     let t0 = Instant::now();
-    let t = expect(&s.run(&["bmc", "status", "--bmc-timeout", "1"]), 1);
+    let t = s
+        .imgbuild(&["bmc", "status", "--bmc-timeout", "1"])
+        .expect_exit(1)
+        .text;
     let took = t0.elapsed();
     assert!(
         t.contains("no answer to the login within 1 s") && t.contains("--bmc-timeout"),
@@ -405,10 +376,10 @@ fn a_flash_that_stops_progressing_is_given_up() {
     s.images();
     s.bmc.lock().hang_after_upload = true;
     let t0 = Instant::now();
-    let t = expect(
-        &s.run(&["flash", "node02", "--yes", "--bmc-timeout", "1"]),
-        1,
-    );
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes", "--bmc-timeout", "1"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("reported no progress flashing slot 2 for 2 s") && t.contains("--bmc-timeout"),
         "{t}"
@@ -438,10 +409,10 @@ fn an_upload_the_bmc_stops_reading_is_given_up_and_cancelled() {
     ));
     s.bmc.lock().stall_upload_after = Some(1 << 20);
     let t0 = Instant::now();
-    let t = expect(
-        &s.run(&["flash", "node02", "--yes", "--bmc-timeout", "1"]),
-        1,
-    );
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes", "--bmc-timeout", "1"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("the upload made no progress for 2 s")
             && t.contains("cancelled the transfer on the BMC"),
@@ -482,14 +453,14 @@ fn a_huge_answer_is_refused_with_flat_memory() {
             .faults
             .insert("about".into(), Fault::Huge(declared));
         let t0 = Instant::now();
-        let t = expect(&s.run(&["bmc", "status"]), 1);
+        let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
         assert!(
             t.contains("the answer to reading the BMC's versions is larger than 1024 KiB"),
             "{declared:?}: {t}"
         );
         assert!(t.len() < 2000, "the body was echoed: {} bytes", t.len());
         assert!(t0.elapsed() < Duration::from_secs(20));
-        let (code, peak_mib) = run_measured(&mut s.command("turing", &["bmc", "status"]));
+        let (code, peak_mib) = run_measured(&mut s.imgbuild(&["bmc", "status"]).command());
         assert_eq!(code, 1);
         assert!(peak_mib < 100, "peak RSS {peak_mib} MiB for a huge answer");
     }
@@ -514,7 +485,10 @@ fn a_redirect_is_an_error_and_the_password_goes_nowhere() {
         }
     });
     s.bmc.lock().redirect_to = Some(format!("http://127.0.0.1:{port}"));
-    let t = expect(&s.run(&["bmc", "status", "--bmc-timeout", "3"]), 1);
+    let t = s
+        .imgbuild(&["bmc", "status", "--bmc-timeout", "3"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains(&format!(
             "answered the login with a redirect (HTTP 308) to http://127.0.0.1:{port}/api/bmc/authenticate"
@@ -536,7 +510,7 @@ fn the_bmc_password_is_not_inherited_by_child_processes() {
     // A stock-layout RK1 base built with the real tools, in this test's scratch;
     // k3s `install: none`, so no release mirror is needed.
     let base = build_rk1(s.dir(), 160);
-    let cluster = s.profiles.join("cluster.yaml");
+    let cluster = s.p.profiles().join("cluster.yaml");
     let text = std::fs::read_to_string(&cluster).unwrap();
     assert!(text.contains("    disable: [traefik]\n"));
     std::fs::write(
@@ -574,13 +548,10 @@ fn the_bmc_password_is_not_inherited_by_child_processes() {
         overlays.to_str().unwrap(),
     ];
     let path = format!("{}:{}", wrap.display(), std::env::var("PATH").unwrap());
-    let out = s
-        .command("turing", &args)
+    s.imgbuild(&args)
         .env("PATH", path)
         .env("IMGBUILD_CACHE_DIR", s.dir().join("cache"))
-        .output()
-        .unwrap();
-    expect(&out, 0);
+        .expect_exit(0);
     // The image was built first, and is what landed in the slot.
     let built = s.image("node02.rk1.img");
     let slot = s.bmc.slot_file(2);
@@ -612,11 +583,11 @@ fn flash_writes_the_image_verifies_and_powers_on() {
     let s = Setup::new();
     s.images();
     // Not on a terminal and no --yes: nothing is flashed.
-    let t = expect(&s.run(&["flash", "node02"]), 2);
+    let t = s.imgbuild(&["flash", "node02"]).expect_exit(2).text;
     assert!(t.contains("refusing to flash without confirmation"), "{t}");
     assert!(s.requests("type=flash").is_empty());
 
-    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    s.imgbuild(&["flash", "node02", "--yes"]).expect_exit(0);
     let landed = std::fs::read(s.bmc.slot_file(2)).unwrap();
     assert!(
         landed == std::fs::read(s.image("node02.rk1.img")).unwrap(),
@@ -648,14 +619,20 @@ fn flash_sends_sha256_by_daemon_version() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().daemon = Daemon::new("2.3.4");
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(0)
+        .text;
     assert!(!t.contains("predates"), "{t}");
     assert_eq!(s.requests("sha256=").len(), 1);
     // A daemon older than 2.3.0 does not know sha256 (it would ignore it).
     let s = Setup::new();
     s.images();
     s.bmc.lock().daemon = Daemon::new("2.2.0");
-    let t = expect(&s.run(&["flash", "node02", "--yes", "--skip-crc"]), 0);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes", "--skip-crc"])
+        .expect_exit(0)
+        .text;
     assert!(
         t.contains("bmcd \"2.2.0\") predates 2.3.0")
             && t.contains("ignores --skip-crc")
@@ -671,7 +648,8 @@ fn flash_sends_sha256_by_daemon_version() {
 fn flash_skip_crc_skips_the_read_back_but_not_the_sha256() {
     let s = Setup::new();
     s.images();
-    expect(&s.run(&["flash", "node02", "--yes", "--skip-crc"]), 0);
+    s.imgbuild(&["flash", "node02", "--yes", "--skip-crc"])
+        .expect_exit(0);
     let starts = s.requests("opt=set&type=flash");
     assert!(
         starts.len() == 1 && starts[0].ends_with("&skip_crc"),
@@ -686,7 +664,10 @@ fn flash_skip_crc_skips_the_read_back_but_not_the_sha256() {
     let node03 = s.image("node03.rk1.img");
     age(&node03);
     set_cached_digest(&node03, &"ab".repeat(32));
-    let t = expect(&s.run(&["flash", "node03", "--yes", "--skip-crc"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node03", "--yes", "--skip-crc"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("sha256 checksum failed. Expected: abab"), "{t}");
     assert_eq!(s.bmc.lock().flashed, [2]);
 }
@@ -740,16 +721,6 @@ fn cached_digest(path: &Path) -> Option<String> {
     (n >= 0).then(|| String::from_utf8(buf[..n as usize].to_vec()).unwrap())
 }
 
-/// `sha256sum`'s digest of `path`.
-fn sha256sum(path: &Path) -> String {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
 #[test]
 fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
     let s = Setup::new();
@@ -762,7 +733,7 @@ fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
     )
     .unwrap();
     age(&img);
-    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    s.imgbuild(&["flash", "node02", "--yes"]).expect_exit(0);
     let first = sha256sum(&img);
     assert_eq!(s.requests(&format!("sha256={first}")).len(), 1);
     // The digest is cached on the image, keyed by what it is now.
@@ -773,7 +744,10 @@ fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
     // The cache is what the next flash sends: a forged one is sent as is
     // (and the BMC, which hashes what it receives, refuses it).
     set_cached_digest(&img, &"cd".repeat(32));
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("sha256 checksum failed. Expected: cdcd"), "{t}");
     // Appending a byte changes size and mtime: the cache is ignored and the
     // digest computed afresh.
@@ -784,7 +758,7 @@ fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
         .unwrap()
         .write_all(b"x")
         .unwrap();
-    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    s.imgbuild(&["flash", "node02", "--yes"]).expect_exit(0);
     let second = sha256sum(&img);
     assert_ne!(first, second);
     assert_eq!(s.requests(&format!("sha256={second}")).len(), 1);
@@ -801,7 +775,7 @@ fn flash_digest_is_cached_on_the_image_and_computed_afresh_after_a_change() {
         .status()
         .unwrap();
     assert!(touched.success());
-    expect(&s.run(&["flash", "node02", "--yes"]), 0);
+    s.imgbuild(&["flash", "node02", "--yes"]).expect_exit(0);
     assert_eq!(s.requests(&format!("sha256={second}")).len(), 2);
 }
 
@@ -811,32 +785,30 @@ fn flash_image_flag_names_another_file() {
     s.images();
     let other = s.dir().join("other.img");
     std::fs::write(&other, image_bytes(0x77)).unwrap();
-    expect(
-        &s.run(&[
-            "flash",
-            "node03",
-            "--yes",
-            "--image",
-            other.to_str().unwrap(),
-        ]),
-        0,
-    );
+    s.imgbuild(&[
+        "flash",
+        "node03",
+        "--yes",
+        "--image",
+        other.to_str().unwrap(),
+    ])
+    .expect_exit(0);
     assert_eq!(
         std::fs::read(s.bmc.slot_file(3)).unwrap(),
         std::fs::read(&other).unwrap()
     );
     assert!(s.requests("file=other.img").len() == 1);
     let missing = s.dir().join("missing.img");
-    let t = expect(
-        &s.run(&[
+    let t = s
+        .imgbuild(&[
             "flash",
             "node03",
             "--yes",
             "--image",
             missing.to_str().unwrap(),
-        ]),
-        1,
-    );
+        ])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("missing.img"), "{t}");
     assert_eq!(s.bmc.lock().flashed, [3]);
 }
@@ -848,7 +820,10 @@ fn flash_refuses_while_the_bmc_is_flashing_something_else() {
     // bmcd has no busy error: a start would cancel the other transfer
     // (streaming_data_service.rs:48-80), so imgbuild must not send one.
     let id = s.bmc.begin_other_transfer(1, 1 << 30);
-    let t = expect(&s.run(&["flash", "node03", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node03", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("already flashing a module"), "{t}");
     assert!(s.requests("opt=set&type=flash").is_empty());
     assert!(matches!(s.bmc.lock().flash, Flash::Transferring { id: i, .. } if i == id));
@@ -859,10 +834,10 @@ fn a_flash_started_by_another_client_is_reported() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().other_start_after_upload = true;
-    let t = expect(
-        &s.run(&["flash", "node02", "--yes", "--bmc-timeout", "5"]),
-        1,
-    );
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes", "--bmc-timeout", "5"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("another flash was started on the BMC while slot 2 was being flashed"),
         "{t}"
@@ -880,7 +855,10 @@ fn a_daemon_restart_during_the_flash_is_not_success() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().restart_after_upload = true;
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(t.contains("daemon restarted while flashing slot 2"), "{t}");
     assert!(
         s.requests("node2=1").is_empty(),
@@ -893,7 +871,10 @@ fn flash_faults_are_reported_with_what_to_do() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().crc_error_slots = vec![3];
-    let t = expect(&s.run(&["flash", "node03", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node03", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("the read-back of slot 3 did not match what was written (crc error. expected ")
             && t.contains("flash again"),
@@ -907,7 +888,10 @@ fn flash_faults_are_reported_with_what_to_do() {
     // No module: bmcd accepts the start and fails ~1.2 s later in the USB
     // stage (upgrade_worker.rs:76; usb_boot.rs:110-113).
     s.bmc.lock().missing_slots = vec![4];
-    let t = expect(&s.run(&["flash", "node04", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node04", "--yes"])
+        .expect_exit(1)
+        .text;
     clean(&t);
     assert!(
         t.contains("found no compute module in slot 4 (Compute module's USB interface not found or supported)")
@@ -920,7 +904,7 @@ fn flash_faults_are_reported_with_what_to_do() {
         "start not sent"
     );
     // A node outside the Turing Pi is refused before anything is sent.
-    let t = expect(&s.run(&["flash", "ws03", "--yes"]), 2);
+    let t = s.imgbuild(&["flash", "ws03", "--yes"]).expect_exit(2).text;
     assert!(t.contains("not in a Turing Pi slot"), "{t}");
 }
 
@@ -933,7 +917,10 @@ fn a_missed_upload_window_is_explained() {
         st.send_window = Duration::from_millis(100);
         st.upload_delay = Duration::from_secs(1);
     }
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     clean(&t);
     assert!(
         t.contains("gave up waiting for the upload to begin (Send timeout")
@@ -953,7 +940,10 @@ fn upload_faults_are_explained_from_the_flash_state() {
     let img = s.image("node02.rk1.img");
     age(&img);
     set_cached_digest(&img, &"ab".repeat(32));
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("sha256 checksum failed. Expected: abab")
             && t.contains("`touch` it")
@@ -967,7 +957,10 @@ fn upload_faults_are_explained_from_the_flash_state() {
     assert!(touched.success());
     // The connection drops mid-upload: bmcd cancels ("cancelled by user").
     s.bmc.lock().drop_upload_after = Some(1 << 20);
-    let t = expect(&s.run(&["flash", "node02", "--yes"]), 1);
+    let t = s
+        .imgbuild(&["flash", "node02", "--yes"])
+        .expect_exit(1)
+        .text;
     assert!(
         t.contains("the BMC cancelled the transfer (cancelled by user)") && t.contains("127.0.0.1"),
         "{t}"
@@ -976,7 +969,7 @@ fn upload_faults_are_explained_from_the_flash_state() {
     // Nothing listens on the BMC's address (a port held, so no one else takes it).
     let (_held, port) = closed_port();
     s.retarget(&format!("127.0.0.1:{port}"));
-    let t = expect(&s.run(&["bmc", "status"]), 1);
+    let t = s.imgbuild(&["bmc", "status"]).expect_exit(1).text;
     assert!(
         t.contains(&format!("127.0.0.1:{port}")) && t.to_lowercase().contains("connect"),
         "{t}"
@@ -1018,7 +1011,8 @@ fn an_image_cut_short_during_the_upload_is_reported() {
     sh(&format!("head -c 16M /dev/urandom > {}", q(&image)));
     s.bmc.lock().upload_rate = Some(4 << 20);
     let child = s
-        .command("turing", &["flash", "node02", "--yes"])
+        .imgbuild(&["flash", "node02", "--yes"])
+        .command()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1033,8 +1027,9 @@ fn an_image_cut_short_during_the_upload_is_reported() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let t = expect(&out, 1);
+    let out = Run::from(&child.wait_with_output().unwrap());
+    assert_eq!(out.code, 1, "{}", out.text);
+    let t = out.text;
     assert!(
         t.contains("node02.rk1.img changed size while it was being sent (16777216 bytes at the start, 1048576 now")
             && t.contains("the upload to slot 2 failed"),
@@ -1069,7 +1064,8 @@ fn an_interrupted_flash_cancels_the_upload_on_the_bmc() {
     ));
     s.bmc.lock().upload_rate = Some(8 << 20);
     let child = s
-        .command("turing", &["flash", "node02", "--yes"])
+        .imgbuild(&["flash", "node02", "--yes"])
+        .command()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1101,7 +1097,7 @@ fn a_2_gib_sparse_upload_keeps_memory_flat() {
         "truncate -s 2G {i}; printf head | dd of={i} conv=notrunc status=none; printf tail | dd of={i} bs=1 seek=$((2*1024*1024*1024 - 4)) conv=notrunc status=none",
         i = q(&image)
     ));
-    let (code, peak_mib) = run_measured(&mut s.command("turing", &["flash", "node02", "--yes"]));
+    let (code, peak_mib) = run_measured(&mut s.imgbuild(&["flash", "node02", "--yes"]).command());
     assert_eq!(code, 0, "flash failed");
     println!("peak RSS of imgbuild flash for a 2 GiB image: {peak_mib} MiB");
     assert!(peak_mib < 200, "peak RSS {peak_mib} MiB for a 2 GiB upload");
@@ -1120,16 +1116,14 @@ fn deploy_flashes_in_slot_order_and_resumes_after_a_failure() {
     let s = Setup::new();
     s.images();
     s.bmc.lock().missing_slots = vec![3];
-    let t = expect(&s.run(&["deploy", "--yes"]), 1);
+    let t = s.imgbuild(&["deploy", "--yes"]).expect_exit(1).text;
     assert!(
         t.contains("continue from node03") && t.contains("no compute module in slot 3"),
         "{t}"
     );
     assert_eq!(s.bmc.lock().flashed, [1, 2]);
     s.bmc.lock().missing_slots.clear();
-    let out = s.run(&["deploy", "--yes", "--json"]);
-    expect(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = s.imgbuild(&["deploy", "--yes", "--json"]).json();
     let results: Vec<(&str, &str)> = report
         .as_array()
         .unwrap()
@@ -1160,9 +1154,9 @@ fn deploy_flashes_in_slot_order_and_resumes_after_a_failure() {
 fn deploy_nodes_flashes_only_those_named() {
     let s = Setup::new();
     s.images();
-    let out = s.run(&["deploy", "--yes", "--json", "--nodes", "node04,node02"]);
-    expect(&out, 0);
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = s
+        .imgbuild(&["deploy", "--yes", "--json", "--nodes", "node04,node02"])
+        .json();
     let nodes: Vec<&str> = report
         .as_array()
         .unwrap()
@@ -1172,9 +1166,15 @@ fn deploy_nodes_flashes_only_those_named() {
     assert_eq!(nodes, ["node02", "node04"], "not in slot order");
     assert_eq!(s.bmc.lock().flashed, [2, 4]);
     // A name that is not a node is an error, not silently skipped.
-    let t = expect(&s.run(&["deploy", "--yes", "--nodes", "node01,nosuch"]), 2);
+    let t = s
+        .imgbuild(&["deploy", "--yes", "--nodes", "node01,nosuch"])
+        .expect_exit(2)
+        .text;
     assert!(t.contains("no node \"nosuch\""), "{t}");
-    let t = expect(&s.run(&["deploy", "--yes", "--nodes", "ws03"]), 2);
+    let t = s
+        .imgbuild(&["deploy", "--yes", "--nodes", "ws03"])
+        .expect_exit(2)
+        .text;
     assert!(t.contains("not in a Turing Pi slot"), "{t}");
     assert_eq!(s.bmc.lock().flashed, [2, 4]);
 }
@@ -1305,7 +1305,7 @@ fn the_fakes_faults_fail_the_test() {
 
 #[test]
 fn the_fake_formats_sizes_and_durations_like_bmcd() {
-    use support::bmc::{humansize, humantime};
+    use crate::support::bmc::{humansize, humantime};
     // humansize 2.1 DECIMAL (its tests/test.rs), and the u64 wrap of a too-long upload.
     assert_eq!(humansize(10), "10 B");
     assert_eq!(humansize(1000), "1 kB");
@@ -1416,7 +1416,7 @@ mod parsers {
 
     fn config() -> ProptestConfig {
         // A fixed seed unless PROPTEST_RNG_SEED says otherwise; a long run:
-        // IMGBUILD_FUZZ_CASES=200000 cargo test --test bmc parsers.
+        // IMGBUILD_FUZZ_CASES=200000 cargo test --test deliver bmc::parsers.
         let seed = std::env::var("PROPTEST_RNG_SEED")
             .ok()
             .and_then(|s| s.parse().ok())

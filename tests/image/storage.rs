@@ -2,54 +2,24 @@
 //! a node with disks gets, read by cloud-init itself (schema and NoCloud reader).
 //! The boot test (tests/boot) boots a node with a blank and a used disk.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
+use crate::support::project::Project;
+use crate::support::{fixtures::*, harness::*};
+
+/// The shipped profiles with `node`'s file extended by `extra`.
+fn profiles_with(node: &str, extra: &str) -> Project {
+    let p = Project::example();
+    p.append(&format!("profiles/nodes/{node}.yaml"), extra);
+    p
 }
 
-use std::path::Path;
-
-use imgbuild::commands::{self, Paths};
-use support::{fixtures::*, harness::*};
-
-/// The shipped profiles copied into a scratch dir with `node`'s file extended by `extra`.
-fn profiles_with(node: &str, extra: &str) -> tempfile::TempDir {
-    let dir = scratch();
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(dir.path())
-    ));
-    let file = dir
-        .path()
-        .join("profiles/nodes")
-        .join(format!("{node}.yaml"));
-    let mut body = std::fs::read_to_string(&file).unwrap();
-    body.push_str(extra);
-    std::fs::write(&file, body).unwrap();
-    dir
+fn check(p: &Project) -> (i32, String) {
+    let r = p.imgbuild(["check"]).run();
+    (r.code, r.text)
 }
 
-fn check(dir: &Path) -> (i32, String) {
-    let out = command()
-        .args(["check", "--profiles", "profiles"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (out.status.code().unwrap(), text(&out))
-}
-
-fn user_data(dir: &Path, node: &str) -> Vec<u8> {
-    let paths =
-        Paths::resolve_with_secrets(dir.join("profiles"), None, None, Some(dir.join("secrets")));
-    commands::secrets::generate(&paths, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
-    commands::render::render(&paths, node, imgbuild::plan::DEFAULT_BUILD_TIME)
-        .unwrap()
-        .into_iter()
-        .find(|f| f.target == "seed" && f.path == "/user-data")
-        .unwrap()
-        .contents
+fn user_data(p: &Project, node: &str) -> Vec<u8> {
+    p.imgbuild(["secrets", "--generate"]).ok();
+    p.rendered_file(node, "seed", "/user-data")
 }
 
 #[test]
@@ -58,13 +28,10 @@ fn storage_renders_cloud_config_that_cloud_init_accepts() {
         "node02",
         "storage:\n  - device: /dev/disk/by-id/nvme-Samsung_SSD_980_1TB_S64DNX0R123456\n    mount: /var/lib/rancher\n  - device: /dev/sda\n    mount: /var/lib/longhorn\n    fs: xfs\n    label: lh\n    options: [noatime]\n",
     );
-    let (code, out) = check(dir.path());
+    let (code, out) = check(&dir);
     assert_eq!(code, 0, "{out}");
-    let ud = user_data(dir.path(), "node02");
-    let f = dir.path().join("user-data");
-    std::fs::write(&f, &ud).unwrap();
-    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
-    assert_eq!(code, 0, "{out}\n{}", String::from_utf8_lossy(&ud));
+    let ud = user_data(&dir, "node02");
+    cloud_init_schema(&ud, dir.path());
 
     // What cloud-init's NoCloud reader makes of it: each disk prepared by
     // imgbuild's own script in bootcmd (cloud-init's fs_setup `auto` formats
@@ -118,14 +85,7 @@ fn storage_renders_cloud_config_that_cloud_init_accepts() {
 
     // The fill step runs after cloud-init and before k3s, for both mounts;
     // k3s requires it, and it requires the disk that holds k3s's data.
-    let paths = Paths::resolve_with_secrets(
-        dir.path().join("profiles"),
-        None,
-        None,
-        Some(dir.path().join("secrets")),
-    );
-    let files =
-        commands::render::render(&paths, "node02", imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+    let files = dir.rendered("node02");
     let unit = files
         .iter()
         .find(|f| f.path == "/etc/systemd/system/imgbuild-storage-fill.service")
@@ -150,8 +110,7 @@ fn storage_renders_cloud_config_that_cloud_init_accepts() {
     let (code, out) = sh_status(&format!("sh -n {}", q(&s)));
     assert_eq!(code, 0, "{out}");
     // Nodes without disks get none of it.
-    let plain =
-        commands::render::render(&paths, "node03", imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+    let plain = dir.rendered("node03");
     assert!(plain.iter().all(|f| !f.path.contains("storage")));
     let ud3 = String::from_utf8(
         plain
@@ -259,7 +218,7 @@ fn storage_entries_that_would_lose_data_or_never_work_are_refused() {
     ];
     for (entry, field, reason) in cases {
         let dir = profiles_with("node02", &format!("storage:\n{entry}"));
-        let (code, out) = check(dir.path());
+        let (code, out) = check(&dir);
         assert_eq!(code, 3, "{entry}\n{out}");
         let line = out
             .lines()

@@ -1,20 +1,15 @@
 //! The ext4 writer against a matrix of file systems made by mke2fs, checked by
 //! e2fsck -fn, debugfs, ext4-view and (as root with loop devices) the kernel.
 
-mod support {
-    pub mod bytes;
-    pub mod harness;
-}
-
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::support::{bytes::*, harness::*};
 use imgbuild::fs::ext4::{self, Contents, Ext4Error, Op, Owner};
 use imgbuild::image::Partition;
 use proptest::prelude::*;
-use support::{bytes::*, harness::*};
 
 const BIG: u64 = 70 * 1000 * 1000;
 

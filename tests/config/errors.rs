@@ -1,19 +1,15 @@
 //! Bad inputs: each gets one clear message and a meaningful exit status, and
 //! leaves the base and any existing output untouched, with no partial file.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::path::{Path, PathBuf};
 
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+use crate::support::project::{Project, Run};
+use crate::support::{bytes::*, fixtures::*, harness::*};
 
-use support::mirror::run_example as run;
+/// imgbuild with the project's profiles and `args`.
+fn run(p: &Project, args: &[&str]) -> Run {
+    p.imgbuild(args).run()
+}
 
 fn assert_clean(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
@@ -32,41 +28,38 @@ fn s(p: &Path) -> &str {
 #[test]
 fn target_names_and_nodes_are_checked_before_any_work() {
     let fx = fixtures();
-    let w = scratch();
+    let p = Project::example();
     let base = s(&fx.rk1.path);
-    let r = run(w.path(), &["--base", base, "node02.cm4.img"]);
+    let r = run(&p, &["--base", base, "node02.cm4.img"]);
     assert_eq!(r.code, 2, "{}", r.text);
     assert!(
         r.text.contains("node node02 is a rk1 board") && r.text.contains("node02.rk1.img"),
         "{}",
         r.text
     );
-    let r = run(w.path(), &["--base", base, "node02.img"]);
+    let r = run(&p, &["--base", base, "node02.img"]);
     assert_eq!(r.code, 2, "{}", r.text);
     assert!(r.text.contains("<node>.<board>.img"), "{}", r.text);
-    let r = run(w.path(), &["--base", base, "node99.rk1.img"]);
+    let r = run(&p, &["--base", base, "node99.rk1.img"]);
     assert_eq!(r.code, 2, "{}", r.text);
     assert!(
         r.text.contains("no profile for node \"node99\""),
         "{}",
         r.text
     );
-    let r = run(w.path(), &[]);
+    let r = run(&p, &[]);
     assert_eq!(r.code, 2, "{}", r.text);
     assert!(r.text.contains("nothing to build"), "{}", r.text);
-    let r = run(
-        w.path(),
-        &["--base", "/nonexistent/base.img", "node02.rk1.img"],
-    );
+    let r = run(&p, &["--base", "/nonexistent/base.img", "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains("/nonexistent/base.img: no such file"),
         "{}",
         r.text
     );
-    let cache = w.path().join("empty-cache");
+    let cache = p.path().join("empty-cache");
     let r = run(
-        w.path(),
+        &p,
         &["--offline", "--cache-dir", s(&cache), "node02.rk1.img"],
     );
     assert_eq!(r.code, 1, "{}", r.text);
@@ -76,15 +69,15 @@ fn target_names_and_nodes_are_checked_before_any_work() {
         r.text
     );
     std::fs::remove_dir_all(&cache).ok();
-    assert_clean(w.path());
+    assert_clean(p.path());
 }
 
 #[test]
 fn a_base_of_the_wrong_layout_is_refused() {
     let fx = fixtures();
-    let w = scratch();
+    let p = Project::example();
     // MBR image for a GPT board.
-    let r = run(w.path(), &["--base", s(&fx.cm4.path), "node02.rk1.img"]);
+    let r = run(&p, &["--base", s(&fx.cm4.path), "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains("expected a GPT partition table, found MBR"),
@@ -93,7 +86,7 @@ fn a_base_of_the_wrong_layout_is_refused() {
     );
     assert!(r.text.contains(s(&fx.cm4.path)), "{}", r.text);
     // GPT image for an MBR board.
-    let r = run(w.path(), &["--base", s(&fx.rk1.path), "node01.cm4.img"]);
+    let r = run(&p, &["--base", s(&fx.rk1.path), "node01.cm4.img"]);
     assert!(
         r.text
             .contains("expected a MBR (DOS) partition table, found GPT"),
@@ -101,23 +94,23 @@ fn a_base_of_the_wrong_layout_is_refused() {
         r.text
     );
     // Not a disk image at all.
-    let junk = w.path().join("junk.img");
+    let junk = p.path().join("junk.img");
     std::fs::write(&junk, vec![7u8; 1 << 20]).unwrap();
-    let r = run(w.path(), &["--base", s(&junk), "node02.rk1.img"]);
+    let r = run(&p, &["--base", s(&junk), "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(r.text.contains("no partition table"), "{}", r.text);
     // A GPT whose partition 2 is missing.
-    let one = w.path().join("one-part.img");
+    let one = p.path().join("one-part.img");
     sh(&format!(
         "truncate -s 64M {i}; sgdisk -a 1 -n 1:32768:40959 -t 1:EBD0A0A2-B9E5-4433-87C0-68B6B72699C7 {i} >/dev/null",
         i = q(&one)
     ));
     sh(&format!(
         "truncate -s 4M {d}/f; mkfs.vfat -F32 -n CIDATA {d}/f >/dev/null 2>&1",
-        d = q(w.path())
+        d = q(p.path())
     ));
-    place(&one, &w.path().join("f"), 16 * MIB);
-    let r = run(w.path(), &["--base", s(&one), "node02.rk1.img"]);
+    place(&one, &p.path().join("f"), 16 * MIB);
+    let r = run(&p, &["--base", s(&one), "node02.rk1.img"]);
     assert!(
         r.text
             .contains("partition 2 not found (the table has partitions 1)"),
@@ -125,30 +118,30 @@ fn a_base_of_the_wrong_layout_is_refused() {
         r.text
     );
     // The seed partition holds ext4 instead of FAT.
-    let wrong = w.path().join("wrong-fs.img");
+    let wrong = p.path().join("wrong-fs.img");
     sh(&format!(
         "truncate -s 64M {i}; sgdisk -a 1 -n 1:32768:40959 -n 2:40960:0 {i} >/dev/null; truncate -s 4M {d}/e; mkfs.ext4 -q -L CIDATA {d}/e",
         i = q(&wrong),
-        d = q(w.path())
+        d = q(p.path())
     ));
-    place(&wrong, &w.path().join("e"), 16 * MIB);
-    let r = run(w.path(), &["--base", s(&wrong), "node02.rk1.img"]);
+    place(&wrong, &p.path().join("e"), 16 * MIB);
+    let r = run(&p, &["--base", s(&wrong), "node02.rk1.img"]);
     assert!(
         r.text.contains("partition 1 (cidata) should hold vfat labelled \"CIDATA\" for a rk1 image, but holds ext4 labelled \"CIDATA\""),
         "{}",
         r.text
     );
     for f in ["junk.img", "one-part.img", "wrong-fs.img", "f", "e"] {
-        std::fs::remove_file(w.path().join(f)).unwrap();
+        std::fs::remove_file(p.path().join(f)).unwrap();
     }
-    assert_clean(w.path());
+    assert_clean(p.path());
 }
 
 #[test]
 fn the_wrong_release_or_architecture_is_refused() {
-    let w = scratch();
-    let jammy = build_rk1_with(w.path(), "jammy.img", 64, 183, "22.04");
-    let r = run(w.path(), &["--base", s(&jammy.path), "node02.rk1.img"]);
+    let p = Project::example();
+    let jammy = build_rk1_with(p.path(), "jammy.img", 64, 183, "22.04");
+    let r = run(&p, &["--base", s(&jammy.path), "node02.rk1.img"]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains(
@@ -157,8 +150,8 @@ fn the_wrong_release_or_architecture_is_refused() {
         "{}",
         r.text
     );
-    let x86 = build_rk1_with(w.path(), "x86.img", 64, 62, "24.04");
-    let r = run(w.path(), &["--base", s(&x86.path), "node02.rk1.img"]);
+    let x86 = build_rk1_with(p.path(), "x86.img", 64, 62, "24.04");
+    let r = run(&p, &["--base", s(&x86.path), "node02.rk1.img"]);
     assert!(
         r.text
             .contains("programs are amd64, but board rk1 is arm64"),
@@ -170,13 +163,13 @@ fn the_wrong_release_or_architecture_is_refused() {
 #[test]
 fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
     let fx = fixtures();
-    let w = scratch();
-    let full = w.path().join("full.img");
+    let p = Project::example();
+    let full = p.path().join("full.img");
     std::fs::copy(&fx.rk1.path, &full).unwrap();
     let (start, len) = fx.rk1.part(1);
-    let fat = w.path().join("cidata");
+    let fat = p.path().join("cidata");
     extract(&full, start, len, &fat);
-    let big = w.path().join("big");
+    let big = p.path().join("big");
     sh(&format!("head -c 4111000 /dev/urandom > {}", q(&big)));
     sh(&format!(
         "{python} {py} put {f} /filler {b}; fsck.fat -a {f} >/dev/null 2>&1 || true",
@@ -188,11 +181,14 @@ fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
     place(&full, &fat, start);
     let before = hash_range(&full, 0, std::fs::metadata(&full).unwrap().len());
 
-    let outdir = w.path().join("out");
+    let outdir = p.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
     let existing = outdir.join("node02.rk1.img");
     std::fs::write(&existing, b"previous build").unwrap();
-    let r = run(&outdir, &["--base", s(&full), s(&existing)]);
+    let r = p
+        .imgbuild(["--base", s(&full), s(&existing)])
+        .cwd(&outdir)
+        .run();
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains("no space left on the FAT volume"),
@@ -215,11 +211,11 @@ fn a_full_seed_volume_fails_cleanly_and_keeps_the_old_output() {
 #[test]
 fn an_unwritable_output_directory_is_reported() {
     let fx = fixtures();
-    let w = scratch();
-    let blocker = w.path().join("not-a-dir");
+    let p = Project::example();
+    let blocker = p.path().join("not-a-dir");
     std::fs::write(&blocker, "x").unwrap();
     let target: PathBuf = blocker.join("node02.rk1.img");
-    let r = run(w.path(), &["--base", s(&fx.rk1.path), s(&target)]);
+    let r = run(&p, &["--base", s(&fx.rk1.path), s(&target)]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains("creating the output directory") && r.text.contains("not-a-dir"),
@@ -231,10 +227,10 @@ fn an_unwritable_output_directory_is_reported() {
 #[test]
 fn the_output_may_not_be_the_base() {
     let fx = fixtures();
-    let w = scratch();
-    let base = w.path().join("node02.rk1.img");
+    let p = Project::example();
+    let base = p.path().join("node02.rk1.img");
     std::fs::copy(&fx.rk1.path, &base).unwrap();
-    let r = run(w.path(), &["--base", s(&base), s(&base)]);
+    let r = run(&p, &["--base", s(&base), s(&base)]);
     assert_eq!(r.code, 1, "{}", r.text);
     assert!(
         r.text.contains("would overwrite the base image"),
@@ -245,10 +241,10 @@ fn the_output_may_not_be_the_base() {
 
 #[test]
 fn help_and_version_are_complete() {
-    let w = scratch();
-    let out = imgbuild(w.path(), &["--version"]);
-    assert!(text(&out).contains(env!("CARGO_PKG_VERSION")));
-    let help = text(&imgbuild(w.path(), &["--help"]));
+    let p = Project::example();
+    let out = run(&p, &["--version"]);
+    assert!(out.text.contains(env!("CARGO_PKG_VERSION")));
+    let help = run(&p, &["--help"]).text;
     for word in [
         "--base",
         "--all",
@@ -263,11 +259,11 @@ fn help_and_version_are_complete() {
         assert!(help.contains(word), "--help lacks {word}:\n{help}");
     }
     for cmd in ["check", "inspect", "render", "build"] {
-        let out = imgbuild(w.path(), &[cmd, "--help"]);
-        assert!(out.status.success(), "{cmd} --help failed");
+        let out = run(&p, &[cmd, "--help"]);
+        assert!(out.code == 0, "{cmd} --help failed");
     }
-    let bad = imgbuild(w.path(), &["--no-such-flag"]);
-    assert_eq!(bad.status.code(), Some(2));
+    let bad = run(&p, &["--no-such-flag"]);
+    assert_eq!(bad.code, 2);
 }
 
 #[test]
@@ -283,29 +279,22 @@ fn a_terminated_build_leaves_no_partial_and_no_output() {
 /// Sends `signal` to a build as soon as it has a half-written file.
 fn interrupt_a_build(signal: &str) {
     let fx = fixtures();
-    let profiles = repo().join("profiles");
-    let e = env();
+    let p = Project::example();
     for attempt in 0..5 {
-        let w = scratch();
-        let target = w.path().join("node01.cm4.img.xz");
-        let mut child = command()
-            .args([
-                "--profiles",
-                profiles.to_str().unwrap(),
-                "--base",
-                fx.cm4.path.to_str().unwrap(),
-            ])
+        // The output directory holds nothing but what the build writes.
+        let w = p.mkdir(format!("out-{attempt}"));
+        let target = w.join("node01.cm4.img.xz");
+        let mut child = p
+            .imgbuild(["--base", fx.cm4.path.to_str().unwrap()])
             .arg(&target)
-            .env("IMGBUILD_SECRETS", e.secrets())
-            .env("IMGBUILD_CACHE_DIR", e.cache())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .command()
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         // Interrupt as soon as a half-written file exists.
         let mut signalled = false;
         for _ in 0..4000 {
-            let partial = std::fs::read_dir(w.path()).unwrap().any(|e| {
+            let partial = std::fs::read_dir(&w).unwrap().any(|e| {
                 e.unwrap()
                     .file_name()
                     .to_string_lossy()
@@ -333,7 +322,7 @@ fn interrupt_a_build(signal: &str) {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
-        let left: Vec<String> = std::fs::read_dir(w.path())
+        let left: Vec<String> = std::fs::read_dir(&w)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();

@@ -6,22 +6,14 @@
 //! `cloud-init schema`, Python's tarfile, and `imgbuild render` for what the
 //! payload must hold.
 
-mod support {
-    pub mod bytes;
-    pub mod chart;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-    pub mod registry;
-}
-
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
-use support::{harness::*, mirror::*};
+
+use crate::support::harness::*;
+use crate::support::mirror::env;
+use crate::support::project::{Cmd, Project, Run};
 
 const NODE: &str = "ws03";
 const SEED_DIR: &str = "/var/lib/cloud/seed/nocloud";
@@ -56,11 +48,10 @@ fn stock() -> &'static Stock {
     })
 }
 
-/// A manifest directory whose `nuc` installer is `path` on the loopback
-/// mirror with `sha256` (the built-in manifest otherwise).
-fn manifests(dir: &Path, path: &str, sha256: &str) -> PathBuf {
-    let m = dir.join("manifests");
-    std::fs::create_dir_all(&m).unwrap();
+/// A manifest directory (`manifests/` in the project, named with
+/// `--manifests`) whose `nuc` installer is `path` on the loopback mirror with
+/// `sha256` (the built-in manifest otherwise).
+fn manifests(p: &Project, path: &str, sha256: &str) -> PathBuf {
     let builtin = std::fs::read_to_string(repo().join("firmware-manifests/nuc.yaml")).unwrap();
     let url = format!("{}{path}", env().mirror_url());
     let text = builtin
@@ -76,32 +67,13 @@ fn manifests(dir: &Path, path: &str, sha256: &str) -> PathBuf {
         text, builtin,
         "the built-in nuc manifest has no installer to replace"
     );
-    std::fs::write(m.join("nuc.yaml"), text).unwrap();
-    m
+    p.write("manifests/nuc.yaml", text);
+    p.join("manifests")
 }
 
-/// imgbuild with the example profiles, this binary's secrets/cache/mirror,
-/// and `path` as PATH when given.
-fn run(cwd: &Path, args: &[&str], path: Option<&Path>) -> Output {
-    let e = env();
-    let profiles = repo().join("profiles");
-    let mut c = command();
-    if !args.contains(&"--profiles") {
-        c.arg("--profiles").arg(&profiles);
-    }
-    c.args(args)
-        .current_dir(cwd)
-        .env("IMGBUILD_SECRETS", e.secrets())
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url());
-    if let Some(p) = path {
-        c.env("PATH", p);
-    }
-    c.output().expect("imgbuild runs")
-}
-
-fn build(cwd: &Path, m: &Path, target: &str) -> Output {
-    run(cwd, &["--manifests", m.to_str().unwrap(), target], None)
+/// A build of `target` with the manifests `m`.
+fn build(p: &Project, m: &Path, target: &str) -> Cmd {
+    p.imgbuild(["--manifests".as_ref(), m.as_os_str(), target.as_ref()])
 }
 
 /// Nothing but `keep` is left in `dir` (no partial output, no staging).
@@ -125,18 +97,18 @@ fn only_left(dir: &Path, keep: &[&str]) {
 fn remastered_installer_reads_back() {
     let s = stock();
     let stock_before = sha256_file(&s.iso);
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let dir = Project::example();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
     let started = std::time::Instant::now();
-    let out = build(dir.path(), &m, &format!("dist/{NODE}.nuc.iso"));
+    let out = build(&dir, &m, &format!("dist/{NODE}.nuc.iso")).run();
     let took = started.elapsed();
-    assert!(out.status.success(), "iso build failed: {}", text(&out));
+    assert_eq!(out.code, 0, "iso build failed: {}", out.text);
     eprintln!("ISO build of {NODE} took {:.2}s", took.as_secs_f64());
     let iso = dir.path().join(format!("dist/{NODE}.nuc.iso"));
     assert!(iso.is_file());
     // The stock ISO (and the cached download) is only read.
     assert_eq!(sha256_file(&s.iso), stock_before);
-    let cached = env().cache().join("assets").join(&s.sha256);
+    let cached = dir.cache().join("assets").join(&s.sha256);
     assert_eq!(
         sha256_file(&cached),
         s.sha256,
@@ -217,10 +189,10 @@ fn remastered_installer_reads_back() {
     assert!(md5.contains("./casper/vmlinuz"), "{md5}");
 
     // autoinstall.yaml and the payload against the schema and `imgbuild render`.
-    let render_text = run(dir.path(), &["render", NODE, "--contents"], None);
-    assert!(render_text.status.success(), "{}", text(&render_text));
-    let render_json = run(dir.path(), &["render", NODE, "--json"], None);
-    assert!(render_json.status.success(), "{}", text(&render_json));
+    let render_text = dir.imgbuild(["render", NODE, "--contents"]).run();
+    assert_eq!(render_text.code, 0, "{}", render_text.text);
+    let render_json = dir.imgbuild(["render", NODE, "--json"]).run();
+    assert_eq!(render_json.code, 0, "{}", render_json.text);
     std::fs::write(dir.path().join("render.txt"), &render_text.stdout).unwrap();
     std::fs::write(dir.path().join("render.json"), &render_json.stdout).unwrap();
     let schema = repo().join("../shared/oracles/subiquity-autoinstall-schema.json");
@@ -262,32 +234,25 @@ fn remastered_installer_reads_back() {
 #[test]
 fn install_disk_and_shutdown_come_from_the_profile() {
     let s = stock();
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
-    let profiles = dir.path().join("profiles");
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(&profiles)
-    ));
+    let dir = Project::example();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
+    let profiles = dir.profiles();
     std::fs::write(
         profiles.join("nodes/ws03.yaml"),
         std::fs::read_to_string(repo().join("profiles/nodes/ws03.yaml")).unwrap()
             + "install:\n  disk: {serial: \"S4EVNX0N*\", model: \"Samsung SSD 980*\"}\n  shutdown: reboot\n",
     )
     .unwrap();
-    let out = run(
-        dir.path(),
-        &[
+    let out = dir
+        .imgbuild([
             "--profiles",
             profiles.to_str().unwrap(),
             "--manifests",
             m.to_str().unwrap(),
             "dist/ws03.nuc.iso",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+        ])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.text);
     let yaml = dir.path().join("autoinstall.yaml");
     sh(&format!(
         "osirrox -indev {} -extract /autoinstall.yaml {} 2>/dev/null",
@@ -314,13 +279,11 @@ fn install_disk_and_shutdown_come_from_the_profile() {
         "board: nuc\ninstall:\n  disk: {size: 500GB}\n  shutdown: halt\n",
     )
     .unwrap();
-    let out = run(
-        dir.path(),
-        &["--profiles", profiles.to_str().unwrap(), "check"],
-        None,
-    );
-    let t = text(&out);
-    assert!(!out.status.success(), "{t}");
+    let out = dir
+        .imgbuild(["--profiles", profiles.to_str().unwrap(), "check"])
+        .run();
+    let t = &out.text;
+    assert!(out.code != 0, "{t}");
     assert!(
         t.contains("install.disk.size") && t.contains("largest"),
         "{t}"
@@ -350,13 +313,11 @@ fn install_disk_and_shutdown_come_from_the_profile() {
             format!("board: nuc\n{install}{storage}"),
         )
         .unwrap();
-        let out = run(
-            dir.path(),
-            &["--profiles", profiles.to_str().unwrap(), "check"],
-            None,
-        );
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(3), "{t}");
+        let out = dir
+            .imgbuild(["--profiles", profiles.to_str().unwrap(), "check"])
+            .run();
+        let t = &out.text;
+        assert_eq!(out.code, 3, "{t}");
         let line = t
             .lines()
             .find(|l| l.contains("ws03.yaml") && l.contains(reason))
@@ -371,27 +332,23 @@ fn install_disk_and_shutdown_come_from_the_profile() {
             + "storage:\n  - {device: /dev/sdb, mount: /var/lib/longhorn}\n",
     )
     .unwrap();
-    let out = run(
-        dir.path(),
-        &["--profiles", profiles.to_str().unwrap(), "check"],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let out = dir
+        .imgbuild(["--profiles", profiles.to_str().unwrap(), "check"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.text);
     let iso = dir.path().join("dist/ws03.nuc.iso");
     let before = std::fs::metadata(&iso).unwrap().modified().unwrap();
-    let out = run(
-        dir.path(),
-        &[
+    let out = dir
+        .imgbuild([
             "--profiles",
             profiles.to_str().unwrap(),
             "--manifests",
             m.to_str().unwrap(),
             "dist/ws03.nuc.iso",
-        ],
-        None,
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+        ])
+        .run();
+    let t = &out.text;
+    assert_eq!(out.code, 3, "{t}");
     assert!(t.contains("install.disk: node ws03 has data disks"), "{t}");
     let after = std::fs::metadata(&iso).unwrap().modified().unwrap();
     assert_eq!(after, before, "the ISO was replaced");
@@ -401,28 +358,25 @@ fn install_disk_and_shutdown_come_from_the_profile() {
         "board: nuc\ninstall:\n  disk: {serial: \"*S64DNX0R123456\"}\nstorage:\n  - {device: /dev/sdb, mount: /var/lib/longhorn}\n",
     )
     .unwrap();
-    let out = run(
-        dir.path(),
-        &["--profiles", profiles.to_str().unwrap(), "check"],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    let out = dir
+        .imgbuild(["--profiles", profiles.to_str().unwrap(), "check"])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.text);
 }
 
 #[test]
 fn missing_xorriso_names_the_package() {
     let s = stock();
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let dir = Project::example();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
     let empty = dir.path().join("empty-path");
     std::fs::create_dir_all(&empty).unwrap();
-    let out = run(
-        dir.path(),
-        &["--manifests", m.to_str().unwrap(), "dist/ws03.nuc.iso"],
-        Some(&empty),
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    let out = dir
+        .imgbuild(["--manifests", m.to_str().unwrap(), "dist/ws03.nuc.iso"])
+        .env("PATH", &empty)
+        .run();
+    let t = &out.text;
+    assert_eq!(out.code, 1, "{t}");
     assert!(
         t.contains("xorriso is not installed") && t.contains("apt-get install xorriso"),
         "{t}"
@@ -433,15 +387,15 @@ fn missing_xorriso_names_the_package() {
 #[test]
 fn corrupt_installer_is_refused_clearly() {
     let _ = stock();
-    let dir = scratch();
+    let dir = Project::example();
     // Right digest, wrong content: what a truncated or mislabelled pin serves.
     let garbage = b"<html>not an ISO</html>".repeat(4000);
     let sha = hex::encode(Sha256::digest(&garbage));
     env().mirror.put("/releases/garbage.iso", garbage);
-    let m = manifests(dir.path(), "/releases/garbage.iso", &sha);
-    let out = build(dir.path(), &m, "dist/ws03.nuc.iso");
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    let m = manifests(&dir, "/releases/garbage.iso", &sha);
+    let out = build(&dir, &m, "dist/ws03.nuc.iso").run();
+    let t = &out.text;
+    assert_eq!(out.code, 1, "{t}");
     assert!(
         t.contains("not an ISO 9660 image") && t.contains("CD001"),
         "{t}"
@@ -449,21 +403,21 @@ fn corrupt_installer_is_refused_clearly() {
     only_left(&dir.path().join("dist"), &[]);
 
     // A download that does not match the pinned digest never gets that far.
-    let m = manifests(dir.path(), "/releases/live-server.iso", &"0".repeat(64));
-    let out = build(dir.path(), &m, "dist/ws03.nuc.iso");
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    let m = manifests(&dir, "/releases/live-server.iso", &"0".repeat(64));
+    let out = build(&dir, &m, "dist/ws03.nuc.iso").run();
+    let t = &out.text;
+    assert_eq!(out.code, 1, "{t}");
     assert!(t.contains("sha256"), "{t}");
     only_left(&dir.path().join("dist"), &[]);
 }
 
 #[test]
 fn iso_targets_refused_where_they_cannot_be_built() {
-    let dir = scratch();
+    let dir = Project::example();
     // rk1 has no installer in its manifest.
-    let out = run(dir.path(), &["dist/node02.rk1.iso"], None);
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
+    let out = dir.imgbuild(["dist/node02.rk1.iso"]).run();
+    let t = &out.text;
+    assert_eq!(out.code, 2, "{t}");
     assert!(
         t.contains("no `installer`") && t.contains("node02.rk1.img"),
         "{t}"
@@ -557,36 +511,23 @@ fn installer() -> &'static Stock {
     static I: OnceLock<Stock> = OnceLock::new();
     I.get_or_init(|| {
         let s = stock();
-        let dir = shared_scratch().join("installer");
-        std::fs::create_dir_all(&dir).unwrap();
-        let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
-        let out = build(&dir, &m, "dist/ws03.nuc.iso");
-        assert!(out.status.success(), "{}", text(&out));
-        let iso = dir.join("dist/ws03.nuc.iso");
+        // Built by a project of its own, into the directory every test of
+        // this binary shares (the project goes, the installer stays).
+        let p = Project::example();
+        let m = manifests(&p, "/releases/live-server.iso", &s.sha256);
+        let iso = shared_scratch().join("installer/dist/ws03.nuc.iso");
+        build(&p, &m, iso.to_str().unwrap()).ok();
         let sha256 = sha256_file(&iso);
         Stock { iso, sha256 }
     })
 }
 
-fn usb_command(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> std::process::Command {
-    let e = env();
-    let mut c = command();
-    if !args.contains(&"--profiles") {
-        c.arg("--profiles").arg(repo().join("profiles"));
-    }
-    c.arg("usb")
+/// `imgbuild usb` with `args`, on the fake system `sys`.
+fn usb(p: &Project, sys: &FakeSystem, args: &[&str]) -> Cmd {
+    p.imgbuild(["usb"])
         .args(args)
-        .current_dir(cwd)
-        .env("IMGBUILD_SECRETS", e.secrets())
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
         .env("IMGBUILD_SYSFS_ROOT", &sys.sysfs)
-        .env("IMGBUILD_MOUNTINFO", &sys.mountinfo);
-    c
-}
-
-fn usb(cwd: &Path, sys: &FakeSystem, args: &[&str]) -> Output {
-    usb_command(cwd, sys, args).output().expect("imgbuild runs")
+        .env("IMGBUILD_MOUNTINFO", &sys.mountinfo)
 }
 
 const GIB_SECTORS: u64 = 2 * 1024 * 1024;
@@ -605,11 +546,11 @@ type RefusalCase = (
 #[test]
 fn usb_writes_and_verifies() {
     let s = installer();
-    let dir = scratch();
+    let dir = Project::example();
     let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let dev = sys.device.to_str().unwrap();
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &[
             "ws03",
@@ -619,9 +560,10 @@ fn usb_writes_and_verifies() {
             s.iso.to_str().unwrap(),
             "--yes",
         ],
-    );
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    )
+    .run();
+    let t = &out.text;
+    assert_eq!(out.code, 0, "{t}");
     assert!(
         t.contains("flashed") && t.contains("wrote and verified"),
         "{t}"
@@ -632,9 +574,9 @@ fn usb_writes_and_verifies() {
     );
 
     // Without --iso the node's installer is built into --out-dir first, then written.
-    let m = manifests(dir.path(), "/releases/live-server.iso", &stock().sha256);
+    let m = manifests(&dir, "/releases/live-server.iso", &stock().sha256);
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &[
             "--manifests",
@@ -645,27 +587,29 @@ fn usb_writes_and_verifies() {
             "--yes",
             "--json",
         ],
-    );
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    )
+    .run();
+    let t = &out.text;
+    assert_eq!(out.code, 0, "{t}");
     let built = dir.path().join("dist/ws03.nuc.iso");
     assert_eq!(
         std::fs::read(&sys.device).unwrap(),
         std::fs::read(&built).unwrap()
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = out.json();
     assert_eq!(report[0]["result"], "flashed", "{report}");
     assert_eq!(report[0]["sha256"], sha256_file(&built));
 
     // No terminal and no --yes: refused before a byte is written.
     std::fs::write(&sys.device, b"").unwrap();
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &["ws03", "--device", dev, "--iso", s.iso.to_str().unwrap()],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(2), "{t}");
+    )
+    .run();
+    let t = &out.text;
+    assert_eq!(out.code, 2, "{t}");
     assert!(
         t.contains("without confirmation") && t.contains("--yes"),
         "{t}"
@@ -736,19 +680,20 @@ fn usb_refuses_the_wrong_disks() {
         ),
     ];
     for (what, bus, sectors, mountinfo, suffix, needles) in cases {
-        let dir = scratch();
+        let dir = Project::example();
         let sys = fake_system(dir.path(), "sdx", bus, sectors, &mountinfo);
         if what == "held" {
             std::fs::write(sys.sysfs.join("block/sdx/sdx1/holders/dm-0"), b"").unwrap();
         }
         let dev = format!("{}{suffix}", sys.device.display());
         let out = usb(
-            dir.path(),
+            &dir,
             &sys,
             &["ws03", "--device", &dev, "--iso", iso, "--yes"],
-        );
-        let t = text(&out);
-        assert_eq!(out.status.code(), Some(2), "{what}: {t}");
+        )
+        .run();
+        let t = &out.text;
+        assert_eq!(out.code, 2, "{what}: {t}");
         for n in needles {
             assert!(t.contains(n), "{what}: expected {n:?} in: {t}");
         }
@@ -763,10 +708,10 @@ fn usb_refuses_the_wrong_disks() {
 
 #[test]
 fn usb_refuses_an_iso_imgbuild_did_not_build() {
-    let dir = scratch();
+    let dir = Project::example();
     let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &[
             "ws03",
@@ -776,9 +721,10 @@ fn usb_refuses_an_iso_imgbuild_did_not_build() {
             stock().iso.to_str().unwrap(),
             "--yes",
         ],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    )
+    .run();
+    let t = &out.text;
+    assert_eq!(out.code, 1, "{t}");
     assert!(t.contains("not an installer imgbuild built"), "{t}");
     assert_eq!(std::fs::metadata(&sys.device).unwrap().len(), 0);
     only_left(&dir.path().join("dist"), &[]);
@@ -786,14 +732,9 @@ fn usb_refuses_an_iso_imgbuild_did_not_build() {
 
 #[test]
 fn usb_rebuilds_an_installer_made_from_other_profiles() {
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &stock().sha256);
-    let profiles = dir.path().join("profiles");
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(&profiles)
-    ));
+    let dir = Project::example();
+    let m = manifests(&dir, "/releases/live-server.iso", &stock().sha256);
+    let profiles = dir.profiles();
     let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let args = [
         "--profiles",
@@ -805,14 +746,14 @@ fn usb_rebuilds_an_installer_made_from_other_profiles() {
         sys.device.to_str().unwrap(),
         "--yes",
     ];
-    let out = usb(dir.path(), &sys, &args);
-    assert!(out.status.success(), "{}", text(&out));
+    let out = usb(&dir, &sys, &args).run();
+    assert_eq!(out.code, 0, "{}", out.text);
     let iso = dir.path().join("dist/ws03.nuc.iso");
     let first = sha256_file(&iso);
     // Reused while the profiles are the same.
-    let out = usb(dir.path(), &sys, &args);
-    assert!(out.status.success(), "{}", text(&out));
-    assert!(!text(&out).contains("rebuilding"), "{}", text(&out));
+    let out = usb(&dir, &sys, &args).run();
+    assert_eq!(out.code, 0, "{}", out.text);
+    assert!(!out.text.contains("rebuilding"), "{}", out.text);
     assert_eq!(sha256_file(&iso), first);
     // A changed profile: the stale installer is rebuilt, not written.
     let node = profiles.join("nodes/ws03.yaml");
@@ -825,9 +766,9 @@ fn usb_rebuilds_an_installer_made_from_other_profiles() {
         ),
     )
     .unwrap();
-    let out = usb(dir.path(), &sys, &args);
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
+    let out = usb(&dir, &sys, &args).run();
+    let t = &out.text;
+    assert_eq!(out.code, 0, "{t}");
     assert!(t.contains("built from other profiles; rebuilding"), "{t}");
     assert_ne!(sha256_file(&iso), first);
     assert_eq!(
@@ -839,11 +780,11 @@ fn usb_rebuilds_an_installer_made_from_other_profiles() {
 #[test]
 fn usb_write_failure_is_not_reported_done() {
     let s = installer();
-    let dir = scratch();
+    let dir = Project::example();
     // /dev/full fails every write with ENOSPC, as a stick that dies would.
     let sys = fake_system(dir.path(), "full", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &[
             "ws03",
@@ -853,17 +794,15 @@ fn usb_write_failure_is_not_reported_done() {
             s.iso.to_str().unwrap(),
             "--yes",
         ],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    )
+    .run();
+    let t = &out.text;
+    assert_eq!(out.code, 1, "{t}");
     assert!(
         t.contains("writing failed after 0 of") && t.contains("incomplete installer"),
         "{t}"
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("flashed"),
-        "{t}"
-    );
+    assert!(!out.stdout.contains("flashed"), "{t}");
 }
 
 #[test]
@@ -871,7 +810,7 @@ fn usb_interrupted_write_is_not_reported_done() {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let s = installer();
-    let dir = scratch();
+    let dir = Project::example();
     let sys = fake_system(dir.path(), "sdy", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     // A FIFO for the device: writes block once its buffer is full, so the
     // interrupt lands in the middle of the write.
@@ -882,8 +821,8 @@ fn usb_interrupted_write_is_not_reported_done() {
         .custom_flags(libc::O_NONBLOCK)
         .open(&sys.device)
         .unwrap();
-    let child = usb_command(
-        dir.path(),
+    let child = usb(
+        &dir,
         &sys,
         &[
             "ws03",
@@ -894,6 +833,7 @@ fn usb_interrupted_write_is_not_reported_done() {
             "--yes",
         ],
     )
+    .command()
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped())
     .spawn()
@@ -911,17 +851,14 @@ fn usb_interrupted_write_is_not_reported_done() {
         }
     }
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(130), "{t}");
+    let out = Run::from(&child.wait_with_output().unwrap());
+    let t = &out.text;
+    assert_eq!(out.code, 130, "{t}");
     assert!(
         t.contains("interrupted while writing") && t.contains("incomplete installer"),
         "{t}"
     );
-    assert!(
-        !String::from_utf8_lossy(&out.stdout).contains("flashed"),
-        "{t}"
-    );
+    assert!(!out.stdout.contains("flashed"), "{t}");
     drop(reader);
 }
 
@@ -929,8 +866,8 @@ fn usb_interrupted_write_is_not_reported_done() {
 fn interrupted_iso_build_leaves_nothing() {
     use std::os::unix::process::CommandExt;
     let s = stock();
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
+    let dir = Project::example();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
     // An xorriso that hangs when asked to write the remastered ISO, so the
     // interrupt lands while the partial output and staging exist.
     let bin = dir.path().join("bin");
@@ -952,16 +889,9 @@ fn interrupted_iso_build_leaves_nothing() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let e = env();
-    let child = command()
-        .arg("--profiles")
-        .arg(repo().join("profiles"))
-        .args(["--manifests", m.to_str().unwrap(), "dist/ws03.nuc.iso"])
-        .current_dir(dir.path())
-        .env("IMGBUILD_SECRETS", e.secrets())
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+    let child = build(&dir, &m, "dist/ws03.nuc.iso")
         .env("PATH", path)
+        .command()
         .process_group(0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -982,9 +912,9 @@ fn interrupted_iso_build_leaves_nothing() {
     );
     // Ctrl-C reaches the whole process group, as on a terminal.
     unsafe { libc::kill(-(child.id() as i32), libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(130), "{t}");
+    let out = Run::from(&child.wait_with_output().unwrap());
+    let t = &out.text;
+    assert_eq!(out.code, 130, "{t}");
     only_left(&dist, &[]);
 }
 
@@ -1075,7 +1005,7 @@ fn remastered_installer_boots_with_autoinstall_bios_and_uefi() {
         );
         return;
     }
-    let dir = scratch();
+    let dir = Project::example();
     let initrd = dir.path().join("initrd");
     sh(&format!(
         "bash {} {} {}",
@@ -1097,9 +1027,9 @@ fn remastered_installer_boots_with_autoinstall_bios_and_uefi() {
         "/releases/bootable-live.iso",
         std::fs::read(&stock).unwrap(),
     );
-    let m = manifests(dir.path(), "/releases/bootable-live.iso", &sha);
-    let out = build(dir.path(), &m, "dist/ws03.nuc.iso");
-    assert!(out.status.success(), "{}", text(&out));
+    let m = manifests(&dir, "/releases/bootable-live.iso", &sha);
+    let out = build(&dir, &m, "dist/ws03.nuc.iso").run();
+    assert_eq!(out.code, 0, "{}", out.text);
     let iso = dir.path().join("dist/ws03.nuc.iso");
 
     let ovmf = Path::new("/usr/share/OVMF/OVMF_CODE_4M.fd");
@@ -1134,54 +1064,45 @@ fn remastered_installer_boots_with_autoinstall_bios_and_uefi() {
     }
 }
 
-/// `imgbuild render NODE` as (target, path, mode, uid, gid, secret, contents):
-/// headers from `--json`, contents from `--contents` (header line, exactly
-/// `bytes` bytes, newline).
-fn rendered(cwd: &Path) -> Vec<serde_json::Value> {
-    let json = run(cwd, &["render", NODE, "--json"], None);
-    assert!(json.status.success(), "{}", text(&json));
-    let textual = run(cwd, &["render", NODE, "--contents"], None);
-    assert!(textual.status.success(), "{}", text(&textual));
-    let mut listed: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
-    let raw = &textual.stdout;
-    let mut pos = 0;
-    for item in &mut listed {
-        let end = pos + raw[pos..].iter().position(|b| *b == b'\n').unwrap();
-        let header = String::from_utf8_lossy(&raw[pos..end]).into_owned();
-        let size: usize = header
-            .split(" bytes")
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .parse()
-            .unwrap();
-        item["contents_hex"] = hex::encode(&raw[end + 1..end + 1 + size]).into();
-        pos = end + 1 + size + 1;
-    }
-    listed
+/// What `render` gives NODE, each file as {target, path, mode, uid, gid,
+/// secret, contents_hex}.
+fn rendered(p: &Project) -> Vec<serde_json::Value> {
+    p.rendered(NODE)
+        .into_iter()
+        .map(|f| {
+            serde_json::json!({
+                "target": f.target.to_string(),
+                "path": f.path,
+                "mode": f.mode,
+                "uid": f.uid,
+                "gid": f.gid,
+                "secret": f.secret,
+                "contents_hex": hex::encode(&f.contents),
+            })
+        })
+        .collect()
 }
 
 #[test]
 fn unsealed_installer_carries_no_secrets_and_usb_seals_it() {
     let s = stock();
-    let dir = scratch();
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
-    let out = run(
-        dir.path(),
-        &[
+    let dir = Project::example();
+    // The cluster's secrets exist (an operator made them): `render` shows
+    // their values, and `usb` seals with them.
+    dir.imgbuild(["secrets", "--generate"]).ok();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
+    let out = dir
+        .imgbuild([
             "--manifests",
             m.to_str().unwrap(),
             "--unsealed",
             "dist/ws03.nuc.iso",
-        ],
-        None,
-    );
-    assert!(out.status.success(), "{}", text(&out));
+        ])
+        .run();
+    assert_eq!(out.code, 0, "{}", out.text);
     let iso = dir.path().join("dist/ws03.nuc.iso");
     let before = sha256_file(&iso);
-    let files = rendered(dir.path());
+    let files = rendered(&dir);
     let secret: Vec<&serde_json::Value> = files.iter().filter(|f| f["secret"] == true).collect();
     assert!(
         secret.len() >= 4,
@@ -1215,7 +1136,7 @@ fn unsealed_installer_carries_no_secrets_and_usb_seals_it() {
     // `usb` seals it on the way to the stick; the artifact is not modified.
     let sys = fake_system(dir.path(), "sdx", Bus::Usb, 8 * GIB_SECTORS, ROOT_ON_NVME);
     let out = usb(
-        dir.path(),
+        &dir,
         &sys,
         &[
             "ws03",
@@ -1225,8 +1146,9 @@ fn unsealed_installer_carries_no_secrets_and_usb_seals_it() {
             iso.to_str().unwrap(),
             "--yes",
         ],
-    );
-    assert!(out.status.success(), "{}", text(&out));
+    )
+    .run();
+    assert_eq!(out.code, 0, "{}", out.text);
     assert_eq!(sha256_file(&iso), before, "the unsealed ISO was modified");
     only_left(
         &dir.path().join("dist"),
@@ -1345,20 +1267,12 @@ fn ext4_entries(
 /// same paths, modes, owners and bytes as in the raw image's root.
 #[test]
 fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
-    use support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
+    use crate::support::chart::{PLAIN_TEMPLATE, chart_tgz, sha256_hex};
     let s = stock();
-    let dir = scratch();
-    let profiles = dir.path().join("profiles");
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(&profiles)
-    ));
+    let dir = Project::example();
+    let profiles = dir.profiles();
     let edit = |file: &str, from: &str, to: &str| {
-        let p = profiles.join(file);
-        let t = std::fs::read_to_string(&p).unwrap();
-        assert!(t.contains(from), "{file} has no {from:?}");
-        std::fs::write(&p, t.replacen(from, to, 1)).unwrap();
+        dir.edit(&format!("profiles/{file}"), from, to);
     };
     // ws03 (a NUC) creates the cluster instead of node01.
     edit(
@@ -1371,7 +1285,7 @@ fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
         "k3s:\n",
         "k3s:\n  role: server\n  cluster_init: true\n",
     );
-    let reg = support::registry::Registry::start();
+    let reg = crate::support::registry::Registry::start();
     let app = reg.serve_image("team/app", false);
     let tool = reg.serve_image("team/tool", false);
     edit(
@@ -1380,7 +1294,7 @@ fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
         &format!("board: nuc\nimages: [\"{}\"]\n", tool.reference),
     );
     let tgz = chart_tgz(dir.path(), PLAIN_TEMPLATE);
-    let charts = support::http::Server::start(Default::default());
+    let charts = crate::support::http::Server::start(Default::default());
     charts.put("/charts/demo-0.1.0.tgz", tgz.clone());
     std::fs::create_dir_all(profiles.join("manifests")).unwrap();
     std::fs::write(
@@ -1398,40 +1312,40 @@ fn installer_holds_the_image_archives_and_bootstrap_files_a_bake_writes() {
             sha256_hex(&tgz)
         ),
     );
-    let m = manifests(dir.path(), "/releases/live-server.iso", &s.sha256);
-    let fx = support::fixtures::fixtures();
+    let m = manifests(&dir, "/releases/live-server.iso", &s.sha256);
+    let fx = crate::support::fixtures::fixtures();
     let base = format!("nuc={}", fx.nuc.path.display());
     let p = profiles.to_str().unwrap();
-    let img = run(
-        dir.path(),
-        &[
+    let img = dir
+        .imgbuild([
             "--profiles",
             p,
             "--base",
             &base,
             "--no-shrink",
             "dist/ws03.nuc.img",
-        ],
-        None,
-    );
-    assert!(img.status.success(), "bake failed: {}", text(&img));
-    let iso = run(
-        dir.path(),
-        &[
+        ])
+        .run();
+    assert_eq!(img.code, 0, "bake failed: {}", img.text);
+    let iso = dir
+        .imgbuild([
             "--profiles",
             p,
             "--manifests",
             m.to_str().unwrap(),
             "dist/ws03.nuc.iso",
-        ],
-        None,
-    );
-    assert!(iso.status.success(), "iso build failed: {}", text(&iso));
+        ])
+        .run();
+    assert_eq!(iso.code, 0, "iso build failed: {}", iso.text);
 
     let work = dir.path().join("read");
     std::fs::create_dir(&work).unwrap();
-    let part =
-        support::fixtures::fsck_ext4(&fx.nuc, &dir.path().join("dist/ws03.nuc.img"), 1, &work);
+    let part = crate::support::fixtures::fsck_ext4(
+        &fx.nuc,
+        &dir.path().join("dist/ws03.nuc.img"),
+        1,
+        &work,
+    );
     let tar = work.join("root.tar");
     sh(&format!(
         "osirrox -indev {} -extract /imgbuild/root.tar {} 2>/dev/null",

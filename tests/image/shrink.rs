@@ -3,21 +3,14 @@
 //! an unshrunk (`--no-shrink`) bake of the same inputs; and the inputs that
 //! must not be shrunk.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::support::project::{Project, repo_overrides};
+use crate::support::{bytes::*, fixtures::*, harness::*};
 use imgbuild::image::{Partition, PartitionTable, Region};
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 /// Fixtures whose roots are mostly free (sparse files: little disk used).
 struct Big {
@@ -39,26 +32,10 @@ fn big() -> &'static Big {
     })
 }
 
-fn bake_args(out_dir: &Path, target: &str, base: &Path, extra: &[&str]) -> std::process::Output {
-    let out = out_dir.join(target);
-    let profiles = repo().join("profiles");
-    let mut args = vec![
-        "--profiles",
-        profiles.to_str().unwrap(),
-        "--base",
-        base.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    args.push(out.to_str().unwrap());
-    imgbuild(out_dir, &args)
-}
-
-fn bake(out_dir: &Path, target: &str, base: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
-    let r = bake_args(out_dir, target, base, extra);
-    assert!(r.status.success(), "bake failed: {}", text(&r));
-    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    (out_dir.join(target), report[0].clone())
+/// Bakes `target` from `base` with `extra` flags: the image and its report.
+fn bake(proj: &Project, target: &str, base: &Path, extra: &[&str]) -> (PathBuf, serde_json::Value) {
+    let report = proj.bake_from(target, base).args(extra).json()[0].clone();
+    (proj.join(target), report)
 }
 
 fn table(img: &Path) -> PartitionTable {
@@ -164,11 +141,15 @@ fn shrunk_vs_stock(
     seed: u32,
     root: u32,
 ) -> (serde_json::Value, serde_json::Value) {
-    let work = scratch();
-    let stock_dir = work.path().join("stock");
-    std::fs::create_dir_all(&stock_dir).unwrap();
-    let (small, rs) = bake(work.path(), target, &base.path, &[]);
-    let (stock, rn) = bake(&stock_dir, target, &base.path, &["--no-shrink"]);
+    let proj = Project::example();
+    let work = proj.path();
+    let (small, rs) = bake(&proj, target, &base.path, &[]);
+    let (stock, rn) = bake(
+        &proj,
+        &format!("stock/{target}"),
+        &base.path,
+        &["--no-shrink"],
+    );
 
     let (small_len, stock_len) = (
         std::fs::metadata(&small).unwrap().len(),
@@ -182,7 +163,7 @@ fn shrunk_vs_stock(
     assert_eq!(rs["flash_bytes"].as_u64(), Some(small_len), "{rs}");
     assert_eq!(rn["flash_bytes"].as_u64(), Some(stock_len), "{rn}");
     assert_eq!(rs["shrink"]["shrunk"].as_bool(), Some(true), "{rs}");
-    if collapses(work.path()) {
+    if collapses(work) {
         assert_eq!(rs["shrink"]["method"].as_str(), Some("in-place"), "{rs}");
     }
     assert!(rn["shrink"].is_null(), "{rn}");
@@ -192,9 +173,9 @@ fn shrunk_vs_stock(
         "{rs}"
     );
     // inspect: the bytes a flash sends, and the root that grows on first boot.
-    let i = imgbuild(work.path(), &["inspect", "--json", small.to_str().unwrap()]);
-    assert!(i.status.success(), "{}", text(&i));
-    let i: serde_json::Value = serde_json::from_slice(&i.stdout).unwrap();
+    let i = proj
+        .imgbuild(["inspect", "--json", small.to_str().unwrap()])
+        .json();
     assert_eq!(i["flash_bytes"].as_u64(), Some(small_len), "{i}");
     assert_eq!(
         i["root"]["partition"].as_u64(),
@@ -206,8 +187,10 @@ fn shrunk_vs_stock(
         i["root"]["partition_bytes"], rs["shrink"]["root_bytes"],
         "{i}"
     );
-    let t = imgbuild(work.path(), &["inspect", small.to_str().unwrap()]);
-    let t = String::from_utf8_lossy(&t.stdout).into_owned();
+    let t = proj
+        .imgbuild(["inspect", small.to_str().unwrap()])
+        .run()
+        .stdout;
     assert!(
         t.contains(&format!("a flash sends {small_len} bytes"))
             && t.contains("grows both to the end of the device"),
@@ -267,8 +250,8 @@ fn shrunk_vs_stock(
         );
     }
     let (da, db) = (
-        debugfs_tree(&small, &r, work.path(), "dump-small"),
-        debugfs_tree(&stock, &rstock, work.path(), "dump-stock"),
+        debugfs_tree(&small, &r, work, "dump-small"),
+        debugfs_tree(&stock, &rstock, work, "dump-stock"),
     );
     assert!(da.len() > 100);
     assert!(
@@ -426,44 +409,11 @@ fn nuc_shrunk_output_is_clean_and_equal_to_stock_size() {
     shrunk_vs_stock(&big().nuc, "nuc2.nuc.img", 15, 1);
 }
 
-/// A copy of the shipped profiles with `extra` appended to node02's file, and
-/// the arguments that point imgbuild at it (and at the repository's
-/// manifests and overlays, or `manifests`).
-fn profiles_with(work: &Path, node02_extra: &str, manifests: Option<&Path>) -> Vec<String> {
-    let dir = work.join("profiles");
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(&dir)
-    ));
-    let node = dir.join("nodes/node02.yaml");
-    let mut text = std::fs::read_to_string(&node).unwrap();
-    text.push_str(node02_extra);
-    std::fs::write(&node, text).unwrap();
-    let manifests = manifests.map_or_else(|| repo().join("firmware-manifests"), Path::to_path_buf);
-    vec![
-        "--profiles".into(),
-        dir.display().to_string(),
-        "--manifests".into(),
-        manifests.display().to_string(),
-        "--overlays".into(),
-        repo().join("overlays").display().to_string(),
-    ]
-}
-
-fn run_in(
-    work: &Path,
-    args: &[String],
-    base: &Path,
-    extra: &[&str],
-    target: &str,
-) -> std::process::Output {
-    let out = work.join(target);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.extend_from_slice(&["--base", base.to_str().unwrap(), "--json"]);
-    a.extend_from_slice(extra);
-    a.push(out.to_str().unwrap());
-    imgbuild(work, &a)
+/// A copy of the shipped profiles with `node02_extra` appended to node02's file.
+fn profiles_with(node02_extra: &str) -> Project {
+    let proj = Project::example();
+    proj.append("profiles/nodes/node02.yaml", node02_extra);
+    proj
 }
 
 fn assert_no_output(dir: &Path) {
@@ -478,14 +428,14 @@ fn assert_no_output(dir: &Path) {
 
 #[test]
 fn node_headroom_setting_sizes_the_root() {
-    let work = scratch();
-    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 64\n", None);
-    let r = run_in(work.path(), &args, &big().rk1.path, &[], "node02.rk1.img");
-    assert!(r.status.success(), "{}", text(&r));
-    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let proj = profiles_with("shrink:\n  headroom_mib: 64\n");
+    let rep = proj
+        .bake_from("node02.rk1.img", &big().rk1.path)
+        .args(repo_overrides())
+        .json();
     let s = &rep[0]["shrink"];
     assert_eq!(s["headroom_bytes"].as_u64(), Some(64 << 20), "{s}");
-    let img = work.path().join("node02.rk1.img");
+    let img = proj.join("node02.rk1.img");
     let root = part(&img, 2);
     let used = s["root_used_bytes"].as_u64().unwrap();
     // used (or resize2fs' minimum, which adds some metadata) + 64 MiB, in MiB.
@@ -511,31 +461,25 @@ fn node_headroom_setting_sizes_the_root() {
 
 #[test]
 fn zero_headroom_is_refused_by_check() {
-    let work = scratch();
-    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 0\n", None);
-    let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
-    a.push("check");
-    let r = imgbuild(work.path(), &a);
-    assert_eq!(r.status.code(), Some(3), "{}", text(&r));
-    assert!(text(&r).contains("shrink.headroom_mib"), "{}", text(&r));
+    let proj = profiles_with("shrink:\n  headroom_mib: 0\n");
+    let r = proj.imgbuild(repo_overrides()).arg("check").expect_exit(3);
+    assert!(r.text.contains("shrink.headroom_mib"), "{}", r.text);
 }
 
 #[test]
 fn root_not_last_is_refused_and_no_shrink_still_builds() {
-    let work = scratch();
+    let proj = Project::example();
     // An RK1 layout with a partition 3 behind the root.
-    let dir = work.path().join("fx");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = proj.mkdir("fx");
     let fx = build_rk1_with(&dir, "rk1-p3.img", 1024, 183, "24.04");
     sh(&format!(
         "truncate -s +64M {i}; sgdisk -e {i} >/dev/null; sgdisk -n 3:0:0 -t 3:8300 {i} >/dev/null",
         i = q(&fx.path)
     ));
-    let out = work.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let r = bake_args(&out, "node02.rk1.img", &fx.path, &[]);
-    assert!(!r.status.success(), "a root that is not last was shrunk");
-    let msg = text(&r);
+    let out = proj.mkdir("out");
+    let r = proj.bake_from("out/node02.rk1.img", &fx.path).run();
+    assert!(r.code != 0, "a root that is not last was shrunk");
+    let msg = r.text;
     assert!(
         msg.contains("partition 3 ends after it starts")
             && msg.contains("root_is_last")
@@ -543,7 +487,7 @@ fn root_not_last_is_refused_and_no_shrink_still_builds() {
         "{msg}"
     );
     assert_no_output(&out);
-    let (img, rep) = bake(&out, "node02.rk1.img", &fx.path, &["--no-shrink"]);
+    let (img, rep) = bake(&proj, "out/node02.rk1.img", &fx.path, &["--no-shrink"]);
     assert_eq!(
         std::fs::metadata(&img).unwrap().len(),
         std::fs::metadata(&fx.path).unwrap().len()
@@ -553,25 +497,28 @@ fn root_not_last_is_refused_and_no_shrink_still_builds() {
 
 #[test]
 fn manifest_without_root_is_last_keeps_the_stock_size_with_a_warning() {
-    let work = scratch();
-    let manifests = work.path().join("manifests");
+    let proj = Project::example();
+    let manifests = proj.join("manifests");
     sh(&format!(
         "cp -r {} {m}; sed -i 's/^root_is_last: true$/root_is_last: false/' {m}/rk1.yaml; grep -q '^root_is_last: false' {m}/rk1.yaml",
         q(&repo().join("firmware-manifests")),
         m = q(&manifests)
     ));
-    let args = profiles_with(work.path(), "", Some(&manifests));
-    let r = run_in(work.path(), &args, &big().rk1.path, &[], "node02.rk1.img");
-    assert!(r.status.success(), "{}", text(&r));
-    let rep: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let r = proj
+        .bake_from("node02.rk1.img", &big().rk1.path)
+        .arg("--manifests")
+        .arg(&manifests)
+        .args(["--overlays", repo().join("overlays").to_str().unwrap()])
+        .ok();
+    let rep = r.json();
     assert_eq!(rep[0]["shrink"]["shrunk"].as_bool(), Some(false));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let err = &r.stderr;
     assert!(
         err.contains("WARN") && err.contains("root_is_last: true"),
         "{err}"
     );
     assert_eq!(
-        std::fs::metadata(work.path().join("node02.rk1.img"))
+        std::fs::metadata(proj.join("node02.rk1.img"))
             .unwrap()
             .len(),
         std::fs::metadata(&big().rk1.path).unwrap().len()
@@ -580,9 +527,8 @@ fn manifest_without_root_is_last_keeps_the_stock_size_with_a_warning() {
 
 #[test]
 fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
-    let work = scratch();
-    let dir = work.path().join("fx");
-    std::fs::create_dir_all(&dir).unwrap();
+    let proj = profiles_with("shrink:\n  headroom_mib: 8\n");
+    let dir = proj.mkdir("fx");
     let fx = build_rk1_with(&dir, "rk1-full.img", 200, 183, "24.04");
     // Fill the root: a file as big as the free space leaves a few MiB.
     let (start, _) = fx.part(2);
@@ -601,22 +547,22 @@ fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
         f = q(&filler)
     ));
     std::fs::remove_file(&filler).unwrap();
-    let args = profiles_with(work.path(), "shrink:\n  headroom_mib: 8\n", None);
-    let r = run_in(work.path(), &args, &fx.path, &[], "node02.rk1.img");
-    assert!(r.status.success(), "{}", text(&r));
-    let err = String::from_utf8_lossy(&r.stderr);
+    let r = proj
+        .bake_from("node02.rk1.img", &fx.path)
+        .args(repo_overrides())
+        .ok();
+    let err = &r.stderr;
     assert!(
         err.contains("keeping the stock size") && err.contains("nothing to cut"),
         "{err}"
     );
-    let stock = work.path().join("stock");
-    std::fs::create_dir_all(&stock).unwrap();
-    let r2 = run_in(&stock, &args, &fx.path, &["--no-shrink"], "node02.rk1.img");
-    assert!(r2.status.success(), "{}", text(&r2));
-    let (a, b) = (
-        work.path().join("node02.rk1.img"),
-        stock.join("node02.rk1.img"),
-    );
+    let stock = proj.mkdir("stock");
+    proj.bake_from("stock/node02.rk1.img", &fx.path)
+        .args(repo_overrides())
+        .arg("--no-shrink")
+        .cwd(&stock)
+        .ok();
+    let (a, b) = (proj.join("node02.rk1.img"), stock.join("node02.rk1.img"));
     let len = std::fs::metadata(&a).unwrap().len();
     assert_eq!(len, std::fs::metadata(&b).unwrap().len());
     assert_eq!(
@@ -628,22 +574,20 @@ fn full_root_keeps_the_stock_size_unchanged_with_a_warning() {
 
 #[test]
 fn dirty_journal_is_refused_and_leaves_nothing() {
-    let work = scratch();
-    let dir = work.path().join("fx");
-    std::fs::create_dir_all(&dir).unwrap();
+    let proj = Project::example();
+    let dir = proj.mkdir("fx");
     let fx = build_rk1_with(&dir, "rk1-dirty.img", 1024, 183, "24.04");
     let (start, _) = fx.part(2);
     sh(&format!(
         "debugfs -w -R 'feature needs_recovery' '{}?offset={start}' >/dev/null 2>&1",
         fx.path.display()
     ));
-    let out = work.path().join("out");
-    std::fs::create_dir_all(&out).unwrap();
-    let r = bake_args(&out, "node02.rk1.img", &fx.path, &[]);
-    assert!(!r.status.success(), "a root with a dirty journal was baked");
+    let out = proj.mkdir("out");
+    let r = proj.bake_from("out/node02.rk1.img", &fx.path).run();
+    assert!(r.code != 0, "a root with a dirty journal was baked");
     // The base check refuses it before anything is copied (ext4-view will
     // not read a file system whose journal needs replaying).
-    assert!(text(&r).contains("journal"), "{}", text(&r));
+    assert!(r.text.contains("journal"), "{}", r.text);
     assert_no_output(&out);
 }
 
@@ -654,14 +598,11 @@ fn dirty_journal_is_refused_and_leaves_nothing() {
 /// cloud-init's init stage.
 #[test]
 fn first_boot_grows_the_root_before_anything_needs_the_space() {
-    use imgbuild::commands::{self, Paths};
-    let paths =
-        Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()));
+    let proj = Project::example();
     let mut swap_file_seen = false;
     let mut units = 0;
     for node in ["node01", "node02", "node03", "node04", "nuc2", "ws03"] {
-        let files =
-            commands::render::render(&paths, node, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap();
+        let files = proj.rendered(node);
         let seed = |p: &str| {
             files
                 .iter()
@@ -724,13 +665,10 @@ fn first_boot_grows_the_root_before_anything_needs_the_space() {
 /// time, not the clock, so two shrunk bakes a second apart are identical.
 #[test]
 fn shrunk_bakes_are_byte_identical() {
-    let work = scratch();
-    let (a_dir, b_dir) = (work.path().join("a"), work.path().join("b"));
-    std::fs::create_dir_all(&a_dir).unwrap();
-    std::fs::create_dir_all(&b_dir).unwrap();
-    let (a, ra) = bake(&a_dir, "node02.rk1.img", &big().rk1.path, &[]);
+    let proj = Project::example();
+    let (a, ra) = bake(&proj, "a/node02.rk1.img", &big().rk1.path, &[]);
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let (b, _) = bake(&b_dir, "node02.rk1.img", &big().rk1.path, &[]);
+    let (b, _) = bake(&proj, "b/node02.rk1.img", &big().rk1.path, &[]);
     assert_eq!(ra["shrink"]["shrunk"].as_bool(), Some(true));
     let len = std::fs::metadata(&a).unwrap().len();
     assert_eq!(len, std::fs::metadata(&b).unwrap().len());
@@ -743,8 +681,8 @@ fn shrunk_bakes_are_byte_identical() {
 /// `resize2fs` grows the file system into it. The table verifies clean and
 /// every file is still there.
 fn grows_back(base: &Layout, target: &str, root: u32) {
-    let work = scratch();
-    let (img, _) = bake(work.path(), target, &base.path, &[]);
+    let proj = Project::example();
+    let (img, _) = bake(&proj, target, &base.path, &[]);
     let before = ext4_tree(&img, &part(&img, root));
     // The device: 1 GiB bigger than the image.
     sh(&format!("truncate -s +1G {}", q(&img)));
@@ -807,39 +745,19 @@ fn cm4_shrunk_image_grows_back_with_growpart() {
 /// size and a clean root.
 #[test]
 fn a_shrunk_unsealed_image_seals() {
-    let work = scratch();
-    let (img, rep) = bake(
-        work.path(),
-        "node02.rk1.img",
-        &big().rk1.path,
-        &["--unsealed"],
-    );
+    let proj = Project::example();
+    let (img, rep) = bake(&proj, "node02.rk1.img", &big().rk1.path, &["--unsealed"]);
     assert_eq!(rep["shrink"]["shrunk"].as_bool(), Some(true), "{rep}");
-    let sealed = work.path().join("sealed.img");
-    let profiles = repo().join("profiles");
+    let sealed = proj.join("sealed.img");
     // Sealing never creates secrets: make them as an operator would.
-    let g = imgbuild(
-        work.path(),
-        &[
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "secrets",
-            "--generate",
-        ],
-    );
-    assert!(g.status.success(), "{}", text(&g));
-    let r = imgbuild(
-        work.path(),
-        &[
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "seal",
-            img.to_str().unwrap(),
-            "-o",
-            sealed.to_str().unwrap(),
-        ],
-    );
-    assert!(r.status.success(), "{}", text(&r));
+    proj.imgbuild(["secrets", "--generate"]).ok();
+    proj.imgbuild([
+        "seal",
+        img.to_str().unwrap(),
+        "-o",
+        sealed.to_str().unwrap(),
+    ])
+    .ok();
     assert_eq!(
         std::fs::metadata(&sealed).unwrap().len(),
         std::fs::metadata(&img).unwrap().len()

@@ -1,47 +1,24 @@
 //! Profile and manifest validation through `imgbuild check`: every problem is
 //! listed with its file, field and what is expected.
 
-mod support {
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
+use crate::support::fixtures::cloud_init_schema;
+use crate::support::harness::*;
+use crate::support::project::{Project, repo_overrides};
 
-use std::path::Path;
-
-use support::{harness::*, mirror::*};
-
-/// Copies the shipped profiles into a temp dir, applies `edits` (file, contents), runs check.
-fn check_with(edits: &[(&str, &str)]) -> (i32, String, tempfile::TempDir) {
-    let dir = scratch();
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(dir.path())
-    ));
+/// The shipped profiles with `edits` (file, contents; empty removes the
+/// file) applied, checked against the repository's manifests and overlays.
+fn check_with(edits: &[(&str, &str)]) -> (i32, String, Project) {
+    let p = Project::example();
     for (file, body) in edits {
-        let p = dir.path().join("profiles").join(file);
+        let rel = format!("profiles/{file}");
         if body.is_empty() {
-            std::fs::remove_file(&p).unwrap();
+            p.remove(&rel);
         } else {
-            std::fs::write(&p, body).unwrap();
+            p.write(&rel, body);
         }
     }
-    let manifests = repo().join("firmware-manifests");
-    let overlays = repo().join("overlays");
-    let out = imgbuild(
-        dir.path(),
-        &[
-            "check",
-            "--profiles",
-            "profiles",
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--overlays",
-            overlays.to_str().unwrap(),
-        ],
-    );
-    (out.status.code().unwrap(), text(&out), dir)
+    let r = p.imgbuild(["check"]).args(repo_overrides()).run();
+    (r.code, r.text, p)
 }
 
 #[test]
@@ -272,25 +249,22 @@ fn missing_or_broken_files_are_named() {
         out.contains("cluster.yaml: cluster: missing field `server`"),
         "{out}"
     );
-    let w = scratch();
-    let out = imgbuild(
-        w.path(),
-        &[
+    let out = Project::empty()
+        .imgbuild([
             "check",
             "--profiles",
             "nowhere",
             "--manifests",
             repo().join("firmware-manifests").to_str().unwrap(),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(3));
+        ])
+        .expect_exit(3);
     // One line that says what is missing, one hint that says what to do.
-    let t = text(&out);
     assert_eq!(
-        t.trim_end(),
+        out.text.trim_end(),
         "error: no profiles: nowhere/cluster.yaml does not exist\n\
          hint: run `imgbuild init` here to write them, or point --profiles (or IMGBUILD_PROFILES) at your cluster's profile directory",
-        "{t}"
+        "{}",
+        out.text
     );
 }
 
@@ -302,56 +276,39 @@ fn a_hostile_key_comment_stays_one_yaml_value() {
         "- \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEqfAkq5sKqoPzq3y9gWRYeFMZ3xH5P7dWm8vLqGf1bA x\\\" }]\\t #: {runcmd: [reboot]} '\"",
     );
     assert!(cluster.contains("runcmd"));
-    let dir = scratch();
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(dir.path())
-    ));
-    std::fs::write(dir.path().join("profiles/cluster.yaml"), &cluster).unwrap();
-    let paths = imgbuild::commands::Paths::resolve(
-        dir.path().join("profiles"),
-        Some(repo().join("firmware-manifests")),
-        Some(repo().join("overlays")),
-    );
-    let files =
-        imgbuild::commands::render::render(&paths, "node02", imgbuild::plan::DEFAULT_BUILD_TIME)
-            .unwrap();
+    let dir = Project::example();
+    dir.write("profiles/cluster.yaml", &cluster);
+    let files = dir.rendered("node02");
     let ud = files.iter().find(|f| f.path == "/user-data").unwrap();
     let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&ud.contents).unwrap();
     let key = v["users"][0]["ssh_authorized_keys"][0].as_str().unwrap();
     assert!(key.ends_with("x\" }]\t #: {runcmd: [reboot]} '"), "{key}");
     assert!(v.get("runcmd").is_none());
-    let work = scratch();
-    let f = work.path().join("ud");
-    std::fs::write(&f, &ud.contents).unwrap();
-    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
-    assert_eq!(code, 0, "{out}");
+    cloud_init_schema(&ud.contents, dir.path());
 }
 
 #[test]
 fn bad_manifests_are_named() {
-    let dir = scratch();
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("firmware-manifests")),
-        q(dir.path())
-    ));
-    let m = dir.path().join("firmware-manifests");
-    let rk1 = std::fs::read_to_string(m.join("rk1.yaml")).unwrap();
-    std::fs::write(
-        m.join("rk1.yaml"),
-        rk1.replace("sha256: 8858", "sha256: zz58")
-            .replace("partition: cidata", "partition: nope"),
+    let dir = Project::example();
+    for board in ["cm4", "nuc", "rk1"] {
+        dir.override_manifest(board);
+    }
+    let m = dir.manifests();
+    dir.edit(
+        "firmware-manifests/rk1.yaml",
+        "sha256: 8858",
+        "sha256: zz58",
     )
-    .unwrap();
-    std::fs::write(m.join("cm4.yaml"), "board: cm4\nwhat: 1\n").unwrap();
-    let out = imgbuild(
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-        &["check", "--manifests", m.to_str().unwrap()],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(3), "{t}");
+    .edit(
+        "firmware-manifests/rk1.yaml",
+        "partition: cidata",
+        "partition: nope",
+    )
+    .write("firmware-manifests/cm4.yaml", "board: cm4\nwhat: 1\n");
+    let t = dir
+        .imgbuild(["check", "--manifests", m.to_str().unwrap()])
+        .expect_exit(3)
+        .text;
     assert!(
         t.contains("rk1.yaml: source.sha256: expected 64 hex digits"),
         "{t}"

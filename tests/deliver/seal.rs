@@ -2,63 +2,15 @@
 //! build file for file, bytes are reproducible, artifacts verify against
 //! their provenance, and bad inputs are refused with nothing written.
 
-mod support {
-    pub mod bmc;
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
+use crate::support::project::{Project, bases, repo_overrides};
+use crate::support::{bytes::*, fixtures::*, harness::*};
 
-/// imgbuild with the test binary's cache and k3s mirror and `secrets` as the
-/// secrets directory.
-fn run(cwd: &Path, secrets: &Path, args: &[&str]) -> std::process::Output {
-    let e = env();
-    command()
-        .args(args)
-        .current_dir(cwd)
-        .env("IMGBUILD_SECRETS", secrets)
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-        .output()
-        .unwrap()
-}
-
-fn ok(out: std::process::Output) -> std::process::Output {
-    assert!(out.status.success(), "{}", text(&out));
-    out
-}
-
-fn profiles() -> String {
-    repo().join("profiles").display().to_string()
-}
-
-fn bases() -> Vec<String> {
-    let fx = fixtures();
-    vec![
-        "--base".into(),
-        format!("rk1={}", fx.rk1.path.display()),
-        "--base".into(),
-        format!("cm4={}", fx.cm4.path.display()),
-        "--base".into(),
-        format!("nuc={}", fx.nuc.path.display()),
-    ]
-}
-
-fn build(cwd: &Path, secrets: &Path, extra: &[&str], targets: &[&Path]) {
-    let p = profiles();
-    let b = bases();
-    let mut args: Vec<&str> = vec!["--profiles", &p];
-    args.extend(b.iter().map(String::as_str));
-    args.extend_from_slice(extra);
-    args.extend(targets.iter().map(|t| t.to_str().unwrap()));
-    ok(run(cwd, secrets, &args));
+/// Builds `targets` with `extra` flags from every board's fixture base.
+fn build(w: &Project, extra: &[&str], targets: &[&Path]) {
+    w.imgbuild(bases()).args(extra).args(targets).ok();
 }
 
 /// Every secret value in `secrets`: tokens, node passwords, and one line of
@@ -93,27 +45,20 @@ fn secret_values(secrets: &Path) -> Vec<String> {
 
 #[test]
 fn unsealed_images_hold_no_secret_anywhere_in_their_bytes() {
-    let w = scratch();
-    let secrets = w.path().join("secrets");
+    let w = Project::example();
+    let secrets = w.secrets();
     // The cluster's secrets exist (an operator made them), but an unsealed
     // build must neither read nor change them.
-    ok(run(
-        w.path(),
-        &secrets,
-        &["secrets", "--generate", "--profiles", &profiles()],
-    ));
+    w.imgbuild(["secrets", "--generate"]).ok();
     let before = sh(&format!(
         "cd {} && find . -type f | sort | xargs sha256sum",
         q(&secrets)
     ))
     .stdout;
-    let out = w.path().join("dist");
-    let p = profiles();
-    let b = bases();
-    let mut args: Vec<&str> = vec!["--profiles", &p, "--all", "--unsealed", "--out-dir"];
-    args.push(out.to_str().unwrap());
-    args.extend(b.iter().map(String::as_str));
-    ok(run(w.path(), &secrets, &args));
+    let out = w.join("dist");
+    w.imgbuild(["--all", "--unsealed", "--out-dir", out.to_str().unwrap()])
+        .args(bases())
+        .ok();
     let after = sh(&format!(
         "cd {} && find . -type f | sort | xargs sha256sum",
         q(&secrets)
@@ -139,12 +84,10 @@ fn unsealed_images_hold_no_secret_anywhere_in_their_bytes() {
             img.display(),
             found.chars().take(200).collect::<String>()
         );
-        let t = text(&ok(run(
-            w.path(),
-            &secrets,
-            &["inspect", "--json", img.to_str().unwrap()],
-        )));
-        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        let r = w
+            .imgbuild(["inspect", "--json", img.to_str().unwrap()])
+            .ok();
+        let (t, v) = (&r.text, r.json());
         assert_eq!(v["provenance"]["unsealed"], true, "{t}");
     }
     assert_eq!(images, 6);
@@ -215,39 +158,29 @@ fn trees(layout: &Layout, image: &Path, work: &Path) -> BTreeMap<u32, BTreeMap<S
 #[test]
 fn sealing_an_unsealed_image_equals_a_sealed_build_file_for_file() {
     let fx = fixtures();
-    let w = scratch();
-    let secrets = w.path().join("secrets");
-    ok(run(
-        w.path(),
-        &secrets,
-        &["secrets", "--generate", "--profiles", &profiles()],
-    ));
+    let w = Project::example();
+    w.imgbuild(["secrets", "--generate"]).ok();
     for (node, layout) in [
         ("node01.cm4", &fx.cm4),
         ("node02.rk1", &fx.rk1),
         ("nuc2.nuc", &fx.nuc),
     ] {
-        let dir = w.path().join(node);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = w.mkdir(node);
         let direct = dir.join("direct").join(format!("{node}.img"));
-        build(&dir, &secrets, &[], &[&direct]);
+        build(&w, &[], &[&direct]);
         let unsealed = dir.join("ci").join(format!("{node}.img.zst"));
-        build(&dir, &secrets, &["--unsealed"], &[&unsealed]);
+        build(&w, &["--unsealed"], &[&unsealed]);
         let sealed = dir.join(format!("{node}.sealed.img"));
-        let r = ok(run(
-            &dir,
-            &secrets,
-            &[
+        let report = w
+            .imgbuild([
                 "seal",
                 "--json",
-                "--profiles",
-                &profiles(),
                 unsealed.to_str().unwrap(),
                 "-o",
                 sealed.to_str().unwrap(),
-            ],
-        ));
-        let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+            ])
+            .cwd(&dir)
+            .json();
         assert!(
             report["files"].as_array().unwrap().iter().any(|f| f["path"]
                 .as_str()
@@ -284,43 +217,39 @@ fn sealing_an_unsealed_image_equals_a_sealed_build_file_for_file() {
                 "{node} p{index} fails its checker"
             );
         }
-        ok(run(&dir, &secrets, &["verify", unsealed.to_str().unwrap()]));
+        w.imgbuild(["verify", unsealed.to_str().unwrap()])
+            .cwd(&dir)
+            .ok();
     }
 }
 
 #[test]
 fn unsealed_bytes_are_reproducible_across_directories_umask_locale_and_time_zone() {
     let fx = fixtures();
+    let p = Project::example();
     let mut digests = Vec::new();
-    for (umask, tz, lang) in [("022", "UTC", "C"), ("077", "Asia/Kolkata", "de_DE.UTF-8")] {
-        let w = scratch();
-        let out = w.path().join("some/where").join("node02.rk1.img");
-        let e = env();
-        let r = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
-            .arg(bin())
-            .args([
-                "--profiles",
-                &profiles(),
-                "--base",
-                fx.rk1.path.to_str().unwrap(),
-                "--unsealed",
-                out.to_str().unwrap(),
-            ])
-            .current_dir(w.path())
-            .env_remove("CI")
-            .env("TZ", tz)
-            .env("LANG", lang)
-            .env("LC_ALL", lang)
-            .env("IMGBUILD_SECRETS", w.path().join("never-read"))
-            .env("IMGBUILD_CACHE_DIR", e.cache())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
-            .output()
-            .unwrap();
-        assert!(r.status.success(), "{}", text(&r));
+    for (i, (umask, tz, lang)) in [(0o022, "UTC", "C"), (0o077, "Asia/Kolkata", "de_DE.UTF-8")]
+        .into_iter()
+        .enumerate()
+    {
+        // Another working and output directory each time, the same profiles.
+        let w = p.mkdir(format!("run-{i}"));
+        let out = w.join("some/where").join("node02.rk1.img");
+        p.imgbuild([
+            "--base",
+            fx.rk1.path.to_str().unwrap(),
+            "--unsealed",
+            out.to_str().unwrap(),
+        ])
+        .cwd(&w)
+        .umask(umask)
+        .env("TZ", tz)
+        .env("LANG", lang)
+        .env("LC_ALL", lang)
+        .env("IMGBUILD_SECRETS", w.join("never-read"))
+        .ok();
         assert!(
-            !w.path().join("never-read").exists(),
+            !w.join("never-read").exists(),
             "an unsealed build made a secrets dir"
         );
         let len = std::fs::metadata(&out).unwrap().len();
@@ -334,16 +263,12 @@ fn unsealed_bytes_are_reproducible_across_directories_umask_locale_and_time_zone
 #[test]
 fn verify_checks_the_artifact_and_tells_what_it_was_built_from() {
     let fx = fixtures();
-    let w = scratch();
-    let secrets = w.path().join("secrets");
-    let out = w.path().join("node03.rk1.img.xz");
-    build(w.path(), &secrets, &["--unsealed"], &[&out]);
-    let r = ok(run(
-        w.path(),
-        &secrets,
-        &["verify", "--json", out.to_str().unwrap()],
-    ));
-    let v: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
+    let w = Project::example();
+    let out = w.join("node03.rk1.img.xz");
+    build(&w, &["--unsealed"], &[&out]);
+    let v = w
+        .imgbuild(["verify", "--json", out.to_str().unwrap()])
+        .json();
     assert_eq!(v["sums_checked"], true);
     assert_eq!(v["statement_checked"], true);
     assert_eq!(v["parameters"]["node"], "node03");
@@ -388,64 +313,45 @@ fn verify_checks_the_artifact_and_tells_what_it_was_built_from() {
         .read_exact_at(&mut b, 1000)
         .unwrap();
     f.write_all_at(&[b[0] ^ 0x01], 1000).unwrap();
-    let r = run(w.path(), &secrets, &["verify", out.to_str().unwrap()]);
-    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    let r = w.imgbuild(["verify", out.to_str().unwrap()]).expect_exit(1);
     assert!(
-        text(&r).contains("differs from") && text(&r).contains("modified"),
+        r.text.contains("differs from") && r.text.contains("modified"),
         "{}",
-        text(&r)
+        r.text
     );
-    let sealed = w.path().join("s.img");
-    let r = run(
-        w.path(),
-        &secrets,
-        &[
+    let sealed = w.join("s.img");
+    let r = w
+        .imgbuild([
             "seal",
-            "--profiles",
-            &profiles(),
             out.to_str().unwrap(),
             "-o",
             sealed.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
-    assert!(
-        text(&r).contains("modified after it was built"),
-        "{}",
-        text(&r)
-    );
+        ])
+        .expect_exit(1);
+    assert!(r.text.contains("modified after it was built"), "{}", r.text);
     assert!(!sealed.exists());
     let _ = fx;
 }
 
 #[test]
 fn bad_seal_inputs_are_refused_and_nothing_is_written() {
-    let w = scratch();
-    let secrets = w.path().join("secrets");
-    let unsealed = w.path().join("ci/node04.rk1.img");
-    build(w.path(), &secrets, &["--unsealed"], &[&unsealed]);
-    let out = w.path().join("out.img");
-    let manifests = repo().join("firmware-manifests");
-    let overlays = repo().join("overlays");
-    let seal = |secrets: &Path, profiles: &str, image: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "seal",
-            "--profiles",
-            profiles,
-            "--manifests",
-            manifests.to_str().unwrap(),
-            "--overlays",
-            overlays.to_str().unwrap(),
-            image.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        args.extend(["-o", out.to_str().unwrap()]);
-        run(w.path(), secrets, &args)
+    let w = Project::example();
+    let secrets = w.secrets();
+    let unsealed = w.join("ci/node04.rk1.img");
+    build(&w, &["--unsealed"], &[&unsealed]);
+    let out = w.join("out.img");
+    let seal = |profiles: &Path, image: &Path, extra: &[&str]| {
+        w.imgbuild(["seal", "--profiles", profiles.to_str().unwrap()])
+            .args(repo_overrides())
+            .arg(image)
+            .args(extra)
+            .args(["-o", out.to_str().unwrap()])
+            .run()
     };
     // No secrets yet: sealing never creates them.
-    let r = seal(&secrets, &profiles(), &unsealed, &[]);
-    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
-    assert!(text(&r).contains("never creates"), "{}", text(&r));
+    let r = seal(&w.profiles(), &unsealed, &[]);
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(r.text.contains("never creates"), "{}", r.text);
     assert!(!secrets.exists() && !out.exists());
     // Secrets of the cluster but none for this node.
     std::fs::create_dir(&secrets).unwrap();
@@ -454,41 +360,26 @@ fn bad_seal_inputs_are_refused_and_nothing_is_written() {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
-    ok(run(
-        w.path(),
-        &secrets,
-        &[
-            "secrets",
-            "--print-token",
-            "server",
-            "--profiles",
-            &profiles(),
-        ],
-    ));
-    let r = seal(&secrets, &profiles(), &unsealed, &[]);
-    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+    w.imgbuild(["secrets", "--print-token", "server"]).ok();
+    let r = seal(&w.profiles(), &unsealed, &[]);
+    assert_eq!(r.code, 1, "{}", r.text);
     assert!(
-        text(&r).contains("lacks") && text(&r).contains("nodes/node04/ssh_host_ed25519_key"),
+        r.text.contains("lacks") && r.text.contains("nodes/node04/ssh_host_ed25519_key"),
         "{}",
-        text(&r)
+        r.text
     );
     assert!(!out.exists());
-    ok(run(
-        w.path(),
-        &secrets,
-        &["secrets", "--generate", "--profiles", &profiles()],
-    ));
+    w.imgbuild(["secrets", "--generate"]).ok();
     // For another node.
-    let r = seal(&secrets, &profiles(), &unsealed, &["--node", "node03"]);
-    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    let r = seal(&w.profiles(), &unsealed, &["--node", "node03"]);
+    assert_eq!(r.code, 2, "{}", r.text);
     assert!(
-        text(&r).contains("built for node node04, not node03"),
+        r.text.contains("built for node node04, not node03"),
         "{}",
-        text(&r)
+        r.text
     );
     // Built from other profiles (a label changed since).
-    let other = w.path().join("other");
-    std::fs::create_dir(&other).unwrap();
+    let other = w.mkdir("other");
     sh(&format!(
         "cp -r {} {}",
         q(&repo().join("profiles")),
@@ -497,48 +388,29 @@ fn bad_seal_inputs_are_refused_and_nothing_is_written() {
     let n4 = other.join("profiles/nodes/node04.yaml");
     let t = std::fs::read_to_string(&n4).unwrap();
     std::fs::write(&n4, t.replace("node-type: rk1", "node-type: rk1-b")).unwrap();
-    let r = seal(
-        &secrets,
-        other.join("profiles").to_str().unwrap(),
-        &unsealed,
-        &[],
-    );
-    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
-    assert!(text(&r).contains("profile digest"), "{}", text(&r));
+    let r = seal(&other.join("profiles"), &unsealed, &[]);
+    assert_eq!(r.code, 1, "{}", r.text);
+    assert!(r.text.contains("profile digest"), "{}", r.text);
     assert!(!out.exists());
     // Sealed already.
-    ok(seal(&secrets, &profiles(), &unsealed, &[]));
-    let again = w.path().join("again.img");
-    let r = run(
-        w.path(),
-        &secrets,
-        &[
-            "seal",
-            "--profiles",
-            &profiles(),
-            out.to_str().unwrap(),
-            "-o",
-            again.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
-    assert!(text(&r).contains("already sealed"), "{}", text(&r));
+    let r = seal(&w.profiles(), &unsealed, &[]);
+    assert_eq!(r.code, 0, "{}", r.text);
+    let again = w.join("again.img");
+    let r = w
+        .imgbuild(["seal", out.to_str().unwrap(), "-o", again.to_str().unwrap()])
+        .expect_exit(2);
+    assert!(r.text.contains("already sealed"), "{}", r.text);
     assert!(!again.exists());
     // Not an imgbuild image at all.
-    let r = run(
-        w.path(),
-        &secrets,
-        &[
+    let r = w
+        .imgbuild([
             "seal",
-            "--profiles",
-            &profiles(),
             fixtures().rk1.path.to_str().unwrap(),
             "-o",
             again.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
-    assert!(text(&r).contains("no provenance record"), "{}", text(&r));
+        ])
+        .expect_exit(2);
+    assert!(r.text.contains("no provenance record"), "{}", r.text);
     // No partial files anywhere.
     let left = sh(&format!(
         "find {} -name '*.partial' -o -name '.imgbuild-seal-*'",
@@ -551,113 +423,70 @@ fn bad_seal_inputs_are_refused_and_nothing_is_written() {
 #[test]
 fn in_ci_a_build_that_bakes_secrets_needs_an_explicit_flag() {
     let fx = fixtures();
-    let w = scratch();
-    let out: PathBuf = w.path().join("node02.rk1.img");
-    let e = env();
+    let w = Project::example();
+    let out: PathBuf = w.join("node02.rk1.img");
     let ci = |extra: &[&str]| {
-        let mut c = command();
-        c.args([
-            "--profiles",
-            &profiles(),
-            "--base",
-            fx.rk1.path.to_str().unwrap(),
-        ])
-        .args(extra)
-        .arg(&out)
-        .current_dir(w.path())
-        .env("CI", "true")
-        .env("IMGBUILD_SECRETS", w.path().join("secrets"))
-        .env("IMGBUILD_CACHE_DIR", e.cache())
-        .env("IMGBUILD_K3S_MIRROR", e.mirror_url());
-        c.output().unwrap()
+        w.imgbuild(["--base", fx.rk1.path.to_str().unwrap()])
+            .args(extra)
+            .arg(&out)
+            .env("CI", "true")
     };
-    let r = ci(&[]);
-    assert_eq!(r.status.code(), Some(2), "{}", text(&r));
+    let r = ci(&[]).expect_exit(2);
     assert!(
-        text(&r).contains("--unsealed") && text(&r).contains("--sealed"),
+        r.text.contains("--unsealed") && r.text.contains("--sealed"),
         "{}",
-        text(&r)
+        r.text
     );
-    assert!(!out.exists() && !w.path().join("secrets").exists());
-    ok(ci(&["--unsealed"]));
-    assert!(!w.path().join("secrets").exists());
-    ok(ci(&["--sealed"]));
-    assert!(w.path().join("secrets").exists());
+    assert!(!out.exists() && !w.secrets().exists());
+    ci(&["--unsealed"]).ok();
+    assert!(!w.secrets().exists());
+    ci(&["--sealed"]).ok();
+    assert!(w.secrets().exists());
 }
 
 #[test]
 fn flashing_a_ci_artifact_seals_it_on_the_way_and_leaves_it_untouched() {
     let fx = fixtures();
-    let w = scratch();
-    let bmc = support::bmc::FakeBmc::start("turing");
+    let w = Project::example();
+    let bmc = crate::support::bmc::FakeBmc::start("turing");
     // Profiles whose Turing Pi board is the fake BMC; the artifact is built
     // from the same profiles, as CI would from the operator's repository.
-    sh(&format!(
-        "cp -r {} {}",
-        q(&repo().join("profiles")),
-        q(w.path())
-    ));
-    let cluster = w.path().join("profiles/cluster.yaml");
-    let t = std::fs::read_to_string(&cluster)
-        .unwrap()
-        .replace("bmc: turingpi.home.arpa", &format!("bmc: {}", bmc.host()));
-    std::fs::write(&cluster, t).unwrap();
-    let p = w.path().join("profiles").display().to_string();
-    let manifests = repo().join("firmware-manifests").display().to_string();
-    let overlays = repo().join("overlays").display().to_string();
-    let secrets = w.path().join("secrets");
-    let artifact = w.path().join("ci/node02.rk1.img.zst");
-    let common = [
-        "--profiles",
-        p.as_str(),
-        "--manifests",
-        manifests.as_str(),
-        "--overlays",
-        overlays.as_str(),
-    ];
-    let with = |args: &[&str]| -> Vec<String> {
-        args.iter()
-            .chain(common.iter())
-            .map(|s| s.to_string())
-            .collect()
-    };
-    let run_bmc = |args: Vec<String>| {
-        let e = env();
-        command()
-            .args(&args)
-            .current_dir(w.path())
-            .env("IMGBUILD_SECRETS", &secrets)
-            .env("IMGBUILD_CACHE_DIR", e.cache())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+    w.edit(
+        "profiles/cluster.yaml",
+        "bmc: turingpi.home.arpa",
+        &format!("bmc: {}", bmc.host()),
+    );
+    let artifact = w.join("ci/node02.rk1.img.zst");
+    let run_bmc = |args: &[&str]| {
+        w.imgbuild(args)
+            .args(repo_overrides())
             .env("IMGBUILD_BMC_PASSWORD", "turing")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
+            .ok()
     };
-    ok(run_bmc(with(&[
+    run_bmc(&[
         "--unsealed",
         "--base",
         fx.rk1.path.to_str().unwrap(),
         artifact.to_str().unwrap(),
-    ])));
-    ok(run_bmc(with(&["secrets", "--generate"])));
+    ]);
+    run_bmc(&["secrets", "--generate"]);
     let before = sha_file(&artifact);
-    ok(run_bmc(with(&[
+    run_bmc(&[
         "flash",
         "node02",
         "--yes",
         "--image",
         artifact.to_str().unwrap(),
-    ])));
+    ]);
     assert_eq!(sha_file(&artifact), before, "the artifact was modified");
     // What reached the slot is exactly the sealed image.
-    let sealed = w.path().join("sealed/node02.rk1.img");
-    ok(run_bmc(with(&[
+    let sealed = w.join("sealed/node02.rk1.img");
+    run_bmc(&[
         "seal",
         artifact.to_str().unwrap(),
         "-o",
         sealed.to_str().unwrap(),
-    ])));
+    ]);
     let slot = bmc.state.lock().unwrap().slots_dir.join("slot2.img");
     assert_eq!(
         sha_file(&slot),
@@ -726,14 +555,14 @@ fn the_ci_workflow_commands_build_and_verify_unsealed_artifacts() {
     assert!(!paths.contains("secrets"), "{paths}");
 
     // Run them in a checkout-like directory (two nodes keep xz quick).
-    let w = scratch();
-    for d in ["profiles", "firmware-manifests", "overlays"] {
+    let w = Project::example();
+    for d in ["firmware-manifests", "overlays"] {
         sh(&format!("cp -r {} {}", q(&repo().join(d)), q(w.path())));
     }
     for n in ["node03", "node04", "nuc2", "ws03"] {
-        std::fs::remove_file(w.path().join(format!("profiles/nodes/{n}.yaml"))).unwrap();
+        w.remove(&format!("profiles/nodes/{n}.yaml"));
     }
-    let e = env();
+    let mirror = crate::support::mirror::env().mirror_url();
     let b = bases().join(" ");
     let shell = |cmd: &str| {
         let path = format!(
@@ -748,8 +577,8 @@ fn the_ci_workflow_commands_build_and_verify_unsealed_artifacts() {
             .env("PATH", path)
             .env("CI", "true")
             .env("SOURCE_DATE_EPOCH", "1714003200")
-            .env("IMGBUILD_CACHE_DIR", e.cache())
-            .env("IMGBUILD_K3S_MIRROR", e.mirror_url())
+            .env("IMGBUILD_CACHE_DIR", w.cache())
+            .env("IMGBUILD_K3S_MIRROR", &mirror)
             .env_remove("IMGBUILD_SECRETS")
             .output()
             .unwrap();
@@ -758,10 +587,10 @@ fn the_ci_workflow_commands_build_and_verify_unsealed_artifacts() {
     shell(&format!("{build} {b}"));
     shell(&verify);
     assert!(
-        !w.path().join("secrets").exists(),
+        !w.secrets().exists(),
         "the CI build made a secrets directory"
     );
-    let n = std::fs::read_dir(w.path().join("dist"))
+    let n = std::fs::read_dir(w.join("dist"))
         .unwrap()
         .filter(|e| {
             e.as_ref()

@@ -1,54 +1,11 @@
 //! End-to-end bakes of RK1, CM4 and NUC fixtures through the CLI, checked
 //! with fsck.fat, e2fsck, pyfatfs, mtools, cloud-init schema and ext4-view.
 
-mod support {
-    pub mod bytes;
-    pub mod fixtures;
-    pub mod harness;
-    pub mod http;
-    pub mod mirror;
-}
-
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use imgbuild::commands::{self, Paths};
-use support::{bytes::*, fixtures::*, harness::*, mirror::*};
-
-fn paths() -> Paths {
-    Paths::resolve_with_secrets(repo().join("profiles"), None, None, Some(env().secrets()))
-}
-
-fn rendered(node: &str) -> Vec<imgbuild::plan::RenderedFile> {
-    commands::render::render(&paths(), node, imgbuild::plan::DEFAULT_BUILD_TIME).unwrap()
-}
-
-fn rendered_file(node: &str, path: &str) -> Vec<u8> {
-    rendered(node)
-        .into_iter()
-        .find(|f| f.target == "seed" && f.path == path)
-        .unwrap_or_else(|| panic!("{node} renders no seed file {path}"))
-        .contents
-}
-
-fn bake(out_dir: &Path, target: &str, base: &Path) -> (PathBuf, serde_json::Value) {
-    let out = out_dir.join(target);
-    let profiles = repo().join("profiles");
-    let r = imgbuild(
-        out_dir,
-        &[
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--base",
-            base.to_str().unwrap(),
-            "--json",
-            out.to_str().unwrap(),
-        ],
-    );
-    assert!(r.status.success(), "bake failed: {}", text(&r));
-    let report: serde_json::Value = serde_json::from_slice(&r.stdout).unwrap();
-    (out, report[0].clone())
-}
+use crate::support::project::{Project, bases, fixture};
+use crate::support::{bytes::*, fixtures::*, harness::*, mirror::*};
 
 fn touched(report: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = report["files"]
@@ -62,22 +19,6 @@ fn touched(report: &serde_json::Value) -> Vec<String> {
     v
 }
 
-fn cloud_init_schema(user_data: &[u8], work: &Path) {
-    let f = work.join("user-data.check");
-    std::fs::write(&f, user_data).unwrap();
-    let (code, out) = sh_status(&format!("cloud-init schema --config-file {}", q(&f)));
-    assert_eq!(
-        code,
-        0,
-        "cloud-init schema rejects user-data:\n{out}\n{}",
-        String::from_utf8_lossy(user_data)
-    );
-    assert!(
-        out.contains("Valid cloud-config") || out.contains("Valid schema"),
-        "{out}"
-    );
-}
-
 fn assert_no_partials(dir: &Path) {
     for e in std::fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
@@ -88,13 +29,14 @@ fn assert_no_partials(dir: &Path) {
 #[test]
 fn rk1_bake_writes_seed_and_root_and_nothing_else() {
     let fx = fixtures();
-    let work = scratch();
+    let p = Project::example();
+    let work = p.path();
     let base_hash = hash_range(
         &fx.rk1.path,
         0,
         std::fs::metadata(&fx.rk1.path).unwrap().len(),
     );
-    let (out, report) = bake(work.path(), "node02.rk1.img", &fx.rk1.path);
+    let (out, report) = p.baked("node02.rk1.img");
 
     assert_eq!(
         std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
@@ -109,20 +51,20 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
         base_hash,
         "base modified"
     );
-    assert_no_partials(work.path());
+    assert_no_partials(work);
 
-    let fsck = fsck_fat(&fx.rk1, &out, 1, work.path());
+    let fsck = fsck_fat(&fx.rk1, &out, 1, work);
     assert!(fsck.contains("files"), "{fsck}");
-    let part = work.path().join("p1.fat");
+    let part = work.join("p1.fat");
     for name in ["/user-data", "/meta-data", "/network-config"] {
         assert_eq!(
             fat_cat(&part, name),
-            rendered_file("node02", name),
+            p.rendered_file("node02", "seed", name),
             "{name} read back differs"
         );
     }
     let user = fat_cat(&part, "/user-data");
-    cloud_init_schema(&user, work.path());
+    cloud_init_schema(&user, work);
     let ud: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&user).unwrap();
     assert_eq!(ud["hostname"].as_str(), Some("node02"));
     assert_eq!(ud["users"][0]["name"].as_str(), Some("admin"));
@@ -169,7 +111,7 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
     assert_eq!(ranges, [fx.rk1.part(1), fx.rk1.part(2)]);
     assert_equal_outside(&fx.rk1.path, &out, &ranges);
     // Overlays reach the root file system, which stays e2fsck-clean.
-    let root = fsck_ext4(&fx.rk1, &out, 2, work.path());
+    let root = fsck_ext4(&fx.rk1, &out, 2, work);
     let fs = ext4_view::Ext4::load_from_path(&root).unwrap();
     assert_eq!(fs.read("/etc/machine-id").unwrap(), b"");
     assert_eq!(
@@ -187,33 +129,30 @@ fn rk1_bake_writes_seed_and_root_and_nothing_else() {
     let m = fs.metadata(images).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o644, 0, 0));
 
-    let insp = imgbuild(work.path(), &["inspect", out.to_str().unwrap()]);
-    let t = text(&insp);
-    assert!(insp.status.success(), "{t}");
+    let t = p.imgbuild(["inspect", out.to_str().unwrap()]).ok().text;
     assert!(t.contains("node node02 (rk1 board)"), "{t}");
     assert!(t.contains("profile digest"), "{t}");
     assert!(t.contains("GPT"), "{t}");
-    let stock = imgbuild(
-        work.path(),
-        &["inspect", "--json", fx.rk1.path.to_str().unwrap()],
-    );
-    let j: serde_json::Value = serde_json::from_slice(&stock.stdout).unwrap();
+    let j = p
+        .imgbuild(["inspect", "--json", fx.rk1.path.to_str().unwrap()])
+        .json();
     assert!(j["provenance"].is_null());
     assert_eq!(j["seed"]["instance_id"].as_str(), Some("cloud-image"));
-    let human = text(&imgbuild(
-        work.path(),
-        &["inspect", fx.rk1.path.to_str().unwrap()],
-    ));
+    let human = p
+        .imgbuild(["inspect", fx.rk1.path.to_str().unwrap()])
+        .run()
+        .text;
     assert!(human.contains("stock image"), "{human}");
 }
 
 #[test]
 fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
     let fx = fixtures();
-    let work = scratch();
-    let (out, report) = bake(work.path(), "node01.cm4.img", &fx.cm4.path);
-    fsck_fat(&fx.cm4, &out, 1, work.path());
-    let part = work.path().join("p1.fat");
+    let p = Project::example();
+    let work = p.path();
+    let (out, report) = p.baked("node01.cm4.img");
+    fsck_fat(&fx.cm4, &out, 1, work);
+    let part = work.join("p1.fat");
     let mtype = |name: &str| sh(&format!("mtype -i {} ::{name}", q(&part))).stdout;
     let cmdline = String::from_utf8(mtype("cmdline.txt")).unwrap();
     assert_eq!(
@@ -227,11 +166,11 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
     for name in ["user-data", "meta-data", "network-config"] {
         assert_eq!(
             mtype(name),
-            rendered_file("node01", &format!("/{name}")),
+            p.rendered_file("node01", "seed", &format!("/{name}")),
             "{name}"
         );
     }
-    cloud_init_schema(&mtype("user-data"), work.path());
+    cloud_init_schema(&mtype("user-data"), work);
     let seen = cloud_init_seed(&mtype("meta-data"), &mtype("user-data"));
     assert_eq!(seen["meta_data"]["local-hostname"], "node01");
     assert_eq!(seen["user_data"]["hostname"], "node01");
@@ -249,13 +188,12 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
         "{listing}"
     );
     assert_eq!(touched(&report), ["boot", "root"]);
-    fsck_ext4(&fx.cm4, &out, 2, work.path());
+    fsck_ext4(&fx.cm4, &out, 2, work);
     assert_equal_outside(&fx.cm4.path, &out, &[fx.cm4.part(1), fx.cm4.part(2)]);
 
     // Baking again from the baked image does not append the arguments twice.
-    let again_dir = work.path().join("again");
-    std::fs::create_dir(&again_dir).unwrap();
-    let (again, _) = bake(&again_dir, "node01.cm4.img", &out);
+    let again_dir = p.mkdir("again");
+    let (again, _) = p.baked_from("again/node01.cm4.img", &out);
     fsck_fat(&fx.cm4, &again, 1, &again_dir);
     let cmdline2 = sh(&format!(
         "mtype -i {} ::cmdline.txt",
@@ -267,44 +205,26 @@ fn cm4_bake_appends_cgroups_once_and_keeps_other_files() {
 
 #[test]
 fn identical_inputs_give_identical_images() {
-    let fx = fixtures();
-    let a = scratch();
-    let b = scratch();
-    let (x, rx) = bake(a.path(), "node03.rk1.img", &fx.rk1.path);
-    let (y, ry) = bake(b.path(), "node03.rk1.img", &fx.rk1.path);
+    let p = Project::example();
+    let (x, rx) = p.baked("a/node03.rk1.img");
+    let (y, ry) = p.baked("b/node03.rk1.img");
     let len = std::fs::metadata(&x).unwrap().len();
     assert_eq!(hash_range(&x, 0, len), hash_range(&y, 0, len));
     assert_eq!(rx["instance_id"], ry["instance_id"]);
     // A different node gets a different instance-id.
-    let (_, r4) = bake(a.path(), "node04.rk1.img", &fx.rk1.path);
+    let (_, r4) = p.baked("a/node04.rk1.img");
     assert_ne!(rx["instance_id"], r4["instance_id"]);
 }
 
 #[test]
 fn all_builds_every_node_with_per_board_bases() {
-    let fx = fixtures();
-    let work = scratch();
-    let profiles = repo().join("profiles");
-    let r = imgbuild(
-        work.path(),
-        &[
-            "build",
-            "--all",
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--base",
-            &format!("rk1={}", fx.rk1.path.display()),
-            "--base",
-            &format!("cm4={}", fx.cm4.path.display()),
-            "--base",
-            &format!("nuc={}", fx.nuc.path.display()),
-            "--out-dir",
-            "out",
-            "--sums",
-        ],
-    );
-    assert!(r.status.success(), "{}", text(&r));
-    let mut names: Vec<String> = std::fs::read_dir(work.path().join("out"))
+    let p = Project::example();
+    let work = p.path();
+    p.imgbuild(["build", "--all"])
+        .args(bases())
+        .args(["--out-dir", "out", "--sums"])
+        .ok();
+    let mut names: Vec<String> = std::fs::read_dir(work.join("out"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -329,7 +249,7 @@ fn all_builds_every_node_with_per_board_bases() {
     );
     let sums = sh(&format!(
         "cd {} && sha256sum -c SHA256SUMS",
-        q(&work.path().join("out"))
+        q(&work.join("out"))
     ));
     assert_eq!(
         String::from_utf8(sums.stdout)
@@ -340,33 +260,18 @@ fn all_builds_every_node_with_per_board_bases() {
     );
 }
 
-/// `sha256sum`'s digest of `path`.
-fn sha256sum(path: &Path) -> String {
-    let out = sh(&format!("sha256sum {}", q(path)));
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
-}
-
 #[test]
 fn raw_bakes_record_a_digest_only_with_sums_or_unsealed() {
-    let fx = fixtures();
-    let work = scratch();
-    let profiles = repo().join("profiles");
-    let dir = work.path().join("out");
+    let p = Project::example();
+    let dir = p.join("out");
     let sums = dir.join("SHA256SUMS");
     let node03 = dir.join("node03.rk1.img");
     let statement = dir.join("node03.rk1.img.intoto.json");
     let build = |extra: &[&str]| -> serde_json::Value {
-        let mut args = vec![
-            "--profiles",
-            profiles.to_str().unwrap(),
-            "--base",
-            fx.rk1.path.to_str().unwrap(),
-            "--json",
-        ];
-        args.extend_from_slice(extra);
-        let r = imgbuild(work.path(), &args);
-        assert!(r.status.success(), "{}", text(&r));
-        serde_json::from_slice::<serde_json::Value>(&r.stdout).unwrap()[0].clone()
+        p.imgbuild(["--base", fixture("rk1").path.to_str().unwrap(), "--json"])
+            .args(extra)
+            .json()[0]
+            .clone()
     };
     let subject = || -> String {
         let st: serde_json::Value =
@@ -401,12 +306,13 @@ fn raw_bakes_record_a_digest_only_with_sums_or_unsealed() {
         "node04.rk1.img: OK\n",
         "another output's line must stay"
     );
-    let v = imgbuild(work.path(), &["verify", node03.to_str().unwrap()]);
-    assert_eq!(v.status.code(), Some(1), "{}", text(&v));
+    let v = p
+        .imgbuild(["verify", node03.to_str().unwrap()])
+        .expect_exit(1);
     assert!(
-        text(&v).contains("rebuild it with one of them") && text(&v).contains("--sums"),
+        v.text.contains("rebuild it with one of them") && v.text.contains("--sums"),
         "{}",
-        text(&v)
+        v.text
     );
 
     // --unsealed (a CI artifact, checked by seal and verify): recorded too.
@@ -422,25 +328,25 @@ fn raw_bakes_record_a_digest_only_with_sums_or_unsealed() {
             .count(),
         2
     );
-    let v = imgbuild(work.path(), &["verify", node03.to_str().unwrap()]);
-    assert!(v.status.success(), "{}", text(&v));
+    p.imgbuild(["verify", node03.to_str().unwrap()]).ok();
 }
 
 #[test]
 fn nuc_seed_goes_into_the_root_file_system() {
     let fx = fixtures();
-    let work = scratch();
-    let (out, report) = bake(work.path(), "ws03.nuc.img", &fx.nuc.path);
+    let p = Project::example();
+    let work = p.path();
+    let (out, report) = p.baked("ws03.nuc.img");
     let roles = touched(&report);
     assert!(roles.iter().all(|r| r == "root"), "{roles:?}");
-    let part = fsck_ext4(&fx.nuc, &out, 1, work.path());
+    let part = fsck_ext4(&fx.nuc, &out, 1, work);
     let dir = "/var/lib/cloud/seed/nocloud";
     let fs = ext4_view::Ext4::load_from_path(&part).unwrap();
     for name in ["user-data", "meta-data", "network-config"] {
         let via_view = fs.read(format!("{dir}/{name}").as_str()).unwrap();
         assert_eq!(
             via_view,
-            rendered_file("ws03", &format!("/{name}")),
+            p.rendered_file("ws03", "seed", &format!("/{name}")),
             "{name}"
         );
         let via_debugfs = sh(&format!(
@@ -450,10 +356,7 @@ fn nuc_seed_goes_into_the_root_file_system() {
         .stdout;
         assert_eq!(via_debugfs, via_view, "{name} via debugfs");
     }
-    cloud_init_schema(
-        &fs.read(format!("{dir}/user-data").as_str()).unwrap(),
-        work.path(),
-    );
+    cloud_init_schema(&fs.read(format!("{dir}/user-data").as_str()).unwrap(), work);
     let read = |name: &str| fs.read(format!("{dir}/{name}").as_str()).unwrap();
     let seen = cloud_init_seed(&read("meta-data"), &read("user-data"));
     assert_eq!(seen["meta_data"]["local-hostname"], "ws03");
@@ -474,7 +377,7 @@ fn nuc_seed_goes_into_the_root_file_system() {
     }
     // The ESP, BOOT and BIOS boot partitions are untouched.
     assert_equal_outside(&fx.nuc.path, &out, &[fx.nuc.part(1)]);
-    let t = text(&imgbuild(work.path(), &["inspect", out.to_str().unwrap()]));
+    let t = p.imgbuild(["inspect", out.to_str().unwrap()]).run().text;
     assert!(
         t.contains("node ws03 (nuc board)") && t.contains(dir),
         "{t}"
