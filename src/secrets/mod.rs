@@ -344,6 +344,13 @@ impl Secrets {
     }
 
     pub fn node(&self, node: &str, hostname: &str) -> Result<NodeSecrets> {
+        // The name becomes a directory here: only names `check` accepts.
+        if crate::config::profile::hostname_error(node).is_some() {
+            bail!(
+                "{:?} is not a node name; node secrets are kept only for node names (RFC 1123 labels)",
+                crate::config::read::sanitize_field(node)
+            );
+        }
         let _lock = self.lock()?;
         let key_rel = format!("nodes/{node}/ssh_host_ed25519_key");
         let private = self.get_or_create(&key_rel, || {
@@ -572,6 +579,17 @@ pub fn known_hosts_line(names: &[String], public: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_secrets_are_kept_only_under_node_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets::open(&dir.path().join("s")).unwrap();
+        for bad in ["../x", "a/b", "", ".", "x\0y"] {
+            let e = secrets.node(bad, "h").unwrap_err().to_string();
+            assert!(e.contains("is not a node name"), "{bad:?}: {e}");
+        }
+        assert!(!dir.path().join("x").exists() && !dir.path().join("s/nodes").exists());
+    }
 
     #[test]
     fn concurrent_first_use_agrees_on_one_set_of_secrets() {
