@@ -188,8 +188,30 @@ fn tls_config(cfg: &ApiConfig) -> anyhow::Result<rustls::ClientConfig> {
         .with_client_auth_cert(chain, key)?)
 }
 
+/// A read that ended because its time ran out: an io error of that kind,
+/// or one that wraps a reqwest timeout (a body read says only "request or
+/// response body error" on top).
 fn is_timeout(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out")
+    if e.kind() == std::io::ErrorKind::TimedOut || e.to_string().contains("timed out") {
+        return true;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = e
+        .get_ref()
+        .map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.to_string().contains("timed out")
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 impl Api {
