@@ -260,7 +260,7 @@ fn help_and_version_are_complete() {
     }
     for cmd in ["check", "inspect", "render", "build"] {
         let out = run(&p, &[cmd, "--help"]);
-        assert!(out.code == 0, "{cmd} --help failed");
+        assert_eq!(out.code, 0, "{cmd} --help failed");
     }
     let bad = run(&p, &["--no-such-flag"]);
     assert_eq!(bad.code, 2);
