@@ -146,6 +146,7 @@ pub fn seal(ws: &Workspace, input: &Path, settings: &SealSettings) -> Result<Sea
         format: out_format,
         build_time: settings.build_time,
         join: None,
+        built_instance: &prov.instance_id,
     };
     let report = seal_raw(ws, &secrets, node, &edit)?;
     Ok(SealReport {
@@ -238,6 +239,9 @@ struct Edit<'a> {
     build_time: u64,
     /// The API URL a server joins through instead of founding the cluster.
     join: Option<&'a str>,
+    /// The instance ID the raw image's provenance record names (read once,
+    /// by the caller's `Artifact::open`).
+    built_instance: &'a str,
 }
 
 /// Writes `edit.raw` plus the node's secrets and sealed provenance (and, when
@@ -250,15 +254,11 @@ fn seal_raw(ws: &Workspace, secrets: &Secrets, node: &Node, edit: &Edit) -> Resu
     inputs.join = edit.join.map(str::to_string);
     let values = super::secret_values(secrets, node, edit.build_time)?;
     let plan = crate::plan::plan_node(&inputs, node, Some(values), &supplies)?;
-    let built = ws
-        .open_artifact(edit.raw)?
-        .provenance
-        .map(|p| p.instance_id);
-    if built.as_deref() != Some(plan.instance_id.as_str()) {
+    if edit.built_instance != plan.instance_id {
         return Err(CommandError::Failed(anyhow!(
             "{}: built as instance {}, but the current profiles and overlays give {}; rebuild it",
             edit.raw.display(),
-            built.as_deref().unwrap_or("(none)"),
+            edit.built_instance,
             plan.instance_id
         )));
     }
@@ -346,6 +346,7 @@ pub fn flashable(
         format: Format::Raw,
         build_time,
         join,
+        built_instance: &prov.instance_id,
     };
     let report = seal_raw(ws, &secrets, node, &edit)?;
     if raw.path != image {
