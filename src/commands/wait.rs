@@ -89,9 +89,8 @@ pub fn before_flash(
 
 /// The cloud-init instance ID an image was built with (its provenance record).
 pub fn image_instance_id(ws: &Workspace, image: &Path) -> Option<String> {
-    let dirs: Vec<String> = ws.manifests.values().map(|m| m.seed.dir.clone()).collect();
-    match crate::readback::inspect::inspect(image, &dirs) {
-        Ok(i) => i.provenance.map(|p| p.instance_id),
+    match ws.open_artifact(image) {
+        Ok(a) => a.provenance.map(|p| p.instance_id),
         Err(e) => {
             tracing::debug!("{}: no provenance: {e:#}", image.display());
             None
